@@ -1,1 +1,22 @@
-//! placeholder
+//! `er-tests`: the edge-replicator test harness.
+//!
+//! * [`kafka`]: real Apache Kafka brokers (single-node KRaft) started from the Maven Central jars on
+//!   free loopback ports, tied to the test process ([`kafka::KafkaNode`], [`kafka::shared`]).
+//! * [`client`]: small rdkafka helpers (create topics, produce, consume, watermarks).
+//! * [`unique_name`]: collision-free topic / group / transactional-id names.
+
+pub mod client;
+pub mod kafka;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A name unique per call, per test process and per run: `prefix-<pid>-<counter>-<random>`.
+///
+/// Only uses characters legal in Kafka topic names (`[a-zA-Z0-9._-]`), so it can be used for
+/// topics, consumer groups and transactional ids alike (as long as `prefix` is legal too).
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let r: u32 = rand::random();
+    format!("{prefix}-{}-{n}-{:06x}", std::process::id(), r & 0xff_ffff)
+}
