@@ -264,4 +264,5 @@ fn start_failure_reports_broker_log() {
         err.contains("harness-bad") && err.contains("last lines"),
         "{err}"
     );
+    eprintln!("{err}");
 }
