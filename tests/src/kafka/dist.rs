@@ -14,6 +14,11 @@ const POM: &str = include_str!("../../../tools/kafka/pom.xml");
 /// text it was resolved from, so a changed POM triggers a fresh resolution.
 const MARKER: &str = ".complete";
 
+/// The text of `tools/kafka/pom.xml` this crate was built with.
+pub(crate) fn pom() -> &'static str {
+    POM
+}
+
 /// The Kafka version pinned in `tools/kafka/pom.xml`.
 pub fn kafka_version() -> &'static str {
     let start = POM
