@@ -123,6 +123,19 @@ pub async fn list_topics(bootstrap: &str) -> Result<Vec<String>> {
     .await
 }
 
+/// The cluster id reported by `bootstrap` (distinct per [`crate::kafka::KafkaNode`]).
+pub async fn cluster_id(bootstrap: &str) -> Result<String> {
+    let bootstrap = bootstrap.to_string();
+    blocking(move || {
+        let consumer: BaseConsumer = config(&bootstrap).create()?;
+        consumer
+            .client()
+            .fetch_cluster_id(OP_TIMEOUT)
+            .with_context(|| format!("no cluster id from {bootstrap}"))
+    })
+    .await
+}
+
 /// Partition ids of `topic`, sorted.
 pub async fn partition_ids(bootstrap: &str, topic: &str) -> Result<Vec<i32>> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());

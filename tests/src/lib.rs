@@ -4,6 +4,15 @@
 //!   free loopback ports, tied to the test process ([`kafka::KafkaNode`], [`kafka::shared`]).
 //! * [`client`]: small rdkafka helpers (create topics, produce, consume, watermarks).
 //! * [`unique_name`]: collision-free topic / group / transactional-id names.
+//!
+//! Each test process starts its own "edge" and "central" brokers on first use of
+//! [`kafka::shared`] (a few seconds, more when the machine is busy) and kills them when it exits.
+//! To pay that once per session instead (e.g. with cargo-nextest, which runs every test in its
+//! own process): `eval "$(cargo xtask kafka up)"`, then tests attach via `ER_EDGE_BOOTSTRAP` /
+//! `ER_CENTRAL_BOOTSTRAP`; `cargo xtask kafka down` stops them.
+//!
+//! Environment: `ER_CACHE_DIR` (jars, run dirs; default `~/.cache/edge-replicator`),
+//! `ER_KAFKA_HEAP` (default `512m`), `ER_KAFKA_START_TIMEOUT_SECS` (default 60).
 
 pub mod client;
 pub mod kafka;

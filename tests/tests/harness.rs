@@ -13,6 +13,14 @@ const T: Duration = Duration::from_secs(60);
 async fn shared_gives_two_distinct_working_clusters() {
     let k = kafka::shared();
     assert_ne!(k.edge, k.central);
+    let (edge_id, central_id) = (
+        client::cluster_id(&k.edge).await.unwrap(),
+        client::cluster_id(&k.central).await.unwrap(),
+    );
+    assert_ne!(
+        edge_id, central_id,
+        "distinct clusters have distinct cluster ids"
+    );
     let topic = unique_name("harness-distinct");
     client::create_topic(&k.edge, &topic, 2, &[]).await.unwrap();
     assert!(client::list_topics(&k.edge).await.unwrap().contains(&topic));

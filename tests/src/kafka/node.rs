@@ -22,7 +22,8 @@ pub struct NodeOptions {
     pub heap: String,
     /// Extra / overriding `server.properties` entries.
     pub extra_config: Vec<(String, String)>,
-    /// How long to wait for the broker to serve before failing with its log.
+    /// How long to wait for the broker to serve before failing with its log (default 60 s,
+    /// env `ER_KAFKA_START_TIMEOUT_SECS`).
     pub start_timeout: Duration,
     /// Spawn the JVM in its own session, NOT dying with this process (for `cargo xtask kafka up`).
     /// Use [`KafkaNode::detach`] afterwards to let go of it.
@@ -34,7 +35,12 @@ impl Default for NodeOptions {
         NodeOptions {
             heap: std::env::var("ER_KAFKA_HEAP").unwrap_or_else(|_| "512m".into()),
             extra_config: Vec::new(),
-            start_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(
+                std::env::var("ER_KAFKA_START_TIMEOUT_SECS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(60),
+            ),
             detached: false,
         }
     }
