@@ -1,1 +1,37 @@
-//! placeholder
+//! Sans-IO agent<->hub wire protocol: frames, codec, record batches, connection state machines,
+//! and MirrorMaker 2 record formats and topic naming.
+//!
+//! Nothing here does I/O or reads the clock: drivers pass bytes and `Instant`s in and poll frames,
+//! events and timeouts out (the quinn-proto style).
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod hub;
+pub mod mm2;
+pub mod policy;
+pub mod records;
+
+pub use agent::{AgentConfig, AgentConn, AgentEvent};
+pub use codec::{
+    FrameDecoder, decode_frame, decode_frame_bytes, encode_batch_prefix, encode_frame,
+    try_encode_frame,
+};
+pub use error::{DecodeError, EncodeError, ProtocolError};
+pub use frame::{
+    Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Position, TopicPartition,
+};
+pub use hub::{HubConfig, HubConn, HubEvent};
+pub use mm2::{Checkpoint, Heartbeat, Mm2Error, OffsetSync};
+pub use policy::{
+    HEARTBEATS_TOPIC, PolicyError, ReplicationPolicy, checkpoints_topic, is_internal_topic,
+    offset_syncs_topic, validate_site_alias, validate_topic_name,
+};
+pub use records::{
+    BatchBuilder, DecodedRecords, Headers, HeadersIter, RecordIter, RecordRef, RecordView,
+    TimestampType,
+};

@@ -1,0 +1,447 @@
+//! Length-prefixed binary encoding of [`Frame`]s and an incremental decoder for byte streams.
+//!
+//! Wire: `u32 BE length` (type byte + body), `u8 frame type`, body. Integers are big-endian;
+//! strings are a `u16 BE` length then UTF-8 bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::frame::{
+    Batch, BatchHeader, Codec, ErrorCode, Frame, Position, TopicPartition, frame_type,
+};
+
+/// Encodes one frame (length prefix included) at the end of `out`.
+///
+/// Strings longer than 65535 bytes cannot be represented and are cut at the last char boundary
+/// that fits; only free-text fields (messages, versions) can be that long in practice, since topic
+/// names and site aliases are validated far shorter. Use [`try_encode_frame`] to refuse instead.
+pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(frame.type_byte());
+    match frame {
+        Frame::Hello {
+            min_version,
+            max_version,
+            agent_version,
+            site_claim,
+        } => {
+            out.put_u16(*min_version);
+            out.put_u16(*max_version);
+            put_str(out, agent_version);
+            put_str(out, site_claim);
+        }
+        Frame::Welcome {
+            version,
+            site,
+            hub_id,
+            positions,
+            max_batch_bytes,
+        } => {
+            out.put_u16(*version);
+            put_str(out, site);
+            put_str(out, hub_id);
+            out.put_u32(u32::try_from(positions.len()).unwrap_or(u32::MAX));
+            for p in positions.iter().take(u32::MAX as usize) {
+                put_tp(out, &p.tp);
+                out.put_i64(p.next_offset);
+            }
+            out.put_u32(*max_batch_bytes);
+        }
+        Frame::Batch(batch) => {
+            put_batch_header(out, &batch.header);
+            out.extend_from_slice(&batch.payload);
+        }
+        Frame::Ack {
+            seq,
+            tp,
+            next_offset,
+        } => {
+            out.put_u64(*seq);
+            put_tp(out, tp);
+            out.put_i64(*next_offset);
+        }
+        Frame::Ping {
+            nonce,
+            sent_at_micros,
+        }
+        | Frame::Pong {
+            nonce,
+            sent_at_micros,
+        } => {
+            out.put_u64(*nonce);
+            out.put_u64(*sent_at_micros);
+        }
+        Frame::Error { code, message } => {
+            out.put_u16(code.to_u16());
+            put_str(out, message);
+        }
+        Frame::GoAway { reason } => put_str(out, reason),
+    }
+    let len = out.len() - start - 4;
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Like [`encode_frame`] but refuses strings that do not fit their u16 length and frames longer
+/// than `max_frame_bytes`; on error `out` is left unchanged. Returns the bytes appended.
+pub fn try_encode_frame(
+    frame: &Frame,
+    out: &mut BytesMut,
+    max_frame_bytes: u32,
+) -> Result<usize, EncodeError> {
+    let kind = frame.kind();
+    let check = |field: &'static str, s: &str| {
+        if s.len() > u16::MAX as usize {
+            Err(EncodeError::StringTooLong {
+                frame: kind,
+                field,
+                len: s.len(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    match frame {
+        Frame::Hello {
+            agent_version,
+            site_claim,
+            ..
+        } => {
+            check("agent_version", agent_version)?;
+            check("site_claim", site_claim)?;
+        }
+        Frame::Welcome {
+            site,
+            hub_id,
+            positions,
+            ..
+        } => {
+            check("site", site)?;
+            check("hub_id", hub_id)?;
+            for p in positions {
+                check("positions.topic", &p.tp.topic)?;
+            }
+        }
+        Frame::Batch(b) => check("topic", &b.header.tp.topic)?,
+        Frame::Ack { tp, .. } => check("topic", &tp.topic)?,
+        Frame::Ping { .. } | Frame::Pong { .. } => {}
+        Frame::Error { message, .. } => check("message", message)?,
+        Frame::GoAway { reason } => check("reason", reason)?,
+    }
+    let start = out.len();
+    encode_frame(frame, out);
+    let len = out.len() - start - 4;
+    if len > max_frame_bytes as usize {
+        out.truncate(start);
+        return Err(EncodeError::FrameTooLarge {
+            frame: kind,
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    Ok(len + 4)
+}
+
+/// Encodes a Batch frame without its payload: length prefix, type byte and header.
+///
+/// Write `batch.payload` right after these bytes (e.g. as a second chunk of a vectored write)
+/// to avoid copying the payload.
+pub fn encode_batch_prefix(batch: &Batch, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(frame_type::BATCH);
+    put_batch_header(out, &batch.header);
+    let len = out.len() - start - 4 + batch.payload.len();
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_u16(end as u16);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn put_tp(out: &mut BytesMut, tp: &TopicPartition) {
+    put_str(out, &tp.topic);
+    out.put_i32(tp.partition);
+}
+
+fn put_batch_header(out: &mut BytesMut, h: &BatchHeader) {
+    out.put_u64(h.seq);
+    put_tp(out, &h.tp);
+    out.put_i32(h.partition_count);
+    out.put_i64(h.first_offset);
+    out.put_i64(h.next_offset);
+    out.put_u32(h.record_count);
+    out.put_u8(h.codec as u8);
+    out.put_u32(h.uncompressed_len);
+}
+
+/// Decodes one frame from its type byte and body (the bytes after the length prefix).
+pub fn decode_frame(body_with_type: &[u8]) -> Result<Frame, DecodeError> {
+    decode_frame_bytes(Bytes::copy_from_slice(body_with_type))
+}
+
+/// Decodes one frame from its type byte and body; a Batch payload shares `body_with_type`'s
+/// memory instead of being copied.
+pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
+    let Some(&ty) = body_with_type.first() else {
+        return Err(DecodeError::EmptyFrame);
+    };
+    let frame = match ty {
+        frame_type::HELLO => "Hello",
+        frame_type::WELCOME => "Welcome",
+        frame_type::BATCH => "Batch",
+        frame_type::ACK => "Ack",
+        frame_type::PING => "Ping",
+        frame_type::PONG => "Pong",
+        frame_type::ERROR => "Error",
+        frame_type::GO_AWAY => "GoAway",
+        other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
+    };
+    let mut r = Reader {
+        buf: &body_with_type[1..],
+        frame,
+    };
+    let decoded = match ty {
+        frame_type::HELLO => Frame::Hello {
+            min_version: r.u16("min_version")?,
+            max_version: r.u16("max_version")?,
+            agent_version: r.string("agent_version")?,
+            site_claim: r.string("site_claim")?,
+        },
+        frame_type::WELCOME => {
+            let version = r.u16("version")?;
+            let site = r.string("site")?;
+            let hub_id = r.string("hub_id")?;
+            let count = r.u32("positions.count")? as usize;
+            // Smallest encoded position: empty topic (2) + partition (4) + offset (8).
+            let mut positions = Vec::with_capacity(count.min(r.buf.len() / 14));
+            for _ in 0..count {
+                let tp = r.tp("positions.topic", "positions.partition")?;
+                let next_offset = r.non_negative_i64("positions.next_offset")?;
+                positions.push(Position { tp, next_offset });
+            }
+            Frame::Welcome {
+                version,
+                site,
+                hub_id,
+                positions,
+                max_batch_bytes: r.u32("max_batch_bytes")?,
+            }
+        }
+        frame_type::BATCH => {
+            let seq = r.u64("seq")?;
+            let tp = r.tp("topic", "partition")?;
+            let partition_count = r.i32("partition_count")?;
+            if partition_count <= tp.partition {
+                return Err(DecodeError::PartitionOutOfRange {
+                    partition: tp.partition,
+                    partition_count,
+                });
+            }
+            let first_offset = r.non_negative_i64("first_offset")?;
+            let next_offset = r.i64("next_offset")?;
+            if next_offset < first_offset {
+                return Err(DecodeError::OffsetsReversed {
+                    frame,
+                    first_offset,
+                    next_offset,
+                });
+            }
+            let record_count = r.u32("record_count")?;
+            let codec_byte = r.u8("codec")?;
+            let codec = Codec::from_u8(codec_byte)
+                .ok_or(DecodeError::UnknownCodec { codec: codec_byte })?;
+            let uncompressed_len = r.u32("uncompressed_len")?;
+            let consumed = body_with_type.len() - r.buf.len();
+            let payload = body_with_type.slice(consumed..);
+            r.buf = &[];
+            Frame::Batch(Batch {
+                header: BatchHeader {
+                    seq,
+                    tp,
+                    partition_count,
+                    first_offset,
+                    next_offset,
+                    record_count,
+                    codec,
+                    uncompressed_len,
+                },
+                payload,
+            })
+        }
+        frame_type::ACK => Frame::Ack {
+            seq: r.u64("seq")?,
+            tp: r.tp("topic", "partition")?,
+            next_offset: r.non_negative_i64("next_offset")?,
+        },
+        frame_type::PING => Frame::Ping {
+            nonce: r.u64("nonce")?,
+            sent_at_micros: r.u64("sent_at_micros")?,
+        },
+        frame_type::PONG => Frame::Pong {
+            nonce: r.u64("nonce")?,
+            sent_at_micros: r.u64("sent_at_micros")?,
+        },
+        frame_type::ERROR => Frame::Error {
+            code: ErrorCode::from_u16(r.u16("code")?),
+            message: r.string("message")?,
+        },
+        _ => Frame::GoAway {
+            reason: r.string("reason")?,
+        },
+    };
+    if !r.buf.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            frame,
+            count: r.buf.len(),
+        });
+    }
+    Ok(decoded)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    frame: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated {
+                frame: self.frame,
+                field,
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, field)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.array(field).map(u16::from_be_bytes)
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.array(field).map(u32::from_be_bytes)
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        self.array(field).map(u64::from_be_bytes)
+    }
+    fn i32(&mut self, field: &'static str) -> Result<i32, DecodeError> {
+        self.array(field).map(i32::from_be_bytes)
+    }
+    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        self.array(field).map(i64::from_be_bytes)
+    }
+
+    fn non_negative_i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        let v = self.i64(field)?;
+        if v < 0 {
+            return Err(DecodeError::Negative {
+                frame: self.frame,
+                field,
+                value: v,
+            });
+        }
+        Ok(v)
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = self.u16(field)? as usize;
+        let bytes = self.take(len, field)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::InvalidUtf8 {
+                frame: self.frame,
+                field,
+            })
+    }
+
+    fn tp(
+        &mut self,
+        topic_field: &'static str,
+        partition_field: &'static str,
+    ) -> Result<TopicPartition, DecodeError> {
+        let topic = self.string(topic_field)?;
+        let partition = self.i32(partition_field)?;
+        if partition < 0 {
+            return Err(DecodeError::Negative {
+                frame: self.frame,
+                field: partition_field,
+                value: partition.into(),
+            });
+        }
+        Ok(TopicPartition { topic, partition })
+    }
+}
+
+/// Incremental decoder turning a byte stream into frames.
+///
+/// Any error is fatal for the stream: close the connection rather than calling again.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_frame_bytes: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing frames longer than `max_frame_bytes` (type byte + body).
+    pub fn new(max_frame_bytes: u32) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max_frame_bytes,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    ///
+    /// An oversized length prefix is refused as soon as its 4 bytes are in, before any of the
+    /// body is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        if len == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        if len > self.max_frame_bytes {
+            return Err(DecodeError::FrameTooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        let total = 4 + len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(total);
+        frame.advance(4);
+        decode_frame_bytes(frame.freeze()).map(Some)
+    }
+
+    /// Bytes buffered and not yet returned as frames.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+}

@@ -1,0 +1,279 @@
+//! Frame types exchanged between edge agent and hub, and the channels they travel on.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+/// Highest (and current) protocol version spoken by this crate.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Lowest protocol version this crate still accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Default cap on one frame's length (type byte + body), checked from the length prefix.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
+
+/// A source (edge) topic partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]
+pub struct TopicPartition {
+    /// Topic name as seen at the edge.
+    pub topic: String,
+    /// Partition number, never negative on the wire.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// Convenience constructor.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Where replication of one source partition resumes: the next source offset to send.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The source partition.
+    pub tp: TopicPartition,
+    /// First source offset the hub has not committed yet.
+    pub next_offset: i64,
+}
+
+/// Compression applied to a batch's record payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Codec {
+    /// Payload is the encoded records as-is.
+    None = 0,
+    /// Payload is one zstd frame of the encoded records.
+    Zstd = 1,
+}
+
+impl Codec {
+    /// Parses the wire byte; `None` for an unknown codec.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Metadata of a batch of records from one source partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Per-partition sequence number, strictly increasing within a connection.
+    pub seq: u64,
+    /// Source partition the records were read from.
+    pub tp: TopicPartition,
+    /// Number of partitions of the source topic when the batch was read.
+    pub partition_count: i32,
+    /// First source offset covered by this batch.
+    pub first_offset: i64,
+    /// Source position after this batch (exclusive end of the covered offset range).
+    pub next_offset: i64,
+    /// Number of records encoded in the payload (may be 0).
+    pub record_count: u32,
+    /// Compression of the payload.
+    pub codec: Codec,
+    /// Length of the encoded records before compression.
+    pub uncompressed_len: u32,
+}
+
+/// A batch: header plus encoded (and possibly compressed) records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Batch metadata.
+    pub header: BatchHeader,
+    /// Encoded records, compressed per `header.codec`.
+    pub payload: Bytes,
+}
+
+/// Error codes carried by [`Frame::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The peer violated the protocol.
+    Protocol,
+    /// The peer's identity is not allowed to do this.
+    Unauthorized,
+    /// No protocol version both sides speak.
+    VersionMismatch,
+    /// Internal failure on the sender's side.
+    Internal,
+    /// The sender is overloaded; retry later.
+    Overloaded,
+    /// A batch was malformed or too large.
+    BadBatch,
+    /// A code this version does not know (forward compatibility).
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// Wire value of this code.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Protocol => 1,
+            ErrorCode::Unauthorized => 2,
+            ErrorCode::VersionMismatch => 3,
+            ErrorCode::Internal => 4,
+            ErrorCode::Overloaded => 5,
+            ErrorCode::BadBatch => 6,
+            ErrorCode::Unknown(v) => v,
+        }
+    }
+
+    /// Parses a wire value; unknown values map to [`ErrorCode::Unknown`].
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => ErrorCode::Protocol,
+            2 => ErrorCode::Unauthorized,
+            3 => ErrorCode::VersionMismatch,
+            4 => ErrorCode::Internal,
+            5 => ErrorCode::Overloaded,
+            6 => ErrorCode::BadBatch,
+            v => ErrorCode::Unknown(v),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorCode::Unknown(v) => write!(f, "unknown({v})"),
+            other => fmt::Debug::fmt(other, f),
+        }
+    }
+}
+
+/// One protocol message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Agent -> hub, first frame on the control channel.
+    Hello {
+        /// Lowest protocol version the agent speaks.
+        min_version: u16,
+        /// Highest protocol version the agent speaks.
+        max_version: u16,
+        /// Agent software version, for logs.
+        agent_version: String,
+        /// Site alias the agent believes it is (the certificate decides).
+        site_claim: String,
+    },
+    /// Hub -> agent, answer to Hello: negotiated version and resume positions.
+    Welcome {
+        /// Negotiated protocol version.
+        version: u16,
+        /// Site alias taken from the agent's certificate.
+        site: String,
+        /// Identifier of the hub instance, for logs.
+        hub_id: String,
+        /// Resume positions of every partition the hub knows for this site.
+        positions: Vec<Position>,
+        /// Largest batch payload the hub accepts.
+        max_batch_bytes: u32,
+    },
+    /// Agent -> hub, records of one source partition.
+    Batch(Batch),
+    /// Hub -> agent, a batch is committed centrally.
+    Ack {
+        /// Sequence number of the committed batch.
+        seq: u64,
+        /// Source partition of the committed batch.
+        tp: TopicPartition,
+        /// Committed source position (the batch's next_offset).
+        next_offset: i64,
+    },
+    /// Liveness and RTT probe; the peer answers with Pong.
+    Ping {
+        /// Echoed back in the Pong.
+        nonce: u64,
+        /// Sender's clock in microseconds since connection start, echoed back.
+        sent_at_micros: u64,
+    },
+    /// Answer to Ping, echoing its fields.
+    Pong {
+        /// The Ping's nonce.
+        nonce: u64,
+        /// The Ping's timestamp.
+        sent_at_micros: u64,
+    },
+    /// Fatal error; the sender closes the connection after it.
+    Error {
+        /// Machine-readable category.
+        code: ErrorCode,
+        /// Human-readable description.
+        message: String,
+    },
+    /// Graceful shutdown notice: no new batches, reconnect later.
+    GoAway {
+        /// Why the sender is going away.
+        reason: String,
+    },
+}
+
+/// Wire frame type bytes.
+pub(crate) mod frame_type {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const BATCH: u8 = 3;
+    pub const ACK: u8 = 4;
+    pub const PING: u8 = 5;
+    pub const PONG: u8 = 6;
+    pub const ERROR: u8 = 7;
+    pub const GO_AWAY: u8 = 8;
+}
+
+impl Frame {
+    /// Short name of the frame kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Batch(_) => "Batch",
+            Frame::Ack { .. } => "Ack",
+            Frame::Ping { .. } => "Ping",
+            Frame::Pong { .. } => "Pong",
+            Frame::Error { .. } => "Error",
+            Frame::GoAway { .. } => "GoAway",
+        }
+    }
+
+    pub(crate) fn type_byte(&self) -> u8 {
+        use frame_type::*;
+        match self {
+            Frame::Hello { .. } => HELLO,
+            Frame::Welcome { .. } => WELCOME,
+            Frame::Batch(_) => BATCH,
+            Frame::Ack { .. } => ACK,
+            Frame::Ping { .. } => PING,
+            Frame::Pong { .. } => PONG,
+            Frame::Error { .. } => ERROR,
+            Frame::GoAway { .. } => GO_AWAY,
+        }
+    }
+}
+
+/// Logical stream a frame travels on; drivers map each to a QUIC stream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Handshake, pings, errors, go-away.
+    Control,
+    /// Batches and acks of one source partition (ordered).
+    Partition(TopicPartition),
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Channel::Control => f.write_str("control"),
+            Channel::Partition(tp) => write!(f, "partition {tp}"),
+        }
+    }
+}
