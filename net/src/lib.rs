@@ -1,1 +1,41 @@
-//! placeholder
+//! QUIC endpoints with mutual TLS shared by `edge-agent` and `hub`, site identity from client
+//! certificates, and dev certificate generation.
+//!
+//! The hub calls [`server_endpoint`] and learns who connected with [`peer_site_alias`]; the agent
+//! calls [`client_endpoint`] and then `endpoint.connect_with(client_config, addr, server_name)` (or
+//! `endpoint.connect(addr, server_name)`, the returned config is also the endpoint's default).
+//! The site alias is taken from the certificate the hub verified, never from what the agent says
+//! (DESIGN.md invariant 6).
+
+#![forbid(unsafe_code)]
+
+pub mod devcerts;
+mod error;
+mod identity;
+mod pem;
+mod transport;
+
+pub use error::NetError;
+pub use identity::{
+    MAX_SITE_ALIAS_LEN, peer_site_alias, site_alias_from_cert_der, validate_site_alias,
+};
+pub use transport::{
+    TransportTuning, UDP_SOCKET_BUFFER_BYTES, client_endpoint, client_endpoint_without_cert,
+    server_endpoint,
+};
+
+use std::path::PathBuf;
+
+/// ALPN protocol id both sides require; a peer speaking anything else fails the handshake.
+pub const ALPN: &[u8] = b"edge-replicator/1";
+
+/// PEM files one side of the link needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) the peer's certificate must chain to.
+    pub ca_cert: PathBuf,
+    /// This side's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of `cert` (PKCS#8, SEC1 or PKCS#1 PEM).
+    pub key: PathBuf,
+}

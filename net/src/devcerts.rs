@@ -1,0 +1,362 @@
+//! Dev PKI: a CA, a hub server certificate and per-site client certificates, generated with
+//! rcgen for tests, the quickstart and small deployments.
+//!
+//! Layout of a dev PKI directory: `ca.pem` + `ca.key`, `hub.pem` + `hub.key`, and
+//! `<site>.pem` + `<site>.key` per site. Keys are PKCS#8 PEM (ECDSA P-256) written with mode
+//! 0600; the site certificate's subject CN is the site alias the hub will trust.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::{NetError, TlsFiles, validate_site_alias};
+
+/// Hub SANs used when [`generate`] is given none: loopback only.
+pub const DEFAULT_HUB_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
+
+/// Years a generated certificate stays valid.
+const VALIDITY_YEARS: i32 = 10;
+
+/// Where the files of a dev PKI live inside one directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevPki {
+    dir: PathBuf,
+}
+
+impl DevPki {
+    /// The layout in `dir` (nothing is read or written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `ca.pem`: the CA certificate both sides trust.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `ca.key`: the CA private key (needed only to add sites).
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
+    /// The hub's files: `ca.pem`, `hub.pem`, `hub.key`.
+    pub fn hub_tls(&self) -> TlsFiles {
+        self.tls("hub")
+    }
+
+    /// A site's files: `ca.pem`, `<site>.pem`, `<site>.key`.
+    pub fn site_tls(&self, site: &str) -> TlsFiles {
+        self.tls(site)
+    }
+
+    fn tls(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca_cert: self.ca_cert(),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+        }
+    }
+}
+
+/// A generated dev PKI as PEM strings.
+#[derive(Clone)]
+pub struct DevPkiPem {
+    /// CA certificate.
+    pub ca_cert_pem: String,
+    /// CA private key.
+    pub ca_key_pem: String,
+    /// Hub server certificate (server-auth EKU, SANs = hub names).
+    pub hub_cert_pem: String,
+    /// Hub private key.
+    pub hub_key_pem: String,
+    /// Per site: (alias, certificate PEM, private key PEM). The certificate's CN is the alias.
+    pub sites: Vec<(String, String, String)>,
+}
+
+impl fmt::Debug for DevPkiPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys stay out of logs.
+        f.debug_struct("DevPkiPem")
+            .field(
+                "sites",
+                &self.sites.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevPkiPem {
+    /// Writes the files of the [`DevPki`] layout into `dir` (created if missing). Refuses to
+    /// overwrite any existing file unless `force`, checking all before writing any. Returns the
+    /// paths written.
+    pub fn write_to(&self, dir: &Path, force: bool) -> Result<Vec<PathBuf>, NetError> {
+        let pki = DevPki::new(dir);
+        let hub = pki.hub_tls();
+        let mut files = vec![
+            (pki.ca_cert(), &self.ca_cert_pem, false),
+            (pki.ca_key(), &self.ca_key_pem, true),
+            (hub.cert, &self.hub_cert_pem, false),
+            (hub.key, &self.hub_key_pem, true),
+        ];
+        for (alias, cert, key) in &self.sites {
+            let site = pki.site_tls(alias);
+            files.push((site.cert, cert, false));
+            files.push((site.key, key, true));
+        }
+        write_files(dir, &files, force)
+    }
+}
+
+/// Creates `ca.pem` + `ca.key`, `hub.pem` + `hub.key` (SANs: `hub_names`, DNS names or IP
+/// addresses such as "localhost", "127.0.0.1", "::1"; [`DEFAULT_HUB_NAMES`] if empty) and per
+/// site `<site>.pem` + `<site>.key` (CN = site alias, client-auth EKU) in `out_dir`. Refuses to
+/// overwrite existing files unless `force`. Returns the paths written.
+pub fn generate(
+    out_dir: &Path,
+    hub_names: &[String],
+    sites: &[String],
+    force: bool,
+) -> Result<Vec<PathBuf>, NetError> {
+    generate_in_memory(hub_names, sites)?.write_to(out_dir, force)
+}
+
+/// Adds `<site>.pem` + `<site>.key` to `out_dir`, signed by the CA already there (`ca.pem` +
+/// `ca.key`). Refuses to overwrite the site's files unless `force`. Returns the paths written.
+pub fn add_site(out_dir: &Path, site: &str, force: bool) -> Result<Vec<PathBuf>, NetError> {
+    check_site_name(site)?;
+    let pki = DevPki::new(out_dir);
+    let (ca_cert_path, ca_key_path) = (pki.ca_cert(), pki.ca_key());
+    let ca_cert_pem = read_text("CA certificate", &ca_cert_path)?;
+    let ca_key_pem = read_text("CA private key", &ca_key_path)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| NetError::BadPem {
+        what: "CA private key",
+        path: ca_key_path.clone(),
+        problem: e.to_string(),
+    })?;
+    let ca_der = crate::pem::load_certs("CA certificate", &ca_cert_path)?
+        .into_iter()
+        .next()
+        .expect("load_certs returns at least one certificate");
+    let (_, parsed) = X509Certificate::from_der(&ca_der).map_err(|e| NetError::BadPem {
+        what: "CA certificate",
+        path: ca_cert_path.clone(),
+        problem: format!("not valid X.509: {e}"),
+    })?;
+    if parsed.public_key().raw != ca_key.subject_public_key_info().as_slice() {
+        return Err(NetError::CaKeyMismatch {
+            cert: ca_cert_path,
+            key: ca_key_path,
+        });
+    }
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|e| NetError::BadPem {
+        what: "CA certificate",
+        path: ca_cert_path.clone(),
+        problem: format!("cannot sign with it: {e}"),
+    })?;
+    let (cert, key) = site_cert(site, &issuer)?;
+    let tls = pki.site_tls(site);
+    write_files(
+        out_dir,
+        &[(tls.cert, &cert, false), (tls.key, &key, true)],
+        force,
+    )
+}
+
+/// The same PKI as [`generate`], as PEM strings, nothing written. Use
+/// [`DevPkiPem::write_to`] to put it in a directory.
+pub fn generate_in_memory(hub_names: &[String], sites: &[String]) -> Result<DevPkiPem, NetError> {
+    for (i, site) in sites.iter().enumerate() {
+        check_site_name(site)?;
+        if sites[..i].contains(site) {
+            return Err(NetError::InvalidSiteAlias {
+                alias: site.clone(),
+                problem: "given twice".into(),
+            });
+        }
+    }
+    let hub_names: Vec<String> = if hub_names.is_empty() {
+        DEFAULT_HUB_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        hub_names.to_vec()
+    };
+
+    let ca_key = new_key("CA key")?;
+    let mut ca = params(Vec::new(), "CA certificate")?;
+    ca.distinguished_name = dn("edge-replicator dev CA");
+    // No intermediates in a dev PKI.
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(|source| cert_gen("CA certificate", source))?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let what = format!("hub certificate for {hub_names:?}");
+    let hub_key = new_key("hub key")?;
+    let mut hub = params(hub_names, &what)?;
+    hub.distinguished_name = dn("edge-replicator hub");
+    hub.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    hub.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    hub.use_authority_key_identifier_extension = true;
+    let hub_cert = hub
+        .signed_by(&hub_key, &issuer)
+        .map_err(|source| cert_gen(&what, source))?;
+
+    let sites = sites
+        .iter()
+        .map(|site| {
+            let (cert, key) = site_cert(site, &issuer)?;
+            Ok((site.clone(), cert, key))
+        })
+        .collect::<Result<_, NetError>>()?;
+
+    Ok(DevPkiPem {
+        ca_cert_pem: ca_cert.pem(),
+        ca_key_pem,
+        hub_cert_pem: hub_cert.pem(),
+        hub_key_pem: hub_key.serialize_pem(),
+        sites,
+    })
+}
+
+/// A valid alias that also does not collide with the CA or hub files.
+fn check_site_name(site: &str) -> Result<(), NetError> {
+    validate_site_alias(site)?;
+    if site == "ca" || site == "hub" {
+        return Err(NetError::InvalidSiteAlias {
+            alias: site.into(),
+            problem: "reserved: its files would collide with the CA's or hub's in the dev PKI \
+                      directory"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Client certificate (PEM) and key (PEM) for `site`.
+fn site_cert(site: &str, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), NetError> {
+    let what = format!("site certificate {site:?}");
+    let key = new_key(&what)?;
+    let mut p = params(Vec::new(), &what)?;
+    p.distinguished_name = dn(site);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    let cert = p
+        .signed_by(&key, issuer)
+        .map_err(|source| cert_gen(&what, source))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn params(names: Vec<String>, what: &str) -> Result<CertificateParams, NetError> {
+    let mut p = CertificateParams::new(names).map_err(|source| cert_gen(what, source))?;
+    // From 1 January of last year (tolerates clock skew) for VALIDITY_YEARS.
+    let year = current_year();
+    p.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    p.not_after = rcgen::date_time_ymd(year + VALIDITY_YEARS, 1, 1);
+    Ok(p)
+}
+
+fn current_year() -> i32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Mean Gregorian year; off by at most a day around New Year, which not_before absorbs.
+    1970 + i32::try_from(secs / 31_556_952).unwrap_or(0)
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn new_key(what: &str) -> Result<KeyPair, NetError> {
+    KeyPair::generate().map_err(|source| cert_gen(what, source))
+}
+
+fn cert_gen(what: &str, source: rcgen::Error) -> NetError {
+    NetError::CertGen {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn read_text(what: &'static str, path: &Path) -> Result<String, NetError> {
+    std::fs::read_to_string(path).map_err(|source| NetError::ReadFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `(path, contents, is_private_key)` files; keys get mode 0600. Checks every path
+/// before writing anything so a refusal leaves the directory as it was.
+fn write_files(
+    dir: &Path,
+    files: &[(PathBuf, &String, bool)],
+    force: bool,
+) -> Result<Vec<PathBuf>, NetError> {
+    if !force {
+        if let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
+            return Err(NetError::WouldOverwrite(path.clone()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| NetError::WriteFile {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut written = Vec::with_capacity(files.len());
+    for (path, contents, private) in files {
+        write_file(path, contents, *private, force).map_err(|source| NetError::WriteFile {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path.clone());
+    }
+    Ok(written)
+}
+
+fn write_file(path: &Path, contents: &str, private: bool, force: bool) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        // Also catches a file that appeared since the up-front check.
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    if private {
+        // `mode` applies only when the file is created; a forced overwrite keeps the old mode.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
