@@ -1,0 +1,445 @@
+//! Frame codec: round trips, malformed input, incremental decoding, property tests.
+
+use bytes::{Bytes, BytesMut};
+use er_protocol::*;
+use proptest::prelude::*;
+
+fn tp(t: &str, p: i32) -> TopicPartition {
+    TopicPartition::new(t, p)
+}
+
+fn sample_batch() -> Batch {
+    let mut b = BatchBuilder::new(tp("orders", 2), 4);
+    b.push(&RecordRef {
+        offset: 10,
+        timestamp: 1_700_000_000_000,
+        timestamp_type: TimestampType::CreateTime,
+        key: Some(b"k"),
+        value: Some(b"v"),
+        headers: &[("h", Some(b"x"))],
+        topic: None,
+        partition: None,
+    });
+    b.finish(7, Codec::Zstd, 3).unwrap()
+}
+
+fn all_frames() -> Vec<Frame> {
+    vec![
+        Frame::Hello {
+            min_version: 1,
+            max_version: 3,
+            agent_version: "0.1.0".into(),
+            site_claim: "edge1".into(),
+        },
+        Frame::Welcome {
+            version: 1,
+            site: "edge1".into(),
+            hub_id: "hub-a".into(),
+            positions: vec![
+                Position {
+                    tp: tp("orders", 0),
+                    next_offset: 42,
+                },
+                Position {
+                    tp: tp("ünïcode", 3),
+                    next_offset: 0,
+                },
+            ],
+            max_batch_bytes: 1 << 20,
+        },
+        Frame::Welcome {
+            version: 1,
+            site: String::new(),
+            hub_id: String::new(),
+            positions: vec![],
+            max_batch_bytes: 0,
+        },
+        Frame::Batch(sample_batch()),
+        Frame::Ack {
+            seq: u64::MAX,
+            tp: tp("orders", 2),
+            next_offset: 11,
+        },
+        Frame::Ping {
+            nonce: 1,
+            sent_at_micros: 2,
+        },
+        Frame::Pong {
+            nonce: 3,
+            sent_at_micros: 4,
+        },
+        Frame::Error {
+            code: ErrorCode::BadBatch,
+            message: "bad".into(),
+        },
+        Frame::Error {
+            code: ErrorCode::Unknown(999),
+            message: String::new(),
+        },
+        Frame::GoAway {
+            reason: "shutdown".into(),
+        },
+    ]
+}
+
+fn encode(f: &Frame) -> BytesMut {
+    let mut out = BytesMut::new();
+    encode_frame(f, &mut out);
+    out
+}
+
+#[test]
+fn every_frame_round_trips() {
+    for f in all_frames() {
+        let bytes = encode(&f);
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 4, "{}", f.kind());
+        assert_eq!(decode_frame(&bytes[4..]).unwrap(), f, "{}", f.kind());
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        dec.push(&bytes);
+        assert_eq!(dec.next_frame().unwrap(), Some(f));
+        assert_eq!(dec.next_frame().unwrap(), None);
+        assert_eq!(dec.buffered_len(), 0);
+    }
+}
+
+#[test]
+fn decoder_fed_byte_by_byte_yields_all_frames_in_order() {
+    let frames = all_frames();
+    let mut stream = BytesMut::new();
+    for f in &frames {
+        encode_frame(f, &mut stream);
+    }
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    let mut got = Vec::new();
+    for b in stream.iter() {
+        dec.push(&[*b]);
+        while let Some(f) = dec.next_frame().unwrap() {
+            got.push(f);
+        }
+    }
+    assert_eq!(got, frames);
+    assert_eq!(dec.buffered_len(), 0);
+}
+
+#[test]
+fn batch_prefix_plus_payload_equals_full_encoding() {
+    let batch = sample_batch();
+    let mut prefix = BytesMut::new();
+    encode_batch_prefix(&batch, &mut prefix);
+    prefix.extend_from_slice(&batch.payload);
+    assert_eq!(prefix, encode(&Frame::Batch(batch)));
+}
+
+#[test]
+fn oversized_length_is_rejected_from_the_prefix_alone() {
+    let mut dec = FrameDecoder::new(1024);
+    dec.push(&1025u32.to_be_bytes());
+    assert_eq!(
+        dec.next_frame(),
+        Err(DecodeError::FrameTooLarge {
+            len: 1025,
+            max: 1024
+        })
+    );
+    assert_eq!(dec.buffered_len(), 4);
+}
+
+#[test]
+fn try_encode_refuses_long_strings_and_large_frames() {
+    let mut out = BytesMut::new();
+    let f = Frame::GoAway {
+        reason: "x".repeat(70_000),
+    };
+    assert!(matches!(
+        try_encode_frame(&f, &mut out, DEFAULT_MAX_FRAME_BYTES),
+        Err(EncodeError::StringTooLong { field: "reason", len: 70_000, .. })
+    ));
+    assert!(out.is_empty());
+    let f = Frame::GoAway { reason: "x".repeat(100) };
+    assert!(matches!(
+        try_encode_frame(&f, &mut out, 50),
+        Err(EncodeError::FrameTooLarge { .. })
+    ));
+    assert!(out.is_empty());
+    assert_eq!(try_encode_frame(&f, &mut out, 1000), Ok(4 + 1 + 2 + 100));
+}
+
+#[test]
+fn encode_frame_truncates_overlong_text_at_a_char_boundary() {
+    let f = Frame::GoAway {
+        reason: "é".repeat(40_000),
+    };
+    let bytes = encode(&f);
+    let Frame::GoAway { reason } = decode_frame(&bytes[4..]).unwrap() else {
+        panic!("not GoAway")
+    };
+    assert_eq!(reason.len(), 65_534);
+}
+
+/// Body bytes (type byte first) for a Batch frame with the given header fields.
+fn batch_body(partition: i32, partition_count: i32, first: i64, next: i64, codec: u8) -> Vec<u8> {
+    let mut v = vec![3u8];
+    v.extend(1u64.to_be_bytes());
+    v.extend(1u16.to_be_bytes());
+    v.push(b't');
+    v.extend(partition.to_be_bytes());
+    v.extend(partition_count.to_be_bytes());
+    v.extend(first.to_be_bytes());
+    v.extend(next.to_be_bytes());
+    v.extend(0u32.to_be_bytes());
+    v.push(codec);
+    v.extend(0u32.to_be_bytes());
+    v
+}
+
+#[test]
+fn malformed_frames_give_the_documented_error() {
+    let ack = |partition: i32, next: i64| {
+        let mut v = vec![4u8];
+        v.extend(1u64.to_be_bytes());
+        v.extend(1u16.to_be_bytes());
+        v.push(b't');
+        v.extend(partition.to_be_bytes());
+        v.extend(next.to_be_bytes());
+        v
+    };
+    let mut trailing_ping = vec![5u8];
+    trailing_ping.extend([0u8; 17]);
+    let mut bad_utf8 = vec![8u8, 0, 2, 0xff, 0xfe];
+    let mut welcome_huge_count = vec![2u8, 0, 1, 0, 0, 0, 0];
+    welcome_huge_count.extend(u32::MAX.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, DecodeError)> = vec![
+        ("empty body", vec![], DecodeError::EmptyFrame),
+        (
+            "unknown type",
+            vec![0x42],
+            DecodeError::UnknownFrameType { frame_type: 0x42 },
+        ),
+        (
+            "truncated ping",
+            vec![5u8, 0, 0, 0],
+            DecodeError::Truncated {
+                frame: "Ping",
+                field: "nonce",
+            },
+        ),
+        (
+            "trailing bytes",
+            trailing_ping,
+            DecodeError::TrailingBytes {
+                frame: "Ping",
+                count: 1,
+            },
+        ),
+        (
+            "invalid utf-8",
+            std::mem::take(&mut bad_utf8),
+            DecodeError::InvalidUtf8 {
+                frame: "GoAway",
+                field: "reason",
+            },
+        ),
+        (
+            "string longer than body",
+            vec![8u8, 0, 5, b'a'],
+            DecodeError::Truncated {
+                frame: "GoAway",
+                field: "reason",
+            },
+        ),
+        (
+            "negative partition",
+            ack(-1, 0),
+            DecodeError::Negative {
+                frame: "Ack",
+                field: "partition",
+                value: -1,
+            },
+        ),
+        (
+            "negative offset",
+            ack(0, -5),
+            DecodeError::Negative {
+                frame: "Ack",
+                field: "next_offset",
+                value: -5,
+            },
+        ),
+        (
+            "next below first",
+            batch_body(0, 1, 10, 9, 0),
+            DecodeError::OffsetsReversed {
+                frame: "Batch",
+                first_offset: 10,
+                next_offset: 9,
+            },
+        ),
+        (
+            "partition beyond count",
+            batch_body(3, 3, 0, 0, 0),
+            DecodeError::PartitionOutOfRange {
+                partition: 3,
+                partition_count: 3,
+            },
+        ),
+        (
+            "unknown codec",
+            batch_body(0, 1, 0, 0, 9),
+            DecodeError::UnknownCodec { codec: 9 },
+        ),
+        (
+            "welcome count beyond body",
+            welcome_huge_count,
+            DecodeError::Truncated {
+                frame: "Welcome",
+                field: "positions.topic",
+            },
+        ),
+    ];
+    for (name, body, want) in cases {
+        assert_eq!(decode_frame(&body), Err(want.clone()), "{name}");
+        // Same through the stream decoder.
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        dec.push(&(body.len() as u32).to_be_bytes());
+        dec.push(&body);
+        assert_eq!(dec.next_frame(), Err(want), "{name} via FrameDecoder");
+    }
+}
+
+#[test]
+fn error_messages_name_the_field_and_value() {
+    let e = decode_frame(&batch_body(0, 1, 10, 9, 0)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Batch frame: next_offset 9 is below first_offset 10"
+    );
+}
+
+fn arb_string() -> impl Strategy<Value = String> {
+    proptest::string::string_regex(".{0,20}").unwrap()
+}
+
+fn arb_tp() -> impl Strategy<Value = TopicPartition> {
+    (arb_string(), 0..i32::MAX).prop_map(|(t, p)| TopicPartition::new(t, p))
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), arb_string(), arb_string()).prop_map(|(a, b, c, d)| {
+            Frame::Hello {
+                min_version: a,
+                max_version: b,
+                agent_version: c,
+                site_claim: d,
+            }
+        }),
+        (
+            any::<u16>(),
+            arb_string(),
+            arb_string(),
+            proptest::collection::vec((arb_tp(), 0..i64::MAX), 0..5),
+            any::<u32>()
+        )
+            .prop_map(|(version, site, hub_id, ps, max_batch_bytes)| Frame::Welcome {
+                version,
+                site,
+                hub_id,
+                positions: ps
+                    .into_iter()
+                    .map(|(tp, next_offset)| Position { tp, next_offset })
+                    .collect(),
+                max_batch_bytes,
+            }),
+        (
+            any::<u64>(),
+            arb_tp(),
+            0..1000i32,
+            0..i64::MAX / 2,
+            0..1000i64,
+            any::<u32>(),
+            any::<bool>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(seq, tp, extra, first, span, rc, z, ul, payload)| {
+                let partition_count = tp.partition.saturating_add(1).saturating_add(extra);
+                Frame::Batch(Batch {
+                    header: BatchHeader {
+                        seq,
+                        tp,
+                        partition_count,
+                        first_offset: first,
+                        next_offset: first + span,
+                        record_count: rc,
+                        codec: if z { Codec::Zstd } else { Codec::None },
+                        uncompressed_len: ul,
+                    },
+                    payload: Bytes::from(payload),
+                })
+            }),
+        (any::<u64>(), arb_tp(), 0..i64::MAX).prop_map(|(seq, tp, next_offset)| Frame::Ack {
+            seq,
+            tp,
+            next_offset
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(nonce, sent_at_micros)| Frame::Ping {
+            nonce,
+            sent_at_micros
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(nonce, sent_at_micros)| Frame::Pong {
+            nonce,
+            sent_at_micros
+        }),
+        (1..7u16, arb_string()).prop_map(|(c, message)| Frame::Error {
+            code: ErrorCode::from_u16(c),
+            message
+        }),
+        arb_string().prop_map(|reason| Frame::GoAway { reason }),
+    ]
+}
+
+fn drain(dec: &mut FrameDecoder) {
+    // Stop at the first error, as a driver would; never panic.
+    while let Ok(Some(_)) = dec.next_frame() {}
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_frames_round_trip(f in arb_frame()) {
+        let bytes = encode(&f);
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        dec.push(&bytes);
+        prop_assert_eq!(dec.next_frame().unwrap(), Some(f));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoder(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut dec = FrameDecoder::new(256);
+        dec.push(&data);
+        drain(&mut dec);
+        let _ = decode_frame(&data);
+    }
+
+    #[test]
+    fn mutated_frames_never_panic(
+        f in arb_frame(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = encode(&f).to_vec();
+        for (i, v) in flips {
+            let i = i.index(bytes.len());
+            bytes[i] = v;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1));
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        dec.push(&bytes);
+        drain(&mut dec);
+        if bytes.len() > 4 {
+            if let Ok(Frame::Batch(b)) = decode_frame(&bytes[4..]) {
+                let _ = b.decode_records(1 << 16);
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Record encoding inside batches: builder, codecs, validation of malformed payloads.
+
+use bytes::Bytes;
+use er_protocol::*;
+
+fn tp() -> TopicPartition {
+    TopicPartition::new("sensors", 1)
+}
+
+fn rec<'a>(offset: i64, headers: &'a [(&'a str, Option<&'a [u8]>)]) -> RecordRef<'a> {
+    RecordRef {
+        offset,
+        timestamp: -5,
+        timestamp_type: TimestampType::LogAppendTime,
+        key: None,
+        value: Some(b""),
+        headers,
+        topic: None,
+        partition: None,
+    }
+}
+
+#[test]
+fn records_round_trip_with_both_codecs_keeping_null_and_empty_distinct() {
+    let headers: &[(&str, Option<&[u8]>)] = &[("a", Some(b"1")), ("a", None), ("", Some(b""))];
+    let records = [
+        RecordRef {
+            offset: 100,
+            timestamp: 1_700_000_000_123,
+            timestamp_type: TimestampType::CreateTime,
+            key: Some(b"key"),
+            value: None,
+            headers,
+            topic: Some("renamed"),
+            partition: Some(7),
+        },
+        // Two output records sharing one source offset (a plugin split a record).
+        rec(100, &[]),
+        RecordRef {
+            offset: 105,
+            timestamp: i64::MIN,
+            timestamp_type: TimestampType::NotAvailable,
+            key: Some(b""),
+            value: Some(&[0u8; 3000]),
+            headers: &[],
+            topic: None,
+            partition: Some(0),
+        },
+    ];
+    for codec in [Codec::None, Codec::Zstd] {
+        let mut b = BatchBuilder::new(tp(), 3);
+        for r in &records {
+            b.push(r);
+        }
+        assert_eq!(b.len(), 3);
+        let encoded = b.encoded_bytes();
+        b.set_next_offset(200);
+        let batch = b.finish(4, codec, 3).unwrap();
+        let h = &batch.header;
+        assert_eq!(
+            (h.seq, h.first_offset, h.next_offset, h.record_count, h.codec),
+            (4, 100, 200, 3, codec)
+        );
+        assert_eq!(h.uncompressed_len as usize, encoded);
+        if codec == Codec::Zstd {
+            assert!(batch.payload.len() < encoded, "3000 zero bytes compress");
+        }
+        let decoded = batch.decode_records(1 << 20).unwrap();
+        assert_eq!(decoded.len(), 3);
+        let views: Vec<RecordView<'_>> = decoded.iter().map(Result::unwrap).collect();
+        for (v, r) in views.iter().zip(&records) {
+            assert_eq!(v.offset, r.offset);
+            assert_eq!(v.timestamp, r.timestamp);
+            assert_eq!(v.timestamp_type, r.timestamp_type);
+            assert_eq!(v.key, r.key);
+            assert_eq!(v.value, r.value);
+            assert_eq!(v.headers.to_vec(), r.headers.to_vec());
+            assert_eq!(v.topic, r.topic);
+            assert_eq!(v.partition, r.partition);
+        }
+    }
+}
+
+#[test]
+fn empty_batch_moves_the_position_only() {
+    let mut b = BatchBuilder::new(tp(), 3);
+    assert!(b.is_empty());
+    b.set_next_offset(77);
+    let batch = b.finish(0, Codec::None, 0).unwrap();
+    assert_eq!(
+        (batch.header.first_offset, batch.header.next_offset, batch.header.record_count),
+        (77, 77, 0)
+    );
+    assert_eq!(batch.decode_records(0).unwrap().len(), 0);
+    let b = BatchBuilder::new(tp(), 3);
+    assert_eq!(
+        b.finish(0, Codec::None, 0),
+        Err(EncodeError::EmptyBatchWithoutPosition { next_offset: None })
+    );
+}
+
+#[test]
+fn next_offset_defaults_to_last_plus_one() {
+    let mut b = BatchBuilder::new(tp(), 3);
+    b.push(&rec(5, &[]));
+    b.push(&rec(9, &[]));
+    let batch = b.finish(0, Codec::None, 0).unwrap();
+    assert_eq!((batch.header.first_offset, batch.header.next_offset), (5, 10));
+}
+
+#[test]
+fn builder_reports_bad_records_at_finish() {
+    let cases: Vec<(&str, Vec<RecordRef<'static>>, Option<i64>, EncodeError)> = vec![
+        (
+            "negative offset",
+            vec![rec(-1, &[])],
+            None,
+            EncodeError::NegativeOffset { index: 0, offset: -1 },
+        ),
+        (
+            "decreasing offset",
+            vec![rec(5, &[]), rec(4, &[])],
+            None,
+            EncodeError::OffsetDecreasing {
+                index: 1,
+                offset: 4,
+                previous: 5,
+            },
+        ),
+        (
+            "negative partition",
+            vec![RecordRef {
+                partition: Some(-2),
+                ..rec(1, &[])
+            }],
+            None,
+            EncodeError::NegativePartition {
+                index: 0,
+                partition: -2,
+            },
+        ),
+        (
+            "next_offset too small",
+            vec![rec(5, &[])],
+            Some(5),
+            EncodeError::NextOffsetTooSmall {
+                next_offset: 5,
+                last_offset: 5,
+            },
+        ),
+    ];
+    for (name, records, next, want) in cases {
+        let mut b = BatchBuilder::new(tp(), 3);
+        for r in &records {
+            b.push(r);
+        }
+        if let Some(n) = next {
+            b.set_next_offset(n);
+        }
+        assert_eq!(b.finish(0, Codec::None, 0), Err(want), "{name}");
+    }
+    assert_eq!(
+        BatchBuilder::new(TopicPartition::new("t", 3), 3).finish(0, Codec::None, 0),
+        Err(EncodeError::InvalidPartition {
+            partition: 3,
+            partition_count: 3
+        })
+    );
+}
+
+#[test]
+fn builder_is_reusable_across_batches() {
+    let mut b = BatchBuilder::new(tp(), 3);
+    let mut next = 0;
+    for seq in 0..5u64 {
+        for _ in 0..10 {
+            b.push(&rec(next, &[]));
+            next += 1;
+        }
+        let batch = b.finish_and_reset(seq, Codec::Zstd, 1).unwrap();
+        assert_eq!(batch.header.first_offset, next - 10);
+        assert_eq!(batch.decode_records(1 << 20).unwrap().len(), 10);
+        assert!(b.is_empty());
+    }
+    b.reset(TopicPartition::new("other", 0), 1);
+    b.push(&rec(3, &[]));
+    let batch = b.finish(0, Codec::None, 0).unwrap();
+    assert_eq!(batch.header.tp, TopicPartition::new("other", 0));
+}
+
+#[test]
+fn push_with_headers_from_an_iterator() {
+    let owned = [("k".to_string(), Some(b"v".to_vec())), ("n".to_string(), None)];
+    let mut b = BatchBuilder::new(tp(), 3);
+    b.push_with_headers(
+        &rec(0, &[]),
+        owned.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+    );
+    let batch = b.finish(0, Codec::None, 0).unwrap();
+    let d = batch.decode_records(1024).unwrap();
+    let r = d.iter().next().unwrap().unwrap();
+    assert_eq!(r.headers.to_vec(), vec![("k", Some(&b"v"[..])), ("n", None)]);
+}
+
+fn raw_batch(first: i64, next: i64, count: u32, payload: &[u8]) -> Batch {
+    Batch {
+        header: BatchHeader {
+            seq: 0,
+            tp: tp(),
+            partition_count: 3,
+            first_offset: first,
+            next_offset: next,
+            record_count: count,
+            codec: Codec::None,
+            uncompressed_len: payload.len() as u32,
+        },
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+#[test]
+fn malformed_record_payloads_give_the_documented_error() {
+    // Minimal valid record: flags 0, delta 0, ts 0, 0 headers.
+    let ok = [0u8, 0, 0, 0];
+    let cases: Vec<(&str, Batch, DecodeError)> = vec![
+        (
+            "fewer records than declared",
+            raw_batch(0, 10, 2, &ok),
+            DecodeError::RecordCountMismatch {
+                declared: 2,
+                actual: 1,
+            },
+        ),
+        (
+            "trailing bytes",
+            raw_batch(0, 10, 1, &[0, 0, 0, 0, 9]),
+            DecodeError::RecordTrailingBytes {
+                count: 1,
+                records: 1,
+            },
+        ),
+        (
+            "offset beyond next_offset",
+            raw_batch(0, 10, 1, &[0, 10, 0, 0]),
+            DecodeError::RecordOffsetOutOfRange {
+                index: 0,
+                offset: 10,
+                first_offset: 0,
+                next_offset: 10,
+            },
+        ),
+        (
+            "reserved flag bits",
+            raw_batch(0, 10, 1, &[0x80, 0, 0, 0]),
+            DecodeError::InvalidRecordFlags {
+                index: 0,
+                flags: 0x80,
+            },
+        ),
+        (
+            "timestamp type 3",
+            raw_batch(0, 10, 1, &[0b1100, 0, 0, 0]),
+            DecodeError::InvalidRecordFlags {
+                index: 0,
+                flags: 0b1100,
+            },
+        ),
+        (
+            "key longer than payload",
+            raw_batch(0, 10, 1, &[1, 0, 0, 50]),
+            DecodeError::RecordTruncated {
+                index: 0,
+                field: "key",
+            },
+        ),
+        (
+            "varint overflow",
+            raw_batch(0, 10, 1, &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            DecodeError::BadVarint {
+                index: 0,
+                field: "offset_delta",
+            },
+        ),
+        (
+            "header key not utf-8",
+            raw_batch(0, 10, 1, &[0, 0, 0, 1, 1, 0xff, 0]),
+            DecodeError::RecordInvalidUtf8 {
+                index: 0,
+                field: "header_key",
+            },
+        ),
+        (
+            "header present flag 2",
+            raw_batch(0, 10, 1, &[0, 0, 0, 1, 0, 2]),
+            DecodeError::InvalidHeaderFlag { index: 0, value: 2 },
+        ),
+        (
+            "partition override too big",
+            raw_batch(0, 10, 1, &[0x20, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x08]),
+            DecodeError::PartitionOverrideOutOfRange {
+                index: 0,
+                value: 1 << 31,
+            },
+        ),
+        (
+            "uncompressed too large",
+            Batch {
+                header: BatchHeader {
+                    uncompressed_len: 5000,
+                    ..raw_batch(0, 10, 0, &[]).header
+                },
+                payload: Bytes::new(),
+            },
+            DecodeError::UncompressedTooLarge {
+                uncompressed_len: 5000,
+                max: 4096,
+            },
+        ),
+        (
+            "declared length differs",
+            Batch {
+                header: BatchHeader {
+                    uncompressed_len: 8,
+                    ..raw_batch(0, 10, 1, &ok).header
+                },
+                payload: Bytes::copy_from_slice(&ok),
+            },
+            DecodeError::UncompressedLenMismatch {
+                declared: 8,
+                actual: 4,
+            },
+        ),
+    ];
+    for (name, batch, want) in cases {
+        assert_eq!(batch.decode_records(4096).unwrap_err(), want, "{name}");
+    }
+    // Decreasing offsets: record 1 at delta 3, record 2 at delta 2.
+    let b = raw_batch(0, 10, 2, &[0, 3, 0, 0, 0, 2, 0, 0]);
+    assert_eq!(
+        b.decode_records(4096).unwrap_err(),
+        DecodeError::RecordOffsetDecreasing {
+            index: 1,
+            offset: 2,
+            previous: 3
+        }
+    );
+    // Garbage zstd.
+    let mut z = raw_batch(0, 10, 1, &ok);
+    z.header.codec = Codec::Zstd;
+    assert!(matches!(
+        z.decode_records(4096),
+        Err(DecodeError::Decompress { .. })
+    ));
+}
+
+#[test]
+fn zstd_bomb_is_refused_without_inflating_past_the_declared_length() {
+    let mut b = BatchBuilder::new(tp(), 3);
+    let zeros = vec![0u8; 1 << 20];
+    b.push(&RecordRef {
+        value: Some(&zeros),
+        ..rec(0, &[])
+    });
+    let mut batch = b.finish(0, Codec::Zstd, 3).unwrap();
+    // Lie about the size: decompression must fail rather than grow beyond it.
+    batch.header.uncompressed_len = 1000;
+    assert!(matches!(
+        batch.decode_records(1 << 21),
+        Err(DecodeError::Decompress { .. })
+    ));
+}
