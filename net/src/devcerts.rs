@@ -194,7 +194,13 @@ pub fn generate_in_memory(hub_names: &[String], sites: &[String]) -> Result<DevP
 
     let ca_key = new_key("CA key")?;
     let mut ca = params(Vec::new(), "CA certificate")?;
-    ca.distinguished_name = dn("edge-replicator dev CA");
+    // A name unique to this CA's key: webpki picks issuers by name, so two dev CAs sharing a
+    // name would turn "unknown CA" into a confusing "bad signature".
+    let key_id: String = ca.key_identifier(&ca_key)[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    ca.distinguished_name = dn(&format!("edge-replicator dev CA {key_id}"));
     // No intermediates in a dev PKI.
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![
