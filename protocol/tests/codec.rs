@@ -153,10 +153,16 @@ fn try_encode_refuses_long_strings_and_large_frames() {
     };
     assert!(matches!(
         try_encode_frame(&f, &mut out, DEFAULT_MAX_FRAME_BYTES),
-        Err(EncodeError::StringTooLong { field: "reason", len: 70_000, .. })
+        Err(EncodeError::StringTooLong {
+            field: "reason",
+            len: 70_000,
+            ..
+        })
     ));
     assert!(out.is_empty());
-    let f = Frame::GoAway { reason: "x".repeat(100) };
+    let f = Frame::GoAway {
+        reason: "x".repeat(100),
+    };
     assert!(matches!(
         try_encode_frame(&f, &mut out, 50),
         Err(EncodeError::FrameTooLarge { .. })
@@ -341,16 +347,18 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             proptest::collection::vec((arb_tp(), 0..i64::MAX), 0..5),
             any::<u32>()
         )
-            .prop_map(|(version, site, hub_id, ps, max_batch_bytes)| Frame::Welcome {
-                version,
-                site,
-                hub_id,
-                positions: ps
-                    .into_iter()
-                    .map(|(tp, next_offset)| Position { tp, next_offset })
-                    .collect(),
-                max_batch_bytes,
-            }),
+            .prop_map(
+                |(version, site, hub_id, ps, max_batch_bytes)| Frame::Welcome {
+                    version,
+                    site,
+                    hub_id,
+                    positions: ps
+                        .into_iter()
+                        .map(|(tp, next_offset)| Position { tp, next_offset })
+                        .collect(),
+                    max_batch_bytes,
+                }
+            ),
         (
             any::<u64>(),
             arb_tp(),

@@ -156,7 +156,10 @@ fn malformed_mm2_records_are_refused() {
 fn topic_names_follow_mm2() {
     assert_eq!(HEARTBEATS_TOPIC, "heartbeats");
     assert_eq!(checkpoints_topic("edge1"), "edge1.checkpoints.internal");
-    assert_eq!(offset_syncs_topic("edge1"), "mm2-offset-syncs.edge1.internal");
+    assert_eq!(
+        offset_syncs_topic("edge1"),
+        "mm2-offset-syncs.edge1.internal"
+    );
 }
 
 #[test]
@@ -223,7 +226,13 @@ fn internal_topics_are_recognised() {
     ] {
         assert!(is_internal_topic(t), "{t}");
     }
-    for t in ["orders", "heartbeats", "edge1.heartbeats", "internal", "mm2"] {
+    for t in [
+        "orders",
+        "heartbeats",
+        "edge1.heartbeats",
+        "internal",
+        "mm2",
+    ] {
         assert!(!is_internal_topic(t), "{t}");
     }
 }
@@ -248,10 +257,7 @@ fn topic_name_validation() {
                 len: 250,
             },
         ),
-        (
-            ".".into(),
-            PolicyError::TopicNameDots { name: ".".into() },
-        ),
+        (".".into(), PolicyError::TopicNameDots { name: ".".into() }),
         (
             "..".into(),
             PolicyError::TopicNameDots { name: "..".into() },

@@ -58,7 +58,13 @@ fn records_round_trip_with_both_codecs_keeping_null_and_empty_distinct() {
         let batch = b.finish(4, codec, 3).unwrap();
         let h = &batch.header;
         assert_eq!(
-            (h.seq, h.first_offset, h.next_offset, h.record_count, h.codec),
+            (
+                h.seq,
+                h.first_offset,
+                h.next_offset,
+                h.record_count,
+                h.codec
+            ),
             (4, 100, 200, 3, codec)
         );
         assert_eq!(h.uncompressed_len as usize, encoded);
@@ -88,7 +94,11 @@ fn empty_batch_moves_the_position_only() {
     b.set_next_offset(77);
     let batch = b.finish(0, Codec::None, 0).unwrap();
     assert_eq!(
-        (batch.header.first_offset, batch.header.next_offset, batch.header.record_count),
+        (
+            batch.header.first_offset,
+            batch.header.next_offset,
+            batch.header.record_count
+        ),
         (77, 77, 0)
     );
     assert_eq!(batch.decode_records(0).unwrap().len(), 0);
@@ -105,7 +115,10 @@ fn next_offset_defaults_to_last_plus_one() {
     b.push(&rec(5, &[]));
     b.push(&rec(9, &[]));
     let batch = b.finish(0, Codec::None, 0).unwrap();
-    assert_eq!((batch.header.first_offset, batch.header.next_offset), (5, 10));
+    assert_eq!(
+        (batch.header.first_offset, batch.header.next_offset),
+        (5, 10)
+    );
 }
 
 #[test]
@@ -115,7 +128,10 @@ fn builder_reports_bad_records_at_finish() {
             "negative offset",
             vec![rec(-1, &[])],
             None,
-            EncodeError::NegativeOffset { index: 0, offset: -1 },
+            EncodeError::NegativeOffset {
+                index: 0,
+                offset: -1,
+            },
         ),
         (
             "decreasing offset",
@@ -190,7 +206,10 @@ fn builder_is_reusable_across_batches() {
 
 #[test]
 fn push_with_headers_from_an_iterator() {
-    let owned = [("k".to_string(), Some(b"v".to_vec())), ("n".to_string(), None)];
+    let owned = [
+        ("k".to_string(), Some(b"v".to_vec())),
+        ("n".to_string(), None),
+    ];
     let mut b = BatchBuilder::new(tp(), 3);
     b.push_with_headers(
         &rec(0, &[]),
@@ -199,7 +218,10 @@ fn push_with_headers_from_an_iterator() {
     let batch = b.finish(0, Codec::None, 0).unwrap();
     let d = batch.decode_records(1024).unwrap();
     let r = d.iter().next().unwrap().unwrap();
-    assert_eq!(r.headers.to_vec(), vec![("k", Some(&b"v"[..])), ("n", None)]);
+    assert_eq!(
+        r.headers.to_vec(),
+        vec![("k", Some(&b"v"[..])), ("n", None)]
+    );
 }
 
 fn raw_batch(first: i64, next: i64, count: u32, payload: &[u8]) -> Batch {
@@ -275,7 +297,14 @@ fn malformed_record_payloads_give_the_documented_error() {
         ),
         (
             "varint overflow",
-            raw_batch(0, 10, 1, &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            raw_batch(
+                0,
+                10,
+                1,
+                &[
+                    0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                ],
+            ),
             DecodeError::BadVarint {
                 index: 0,
                 field: "offset_delta",

@@ -1,0 +1,811 @@
+//! Simulated agent/hub pair over in-memory links with a virtual clock (quinn's `Pair` style).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use er_protocol::*;
+
+const RECORDS_PER_BATCH: i64 = 3;
+
+fn agent_config() -> AgentConfig {
+    AgentConfig {
+        agent_version: "test-agent".into(),
+        site_claim: "edge1".into(),
+        ping_interval: Duration::from_secs(5),
+        welcome_timeout: Duration::from_secs(10),
+        max_inflight_bytes_per_partition: 64 * 1024,
+        max_inflight_bytes_total: 256 * 1024,
+    }
+}
+
+fn hub_config() -> HubConfig {
+    HubConfig {
+        hub_id: "hub-1".into(),
+        max_batch_bytes: 1 << 20,
+        max_uncompressed_bytes: 4 << 20,
+    }
+}
+
+/// Central side state that outlives connections: committed positions and every committed record.
+#[derive(Default, Debug)]
+struct Store {
+    positions: BTreeMap<TopicPartition, i64>,
+    committed: Vec<(TopicPartition, i64)>,
+}
+
+/// The edge Kafka log plus the agent app's read cursor (reset from Welcome on each connection).
+#[derive(Debug)]
+struct Source {
+    /// Per partition: number of records (offsets 0..len).
+    logs: BTreeMap<TopicPartition, i64>,
+    cursor: BTreeMap<TopicPartition, i64>,
+    pending: BTreeMap<TopicPartition, Batch>,
+}
+
+impl Source {
+    fn new(partitions: &[(TopicPartition, i64)]) -> Self {
+        Self {
+            logs: partitions.iter().cloned().collect(),
+            cursor: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+struct Pair {
+    now: Instant,
+    latency: Duration,
+    commit_delay: Duration,
+    agent: AgentConn,
+    hub: HubConn,
+    to_hub: VecDeque<(Instant, Channel, BytesMut)>,
+    to_agent: VecDeque<(Instant, Channel, BytesMut)>,
+    commits: VecDeque<(Instant, Batch)>,
+    store: Store,
+    source: Option<Source>,
+    auto_welcome: bool,
+    agent_events: Vec<AgentEvent>,
+    hub_events: Vec<HubEvent>,
+    agent_errors: Vec<ProtocolError>,
+    hub_errors: Vec<ProtocolError>,
+}
+
+impl Pair {
+    fn new(now: Instant, latency: Duration, store: Store) -> Self {
+        Self::with_config(now, latency, store, agent_config())
+    }
+
+    fn with_config(now: Instant, latency: Duration, store: Store, config: AgentConfig) -> Self {
+        Self {
+            now,
+            latency,
+            commit_delay: Duration::from_millis(5),
+            agent: AgentConn::new(config, now),
+            hub: HubConn::new(hub_config(), "edge1".into(), now),
+            to_hub: VecDeque::new(),
+            to_agent: VecDeque::new(),
+            commits: VecDeque::new(),
+            store,
+            source: None,
+            auto_welcome: true,
+            agent_events: Vec::new(),
+            hub_events: Vec::new(),
+            agent_errors: Vec::new(),
+            hub_errors: Vec::new(),
+        }
+    }
+
+    /// Moves queued output onto the links and reacts to events; no time passes.
+    fn drive(&mut self) {
+        loop {
+            let mut progress = false;
+            while let Some((ch, f)) = self.agent.poll_transmit() {
+                let mut b = BytesMut::new();
+                encode_frame(&f, &mut b);
+                self.to_hub.push_back((self.now + self.latency, ch, b));
+                progress = true;
+            }
+            while let Some((ch, f)) = self.hub.poll_transmit() {
+                let mut b = BytesMut::new();
+                encode_frame(&f, &mut b);
+                self.to_agent.push_back((self.now + self.latency, ch, b));
+                progress = true;
+            }
+            while let Some(ev) = self.hub.poll_event() {
+                progress = true;
+                match &ev {
+                    HubEvent::Hello { .. } if self.auto_welcome => {
+                        let positions = self
+                            .store
+                            .positions
+                            .iter()
+                            .map(|(tp, &next_offset)| Position {
+                                tp: tp.clone(),
+                                next_offset,
+                            })
+                            .collect();
+                        self.hub.welcome(positions).unwrap();
+                    }
+                    HubEvent::Batch(b) => {
+                        b.decode_records(hub_config().max_uncompressed_bytes)
+                            .expect("valid records");
+                        self.commits
+                            .push_back((self.now + self.commit_delay, b.clone()));
+                    }
+                    _ => {}
+                }
+                self.hub_events.push(ev);
+            }
+            while let Some(ev) = self.agent.poll_event() {
+                progress = true;
+                if let (AgentEvent::Welcomed { positions, .. }, Some(src)) = (&ev, &mut self.source)
+                {
+                    src.cursor.clear();
+                    src.pending.clear();
+                    for p in positions {
+                        src.cursor.insert(p.tp.clone(), p.next_offset);
+                    }
+                }
+                self.agent_events.push(ev);
+            }
+            progress |= self.pump_source();
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// The agent app: read records from the source log and send batches while budget allows.
+    fn pump_source(&mut self) -> bool {
+        let Some(src) = &mut self.source else {
+            return false;
+        };
+        if !self.agent.is_welcomed() {
+            return false;
+        }
+        let mut sent = false;
+        for (tp, &len) in &src.logs {
+            loop {
+                if !src.pending.contains_key(tp) {
+                    let from = *src.cursor.get(tp).unwrap_or(&0);
+                    if from >= len {
+                        break;
+                    }
+                    let to = (from + RECORDS_PER_BATCH).min(len);
+                    let mut b = BatchBuilder::new(tp.clone(), 8);
+                    let value = vec![b'x'; 200];
+                    for offset in from..to {
+                        b.push(&RecordRef {
+                            offset,
+                            timestamp: 1_000 + offset,
+                            timestamp_type: TimestampType::CreateTime,
+                            key: None,
+                            value: Some(&value),
+                            headers: &[],
+                            topic: None,
+                            partition: None,
+                        });
+                    }
+                    let batch = b.finish(self.agent.next_seq(tp), Codec::None, 0).unwrap();
+                    src.cursor.insert(tp.clone(), to);
+                    src.pending.insert(tp.clone(), batch);
+                }
+                let bytes = src.pending[tp].payload.len() as u64;
+                if !self.agent.can_send(tp, bytes) {
+                    break;
+                }
+                let batch = src.pending.remove(tp).unwrap();
+                self.agent.send_batch(batch).unwrap();
+                sent = true;
+            }
+        }
+        sent
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        [
+            self.to_hub.front().map(|m| m.0),
+            self.to_agent.front().map(|m| m.0),
+            self.commits.front().map(|c| c.0),
+            self.agent.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Advances the clock to the next wakeup and handles everything due; false when idle.
+    fn step(&mut self) -> bool {
+        self.drive();
+        let Some(t) = self.next_wakeup() else {
+            return false;
+        };
+        self.now = self.now.max(t);
+        let now = self.now;
+        while self.to_hub.front().is_some_and(|m| m.0 <= now) {
+            let (_, ch, bytes) = self.to_hub.pop_front().unwrap();
+            let f = decode_one(&bytes);
+            if let Err(e) = self.hub.handle_frame(now, &ch, f) {
+                self.hub_errors.push(e);
+            }
+        }
+        while self.to_agent.front().is_some_and(|m| m.0 <= now) {
+            let (_, ch, bytes) = self.to_agent.pop_front().unwrap();
+            let f = decode_one(&bytes);
+            if let Err(e) = self.agent.handle_frame(now, &ch, f) {
+                self.agent_errors.push(e);
+            }
+        }
+        while self.commits.front().is_some_and(|c| c.0 <= now) {
+            let (_, b) = self.commits.pop_front().unwrap();
+            let records = b.decode_records(u32::MAX).unwrap();
+            for r in records.iter() {
+                self.store
+                    .committed
+                    .push((b.header.tp.clone(), r.unwrap().offset));
+            }
+            let h = &b.header;
+            self.store.positions.insert(h.tp.clone(), h.next_offset);
+            self.hub.ack(&h.tp, h.seq, h.next_offset).unwrap();
+        }
+        if self.agent.poll_timeout().is_some_and(|t| t <= now) {
+            self.agent.handle_timeout(now);
+        }
+        self.drive();
+        true
+    }
+
+    fn run_until(&mut self, mut done: impl FnMut(&Pair) -> bool, max_steps: usize) {
+        for _ in 0..max_steps {
+            if done(self) {
+                return;
+            }
+            if !self.step() {
+                break;
+            }
+        }
+        assert!(
+            done(self),
+            "condition not reached (now idle or out of steps)"
+        );
+    }
+
+    fn welcomed(&self) -> bool {
+        self.agent.is_welcomed()
+    }
+}
+
+fn decode_one(bytes: &[u8]) -> Frame {
+    let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+    d.push(bytes);
+    let f = d.next_frame().unwrap().unwrap();
+    assert_eq!(d.buffered_len(), 0);
+    f
+}
+
+fn tp(t: &str, p: i32) -> TopicPartition {
+    TopicPartition::new(t, p)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Asserts every offset 0..len of every partition was committed exactly once, in order.
+fn assert_exactly_once(store: &Store, logs: &[(TopicPartition, i64)]) {
+    for (tp, len) in logs {
+        let offsets: Vec<i64> = store
+            .committed
+            .iter()
+            .filter(|(t, _)| t == tp)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(offsets, (0..*len).collect::<Vec<_>>(), "{tp}");
+        assert_eq!(store.positions.get(tp), Some(len), "{tp}");
+    }
+}
+
+#[test]
+fn handshake_delivers_resume_positions() {
+    let mut store = Store::default();
+    store.positions.insert(tp("orders", 0), 5);
+    store.positions.insert(tp("orders", 1), 0);
+    let mut pair = Pair::new(Instant::now(), ms(10), store);
+    pair.run_until(Pair::welcomed, 100);
+    assert_eq!(
+        pair.hub_events[0],
+        HubEvent::Hello {
+            agent_version: "test-agent".into(),
+            site_claim: "edge1".into(),
+            version: PROTOCOL_VERSION,
+        }
+    );
+    assert_eq!(
+        pair.agent_events[0],
+        AgentEvent::Welcomed {
+            site: "edge1".into(),
+            hub_id: "hub-1".into(),
+            positions: vec![
+                Position {
+                    tp: tp("orders", 0),
+                    next_offset: 5
+                },
+                Position {
+                    tp: tp("orders", 1),
+                    next_offset: 0
+                },
+            ],
+            max_batch_bytes: hub_config().max_batch_bytes,
+        }
+    );
+    // One round trip: Hello there, Welcome back.
+    assert_eq!(pair.agent.version(), Some(PROTOCOL_VERSION));
+    // The agent must not restart a known partition before its position.
+    let mut b = BatchBuilder::new(tp("orders", 0), 2);
+    b.set_next_offset(4);
+    let err = pair.agent.send_batch(b.finish(0, Codec::None, 0).unwrap());
+    assert!(matches!(
+        err,
+        Err(ProtocolError::OffsetRegression { expected: 5, .. })
+    ));
+}
+
+#[test]
+fn thousand_batches_over_four_partitions_are_acked_in_order() {
+    let logs: Vec<_> = (0..4)
+        .map(|p| (tp("events", p), 250 * RECORDS_PER_BATCH))
+        .collect();
+    let mut pair = Pair::new(Instant::now(), ms(10), Store::default());
+    pair.source = Some(Source::new(&logs));
+    pair.run_until(
+        |p| p.store.committed.len() == 1000 * 3 && p.agent.inflight_bytes() == 0,
+        100_000,
+    );
+    assert_exactly_once(&pair.store, &logs);
+    let acks: Vec<_> = pair
+        .agent_events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Acked {
+                tp,
+                seq,
+                next_offset,
+            } => Some((tp.clone(), *seq, *next_offset)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.len(), 1000);
+    for (t, _) in &logs {
+        let mine: Vec<_> = acks.iter().filter(|a| &a.0 == t).collect();
+        for (i, a) in mine.iter().enumerate() {
+            assert_eq!(a.1, i as u64);
+            assert_eq!(a.2, (i as i64 + 1) * RECORDS_PER_BATCH);
+        }
+    }
+    assert!(pair.agent_errors.is_empty() && pair.hub_errors.is_empty());
+}
+
+#[test]
+fn backpressure_blocks_sends_until_acks_free_the_budget() {
+    let config = AgentConfig {
+        max_inflight_bytes_per_partition: 1000,
+        max_inflight_bytes_total: 1500,
+        ..agent_config()
+    };
+    let mut pair = Pair::with_config(Instant::now(), ms(20), Store::default(), config);
+    pair.run_until(Pair::welcomed, 100);
+    let (a, b) = (tp("t", 0), tp("t", 1));
+    let batch = |pair: &Pair, tp: &TopicPartition, offset: i64| {
+        let mut bb = BatchBuilder::new(tp.clone(), 2);
+        bb.push(&RecordRef {
+            offset,
+            timestamp: 0,
+            timestamp_type: TimestampType::CreateTime,
+            key: None,
+            value: Some(&[7u8; 395]),
+            headers: &[],
+            topic: None,
+            partition: None,
+        });
+        bb.finish(pair.agent.next_seq(tp), Codec::None, 0).unwrap()
+    };
+    let size = batch(&pair, &a, 0).payload.len() as u64;
+    assert!((400..500).contains(&size), "{size}");
+    // Partition budget: two fit, the third does not.
+    for off in 0..2 {
+        assert!(pair.agent.can_send(&a, size));
+        pair.agent.send_batch(batch(&pair, &a, off)).unwrap();
+    }
+    assert!(!pair.agent.can_send(&a, size));
+    assert!(matches!(
+        pair.agent.send_batch(batch(&pair, &a, 2)),
+        Err(ProtocolError::BudgetExceeded { .. })
+    ));
+    // Total budget: one more on another partition, then full.
+    assert!(pair.agent.can_send(&b, size));
+    pair.agent.send_batch(batch(&pair, &b, 0)).unwrap();
+    assert!(!pair.agent.can_send(&b, size));
+    assert_eq!(pair.agent.inflight_bytes(), 3 * size);
+    // A batch larger than the partition budget may go alone... but not past a full total.
+    assert!(!pair.agent.can_send(&tp("t", 2), 5000));
+    // Acks free the budget.
+    pair.run_until(|p| p.agent.inflight_bytes() == 0, 1000);
+    assert!(pair.agent.can_send(&a, size));
+    assert!(
+        pair.agent.can_send(&tp("t", 2), 5000),
+        "oversized batch alone: no deadlock"
+    );
+    pair.agent.send_batch(batch(&pair, &a, 2)).unwrap();
+    pair.run_until(|p| p.agent.inflight_bytes() == 0, 1000);
+    assert_eq!(pair.store.committed.len(), 4);
+}
+
+#[test]
+fn reconnect_resumes_exactly_from_the_last_committed_offset() {
+    let logs: Vec<_> = (0..3).map(|p| (tp("metrics", p), 600)).collect();
+    let start = Instant::now();
+    let mut pair = Pair::new(start, ms(15), Store::default());
+    pair.commit_delay = ms(30);
+    pair.source = Some(Source::new(&logs));
+    pair.run_until(|p| p.store.committed.len() >= 500, 100_000);
+    // Cut the link mid-stream: batches in flight, commits pending, acks on the wire are lost.
+    assert!(pair.agent.inflight_bytes() > 0);
+    assert!(!pair.commits.is_empty() || !pair.to_agent.is_empty());
+    let committed_before = pair.store.committed.len();
+    let Pair { store, now, .. } = pair;
+
+    let mut pair = Pair::new(now + Duration::from_secs(1), ms(15), store);
+    pair.source = Some(Source::new(&logs));
+    pair.run_until(Pair::welcomed, 100);
+    let AgentEvent::Welcomed { positions, .. } = &pair.agent_events[0] else {
+        panic!("first event is Welcomed")
+    };
+    assert_eq!(positions.len(), 3);
+    let resumed: i64 = positions.iter().map(|p| p.next_offset).sum();
+    assert_eq!(resumed as usize, committed_before);
+    pair.run_until(
+        |p| p.store.committed.len() == 1800 && p.agent.inflight_bytes() == 0,
+        100_000,
+    );
+    assert_exactly_once(&pair.store, &logs);
+}
+
+#[test]
+fn version_mismatch_is_reported_to_the_agent() {
+    let now = Instant::now();
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    let err = hub
+        .handle_frame(
+            now,
+            &Channel::Control,
+            Frame::Hello {
+                min_version: PROTOCOL_VERSION + 1,
+                max_version: PROTOCOL_VERSION + 5,
+                agent_version: "future".into(),
+                site_claim: "edge1".into(),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::VersionMismatch {
+            peer_min: 2,
+            peer_max: 6,
+            ..
+        }
+    ));
+    let (ch, frame) = hub.poll_transmit().unwrap();
+    assert_eq!(ch, Channel::Control);
+    let Frame::Error { code, message } = frame.clone() else {
+        panic!("expected Error, got {frame:?}")
+    };
+    assert_eq!(code, ErrorCode::VersionMismatch);
+    assert!(message.contains("2..=6"), "{message}");
+    assert!(hub.is_closed());
+    assert!(hub.poll_event().is_none());
+
+    // The agent learns why.
+    let mut agent = AgentConn::new(agent_config(), now);
+    agent.handle_frame(now, &Channel::Control, frame).unwrap();
+    assert!(matches!(
+        agent.poll_event(),
+        Some(AgentEvent::HubError {
+            code: ErrorCode::VersionMismatch,
+            ..
+        })
+    ));
+    assert_eq!(agent.poll_timeout(), None);
+
+    // And an agent refuses a Welcome with a version it did not offer.
+    let mut agent = AgentConn::new(agent_config(), now);
+    let err = agent
+        .handle_frame(
+            now,
+            &Channel::Control,
+            Frame::Welcome {
+                version: 9,
+                site: "edge1".into(),
+                hub_id: "h".into(),
+                positions: vec![],
+                max_batch_bytes: 10,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::WelcomeVersion {
+            version: 9,
+            min: 1,
+            max: 1
+        }
+    );
+}
+
+fn small_batch(tp: &TopicPartition, seq: u64, first: i64, next: i64) -> Batch {
+    let mut b = BatchBuilder::new(tp.clone(), 4);
+    b.set_next_offset(next);
+    let mut batch = b.finish(seq, Codec::None, 0).unwrap();
+    batch.header.first_offset = first;
+    batch
+}
+
+#[test]
+fn batch_before_welcome_is_a_protocol_error_on_both_sides() {
+    let now = Instant::now();
+    let t = tp("t", 0);
+    // Agent refuses to send.
+    let mut agent = AgentConn::new(agent_config(), now);
+    assert!(matches!(
+        agent.send_batch(small_batch(&t, 0, 0, 0)),
+        Err(ProtocolError::InvalidCall {
+            call: "send_batch",
+            ..
+        })
+    ));
+    // Hub refuses to receive, before Hello and between Hello and welcome().
+    for say_hello in [false, true] {
+        let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+        if say_hello {
+            hub.handle_frame(
+                now,
+                &Channel::Control,
+                Frame::Hello {
+                    min_version: 1,
+                    max_version: 1,
+                    agent_version: "a".into(),
+                    site_claim: "edge1".into(),
+                },
+            )
+            .unwrap();
+        }
+        let err = hub
+            .handle_frame(
+                now,
+                &Channel::Partition(t.clone()),
+                Frame::Batch(small_batch(&t, 0, 0, 0)),
+            )
+            .unwrap_err();
+        let state = if say_hello {
+            "awaiting welcome from the hub driver"
+        } else {
+            "awaiting hello"
+        };
+        assert_eq!(
+            err,
+            ProtocolError::UnexpectedFrame {
+                frame: "Batch",
+                state
+            }
+        );
+        assert!(matches!(
+            hub.poll_transmit(),
+            Some((
+                Channel::Control,
+                Frame::Error {
+                    code: ErrorCode::Protocol,
+                    ..
+                }
+            ))
+        ));
+    }
+}
+
+fn welcomed_hub(now: Instant, positions: Vec<Position>) -> HubConn {
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    hub.handle_frame(
+        now,
+        &Channel::Control,
+        Frame::Hello {
+            min_version: 1,
+            max_version: 1,
+            agent_version: "a".into(),
+            site_claim: "edge1".into(),
+        },
+    )
+    .unwrap();
+    hub.welcome(positions).unwrap();
+    while hub.poll_transmit().is_some() {}
+    hub
+}
+
+#[test]
+fn hub_enforces_batch_order_channel_and_size() {
+    let now = Instant::now();
+    let t = tp("t", 0);
+    let pc = Channel::Partition(t.clone());
+    let start = vec![Position {
+        tp: t.clone(),
+        next_offset: 10,
+    }];
+    let mut too_big = small_batch(&t, 0, 10, 10);
+    too_big.payload = vec![0u8; hub_config().max_batch_bytes as usize + 1].into();
+    type Case = (&'static str, Vec<(Channel, Batch)>, ProtocolError);
+    let cases: Vec<Case> = vec![
+        (
+            "before resume position",
+            vec![(pc.clone(), small_batch(&t, 0, 9, 12))],
+            ProtocolError::OffsetRegression {
+                tp: t.clone(),
+                first_offset: 9,
+                expected: 10,
+            },
+        ),
+        (
+            "seq not increasing",
+            vec![
+                (pc.clone(), small_batch(&t, 3, 10, 12)),
+                (pc.clone(), small_batch(&t, 3, 12, 13)),
+            ],
+            ProtocolError::OutOfOrderBatch {
+                tp: t.clone(),
+                seq: 3,
+                expected: 4,
+            },
+        ),
+        (
+            "overlaps previous batch",
+            vec![
+                (pc.clone(), small_batch(&t, 0, 10, 12)),
+                (pc.clone(), small_batch(&t, 1, 11, 13)),
+            ],
+            ProtocolError::OffsetRegression {
+                tp: t.clone(),
+                first_offset: 11,
+                expected: 12,
+            },
+        ),
+        (
+            "wrong channel",
+            vec![(Channel::Partition(tp("t", 1)), small_batch(&t, 0, 10, 10))],
+            ProtocolError::WrongChannel {
+                frame: "Batch",
+                expected: "partition t/0".into(),
+                got: "partition t/1".into(),
+            },
+        ),
+        (
+            "payload too large",
+            vec![(pc.clone(), too_big)],
+            ProtocolError::BatchTooLarge {
+                tp: t.clone(),
+                what: "payload",
+                len: u64::from(hub_config().max_batch_bytes) + 1,
+                max: hub_config().max_batch_bytes.into(),
+            },
+        ),
+    ];
+    for (name, batches, want) in cases {
+        let mut hub = welcomed_hub(now, start.clone());
+        let n = batches.len();
+        for (i, (ch, b)) in batches.into_iter().enumerate() {
+            let r = hub.handle_frame(now, &ch, Frame::Batch(b));
+            if i + 1 < n {
+                r.unwrap();
+            } else {
+                assert_eq!(r, Err(want.clone()), "{name}");
+            }
+        }
+        assert!(hub.is_closed(), "{name}");
+    }
+    // Gaps are fine (filtered records), and acks must follow batches in order.
+    let mut hub = welcomed_hub(now, start);
+    hub.handle_frame(now, &pc, Frame::Batch(small_batch(&t, 0, 15, 20)))
+        .unwrap();
+    assert_eq!(
+        hub.ack(&t, 1, 20),
+        Err(ProtocolError::AckMismatch {
+            tp: t.clone(),
+            seq: 1,
+            next_offset: 20,
+            expected: Some((0, 20))
+        })
+    );
+    hub.ack(&t, 0, 20).unwrap();
+}
+
+#[test]
+fn agent_refuses_an_ack_that_matches_no_inflight_batch() {
+    let mut pair = Pair::new(Instant::now(), ms(5), Store::default());
+    pair.run_until(Pair::welcomed, 100);
+    let t = tp("t", 0);
+    pair.agent.send_batch(small_batch(&t, 0, 0, 3)).unwrap();
+    let now = pair.now;
+    let err = pair
+        .agent
+        .handle_frame(
+            now,
+            &Channel::Partition(t.clone()),
+            Frame::Ack {
+                seq: 0,
+                tp: t.clone(),
+                next_offset: 2,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::AckMismatch {
+            tp: t.clone(),
+            seq: 0,
+            next_offset: 2,
+            expected: Some((0, 3))
+        }
+    );
+    // The hub is told why, and the connection is closed.
+    let (ch, f) = std::iter::from_fn(|| pair.agent.poll_transmit())
+        .find(|(_, f)| f.kind() == "Error")
+        .unwrap();
+    assert_eq!(ch, Channel::Control);
+    assert!(matches!(
+        f,
+        Frame::Error {
+            code: ErrorCode::Protocol,
+            ..
+        }
+    ));
+    assert!(!pair.agent.is_welcomed());
+}
+
+#[test]
+fn welcome_timeout_fires_at_the_deadline() {
+    let start = Instant::now();
+    let mut pair = Pair::new(start, ms(10), Store::default());
+    pair.auto_welcome = false;
+    pair.run_until(|p| !p.agent_events.is_empty(), 100);
+    assert_eq!(
+        pair.agent_events,
+        vec![AgentEvent::TimedOut { what: "welcome" }]
+    );
+    assert_eq!(pair.now - start, agent_config().welcome_timeout);
+    assert_eq!(pair.agent.poll_timeout(), None);
+}
+
+#[test]
+fn ping_measures_round_trip_time() {
+    let start = Instant::now();
+    let mut pair = Pair::new(start, ms(25), Store::default());
+    pair.run_until(
+        |p| {
+            p.agent_events
+                .iter()
+                .any(|e| matches!(e, AgentEvent::RttSample(_)))
+        },
+        1000,
+    );
+    let sample = pair
+        .agent_events
+        .iter()
+        .find_map(|e| match e {
+            AgentEvent::RttSample(d) => Some(*d),
+            _ => None,
+        })
+        .unwrap();
+    assert!(sample >= ms(50) && sample <= ms(51), "{sample:?}");
+    assert_eq!(pair.agent.rtt(), Some(sample));
+    // Welcome arrived at 50 ms, first ping at 50 ms + interval, pong 50 ms later.
+    assert_eq!(
+        pair.now - start,
+        ms(50) + agent_config().ping_interval + ms(50)
+    );
+}
