@@ -444,10 +444,10 @@ proptest! {
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
         dec.push(&bytes);
         drain(&mut dec);
-        if bytes.len() > 4 {
-            if let Ok(Frame::Batch(b)) = decode_frame(&bytes[4..]) {
-                let _ = b.decode_records(1 << 16);
-            }
+        if bytes.len() > 4
+            && let Ok(Frame::Batch(b)) = decode_frame(&bytes[4..])
+        {
+            let _ = b.decode_records(1 << 16);
         }
     }
 }
