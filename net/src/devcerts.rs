@@ -320,10 +320,8 @@ fn write_files(
     files: &[(PathBuf, &String, bool)],
     force: bool,
 ) -> Result<Vec<PathBuf>, NetError> {
-    if !force {
-        if let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
-            return Err(NetError::WouldOverwrite(path.clone()));
-        }
+    if !force && let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
+        return Err(NetError::WouldOverwrite(path.clone()));
     }
     std::fs::create_dir_all(dir).map_err(|source| NetError::WriteFile {
         path: dir.to_owned(),
