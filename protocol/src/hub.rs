@@ -154,7 +154,13 @@ impl HubConn {
                 })
             }
         };
-        if self.state == State::AwaitingHello && !matches!(frame, Frame::Hello { .. }) {
+        // An agent may give up (Error, GoAway) before saying Hello; anything else must wait.
+        if self.state == State::AwaitingHello
+            && !matches!(
+                frame,
+                Frame::Hello { .. } | Frame::Error { .. } | Frame::GoAway { .. }
+            )
+        {
             return Err(self.unexpected(kind));
         }
         match frame {

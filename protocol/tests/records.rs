@@ -398,3 +398,111 @@ fn zstd_bomb_is_refused_without_inflating_past_the_declared_length() {
         Err(DecodeError::Decompress { .. })
     ));
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    type OwnedHeader = (String, Option<Vec<u8>>);
+    type OwnedRecord = (
+        i64,
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<OwnedHeader>,
+        Option<String>,
+        Option<i32>,
+    );
+
+    fn arb_record() -> impl Strategy<Value = OwnedRecord> {
+        (
+            0..5i64,
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::collection::vec(
+                (
+                    ".{0,8}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                ),
+                0..4,
+            ),
+            proptest::option::of("[a-z.]{1,12}"),
+            proptest::option::of(0..i32::MAX),
+        )
+    }
+
+    fn build(records: &[OwnedRecord], codec: Codec) -> Batch {
+        let mut b = BatchBuilder::new(tp(), 3);
+        let mut offset = 1000;
+        for (gap, ts, k, v, hs, t, p) in records {
+            offset += gap;
+            b.push_with_headers(
+                &RecordRef {
+                    offset,
+                    timestamp: *ts,
+                    timestamp_type: TimestampType::CreateTime,
+                    key: k.as_deref(),
+                    value: v.as_deref(),
+                    headers: &[],
+                    topic: t.as_deref(),
+                    partition: *p,
+                },
+                hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            );
+        }
+        b.set_next_offset(offset + 1);
+        b.finish(0, codec, 1).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_records_round_trip(
+            records in proptest::collection::vec(arb_record(), 0..20),
+            zstd in any::<bool>(),
+        ) {
+            let codec = if zstd { Codec::Zstd } else { Codec::None };
+            let batch = build(&records, codec);
+            let decoded = batch.decode_records(u32::MAX).unwrap();
+            prop_assert_eq!(decoded.len(), records.len());
+            for (view, (_, ts, k, v, hs, t, p)) in decoded.iter().zip(&records) {
+                let view = view.unwrap();
+                prop_assert_eq!(view.timestamp, *ts);
+                prop_assert_eq!(view.key, k.as_deref());
+                prop_assert_eq!(view.value, v.as_deref());
+                let want: Vec<_> = hs.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+                prop_assert_eq!(view.headers.to_vec(), want);
+                prop_assert_eq!(view.topic, t.as_deref());
+                prop_assert_eq!(view.partition, *p);
+            }
+        }
+
+        #[test]
+        fn mutated_record_payloads_never_panic(
+            records in proptest::collection::vec(arb_record(), 1..10),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+            count_delta in -2i64..3,
+        ) {
+            let batch = build(&records, Codec::None);
+            let mut payload = batch.payload.to_vec();
+            for (i, v) in flips {
+                let i = i.index(payload.len());
+                payload[i] = v;
+            }
+            payload.truncate(cut.index(payload.len() + 1));
+            let mut header = batch.header.clone();
+            header.uncompressed_len = payload.len() as u32;
+            header.record_count = (i64::from(header.record_count) + count_delta).max(0) as u32;
+            let mutated = Batch { header, payload: Bytes::from(payload) };
+            if let Ok(d) = mutated.decode_records(u32::MAX) {
+                for r in d.iter() {
+                    let r = r.unwrap();
+                    prop_assert!(r.offset >= mutated.header.first_offset);
+                    prop_assert!(r.offset < mutated.header.next_offset);
+                    let _ = r.headers.to_vec();
+                }
+            }
+        }
+    }
+}
