@@ -451,3 +451,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn display_and_error_codes() {
+    assert_eq!(tp("orders", 3).to_string(), "orders/3");
+    assert_eq!(Channel::Partition(tp("o", 1)).to_string(), "partition o/1");
+    for v in 0..10u16 {
+        assert_eq!(ErrorCode::from_u16(v).to_u16(), v);
+    }
+    assert_eq!(ErrorCode::from_u16(3), ErrorCode::VersionMismatch);
+    assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
+    assert_eq!(
+        Frame::GoAway {
+            reason: String::new()
+        }
+        .kind(),
+        "GoAway"
+    );
+}

@@ -809,3 +809,36 @@ fn ping_measures_round_trip_time() {
         ms(50) + agent_config().ping_interval + ms(50)
     );
 }
+
+#[test]
+fn go_away_stops_new_batches_but_acks_still_arrive() {
+    let mut pair = Pair::new(Instant::now(), ms(10), Store::default());
+    pair.run_until(Pair::welcomed, 100);
+    let t = tp("t", 0);
+    let mut b = BatchBuilder::new(t.clone(), 1);
+    b.push(&RecordRef {
+        offset: 0,
+        timestamp: 0,
+        timestamp_type: TimestampType::CreateTime,
+        key: None,
+        value: None,
+        headers: &[],
+        topic: None,
+        partition: None,
+    });
+    pair.agent
+        .send_batch(b.finish(0, Codec::None, 0).unwrap())
+        .unwrap();
+    pair.hub.go_away("restarting".into());
+    pair.run_until(|p| p.agent.inflight_bytes() == 0, 100);
+    assert!(pair.agent_events.contains(&AgentEvent::GoAway {
+        reason: "restarting".into()
+    }));
+    assert!(
+        pair.agent_events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Acked { seq: 0, .. }))
+    );
+    assert!(!pair.agent.can_send(&t, 1));
+    assert!(pair.agent.send_batch(small_batch(&t, 1, 1, 1)).is_err());
+}
