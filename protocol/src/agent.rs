@@ -138,7 +138,10 @@ impl AgentConn {
             agent_version: config.agent_version.clone(),
             site_claim: config.site_claim.clone(),
         };
-        let deadline = now + config.welcome_timeout;
+        // A timeout too large for the clock means "never"; far future is close enough.
+        let deadline = now
+            .checked_add(config.welcome_timeout)
+            .unwrap_or(now + Duration::from_secs(100 * 365 * 24 * 3600));
         Self {
             config,
             state: State::AwaitingWelcome { deadline },
@@ -242,7 +245,7 @@ impl AgentConn {
                 self.version = Some(version);
                 self.max_batch_bytes = max_batch_bytes;
                 self.state = State::Welcomed;
-                self.next_ping = Some(now + self.config.ping_interval);
+                self.next_ping = now.checked_add(self.config.ping_interval);
                 self.events.push_back(AgentEvent::Welcomed {
                     site,
                     hub_id,
@@ -385,7 +388,7 @@ impl AgentConn {
                             sent_at_micros,
                         },
                     ));
-                    self.next_ping = Some(now + self.config.ping_interval);
+                    self.next_ping = now.checked_add(self.config.ping_interval);
                 }
             }
             _ => {}
@@ -499,7 +502,7 @@ impl AgentConn {
             });
         }
         let part = self.partitions.entry(h.tp.clone()).or_default();
-        part.next_seq = h.seq + 1;
+        part.next_seq = h.seq.saturating_add(1);
         part.next_offset = Some(h.next_offset);
         part.inflight.push_back(InFlight {
             seq: h.seq,
