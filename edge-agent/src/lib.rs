@@ -1,1 +1,170 @@
-//! placeholder
+//! The edge agent: reads local Kafka topics and ships them to the hub over QUIC, keeping no state
+//! of its own (the hub tells it where to resume on every connect).
+
+pub mod config;
+pub mod session;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Validated;
+
+/// Counters of one agent process (read by the quickstart and, later, metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records put into batches sent to the hub.
+    pub records_sent: AtomicU64,
+    /// Compressed batch bytes sent to the hub.
+    pub bytes_sent: AtomicU64,
+    /// Batches the hub acknowledged as committed.
+    pub batches_acked: AtomicU64,
+    /// Position updates received (one per acked batch).
+    pub position_updates: AtomicU64,
+    /// Connections established.
+    pub connects: AtomicU64,
+}
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff between `min` and `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay: uniformly random in [min, min * 2^attempt], capped at max.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .min
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let lo = self.min.as_millis() as u64;
+        let hi = (ceiling.as_millis() as u64).max(lo);
+        Duration::from_millis(rand::rng().random_range(lo..=hi))
+    }
+
+    /// Back to the first delay (after a connection that worked).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Runs the agent until `shutdown` turns true: connect, replicate, reconnect with backoff.
+pub async fn run(
+    cfg: Validated,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let tls = er_net::TlsFiles {
+        ca_cert: cfg.raw.hub.ca_cert.clone(),
+        cert: cfg.raw.hub.cert.clone(),
+        key: cfg.raw.hub.key.clone(),
+    };
+    let bind: SocketAddr = if cfg.hub_host.contains(':') {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let (endpoint, client_cfg) =
+        er_net::client_endpoint(bind, &tls, &er_net::TransportTuning::default())
+            .context("setting up the QUIC client")?;
+    let discovery = Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
+    let mut backoff = Backoff::new(
+        Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
+        Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
+    );
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let outcome = match connect(&endpoint, &client_cfg, &cfg).await {
+            Ok(conn) => {
+                stats.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(hub = %conn.remote_address(), "connected to hub");
+                let r = session::run(&cfg, discovery.clone(), conn.clone(), stats.clone(), &mut shutdown).await;
+                conn.close(0u32.into(), b"session over");
+                r
+            }
+            Err(error) => Err(session::Failure {
+                welcomed: false,
+                error,
+            }),
+        };
+        match outcome {
+            Ok(session::Exit::Shutdown) => break,
+            Err(f) => {
+                if f.welcomed && started.elapsed() > Duration::from_secs(5) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(error = format!("{:#}", f.error), retry_in_ms = delay.as_millis() as u64, "link to hub down; will reconnect and resume");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    endpoint.close(0u32.into(), b"agent shutting down");
+    endpoint.wait_idle().await;
+    info!("agent stopped");
+    Ok(())
+}
+
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    client_cfg: &quinn::ClientConfig,
+    cfg: &Validated,
+) -> anyhow::Result<quinn::Connection> {
+    let addr = tokio::net::lookup_host((cfg.hub_host.as_str(), cfg.hub_port))
+        .await
+        .with_context(|| format!("resolving hub address {:?}", cfg.raw.hub.address))?
+        .next()
+        .with_context(|| format!("hub address {:?} resolved to nothing", cfg.raw.hub.address))?;
+    let connecting = endpoint
+        .connect_with(client_cfg.clone(), addr, &cfg.server_name)
+        .with_context(|| format!("connecting to {addr}"))?;
+    let timeout = Duration::from_millis(cfg.raw.hub.connect_timeout_ms);
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .with_context(|| format!("connecting to hub {addr}: no answer within {timeout:?}"))?
+        .with_context(|| format!("connecting to hub {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(1000), "{d:?}");
+        }
+        // After many failures the ceiling is the cap: some delay above 500 ms must show up.
+        assert!((0..50).any(|_| b.next_delay() > Duration::from_millis(500)));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,1 +1,129 @@
-fn main() {}
+//! `hub`: the central side of edge-replicator.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+/// Accepts edge sites over QUIC and writes their records to central Kafka, exactly once.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Path of hub.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks a config file and exits.
+    CheckConfig {
+        /// Path of hub.toml.
+        config: PathBuf,
+    },
+    /// Creates a development PKI: a CA, a hub certificate and one certificate per site.
+    Certs {
+        /// Directory to write PEM files into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Site aliases to issue client certificates for (repeatable).
+        #[arg(long = "site", required = true)]
+        sites: Vec<String>,
+        /// DNS names or IP addresses the hub certificate is valid for (repeatable).
+        #[arg(long = "hub-name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        hub_names: Vec<String>,
+        /// Add site certificates to an existing CA in --out instead of creating a new PKI.
+        #[arg(long)]
+        add: bool,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::CheckConfig { config }) => {
+            er_hub::config::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Some(Command::Certs {
+            out,
+            sites,
+            hub_names,
+            add,
+            force,
+        }) => {
+            let written = if add {
+                let mut all = Vec::new();
+                for s in &sites {
+                    all.extend(er_net::devcerts::add_site(&out, s, force)?);
+                }
+                all
+            } else {
+                er_net::devcerts::generate(&out, &hub_names, &sites, force)?
+            };
+            for p in written {
+                println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
+        None => {
+            let Some(path) = cli.config else {
+                anyhow::bail!("--config <hub.toml> is required (see --help)");
+            };
+            let config = er_hub::config::load(&path)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let bound = er_hub::BoundHub::bind(config)?;
+                let (tx, rx) = watch::channel(false);
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                bound.serve(rx).await
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}

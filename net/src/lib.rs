@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod devcerts;
+pub mod wire;
 mod error;
 mod identity;
 mod pem;

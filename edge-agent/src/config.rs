@@ -1,0 +1,402 @@
+//! The agent's TOML configuration: parsing, defaults and validation in one place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// A configuration problem, always naming the file and the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path:?}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not matching the schema (unknown field, wrong type, missing field).
+    #[error("config {path:?}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// toml's message, which names the field and line.
+        message: String,
+    },
+    /// A field has a value the agent cannot use.
+    #[error("config {path:?}: {field}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the field, e.g. `topics.include[1]`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Top level of `agent.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Optional site name the agent announces; the hub trusts only the certificate and logs a
+    /// warning when the two differ.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The local (edge) Kafka cluster.
+    pub kafka: KafkaConfig,
+    /// Which local topics are replicated.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Where the hub is and how to prove who we are.
+    pub hub: HubLinkConfig,
+    /// Batching and in-flight limits.
+    #[serde(default)]
+    pub batching: BatchingConfig,
+}
+
+/// The edge Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated `host:port`.
+    pub bootstrap_servers: String,
+    /// `read_committed` (default: aborted transactions are not replicated) or `read_uncommitted`.
+    #[serde(default = "default_isolation")]
+    pub isolation_level: String,
+    /// Extra librdkafka consumer properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_isolation() -> String {
+    "read_committed".to_owned()
+}
+
+/// Topic selection. Internal topics (`*.internal`, `*-internal`, `__*`) are never replicated,
+/// whatever these patterns say.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Regexes over topic names (whole-name match); a topic is replicated when one matches.
+    #[serde(default = "default_include")]
+    pub include: Vec<String>,
+    /// Regexes over topic names (whole-name match); a matching topic is skipped.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// How often the agent looks for new topics and partitions, in milliseconds.
+    #[serde(default = "default_refresh_interval_ms")]
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            include: default_include(),
+            exclude: Vec::new(),
+            refresh_interval_ms: default_refresh_interval_ms(),
+        }
+    }
+}
+
+fn default_include() -> Vec<String> {
+    vec![".*".to_owned()]
+}
+fn default_refresh_interval_ms() -> u64 {
+    30_000
+}
+
+/// The link to the hub.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLinkConfig {
+    /// `host:port` of the hub's QUIC (UDP) listener.
+    pub address: String,
+    /// Name the hub's certificate must carry; defaults to the host part of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// CA certificate the hub's certificate must chain to (PEM).
+    pub ca_cert: PathBuf,
+    /// This site's client certificate (PEM); its CN is the site alias.
+    pub cert: PathBuf,
+    /// This site's private key (PEM).
+    pub key: PathBuf,
+    /// Give up a connection attempt after this many milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay in milliseconds; doubles per failure, with jitter.
+    #[serde(default = "default_backoff_min_ms")]
+    pub reconnect_backoff_min_ms: u64,
+    /// Cap of the reconnect delay in milliseconds.
+    #[serde(default = "default_backoff_max_ms")]
+    pub reconnect_backoff_max_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn default_backoff_min_ms() -> u64 {
+    200
+}
+fn default_backoff_max_ms() -> u64 {
+    30_000
+}
+
+/// How records are grouped and how much may wait for acks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// A batch is sent when it holds this many records.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// A batch is sent when its encoded records reach this many bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// A batch is sent at the latest this many milliseconds after its first record.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// `zstd` (default) or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// zstd level (1 fastest .. 19 smallest).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Compressed bytes per source partition sent but not yet acknowledged by the hub.
+    #[serde(default = "default_inflight_partition")]
+    pub max_inflight_bytes_per_partition: u64,
+    /// Compressed bytes over the whole link sent but not yet acknowledged.
+    #[serde(default = "default_inflight_total")]
+    pub max_inflight_bytes_total: u64,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            linger_ms: default_linger_ms(),
+            compression: default_compression(),
+            zstd_level: default_zstd_level(),
+            max_inflight_bytes_per_partition: default_inflight_partition(),
+            max_inflight_bytes_total: default_inflight_total(),
+        }
+    }
+}
+
+fn default_max_records() -> usize {
+    5_000
+}
+fn default_max_bytes() -> usize {
+    1024 * 1024
+}
+fn default_linger_ms() -> u64 {
+    20
+}
+fn default_compression() -> String {
+    "zstd".to_owned()
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_inflight_partition() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_inflight_total() -> u64 {
+    32 * 1024 * 1024
+}
+
+/// A validated configuration with compiled regexes and parsed durations.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The raw configuration (certificate paths made absolute).
+    pub raw: AgentConfig,
+    /// Whole-name include matchers.
+    pub include: Vec<Regex>,
+    /// Whole-name exclude matchers.
+    pub exclude: Vec<Regex>,
+    /// Hub host (DNS name or IP literal) and port.
+    pub hub_host: String,
+    /// Hub UDP port.
+    pub hub_port: u16,
+    /// Name checked against the hub's certificate.
+    pub server_name: String,
+    /// Compression codec of batches.
+    pub codec: er_protocol::Codec,
+}
+
+impl Validated {
+    /// Whether a local topic is replicated.
+    pub fn wants_topic(&self, topic: &str) -> bool {
+        !er_protocol::is_internal_topic(topic)
+            && self.include.iter().any(|r| r.is_match(topic))
+            && !self.exclude.iter().any(|r| r.is_match(topic))
+    }
+
+    /// Interval of topic discovery.
+    pub fn refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.raw.topics.refresh_interval_ms)
+    }
+
+    /// Linger of batches.
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.raw.batching.linger_ms)
+    }
+}
+
+/// Reads, parses and validates an agent config file.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Splits `host:port` (IPv6 literals in brackets) into host and port.
+pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("{address:?} is not `[ipv6]:port`"))?;
+        (h, p)
+    } else {
+        address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{address:?} is not `host:port`"))?
+    };
+    if host.is_empty() || host.contains(':') && !address.starts_with('[') {
+        return Err(format!(
+            "{address:?} is not `host:port` (write IPv6 addresses as `[addr]:port`)"
+        ));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(format!("{address:?}: {host:?} is not a host name or IP address"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{address:?}: port {port:?} is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(format!("{address:?}: port 0 cannot be connected to"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Parses and validates config text; `path` is used for messages and to resolve relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
+    let mut raw: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    for (field, file) in [
+        ("hub.ca_cert", &mut raw.hub.ca_cert),
+        ("hub.cert", &mut raw.hub.cert),
+        ("hub.key", &mut raw.hub.key),
+    ] {
+        if file.is_relative() {
+            *file = base.join(&*file);
+        }
+        if !file.is_file() {
+            return Err(invalid(field, format!("no such file {file:?}")));
+        }
+    }
+    if raw.kafka.bootstrap_servers.trim().is_empty() {
+        return Err(invalid("kafka.bootstrap_servers", "must not be empty".into()));
+    }
+    if !matches!(
+        raw.kafka.isolation_level.as_str(),
+        "read_committed" | "read_uncommitted"
+    ) {
+        return Err(invalid(
+            "kafka.isolation_level",
+            format!(
+                "{:?} is not one of \"read_committed\", \"read_uncommitted\"",
+                raw.kafka.isolation_level
+            ),
+        ));
+    }
+    let compile = |field: &str, pats: &[String]| -> Result<Vec<Regex>, ConfigError> {
+        pats.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| invalid(&format!("{field}[{i}]"), format!("invalid regex {p:?}: {e}")))
+            })
+            .collect()
+    };
+    let include = compile("topics.include", &raw.topics.include)?;
+    let exclude = compile("topics.exclude", &raw.topics.exclude)?;
+    if raw.topics.refresh_interval_ms == 0 {
+        return Err(invalid("topics.refresh_interval_ms", "must be greater than 0".into()));
+    }
+    let (hub_host, hub_port) =
+        split_host_port(&raw.hub.address).map_err(|m| invalid("hub.address", m))?;
+    let server_name = raw.hub.server_name.clone().unwrap_or_else(|| hub_host.clone());
+    if server_name.is_empty() {
+        return Err(invalid("hub.server_name", "must not be empty".into()));
+    }
+    let h = &raw.hub;
+    if h.reconnect_backoff_min_ms == 0 || h.reconnect_backoff_min_ms > h.reconnect_backoff_max_ms {
+        return Err(invalid(
+            "hub.reconnect_backoff_min_ms",
+            format!(
+                "{} must be > 0 and <= reconnect_backoff_max_ms ({})",
+                h.reconnect_backoff_min_ms, h.reconnect_backoff_max_ms
+            ),
+        ));
+    }
+    let b = &raw.batching;
+    if b.max_records == 0 {
+        return Err(invalid("batching.max_records", "must be greater than 0".into()));
+    }
+    if b.max_bytes < 1024 {
+        return Err(invalid(
+            "batching.max_bytes",
+            format!("{} is below the minimum of 1024", b.max_bytes),
+        ));
+    }
+    let codec = match b.compression.as_str() {
+        "zstd" => er_protocol::Codec::Zstd,
+        "none" => er_protocol::Codec::None,
+        other => {
+            return Err(invalid(
+                "batching.compression",
+                format!("{other:?} is not one of \"zstd\", \"none\""),
+            ));
+        }
+    };
+    if !(1..=22).contains(&b.zstd_level) {
+        return Err(invalid(
+            "batching.zstd_level",
+            format!("{} is not in 1..=22", b.zstd_level),
+        ));
+    }
+    if b.max_inflight_bytes_per_partition == 0
+        || b.max_inflight_bytes_total < b.max_inflight_bytes_per_partition
+    {
+        return Err(invalid(
+            "batching.max_inflight_bytes_total",
+            format!(
+                "{} must be >= max_inflight_bytes_per_partition ({}) > 0",
+                b.max_inflight_bytes_total, b.max_inflight_bytes_per_partition
+            ),
+        ));
+    }
+    Ok(Validated {
+        raw,
+        include,
+        exclude,
+        hub_host,
+        hub_port,
+        server_name,
+        codec,
+    })
+}

@@ -1,0 +1,490 @@
+//! One connection's lifetime: handshake, resume from the hub's positions, read, batch, send, ack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use er_net::wire::{FrameReader, FrameWriter, StreamError};
+use er_protocol::{
+    AgentConn, AgentEvent, Batch, BatchBuilder, Channel, Frame, RecordRef, TimestampType,
+    TopicPartition,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::Stats;
+use crate::config::Validated;
+use crate::source::{self, Discovery, TopicSet};
+
+/// Room for a frame header around the largest batch.
+const FRAME_OVERHEAD: u32 = 64 * 1024;
+
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// What the caller learns from a failed session.
+#[derive(Debug)]
+pub struct Failure {
+    /// The hub welcomed us before the failure (resets the reconnect backoff).
+    pub welcomed: bool,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+enum Inbound {
+    Frame(Channel, Frame),
+    Closed(Channel, Option<StreamError>),
+}
+
+struct Part {
+    builder: BatchBuilder,
+    opened: Option<Instant>,
+    parked: Option<Batch>,
+}
+
+/// Runs one session over an established connection.
+pub async fn run(
+    cfg: &Validated,
+    discovery: Arc<Discovery>,
+    conn: quinn::Connection,
+    stats: Arc<Stats>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Exit, Failure> {
+    let mut s = Session {
+        cfg,
+        discovery,
+        conn,
+        stats,
+        welcomed: false,
+        proto: AgentConn::new(
+            er_protocol::AgentConfig {
+                agent_version: format!("edge-agent/{}", env!("CARGO_PKG_VERSION")),
+                site_claim: cfg.raw.site.clone().unwrap_or_default(),
+                ping_interval: Duration::from_secs(5),
+                welcome_timeout: Duration::from_secs(90),
+                max_inflight_bytes_per_partition: cfg.raw.batching.max_inflight_bytes_per_partition,
+                max_inflight_bytes_total: cfg.raw.batching.max_inflight_bytes_total,
+            },
+            Instant::now(),
+        ),
+        streams: HashMap::new(),
+        parts: HashMap::new(),
+        inbound: mpsc::channel(1024),
+    };
+    let result = s.run(shutdown).await;
+    result.map_err(|error| Failure {
+        welcomed: s.welcomed,
+        error,
+    })
+}
+
+struct Session<'a> {
+    cfg: &'a Validated,
+    discovery: Arc<Discovery>,
+    conn: quinn::Connection,
+    stats: Arc<Stats>,
+    welcomed: bool,
+    proto: AgentConn,
+    streams: HashMap<TopicPartition, mpsc::UnboundedSender<Frame>>,
+    parts: HashMap<TopicPartition, Part>,
+    inbound: (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>),
+}
+
+impl Session<'_> {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<Exit> {
+        let (send, recv) = self.conn.open_bi().await.context("opening the control stream")?;
+        let mut control = FrameWriter::new(send);
+        spawn_reader(
+            FrameReader::new(recv, FRAME_OVERHEAD * 2),
+            Channel::Control,
+            self.inbound.0.clone(),
+        );
+        self.flush(&mut control).await?;
+
+        // Handshake: wait for the welcome and its resume positions.
+        let (site, positions, max_batch_bytes) = loop {
+            let deadline = self.proto.poll_timeout();
+            tokio::select! {
+                m = self.inbound.1.recv() => self.handle_inbound(m)?,
+                _ = sleep_until(deadline) => self.proto.handle_timeout(Instant::now()),
+                _ = shutdown.changed() => return Ok(Exit::Shutdown),
+            }
+            let mut welcome = None;
+            while let Some(ev) = self.proto.poll_event() {
+                match ev {
+                    AgentEvent::Welcomed {
+                        site,
+                        hub_id,
+                        positions,
+                        max_batch_bytes,
+                    } => {
+                        info!(%site, %hub_id, positions = positions.len(), "welcomed by hub");
+                        welcome = Some((site, positions, max_batch_bytes));
+                    }
+                    other => self.handle_event(other)?,
+                }
+            }
+            self.flush(&mut control).await?;
+            if let Some(w) = welcome {
+                break w;
+            }
+        };
+        self.welcomed = true;
+        // Batches are measured before compression; keep a margin for incompressible data.
+        let hub_cap = (max_batch_bytes as usize).saturating_sub(FRAME_OVERHEAD as usize).max(1024);
+        if self.cfg.raw.batching.max_bytes > hub_cap {
+            warn!(
+                agent_max_bytes = self.cfg.raw.batching.max_bytes,
+                hub_max_batch_bytes = max_batch_bytes,
+                "batching.max_bytes is larger than the hub accepts; batches are capped at the hub's limit"
+            );
+        }
+        let max_batch = self.cfg.raw.batching.max_bytes.min(hub_cap);
+        let positions: HashMap<TopicPartition, i64> =
+            positions.into_iter().map(|p| (p.tp, p.next_offset)).collect();
+
+        let consumer = source::consumer(self.cfg).context("creating the edge consumer")?;
+        let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<TopicSet>>(1);
+        let discovery_task = spawn_discovery(self.cfg.clone(), self.discovery.clone(), topics_tx);
+        let _stop_discovery = AbortOnDrop(discovery_task);
+        let mut known = TopicSet::new();
+        let linger = self.cfg.linger();
+        let max_records = self.cfg.raw.batching.max_records;
+        info!(%site, "replicating");
+
+        loop {
+            let stalled = self.parts.values().any(|p| p.parked.is_some());
+            let deadline = [self.proto.poll_timeout(), self.linger_deadline(linger)]
+                .into_iter()
+                .flatten()
+                .min();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.conn.close(0u32.into(), b"agent shutting down");
+                    return Ok(Exit::Shutdown);
+                }
+                m = self.inbound.1.recv() => self.handle_inbound(m)?,
+                t = topics_rx.recv() => {
+                    let set = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
+                    self.assign_new(&consumer, &known, &set, &positions)?;
+                    known = set;
+                }
+                m = consumer.recv(), if !stalled && !known.is_empty() => {
+                    let m = m.context("reading from the edge cluster")?;
+                    let tp = TopicPartition::new(m.topic(), m.partition());
+                    let part = self.parts.get_mut(&tp).ok_or_else(|| anyhow!("record of unassigned partition {tp}"))?;
+                    push_message(&mut part.builder, &m);
+                    part.opened.get_or_insert_with(Instant::now);
+                    if part.builder.len() >= max_records || part.builder.encoded_bytes() >= max_batch {
+                        self.seal(&tp)?;
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.proto.handle_timeout(now);
+                    let due: Vec<TopicPartition> = self.parts.iter()
+                        .filter(|(_, p)| p.parked.is_none() && p.opened.is_some_and(|o| now >= o + linger))
+                        .map(|(tp, _)| tp.clone())
+                        .collect();
+                    for tp in due {
+                        self.seal(&tp)?;
+                    }
+                }
+                closed = self.conn.closed() => bail!("connection lost: {closed}"),
+            }
+            while let Some(ev) = self.proto.poll_event() {
+                self.handle_event(ev)?;
+            }
+            self.flush(&mut control).await?;
+        }
+    }
+
+    fn linger_deadline(&self, linger: Duration) -> Option<Instant> {
+        self.parts
+            .values()
+            .filter(|p| p.parked.is_none())
+            .filter_map(|p| p.opened)
+            .min()
+            .map(|o| o + linger)
+    }
+
+    fn handle_inbound(&mut self, m: Option<Inbound>) -> anyhow::Result<()> {
+        match m.ok_or_else(|| anyhow!("all streams closed"))? {
+            Inbound::Frame(ch, f) => self
+                .proto
+                .handle_frame(Instant::now(), &ch, f)
+                .context("hub broke the protocol"),
+            Inbound::Closed(ch, Some(e)) => Err(anyhow!("stream {ch:?} failed: {e}")),
+            Inbound::Closed(Channel::Control, None) => bail!("hub closed the control stream"),
+            Inbound::Closed(_, None) => Ok(()),
+        }
+    }
+
+    fn handle_event(&mut self, ev: AgentEvent) -> anyhow::Result<()> {
+        match ev {
+            AgentEvent::Acked {
+                tp,
+                seq,
+                next_offset,
+            } => {
+                debug!(%tp, seq, next_offset, "acked");
+                self.stats.batches_acked.fetch_add(1, Ordering::Relaxed);
+                self.stats.position_updates.fetch_add(1, Ordering::Relaxed);
+                if let Some(part) = self.parts.get_mut(&tp)
+                    && let Some(b) = part.parked.take()
+                {
+                    let len = b.payload.len() as u64;
+                    if self.proto.can_send(&tp, len) {
+                        self.send(b)?;
+                    } else {
+                        part.parked = Some(b);
+                    }
+                }
+                // An ack anywhere frees total budget: retry every parked batch.
+                let parked: Vec<TopicPartition> = self
+                    .parts
+                    .iter()
+                    .filter(|(_, p)| p.parked.is_some())
+                    .map(|(tp, _)| tp.clone())
+                    .collect();
+                for tp in parked {
+                    let part = self.parts.get_mut(&tp).expect("listed above");
+                    let len = part.parked.as_ref().map_or(0, |b| b.payload.len() as u64);
+                    if self.proto.can_send(&tp, len) {
+                        let b = part.parked.take().expect("listed above");
+                        self.send(b)?;
+                    }
+                }
+                Ok(())
+            }
+            AgentEvent::RttSample(rtt) => {
+                debug!(rtt_ms = rtt.as_secs_f64() * 1e3, "rtt");
+                Ok(())
+            }
+            AgentEvent::GoAway { reason } => bail!("hub is going away: {reason}"),
+            AgentEvent::HubError { code, message } => bail!("hub refused: {code:?}: {message}"),
+            AgentEvent::TimedOut { what } => bail!("timed out waiting for {what}"),
+            AgentEvent::Welcomed { .. } => bail!("second welcome on one connection"),
+        }
+    }
+
+    /// Closes the open batch of `tp` and sends it, or parks it until the in-flight budget allows.
+    fn seal(&mut self, tp: &TopicPartition) -> anyhow::Result<()> {
+        let seq = self.proto.next_seq(tp);
+        let part = self.parts.get_mut(tp).expect("sealed partition exists");
+        if part.builder.is_empty() || part.parked.is_some() {
+            return Ok(());
+        }
+        part.opened = None;
+        let batch = part
+            .builder
+            .finish_and_reset(seq, self.cfg.codec, self.cfg.raw.batching.zstd_level)
+            .with_context(|| format!("encoding a batch of {tp}"))?;
+        if self.proto.can_send(tp, batch.payload.len() as u64) {
+            self.send(batch)
+        } else {
+            part.parked = Some(batch);
+            Ok(())
+        }
+    }
+
+    fn send(&mut self, batch: Batch) -> anyhow::Result<()> {
+        self.stats
+            .records_sent
+            .fetch_add(batch.header.record_count as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_sent
+            .fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
+        self.proto.send_batch(batch).context("sending a batch")
+    }
+
+    /// Writes queued frames: control frames inline, batches to their partition's stream task.
+    async fn flush(&mut self, control: &mut FrameWriter) -> anyhow::Result<()> {
+        while let Some((ch, frame)) = self.proto.poll_transmit() {
+            match ch {
+                Channel::Control => control.write(&frame).await.context("writing to the control stream")?,
+                Channel::Partition(tp) => {
+                    if !self.streams.contains_key(&tp) {
+                        let (send, recv) = self
+                            .conn
+                            .open_bi()
+                            .await
+                            .with_context(|| format!("opening the stream of {tp}"))?;
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        spawn_writer(FrameWriter::new(send), rx, Channel::Partition(tp.clone()), self.inbound.0.clone());
+                        spawn_reader(FrameReader::new(recv, FRAME_OVERHEAD), Channel::Partition(tp.clone()), self.inbound.0.clone());
+                        self.streams.insert(tp.clone(), tx);
+                    }
+                    self.streams[&tp]
+                        .send(frame)
+                        .map_err(|_| anyhow!("stream of {tp} is gone"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns partitions that appeared since the last discovery, at the hub's positions.
+    fn assign_new(
+        &mut self,
+        consumer: &StreamConsumer,
+        known: &TopicSet,
+        now: &TopicSet,
+        positions: &HashMap<TopicPartition, i64>,
+    ) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, count) in source::partitions(now) {
+            if known.get(&tp.topic).is_some_and(|n| tp.partition < *n) {
+                continue;
+            }
+            let offset = positions
+                .get(&tp)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            info!(%tp, ?offset, "replicating partition");
+            tpl.add_partition_offset(&tp.topic, tp.partition, offset)
+                .with_context(|| format!("assigning {tp}"))?;
+            self.parts.insert(
+                tp.clone(),
+                Part {
+                    builder: BatchBuilder::new(tp, count),
+                    opened: None,
+                    parked: None,
+                },
+            );
+        }
+        if tpl.count() > 0 {
+            consumer
+                .incremental_assign(&tpl)
+                .context("assigning partitions")?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends one Kafka message to a batch, borrowing its bytes.
+fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
+    let (timestamp_type, timestamp) = match m.timestamp() {
+        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
+        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
+        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
+    };
+    let rec = RecordRef {
+        offset: m.offset(),
+        timestamp,
+        timestamp_type,
+        key: m.key(),
+        value: m.payload(),
+        headers: &[],
+        topic: None,
+        partition: None,
+    };
+    match m.headers() {
+        None => builder.push(&rec),
+        Some(h) => builder.push_with_headers(
+            &rec,
+            (0..h.count()).map(|i| {
+                let h = h.get(i);
+                (h.key, h.value)
+            }),
+        ),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Looks for selected topics now and then every refresh interval; sends each result.
+fn spawn_discovery(
+    cfg: Validated,
+    discovery: Arc<Discovery>,
+    tx: mpsc::Sender<anyhow::Result<TopicSet>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<TopicSet> = None;
+        loop {
+            let d = discovery.clone();
+            let c = cfg.clone();
+            let res = tokio::task::spawn_blocking(move || d.topics(&c, Duration::from_secs(10)))
+                .await
+                .expect("discovery panicked");
+            match res {
+                Ok(set) if last.as_ref() != Some(&set) => {
+                    last = Some(set.clone());
+                    if tx.send(Ok(set)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if last.is_none() => {
+                    let _ = tx
+                        .send(Err(anyhow!(e).context("listing topics of the edge cluster")))
+                        .await;
+                    return;
+                }
+                Err(e) => warn!(error = %e, "topic discovery failed; keeping the known topics"),
+            }
+            tokio::time::sleep(cfg.refresh_interval()).await;
+        }
+    })
+}
+
+fn spawn_reader(mut reader: FrameReader, channel: Channel, tx: mpsc::Sender<Inbound>) {
+    tokio::spawn(async move {
+        loop {
+            match reader.next().await {
+                Ok(Some(f)) => {
+                    if tx.send(Inbound::Frame(channel.clone(), f)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send(Inbound::Closed(channel, None)).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Inbound::Closed(channel, Some(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn spawn_writer(
+    mut writer: FrameWriter,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    channel: Channel,
+    tx: mpsc::Sender<Inbound>,
+) {
+    tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if let Err(e) = writer.write(&f).await {
+                let _ = tx.send(Inbound::Closed(channel, Some(e))).await;
+                return;
+            }
+        }
+        writer.finish();
+    });
+}

@@ -1,0 +1,364 @@
+//! The hub's TOML configuration: parsing, defaults and validation in one place.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use er_protocol::ReplicationPolicy;
+use regex::Regex;
+use serde::Deserialize;
+
+/// A configuration problem, always naming the file and the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path:?}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown field, wrong type).
+    #[error("config {path:?}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// toml's message, which names the field and line.
+        message: String,
+    },
+    /// A field has a value the hub cannot use.
+    #[error("config {path:?}: {field}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the field, e.g. `clusters[1].alias`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Top level of `hub.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// This hub's name, used in logs and told to agents in the welcome.
+    pub hub_id: String,
+    /// Name shared by all hubs that may serve the same sites. The transactional.id of a site's
+    /// writer is `<group_id>-<site>-<cluster alias>`, so a hub taking a site over fences the
+    /// previous one only when both use the same group id.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// UDP address the QUIC server listens on, e.g. `0.0.0.0:4433`.
+    pub listen: String,
+    /// Certificates: the hub's own, and the CA that site (client) certificates must chain to.
+    pub tls: TlsConfig,
+    /// How remote topic names are formed.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// Central clusters by alias; the first is the default destination.
+    pub clusters: Vec<ClusterConfig>,
+    /// Which cluster a source topic goes to; first match wins, unmatched topics go to the first
+    /// cluster.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Limits on what a site may send.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn default_group_id() -> String {
+    "edge-replicator".to_owned()
+}
+
+/// TLS files of the hub (PEM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate that every site certificate must chain to.
+    pub ca_cert: PathBuf,
+    /// The hub's certificate (its SANs must match the name agents connect with).
+    pub cert: PathBuf,
+    /// The hub's private key.
+    pub key: PathBuf,
+}
+
+/// Remote topic naming, as MirrorMaker 2's replication policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// `default`: `<site><separator><topic>` (MM2's DefaultReplicationPolicy);
+    /// `identity`: keep topic names (MM2's IdentityReplicationPolicy; heartbeats still prefixed).
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Separator of the default policy.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            policy: default_policy(),
+            separator: default_separator(),
+        }
+    }
+}
+
+fn default_policy() -> String {
+    "default".to_owned()
+}
+fn default_separator() -> String {
+    ".".to_owned()
+}
+
+/// One central Kafka cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Alias of the cluster (MM2's target cluster alias), e.g. `central`.
+    pub alias: String,
+    /// Kafka bootstrap servers, comma separated `host:port`.
+    pub bootstrap_servers: String,
+    /// Replication factor for topics the hub creates.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Transaction timeout in milliseconds (Kafka's `transaction.timeout.ms`).
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
+    /// Extra librdkafka properties for the producer and consumers of this cluster.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_replication_factor() -> i32 {
+    3
+}
+fn default_transaction_timeout_ms() -> u64 {
+    60_000
+}
+
+/// Sends source topics matching a regex to a named cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Regex over the source topic name (whole-name match).
+    pub topics: String,
+    /// Optional regex over the site alias (whole-name match); all sites when absent.
+    #[serde(default)]
+    pub sites: Option<String>,
+    /// Alias of the destination cluster.
+    pub cluster: String,
+}
+
+/// Bounds protecting the hub's memory and the central cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest compressed batch a site may send, in bytes.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: u32,
+    /// Largest uncompressed batch, in bytes.
+    #[serde(default = "default_max_uncompressed_bytes")]
+    pub max_uncompressed_bytes: u32,
+    /// Upper bound of record bytes written in one Kafka transaction (several batches of one
+    /// site are grouped into one commit up to this size).
+    #[serde(default = "default_max_transaction_bytes")]
+    pub max_transaction_bytes: u64,
+    /// Batches of one site queued for its writer before the hub stops reading from the link.
+    #[serde(default = "default_writer_queue_batches")]
+    pub writer_queue_batches: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: default_max_batch_bytes(),
+            max_uncompressed_bytes: default_max_uncompressed_bytes(),
+            max_transaction_bytes: default_max_transaction_bytes(),
+            writer_queue_batches: default_writer_queue_batches(),
+        }
+    }
+}
+
+fn default_max_batch_bytes() -> u32 {
+    8 * 1024 * 1024
+}
+fn default_max_uncompressed_bytes() -> u32 {
+    32 * 1024 * 1024
+}
+fn default_max_transaction_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_writer_queue_batches() -> usize {
+    64
+}
+
+/// A validated configuration, with parsed addresses and compiled regexes.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The raw configuration.
+    pub raw: HubConfig,
+    /// Parsed listen address.
+    pub listen: SocketAddr,
+    /// The replication policy.
+    pub policy: ReplicationPolicy,
+    /// Routes with compiled regexes and resolved cluster indexes.
+    pub routes: Vec<CompiledRoute>,
+}
+
+/// A route ready to match.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    /// Whole-name topic matcher.
+    pub topics: Regex,
+    /// Whole-name site matcher.
+    pub sites: Option<Regex>,
+    /// Index into `clusters`.
+    pub cluster: usize,
+}
+
+impl Validated {
+    /// Index of the cluster that `topic` of `site` is written to.
+    pub fn cluster_for(&self, site: &str, topic: &str) -> usize {
+        self.routes
+            .iter()
+            .find(|r| r.topics.is_match(topic) && r.sites.as_ref().is_none_or(|s| s.is_match(site)))
+            .map_or(0, |r| r.cluster)
+    }
+}
+
+/// Reads, parses and validates a hub config file.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is used for messages and to resolve relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
+    let mut raw: HubConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let invalid = |field: &str, message: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        message,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    for (field, file) in [
+        ("tls.ca_cert", &mut raw.tls.ca_cert),
+        ("tls.cert", &mut raw.tls.cert),
+        ("tls.key", &mut raw.tls.key),
+    ] {
+        if file.is_relative() {
+            *file = base.join(&*file);
+        }
+        if !file.is_file() {
+            return Err(invalid(field, format!("no such file {file:?}")));
+        }
+    }
+    if raw.hub_id.trim().is_empty() {
+        return Err(invalid("hub_id", "must not be empty".into()));
+    }
+    er_protocol::validate_site_alias(&raw.group_id)
+        .map_err(|e| invalid("group_id", e.to_string()))?;
+    let listen: SocketAddr = raw.listen.parse().map_err(|e| {
+        invalid(
+            "listen",
+            format!("{:?} is not an `ip:port` socket address: {e}", raw.listen),
+        )
+    })?;
+    let policy = match raw.replication.policy.as_str() {
+        "default" => {
+            let sep = &raw.replication.separator;
+            if sep.is_empty() || !sep.chars().all(|c| matches!(c, '.' | '_' | '-')) {
+                return Err(invalid(
+                    "replication.separator",
+                    format!("{sep:?} must be one or more of '.', '_', '-'"),
+                ));
+            }
+            ReplicationPolicy::Default {
+                separator: sep.clone(),
+            }
+        }
+        "identity" => ReplicationPolicy::Identity,
+        other => {
+            return Err(invalid(
+                "replication.policy",
+                format!("{other:?} is not one of \"default\", \"identity\""),
+            ));
+        }
+    };
+    if raw.clusters.is_empty() {
+        return Err(invalid("clusters", "at least one cluster is required".into()));
+    }
+    for (i, c) in raw.clusters.iter().enumerate() {
+        er_protocol::validate_site_alias(&c.alias)
+            .map_err(|e| invalid(&format!("clusters[{i}].alias"), e.to_string()))?;
+        if raw.clusters[..i].iter().any(|o| o.alias == c.alias) {
+            return Err(invalid(
+                &format!("clusters[{i}].alias"),
+                format!("duplicate alias {:?}", c.alias),
+            ));
+        }
+        if c.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                &format!("clusters[{i}].bootstrap_servers"),
+                "must not be empty".into(),
+            ));
+        }
+        if c.replication_factor < 1 {
+            return Err(invalid(
+                &format!("clusters[{i}].replication_factor"),
+                format!("{} must be at least 1", c.replication_factor),
+            ));
+        }
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let topics = whole_match(&r.topics)
+            .map_err(|e| invalid(&format!("routes[{i}].topics"), e))?;
+        let sites = r
+            .sites
+            .as_deref()
+            .map(whole_match)
+            .transpose()
+            .map_err(|e| invalid(&format!("routes[{i}].sites"), e))?;
+        let cluster = raw
+            .clusters
+            .iter()
+            .position(|c| c.alias == r.cluster)
+            .ok_or_else(|| {
+                invalid(
+                    &format!("routes[{i}].cluster"),
+                    format!("no cluster with alias {:?}", r.cluster),
+                )
+            })?;
+        routes.push(CompiledRoute {
+            topics,
+            sites,
+            cluster,
+        });
+    }
+    let l = &raw.limits;
+    if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_batches == 0 {
+        return Err(invalid("limits", "limits must be greater than zero".into()));
+    }
+    Ok(Validated {
+        raw,
+        listen,
+        policy,
+        routes,
+    })
+}
+
+/// Compiles a regex that must match the whole name, with a message naming the pattern.
+pub fn whole_match(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+}

@@ -1,0 +1,404 @@
+//! The QUIC server: accepts sites, runs one session per connected site, drives the protocol.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use er_protocol::{Channel, ErrorCode, Frame, HubConn, HubEvent, TopicPartition};
+use tokio::sync::{Mutex, mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Validated;
+use crate::kafka::TopicManager;
+use crate::sink::{self, Completion, SiteWriter, WriteError, WriteJob, WriterSettings};
+use er_net::wire::{FrameReader, FrameWriter, StreamError};
+
+/// QUIC application close codes the hub uses.
+pub mod close_code {
+    /// Orderly shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer broke the protocol.
+    pub const PROTOCOL: u32 = 1;
+    /// The certificate does not name a valid site.
+    pub const UNAUTHORIZED: u32 = 2;
+    /// The central cluster or the hub failed; the agent should reconnect and resume.
+    pub const INTERNAL: u32 = 3;
+    /// A newer connection of the same site replaced this one.
+    pub const SUPERSEDED: u32 = 4;
+}
+
+/// State shared by all sessions of one hub process.
+#[derive(Debug)]
+pub struct Hub {
+    config: Validated,
+    topics: Vec<Arc<TopicManager>>,
+    sessions: Mutex<HashMap<String, (u64, quinn::Connection)>>,
+    next_session: AtomicU64,
+}
+
+impl Hub {
+    /// Prepares clients for every configured cluster.
+    pub fn new(config: Validated) -> anyhow::Result<Arc<Self>> {
+        let topics = config
+            .raw
+            .clusters
+            .iter()
+            .map(TopicManager::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Self {
+            config,
+            topics,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// Accepts connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        info!(listen = %endpoint.local_addr()?, hub_id = %self.config.raw.hub_id, "hub listening");
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let hub = self.clone();
+                    tokio::spawn(async move { hub.handle_incoming(incoming).await });
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        info!("hub shutting down");
+        endpoint.close(close_code::SHUTDOWN.into(), b"hub shutting down");
+        endpoint.wait_idle().await;
+        Ok(())
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%remote, error = %e, "refused connection: TLS handshake failed (client certificate missing or not issued by the configured CA?)");
+                return;
+            }
+        };
+        let site = match er_net::peer_site_alias(&conn) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%remote, error = %e, "refused connection: no usable site identity in the client certificate");
+                conn.close(close_code::UNAUTHORIZED.into(), b"unauthorized");
+                return;
+            }
+        };
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, old)) = self
+            .sessions
+            .lock()
+            .await
+            .insert(site.clone(), (id, conn.clone()))
+        {
+            info!(%site, "a new connection of the site replaces the old one");
+            old.close(close_code::SUPERSEDED.into(), b"superseded by a newer connection");
+        }
+        let span = info_span!("site", site = %site, %remote);
+        let result = self
+            .clone()
+            .run_session(conn.clone(), site.clone())
+            .instrument(span.clone())
+            .await;
+        let _enter = span.enter();
+        match result {
+            Ok(()) => info!("site disconnected"),
+            Err(SessionEnd::Protocol(m)) => {
+                warn!(error = %m, "closing connection: protocol violation");
+                conn.close(close_code::PROTOCOL.into(), m.as_bytes());
+            }
+            Err(SessionEnd::Internal(m)) => {
+                warn!(error = %m, "closing connection; the site will resume from committed positions");
+                conn.close(close_code::INTERNAL.into(), m.as_bytes());
+            }
+            Err(SessionEnd::Link(m)) => info!(reason = %m, "site link lost"),
+        }
+        let mut sessions = self.sessions.lock().await;
+        if sessions.get(&site).is_some_and(|(sid, _)| *sid == id) {
+            sessions.remove(&site);
+        }
+    }
+
+    async fn run_session(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        site: String,
+    ) -> Result<(), SessionEnd> {
+        let cfg = &self.config;
+        let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
+        let (ctl_send, ctl_recv) = conn.accept_bi().await.map_err(|e| SessionEnd::Link(e.to_string()))?;
+        let mut ctl_reader = FrameReader::new(ctl_recv, max_frame);
+        let mut writers = StreamWriters {
+            control: FrameWriter::new(ctl_send),
+            partitions: HashMap::new(),
+        };
+        let mut proto = HubConn::new(
+            er_protocol::HubConfig {
+                hub_id: cfg.raw.hub_id.clone(),
+                max_batch_bytes: cfg.raw.limits.max_batch_bytes,
+                max_uncompressed_bytes: cfg.raw.limits.max_uncompressed_bytes,
+            },
+            site.clone(),
+            Instant::now(),
+        );
+
+        // Handshake: Hello, then fence older writers and read the committed positions.
+        let first = ctl_reader
+            .next()
+            .await
+            .map_err(SessionEnd::from_stream)?
+            .ok_or_else(|| SessionEnd::Link("control stream closed before hello".into()))?;
+        proto
+            .handle_frame(Instant::now(), &Channel::Control, first)
+            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+        let mut hello_ok = false;
+        while let Some(ev) = proto.poll_event() {
+            if let HubEvent::Hello {
+                agent_version,
+                site_claim,
+                version,
+            } = ev
+            {
+                if !site_claim.is_empty() && site_claim != site {
+                    warn!(%site_claim, "agent claims another site name; the certificate decides");
+                }
+                info!(%agent_version, version, "hello");
+                hello_ok = true;
+            }
+        }
+        if !hello_ok {
+            // The state machine queued an Error frame (e.g. version mismatch): deliver it.
+            writers.flush(&mut proto).await?;
+            return Err(SessionEnd::Protocol("handshake refused".into()));
+        }
+        let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
+        let (site_writers, positions) = self.start_writers(&site).await.map_err(SessionEnd::Internal)?;
+        info!(positions = positions.len(), "welcoming site");
+        proto
+            .welcome(positions)
+            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+        writers.flush(&mut proto).await?;
+
+        let (in_tx, mut inbound) = mpsc::channel::<Inbound>(256);
+        spawn_reader(ctl_reader, None, in_tx.clone());
+        loop {
+            tokio::select! {
+                stream = conn.accept_bi() => {
+                    let (send, recv) = stream.map_err(|e| SessionEnd::Link(e.to_string()))?;
+                    spawn_reader(FrameReader::new(recv, max_frame), Some(send), in_tx.clone());
+                }
+                msg = inbound.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    match msg {
+                        Inbound::Frame { channel, frame, send } => {
+                            if let (Channel::Partition(tp), Some(send)) = (&channel, send) {
+                                writers.partitions.insert(tp.clone(), FrameWriter::new(send));
+                            }
+                            proto.handle_frame(Instant::now(), &channel, frame).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                            while let Some(ev) = proto.poll_event() {
+                                if let HubEvent::Batch(batch) = ev {
+                                    let cluster = cfg.cluster_for(&site, &batch.header.tp.topic);
+                                    debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
+                                    site_writers[cluster].submit(WriteJob { batch, reply: completions_tx.clone() }).await.map_err(|e| SessionEnd::Internal(e.to_string()))?;
+                                }
+                            }
+                        }
+                        Inbound::Closed { channel, error } => match error {
+                            Some(StreamError::Decode(e)) => {
+                                proto.reject(ErrorCode::Protocol, format!("malformed frame on {channel:?}: {e}"));
+                                writers.flush(&mut proto).await?;
+                                return Err(SessionEnd::Protocol(format!("malformed frame on {channel:?}: {e}")));
+                            }
+                            Some(e) => return Err(SessionEnd::from_stream(e)),
+                            None if matches!(channel, Channel::Control) => return Ok(()),
+                            None => {}
+                        },
+                    }
+                }
+                done = completions.recv() => {
+                    let Some(done) = done else { return Ok(()) };
+                    match done.result {
+                        Ok(()) => proto.ack(&done.tp, done.seq, done.next_offset).map_err(|e| SessionEnd::Protocol(e.to_string()))?,
+                        Err(e) => {
+                            let code = match e { WriteError::BadBatch { .. } => ErrorCode::BadBatch, _ => ErrorCode::Internal };
+                            proto.reject(code, e.to_string());
+                            writers.flush(&mut proto).await?;
+                            return Err(match e { WriteError::BadBatch { .. } => SessionEnd::Protocol(e.to_string()), _ => SessionEnd::Internal(e.to_string()) });
+                        }
+                    }
+                }
+                closed = conn.closed() => return Err(SessionEnd::Link(closed.to_string())),
+            }
+            writers.flush(&mut proto).await?;
+        }
+    }
+
+    /// One writer per cluster for this site; returns them with the merged committed positions.
+    async fn start_writers(
+        &self,
+        site: &str,
+    ) -> Result<(Vec<SiteWriter>, Vec<er_protocol::Position>), String> {
+        let cfg = &self.config;
+        let mut tasks = Vec::new();
+        for (i, cluster) in cfg.raw.clusters.iter().enumerate() {
+            let settings = WriterSettings {
+                site: site.to_owned(),
+                group_id: cfg.raw.group_id.clone(),
+                policy: cfg.policy.clone(),
+                max_uncompressed_bytes: cfg.raw.limits.max_uncompressed_bytes,
+                max_transaction_bytes: cfg.raw.limits.max_transaction_bytes,
+                queue_batches: cfg.raw.limits.writer_queue_batches,
+            };
+            let cluster = cluster.clone();
+            let topics = self.topics[i].clone();
+            let rt = tokio::runtime::Handle::current();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                sink::start(rt, &cluster, topics, settings)
+            }));
+        }
+        let mut writers = Vec::new();
+        let mut positions = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (w, mut p) = t
+                .await
+                .map_err(|e| format!("writer start panicked: {e}"))?
+                .map_err(|e| e.to_string())?;
+            // A source partition belongs to the cluster its route names; positions a cluster
+            // holds for partitions routed elsewhere are stale (the route changed) and ignored.
+            p.retain(|pos| cfg.cluster_for(site, &pos.tp.topic) == i);
+            positions.extend(p);
+            writers.push(w);
+        }
+        Ok((writers, positions))
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    Protocol(String),
+    Internal(String),
+    Link(String),
+}
+
+impl SessionEnd {
+    fn from_stream(e: StreamError) -> Self {
+        match e {
+            StreamError::Decode(d) => SessionEnd::Protocol(format!("malformed frame: {d}")),
+            StreamError::Truncated(_) => SessionEnd::Protocol(e.to_string()),
+            other => SessionEnd::Link(other.to_string()),
+        }
+    }
+}
+
+enum Inbound {
+    Frame {
+        channel: Channel,
+        frame: Frame,
+        /// The send half of a partition stream, handed over with its first frame.
+        send: Option<quinn::SendStream>,
+    },
+    Closed {
+        channel: Channel,
+        error: Option<StreamError>,
+    },
+}
+
+/// Reads one stream's frames into the session. A partition stream is identified by its first
+/// frame, which must be a batch.
+fn spawn_reader(mut reader: FrameReader, mut send: Option<quinn::SendStream>, tx: mpsc::Sender<Inbound>) {
+    let mut channel = if send.is_none() {
+        Some(Channel::Control)
+    } else {
+        None
+    };
+    tokio::spawn(async move {
+        loop {
+            match reader.next().await {
+                Ok(Some(frame)) => {
+                    let ch = match &channel {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = match &frame {
+                                Frame::Batch(b) => Channel::Partition(b.header.tp.clone()),
+                                // Anything else opening a data stream is a protocol error the
+                                // state machine reports; use a placeholder channel for it.
+                                _ => Channel::Partition(TopicPartition {
+                                    topic: String::new(),
+                                    partition: -1,
+                                }),
+                            };
+                            channel = Some(c.clone());
+                            c
+                        }
+                    };
+                    if tx
+                        .send(Inbound::Frame {
+                            channel: ch,
+                            frame,
+                            send: send.take(),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx
+                        .send(Inbound::Closed {
+                            channel: channel.unwrap_or(Channel::Control),
+                            error: None,
+                        })
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Inbound::Closed {
+                            channel: channel.unwrap_or(Channel::Control),
+                            error: Some(e),
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+}
+
+struct StreamWriters {
+    control: FrameWriter,
+    partitions: HashMap<TopicPartition, FrameWriter>,
+}
+
+impl StreamWriters {
+    async fn flush(&mut self, proto: &mut HubConn) -> Result<(), SessionEnd> {
+        while let Some((channel, frame)) = proto.poll_transmit() {
+            let w = match &channel {
+                Channel::Control => &mut self.control,
+                Channel::Partition(tp) => match self.partitions.get_mut(tp) {
+                    Some(w) => w,
+                    None => {
+                        return Err(SessionEnd::Protocol(format!(
+                            "no stream for {tp} to send {} on",
+                            frame.kind()
+                        )));
+                    }
+                },
+            };
+            w.write(&frame).await.map_err(SessionEnd::from_stream)?;
+        }
+        Ok(())
+    }
+}
