@@ -1,0 +1,623 @@
+//! A route's plugin chain: runs batches through plugins in order and applies the error policy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bindings::edge_replicator::plugin::types as wit;
+use crate::error::{ChainError, Failure, PluginError};
+use crate::plugin::{CallError, LoadedPlugin};
+use crate::records::{Entry, InRecord, NewEntry, OutBatch, OutRecord, RecordFailure, Span};
+use crate::HostInner;
+
+/// Header naming the error of a dead-lettered record.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "er.error";
+/// Header naming the plugin file that failed a dead-lettered record.
+pub const DEAD_LETTER_PLUGIN_HEADER: &str = "er.plugin";
+
+/// What a route does with a record (or batch) a plugin fails on: trap, deadline, memory cap,
+/// `fail` outcome, too many outputs, malformed result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Stop: [`Chain::process`] returns the error and outputs nothing for the batch, so the
+    /// route's position does not move past the failing record.
+    Stop,
+    /// Skip the failing record. After a whole-batch failure the records are re-run one at a
+    /// time so every good record is kept; failures are listed in [`OutBatch::failures`].
+    Skip,
+    /// Like `Skip`, but the failing record (as it entered the failing plugin) goes to `topic`
+    /// with headers `er.error` (the message) and `er.plugin` (the plugin file).
+    DeadLetter {
+        /// The dead-letter topic.
+        topic: String,
+    },
+}
+
+/// Counters of one plugin of a chain, since it was loaded (reloads keep counting).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginStats {
+    /// Plugin file.
+    pub plugin: PathBuf,
+    /// Records given to the plugin.
+    pub records_in: u64,
+    /// Records the plugin kept or produced.
+    pub records_out: u64,
+    /// Records the plugin dropped (`drop`, or `replace` with no records).
+    pub records_dropped: u64,
+    /// Failed calls and failed records.
+    pub errors: u64,
+    /// Time spent in plugin calls, including copying batches in and out, in nanoseconds.
+    pub time_ns: u64,
+    /// Batch calls made (including one-record calls while isolating a failure).
+    pub calls: u64,
+    /// Fresh instances made after a trap.
+    pub restarts: u64,
+    /// Successful hot reloads.
+    pub reloads: u64,
+    /// Log events dropped by the per-call rate limit.
+    pub logs_suppressed: u64,
+    /// Counters the plugin reported through `counter-add`.
+    pub counters: Vec<(String, u64)>,
+    /// The last error, for display.
+    pub last_error: Option<String>,
+}
+
+/// Plugins applied in order to a route's batches. Not shared: one chain per route (or per
+/// worker), moved to the thread that runs it.
+pub struct Chain {
+    host: Arc<HostInner>,
+    plugins: Vec<LoadedPlugin>,
+    policy: ErrorPolicy,
+    stages: [Stage; 2],
+    single: Stage,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("plugins", &self.plugins.iter().map(|p| &p.spec.path).collect::<Vec<_>>())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records between two plugins, in the contract's batch shape (what the next plugin receives).
+#[derive(Default)]
+struct Stage {
+    batch: wit::Batch,
+    meta: Vec<Meta>,
+}
+
+impl Default for wit::Batch {
+    fn default() -> Self {
+        wit::Batch {
+            topics: Vec::new(),
+            records: Vec::new(),
+            headers: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    source: u32,
+    /// Still the unchanged input record.
+    original: bool,
+    /// A plugin chose the partition.
+    partition_set: bool,
+}
+
+/// A record to append, with borrowed bytes.
+struct View<'b> {
+    meta: Meta,
+    topic: &'b str,
+    partition: i32,
+    timestamp: i64,
+    key: Option<&'b [u8]>,
+    value: Option<&'b [u8]>,
+    headers: Vec<(&'b str, Option<&'b [u8]>)>,
+}
+
+fn span_of(data: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
+    let offset = data.len() as u32;
+    data.extend_from_slice(bytes);
+    wit::Span {
+        offset,
+        len: bytes.len() as u32,
+    }
+}
+
+fn get(data: &[u8], s: wit::Span) -> Option<&[u8]> {
+    data.get(s.offset as usize..(s.offset as usize).checked_add(s.len as usize)?)
+}
+
+impl Stage {
+    fn clear(&mut self) {
+        self.batch.topics.clear();
+        self.batch.records.clear();
+        self.batch.headers.clear();
+        self.batch.data.clear();
+        self.meta.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    fn topic_index(&mut self, topic: &str) -> u32 {
+        let topics = &mut self.batch.topics;
+        // Batches usually hold one topic: check the last one first.
+        if topics.last().is_some_and(|t| t == topic) {
+            return topics.len() as u32 - 1;
+        }
+        match topics.iter().position(|t| t == topic) {
+            Some(i) => i as u32,
+            None => {
+                topics.push(topic.to_owned());
+                topics.len() as u32 - 1
+            }
+        }
+    }
+
+    fn push_parts(
+        &mut self,
+        meta: Meta,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (impl AsRef<str>, Option<impl AsRef<[u8]>>)>,
+    ) {
+        let topic = self.topic_index(topic);
+        let b = &mut self.batch;
+        let start = b.headers.len() as u32;
+        let count = headers.len() as u32;
+        for (n, v) in headers {
+            let name = span_of(&mut b.data, n.as_ref().as_bytes());
+            let value = v.map(|v| span_of(&mut b.data, v.as_ref()));
+            b.headers.push(wit::InHeader { name, value });
+        }
+        let key = key.map(|k| span_of(&mut b.data, k));
+        let value = value.map(|v| span_of(&mut b.data, v));
+        b.records.push(wit::InRecord {
+            topic,
+            partition,
+            offset: 0,
+            timestamp,
+            key,
+            value,
+            headers: wit::Range { start, count },
+        });
+        self.meta.push(meta);
+    }
+
+    fn push_input(&mut self, r: &InRecord<'_>, source: u32) {
+        let meta = Meta {
+            source,
+            original: true,
+            partition_set: false,
+        };
+        self.push_parts(meta, r.topic, r.partition, r.timestamp, r.key, r.value, r.headers.iter().copied());
+        if let Some(last) = self.batch.records.last_mut() {
+            last.offset = r.offset;
+        }
+    }
+
+    fn push_view(&mut self, v: &View<'_>, offset: i64) {
+        self.push_parts(v.meta, v.topic, v.partition, v.timestamp, v.key, v.value, v.headers.iter().copied());
+        if let Some(last) = self.batch.records.last_mut() {
+            last.offset = offset;
+        }
+    }
+
+    /// Record `i` as a view over this stage's buffer.
+    fn view(&self, i: usize) -> View<'_> {
+        let b = &self.batch;
+        let r = &b.records[i];
+        let data = &b.data[..];
+        let headers = b.headers[r.headers.start as usize..(r.headers.start + r.headers.count) as usize]
+            .iter()
+            .map(|h| {
+                let name = std::str::from_utf8(get(data, h.name).unwrap_or(&[])).unwrap_or("");
+                (name, h.value.map(|v| get(data, v).unwrap_or(&[])))
+            })
+            .collect();
+        View {
+            meta: self.meta[i],
+            topic: b.topics.get(r.topic as usize).map_or("", String::as_str),
+            partition: r.partition,
+            timestamp: r.timestamp,
+            key: r.key.map(|s| get(data, s).unwrap_or(&[])),
+            value: r.value.map(|s| get(data, s).unwrap_or(&[])),
+            headers,
+        }
+    }
+}
+
+/// Where a plugin's outputs go: the next stage, or the chain's output. Dead letters and
+/// failures always go to the chain's output.
+struct Sink<'s, 'i> {
+    next: Option<&'s mut Stage>,
+    out: &'s mut OutBatch,
+    input: &'s [InRecord<'i>],
+    /// Dead letters were appended before later plugins' outputs: sort at the end.
+    reorder: bool,
+}
+
+impl Sink<'_, '_> {
+    /// Appends record `i` of `stage` unchanged.
+    fn keep(&mut self, stage: &Stage, i: usize) {
+        match &mut self.next {
+            Some(next) => next.push_view(&stage.view(i), stage.batch.records[i].offset),
+            None if stage.meta[i].original => {
+                self.out.entries.push(Entry::Kept(stage.meta[i].source));
+            }
+            None => push_out(self.out, self.input, &stage.view(i)),
+        }
+    }
+
+    fn push(&mut self, v: &View<'_>, offset: i64) {
+        match &mut self.next {
+            Some(next) => next.push_view(v, offset),
+            None => push_out(self.out, self.input, v),
+        }
+    }
+
+    fn dead_letter(&mut self, stage: &Stage, i: usize, topic: &str, plugin: &str, error: &str) {
+        let mut v = stage.view(i);
+        v.meta.original = false;
+        v.meta.partition_set = false;
+        v.topic = topic;
+        v.headers.push((DEAD_LETTER_ERROR_HEADER, Some(error.as_bytes())));
+        v.headers.push((DEAD_LETTER_PLUGIN_HEADER, Some(plugin.as_bytes())));
+        push_out(self.out, self.input, &v);
+        self.reorder |= self.next.is_some();
+    }
+}
+
+fn push_out(out: &mut OutBatch, input: &[InRecord<'_>], v: &View<'_>) {
+    let span = |data: &mut Vec<u8>, b: &[u8]| {
+        let s = span_of(data, b);
+        Span {
+            offset: s.offset,
+            len: s.len,
+        }
+    };
+    let source_topic = input.get(v.meta.source as usize).map(|r| r.topic);
+    let topic = (source_topic != Some(v.topic)).then(|| span(&mut out.data, v.topic.as_bytes()));
+    let start = out.headers.len() as u32;
+    for (n, val) in &v.headers {
+        let name = span(&mut out.data, n.as_bytes());
+        let value = val.map(|x| span(&mut out.data, x));
+        out.headers.push((name, value));
+    }
+    let key = v.key.map(|k| span(&mut out.data, k));
+    let value = v.value.map(|x| span(&mut out.data, x));
+    out.entries.push(Entry::New(NewEntry {
+        source_index: v.meta.source,
+        topic,
+        partition: v.meta.partition_set.then_some(v.partition),
+        key,
+        value,
+        headers: (start, v.headers.len() as u32),
+        timestamp: v.timestamp,
+    }));
+}
+
+/// Decodes the records a `replace` outcome produced for input `i` of `stage`.
+fn decode_replacements<'b>(
+    stage: &'b Stage,
+    i: usize,
+    res: &'b wit::BatchResult,
+    range: wit::Range,
+) -> Result<Vec<View<'b>>, Failure> {
+    let input = &stage.batch.data[..];
+    let bytes = |r: &wit::BytesRef| -> Result<Option<&'b [u8]>, Failure> {
+        let (data, s) = match r {
+            wit::BytesRef::Null => return Ok(None),
+            wit::BytesRef::Input(s) => (input, *s),
+            wit::BytesRef::Output(s) => (&res.data[..], *s),
+        };
+        get(data, s)
+            .map(Some)
+            .ok_or_else(|| Failure::Malformed(format!("span {}+{} out of range", s.offset, s.len)))
+    };
+    let text = |t: &wit::TextRef| -> Result<&'b str, Failure> {
+        let b = match t {
+            wit::TextRef::Input(s) => bytes(&wit::BytesRef::Input(*s)),
+            wit::TextRef::Output(s) => bytes(&wit::BytesRef::Output(*s)),
+        }?
+        .unwrap_or(&[]);
+        std::str::from_utf8(b).map_err(|_| Failure::Malformed("topic or header name is not UTF-8".into()))
+    };
+    let recs = res
+        .records
+        .get(range.start as usize..(range.start as usize).saturating_add(range.count as usize))
+        .ok_or_else(|| Failure::Malformed(format!("replace range {}+{} out of range", range.start, range.count)))?;
+    let src = stage.view(i);
+    recs.iter()
+        .map(|r| {
+            let hs = res
+                .headers
+                .get(r.headers.start as usize..(r.headers.start as usize).saturating_add(r.headers.count as usize))
+                .ok_or_else(|| Failure::Malformed("header range out of range".into()))?;
+            let headers = hs
+                .iter()
+                .map(|h| Ok((text(&h.name)?, bytes(&h.value)?)))
+                .collect::<Result<Vec<_>, Failure>>()?;
+            Ok(View {
+                meta: Meta {
+                    source: src.meta.source,
+                    original: false,
+                    partition_set: src.meta.partition_set || r.partition.is_some(),
+                },
+                topic: match &r.topic {
+                    Some(t) => text(t)?,
+                    None => src.topic,
+                },
+                partition: r.partition.unwrap_or(src.partition),
+                timestamp: r.timestamp.unwrap_or(src.timestamp),
+                key: bytes(&r.key)?,
+                value: bytes(&r.value)?,
+                headers,
+            })
+        })
+        .collect()
+}
+
+impl Chain {
+    pub(crate) fn new(host: Arc<HostInner>, plugins: Vec<LoadedPlugin>, policy: ErrorPolicy) -> Self {
+        Chain {
+            host,
+            plugins,
+            policy,
+            stages: Default::default(),
+            single: Stage::default(),
+        }
+    }
+
+    /// The route's error policy.
+    pub fn policy(&self) -> &ErrorPolicy {
+        &self.policy
+    }
+
+    /// Runs `input` through every plugin and returns owned outputs in input order. Errors only
+    /// under [`ErrorPolicy::Stop`] or when a plugin cannot be restarted.
+    pub fn process(&mut self, input: &[InRecord<'_>]) -> Result<Vec<OutRecord>, ChainError> {
+        let mut out = OutBatch::new();
+        self.process_into(input, &mut out)?;
+        Ok(out.to_records(input))
+    }
+
+    /// Like [`Chain::process`], into a reusable buffer-backed [`OutBatch`] (kept records are not
+    /// copied). On error `out` holds no usable result.
+    pub fn process_into(&mut self, input: &[InRecord<'_>], out: &mut OutBatch) -> Result<(), ChainError> {
+        out.clear();
+        if self.plugins.is_empty() {
+            out.entries.extend((0..input.len() as u32).map(Entry::Kept));
+            return Ok(());
+        }
+        let [mut cur, mut next] = std::mem::take(&mut self.stages);
+        cur.clear();
+        for (i, r) in input.iter().enumerate() {
+            cur.push_input(r, i as u32);
+        }
+        let n = self.plugins.len();
+        let mut reorder = false;
+        let mut result = Ok(());
+        for k in 0..n {
+            next.clear();
+            let mut sink = Sink {
+                next: (k + 1 < n).then_some(&mut next),
+                out: &mut *out,
+                input,
+                reorder: false,
+            };
+            result = self.run_plugin(k, &cur, &mut sink);
+            reorder |= sink.reorder;
+            if result.is_err() {
+                break;
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+        self.stages = [cur, next];
+        result?;
+        if reorder {
+            out.entries.sort_by_key(Entry::source_index);
+        }
+        Ok(())
+    }
+
+    /// Runs plugin `k` over `stage` into `sink`.
+    fn run_plugin(&mut self, k: usize, stage: &Stage, sink: &mut Sink<'_, '_>) -> Result<(), ChainError> {
+        if stage.len() == 0 {
+            return Ok(());
+        }
+        self.plugins[k].stats.records_in += stage.len() as u64;
+        let mut fails: Vec<(usize, Failure)> = Vec::new();
+        match self.call(k, &stage.batch)? {
+            Ok(res) => self.apply(k, stage, &res, sink, &mut fails),
+            Err(f) => self.isolate(k, stage, f, sink, &mut fails)?,
+        }
+        self.fail_records(k, stage, fails, sink)
+    }
+
+    fn call(&mut self, k: usize, batch: &wit::Batch) -> Result<Result<wit::BatchResult, Failure>, ChainError> {
+        let p = &mut self.plugins[k];
+        p.stats.calls += 1;
+        match p.call(&self.host, batch) {
+            Ok(res) if res.outcomes.len() == batch.records.len() => Ok(Ok(res)),
+            Ok(res) => Ok(Err(Failure::Malformed(format!(
+                "{} outcomes for {} records",
+                res.outcomes.len(),
+                batch.records.len()
+            )))),
+            Err(CallError::Failed(f)) => Ok(Err(f)),
+            Err(CallError::Restart(reason)) => Err(ChainError::Restart {
+                plugin: p.spec.path.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// Applies one successful result. Per-record failures are collected in `fails`.
+    fn apply(
+        &mut self,
+        k: usize,
+        stage: &Stage,
+        res: &wit::BatchResult,
+        sink: &mut Sink<'_, '_>,
+        fails: &mut Vec<(usize, Failure)>,
+    ) {
+        let limit = self.host.config.max_outputs_per_input;
+        let stats = &mut self.plugins[k].stats;
+        for (i, outcome) in res.outcomes.iter().enumerate() {
+            match outcome {
+                wit::Outcome::Keep => {
+                    stats.records_out += 1;
+                    sink.keep(stage, i);
+                }
+                wit::Outcome::Drop => stats.records_dropped += 1,
+                wit::Outcome::Fail(msg) => fails.push((i, Failure::Record(msg.clone()))),
+                wit::Outcome::Replace(range) if range.count > limit => fails.push((
+                    i,
+                    Failure::TooManyOutputs {
+                        produced: range.count,
+                        limit,
+                    },
+                )),
+                wit::Outcome::Replace(range) => match decode_replacements(stage, i, res, *range) {
+                    Ok(views) => {
+                        if views.is_empty() {
+                            stats.records_dropped += 1;
+                        }
+                        stats.records_out += views.len() as u64;
+                        let offset = stage.batch.records[i].offset;
+                        for v in &views {
+                            sink.push(v, offset);
+                        }
+                    }
+                    Err(f) => fails.push((i, f)),
+                },
+            }
+        }
+    }
+
+    /// After a whole-batch failure: stop, or re-run records one at a time to find the bad ones.
+    fn isolate(
+        &mut self,
+        k: usize,
+        stage: &Stage,
+        failure: Failure,
+        sink: &mut Sink<'_, '_>,
+        fails: &mut Vec<(usize, Failure)>,
+    ) -> Result<(), ChainError> {
+        let path = self.plugins[k].spec.path.clone();
+        if self.policy == ErrorPolicy::Stop || stage.len() == 1 {
+            // Stop reports it; a one-record batch needs no isolation.
+            fails.push((0, failure));
+            if self.policy == ErrorPolicy::Stop && stage.len() > 1 {
+                let p = &mut self.plugins[k];
+                p.stats.errors += 1;
+                p.stats.last_error = Some(fails[0].1.to_string());
+                return Err(ChainError::Plugin {
+                    plugin: path,
+                    source_index: None,
+                    failure: fails.remove(0).1,
+                });
+            }
+            return Ok(());
+        }
+        tracing::warn!(plugin = %path.display(), error = %failure, records = stage.len(), "batch failed; re-running its records one at a time");
+        let mut single = std::mem::take(&mut self.single);
+        for i in 0..stage.len() {
+            single.clear();
+            single.push_view(&stage.view(i), stage.batch.records[i].offset);
+            match self.call(k, &single.batch) {
+                Ok(Ok(res)) => {
+                    let mut one = Vec::new();
+                    self.apply(k, &single, &res, sink, &mut one);
+                    fails.extend(one.into_iter().map(|(_, f)| (i, f)));
+                }
+                Ok(Err(f)) => fails.push((i, f)),
+                Err(e) => {
+                    self.single = single;
+                    return Err(e);
+                }
+            }
+        }
+        self.single = single;
+        Ok(())
+    }
+
+    /// Applies the route's policy to the failed records of `stage`.
+    fn fail_records(
+        &mut self,
+        k: usize,
+        stage: &Stage,
+        mut fails: Vec<(usize, Failure)>,
+        sink: &mut Sink<'_, '_>,
+    ) -> Result<(), ChainError> {
+        if fails.is_empty() {
+            return Ok(());
+        }
+        fails.sort_by_key(|(i, _)| *i);
+        let p = &mut self.plugins[k];
+        p.stats.errors += fails.len() as u64;
+        p.stats.last_error = fails.last().map(|(_, f)| f.to_string());
+        let plugin = p.spec.path.clone();
+        let plugin_name = plugin.display().to_string();
+        for (i, failure) in fails {
+            let source_index = stage.meta[i].source;
+            let dead_lettered = match &self.policy {
+                ErrorPolicy::Stop => {
+                    return Err(ChainError::Plugin {
+                        plugin,
+                        source_index: Some(source_index),
+                        failure,
+                    });
+                }
+                ErrorPolicy::Skip => false,
+                ErrorPolicy::DeadLetter { topic } => {
+                    let error = format!("plugin \"{plugin_name}\": {failure}");
+                    sink.dead_letter(stage, i, topic, &plugin_name, &error);
+                    true
+                }
+            };
+            tracing::debug!(plugin = %plugin_name, source_index, error = %failure, dead_lettered, "record failed");
+            sink.out.failures.push(RecordFailure {
+                source_index,
+                plugin: plugin.clone(),
+                failure,
+                dead_lettered,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks every plugin file and swaps in changed ones (call between batches). `Ok(true)`
+    /// when at least one plugin was reloaded. A file that fails to load keeps the previous
+    /// version running; the error is returned once (and kept in [`PluginStats::last_error`]).
+    pub fn reload_if_changed(&mut self) -> Result<bool, PluginError> {
+        let mut reloaded = false;
+        let mut first_err = None;
+        for p in &mut self.plugins {
+            match p.reload_if_changed(&self.host) {
+                Ok(r) => reloaded |= r,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(reloaded),
+        }
+    }
+
+    /// Counters of every plugin, in chain order.
+    pub fn stats(&self) -> Vec<PluginStats> {
+        self.plugins.iter().map(|p| p.stats.clone()).collect()
+    }
+}

@@ -1,0 +1,406 @@
+//! One loaded plugin: its compiled component, a live sandboxed instance, limits, stats, reload.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::edge_replicator::plugin::{host as wit_host, types as wit};
+use crate::bindings::{Plugin, PluginPre};
+use crate::chain::PluginStats;
+use crate::error::{Failure, PluginError};
+use crate::{HostInner, PluginSpec};
+
+/// Most log events a plugin may emit per call; the rest are counted, not logged, so a plugin
+/// logging per record cannot flood an edge box's disk.
+const MAX_LOGS_PER_CALL: u32 = 100;
+
+/// Per-instance state: an empty WASI context, the limiter, and what the host imports collect.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    plugin: Arc<str>,
+    logs_in_call: u32,
+    pub(crate) logs_suppressed: u64,
+    /// Counters added by the plugin, drained into the stats after each call.
+    pub(crate) counters: Vec<(String, u64)>,
+    /// The last error-level log of the current call: the panic message of a Rust guest.
+    last_error_log: Option<String>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+struct Limiter {
+    memory_limit: usize,
+    /// Set when the plugin asked for more than the cap: the size it wanted.
+    exceeded: Option<usize>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.exceeded = Some(desired);
+            // Trap rather than fail the grow: a Rust guest would abort anyway, and a trap
+            // carries a clear reason.
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+impl wit::Host for StoreState {}
+
+impl wit_host::Host for StoreState {
+    fn log(&mut self, level: wit::Level, message: String, fields: Vec<(String, String)>) {
+        if level == wit::Level::Error {
+            self.last_error_log = Some(message.clone());
+        }
+        if self.logs_in_call >= MAX_LOGS_PER_CALL {
+            self.logs_suppressed += 1;
+            return;
+        }
+        self.logs_in_call += 1;
+        let plugin = &*self.plugin;
+        let fields: String = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match level {
+            wit::Level::Trace => tracing::trace!(plugin, fields, "{message}"),
+            wit::Level::Debug => tracing::debug!(plugin, fields, "{message}"),
+            wit::Level::Info => tracing::info!(plugin, fields, "{message}"),
+            wit::Level::Warn => tracing::warn!(plugin, fields, "{message}"),
+            wit::Level::Error => tracing::error!(plugin, fields, "{message}"),
+        }
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        match self.counters.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v = v.saturating_add(delta),
+            None => self.counters.push((name, delta)),
+        }
+    }
+}
+
+/// A clock stuck at zero: the contract grants no time source (record timestamps are the
+/// plugin's notion of time), and a frozen clock keeps plugins deterministic.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The linker every plugin is instantiated with: the contract's host imports plus WASI p2 so
+/// Rust std guests resolve, with everything denied by an empty context.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<StoreState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // Host calls cannot be interrupted by the epoch deadline, so a plugin must not be able to
+    // block the host: sleeping (clock subscriptions) traps instead of waiting.
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    for name in ["subscribe-duration", "subscribe-instant"] {
+        clock.func_new(name, |_, _, _, _| {
+            wasmtime::bail!("sleeping is not granted to plugins (wasi:clocks subscribe)")
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Plugin::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// What identifies the plugin file's current content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    mtime: Option<SystemTime>,
+    len: u64,
+}
+
+fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
+    let meta = fs::metadata(path)?;
+    Ok(Fingerprint {
+        mtime: meta.modified().ok(),
+        len: meta.len(),
+    })
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Outcome of a failed call.
+pub(crate) enum CallError {
+    /// The plugin failed; its instance may have been discarded.
+    Failed(Failure),
+    /// The plugin had trapped before and a fresh instance could not be made.
+    Restart(String),
+}
+
+struct Live {
+    store: Store<StoreState>,
+    plugin: Plugin,
+}
+
+/// A plugin of a chain.
+pub(crate) struct LoadedPlugin {
+    pub(crate) spec: PluginSpec,
+    pre: PluginPre<StoreState>,
+    /// `None` after a trap, until the next call makes a fresh instance.
+    live: Option<Live>,
+    current: Fingerprint,
+    hash: u64,
+    /// The fingerprint of a changed file that failed to load: not retried until it changes.
+    failed: Option<Fingerprint>,
+    pub(crate) stats: PluginStats,
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles, links, instantiates and initializes the plugin of `spec`.
+    pub(crate) fn load(host: &HostInner, spec: PluginSpec) -> Result<Self, PluginError> {
+        let (fp, hash, pre, live) = prepare(host, &spec)?;
+        let stats = PluginStats {
+            plugin: spec.path.clone(),
+            ..PluginStats::default()
+        };
+        Ok(LoadedPlugin {
+            spec,
+            pre,
+            live: Some(live),
+            current: fp,
+            hash,
+            failed: None,
+            stats,
+        })
+    }
+
+    /// Swaps in a changed file between batches. `Ok(false)` when unchanged (or when the same
+    /// broken file already failed); on error the old version keeps running.
+    pub(crate) fn reload_if_changed(&mut self, host: &HostInner) -> Result<bool, PluginError> {
+        let path = &self.spec.path;
+        let fp = fingerprint(path).map_err(|source| PluginError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if fp == self.current || Some(fp) == self.failed {
+            return Ok(false);
+        }
+        match prepare(host, &self.spec) {
+            Ok((fp, hash, pre, live)) => {
+                self.current = fp;
+                self.failed = None;
+                if hash == self.hash {
+                    // Touched, not changed.
+                    return Ok(false);
+                }
+                self.hash = hash;
+                self.pre = pre;
+                self.live = Some(live);
+                self.stats.reloads += 1;
+                tracing::info!(plugin = %path.display(), "plugin reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                self.failed = Some(fp);
+                self.stats.last_error = Some(e.to_string());
+                tracing::warn!(plugin = %path.display(), error = %e, "plugin reload failed; keeping the previous version");
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `process-batch` under the deadline and memory cap.
+    pub(crate) fn call(
+        &mut self,
+        host: &HostInner,
+        batch: &wit::Batch,
+    ) -> Result<wit::BatchResult, CallError> {
+        if self.live.is_none() {
+            let live = instantiate(host, &self.pre, &self.spec).map_err(|e| {
+                self.stats.last_error = Some(e.to_string());
+                CallError::Restart(e.to_string())
+            })?;
+            self.stats.restarts += 1;
+            self.live = Some(live);
+        }
+        let Some(live) = self.live.as_mut() else {
+            return Err(CallError::Restart("no instance".into()));
+        };
+        live.store.set_epoch_deadline(host.deadline_ticks);
+        {
+            let s = live.store.data_mut();
+            s.logs_in_call = 0;
+            s.last_error_log = None;
+        }
+        let started = Instant::now();
+        let result = live
+            .plugin
+            .edge_replicator_plugin_guest()
+            .call_process_batch(&mut live.store, batch);
+        self.stats.time_ns += started.elapsed().as_nanos() as u64;
+        let state = live.store.data_mut();
+        self.stats.logs_suppressed = state.logs_suppressed;
+        for (name, delta) in state.counters.drain(..) {
+            match self.stats.counters.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => *v = v.saturating_add(delta),
+                None => self.stats.counters.push((name, delta)),
+            }
+        }
+        match result {
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err(msg)) => Err(CallError::Failed(Failure::Batch(msg))),
+            Err(e) => {
+                let failure = classify(host, state, &e);
+                // A trapped component instance cannot be entered again: start afresh next call.
+                self.live = None;
+                Err(CallError::Failed(failure))
+            }
+        }
+    }
+}
+
+fn classify(host: &HostInner, state: &StoreState, e: &wasmtime::Error) -> Failure {
+    if let Some(wanted) = state.limiter.exceeded {
+        return Failure::Memory {
+            limit: state.limiter.memory_limit,
+            wanted,
+        };
+    }
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Failure::Deadline(host.config.batch_deadline);
+    }
+    let mut msg = format!("{e:#}");
+    if let Some(log) = &state.last_error_log {
+        msg = format!("{log} ({msg})");
+    }
+    Failure::Trap(msg)
+}
+
+type Prepared = (Fingerprint, u64, PluginPre<StoreState>, Live);
+
+/// Everything of loading that can fail, without touching the running version.
+fn prepare(host: &HostInner, spec: &PluginSpec) -> Result<Prepared, PluginError> {
+    let path = &spec.path;
+    let read_err = |source| PluginError::Read {
+        path: path.clone(),
+        source,
+    };
+    let fp = fingerprint(path).map_err(read_err)?;
+    let bytes = fs::read(path).map_err(read_err)?;
+    let hash = content_hash(&bytes);
+    let component = compile(host, hash, &bytes).map_err(|e| PluginError::InvalidComponent {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    };
+    let instance_pre = host.linker.instantiate_pre(&component).map_err(wrong_world)?;
+    let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+    let live = instantiate(host, &pre, spec)?;
+    Ok((fp, hash, pre, live))
+}
+
+fn compile(host: &HostInner, hash: u64, bytes: &[u8]) -> wasmtime::Result<Component> {
+    let mut compiled = host
+        .compiled
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, c)) = compiled.iter().find(|(h, _)| *h == hash) {
+        return Ok(c.clone());
+    }
+    let component = Component::new(&host.engine, bytes)?;
+    compiled.push((hash, component.clone()));
+    Ok(component)
+}
+
+/// A fresh sandboxed instance with `init` called.
+fn instantiate(host: &HostInner, pre: &PluginPre<StoreState>, spec: &PluginSpec) -> Result<Live, PluginError> {
+    let path = &spec.path;
+    let wasi = WasiCtx::builder()
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let state = StoreState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: Limiter {
+            memory_limit: host.config.memory_limit_bytes,
+            exceeded: None,
+        },
+        plugin: Arc::from(path.display().to_string()),
+        logs_in_call: 0,
+        logs_suppressed: 0,
+        counters: Vec::new(),
+        last_error_log: None,
+    };
+    let mut store = Store::new(&host.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(host.deadline_ticks);
+    let plugin = pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    store.set_epoch_deadline(host.deadline_ticks);
+    match plugin
+        .edge_replicator_plugin_guest()
+        .call_init(&mut store, &spec.config)
+    {
+        Ok(Ok(())) => Ok(Live { store, plugin }),
+        Ok(Err(message)) => Err(PluginError::InitRejected {
+            path: path.clone(),
+            message,
+        }),
+        Err(e) => Err(PluginError::InitFailed {
+            path: path.clone(),
+            failure: classify(host, store.data(), &e),
+        }),
+    }
+}
