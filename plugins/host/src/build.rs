@@ -17,7 +17,9 @@ pub enum BuildError {
     },
     /// cargo ran and failed (its output went to stderr). A missing target is fixed with
     /// `rustup target add wasm32-wasip2`.
-    #[error("building the example plugins failed ({status}); is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)")]
+    #[error(
+        "building the example plugins failed ({status}); is the wasm32-wasip2 target installed? (rustup target add wasm32-wasip2)"
+    )]
     Failed {
         /// cargo's exit status.
         status: std::process::ExitStatus,
@@ -26,7 +28,8 @@ pub enum BuildError {
 
 /// The example workspace (`plugins/examples`) in this source tree.
 pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// Where [`build_examples`] puts the components: `<name>.wasm` with dashes as underscores
@@ -42,7 +45,13 @@ pub fn build_examples() -> Result<PathBuf, BuildError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(&dir)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(dir.join("target"))
         // Flags meant for the host build (e.g. from an outer `cargo test`) do not apply here.
         .env_remove("RUSTFLAGS")

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::HostInner;
 use crate::bindings::edge_replicator::plugin::types as wit;
 use crate::error::{ChainError, Failure, PluginError};
 use crate::plugin::{CallError, LoadedPlugin};
 use crate::records::{Entry, InRecord, NewEntry, OutBatch, OutRecord, RecordFailure, Span};
-use crate::HostInner;
 
 /// Header naming the error of a dead-lettered record.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "er.error";
@@ -74,7 +74,14 @@ pub struct Chain {
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chain")
-            .field("plugins", &self.plugins.iter().map(|p| &p.spec.path).collect::<Vec<_>>())
+            .field(
+                "plugins",
+                &self
+                    .plugins
+                    .iter()
+                    .map(|p| &p.spec.path)
+                    .collect::<Vec<_>>(),
+            )
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
@@ -198,14 +205,30 @@ impl Stage {
             original: true,
             partition_set: false,
         };
-        self.push_parts(meta, r.topic, r.partition, r.timestamp, r.key, r.value, r.headers.iter().copied());
+        self.push_parts(
+            meta,
+            r.topic,
+            r.partition,
+            r.timestamp,
+            r.key,
+            r.value,
+            r.headers.iter().copied(),
+        );
         if let Some(last) = self.batch.records.last_mut() {
             last.offset = r.offset;
         }
     }
 
     fn push_view(&mut self, v: &View<'_>, offset: i64) {
-        self.push_parts(v.meta, v.topic, v.partition, v.timestamp, v.key, v.value, v.headers.iter().copied());
+        self.push_parts(
+            v.meta,
+            v.topic,
+            v.partition,
+            v.timestamp,
+            v.key,
+            v.value,
+            v.headers.iter().copied(),
+        );
         if let Some(last) = self.batch.records.last_mut() {
             last.offset = offset;
         }
@@ -216,7 +239,8 @@ impl Stage {
         let b = &self.batch;
         let r = &b.records[i];
         let data = &b.data[..];
-        let headers = b.headers[r.headers.start as usize..(r.headers.start + r.headers.count) as usize]
+        let headers = b.headers
+            [r.headers.start as usize..(r.headers.start + r.headers.count) as usize]
             .iter()
             .map(|h| {
                 let name = std::str::from_utf8(get(data, h.name).unwrap_or(&[])).unwrap_or("");
@@ -241,7 +265,7 @@ struct Sink<'s, 'i> {
     next: Option<&'s mut Stage>,
     out: &'s mut OutBatch,
     input: &'s [InRecord<'i>],
-    /// Dead letters were appended before later plugins' outputs: sort at the end.
+    /// Dead letters were appended out of input order: sort at the end.
     reorder: bool,
 }
 
@@ -269,10 +293,13 @@ impl Sink<'_, '_> {
         v.meta.original = false;
         v.meta.partition_set = false;
         v.topic = topic;
-        v.headers.push((DEAD_LETTER_ERROR_HEADER, Some(error.as_bytes())));
-        v.headers.push((DEAD_LETTER_PLUGIN_HEADER, Some(plugin.as_bytes())));
+        v.headers
+            .push((DEAD_LETTER_ERROR_HEADER, Some(error.as_bytes())));
+        v.headers
+            .push((DEAD_LETTER_PLUGIN_HEADER, Some(plugin.as_bytes())));
         push_out(self.out, self.input, &v);
-        self.reorder |= self.next.is_some();
+        // Failures are handled after the batch's other outputs: restore input order at the end.
+        self.reorder = true;
     }
 }
 
@@ -329,18 +356,27 @@ fn decode_replacements<'b>(
             wit::TextRef::Output(s) => bytes(&wit::BytesRef::Output(*s)),
         }?
         .unwrap_or(&[]);
-        std::str::from_utf8(b).map_err(|_| Failure::Malformed("topic or header name is not UTF-8".into()))
+        std::str::from_utf8(b)
+            .map_err(|_| Failure::Malformed("topic or header name is not UTF-8".into()))
     };
     let recs = res
         .records
         .get(range.start as usize..(range.start as usize).saturating_add(range.count as usize))
-        .ok_or_else(|| Failure::Malformed(format!("replace range {}+{} out of range", range.start, range.count)))?;
+        .ok_or_else(|| {
+            Failure::Malformed(format!(
+                "replace range {}+{} out of range",
+                range.start, range.count
+            ))
+        })?;
     let src = stage.view(i);
     recs.iter()
         .map(|r| {
             let hs = res
                 .headers
-                .get(r.headers.start as usize..(r.headers.start as usize).saturating_add(r.headers.count as usize))
+                .get(
+                    r.headers.start as usize
+                        ..(r.headers.start as usize).saturating_add(r.headers.count as usize),
+                )
                 .ok_or_else(|| Failure::Malformed("header range out of range".into()))?;
             let headers = hs
                 .iter()
@@ -367,7 +403,11 @@ fn decode_replacements<'b>(
 }
 
 impl Chain {
-    pub(crate) fn new(host: Arc<HostInner>, plugins: Vec<LoadedPlugin>, policy: ErrorPolicy) -> Self {
+    pub(crate) fn new(
+        host: Arc<HostInner>,
+        plugins: Vec<LoadedPlugin>,
+        policy: ErrorPolicy,
+    ) -> Self {
         Chain {
             host,
             plugins,
@@ -392,7 +432,11 @@ impl Chain {
 
     /// Like [`Chain::process`], into a reusable buffer-backed [`OutBatch`] (kept records are not
     /// copied). On error `out` holds no usable result.
-    pub fn process_into(&mut self, input: &[InRecord<'_>], out: &mut OutBatch) -> Result<(), ChainError> {
+    pub fn process_into(
+        &mut self,
+        input: &[InRecord<'_>],
+        out: &mut OutBatch,
+    ) -> Result<(), ChainError> {
         out.clear();
         if self.plugins.is_empty() {
             out.entries.extend((0..input.len() as u32).map(Entry::Kept));
@@ -430,7 +474,12 @@ impl Chain {
     }
 
     /// Runs plugin `k` over `stage` into `sink`.
-    fn run_plugin(&mut self, k: usize, stage: &Stage, sink: &mut Sink<'_, '_>) -> Result<(), ChainError> {
+    fn run_plugin(
+        &mut self,
+        k: usize,
+        stage: &Stage,
+        sink: &mut Sink<'_, '_>,
+    ) -> Result<(), ChainError> {
         if stage.len() == 0 {
             return Ok(());
         }
@@ -443,7 +492,11 @@ impl Chain {
         self.fail_records(k, stage, fails, sink)
     }
 
-    fn call(&mut self, k: usize, batch: &wit::Batch) -> Result<Result<wit::BatchResult, Failure>, ChainError> {
+    fn call(
+        &mut self,
+        k: usize,
+        batch: &wit::Batch,
+    ) -> Result<Result<wit::BatchResult, Failure>, ChainError> {
         let p = &mut self.plugins[k];
         p.stats.calls += 1;
         match p.call(&self.host, batch) {

@@ -38,7 +38,11 @@ pub enum PluginError {
     },
     /// The component is valid but does not implement the contract at this version: it imports
     /// something the host does not grant, or lacks the `guest` export with the right types.
-    #[error("plugin {}: is not a component of world {}: {reason}", Quoted(path), crate::WORLD)]
+    #[error(
+        "plugin {}: is not a component of world {}: {reason}",
+        Quoted(path),
+        crate::WORLD
+    )]
     WrongWorld {
         /// Plugin file.
         path: PathBuf,

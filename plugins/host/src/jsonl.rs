@@ -68,7 +68,9 @@ impl JsonBytes {
     fn into_bytes(self) -> Result<Vec<u8>, String> {
         match self {
             JsonBytes::Text(s) => Ok(s.into_bytes()),
-            JsonBytes::Base64 { base64 } => B64.decode(base64).map_err(|e| format!("bad base64: {e}")),
+            JsonBytes::Base64 { base64 } => {
+                B64.decode(base64).map_err(|e| format!("bad base64: {e}"))
+            }
             JsonBytes::Json { json } => Ok(json.to_string().into_bytes()),
         }
     }
@@ -161,10 +163,16 @@ pub fn run_jsonl(
     let mut lines = input.lines().enumerate().peekable();
     let mut index = 0i64;
     while let Some((n, line)) = lines.next() {
-        let line = line.map_err(|source| JsonlError::Read { line: n + 1, source })?;
+        let line = line.map_err(|source| JsonlError::Read {
+            line: n + 1,
+            source,
+        })?;
         let trimmed = line.trim();
         if !trimmed.is_empty() && !trimmed.starts_with('#') {
-            let rec = parse(trimmed, index).map_err(|message| JsonlError::Parse { line: n + 1, message })?;
+            let rec = parse(trimmed, index).map_err(|message| JsonlError::Parse {
+                line: n + 1,
+                message,
+            })?;
             index += 1;
             pending.push(rec);
         }
@@ -201,7 +209,12 @@ fn run_batch(
 ) -> Result<(), BatchError> {
     let headers: Vec<Vec<(&str, Option<&[u8]>)>> = records
         .iter()
-        .map(|r| r.headers.iter().map(|(n, v)| (n.as_str(), v.as_deref())).collect())
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_deref()))
+                .collect()
+        })
         .collect();
     let input: Vec<InRecord<'_>> = records
         .iter()
@@ -222,7 +235,8 @@ fn run_batch(
     let mut next = 0;
     let outs: Vec<_> = out.iter(&input).collect();
     for (i, src) in input.iter().enumerate() {
-        let source = json!({ "topic": src.topic, "partition": src.partition, "offset": src.offset });
+        let source =
+            json!({ "topic": src.topic, "partition": src.partition, "offset": src.offset });
         let failure = out.failures().iter().find(|f| f.source_index as usize == i);
         let mut any = false;
         while let Some(o) = outs.get(next).filter(|o| o.source_index as usize == i) {
@@ -260,7 +274,12 @@ fn run_batch(
             }
         } else if !any {
             summary.dropped += 1;
-            writeln!(output, "{}", json!({ "source": source, "outcome": "dropped" })).map_err(BatchError::Write)?;
+            writeln!(
+                output,
+                "{}",
+                json!({ "source": source, "outcome": "dropped" })
+            )
+            .map_err(BatchError::Write)?;
         }
     }
     Ok(())

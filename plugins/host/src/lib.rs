@@ -180,7 +180,11 @@ impl PluginHost {
 
     /// Loads every plugin of a route (compile or take from cache, link, instantiate, `init` with
     /// its config) into a chain applied in order. The first failure names the plugin file.
-    pub fn load_chain(&self, specs: &[PluginSpec], policy: ErrorPolicy) -> Result<Chain, PluginError> {
+    pub fn load_chain(
+        &self,
+        specs: &[PluginSpec],
+        policy: ErrorPolicy,
+    ) -> Result<Chain, PluginError> {
         let plugins = specs
             .iter()
             .map(|s| plugin::LoadedPlugin::load(&self.inner, s.clone()))

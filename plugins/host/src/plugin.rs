@@ -339,7 +339,10 @@ fn prepare(host: &HostInner, spec: &PluginSpec) -> Result<Prepared, PluginError>
         path: path.clone(),
         reason: format!("{e:#}"),
     };
-    let instance_pre = host.linker.instantiate_pre(&component).map_err(wrong_world)?;
+    let instance_pre = host
+        .linker
+        .instantiate_pre(&component)
+        .map_err(wrong_world)?;
     let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
     let live = instantiate(host, &pre, spec)?;
     Ok((fp, hash, pre, live))
@@ -359,7 +362,11 @@ fn compile(host: &HostInner, hash: u64, bytes: &[u8]) -> wasmtime::Result<Compon
 }
 
 /// A fresh sandboxed instance with `init` called.
-fn instantiate(host: &HostInner, pre: &PluginPre<StoreState>, spec: &PluginSpec) -> Result<Live, PluginError> {
+fn instantiate(
+    host: &HostInner,
+    pre: &PluginPre<StoreState>,
+    spec: &PluginSpec,
+) -> Result<Live, PluginError> {
     let path = &spec.path;
     let wasi = WasiCtx::builder()
         .wall_clock(FrozenClock)
@@ -384,10 +391,12 @@ fn instantiate(host: &HostInner, pre: &PluginPre<StoreState>, spec: &PluginSpec)
     let mut store = Store::new(&host.engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(host.deadline_ticks);
-    let plugin = pre.instantiate(&mut store).map_err(|e| PluginError::Instantiate {
-        path: path.clone(),
-        reason: format!("{e:#}"),
-    })?;
+    let plugin = pre
+        .instantiate(&mut store)
+        .map_err(|e| PluginError::Instantiate {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
     store.set_epoch_deadline(host.deadline_ticks);
     match plugin
         .edge_replicator_plugin_guest()

@@ -177,7 +177,10 @@ impl OutBatch {
     }
 
     /// The output records in order.
-    pub fn iter<'a>(&'a self, input: &'a [InRecord<'a>]) -> impl Iterator<Item = OutRecordRef<'a>> + 'a {
+    pub fn iter<'a>(
+        &'a self,
+        input: &'a [InRecord<'a>],
+    ) -> impl Iterator<Item = OutRecordRef<'a>> + 'a {
         (0..self.len()).map(move |i| self.get(i, input))
     }
 
@@ -234,7 +237,11 @@ pub struct OutHeaders<'a>(HeadersInner<'a>);
 #[derive(Debug, Clone, Copy)]
 enum HeadersInner<'a> {
     Input(&'a [(&'a str, Option<&'a [u8]>)]),
-    Buffer { batch: &'a OutBatch, start: u32, count: u32 },
+    Buffer {
+        batch: &'a OutBatch,
+        start: u32,
+        count: u32,
+    },
 }
 
 impl<'a> OutHeaders<'a> {

@@ -112,6 +112,9 @@ mod tests {
         assert!(set_path(&mut v, "a.new.deep", Value::from(true)));
         assert!(!set_path(&mut v, "a.b.9.x", Value::Null));
         assert!(rename_path(&mut v, "a.new", "top"));
-        assert_eq!(v.to_string(), r#"{"a":{"b":[{"c":2}]},"top":{"deep":true}}"#);
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":{"b":[{"c":2}]},"top":{"deep":true}}"#
+        );
     }
 }

@@ -72,12 +72,17 @@ impl Config {
 
     /// The last value given for `key`, if any.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of `key`, or an error naming the missing key.
     pub fn require(&self, key: &str) -> Result<&str, String> {
-        self.get(key).ok_or_else(|| format!("missing required setting \"{key}\""))
+        self.get(key)
+            .ok_or_else(|| format!("missing required setting \"{key}\""))
     }
 
     /// Parses the value of `key`; `Ok(None)` when absent, an error naming key and value when it
@@ -103,7 +108,8 @@ impl Config {
 
     /// Entries whose key starts with `prefix`, with the prefix removed, in config order.
     pub fn with_prefix<'c>(&'c self, prefix: &'c str) -> impl Iterator<Item = (&'c str, &'c str)> {
-        self.iter().filter_map(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, v)))
+        self.iter()
+            .filter_map(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, v)))
     }
 
     /// Rejects keys that are neither in `known` nor start with a `known` entry ending in `.`
@@ -425,7 +431,10 @@ impl<'a> Batch<'a> {
             .unwrap_or(&[]);
         Some(Record {
             index,
-            topic: inner.topics.get(rec.topic as usize).map_or("", String::as_str),
+            topic: inner
+                .topics
+                .get(rec.topic as usize)
+                .map_or("", String::as_str),
             rec,
             headers,
             data: &inner.data,

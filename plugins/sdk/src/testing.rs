@@ -56,7 +56,8 @@ impl TestRecord {
 
     /// Appends a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), Some(value.as_bytes().to_vec())));
+        self.headers
+            .push((name.to_owned(), Some(value.as_bytes().to_vec())));
         self
     }
 }
@@ -81,7 +82,10 @@ pub struct TestOut {
 impl TestOut {
     /// The value as UTF-8 (empty when null or not UTF-8).
     pub fn value_str(&self) -> &str {
-        self.value.as_deref().and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("")
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("")
     }
 
     /// The last header called `name`, as UTF-8.
@@ -134,11 +138,19 @@ pub fn run_batch<P: BatchPlugin>(
 fn push(data: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
     let offset = data.len() as u32;
     data.extend_from_slice(bytes);
-    wit::Span { offset, len: bytes.len() as u32 }
+    wit::Span {
+        offset,
+        len: bytes.len() as u32,
+    }
 }
 
 fn encode(records: &[TestRecord]) -> wit::Batch {
-    let mut b = wit::Batch { topics: vec![], records: vec![], headers: vec![], data: vec![] };
+    let mut b = wit::Batch {
+        topics: vec![],
+        records: vec![],
+        headers: vec![],
+        data: vec![],
+    };
     for r in records {
         let topic = match b.topics.iter().position(|t| *t == r.topic) {
             Some(i) => i,
@@ -162,14 +174,18 @@ fn encode(records: &[TestRecord]) -> wit::Batch {
             timestamp: r.timestamp,
             key,
             value,
-            headers: wit::Range { start, count: r.headers.len() as u32 },
+            headers: wit::Range {
+                start,
+                count: r.headers.len() as u32,
+            },
         });
     }
     b
 }
 
 fn bytes(batch: &wit::Batch, res: &wit::BatchResult, b: &wit::BytesRef) -> Option<Vec<u8>> {
-    let get = |data: &[u8], s: &wit::Span| data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
+    let get =
+        |data: &[u8], s: &wit::Span| data[s.offset as usize..(s.offset + s.len) as usize].to_vec();
     match b {
         wit::BytesRef::Null => None,
         wit::BytesRef::Input(s) => Some(get(&batch.data, s)),
@@ -200,8 +216,8 @@ fn decode(batch: &wit::Batch, res: &wit::BatchResult) -> Vec<TestOutcome> {
                         partition: r.partition,
                         key: bytes(batch, res, &r.key),
                         value: bytes(batch, res, &r.value),
-                        headers: res.headers
-                            [r.headers.start as usize..(r.headers.start + r.headers.count) as usize]
+                        headers: res.headers[r.headers.start as usize
+                            ..(r.headers.start + r.headers.count) as usize]
                             .iter()
                             .map(|h| (text(batch, res, &h.name), bytes(batch, res, &h.value)))
                             .collect(),

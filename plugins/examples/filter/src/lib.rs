@@ -69,8 +69,14 @@ pub struct Condition {
 impl Condition {
     /// Parses `<field> <op> <literal>`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        const OPS: [(&str, Op); 6] =
-            [(">=", Op::Ge), ("<=", Op::Le), ("==", Op::Eq), ("!=", Op::Ne), (">", Op::Gt), ("<", Op::Lt)];
+        const OPS: [(&str, Op); 6] = [
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            ("==", Op::Eq),
+            ("!=", Op::Ne),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+        ];
         let (pos, tok, op) = OPS
             .iter()
             .filter_map(|(tok, op)| s.find(tok).map(|p| (p, *tok, *op)))
@@ -79,7 +85,9 @@ impl Condition {
         let field = s[..pos].trim();
         let lit = s[pos + tok.len()..].trim();
         if field.is_empty() || lit.is_empty() {
-            return Err(format!("condition \"{s}\": expected <field> <op> <literal>"));
+            return Err(format!(
+                "condition \"{s}\": expected <field> <op> <literal>"
+            ));
         }
         let field = if let Some(h) = field.strip_prefix("header:") {
             Field::Header(h.to_owned())
@@ -98,13 +106,17 @@ impl Condition {
             Literal::Str(lit.to_owned())
         };
         if !matches!(literal, Literal::Num(_)) && !matches!(op, Op::Eq | Op::Ne) {
-            return Err(format!("condition \"{s}\": only == and != compare strings and booleans"));
+            return Err(format!(
+                "condition \"{s}\": only == and != compare strings and booleans"
+            ));
         }
         Ok(Condition { field, op, literal })
     }
 
     fn holds(&self, ord: Option<Ordering>) -> bool {
-        let Some(ord) = ord else { return self.op == Op::Ne };
+        let Some(ord) = ord else {
+            return self.op == Op::Ne;
+        };
         match self.op {
             Op::Gt => ord == Ordering::Greater,
             Op::Ge => ord != Ordering::Less,
@@ -119,7 +131,12 @@ impl Condition {
     pub fn eval_text(&self, text: Option<&str>) -> Option<bool> {
         let text = text?;
         Some(match &self.literal {
-            Literal::Num(n) => self.holds(text.trim().parse::<f64>().ok().and_then(|x| x.partial_cmp(n))),
+            Literal::Num(n) => self.holds(
+                text.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|x| x.partial_cmp(n)),
+            ),
             Literal::Bool(b) => self.holds(text.parse::<bool>().ok().map(|x| x.cmp(b))),
             Literal::Str(s) => self.holds(Some(text.cmp(s.as_str()))),
         })
@@ -150,12 +167,18 @@ pub struct Filter {
 impl Filter {
     /// Whether `rec` passes every condition.
     pub fn matches(&self, rec: &Record<'_>) -> bool {
-        let parsed = if self.needs_json { rec.json().ok() } else { None };
+        let parsed = if self.needs_json {
+            rec.json().ok()
+        } else {
+            None
+        };
         self.conditions.iter().all(|c| {
             let r = match &c.field {
                 Field::Header(h) => c.eval_text(rec.header_str(h)),
                 Field::Key => c.eval_text(rec.key_str()),
-                Field::Json(path) => c.eval_json(parsed.as_ref().and_then(|v| json::get_path(v, path))),
+                Field::Json(path) => {
+                    c.eval_json(parsed.as_ref().and_then(|v| json::get_path(v, path)))
+                }
             };
             r.unwrap_or(self.keep_missing)
         })
@@ -171,7 +194,9 @@ impl Plugin for Filter {
             .map(|(_, v)| Condition::parse(v))
             .collect::<Result<Vec<_>, _>>()?;
         if conditions.is_empty() {
-            return Err("missing required setting \"condition\" (e.g. \"temperature > 30\")".into());
+            return Err(
+                "missing required setting \"condition\" (e.g. \"temperature > 30\")".into(),
+            );
         }
         let keep_missing = match config.get("on_missing").unwrap_or("drop") {
             "drop" => false,
@@ -179,11 +204,19 @@ impl Plugin for Filter {
             other => return Err(format!("on_missing = \"{other}\": expected drop or keep")),
         };
         let needs_json = conditions.iter().any(|c| matches!(c.field, Field::Json(_)));
-        Ok(Filter { conditions, keep_missing, needs_json })
+        Ok(Filter {
+            conditions,
+            keep_missing,
+            needs_json,
+        })
     }
 
     fn process<'a>(&mut self, rec: &Record<'a>) -> Outcome<'a> {
-        if self.matches(rec) { Outcome::Keep } else { Outcome::Drop }
+        if self.matches(rec) {
+            Outcome::Keep
+        } else {
+            Outcome::Drop
+        }
     }
 }
 
@@ -195,44 +228,102 @@ mod tests {
     use er_plugin_sdk::testing::{TestOutcome::*, TestRecord, run};
 
     fn filter(conds: &[&str]) -> Filter {
-        Filter::init(Config::new(conds.iter().map(|c| ("condition".into(), (*c).into())).collect())).unwrap()
+        Filter::init(Config::new(
+            conds
+                .iter()
+                .map(|c| ("condition".into(), (*c).into()))
+                .collect(),
+        ))
+        .unwrap()
     }
 
     #[test]
     fn json_and_header_conditions() {
         let cases: &[(&str, TestRecord, bool)] = &[
-            ("temperature > 30", TestRecord::new("t", r#"{"temperature":31}"#), true),
-            ("temperature > 30", TestRecord::new("t", r#"{"temperature":30}"#), false),
-            ("temperature >= 30", TestRecord::new("t", r#"{"temperature":30}"#), true),
-            ("temperature < 0", TestRecord::new("t", r#"{"temperature":-1.5}"#), true),
-            ("temperature <= 0", TestRecord::new("t", r#"{"other":1}"#), false),
-            ("a.b == \"x\"", TestRecord::new("t", r#"{"a":{"b":"x"}}"#), true),
-            ("a.b != x", TestRecord::new("t", r#"{"a":{"b":"x"}}"#), false),
+            (
+                "temperature > 30",
+                TestRecord::new("t", r#"{"temperature":31}"#),
+                true,
+            ),
+            (
+                "temperature > 30",
+                TestRecord::new("t", r#"{"temperature":30}"#),
+                false,
+            ),
+            (
+                "temperature >= 30",
+                TestRecord::new("t", r#"{"temperature":30}"#),
+                true,
+            ),
+            (
+                "temperature < 0",
+                TestRecord::new("t", r#"{"temperature":-1.5}"#),
+                true,
+            ),
+            (
+                "temperature <= 0",
+                TestRecord::new("t", r#"{"other":1}"#),
+                false,
+            ),
+            (
+                "a.b == \"x\"",
+                TestRecord::new("t", r#"{"a":{"b":"x"}}"#),
+                true,
+            ),
+            (
+                "a.b != x",
+                TestRecord::new("t", r#"{"a":{"b":"x"}}"#),
+                false,
+            ),
             ("ok == true", TestRecord::new("t", r#"{"ok":true}"#), true),
-            ("header:temp > 30", TestRecord::new("t", "not json").header("temp", "42"), true),
-            ("header:site == berlin", TestRecord::new("t", "").header("site", "paris"), false),
+            (
+                "header:temp > 30",
+                TestRecord::new("t", "not json").header("temp", "42"),
+                true,
+            ),
+            (
+                "header:site == berlin",
+                TestRecord::new("t", "").header("site", "paris"),
+                false,
+            ),
             ("key == k1", TestRecord::new("t", "").key("k1"), true),
             ("temperature > 30", TestRecord::new("t", "not json"), false),
         ];
         for (cond, rec, keep) in cases {
             let out = run(&mut filter(&[cond]), std::slice::from_ref(rec)).unwrap();
-            assert_eq!(out, vec![if *keep { Keep } else { Drop }], "{cond} on {rec:?}");
+            assert_eq!(
+                out,
+                vec![if *keep { Keep } else { Drop }],
+                "{cond} on {rec:?}"
+            );
         }
     }
 
     #[test]
     fn all_conditions_must_hold() {
         let mut f = filter(&["a > 1", "b < 5"]);
-        let out = run(&mut f, &[TestRecord::new("t", r#"{"a":2,"b":4}"#), TestRecord::new("t", r#"{"a":2,"b":6}"#)]).unwrap();
+        let out = run(
+            &mut f,
+            &[
+                TestRecord::new("t", r#"{"a":2,"b":4}"#),
+                TestRecord::new("t", r#"{"a":2,"b":6}"#),
+            ],
+        )
+        .unwrap();
         assert_eq!(out, vec![Keep, Drop]);
     }
 
     #[test]
     fn bad_conditions_are_rejected() {
         for bad in ["temperature", "> 3", "name > abc"] {
-            let err = Filter::init(Config::new(vec![("condition".into(), bad.into())])).unwrap_err();
+            let err =
+                Filter::init(Config::new(vec![("condition".into(), bad.into())])).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
-        assert!(Filter::init(Config::default()).unwrap_err().contains("condition"));
+        assert!(
+            Filter::init(Config::default())
+                .unwrap_err()
+                .contains("condition")
+        );
     }
 }

@@ -34,9 +34,9 @@ impl Plugin for Rename {
         config.check_known(&["rule", "rule."])?;
         let mut rules = Vec::new();
         for (key, spec) in config.iter() {
-            let (pattern, repl) = spec
-                .split_once("=>")
-                .ok_or_else(|| format!("{key} = \"{spec}\": expected \"<regex> => <replacement>\""))?;
+            let (pattern, repl) = spec.split_once("=>").ok_or_else(|| {
+                format!("{key} = \"{spec}\": expected \"<regex> => <replacement>\"")
+            })?;
             let pattern = pattern.trim();
             // Anchor so a rule for `a` does not rename `xay`.
             let re = Regex::new(&format!("^(?:{pattern})$"))
@@ -46,7 +46,10 @@ impl Plugin for Rename {
         if rules.is_empty() {
             return Err("no rename rules: set rule.1 = \"<regex> => <replacement>\"".into());
         }
-        Ok(Rename { rules, memo: HashMap::new() })
+        Ok(Rename {
+            rules,
+            memo: HashMap::new(),
+        })
     }
 
     fn process<'a>(&mut self, rec: &Record<'a>) -> Outcome<'a> {
@@ -59,7 +62,9 @@ impl Plugin for Rename {
             }
         };
         match new {
-            Some(topic) if topic != rec.topic() => Outcome::replace_one(rec.to_new().with_topic(topic)),
+            Some(topic) if topic != rec.topic() => {
+                Outcome::replace_one(rec.to_new().with_topic(topic))
+            }
             _ => Outcome::Keep,
         }
     }
@@ -73,7 +78,13 @@ mod tests {
     use er_plugin_sdk::testing::{TestOutcome, TestRecord, run};
 
     fn cfg(rules: &[&str]) -> Config {
-        Config::new(rules.iter().enumerate().map(|(i, r)| (format!("rule.{i}"), (*r).to_owned())).collect())
+        Config::new(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("rule.{i}"), (*r).to_owned()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -90,8 +101,16 @@ mod tests {
 
     #[test]
     fn bad_rules_are_rejected() {
-        assert!(Rename::init(cfg(&["no arrow"])).unwrap_err().contains("expected"));
-        assert!(Rename::init(cfg(&["( => x"])).unwrap_err().contains("bad regex"));
+        assert!(
+            Rename::init(cfg(&["no arrow"]))
+                .unwrap_err()
+                .contains("expected")
+        );
+        assert!(
+            Rename::init(cfg(&["( => x"]))
+                .unwrap_err()
+                .contains("bad regex")
+        );
         assert!(Rename::init(Config::default()).is_err());
     }
 }

@@ -69,19 +69,31 @@ impl Plugin for Route {
         } else if let Some(p) = by.strip_prefix("json:") {
             By::Json(p.to_owned())
         } else {
-            return Err(format!("by = \"{by}\": expected key, header:<name> or json:<path>"));
+            return Err(format!(
+                "by = \"{by}\": expected key, header:<name> or json:<path>"
+            ));
         };
-        let routes: HashMap<_, _> = config.with_prefix("route.").map(|(v, t)| (v.to_owned(), t.to_owned())).collect();
+        let routes: HashMap<_, _> = config
+            .with_prefix("route.")
+            .map(|(v, t)| (v.to_owned(), t.to_owned()))
+            .collect();
         let template = config.get("template").map(str::to_owned);
         if routes.is_empty() && template.is_none() {
             return Err("no routes: set route.<value> = <topic> or template".into());
         }
-        Ok(Route { by, routes, template, default: config.get("default").map(str::to_owned) })
+        Ok(Route {
+            by,
+            routes,
+            template,
+            default: config.get("default").map(str::to_owned),
+        })
     }
 
     fn process<'a>(&mut self, rec: &Record<'a>) -> Outcome<'a> {
         match self.destination(rec) {
-            Some(topic) if topic != rec.topic() => Outcome::replace_one(rec.to_new().with_topic(topic)),
+            Some(topic) if topic != rec.topic() => {
+                Outcome::replace_one(rec.to_new().with_topic(topic))
+            }
             _ => Outcome::Keep,
         }
     }
@@ -95,7 +107,12 @@ mod tests {
     use er_plugin_sdk::testing::{TestOutcome, TestRecord, run};
 
     fn topics(cfg: &[(&str, &str)], recs: &[TestRecord]) -> Vec<String> {
-        let mut r = Route::init(Config::new(cfg.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect())).unwrap();
+        let mut r = Route::init(Config::new(
+            cfg.iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        ))
+        .unwrap();
         run(&mut r, recs)
             .unwrap()
             .into_iter()
@@ -109,9 +126,25 @@ mod tests {
 
     #[test]
     fn routes_by_key_json_and_template() {
-        let recs = [TestRecord::new("t", "").key("a"), TestRecord::new("t", "").key("b"), TestRecord::new("t", "")];
-        assert_eq!(topics(&[("by", "key"), ("route.a", "ta"), ("default", "rest")], &recs), ["ta", "rest", "rest"]);
-        let recs = [TestRecord::new("t", r#"{"kind":"temp"}"#), TestRecord::new("t", "{}")];
-        assert_eq!(topics(&[("by", "json:kind"), ("template", "r.{value}")], &recs), ["r.temp", "="]);
+        let recs = [
+            TestRecord::new("t", "").key("a"),
+            TestRecord::new("t", "").key("b"),
+            TestRecord::new("t", ""),
+        ];
+        assert_eq!(
+            topics(
+                &[("by", "key"), ("route.a", "ta"), ("default", "rest")],
+                &recs
+            ),
+            ["ta", "rest", "rest"]
+        );
+        let recs = [
+            TestRecord::new("t", r#"{"kind":"temp"}"#),
+            TestRecord::new("t", "{}"),
+        ];
+        assert_eq!(
+            topics(&[("by", "json:kind"), ("template", "r.{value}")], &recs),
+            ["r.temp", "="]
+        );
     }
 }

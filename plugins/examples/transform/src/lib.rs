@@ -30,8 +30,14 @@ enum OnInvalid {
 }
 
 fn list(s: Option<&str>) -> Vec<String> {
-    s.map(|s| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default()
+    s.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 impl Transform {
@@ -53,21 +59,39 @@ impl Transform {
 
 impl Plugin for Transform {
     fn init(config: Config) -> Result<Self, String> {
-        config.check_known(&["drop", "redact", "redact_with", "rename.", "site", "site_header", "on_invalid"])?;
+        config.check_known(&[
+            "drop",
+            "redact",
+            "redact_with",
+            "rename.",
+            "site",
+            "site_header",
+            "on_invalid",
+        ])?;
         let on_invalid = match config.get("on_invalid").unwrap_or("fail") {
             "fail" => OnInvalid::Fail,
             "keep" => OnInvalid::Keep,
             "drop" => OnInvalid::Drop,
-            other => return Err(format!("on_invalid = \"{other}\": expected fail, keep or drop")),
+            other => {
+                return Err(format!(
+                    "on_invalid = \"{other}\": expected fail, keep or drop"
+                ));
+            }
         };
-        let site = config
-            .get("site")
-            .map(|s| (config.get("site_header").unwrap_or("site").to_owned(), s.to_owned()));
+        let site = config.get("site").map(|s| {
+            (
+                config.get("site_header").unwrap_or("site").to_owned(),
+                s.to_owned(),
+            )
+        });
         Ok(Transform {
             drop: list(config.get("drop")),
             redact: list(config.get("redact")),
             redact_with: Value::from(config.get("redact_with").unwrap_or("***")),
-            rename: config.with_prefix("rename.").map(|(f, t)| (f.to_owned(), t.to_owned())).collect(),
+            rename: config
+                .with_prefix("rename.")
+                .map(|(f, t)| (f.to_owned(), t.to_owned()))
+                .collect(),
             site,
             on_invalid,
         })
@@ -85,11 +109,14 @@ impl Plugin for Transform {
                     self.edit(&mut v);
                     out = out.with_json(&v);
                 }
-                Err(e) => match self.on_invalid {
-                    OnInvalid::Fail => return Outcome::Fail(e),
-                    OnInvalid::Drop => return Outcome::Drop,
-                    OnInvalid::Keep => {}
-                },
+                Err(e) => {
+                    er_plugin_sdk::counter_add("invalid_json", 1);
+                    match self.on_invalid {
+                        OnInvalid::Fail => return Outcome::Fail(e),
+                        OnInvalid::Drop => return Outcome::Drop,
+                        OnInvalid::Keep => {}
+                    }
+                }
             }
         }
         Outcome::replace_one(out)
@@ -116,10 +143,18 @@ mod tests {
             ("site", "berlin-01"),
         ]))
         .unwrap();
-        let rec = TestRecord::new("t", r#"{"debug":1,"a":{"tmp":2,"k":3},"user":{"email":"x@y"},"temp":21}"#);
+        let rec = TestRecord::new(
+            "t",
+            r#"{"debug":1,"a":{"tmp":2,"k":3},"user":{"email":"x@y"},"temp":21}"#,
+        );
         let out = run(&mut t, &[rec]).unwrap();
-        let TestOutcome::Replace(recs) = &out[0] else { panic!("{out:?}") };
-        assert_eq!(recs[0].value_str(), r#"{"a":{"k":3},"temperature":21,"user":{"email":"***"}}"#);
+        let TestOutcome::Replace(recs) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            recs[0].value_str(),
+            r#"{"a":{"k":3},"temperature":21,"user":{"email":"***"}}"#
+        );
         assert_eq!(recs[0].header("site"), Some("berlin-01"));
     }
 
@@ -127,9 +162,15 @@ mod tests {
     fn invalid_json_follows_on_invalid() {
         let rec = [TestRecord::new("t", "nope")];
         let mut fail = Transform::init(cfg(&[("drop", "a")])).unwrap();
-        assert!(matches!(&run(&mut fail, &rec).unwrap()[0], TestOutcome::Fail(m) if m.contains("not JSON")));
+        assert!(
+            matches!(&run(&mut fail, &rec).unwrap()[0], TestOutcome::Fail(m) if m.contains("not JSON"))
+        );
         let mut drop = Transform::init(cfg(&[("drop", "a"), ("on_invalid", "drop")])).unwrap();
         assert_eq!(run(&mut drop, &rec).unwrap()[0], TestOutcome::Drop);
-        assert!(Transform::init(cfg(&[("bogus", "1")])).unwrap_err().contains("bogus"));
+        assert!(
+            Transform::init(cfg(&[("bogus", "1")]))
+                .unwrap_err()
+                .contains("bogus")
+        );
     }
 }

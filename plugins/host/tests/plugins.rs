@@ -1,0 +1,588 @@
+//! The host against real components: the example plugins and the hostile fixtures, built for
+//! wasm32-wasip2 by `er_plugin_host::build::build_examples` on first use.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use er_plugin_host::{
+    Chain, ChainError, ErrorPolicy, Failure, HostConfig, InRecord, OutRecord, PluginError,
+    PluginHost, PluginSpec,
+};
+
+fn wasm_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| er_plugin_host::build::build_examples().expect("build example plugins"))
+}
+
+fn wasm(name: &str) -> PathBuf {
+    wasm_dir().join(format!("{name}.wasm"))
+}
+
+/// Generous enough that a loaded CI machine never trips it in a well-behaved plugin.
+const DEADLINE_MS: u64 = 250;
+
+fn config() -> HostConfig {
+    HostConfig {
+        memory_limit_bytes: 32 << 20,
+        batch_deadline: Duration::from_millis(DEADLINE_MS),
+        max_outputs_per_input: 100,
+        cache_dir: None,
+        max_instances: 32,
+    }
+}
+
+/// One host for most tests: compiled components are shared, as routes share them in the agent.
+fn host() -> &'static PluginHost {
+    static HOST: OnceLock<PluginHost> = OnceLock::new();
+    HOST.get_or_init(|| PluginHost::new(config()).expect("host"))
+}
+
+fn spec(name: &str, config: &[(&str, &str)]) -> PluginSpec {
+    PluginSpec {
+        path: wasm(name),
+        config: config
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+    }
+}
+
+fn chain(specs: &[PluginSpec], policy: ErrorPolicy) -> Chain {
+    host().load_chain(specs, policy).expect("load chain")
+}
+
+/// Owned input records, viewed as `InRecord`s by `with_input`.
+struct Rec {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+fn rec(topic: &str, value: &str) -> Rec {
+    Rec {
+        topic: topic.into(),
+        key: None,
+        value: value.as_bytes().to_vec(),
+        headers: vec![],
+    }
+}
+
+fn process(chain: &mut Chain, recs: &[Rec]) -> Result<Vec<OutRecord>, ChainError> {
+    let headers: Vec<Vec<(&str, Option<&[u8]>)>> = recs
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_deref()))
+                .collect()
+        })
+        .collect();
+    let input: Vec<InRecord<'_>> = recs
+        .iter()
+        .zip(&headers)
+        .enumerate()
+        .map(|(i, (r, h))| InRecord {
+            topic: &r.topic,
+            partition: 3,
+            offset: 1000 + i as i64,
+            timestamp: 77,
+            key: r.key.as_deref(),
+            value: Some(&r.value),
+            headers: h,
+        })
+        .collect();
+    chain.process(&input)
+}
+
+fn sources(out: &[OutRecord]) -> Vec<u32> {
+    out.iter().map(|o| o.source_index).collect()
+}
+
+fn value(o: &OutRecord) -> &str {
+    std::str::from_utf8(o.value.as_deref().unwrap_or_default()).unwrap()
+}
+
+fn header<'a>(o: &'a OutRecord, name: &str) -> Option<&'a str> {
+    o.headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+        .map(|v| std::str::from_utf8(v).unwrap())
+}
+
+#[test]
+fn filter_keeps_matching_records_unchanged_with_their_source() {
+    let mut c = chain(
+        &[spec("filter", &[("condition", "temperature > 30")])],
+        ErrorPolicy::Stop,
+    );
+    let recs = [
+        rec("s", r#"{"temperature":31}"#),
+        rec("s", r#"{"temperature":30}"#),
+        rec("s", "not json"),
+        rec("s", r#"{"temperature":45.5}"#),
+    ];
+    let out = process(&mut c, &recs).unwrap();
+    assert_eq!(sources(&out), [0, 3]);
+    assert_eq!(out[0].topic, None, "kept records keep their topic");
+    assert_eq!(out[0].partition, None);
+    assert_eq!(out[0].timestamp, 77);
+    assert_eq!(value(&out[1]), r#"{"temperature":45.5}"#);
+}
+
+#[test]
+fn rename_changes_only_the_topic() {
+    let mut c = chain(
+        &[spec(
+            "rename",
+            &[("rule.1", r"sensors\.(\w+) => plant1.$1")],
+        )],
+        ErrorPolicy::Stop,
+    );
+    let mut r = rec("sensors.temp", "v1");
+    r.key = Some(b"k".to_vec());
+    r.headers = vec![("h".into(), Some(b"x".to_vec())), ("n".into(), None)];
+    let out = process(&mut c, &[r, rec("other", "v2")]).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].topic.as_deref(), Some("plant1.temp"));
+    assert_eq!(out[0].key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(value(&out[0]), "v1");
+    assert_eq!(
+        out[0].headers,
+        vec![("h".into(), Some(b"x".to_vec())), ("n".into(), None)]
+    );
+    assert_eq!(out[0].timestamp, 77);
+    assert_eq!(out[1].topic, None);
+}
+
+#[test]
+fn transform_edits_json_and_stamps_the_site() {
+    let mut c = chain(
+        &[spec(
+            "transform",
+            &[
+                ("drop", "debug"),
+                ("redact", "user"),
+                ("rename.t", "temperature"),
+                ("site", "berlin-01"),
+            ],
+        )],
+        ErrorPolicy::Stop,
+    );
+    let out = process(&mut c, &[rec("s", r#"{"debug":1,"user":"bob","t":20}"#)]).unwrap();
+    assert_eq!(value(&out[0]), r#"{"temperature":20,"user":"***"}"#);
+    assert_eq!(header(&out[0], "site"), Some("berlin-01"));
+    assert_eq!(out[0].topic, None);
+}
+
+#[test]
+fn route_sends_records_by_json_field() {
+    let mut c = chain(
+        &[spec(
+            "route",
+            &[
+                ("by", "json:kind"),
+                ("route.temp", "temps"),
+                ("default", "misc"),
+            ],
+        )],
+        ErrorPolicy::Stop,
+    );
+    let out = process(
+        &mut c,
+        &[
+            rec("s", r#"{"kind":"temp"}"#),
+            rec("s", r#"{"kind":"hum"}"#),
+        ],
+    )
+    .unwrap();
+    let topics: Vec<_> = out.iter().map(|o| o.topic.as_deref()).collect();
+    assert_eq!(topics, [Some("temps"), Some("misc")]);
+}
+
+#[test]
+fn chain_applies_plugins_in_order() {
+    let stamp = spec("transform", &[("site", "berlin")]);
+    let keep_berlin = spec("filter", &[("condition", "header:site == berlin")]);
+    let recs = [rec("s", "{}"), rec("s", "{}")];
+    let mut stamp_then_filter = chain(&[stamp.clone(), keep_berlin.clone()], ErrorPolicy::Stop);
+    let out = process(&mut stamp_then_filter, &recs).unwrap();
+    assert_eq!(sources(&out), [0, 1]);
+    assert_eq!(header(&out[1], "site"), Some("berlin"));
+    let mut filter_then_stamp = chain(&[keep_berlin, stamp], ErrorPolicy::Stop);
+    assert!(process(&mut filter_then_stamp, &recs).unwrap().is_empty());
+}
+
+fn hostile(mode: &str, policy: ErrorPolicy) -> Chain {
+    chain(
+        &[spec(
+            "fixture_hostile",
+            &[("mode", mode), ("trigger", "bad")],
+        )],
+        policy,
+    )
+}
+
+fn three() -> [Rec; 3] {
+    [rec("s", "good0"), rec("s", "bad"), rec("s", "good2")]
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_and_each_policy_applies() {
+    let mut stop = hostile("loop", ErrorPolicy::Stop);
+    let err = process(&mut stop, &three()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("fixture_hostile.wasm")
+            && msg.contains(&format!("exceeded the {DEADLINE_MS} ms deadline")),
+        "{msg}"
+    );
+    // The route lives on: a fresh instance serves the next batch.
+    assert_eq!(
+        sources(&process(&mut stop, &[rec("s", "ok")]).unwrap()),
+        [0]
+    );
+
+    let mut skip = hostile("loop", ErrorPolicy::Skip);
+    assert_eq!(sources(&process(&mut skip, &three()).unwrap()), [0, 2]);
+
+    let mut dl = hostile(
+        "loop",
+        ErrorPolicy::DeadLetter {
+            topic: "dlq".into(),
+        },
+    );
+    let out = process(&mut dl, &three()).unwrap();
+    assert_eq!(sources(&out), [0, 1, 2]);
+    assert_eq!(out[1].topic.as_deref(), Some("dlq"));
+    assert_eq!(value(&out[1]), "bad");
+    assert!(header(&out[1], "er.error").unwrap().contains("deadline"));
+    assert!(
+        header(&out[1], "er.plugin")
+            .unwrap()
+            .ends_with("fixture_hostile.wasm")
+    );
+    assert_eq!(out[0].topic, None);
+}
+
+#[test]
+fn memory_bomb_stops_at_the_cap() {
+    let mut c = hostile("bomb", ErrorPolicy::Stop);
+    match process(&mut c, &three()).unwrap_err() {
+        ChainError::Plugin {
+            failure: Failure::Memory { limit, .. },
+            ..
+        } => assert_eq!(limit, 32 << 20),
+        other => panic!("{other}"),
+    }
+    let mut skip = hostile("bomb", ErrorPolicy::Skip);
+    assert_eq!(sources(&process(&mut skip, &three()).unwrap()), [0, 2]);
+}
+
+#[test]
+fn panic_traps_and_the_policy_applies_to_that_record_only() {
+    let mut stop = hostile("panic", ErrorPolicy::Stop);
+    let msg = process(&mut stop, &three()).unwrap_err().to_string();
+    assert!(
+        msg.contains("trapped") && msg.contains("fixture panics"),
+        "{msg}"
+    );
+
+    let mut skip = hostile("panic", ErrorPolicy::Skip);
+    let out = process(&mut skip, &three()).unwrap();
+    assert_eq!(sources(&out), [0, 2]);
+    let stats = &skip.stats()[0];
+    assert!(stats.errors >= 1 && stats.restarts >= 1, "{stats:?}");
+
+    let mut dl = hostile(
+        "panic",
+        ErrorPolicy::DeadLetter {
+            topic: "dlq".into(),
+        },
+    );
+    let out = process(&mut dl, &three()).unwrap();
+    assert_eq!(out[1].topic.as_deref(), Some("dlq"));
+    assert!(
+        header(&out[1], "er.error")
+            .unwrap()
+            .contains("fixture panics")
+    );
+}
+
+#[test]
+fn output_bound_is_enforced_with_a_clear_error() {
+    let mut c = hostile("flood", ErrorPolicy::Stop);
+    let msg = process(&mut c, &three()).unwrap_err().to_string();
+    assert!(
+        msg.contains("produced 1000 records for one input record, more than the limit of 100")
+            && msg.contains("input record 1"),
+        "{msg}"
+    );
+    let mut skip = hostile("flood", ErrorPolicy::Skip);
+    assert_eq!(sources(&process(&mut skip, &three()).unwrap()), [0, 2]);
+}
+
+#[test]
+fn files_sockets_env_and_clocks_are_denied() {
+    let mut c = hostile("escape", ErrorPolicy::Stop);
+    let out = process(&mut c, &[rec("s", "bad")]).unwrap();
+    let report = value(&out[0]);
+    for denied in [
+        "file=denied",
+        "dir=denied",
+        "create=denied",
+        "tcp=denied",
+        "udp=denied",
+    ] {
+        assert!(report.contains(denied), "{denied} in {report}");
+    }
+    assert!(
+        report.contains("env=0") && report.contains("clock=0"),
+        "{report}"
+    );
+    assert!(!Path::new("/tmp/er-plugin-escape").exists());
+}
+
+#[test]
+fn sleeping_traps_instead_of_blocking_the_host() {
+    let mut c = hostile("sleep", ErrorPolicy::Stop);
+    let started = std::time::Instant::now();
+    let msg = process(&mut c, &[rec("s", "bad")]).unwrap_err().to_string();
+    assert!(msg.contains("sleeping is not granted"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn load_errors_name_the_plugin_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm not really").unwrap();
+    let missing = dir.path().join("missing.wasm");
+    let cases: Vec<(PluginSpec, &str)> = vec![
+        (
+            spec("fixture_wrong_world", &[]),
+            "fixture_wrong_world.wasm\": is not a component of world edge-replicator:plugin@0.1.0",
+        ),
+        (
+            spec("fixture_wrong_version", &[]),
+            "fixture_wrong_version.wasm\": is not a component of world edge-replicator:plugin@0.1.0",
+        ),
+        (
+            PluginSpec {
+                path: garbage,
+                config: vec![],
+            },
+            "garbage.wasm\": not a valid WebAssembly component",
+        ),
+        (
+            PluginSpec {
+                path: missing,
+                config: vec![],
+            },
+            "missing.wasm\": cannot read the file",
+        ),
+        (
+            spec("filter", &[]),
+            "filter.wasm\": init rejected config: missing required setting \"condition\"",
+        ),
+        (
+            spec("filter", &[("condition", "t >> 3"), ("bogus", "1")]),
+            "filter.wasm\": init rejected config: unknown setting \"bogus\"",
+        ),
+    ];
+    for (spec, want) in cases {
+        let err = host().load_chain(&[spec], ErrorPolicy::Stop).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("plugin \"") && msg.contains(want),
+            "{msg}\nwanted: {want}"
+        );
+    }
+}
+
+#[test]
+fn init_rejection_is_its_own_error_kind() {
+    let err = host()
+        .load_chain(
+            &[spec("fixture_hostile", &[("mode", "fail")])],
+            ErrorPolicy::Stop,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, PluginError::InitRejected { ref message, .. } if message.contains("refuses")),
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_count_records_and_plugin_counters() {
+    let mut c = chain(
+        &[spec("transform", &[("drop", "x"), ("on_invalid", "drop")])],
+        ErrorPolicy::Stop,
+    );
+    process(
+        &mut c,
+        &[rec("s", r#"{"x":1}"#), rec("s", "nope"), rec("s", "nope")],
+    )
+    .unwrap();
+    let s = &c.stats()[0];
+    assert_eq!(
+        (s.records_in, s.records_out, s.records_dropped, s.errors),
+        (3, 1, 2, 0)
+    );
+    assert_eq!(s.calls, 1);
+    assert!(s.time_ns > 0);
+    assert_eq!(s.counters, vec![("invalid_json".to_owned(), 2)]);
+    assert!(s.plugin.ends_with("transform.wasm"));
+}
+
+#[test]
+fn empty_chain_and_empty_batch_pass_through() {
+    let mut c = chain(&[], ErrorPolicy::Stop);
+    assert_eq!(sources(&process(&mut c, &three()).unwrap()), [0, 1, 2]);
+    let mut f = chain(&[spec("identity", &[])], ErrorPolicy::Stop);
+    assert!(process(&mut f, &[]).unwrap().is_empty());
+}
+
+fn replace_file(target: &Path, from: &Path) {
+    // Atomic replace, as a deploy tool should do it.
+    let tmp = target.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, target).unwrap();
+}
+
+#[test]
+fn hot_reload_while_processing_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("route-plugin.wasm");
+    std::fs::copy(wasm("identity"), &path).unwrap();
+    let spec = PluginSpec {
+        path: path.clone(),
+        config: vec![("condition".into(), "n < 5".into())],
+    };
+    let mut c = host().load_chain(&[spec], ErrorPolicy::Stop).unwrap();
+    let batch: Vec<Rec> = (0..10)
+        .map(|n| rec("s", &format!(r#"{{"n":{n}}}"#)))
+        .collect();
+
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            replace_file(&path, &wasm("filter"));
+        })
+    };
+    let mut batches_before = 0;
+    let mut batches_after = 0;
+    let mut reloaded_at = None;
+    for i in 0..10_000 {
+        if c.reload_if_changed().unwrap() {
+            reloaded_at = Some(i);
+        }
+        let out = process(&mut c, &batch).unwrap();
+        // Every batch is processed entirely by one version: identity or filter, never a mix.
+        if reloaded_at.is_none() {
+            assert_eq!(sources(&out), (0..10).collect::<Vec<_>>());
+            batches_before += 1;
+        } else {
+            assert_eq!(sources(&out), [0, 1, 2, 3, 4]);
+            batches_after += 1;
+            if batches_after == 20 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    writer.join().unwrap();
+    assert!(
+        batches_before > 0 && batches_after == 20,
+        "{batches_before} {batches_after}"
+    );
+    assert_eq!(c.stats()[0].reloads, 1);
+
+    // A broken new file keeps the running version and reports once.
+    std::fs::write(dir.path().join("broken.wasm"), b"garbage").unwrap();
+    replace_file(&path, &dir.path().join("broken.wasm"));
+    let err = c.reload_if_changed().unwrap_err();
+    assert!(err.to_string().contains("route-plugin.wasm"), "{err}");
+    assert!(!c.reload_if_changed().unwrap());
+    assert_eq!(sources(&process(&mut c, &batch).unwrap()), [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn compiled_code_cache_directory_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..config()
+    };
+    for _ in 0..2 {
+        let host = PluginHost::new(cfg.clone()).unwrap();
+        let mut c = host
+            .load_chain(&[spec("identity", &[])], ErrorPolicy::Stop)
+            .unwrap();
+        assert_eq!(process(&mut c, &three()).unwrap().len(), 3);
+    }
+    let entries = walk(dir.path());
+    assert!(entries > 0, "cache directory stays empty");
+}
+
+fn walk(p: &Path) -> usize {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn jsonl_runner_prints_every_outcome() {
+    let mut c = chain(
+        &[
+            spec("filter", &[("condition", "t > 1")]),
+            spec("rename", &[("rule", "in => out")]),
+        ],
+        ErrorPolicy::Skip,
+    );
+    let input = r#"
+# comment lines and blank lines are skipped
+{"topic":"in","value":{"json":{"t":2}},"headers":{"h":"v"}}
+{"topic":"in","offset":7,"value":"{\"t\":0}"}
+{"topic":"x","key":{"base64":"/w=="},"value":{"json":{"t":5}},"headers":[["a",null]]}
+"#;
+    let mut out = Vec::new();
+    let summary = er_plugin_host::run_jsonl(&mut c, input.as_bytes(), &mut out, 2).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["outcome"], "changed");
+    assert_eq!(lines[0]["topic"], "out");
+    assert_eq!(lines[0]["value"], r#"{"t":2}"#);
+    assert_eq!(lines[0]["headers"], serde_json::json!([["h", "v"]]));
+    assert_eq!(lines[1]["outcome"], "dropped");
+    assert_eq!(lines[1]["source"]["offset"], 7);
+    assert_eq!(lines[2]["outcome"], "kept");
+    assert_eq!(lines[2]["key"], serde_json::json!({"base64": "/w=="}));
+    assert_eq!(
+        (summary.records_in, summary.records_out, summary.dropped),
+        (3, 2, 1)
+    );
+
+    let err =
+        er_plugin_host::run_jsonl(&mut c, r#"{"topic":1}"#.as_bytes(), Vec::new(), 10).unwrap_err();
+    assert!(err.to_string().starts_with("input line 1:"), "{err}");
+}
