@@ -94,6 +94,8 @@ struct Stage {
     meta: Vec<Meta>,
 }
 
+// The generated type cannot carry a derive from here.
+#[allow(clippy::derivable_impls)]
 impl Default for wit::Batch {
     fn default() -> Self {
         wit::Batch {
@@ -112,6 +114,16 @@ struct Meta {
     original: bool,
     /// A plugin chose the partition.
     partition_set: bool,
+}
+
+/// The scalar and byte fields of a record to append.
+struct Parts<'b> {
+    topic: &'b str,
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    key: Option<&'b [u8]>,
+    value: Option<&'b [u8]>,
 }
 
 /// A record to append, with borrowed bytes.
@@ -169,14 +181,10 @@ impl Stage {
     fn push_parts(
         &mut self,
         meta: Meta,
-        topic: &str,
-        partition: i32,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
+        p: Parts<'_>,
         headers: impl ExactSizeIterator<Item = (impl AsRef<str>, Option<impl AsRef<[u8]>>)>,
     ) {
-        let topic = self.topic_index(topic);
+        let topic = self.topic_index(p.topic);
         let b = &mut self.batch;
         let start = b.headers.len() as u32;
         let count = headers.len() as u32;
@@ -185,13 +193,13 @@ impl Stage {
             let value = v.map(|v| span_of(&mut b.data, v.as_ref()));
             b.headers.push(wit::InHeader { name, value });
         }
-        let key = key.map(|k| span_of(&mut b.data, k));
-        let value = value.map(|v| span_of(&mut b.data, v));
+        let key = p.key.map(|k| span_of(&mut b.data, k));
+        let value = p.value.map(|v| span_of(&mut b.data, v));
         b.records.push(wit::InRecord {
             topic,
-            partition,
-            offset: 0,
-            timestamp,
+            partition: p.partition,
+            offset: p.offset,
+            timestamp: p.timestamp,
             key,
             value,
             headers: wit::Range { start, count },
@@ -205,33 +213,27 @@ impl Stage {
             original: true,
             partition_set: false,
         };
-        self.push_parts(
-            meta,
-            r.topic,
-            r.partition,
-            r.timestamp,
-            r.key,
-            r.value,
-            r.headers.iter().copied(),
-        );
-        if let Some(last) = self.batch.records.last_mut() {
-            last.offset = r.offset;
-        }
+        let parts = Parts {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+        };
+        self.push_parts(meta, parts, r.headers.iter().copied());
     }
 
     fn push_view(&mut self, v: &View<'_>, offset: i64) {
-        self.push_parts(
-            v.meta,
-            v.topic,
-            v.partition,
-            v.timestamp,
-            v.key,
-            v.value,
-            v.headers.iter().copied(),
-        );
-        if let Some(last) = self.batch.records.last_mut() {
-            last.offset = offset;
-        }
+        let parts = Parts {
+            topic: v.topic,
+            partition: v.partition,
+            offset,
+            timestamp: v.timestamp,
+            key: v.key,
+            value: v.value,
+        };
+        self.push_parts(v.meta, parts, v.headers.iter().copied());
     }
 
     /// Record `i` as a view over this stage's buffer.

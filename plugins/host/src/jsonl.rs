@@ -200,6 +200,9 @@ impl BatchError {
     }
 }
 
+/// Borrowed headers of one record.
+type HeaderRefs<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
+
 fn run_batch(
     chain: &mut Chain,
     records: &[Owned],
@@ -207,7 +210,7 @@ fn run_batch(
     output: &mut impl Write,
     summary: &mut RunSummary,
 ) -> Result<(), BatchError> {
-    let headers: Vec<Vec<(&str, Option<&[u8]>)>> = records
+    let headers: Vec<HeaderRefs<'_>> = records
         .iter()
         .map(|r| {
             r.headers

@@ -69,8 +69,10 @@ fn rec(topic: &str, value: &str) -> Rec {
     }
 }
 
+type HeaderRefs<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
+
 fn process(chain: &mut Chain, recs: &[Rec]) -> Result<Vec<OutRecord>, ChainError> {
-    let headers: Vec<Vec<(&str, Option<&[u8]>)>> = recs
+    let headers: Vec<HeaderRefs<'_>> = recs
         .iter()
         .map(|r| {
             r.headers

@@ -266,6 +266,9 @@ impl<'a> Record<'a> {
     }
 }
 
+/// One header of a [`NewRecord`]: name and value (`None` = null value).
+pub type Header<'a> = (Cow<'a, str>, Option<Cow<'a, [u8]>>);
+
 /// A record produced by [`Outcome::Replace`]. Borrowed fields that point into the input batch
 /// travel back to the host as references (no copy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -279,7 +282,7 @@ pub struct NewRecord<'a> {
     /// Value; `None` is a null value.
     pub value: Option<Cow<'a, [u8]>>,
     /// Headers in order; a `None` value is a null header value.
-    pub headers: Vec<(Cow<'a, str>, Option<Cow<'a, [u8]>>)>,
+    pub headers: Vec<Header<'a>>,
     /// Timestamp in ms since the Unix epoch; `None` keeps the input record's timestamp.
     pub timestamp: Option<i64>,
 }
