@@ -17,7 +17,8 @@ fn records(n: usize) -> Vec<Rec> {
     (0..n)
         .map(|i| {
             let t = if i % 2 == 0 { 35 } else { 25 };
-            let mut value = format!(r#"{{"temperature":{t},"site":"berlin-01","pad":""#).into_bytes();
+            let mut value =
+                format!(r#"{{"temperature":{t},"site":"berlin-01","pad":""#).into_bytes();
             value.resize(1024 - 2, b'x');
             value.extend_from_slice(b"\"}");
             Rec {
@@ -37,12 +38,23 @@ fn bench(c: &mut Criterion) {
     .expect("host");
     let cases = [
         ("identity", "identity", vec![]),
-        ("filter_header", "filter", vec![("condition".to_owned(), "header:temperature > 30".to_owned())]),
-        ("filter_json", "filter", vec![("condition".to_owned(), "temperature > 30".to_owned())]),
+        (
+            "filter_header",
+            "filter",
+            vec![("condition".to_owned(), "header:temperature > 30".to_owned())],
+        ),
+        (
+            "filter_json",
+            "filter",
+            vec![("condition".to_owned(), "temperature > 30".to_owned())],
+        ),
     ];
     for (name, file, config) in cases {
         let mut group = c.benchmark_group(name);
-        group.sample_size(20).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(3))
+            .warm_up_time(Duration::from_secs(1));
         let spec = PluginSpec {
             path: dir.join(format!("{file}.wasm")),
             config,
@@ -50,8 +62,10 @@ fn bench(c: &mut Criterion) {
         let mut chain = host.load_chain(&[spec], ErrorPolicy::Stop).expect("load");
         for batch in [1usize, 100, 1000] {
             let recs = records(batch);
-            let headers: Vec<[(&str, Option<&[u8]>); 1]> =
-                recs.iter().map(|r| [("temperature", Some(&r.temp[..]))]).collect();
+            let headers: Vec<[(&str, Option<&[u8]>); 1]> = recs
+                .iter()
+                .map(|r| [("temperature", Some(&r.temp[..]))])
+                .collect();
             let input: Vec<InRecord<'_>> = recs
                 .iter()
                 .zip(&headers)
@@ -70,7 +84,9 @@ fn bench(c: &mut Criterion) {
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new("batch", batch), &input, |b, input| {
                 b.iter(|| {
-                    chain.process_into(black_box(input), &mut out).expect("process");
+                    chain
+                        .process_into(black_box(input), &mut out)
+                        .expect("process");
                     black_box(out.len())
                 })
             });

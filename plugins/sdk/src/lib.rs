@@ -650,6 +650,9 @@ macro_rules! __export_impl {
             }
         }
 
+        // Only components export the contract's symbols; on the host target their names (with
+        // `:` and `@`) would not even link into a cdylib, and unit tests do not need them.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin_world!(__ErPluginGuest with_types_in $crate::bindings);
     };
 }
