@@ -1,0 +1,406 @@
+//! End to end on real Apache Kafka: edge broker -> edge-agent -> QUIC/mTLS -> hub -> central broker.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use er_tests::client::{self, NewRecord, Record};
+use er_tests::kafka::shared;
+use er_tests::replicator::{AgentSetup, Cluster, HubSetup, Pki, Proc, tail};
+use er_tests::unique_name;
+
+type Rec = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i64);
+
+fn ts(r: &Record) -> i64 {
+    match r.timestamp {
+        rdkafka::Timestamp::CreateTime(t) | rdkafka::Timestamp::LogAppendTime(t) => t,
+        rdkafka::Timestamp::NotAvailable => -1,
+    }
+}
+
+/// A record exercising every edge case of the byte-exact contract.
+fn varied_record(i: usize, partitions: i32, base_ts: i64) -> NewRecord {
+    let key = match i % 10 {
+        0 => None,
+        1 => Some(Vec::new()),
+        _ => Some(format!("key-{i}").into_bytes()),
+    };
+    let value = match i % 13 {
+        0 => None,
+        1 => Some(Vec::new()),
+        _ => Some(format!("value-{i}-{}", "x".repeat(i % 200)).into_bytes()),
+    };
+    let mut r = NewRecord {
+        key,
+        value,
+        headers: Vec::new(),
+        timestamp: Some(base_ts + i as i64),
+        partition: Some((i % partitions as usize) as i32),
+    };
+    if i % 7 != 0 {
+        r = r
+            .header("h", Some(i.to_string().as_bytes()))
+            .header("h", None)
+            .header("empty", Some(b""));
+    }
+    r
+}
+
+fn by_partition(records: &[Record]) -> BTreeMap<i32, Vec<Rec>> {
+    let mut m: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+    for r in records {
+        m.entry(r.partition).or_default().push((
+            r.key.clone(),
+            r.value.clone(),
+            r.headers.clone(),
+            ts(r),
+        ));
+    }
+    m
+}
+
+fn expected_by_partition(records: &[NewRecord]) -> BTreeMap<i32, Vec<Rec>> {
+    let mut m: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+    for r in records {
+        m.entry(r.partition.expect("explicit partition")).or_default().push((
+            r.key.clone(),
+            r.value.clone(),
+            r.headers.clone(),
+            r.timestamp.expect("explicit timestamp"),
+        ));
+    }
+    m
+}
+
+fn dump_logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 30)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A site alias legal for certificates and topic prefixes.
+fn site_name(prefix: &str) -> String {
+    unique_name(prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("bulk");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let base_ts = 1_700_000_000_000;
+    let topics: Vec<String> = (0..3).map(|i| format!("{prefix}-t{i}")).collect();
+    let mut expected = BTreeMap::new();
+    let producer = client::producer(k.edge(), &[])?;
+    for (n, t) in topics.iter().enumerate() {
+        client::create_topic(k.edge(), t, 4, &[]).await?;
+        let count = if n == 0 { 33_334 } else { 33_333 };
+        let recs: Vec<NewRecord> = (0..count).map(|i| varied_record(i, 4, base_ts)).collect();
+        client::send_all(&producer, t, &recs).await?;
+        expected.insert(t.clone(), expected_by_partition(&recs));
+    }
+
+    let hub_setup = HubSetup::new(k.central())?;
+    let mut hub = hub_setup.start(&pki, work.path())?;
+    let agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    let started = Instant::now();
+    let mut agent = agent_setup.start(&pki, work.path())?;
+
+    for t in &topics {
+        let want: usize = expected[t].values().map(Vec::len).sum();
+        let remote = format!("{site}.{t}");
+        let got = client::consume_all(k.central(), &remote, want, Duration::from_secs(180)).await?;
+        assert_eq!(
+            got.len(),
+            want,
+            "{remote}: got {} of {want} records\n{}",
+            got.len(),
+            dump_logs(&[&hub, &agent])
+        );
+        let got = by_partition(&got);
+        for (p, want) in &expected[t] {
+            let have = got.get(p).map(Vec::as_slice).unwrap_or(&[]);
+            assert_eq!(have.len(), want.len(), "{remote}/{p}: count");
+            for (i, (h, w)) in have.iter().zip(want).enumerate() {
+                assert_eq!(h, w, "{remote}/{p}: record #{i} differs");
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "replicated 100,000 records in {:.2} s ({:.0} records/s, debug build, including startup)",
+        elapsed.as_secs_f64(),
+        100_000.0 / elapsed.as_secs_f64()
+    );
+    assert_eq!(agent.stop().map(|s| s.success()), Some(true), "agent exits cleanly on SIGTERM");
+    assert_eq!(hub.stop().map(|s| s.success()), Some(true), "hub exits cleanly on SIGTERM");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("kill");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-events");
+    let remote = format!("{site}.{topic}");
+    client::create_topic(k.edge(), &topic, 4, &[]).await?;
+    const TOTAL: usize = 40_000;
+
+    // Produce in the background so the kills land while records are flowing.
+    let edge = k.edge().to_owned();
+    let t2 = topic.clone();
+    let producing = tokio::spawn(async move {
+        let p = client::producer(&edge, &[])?;
+        for chunk in 0..40 {
+            let recs: Vec<NewRecord> = (chunk * 1000..(chunk + 1) * 1000)
+                .map(|i| {
+                    NewRecord::new(format!("k{i}"), format!("{i:08}")).partition((i % 4) as i32)
+                })
+                .collect();
+            client::send_all(&p, &t2, &recs).await?;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        anyhow::Ok(())
+    });
+
+    let hub_setup = HubSetup::new(k.central())?;
+    let mut hub = hub_setup.start(&pki, work.path())?;
+    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    agent_setup.max_records = 300;
+    let mut agent = agent_setup.start(&pki, work.path())?;
+
+    let wait_for = |n: usize| {
+        let central = k.central().to_owned();
+        let remote = remote.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let got = client::consume(
+                    &central,
+                    &remote,
+                    client::Isolation::ReadCommitted,
+                    client::Until::End,
+                    Duration::from_secs(10),
+                )
+                .await
+                .map(|v| v.len())
+                .unwrap_or(0);
+                if got >= n || Instant::now() > deadline {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let seen = wait_for(4_000).await;
+    assert!(seen >= 4_000, "no progress before the agent kill\n{}", dump_logs(&[&hub, &agent]));
+    agent.kill();
+    agent.restart()?;
+    let seen = wait_for(seen + 4_000).await;
+    hub.kill();
+    hub.restart()?;
+    hub.wait_for_log("hub listening", Duration::from_secs(30))?;
+    let _ = wait_for(seen + 4_000).await;
+    producing.await??;
+
+    let got = client::consume_all(k.central(), &remote, TOTAL, Duration::from_secs(180)).await?;
+    let values: Vec<usize> = got
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(r.value.as_deref().unwrap_or_default())
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let unique: HashSet<usize> = values.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        values.len(),
+        "duplicates in the central cluster\n{}",
+        dump_logs(&[&hub, &agent])
+    );
+    assert_eq!(unique, (0..TOTAL).collect(), "missing records\n{}", dump_logs(&[&hub, &agent]));
+    for p in 0..4 {
+        let seq: Vec<usize> = got
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| std::str::from_utf8(r.value.as_deref().unwrap()).unwrap().parse().unwrap())
+            .collect();
+        assert!(seq.windows(2).all(|w| w[0] < w[1]), "partition {p} out of order");
+    }
+    assert!(agent.log_text().contains("welcomed by hub"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("late");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let first = format!("{prefix}-first");
+    client::create_topic(k.edge(), &first, 1, &[]).await?;
+    client::produce(k.edge(), &first, &[NewRecord::new("a", "1")]).await?;
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    agent_setup.refresh_interval_ms = 1_000;
+    let agent = agent_setup.start(&pki, work.path())?;
+    let got = client::consume_all(k.central(), &format!("{site}.{first}"), 1, Duration::from_secs(60)).await?;
+    assert_eq!(got.len(), 1, "first topic not replicated\n{}", dump_logs(&[&hub, &agent]));
+
+    let late = format!("{prefix}-late");
+    client::create_topic(k.edge(), &late, 2, &[]).await?;
+    let created = Instant::now();
+    let recs: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("{i}"), "v").partition(i % 2)).collect();
+    client::produce(k.edge(), &late, &recs).await?;
+    let got = client::consume_all(k.central(), &format!("{site}.{late}"), 10, Duration::from_secs(60)).await?;
+    let took = created.elapsed();
+    eprintln!("late topic replicated {:.2} s after creation (refresh interval 1 s)", took.as_secs_f64());
+    assert_eq!(got.len(), 10, "late topic not replicated\n{}", dump_logs(&[&hub, &agent]));
+    // One refresh interval plus the remote topic creation and a transaction on a busy machine.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("route");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    for t in [&a, &b] {
+        client::create_topic(k.edge(), t, 2, &[]).await?;
+        let recs: Vec<NewRecord> = (0..100).map(|i| NewRecord::new(format!("{i}"), t.as_str()).partition(i % 2)).collect();
+        client::produce(k.edge(), t, &recs).await?;
+    }
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.clusters.push(Cluster {
+        alias: "central2".into(),
+        bootstrap: k.central2().to_owned(),
+    });
+    hub_setup.routes.push((format!("{prefix}-b"), "central2".into()));
+    let hub = hub_setup.start(&pki, work.path())?;
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*")).start(&pki, work.path())?;
+
+    let (ra, rb) = (format!("{site}.{a}"), format!("{site}.{b}"));
+    let got_a = client::consume_all(k.central(), &ra, 100, Duration::from_secs(90)).await?;
+    let got_b = client::consume_all(k.central2(), &rb, 100, Duration::from_secs(90)).await?;
+    assert_eq!((got_a.len(), got_b.len()), (100, 100), "{}", dump_logs(&[&hub, &agent]));
+    let central = client::list_topics(k.central()).await?;
+    let central2 = client::list_topics(k.central2()).await?;
+    assert!(central.contains(&ra) && !central.contains(&rb), "central has {central:?}");
+    assert!(central2.contains(&rb) && !central2.contains(&ra), "central2 has {central2:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("authz");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let rogue = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-secret");
+    client::create_topic(k.edge(), &topic, 1, &[]).await?;
+    client::produce(k.edge(), &topic, &[NewRecord::new("k", "v")]).await?;
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+
+    // Same site name, same hub CA to trust, but a client certificate from another CA.
+    let rogue_dir = tempfile::tempdir()?;
+    for f in [format!("{site}.pem"), format!("{site}.key")] {
+        std::fs::copy(rogue.file(&f), rogue_dir.path().join(&f))?;
+    }
+    std::fs::copy(pki.file("ca.pem"), rogue_dir.path().join("ca.pem"))?;
+    let mixed = Pki::from_dir(rogue_dir);
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*")).start(&mixed, work.path())?;
+    hub.wait_for_log("refused connection", Duration::from_secs(30))?;
+
+    // No client certificate at all.
+    let (endpoint, client_cfg) = er_net::client_endpoint_without_cert(
+        "127.0.0.1:0".parse()?,
+        &pki.file("ca.pem"),
+        &er_net::TransportTuning::default(),
+    )?;
+    let conn = endpoint
+        .connect_with(client_cfg, format!("127.0.0.1:{}", hub_setup.port).parse()?, "localhost")?
+        .await;
+    let refused_without_cert = match conn {
+        Err(_) => true,
+        // With TLS 1.3 the client may finish before the server checks; the server then closes.
+        Ok(c) => tokio::time::timeout(Duration::from_secs(10), c.accept_uni()).await.is_ok_and(|r| r.is_err()),
+    };
+    assert!(refused_without_cert, "a client without certificate got a usable connection");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = hub.log_text();
+    assert!(log.matches("refused connection").count() >= 2, "hub log:\n{}", tail(&log, 30));
+    assert!(!log.contains("welcoming site"), "hub welcomed a refused client:\n{log}");
+    let topics = client::list_topics(k.central()).await?;
+    assert!(
+        !topics.iter().any(|t| t.contains(&site)),
+        "something was written for the refused site: {topics:?}\n{}",
+        dump_logs(&[&hub, &agent])
+    );
+    Ok(())
+}
+
+/// Runs a binary on a config text and returns (exit success, stderr).
+fn run_with_config(bin: &str, text: &str, dir: &std::path::Path) -> anyhow::Result<(bool, String, String)> {
+    let path = dir.join(format!("{}.toml", unique_name("cfg")));
+    std::fs::write(&path, text)?;
+    let out = std::process::Command::new(er_tests::replicator::bin(bin)?)
+        .args(["--config", path.to_str().unwrap()])
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    ))
+}
+
+#[test]
+fn bad_configs_exit_non_zero_naming_the_file_and_the_field() -> anyhow::Result<()> {
+    let pki = Pki::new(&["site1"])?;
+    let dir = tempfile::tempdir()?;
+    let good_agent = AgentSetup::new("site1", "127.0.0.1:9", 4433, "orders.*").toml(&pki);
+    let good_hub = HubSetup::new("127.0.0.1:9")?.toml(&pki);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("edge-agent", good_agent.replace("[kafka]\n", "[kafka]\nbogus_field = 1\n"), "bogus_field"),
+        ("edge-agent", good_agent.replace("site1.pem", "missing.pem"), "hub.cert"),
+        ("edge-agent", good_agent.replace("orders.*", "orders(["), "topics.include[0]"),
+        ("edge-agent", good_agent.replace("127.0.0.1:4433", "hub.example.com"), "hub.address"),
+        ("edge-agent", good_agent.replace("127.0.0.1:4433", "hub.example.com:notaport"), "hub.address"),
+        ("hub", good_hub.replace("[tls]\n", "[tls]\nextra = true\n"), "extra"),
+        ("hub", good_hub.replace("ca.pem", "nope.pem"), "tls.ca_cert"),
+        ("hub", good_hub.replace("listen = \"127.0.0.1:", "listen = \"localhost:"), "listen"),
+        ("hub", format!("{good_hub}[[routes]]\ntopics = \"x\"\ncluster = \"nowhere\"\n"), "routes[0].cluster"),
+    ];
+    for (bin, text, field) in cases {
+        let (ok, stderr, path) = run_with_config(bin, &text, dir.path())?;
+        assert!(!ok, "{bin} accepted a bad config ({field})");
+        assert!(stderr.contains(&path), "{bin}: error does not name the file {path}: {stderr}");
+        assert!(stderr.contains(field), "{bin}: error does not name {field:?}: {stderr}");
+    }
+    // And the good ones pass check-config.
+    for (bin, text) in [("edge-agent", &good_agent), ("hub", &good_hub)] {
+        let path = dir.path().join(format!("{bin}-good.toml"));
+        std::fs::write(&path, text)?;
+        let out = std::process::Command::new(er_tests::replicator::bin(bin)?)
+            .args(["check-config", path.to_str().unwrap()])
+            .output()?;
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
