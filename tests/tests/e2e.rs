@@ -79,6 +79,18 @@ fn dump_logs(procs: &[&Proc]) -> String {
         .join("\n")
 }
 
+/// Waits until `topic` exists on `bootstrap`; on timeout fails with the processes' logs.
+async fn wait_for_topic(bootstrap: &str, topic: &str, procs: &[&Proc]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if client::list_topics(bootstrap).await?.iter().any(|t| t == topic) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    anyhow::bail!("topic {topic} never appeared on {bootstrap}\n{}", dump_logs(procs))
+}
+
 /// A site alias legal for certificates and topic prefixes.
 fn site_name(prefix: &str) -> String {
     unique_name(prefix)
@@ -112,6 +124,7 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
     for t in &topics {
         let want: usize = expected[t].values().map(Vec::len).sum();
         let remote = format!("{site}.{t}");
+        wait_for_topic(k.central(), &remote, &[&hub, &agent]).await?;
         let got = client::consume_all(k.central(), &remote, want, Duration::from_secs(180)).await?;
         assert_eq!(
             got.len(),
