@@ -7,6 +7,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use er_plugin_host::{ErrorPolicy, HostConfig, InRecord, OutBatch, PluginHost, PluginSpec};
 
+type Header<'a> = (&'a str, Option<&'a [u8]>);
+
 struct Rec {
     value: Vec<u8>,
     temp: Vec<u8>,
@@ -62,7 +64,7 @@ fn bench(c: &mut Criterion) {
         let mut chain = host.load_chain(&[spec], ErrorPolicy::Stop).expect("load");
         for batch in [1usize, 100, 1000] {
             let recs = records(batch);
-            let headers: Vec<[(&str, Option<&[u8]>); 1]> = recs
+            let headers: Vec<[Header<'_>; 1]> = recs
                 .iter()
                 .map(|r| [("temperature", Some(&r.temp[..]))])
                 .collect();

@@ -100,8 +100,12 @@ impl Default for wit::Batch {
     fn default() -> Self {
         wit::Batch {
             topics: Vec::new(),
-            records: Vec::new(),
-            headers: Vec::new(),
+            record_topics: Vec::new(),
+            partitions: Vec::new(),
+            offsets: Vec::new(),
+            timestamps: Vec::new(),
+            record_fields: Vec::new(),
+            header_fields: Vec::new(),
             data: Vec::new(),
         }
     }
@@ -146,16 +150,46 @@ fn span_of(data: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
     }
 }
 
+/// Length marking a null byte range in the batch columns.
+const NULL_LEN: u32 = u32::MAX;
+
+/// Appends `bytes` (or marks a null) and returns its `[offset, length]` column entry.
+fn field(data: &mut Vec<u8>, bytes: Option<&[u8]>) -> [u32; 2] {
+    match bytes {
+        None => [0, NULL_LEN],
+        Some(b) => {
+            let s = span_of(data, b);
+            [s.offset, s.len]
+        }
+    }
+}
+
+/// The bytes of a column entry; `None` for null.
+fn column(data: &[u8], offset: u32, len: u32) -> Option<&[u8]> {
+    if len == NULL_LEN {
+        return None;
+    }
+    Some(
+        data.get(offset as usize..(offset as usize).saturating_add(len as usize))
+            .unwrap_or(&[]),
+    )
+}
+
 fn get(data: &[u8], s: wit::Span) -> Option<&[u8]> {
     data.get(s.offset as usize..(s.offset as usize).checked_add(s.len as usize)?)
 }
 
 impl Stage {
     fn clear(&mut self) {
-        self.batch.topics.clear();
-        self.batch.records.clear();
-        self.batch.headers.clear();
-        self.batch.data.clear();
+        let b = &mut self.batch;
+        b.topics.clear();
+        b.record_topics.clear();
+        b.partitions.clear();
+        b.offsets.clear();
+        b.timestamps.clear();
+        b.record_fields.clear();
+        b.header_fields.clear();
+        b.data.clear();
         self.meta.clear();
     }
 
@@ -186,24 +220,22 @@ impl Stage {
     ) {
         let topic = self.topic_index(p.topic);
         let b = &mut self.batch;
-        let start = b.headers.len() as u32;
+        let start = (b.header_fields.len() / 4) as u32;
         let count = headers.len() as u32;
         for (n, v) in headers {
-            let name = span_of(&mut b.data, n.as_ref().as_bytes());
-            let value = v.map(|v| span_of(&mut b.data, v.as_ref()));
-            b.headers.push(wit::InHeader { name, value });
+            let name = field(&mut b.data, Some(n.as_ref().as_bytes()));
+            let value = field(&mut b.data, v.as_ref().map(AsRef::as_ref));
+            b.header_fields
+                .extend_from_slice(&[name[0], name[1], value[0], value[1]]);
         }
-        let key = p.key.map(|k| span_of(&mut b.data, k));
-        let value = p.value.map(|v| span_of(&mut b.data, v));
-        b.records.push(wit::InRecord {
-            topic,
-            partition: p.partition,
-            offset: p.offset,
-            timestamp: p.timestamp,
-            key,
-            value,
-            headers: wit::Range { start, count },
-        });
+        let key = field(&mut b.data, p.key);
+        let value = field(&mut b.data, p.value);
+        b.record_topics.push(topic);
+        b.partitions.push(p.partition);
+        b.offsets.push(p.offset);
+        b.timestamps.push(p.timestamp);
+        b.record_fields
+            .extend_from_slice(&[key[0], key[1], value[0], value[1], start, count]);
         self.meta.push(meta);
     }
 
@@ -239,23 +271,26 @@ impl Stage {
     /// Record `i` as a view over this stage's buffer.
     fn view(&self, i: usize) -> View<'_> {
         let b = &self.batch;
-        let r = &b.records[i];
         let data = &b.data[..];
-        let headers = b.headers
-            [r.headers.start as usize..(r.headers.start + r.headers.count) as usize]
-            .iter()
+        let f = &b.record_fields[i * 6..i * 6 + 6];
+        let headers = (f[4] as usize..(f[4] + f[5]) as usize)
             .map(|h| {
-                let name = std::str::from_utf8(get(data, h.name).unwrap_or(&[])).unwrap_or("");
-                (name, h.value.map(|v| get(data, v).unwrap_or(&[])))
+                let hf = &b.header_fields[h * 4..h * 4 + 4];
+                let name =
+                    std::str::from_utf8(column(data, hf[0], hf[1]).unwrap_or(&[])).unwrap_or("");
+                (name, column(data, hf[2], hf[3]))
             })
             .collect();
         View {
             meta: self.meta[i],
-            topic: b.topics.get(r.topic as usize).map_or("", String::as_str),
-            partition: r.partition,
-            timestamp: r.timestamp,
-            key: r.key.map(|s| get(data, s).unwrap_or(&[])),
-            value: r.value.map(|s| get(data, s).unwrap_or(&[])),
+            topic: b
+                .topics
+                .get(b.record_topics[i] as usize)
+                .map_or("", String::as_str),
+            partition: b.partitions[i],
+            timestamp: b.timestamps[i],
+            key: column(data, f[0], f[1]),
+            value: column(data, f[2], f[3]),
             headers,
         }
     }
@@ -275,7 +310,7 @@ impl Sink<'_, '_> {
     /// Appends record `i` of `stage` unchanged.
     fn keep(&mut self, stage: &Stage, i: usize) {
         match &mut self.next {
-            Some(next) => next.push_view(&stage.view(i), stage.batch.records[i].offset),
+            Some(next) => next.push_view(&stage.view(i), stage.batch.offsets[i]),
             None if stage.meta[i].original => {
                 self.out.entries.push(Entry::Kept(stage.meta[i].source));
             }
@@ -502,11 +537,11 @@ impl Chain {
         let p = &mut self.plugins[k];
         p.stats.calls += 1;
         match p.call(&self.host, batch) {
-            Ok(res) if res.outcomes.len() == batch.records.len() => Ok(Ok(res)),
+            Ok(res) if res.outcomes.len() == batch.record_topics.len() => Ok(Ok(res)),
             Ok(res) => Ok(Err(Failure::Malformed(format!(
                 "{} outcomes for {} records",
                 res.outcomes.len(),
-                batch.records.len()
+                batch.record_topics.len()
             )))),
             Err(CallError::Failed(f)) => Ok(Err(f)),
             Err(CallError::Restart(reason)) => Err(ChainError::Restart {
@@ -548,7 +583,7 @@ impl Chain {
                             stats.records_dropped += 1;
                         }
                         stats.records_out += views.len() as u64;
-                        let offset = stage.batch.records[i].offset;
+                        let offset = stage.batch.offsets[i];
                         for v in &views {
                             sink.push(v, offset);
                         }
@@ -588,7 +623,7 @@ impl Chain {
         let mut single = std::mem::take(&mut self.single);
         for i in 0..stage.len() {
             single.clear();
-            single.push_view(&stage.view(i), stage.batch.records[i].offset);
+            single.push_view(&stage.view(i), stage.batch.offsets[i]);
             match self.call(k, &single.batch) {
                 Ok(Ok(res)) => {
                     let mut one = Vec::new();

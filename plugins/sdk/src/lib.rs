@@ -135,20 +135,20 @@ impl Config {
     }
 }
 
+/// Length marking a null byte range in the contract's batch columns.
+pub const NULL_LEN: u32 = u32::MAX;
+
 /// A borrowed view of one input record.
 #[derive(Clone, Copy)]
 pub struct Record<'a> {
     index: usize,
-    topic: &'a str,
-    rec: &'a wit::InRecord,
-    headers: &'a [wit::InHeader],
-    data: &'a [u8],
+    batch: &'a wit::Batch,
 }
 
 impl fmt::Debug for Record<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Record")
-            .field("topic", &self.topic)
+            .field("topic", &self.topic())
             .field("partition", &self.partition())
             .field("offset", &self.offset())
             .field("timestamp", &self.timestamp())
@@ -159,12 +159,24 @@ impl fmt::Debug for Record<'_> {
     }
 }
 
-fn slice(data: &[u8], span: wit::Span) -> &[u8] {
-    let start = span.offset as usize;
-    data.get(start..start + span.len as usize).unwrap_or(&[])
+/// Bytes `[offset, offset + len)` of `data`; `None` for a null range.
+fn range(data: &[u8], offset: u32, len: u32) -> Option<&[u8]> {
+    if len == NULL_LEN {
+        return None;
+    }
+    let start = offset as usize;
+    Some(data.get(start..start + len as usize).unwrap_or(&[]))
 }
 
 impl<'a> Record<'a> {
+    fn field(&self, k: usize) -> u32 {
+        self.batch
+            .record_fields
+            .get(self.index * 6 + k)
+            .copied()
+            .unwrap_or(NULL_LEN)
+    }
+
     /// Position of this record in its batch.
     pub fn index(&self) -> usize {
         self.index
@@ -172,32 +184,48 @@ impl<'a> Record<'a> {
 
     /// Topic name.
     pub fn topic(&self) -> &'a str {
-        self.topic
+        let b = self.batch;
+        b.record_topics
+            .get(self.index)
+            .and_then(|t| b.topics.get(*t as usize))
+            .map_or("", String::as_str)
     }
 
     /// Source partition.
     pub fn partition(&self) -> i32 {
-        self.rec.partition
+        self.batch
+            .partitions
+            .get(self.index)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Source offset.
     pub fn offset(&self) -> i64 {
-        self.rec.offset
+        self.batch
+            .offsets
+            .get(self.index)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Timestamp, milliseconds since the Unix epoch.
     pub fn timestamp(&self) -> i64 {
-        self.rec.timestamp
+        self.batch
+            .timestamps
+            .get(self.index)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Key bytes; `None` for a null key.
     pub fn key(&self) -> Option<&'a [u8]> {
-        self.rec.key.map(|s| slice(self.data, s))
+        range(&self.batch.data, self.field(0), self.field(1))
     }
 
     /// Value bytes; `None` for a null value (tombstone).
     pub fn value(&self) -> Option<&'a [u8]> {
-        self.rec.value.map(|s| slice(self.data, s))
+        range(&self.batch.data, self.field(2), self.field(3))
     }
 
     /// Key as UTF-8; `None` when null or not UTF-8.
@@ -211,23 +239,34 @@ impl<'a> Record<'a> {
     }
 
     /// All headers in order: name and value (`None` for a null value). Names may repeat.
-    pub fn headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
-        let data = self.data;
-        self.headers.iter().map(move |h| {
-            let name = std::str::from_utf8(slice(data, h.name)).unwrap_or("");
-            (name, h.value.map(|v| slice(data, v)))
+    pub fn headers(&self) -> impl DoubleEndedIterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        let batch = self.batch;
+        let start = self.field(4) as usize;
+        let count = if start == NULL_LEN as usize {
+            0
+        } else {
+            self.field(5) as usize
+        };
+        (start..start + count).map(move |h| {
+            let f = batch
+                .header_fields
+                .get(h * 4..h * 4 + 4)
+                .unwrap_or(&[0, 0, 0, NULL_LEN]);
+            let name = range(&batch.data, f[0], f[1]).unwrap_or(&[]);
+            (
+                std::str::from_utf8(name).unwrap_or(""),
+                range(&batch.data, f[2], f[3]),
+            )
         })
     }
 
     /// Value of the last header called `name` (Kafka's `lastHeader`); `None` when there is no
     /// such header or its value is null.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        let data = self.data;
-        self.headers
-            .iter()
+        self.headers()
             .rev()
-            .find(|h| slice(data, h.name) == name.as_bytes())
-            .and_then(|h| h.value.map(|v| slice(data, v)))
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v)
     }
 
     /// [`Record::header`] as UTF-8; `None` when absent, null or not UTF-8.
@@ -415,32 +454,19 @@ impl<'a> Batch<'a> {
 
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.inner.records.len()
+        self.inner.record_topics.len()
     }
 
     /// Whether the batch has no records.
     pub fn is_empty(&self) -> bool {
-        self.inner.records.is_empty()
+        self.inner.record_topics.is_empty()
     }
 
     /// Record `index`, if in range.
     pub fn get(&self, index: usize) -> Option<Record<'a>> {
-        let inner = self.inner;
-        let rec = inner.records.get(index)?;
-        let start = rec.headers.start as usize;
-        let headers = inner
-            .headers
-            .get(start..start + rec.headers.count as usize)
-            .unwrap_or(&[]);
-        Some(Record {
+        (index < self.len()).then_some(Record {
             index,
-            topic: inner
-                .topics
-                .get(rec.topic as usize)
-                .map_or("", String::as_str),
-            rec,
-            headers,
-            data: &inner.data,
+            batch: self.inner,
         })
     }
 

@@ -135,20 +135,26 @@ pub fn run_batch<P: BatchPlugin>(
     Ok(decode(&batch, &out.finish()?))
 }
 
-fn push(data: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
-    let offset = data.len() as u32;
-    data.extend_from_slice(bytes);
-    wit::Span {
-        offset,
-        len: bytes.len() as u32,
+fn push(data: &mut Vec<u8>, bytes: Option<&[u8]>) -> [u32; 2] {
+    match bytes {
+        None => [0, crate::NULL_LEN],
+        Some(b) => {
+            let offset = data.len() as u32;
+            data.extend_from_slice(b);
+            [offset, b.len() as u32]
+        }
     }
 }
 
 fn encode(records: &[TestRecord]) -> wit::Batch {
     let mut b = wit::Batch {
         topics: vec![],
-        records: vec![],
-        headers: vec![],
+        record_topics: vec![],
+        partitions: vec![],
+        offsets: vec![],
+        timestamps: vec![],
+        record_fields: vec![],
+        header_fields: vec![],
         data: vec![],
     };
     for r in records {
@@ -159,26 +165,23 @@ fn encode(records: &[TestRecord]) -> wit::Batch {
                 b.topics.len() - 1
             }
         } as u32;
-        let start = b.headers.len() as u32;
+        let start = (b.header_fields.len() / 4) as u32;
         for (n, v) in &r.headers {
-            let name = push(&mut b.data, n.as_bytes());
-            let value = v.as_deref().map(|v| push(&mut b.data, v));
-            b.headers.push(wit::InHeader { name, value });
+            let name = push(&mut b.data, Some(n.as_bytes()));
+            let value = push(&mut b.data, v.as_deref());
+            b.header_fields.extend(name.into_iter().chain(value));
         }
-        let key = r.key.as_deref().map(|k| push(&mut b.data, k));
-        let value = r.value.as_deref().map(|v| push(&mut b.data, v));
-        b.records.push(wit::InRecord {
-            topic,
-            partition: r.partition,
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key,
-            value,
-            headers: wit::Range {
-                start,
-                count: r.headers.len() as u32,
-            },
-        });
+        let key = push(&mut b.data, r.key.as_deref());
+        let value = push(&mut b.data, r.value.as_deref());
+        b.record_topics.push(topic);
+        b.partitions.push(r.partition);
+        b.offsets.push(r.offset);
+        b.timestamps.push(r.timestamp);
+        b.record_fields.extend(
+            key.into_iter()
+                .chain(value)
+                .chain([start, r.headers.len() as u32]),
+        );
     }
     b
 }
