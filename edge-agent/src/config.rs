@@ -400,3 +400,88 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         codec,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        er_net::devcerts::generate(&dir.path().join("certs"), &[], &["plant-7".into()], false)
+            .unwrap();
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/agent.toml");
+        std::fs::copy(example, dir.path().join("agent.toml")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_selects_as_documented() {
+        let dir = example_dir();
+        let v = load(&dir.path().join("agent.toml")).unwrap();
+        assert!(v.wants_topic("sensors.temp"));
+        assert!(v.wants_topic("alarms"));
+        assert!(!v.wants_topic("sensors.debug"), "exclude wins");
+        assert!(!v.wants_topic("alarms2"), "whole-name match");
+        assert!(!v.wants_topic("sensors.x.internal"), "internal topics never");
+        assert_eq!((v.hub_host.as_str(), v.hub_port), ("hub.example.com", 4433));
+        assert_eq!(v.server_name, "hub.example.com");
+    }
+
+    #[test]
+    fn internal_topics_are_never_selected_even_by_catch_all() {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(
+            r#"include = ["sensors\\..*", "alarms"]"#,
+            r#"include = [".*"]"#,
+        );
+        let v = parse(&path, &text).unwrap();
+        for t in ["__consumer_offsets", "mm2-offset-syncs.x.internal", "x.checkpoints.internal", "connect-offsets-internal"] {
+            assert!(!v.wants_topic(t), "{t}");
+        }
+        assert!(v.wants_topic("orders"));
+    }
+
+    #[test]
+    fn each_validation_rule_names_its_field() {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let cases = [
+            (good.replace("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \" \""), "kafka.bootstrap_servers"),
+            (good.replace("isolation_level = \"read_committed\"", "isolation_level = \"dirty\""), "kafka.isolation_level"),
+            (good.replace(r#""alarms"]"#, r#""(alarms"]"#), "topics.include[1]"),
+            (good.replace(r#"exclude = ["sensors\\.debug"]"#, r#"exclude = ["["]"#), "topics.exclude[0]"),
+            (good.replace("refresh_interval_ms = 30000", "refresh_interval_ms = 0"), "topics.refresh_interval_ms"),
+            (good.replace("hub.example.com:4433", "hub.example.com"), "hub.address"),
+            (good.replace("hub.example.com:4433", "hub.example.com:0"), "hub.address"),
+            (good.replace("hub.example.com:4433", "::1:4433"), "hub.address"),
+            (good.replace("certs/ca.pem", "certs/nope.pem"), "hub.ca_cert"),
+            (good.replace("certs/plant-7.pem", "certs/nope.pem"), "hub.cert"),
+            (good.replace("certs/plant-7.key", "certs/nope.key"), "hub.key"),
+            (good.replace("reconnect_backoff_min_ms = 200", "reconnect_backoff_min_ms = 0"), "hub.reconnect_backoff_min_ms"),
+            (good.replace("max_records = 5000", "max_records = 0"), "batching.max_records"),
+            (good.replace("max_bytes = 1048576", "max_bytes = 10"), "batching.max_bytes"),
+            (good.replace("compression = \"zstd\"", "compression = \"lz4\""), "batching.compression"),
+            (good.replace("zstd_level = 3", "zstd_level = 40"), "batching.zstd_level"),
+            (good.replace("max_inflight_bytes_total = 33554432", "max_inflight_bytes_total = 1"), "batching.max_inflight_bytes_total"),
+            (good.replace("[batching]", "[batching]\nturbo = true"), "turbo"),
+        ];
+        for (text, field) in cases {
+            assert_ne!(text, good, "case {field} did not change the config");
+            let e = parse(&path, &text).expect_err(field).to_string();
+            assert!(e.contains(field), "{field}: {e}");
+            assert!(e.contains("agent.toml"), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("[::1]:4433").unwrap(), ("::1".into(), 4433));
+        assert_eq!(split_host_port("10.0.0.1:1").unwrap(), ("10.0.0.1".into(), 1));
+        for bad in ["", ":4433", "host", "host:", "host:99999", "a b:1", "::1:4433"] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -56,10 +56,9 @@ impl Discovery {
 
 /// Creates the consumer of one session. It never commits: the hub keeps the positions.
 pub fn consumer(cfg: &Validated) -> Result<StreamConsumer, KafkaError> {
+    // No group.id: partitions are assigned explicitly and nothing is committed, and a group
+    // would make fetching wait for a group coordinator (slow on a freshly started broker).
     base_config(cfg)
-        // Required by librdkafka for a consumer, but never used for commits or rebalancing:
-        // partitions are assigned explicitly.
-        .set("group.id", "edge-replicator-agent")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

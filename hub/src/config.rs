@@ -362,3 +362,60 @@ pub fn whole_match(pattern: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example next to dev certificates in a temp dir: parsed by every test run.
+    fn example_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        er_net::devcerts::generate(&dir.path().join("certs"), &[], &["plant-7".into()], false)
+            .unwrap();
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/hub.toml");
+        std::fs::copy(example, dir.path().join("hub.toml")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_routes_as_documented() {
+        let dir = example_dir();
+        let v = load(&dir.path().join("hub.toml")).unwrap();
+        assert_eq!(v.cluster_for("plant-7", "alarms"), 1);
+        assert_eq!(v.cluster_for("depot-1", "alarms"), 0, "site regex limits the route");
+        assert_eq!(v.cluster_for("plant-7", "sensors.temp"), 0, "default is the first cluster");
+        assert_eq!(
+            v.policy.remote_topic("plant-7", "alarms"),
+            "plant-7.alarms"
+        );
+    }
+
+    #[test]
+    fn each_validation_rule_names_its_field() {
+        let dir = example_dir();
+        let good = std::fs::read_to_string(dir.path().join("hub.toml")).unwrap();
+        let path = dir.path().join("hub.toml");
+        let cases = [
+            (good.replace("hub_id = \"hub-1\"", "hub_id = \"\""), "hub_id"),
+            (good.replace("0.0.0.0:4433", "0.0.0.0"), "listen"),
+            (good.replace("certs/ca.pem", "certs/none.pem"), "tls.ca_cert"),
+            (good.replace("certs/hub.key", "certs/none.key"), "tls.key"),
+            (good.replace("policy = \"default\"", "policy = \"mirror\""), "replication.policy"),
+            (good.replace("separator = \".\"", "separator = \"/\""), "replication.separator"),
+            (good.replace("alias = \"analytics\"", "alias = \"central\""), "clusters[1].alias"),
+            (good.replace("alias = \"analytics\"", "alias = \"a.b\""), "clusters[1].alias"),
+            (good.replace("replication_factor = 3\ntransaction", "replication_factor = 0\ntransaction"), "clusters[0].replication_factor"),
+            (good.replace("topics = \"alarms\"", "topics = \"(\""), "routes[0].topics"),
+            (good.replace("sites = \"plant-.*\"", "sites = \"[\""), "routes[0].sites"),
+            (good.replace("cluster = \"analytics\"", "cluster = \"nowhere\""), "routes[0].cluster"),
+            (good.replace("group_id = \"edge-replicator\"", "group_id = \"a b\""), "group_id"),
+            (good.replace("writer_queue_batches = 64", "writer_queue_batches = 0"), "limits"),
+            (good.replace("[limits]", "[limits]\nunknown_knob = 1"), "unknown_knob"),
+        ];
+        for (text, field) in cases {
+            let e = parse(&path, &text).expect_err(field).to_string();
+            assert!(e.contains(field), "{field}: {e}");
+            assert!(e.contains("hub.toml"), "{field}: {e}");
+        }
+    }
+}

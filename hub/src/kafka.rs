@@ -273,6 +273,20 @@ pub fn decode_position(key: &[u8], value: &[u8]) -> Result<Position, String> {
     })
 }
 
+/// Client context that treats reaching the end of a partition as the normal event it is here,
+/// instead of logging it as an error.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// Reads every committed position of `site` on this cluster (the last value per partition).
 /// Call only after the site's transactional producer was initialised, so no older transaction
 /// is still open and the read_committed read cannot stall on it.
@@ -287,12 +301,11 @@ pub fn read_positions(cluster: &ClusterConfig, site: &str) -> Result<Vec<Positio
             source,
         }
     };
-    let consumer: BaseConsumer = client_config(cluster)
-        .set("group.id", format!("er-hub-positions-{site}"))
+    let consumer: BaseConsumer<QuietEof> = client_config(cluster)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .create()
+        .create_with_context(QuietEof)
         .map_err(err("creating a reader for"))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)
