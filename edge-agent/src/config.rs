@@ -273,7 +273,9 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
         ));
     }
     if host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(format!("{address:?}: {host:?} is not a host name or IP address"));
+        return Err(format!(
+            "{address:?}: {host:?} is not a host name or IP address"
+        ));
     }
     let port: u16 = port
         .parse()
@@ -309,7 +311,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         }
     }
     if raw.kafka.bootstrap_servers.trim().is_empty() {
-        return Err(invalid("kafka.bootstrap_servers", "must not be empty".into()));
+        return Err(invalid(
+            "kafka.bootstrap_servers",
+            "must not be empty".into(),
+        ));
     }
     if !matches!(
         raw.kafka.isolation_level.as_str(),
@@ -327,19 +332,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         pats.iter()
             .enumerate()
             .map(|(i, p)| {
-                Regex::new(&format!("^(?:{p})$"))
-                    .map_err(|e| invalid(&format!("{field}[{i}]"), format!("invalid regex {p:?}: {e}")))
+                Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    invalid(
+                        &format!("{field}[{i}]"),
+                        format!("invalid regex {p:?}: {e}"),
+                    )
+                })
             })
             .collect()
     };
     let include = compile("topics.include", &raw.topics.include)?;
     let exclude = compile("topics.exclude", &raw.topics.exclude)?;
     if raw.topics.refresh_interval_ms == 0 {
-        return Err(invalid("topics.refresh_interval_ms", "must be greater than 0".into()));
+        return Err(invalid(
+            "topics.refresh_interval_ms",
+            "must be greater than 0".into(),
+        ));
     }
     let (hub_host, hub_port) =
         split_host_port(&raw.hub.address).map_err(|m| invalid("hub.address", m))?;
-    let server_name = raw.hub.server_name.clone().unwrap_or_else(|| hub_host.clone());
+    let server_name = raw
+        .hub
+        .server_name
+        .clone()
+        .unwrap_or_else(|| hub_host.clone());
     if server_name.is_empty() {
         return Err(invalid("hub.server_name", "must not be empty".into()));
     }
@@ -355,7 +371,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     }
     let b = &raw.batching;
     if b.max_records == 0 {
-        return Err(invalid("batching.max_records", "must be greater than 0".into()));
+        return Err(invalid(
+            "batching.max_records",
+            "must be greater than 0".into(),
+        ));
     }
     if b.max_bytes < 1024 {
         return Err(invalid(
@@ -422,7 +441,10 @@ mod tests {
         assert!(v.wants_topic("alarms"));
         assert!(!v.wants_topic("sensors.debug"), "exclude wins");
         assert!(!v.wants_topic("alarms2"), "whole-name match");
-        assert!(!v.wants_topic("sensors.x.internal"), "internal topics never");
+        assert!(
+            !v.wants_topic("sensors.x.internal"),
+            "internal topics never"
+        );
         assert_eq!((v.hub_host.as_str(), v.hub_port), ("hub.example.com", 4433));
         assert_eq!(v.server_name, "hub.example.com");
     }
@@ -437,7 +459,12 @@ mod tests {
             r#"include = [".*"]"#,
         );
         let v = parse(&path, &text).unwrap();
-        for t in ["__consumer_offsets", "mm2-offset-syncs.x.internal", "x.checkpoints.internal", "connect-offsets-internal"] {
+        for t in [
+            "__consumer_offsets",
+            "mm2-offset-syncs.x.internal",
+            "x.checkpoints.internal",
+            "connect-offsets-internal",
+        ] {
             assert!(!v.wants_topic(t), "{t}");
         }
         assert!(v.wants_topic("orders"));
@@ -449,24 +476,90 @@ mod tests {
         let path = dir.path().join("agent.toml");
         let good = std::fs::read_to_string(&path).unwrap();
         let cases = [
-            (good.replace("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \" \""), "kafka.bootstrap_servers"),
-            (good.replace("isolation_level = \"read_committed\"", "isolation_level = \"dirty\""), "kafka.isolation_level"),
-            (good.replace(r#""alarms"]"#, r#""(alarms"]"#), "topics.include[1]"),
-            (good.replace(r#"exclude = ["sensors\\.debug"]"#, r#"exclude = ["["]"#), "topics.exclude[0]"),
-            (good.replace("refresh_interval_ms = 30000", "refresh_interval_ms = 0"), "topics.refresh_interval_ms"),
-            (good.replace("hub.example.com:4433", "hub.example.com"), "hub.address"),
-            (good.replace("hub.example.com:4433", "hub.example.com:0"), "hub.address"),
-            (good.replace("hub.example.com:4433", "::1:4433"), "hub.address"),
-            (good.replace("certs/ca.pem", "certs/nope.pem"), "hub.ca_cert"),
-            (good.replace("certs/plant-7.pem", "certs/nope.pem"), "hub.cert"),
-            (good.replace("certs/plant-7.key", "certs/nope.key"), "hub.key"),
-            (good.replace("reconnect_backoff_min_ms = 200", "reconnect_backoff_min_ms = 0"), "hub.reconnect_backoff_min_ms"),
-            (good.replace("max_records = 5000", "max_records = 0"), "batching.max_records"),
-            (good.replace("max_bytes = 1048576", "max_bytes = 10"), "batching.max_bytes"),
-            (good.replace("compression = \"zstd\"", "compression = \"lz4\""), "batching.compression"),
-            (good.replace("zstd_level = 3", "zstd_level = 40"), "batching.zstd_level"),
-            (good.replace("max_inflight_bytes_total = 33554432", "max_inflight_bytes_total = 1"), "batching.max_inflight_bytes_total"),
-            (good.replace("[batching]", "[batching]\nturbo = true"), "turbo"),
+            (
+                good.replace(
+                    "bootstrap_servers = \"127.0.0.1:9092\"",
+                    "bootstrap_servers = \" \"",
+                ),
+                "kafka.bootstrap_servers",
+            ),
+            (
+                good.replace(
+                    "isolation_level = \"read_committed\"",
+                    "isolation_level = \"dirty\"",
+                ),
+                "kafka.isolation_level",
+            ),
+            (
+                good.replace(r#""alarms"]"#, r#""(alarms"]"#),
+                "topics.include[1]",
+            ),
+            (
+                good.replace(r#"exclude = ["sensors\\.debug"]"#, r#"exclude = ["["]"#),
+                "topics.exclude[0]",
+            ),
+            (
+                good.replace("refresh_interval_ms = 30000", "refresh_interval_ms = 0"),
+                "topics.refresh_interval_ms",
+            ),
+            (
+                good.replace("hub.example.com:4433", "hub.example.com"),
+                "hub.address",
+            ),
+            (
+                good.replace("hub.example.com:4433", "hub.example.com:0"),
+                "hub.address",
+            ),
+            (
+                good.replace("hub.example.com:4433", "::1:4433"),
+                "hub.address",
+            ),
+            (
+                good.replace("certs/ca.pem", "certs/nope.pem"),
+                "hub.ca_cert",
+            ),
+            (
+                good.replace("certs/plant-7.pem", "certs/nope.pem"),
+                "hub.cert",
+            ),
+            (
+                good.replace("certs/plant-7.key", "certs/nope.key"),
+                "hub.key",
+            ),
+            (
+                good.replace(
+                    "reconnect_backoff_min_ms = 200",
+                    "reconnect_backoff_min_ms = 0",
+                ),
+                "hub.reconnect_backoff_min_ms",
+            ),
+            (
+                good.replace("max_records = 5000", "max_records = 0"),
+                "batching.max_records",
+            ),
+            (
+                good.replace("max_bytes = 1048576", "max_bytes = 10"),
+                "batching.max_bytes",
+            ),
+            (
+                good.replace("compression = \"zstd\"", "compression = \"lz4\""),
+                "batching.compression",
+            ),
+            (
+                good.replace("zstd_level = 3", "zstd_level = 40"),
+                "batching.zstd_level",
+            ),
+            (
+                good.replace(
+                    "max_inflight_bytes_total = 33554432",
+                    "max_inflight_bytes_total = 1",
+                ),
+                "batching.max_inflight_bytes_total",
+            ),
+            (
+                good.replace("[batching]", "[batching]\nturbo = true"),
+                "turbo",
+            ),
         ];
         for (text, field) in cases {
             assert_ne!(text, good, "case {field} did not change the config");
@@ -479,8 +572,19 @@ mod tests {
     #[test]
     fn host_port_forms() {
         assert_eq!(split_host_port("[::1]:4433").unwrap(), ("::1".into(), 4433));
-        assert_eq!(split_host_port("10.0.0.1:1").unwrap(), ("10.0.0.1".into(), 1));
-        for bad in ["", ":4433", "host", "host:", "host:99999", "a b:1", "::1:4433"] {
+        assert_eq!(
+            split_host_port("10.0.0.1:1").unwrap(),
+            ("10.0.0.1".into(), 1)
+        );
+        for bad in [
+            "",
+            ":4433",
+            "host",
+            "host:",
+            "host:99999",
+            "a b:1",
+            "::1:4433",
+        ] {
             assert!(split_host_port(bad).is_err(), "{bad}");
         }
     }

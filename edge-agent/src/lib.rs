@@ -87,7 +87,8 @@ pub async fn run(
     let (endpoint, client_cfg) =
         er_net::client_endpoint(bind, &tls, &er_net::TransportTuning::default())
             .context("setting up the QUIC client")?;
-    let discovery = Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
+    let discovery =
+        Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
@@ -99,9 +100,18 @@ pub async fn run(
         let started = Instant::now();
         let outcome = match connect(&endpoint, &client_cfg, &cfg).await {
             Ok(conn) => {
-                stats.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .connects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!(hub = %conn.remote_address(), "connected to hub");
-                let r = session::run(&cfg, discovery.clone(), conn.clone(), stats.clone(), &mut shutdown).await;
+                let r = session::run(
+                    &cfg,
+                    discovery.clone(),
+                    conn.clone(),
+                    stats.clone(),
+                    &mut shutdown,
+                )
+                .await;
                 conn.close(0u32.into(), b"session over");
                 r
             }
@@ -117,7 +127,11 @@ pub async fn run(
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                warn!(error = format!("{:#}", f.error), retry_in_ms = delay.as_millis() as u64, "link to hub down; will reconnect and resume");
+                warn!(
+                    error = format!("{:#}", f.error),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "link to hub down; will reconnect and resume"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break,
@@ -160,7 +174,10 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(1000), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
         }
         // After many failures the ceiling is the cap: some delay above 500 ms must show up.
         assert!((0..50).any(|_| b.next_delay() > Duration::from_millis(500)));

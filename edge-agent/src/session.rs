@@ -7,13 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use er_net::wire::{FrameReader, FrameWriter, StreamError};
-use er_protocol::{
-    AgentConn, AgentEvent, Batch, BatchBuilder, Channel, Frame, RecordRef, TimestampType,
-    TopicPartition,
-};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use er_protocol::{AgentConn, AgentEvent, Batch, Channel, Frame, TopicPartition};
+use rdkafka::Offset;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -45,12 +40,6 @@ enum Inbound {
     Closed(Channel, Option<StreamError>),
 }
 
-struct Part {
-    builder: BatchBuilder,
-    opened: Option<Instant>,
-    parked: Option<Batch>,
-}
-
 /// Runs one session over an established connection.
 pub async fn run(
     cfg: &Validated,
@@ -77,7 +66,7 @@ pub async fn run(
             Instant::now(),
         ),
         streams: HashMap::new(),
-        parts: HashMap::new(),
+        parked: None,
         inbound: mpsc::channel(1024),
     };
     let result = s.run(shutdown).await;
@@ -95,13 +84,18 @@ struct Session<'a> {
     welcomed: bool,
     proto: AgentConn,
     streams: HashMap<TopicPartition, mpsc::UnboundedSender<Frame>>,
-    parts: HashMap<TopicPartition, Part>,
+    /// A batch waiting for in-flight budget; while set, no more batches are taken.
+    parked: Option<Batch>,
     inbound: (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>),
 }
 
 impl Session<'_> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<Exit> {
-        let (send, recv) = self.conn.open_bi().await.context("opening the control stream")?;
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .context("opening the control stream")?;
         let mut control = FrameWriter::new(send);
         spawn_reader(
             FrameReader::new(recv, FRAME_OVERHEAD * 2),
@@ -140,7 +134,9 @@ impl Session<'_> {
         };
         self.welcomed = true;
         // Batches are measured before compression; keep a margin for incompressible data.
-        let hub_cap = (max_batch_bytes as usize).saturating_sub(FRAME_OVERHEAD as usize).max(1024);
+        let hub_cap = (max_batch_bytes as usize)
+            .saturating_sub(FRAME_OVERHEAD as usize)
+            .max(1024);
         if self.cfg.raw.batching.max_bytes > hub_cap {
             warn!(
                 agent_max_bytes = self.cfg.raw.batching.max_bytes,
@@ -149,24 +145,33 @@ impl Session<'_> {
             );
         }
         let max_batch = self.cfg.raw.batching.max_bytes.min(hub_cap);
-        let positions: HashMap<TopicPartition, i64> =
-            positions.into_iter().map(|p| (p.tp, p.next_offset)).collect();
+        let positions: HashMap<TopicPartition, i64> = positions
+            .into_iter()
+            .map(|p| (p.tp, p.next_offset))
+            .collect();
 
+        let (batch_tx, mut batches) = mpsc::channel::<anyhow::Result<Batch>>(8);
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let consumer = source::consumer(self.cfg).context("creating the edge consumer")?;
+        source::spawn_reader(
+            consumer,
+            source::BatchLimits {
+                max_records: self.cfg.raw.batching.max_records,
+                max_bytes: max_batch,
+                linger: self.cfg.linger(),
+                codec: self.cfg.codec,
+                zstd_level: self.cfg.raw.batching.zstd_level,
+            },
+            cmd_rx,
+            batch_tx,
+        );
         let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<TopicSet>>(1);
         let discovery_task = spawn_discovery(self.cfg.clone(), self.discovery.clone(), topics_tx);
         let _stop_discovery = AbortOnDrop(discovery_task);
         let mut known = TopicSet::new();
-        let linger = self.cfg.linger();
-        let max_records = self.cfg.raw.batching.max_records;
         info!(%site, "replicating");
 
         loop {
-            let stalled = self.parts.values().any(|p| p.parked.is_some());
-            let deadline = [self.proto.poll_timeout(), self.linger_deadline(linger)]
-                .into_iter()
-                .flatten()
-                .min();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -176,30 +181,26 @@ impl Session<'_> {
                 m = self.inbound.1.recv() => self.handle_inbound(m)?,
                 t = topics_rx.recv() => {
                     let set = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
-                    self.assign_new(&consumer, &known, &set, &positions)?;
+                    let added: Vec<source::StartPartition> = source::partitions(&set)
+                        .filter(|(tp, _)| !known.get(&tp.topic).is_some_and(|n| tp.partition < *n))
+                        .map(|(tp, partition_count)| {
+                            let offset = positions.get(&tp).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                            info!(%tp, ?offset, "replicating partition");
+                            source::StartPartition { tp, partition_count, offset }
+                        })
+                        .collect();
+                    if !added.is_empty() {
+                        cmd_tx.send(source::ReaderCmd::Add(added)).map_err(|_| anyhow!("edge reader stopped"))?;
+                    }
                     known = set;
                 }
-                m = consumer.recv(), if !stalled && !known.is_empty() => {
-                    let m = m.context("reading from the edge cluster")?;
-                    let tp = TopicPartition::new(m.topic(), m.partition());
-                    let part = self.parts.get_mut(&tp).ok_or_else(|| anyhow!("record of unassigned partition {tp}"))?;
-                    push_message(&mut part.builder, &m);
-                    part.opened.get_or_insert_with(Instant::now);
-                    if part.builder.len() >= max_records || part.builder.encoded_bytes() >= max_batch {
-                        self.seal(&tp)?;
-                    }
+                // While a batch waits for in-flight budget, take no more: the reader blocks and
+                // stops polling Kafka.
+                b = batches.recv(), if self.parked.is_none() => {
+                    let batch = b.ok_or_else(|| anyhow!("edge reader stopped"))??;
+                    self.offer(batch)?;
                 }
-                _ = sleep_until(deadline) => {
-                    let now = Instant::now();
-                    self.proto.handle_timeout(now);
-                    let due: Vec<TopicPartition> = self.parts.iter()
-                        .filter(|(_, p)| p.parked.is_none() && p.opened.is_some_and(|o| now >= o + linger))
-                        .map(|(tp, _)| tp.clone())
-                        .collect();
-                    for tp in due {
-                        self.seal(&tp)?;
-                    }
-                }
+                _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
                 closed = self.conn.closed() => bail!("connection lost: {closed}"),
             }
             while let Some(ev) = self.proto.poll_event() {
@@ -207,15 +208,6 @@ impl Session<'_> {
             }
             self.flush(&mut control).await?;
         }
-    }
-
-    fn linger_deadline(&self, linger: Duration) -> Option<Instant> {
-        self.parts
-            .values()
-            .filter(|p| p.parked.is_none())
-            .filter_map(|p| p.opened)
-            .min()
-            .map(|o| o + linger)
     }
 
     fn handle_inbound(&mut self, m: Option<Inbound>) -> anyhow::Result<()> {
@@ -240,30 +232,8 @@ impl Session<'_> {
                 debug!(%tp, seq, next_offset, "acked");
                 self.stats.batches_acked.fetch_add(1, Ordering::Relaxed);
                 self.stats.position_updates.fetch_add(1, Ordering::Relaxed);
-                if let Some(part) = self.parts.get_mut(&tp)
-                    && let Some(b) = part.parked.take()
-                {
-                    let len = b.payload.len() as u64;
-                    if self.proto.can_send(&tp, len) {
-                        self.send(b)?;
-                    } else {
-                        part.parked = Some(b);
-                    }
-                }
-                // An ack anywhere frees total budget: retry every parked batch.
-                let parked: Vec<TopicPartition> = self
-                    .parts
-                    .iter()
-                    .filter(|(_, p)| p.parked.is_some())
-                    .map(|(tp, _)| tp.clone())
-                    .collect();
-                for tp in parked {
-                    let part = self.parts.get_mut(&tp).expect("listed above");
-                    let len = part.parked.as_ref().map_or(0, |b| b.payload.len() as u64);
-                    if self.proto.can_send(&tp, len) {
-                        let b = part.parked.take().expect("listed above");
-                        self.send(b)?;
-                    }
+                if let Some(b) = self.parked.take() {
+                    self.offer(b)?;
                 }
                 Ok(())
             }
@@ -278,27 +248,21 @@ impl Session<'_> {
         }
     }
 
-    /// Closes the open batch of `tp` and sends it, or parks it until the in-flight budget allows.
-    fn seal(&mut self, tp: &TopicPartition) -> anyhow::Result<()> {
-        let seq = self.proto.next_seq(tp);
-        let part = self.parts.get_mut(tp).expect("sealed partition exists");
-        if part.builder.is_empty() || part.parked.is_some() {
-            return Ok(());
-        }
-        part.opened = None;
-        let batch = part
-            .builder
-            .finish_and_reset(seq, self.cfg.codec, self.cfg.raw.batching.zstd_level)
-            .with_context(|| format!("encoding a batch of {tp}"))?;
-        if self.proto.can_send(tp, batch.payload.len() as u64) {
+    /// Sends a batch now, or parks it until acks free in-flight budget.
+    fn offer(&mut self, batch: Batch) -> anyhow::Result<()> {
+        if self
+            .proto
+            .can_send(&batch.header.tp, batch.payload.len() as u64)
+        {
             self.send(batch)
         } else {
-            part.parked = Some(batch);
+            self.parked = Some(batch);
             Ok(())
         }
     }
 
     fn send(&mut self, batch: Batch) -> anyhow::Result<()> {
+        debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, bytes = batch.payload.len(), "sending batch");
         self.stats
             .records_sent
             .fetch_add(batch.header.record_count as u64, Ordering::Relaxed);
@@ -312,7 +276,10 @@ impl Session<'_> {
     async fn flush(&mut self, control: &mut FrameWriter) -> anyhow::Result<()> {
         while let Some((ch, frame)) = self.proto.poll_transmit() {
             match ch {
-                Channel::Control => control.write(&frame).await.context("writing to the control stream")?,
+                Channel::Control => control
+                    .write(&frame)
+                    .await
+                    .context("writing to the control stream")?,
                 Channel::Partition(tp) => {
                     if !self.streams.contains_key(&tp) {
                         let (send, recv) = self
@@ -321,8 +288,17 @@ impl Session<'_> {
                             .await
                             .with_context(|| format!("opening the stream of {tp}"))?;
                         let (tx, rx) = mpsc::unbounded_channel();
-                        spawn_writer(FrameWriter::new(send), rx, Channel::Partition(tp.clone()), self.inbound.0.clone());
-                        spawn_reader(FrameReader::new(recv, FRAME_OVERHEAD), Channel::Partition(tp.clone()), self.inbound.0.clone());
+                        spawn_writer(
+                            FrameWriter::new(send),
+                            rx,
+                            Channel::Partition(tp.clone()),
+                            self.inbound.0.clone(),
+                        );
+                        spawn_reader(
+                            FrameReader::new(recv, FRAME_OVERHEAD),
+                            Channel::Partition(tp.clone()),
+                            self.inbound.0.clone(),
+                        );
                         self.streams.insert(tp.clone(), tx);
                     }
                     self.streams[&tp]
@@ -332,71 +308,6 @@ impl Session<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Assigns partitions that appeared since the last discovery, at the hub's positions.
-    fn assign_new(
-        &mut self,
-        consumer: &StreamConsumer,
-        known: &TopicSet,
-        now: &TopicSet,
-        positions: &HashMap<TopicPartition, i64>,
-    ) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (tp, count) in source::partitions(now) {
-            if known.get(&tp.topic).is_some_and(|n| tp.partition < *n) {
-                continue;
-            }
-            let offset = positions
-                .get(&tp)
-                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            info!(%tp, ?offset, "replicating partition");
-            tpl.add_partition_offset(&tp.topic, tp.partition, offset)
-                .with_context(|| format!("assigning {tp}"))?;
-            self.parts.insert(
-                tp.clone(),
-                Part {
-                    builder: BatchBuilder::new(tp, count),
-                    opened: None,
-                    parked: None,
-                },
-            );
-        }
-        if tpl.count() > 0 {
-            consumer
-                .incremental_assign(&tpl)
-                .context("assigning partitions")?;
-        }
-        Ok(())
-    }
-}
-
-/// Appends one Kafka message to a batch, borrowing its bytes.
-fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
-    let (timestamp_type, timestamp) = match m.timestamp() {
-        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
-        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
-        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
-    };
-    let rec = RecordRef {
-        offset: m.offset(),
-        timestamp,
-        timestamp_type,
-        key: m.key(),
-        value: m.payload(),
-        headers: &[],
-        topic: None,
-        partition: None,
-    };
-    match m.headers() {
-        None => builder.push(&rec),
-        Some(h) => builder.push_with_headers(
-            &rec,
-            (0..h.count()).map(|i| {
-                let h = h.get(i);
-                (h.key, h.value)
-            }),
-        ),
     }
 }
 

@@ -1,12 +1,15 @@
 //! The edge Kafka side: topic discovery and the consumer that reads replicated partitions.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
-use er_protocol::TopicPartition;
+use anyhow::Context;
+use er_protocol::{Batch, BatchBuilder, RecordRef, TimestampType, TopicPartition};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Validated;
 
@@ -55,10 +58,11 @@ impl Discovery {
 }
 
 /// Creates the consumer of one session. It never commits: the hub keeps the positions.
-pub fn consumer(cfg: &Validated) -> Result<StreamConsumer, KafkaError> {
-    // No group.id: partitions are assigned explicitly and nothing is committed, and a group
-    // would make fetching wait for a group coordinator (slow on a freshly started broker).
+pub fn consumer(cfg: &Validated) -> Result<BaseConsumer, KafkaError> {
     base_config(cfg)
+        // librdkafka wants a group id even for a consumer with explicit assignments; it is
+        // never used for commits or rebalancing.
+        .set("group.id", "edge-replicator-agent")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -68,6 +72,207 @@ pub fn consumer(cfg: &Validated) -> Result<StreamConsumer, KafkaError> {
         .set("fetch.max.bytes", "16777216")
         .set("enable.partition.eof", "false")
         .create()
+}
+
+/// A partition to start reading, with the position to read from.
+#[derive(Debug, Clone)]
+pub struct StartPartition {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// Partition count of its topic (sent with every batch so the hub can create the topic).
+    pub partition_count: i32,
+    /// Where to start: the hub's position, or the beginning.
+    pub offset: Offset,
+}
+
+/// Commands from the session to its reader thread.
+#[derive(Debug)]
+pub enum ReaderCmd {
+    /// Start reading these partitions too.
+    Add(Vec<StartPartition>),
+}
+
+/// Batch shape settings for the reader.
+#[derive(Debug, Clone)]
+pub struct BatchLimits {
+    /// Records per batch.
+    pub max_records: usize,
+    /// Encoded bytes per batch.
+    pub max_bytes: usize,
+    /// Longest wait after a batch's first record.
+    pub linger: Duration,
+    /// Compression.
+    pub codec: er_protocol::Codec,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+struct ReadPart {
+    resume: Offset,
+    builder: BatchBuilder,
+    opened: Option<Instant>,
+    next_seq: u64,
+}
+
+/// Reads assigned partitions on a dedicated thread (librdkafka's poll blocks) and hands finished,
+/// compressed batches to the session. The batch channel is bounded: when the session stops taking
+/// batches the thread stops polling, so librdkafka's bounded prefetch is the only other buffer.
+pub fn spawn_reader(
+    consumer: BaseConsumer,
+    limits: BatchLimits,
+    cmds: std::sync::mpsc::Receiver<ReaderCmd>,
+    out: tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("edge-reader".into())
+        .spawn(move || {
+            let mut r = Reader {
+                consumer,
+                limits,
+                parts: HashMap::new(),
+                out,
+            };
+            if let Err(e) = r.run(&cmds) {
+                let _ = r.out.blocking_send(Err(e));
+            }
+        })
+        .expect("spawning the reader thread")
+}
+
+struct Reader {
+    consumer: BaseConsumer,
+    limits: BatchLimits,
+    parts: HashMap<TopicPartition, ReadPart>,
+    out: tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
+}
+
+/// The session is gone: stop quietly.
+struct Closed;
+
+impl Reader {
+    fn run(&mut self, cmds: &std::sync::mpsc::Receiver<ReaderCmd>) -> anyhow::Result<()> {
+        loop {
+            loop {
+                match cmds.try_recv() {
+                    Ok(ReaderCmd::Add(list)) => self.add(list)?,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
+            let now = Instant::now();
+            let wait = self
+                .parts
+                .values()
+                .filter_map(|p| p.opened)
+                .min()
+                .map_or(Duration::from_millis(100), |o| {
+                    (o + self.limits.linger).saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(100));
+            match self.consumer.poll(wait) {
+                None => {}
+                Some(Ok(m)) => {
+                    let tp = TopicPartition::new(m.topic(), m.partition());
+                    let Some(part) = self.parts.get_mut(&tp) else {
+                        continue;
+                    };
+                    push_message(&mut part.builder, &m);
+                    part.resume = Offset::Offset(m.offset() + 1);
+                    part.opened.get_or_insert_with(Instant::now);
+                    if part.builder.len() >= self.limits.max_records
+                        || part.builder.encoded_bytes() >= self.limits.max_bytes
+                    {
+                        if self.seal(&tp).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    // librdkafka retries broker and transport errors itself; report, go on.
+                    tracing::warn!(error = %e, "edge consumer error");
+                }
+            }
+            let now = Instant::now();
+            let due: Vec<TopicPartition> = self
+                .parts
+                .iter()
+                .filter(|(_, p)| p.opened.is_some_and(|o| now >= o + self.limits.linger))
+                .map(|(tp, _)| tp.clone())
+                .collect();
+            for tp in due {
+                if self.seal(&tp).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, list: Vec<StartPartition>) -> anyhow::Result<()> {
+        for s in list {
+            self.parts.insert(
+                s.tp.clone(),
+                ReadPart {
+                    resume: s.offset,
+                    builder: BatchBuilder::new(s.tp, s.partition_count),
+                    opened: None,
+                    next_seq: 0,
+                },
+            );
+        }
+        // A plain assign of the whole set, each partition where reading stopped.
+        let mut tpl = TopicPartitionList::new();
+        for (tp, p) in &self.parts {
+            tpl.add_partition_offset(&tp.topic, tp.partition, p.resume)
+                .with_context(|| format!("assigning {tp}"))?;
+        }
+        self.consumer
+            .assign(&tpl)
+            .context("assigning partitions of the edge cluster")
+    }
+
+    /// Finishes the open batch of `tp` and hands it over (blocking while the session is busy).
+    fn seal(&mut self, tp: &TopicPartition) -> Result<(), Closed> {
+        let part = self.parts.get_mut(tp).expect("sealed partition exists");
+        part.opened = None;
+        if part.builder.is_empty() {
+            return Ok(());
+        }
+        let batch = part
+            .builder
+            .finish_and_reset(part.next_seq, self.limits.codec, self.limits.zstd_level)
+            .with_context(|| format!("encoding a batch of {tp}"));
+        part.next_seq += 1;
+        self.out.blocking_send(batch).map_err(|_| Closed)
+    }
+}
+
+/// Appends one Kafka message to a batch, borrowing its bytes.
+fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
+    let (timestamp_type, timestamp) = match m.timestamp() {
+        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
+        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
+        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
+    };
+    let rec = RecordRef {
+        offset: m.offset(),
+        timestamp,
+        timestamp_type,
+        key: m.key(),
+        value: m.payload(),
+        headers: &[],
+        topic: None,
+        partition: None,
+    };
+    match m.headers() {
+        None => builder.push(&rec),
+        Some(h) => builder.push_with_headers(
+            &rec,
+            (0..h.count()).map(|i| {
+                let h = h.get(i);
+                (h.key, h.value)
+            }),
+        ),
+    }
 }
 
 /// All partitions of a topic set.

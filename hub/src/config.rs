@@ -295,7 +295,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         }
     };
     if raw.clusters.is_empty() {
-        return Err(invalid("clusters", "at least one cluster is required".into()));
+        return Err(invalid(
+            "clusters",
+            "at least one cluster is required".into(),
+        ));
     }
     for (i, c) in raw.clusters.iter().enumerate() {
         er_protocol::validate_site_alias(&c.alias)
@@ -321,8 +324,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     }
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
-        let topics = whole_match(&r.topics)
-            .map_err(|e| invalid(&format!("routes[{i}].topics"), e))?;
+        let topics =
+            whole_match(&r.topics).map_err(|e| invalid(&format!("routes[{i}].topics"), e))?;
         let sites = r
             .sites
             .as_deref()
@@ -359,8 +362,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
 
 /// Compiles a regex that must match the whole name, with a message naming the pattern.
 pub fn whole_match(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -382,12 +384,17 @@ mod tests {
         let dir = example_dir();
         let v = load(&dir.path().join("hub.toml")).unwrap();
         assert_eq!(v.cluster_for("plant-7", "alarms"), 1);
-        assert_eq!(v.cluster_for("depot-1", "alarms"), 0, "site regex limits the route");
-        assert_eq!(v.cluster_for("plant-7", "sensors.temp"), 0, "default is the first cluster");
         assert_eq!(
-            v.policy.remote_topic("plant-7", "alarms"),
-            "plant-7.alarms"
+            v.cluster_for("depot-1", "alarms"),
+            0,
+            "site regex limits the route"
         );
+        assert_eq!(
+            v.cluster_for("plant-7", "sensors.temp"),
+            0,
+            "default is the first cluster"
+        );
+        assert_eq!(v.policy.remote_topic("plant-7", "alarms"), "plant-7.alarms");
     }
 
     #[test]
@@ -396,21 +403,63 @@ mod tests {
         let good = std::fs::read_to_string(dir.path().join("hub.toml")).unwrap();
         let path = dir.path().join("hub.toml");
         let cases = [
-            (good.replace("hub_id = \"hub-1\"", "hub_id = \"\""), "hub_id"),
+            (
+                good.replace("hub_id = \"hub-1\"", "hub_id = \"\""),
+                "hub_id",
+            ),
             (good.replace("0.0.0.0:4433", "0.0.0.0"), "listen"),
-            (good.replace("certs/ca.pem", "certs/none.pem"), "tls.ca_cert"),
+            (
+                good.replace("certs/ca.pem", "certs/none.pem"),
+                "tls.ca_cert",
+            ),
             (good.replace("certs/hub.key", "certs/none.key"), "tls.key"),
-            (good.replace("policy = \"default\"", "policy = \"mirror\""), "replication.policy"),
-            (good.replace("separator = \".\"", "separator = \"/\""), "replication.separator"),
-            (good.replace("alias = \"analytics\"", "alias = \"central\""), "clusters[1].alias"),
-            (good.replace("alias = \"analytics\"", "alias = \"a.b\""), "clusters[1].alias"),
-            (good.replace("replication_factor = 3\ntransaction", "replication_factor = 0\ntransaction"), "clusters[0].replication_factor"),
-            (good.replace("topics = \"alarms\"", "topics = \"(\""), "routes[0].topics"),
-            (good.replace("sites = \"plant-.*\"", "sites = \"[\""), "routes[0].sites"),
-            (good.replace("cluster = \"analytics\"", "cluster = \"nowhere\""), "routes[0].cluster"),
-            (good.replace("group_id = \"edge-replicator\"", "group_id = \"a b\""), "group_id"),
-            (good.replace("writer_queue_batches = 64", "writer_queue_batches = 0"), "limits"),
-            (good.replace("[limits]", "[limits]\nunknown_knob = 1"), "unknown_knob"),
+            (
+                good.replace("policy = \"default\"", "policy = \"mirror\""),
+                "replication.policy",
+            ),
+            (
+                good.replace("separator = \".\"", "separator = \"/\""),
+                "replication.separator",
+            ),
+            (
+                good.replace("alias = \"analytics\"", "alias = \"central\""),
+                "clusters[1].alias",
+            ),
+            (
+                good.replace("alias = \"analytics\"", "alias = \"a.b\""),
+                "clusters[1].alias",
+            ),
+            (
+                good.replace(
+                    "replication_factor = 3\ntransaction",
+                    "replication_factor = 0\ntransaction",
+                ),
+                "clusters[0].replication_factor",
+            ),
+            (
+                good.replace("topics = \"alarms\"", "topics = \"(\""),
+                "routes[0].topics",
+            ),
+            (
+                good.replace("sites = \"plant-.*\"", "sites = \"[\""),
+                "routes[0].sites",
+            ),
+            (
+                good.replace("cluster = \"analytics\"", "cluster = \"nowhere\""),
+                "routes[0].cluster",
+            ),
+            (
+                good.replace("group_id = \"edge-replicator\"", "group_id = \"a b\""),
+                "group_id",
+            ),
+            (
+                good.replace("writer_queue_batches = 64", "writer_queue_batches = 0"),
+                "limits",
+            ),
+            (
+                good.replace("[limits]", "[limits]\nunknown_knob = 1"),
+                "unknown_knob",
+            ),
         ];
         for (text, field) in cases {
             let e = parse(&path, &text).expect_err(field).to_string();

@@ -34,8 +34,8 @@ pub enum KafkaOpError {
         cluster: String,
         /// What the hub was doing.
         what: String,
-        /// The client error.
-        source: KafkaError,
+        /// The client error (boxed: librdkafka errors are large).
+        source: Box<KafkaError>,
     },
     /// A call did not finish in time.
     #[error("cluster {cluster:?}: {what}: timed out after {waited:?}")]
@@ -96,7 +96,7 @@ impl TopicManager {
             move |source| KafkaOpError::Kafka {
                 cluster,
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         let admin = client_config(cluster)
@@ -123,7 +123,7 @@ impl TopicManager {
         move |source| KafkaOpError::Kafka {
             cluster: self.cluster.alias.clone(),
             what,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -218,7 +218,7 @@ fn check_admin(
                 return Err(KafkaOpError::Kafka {
                     cluster: cluster.to_owned(),
                     what: format!("creating or growing {topic:?}"),
-                    source: KafkaError::AdminOp(code),
+                    source: Box::new(KafkaError::AdminOp(code)),
                 });
             }
         }
@@ -249,7 +249,10 @@ pub fn decode_position(key: &[u8], value: &[u8]) -> Result<Position, String> {
         .map(|b| i16::from_be_bytes([b[0], b[1]]))
         .ok_or("key shorter than 2 bytes")?;
     if len < 0 || key.len() != 2 + len as usize + 4 {
-        return Err(format!("key of {} bytes does not match topic length {len}", key.len()));
+        return Err(format!(
+            "key of {} bytes does not match topic length {len}",
+            key.len()
+        ));
     }
     let topic = std::str::from_utf8(&key[2..2 + len as usize])
         .map_err(|e| format!("topic is not UTF-8: {e}"))?;
@@ -298,10 +301,12 @@ pub fn read_positions(cluster: &ClusterConfig, site: &str) -> Result<Vec<Positio
         move |source| KafkaOpError::Kafka {
             cluster,
             what,
-            source,
+            source: Box::new(source),
         }
     };
     let consumer: BaseConsumer<QuietEof> = client_config(cluster)
+        // Required by librdkafka for assign(); nothing is committed.
+        .set("group.id", format!("er-hub-positions-{site}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
@@ -360,10 +365,18 @@ mod tests {
         let v = position_value(1234);
         let p = decode_position(&k, &v).unwrap();
         assert_eq!((p.tp, p.next_offset), (tp, 1234));
-        assert!(decode_position(&k[..3], &v).unwrap_err().contains("does not match"));
+        assert!(
+            decode_position(&k[..3], &v)
+                .unwrap_err()
+                .contains("does not match")
+        );
         let mut bad = v;
         bad[1] = 1;
         assert!(decode_position(&k, &bad).unwrap_err().contains("version 1"));
-        assert!(decode_position(&k, &v[..9]).unwrap_err().contains("expected 10"));
+        assert!(
+            decode_position(&k, &v[..9])
+                .unwrap_err()
+                .contains("expected 10")
+        );
     }
 }

@@ -9,7 +9,6 @@ pub mod kafka;
 pub mod server;
 pub mod sink;
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,7 +30,8 @@ impl BoundHub {
             cert: config.raw.tls.cert.clone(),
             key: config.raw.tls.key.clone(),
         };
-        let endpoint = er_net::server_endpoint(config.listen, &tls, &er_net::TransportTuning::default())?;
+        let endpoint =
+            er_net::server_endpoint(config.listen, &tls, &er_net::TransportTuning::default())?;
         let hub = Hub::new(config)?;
         Ok(Self { hub, endpoint })
     }

@@ -102,7 +102,10 @@ impl Hub {
             .insert(site.clone(), (id, conn.clone()))
         {
             info!(%site, "a new connection of the site replaces the old one");
-            old.close(close_code::SUPERSEDED.into(), b"superseded by a newer connection");
+            old.close(
+                close_code::SUPERSEDED.into(),
+                b"superseded by a newer connection",
+            );
         }
         let span = info_span!("site", site = %site, %remote);
         let result = self
@@ -136,7 +139,10 @@ impl Hub {
     ) -> Result<(), SessionEnd> {
         let cfg = &self.config;
         let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
-        let (ctl_send, ctl_recv) = conn.accept_bi().await.map_err(|e| SessionEnd::Link(e.to_string()))?;
+        let (ctl_send, ctl_recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| SessionEnd::Link(e.to_string()))?;
         let mut ctl_reader = FrameReader::new(ctl_recv, max_frame);
         let mut writers = StreamWriters {
             control: FrameWriter::new(ctl_send),
@@ -182,7 +188,10 @@ impl Hub {
             return Err(SessionEnd::Protocol("handshake refused".into()));
         }
         let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
-        let (site_writers, positions) = self.start_writers(&site).await.map_err(SessionEnd::Internal)?;
+        let (site_writers, positions) = self
+            .start_writers(&site)
+            .await
+            .map_err(SessionEnd::Internal)?;
         info!(positions = positions.len(), "welcoming site");
         proto
             .welcome(positions)
@@ -316,7 +325,11 @@ enum Inbound {
 
 /// Reads one stream's frames into the session. A partition stream is identified by its first
 /// frame, which must be a batch.
-fn spawn_reader(mut reader: FrameReader, mut send: Option<quinn::SendStream>, tx: mpsc::Sender<Inbound>) {
+fn spawn_reader(
+    mut reader: FrameReader,
+    mut send: Option<quinn::SendStream>,
+    tx: mpsc::Sender<Inbound>,
+) {
     let mut channel = if send.is_none() {
         Some(Channel::Control)
     } else {

@@ -144,13 +144,16 @@ pub fn start(
         move |source| KafkaOpError::Kafka {
             cluster,
             what: what.to_owned(),
-            source,
+            source: Box::new(source),
         }
     };
     let producer: TxProducer = client_config(cluster)
         .set("transactional.id", &txn_id)
         .set("enable.idempotence", "true")
-        .set("transaction.timeout.ms", cluster.transaction_timeout_ms.to_string())
+        .set(
+            "transaction.timeout.ms",
+            cluster.transaction_timeout_ms.to_string(),
+        )
         .set("linger.ms", "5")
         .set("batch.size", "1048576")
         .set("queue.buffering.max.kbytes", "65536")
@@ -214,8 +217,12 @@ impl Writer {
             let started = Instant::now();
             let result = self.write_transaction(&jobs);
             match &result {
-                Ok(records) => tracing::debug!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "transaction committed"),
-                Err(e) => tracing::warn!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), error = %e, "transaction failed; nothing of it is visible"),
+                Ok(records) => {
+                    tracing::debug!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "transaction committed")
+                }
+                Err(e) => {
+                    tracing::warn!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), error = %e, "transaction failed; nothing of it is visible")
+                }
             }
             let outcome = result.map(|_| ());
             for j in jobs {
@@ -289,7 +296,11 @@ impl Writer {
         }
     }
 
-    fn dest_topic(&mut self, source_tp: &TopicPartition, logical: &str) -> Result<String, WriteError> {
+    fn dest_topic(
+        &mut self,
+        source_tp: &TopicPartition,
+        logical: &str,
+    ) -> Result<String, WriteError> {
         if let Some(d) = self.dest_cache.get(logical) {
             return Ok(d.clone());
         }
@@ -303,7 +314,10 @@ impl Writer {
                 "topic {logical:?} is internal and is never replicated"
             )));
         }
-        let dest = self.settings.policy.remote_topic(&self.settings.site, logical);
+        let dest = self
+            .settings
+            .policy
+            .remote_topic(&self.settings.site, logical);
         er_protocol::validate_topic_name(&dest).map_err(|e| bad(e.to_string()))?;
         self.dest_cache.insert(logical.to_owned(), dest.clone());
         Ok(dest)

@@ -28,9 +28,13 @@ pub fn bin_dir() -> anyhow::Result<&'static Path> {
         if let Some(target) = dir.parent() {
             cmd.env("CARGO_TARGET_DIR", target);
         }
-        let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
+        let status = cmd
+            .status()
+            .map_err(|e| format!("running cargo build: {e}"))?;
         if !status.success() {
-            return Err(format!("cargo build of edge-agent and hub failed: {status}"));
+            return Err(format!(
+                "cargo build of edge-agent and hub failed: {status}"
+            ));
         }
         Ok(dir)
     })
@@ -143,7 +147,10 @@ impl Proc {
         let mut c = self.child.take()?;
         let pid = c.id() as i32;
         // SAFETY-free: the kill(1) command sends SIGTERM without unsafe code.
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
@@ -323,7 +330,7 @@ impl AgentSetup {
             include: vec![include.to_owned()],
             refresh_interval_ms: 2_000,
             max_records: 2_000,
-            extra: String::new(),
+            extra: std::env::var("ER_AGENT_EXTRA_TOML").unwrap_or_default(),
             cert_name: None,
         }
     }

@@ -8,7 +8,19 @@ use er_tests::kafka::shared;
 use er_tests::replicator::{AgentSetup, Cluster, HubSetup, Pki, Proc, tail};
 use er_tests::unique_name;
 
-type Rec = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i64);
+type Rec = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+    i64,
+);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
 
 fn ts(r: &Record) -> i64 {
     match r.timestamp {
@@ -36,7 +48,7 @@ fn varied_record(i: usize, partitions: i32, base_ts: i64) -> NewRecord {
         timestamp: Some(base_ts + i as i64),
         partition: Some((i % partitions as usize) as i32),
     };
-    if i % 7 != 0 {
+    if !i.is_multiple_of(7) {
         r = r
             .header("h", Some(i.to_string().as_bytes()))
             .header("h", None)
@@ -61,12 +73,14 @@ fn by_partition(records: &[Record]) -> BTreeMap<i32, Vec<Rec>> {
 fn expected_by_partition(records: &[NewRecord]) -> BTreeMap<i32, Vec<Rec>> {
     let mut m: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
     for r in records {
-        m.entry(r.partition.expect("explicit partition")).or_default().push((
-            r.key.clone(),
-            r.value.clone(),
-            r.headers.clone(),
-            r.timestamp.expect("explicit timestamp"),
-        ));
+        m.entry(r.partition.expect("explicit partition"))
+            .or_default()
+            .push((
+                r.key.clone(),
+                r.value.clone(),
+                r.headers.clone(),
+                r.timestamp.expect("explicit timestamp"),
+            ));
     }
     m
 }
@@ -83,12 +97,30 @@ fn dump_logs(procs: &[&Proc]) -> String {
 async fn wait_for_topic(bootstrap: &str, topic: &str, procs: &[&Proc]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
-        if client::list_topics(bootstrap).await?.iter().any(|t| t == topic) {
+        if client::list_topics(bootstrap)
+            .await?
+            .iter()
+            .any(|t| t == topic)
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    anyhow::bail!("topic {topic} never appeared on {bootstrap}\n{}", dump_logs(procs))
+    anyhow::bail!(
+        "topic {topic} never appeared on {bootstrap}\n{}",
+        dump_logs(procs)
+    )
+}
+
+/// Waits for `topic` on `bootstrap`, then reads `n` committed records of it (or what came in time).
+async fn consume_remote(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    procs: &[&Proc],
+) -> anyhow::Result<Vec<Record>> {
+    wait_for_topic(bootstrap, topic, procs).await?;
+    client::consume_all(bootstrap, topic, n, Duration::from_secs(90)).await
 }
 
 /// A site alias legal for certificates and topic prefixes.
@@ -103,7 +135,8 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
     let site = site_name("site");
     let pki = Pki::new(&[&site])?;
     let work = tempfile::tempdir()?;
-    let base_ts = 1_700_000_000_000;
+    // Recent timestamps: older ones would fall to the broker's time-based retention.
+    let base_ts = now_ms() - 3_600_000;
     let topics: Vec<String> = (0..3).map(|i| format!("{prefix}-t{i}")).collect();
     let mut expected = BTreeMap::new();
     let producer = client::producer(k.edge(), &[])?;
@@ -148,8 +181,16 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
         elapsed.as_secs_f64(),
         100_000.0 / elapsed.as_secs_f64()
     );
-    assert_eq!(agent.stop().map(|s| s.success()), Some(true), "agent exits cleanly on SIGTERM");
-    assert_eq!(hub.stop().map(|s| s.success()), Some(true), "hub exits cleanly on SIGTERM");
+    assert_eq!(
+        agent.stop().map(|s| s.success()),
+        Some(true),
+        "agent exits cleanly on SIGTERM"
+    );
+    assert_eq!(
+        hub.stop().map(|s| s.success()),
+        Some(true),
+        "hub exits cleanly on SIGTERM"
+    );
     Ok(())
 }
 
@@ -172,9 +213,7 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
         let p = client::producer(&edge, &[])?;
         for chunk in 0..40 {
             let recs: Vec<NewRecord> = (chunk * 1000..(chunk + 1) * 1000)
-                .map(|i| {
-                    NewRecord::new(format!("k{i}"), format!("{i:08}")).partition((i % 4) as i32)
-                })
+                .map(|i| NewRecord::new(format!("k{i}"), format!("{i:08}")).partition(i % 4))
                 .collect();
             client::send_all(&p, &t2, &recs).await?;
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -212,7 +251,11 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
         }
     };
     let seen = wait_for(4_000).await;
-    assert!(seen >= 4_000, "no progress before the agent kill\n{}", dump_logs(&[&hub, &agent]));
+    assert!(
+        seen >= 4_000,
+        "no progress before the agent kill\n{}",
+        dump_logs(&[&hub, &agent])
+    );
     agent.kill();
     agent.restart()?;
     let seen = wait_for(seen + 4_000).await;
@@ -239,21 +282,35 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
         "duplicates in the central cluster\n{}",
         dump_logs(&[&hub, &agent])
     );
-    assert_eq!(unique, (0..TOTAL).collect(), "missing records\n{}", dump_logs(&[&hub, &agent]));
+    assert_eq!(
+        unique,
+        (0..TOTAL).collect(),
+        "missing records\n{}",
+        dump_logs(&[&hub, &agent])
+    );
     for p in 0..4 {
         let seq: Vec<usize> = got
             .iter()
             .filter(|r| r.partition == p)
-            .map(|r| std::str::from_utf8(r.value.as_deref().unwrap()).unwrap().parse().unwrap())
+            .map(|r| {
+                std::str::from_utf8(r.value.as_deref().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
-        assert!(seq.windows(2).all(|w| w[0] < w[1]), "partition {p} out of order");
+        assert!(
+            seq.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} out of order"
+        );
     }
     assert!(agent.log_text().contains("welcomed by hub"));
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -> anyhow::Result<()> {
+async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -> anyhow::Result<()>
+{
     let k = shared();
     let prefix = unique_name("late");
     let site = site_name("site");
@@ -267,18 +324,45 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
     let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
     agent_setup.refresh_interval_ms = 1_000;
     let agent = agent_setup.start(&pki, work.path())?;
-    let got = client::consume_all(k.central(), &format!("{site}.{first}"), 1, Duration::from_secs(60)).await?;
-    assert_eq!(got.len(), 1, "first topic not replicated\n{}", dump_logs(&[&hub, &agent]));
+    let got = client::consume_all(
+        k.central(),
+        &format!("{site}.{first}"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(
+        got.len(),
+        1,
+        "first topic not replicated\n{}",
+        dump_logs(&[&hub, &agent])
+    );
 
     let late = format!("{prefix}-late");
     client::create_topic(k.edge(), &late, 2, &[]).await?;
     let created = Instant::now();
-    let recs: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("{i}"), "v").partition(i % 2)).collect();
+    let recs: Vec<NewRecord> = (0..10)
+        .map(|i| NewRecord::new(format!("{i}"), "v").partition(i % 2))
+        .collect();
     client::produce(k.edge(), &late, &recs).await?;
-    let got = client::consume_all(k.central(), &format!("{site}.{late}"), 10, Duration::from_secs(60)).await?;
+    let got = client::consume_all(
+        k.central(),
+        &format!("{site}.{late}"),
+        10,
+        Duration::from_secs(60),
+    )
+    .await?;
     let took = created.elapsed();
-    eprintln!("late topic replicated {:.2} s after creation (refresh interval 1 s)", took.as_secs_f64());
-    assert_eq!(got.len(), 10, "late topic not replicated\n{}", dump_logs(&[&hub, &agent]));
+    eprintln!(
+        "late topic replicated {:.2} s after creation (refresh interval 1 s)",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        got.len(),
+        10,
+        "late topic not replicated\n{}",
+        dump_logs(&[&hub, &agent])
+    );
     // One refresh interval plus the remote topic creation and a transaction on a busy machine.
     assert!(took < Duration::from_secs(15), "took {took:?}");
     Ok(())
@@ -294,7 +378,9 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
     let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
     for t in [&a, &b] {
         client::create_topic(k.edge(), t, 2, &[]).await?;
-        let recs: Vec<NewRecord> = (0..100).map(|i| NewRecord::new(format!("{i}"), t.as_str()).partition(i % 2)).collect();
+        let recs: Vec<NewRecord> = (0..100)
+            .map(|i| NewRecord::new(format!("{i}"), t.as_str()).partition(i % 2))
+            .collect();
         client::produce(k.edge(), t, &recs).await?;
     }
     let mut hub_setup = HubSetup::new(k.central())?;
@@ -302,23 +388,38 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
         alias: "central2".into(),
         bootstrap: k.central2().to_owned(),
     });
-    hub_setup.routes.push((format!("{prefix}-b"), "central2".into()));
+    hub_setup
+        .routes
+        .push((format!("{prefix}-b"), "central2".into()));
     let hub = hub_setup.start(&pki, work.path())?;
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*")).start(&pki, work.path())?;
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
+        .start(&pki, work.path())?;
 
     let (ra, rb) = (format!("{site}.{a}"), format!("{site}.{b}"));
-    let got_a = client::consume_all(k.central(), &ra, 100, Duration::from_secs(90)).await?;
-    let got_b = client::consume_all(k.central2(), &rb, 100, Duration::from_secs(90)).await?;
-    assert_eq!((got_a.len(), got_b.len()), (100, 100), "{}", dump_logs(&[&hub, &agent]));
+    let got_a = consume_remote(k.central(), &ra, 100, &[&hub, &agent]).await?;
+    let got_b = consume_remote(k.central2(), &rb, 100, &[&hub, &agent]).await?;
+    assert_eq!(
+        (got_a.len(), got_b.len()),
+        (100, 100),
+        "{}",
+        dump_logs(&[&hub, &agent])
+    );
     let central = client::list_topics(k.central()).await?;
     let central2 = client::list_topics(k.central2()).await?;
-    assert!(central.contains(&ra) && !central.contains(&rb), "central has {central:?}");
-    assert!(central2.contains(&rb) && !central2.contains(&ra), "central2 has {central2:?}");
+    assert!(
+        central.contains(&ra) && !central.contains(&rb),
+        "central has {central:?}"
+    );
+    assert!(
+        central2.contains(&rb) && !central2.contains(&ra),
+        "central2 has {central2:?}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_written() -> anyhow::Result<()> {
+async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_written()
+-> anyhow::Result<()> {
     let k = shared();
     let prefix = unique_name("authz");
     let site = site_name("site");
@@ -338,7 +439,8 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
     }
     std::fs::copy(pki.file("ca.pem"), rogue_dir.path().join("ca.pem"))?;
     let mixed = Pki::from_dir(rogue_dir);
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*")).start(&mixed, work.path())?;
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
+        .start(&mixed, work.path())?;
     hub.wait_for_log("refused connection", Duration::from_secs(30))?;
 
     // No client certificate at all.
@@ -348,18 +450,34 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
         &er_net::TransportTuning::default(),
     )?;
     let conn = endpoint
-        .connect_with(client_cfg, format!("127.0.0.1:{}", hub_setup.port).parse()?, "localhost")?
+        .connect_with(
+            client_cfg,
+            format!("127.0.0.1:{}", hub_setup.port).parse()?,
+            "localhost",
+        )?
         .await;
     let refused_without_cert = match conn {
         Err(_) => true,
         // With TLS 1.3 the client may finish before the server checks; the server then closes.
-        Ok(c) => tokio::time::timeout(Duration::from_secs(10), c.accept_uni()).await.is_ok_and(|r| r.is_err()),
+        Ok(c) => tokio::time::timeout(Duration::from_secs(10), c.accept_uni())
+            .await
+            .is_ok_and(|r| r.is_err()),
     };
-    assert!(refused_without_cert, "a client without certificate got a usable connection");
+    assert!(
+        refused_without_cert,
+        "a client without certificate got a usable connection"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = hub.log_text();
-    assert!(log.matches("refused connection").count() >= 2, "hub log:\n{}", tail(&log, 30));
-    assert!(!log.contains("welcoming site"), "hub welcomed a refused client:\n{log}");
+    assert!(
+        log.matches("refused connection").count() >= 2,
+        "hub log:\n{}",
+        tail(&log, 30)
+    );
+    assert!(
+        !log.contains("welcoming site"),
+        "hub welcomed a refused client:\n{log}"
+    );
     let topics = client::list_topics(k.central()).await?;
     assert!(
         !topics.iter().any(|t| t.contains(&site)),
@@ -370,7 +488,11 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
 }
 
 /// Runs a binary on a config text and returns (exit success, stderr).
-fn run_with_config(bin: &str, text: &str, dir: &std::path::Path) -> anyhow::Result<(bool, String, String)> {
+fn run_with_config(
+    bin: &str,
+    text: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(bool, String, String)> {
     let path = dir.join(format!("{}.toml", unique_name("cfg")));
     std::fs::write(&path, text)?;
     let out = std::process::Command::new(er_tests::replicator::bin(bin)?)
@@ -390,21 +512,59 @@ fn bad_configs_exit_non_zero_naming_the_file_and_the_field() -> anyhow::Result<(
     let good_agent = AgentSetup::new("site1", "127.0.0.1:9", 4433, "orders.*").toml(&pki);
     let good_hub = HubSetup::new("127.0.0.1:9")?.toml(&pki);
     let cases: Vec<(&str, String, &str)> = vec![
-        ("edge-agent", good_agent.replace("[kafka]\n", "[kafka]\nbogus_field = 1\n"), "bogus_field"),
-        ("edge-agent", good_agent.replace("site1.pem", "missing.pem"), "hub.cert"),
-        ("edge-agent", good_agent.replace("orders.*", "orders(["), "topics.include[0]"),
-        ("edge-agent", good_agent.replace("127.0.0.1:4433", "hub.example.com"), "hub.address"),
-        ("edge-agent", good_agent.replace("127.0.0.1:4433", "hub.example.com:notaport"), "hub.address"),
-        ("hub", good_hub.replace("[tls]\n", "[tls]\nextra = true\n"), "extra"),
+        (
+            "edge-agent",
+            good_agent.replace("[kafka]\n", "[kafka]\nbogus_field = 1\n"),
+            "bogus_field",
+        ),
+        (
+            "edge-agent",
+            good_agent.replace("site1.pem", "missing.pem"),
+            "hub.cert",
+        ),
+        (
+            "edge-agent",
+            good_agent.replace("orders.*", "orders(["),
+            "topics.include[0]",
+        ),
+        (
+            "edge-agent",
+            good_agent.replace("127.0.0.1:4433", "hub.example.com"),
+            "hub.address",
+        ),
+        (
+            "edge-agent",
+            good_agent.replace("127.0.0.1:4433", "hub.example.com:notaport"),
+            "hub.address",
+        ),
+        (
+            "hub",
+            good_hub.replace("[tls]\n", "[tls]\nextra = true\n"),
+            "extra",
+        ),
         ("hub", good_hub.replace("ca.pem", "nope.pem"), "tls.ca_cert"),
-        ("hub", good_hub.replace("listen = \"127.0.0.1:", "listen = \"localhost:"), "listen"),
-        ("hub", format!("{good_hub}[[routes]]\ntopics = \"x\"\ncluster = \"nowhere\"\n"), "routes[0].cluster"),
+        (
+            "hub",
+            good_hub.replace("listen = \"127.0.0.1:", "listen = \"localhost:"),
+            "listen",
+        ),
+        (
+            "hub",
+            format!("{good_hub}[[routes]]\ntopics = \"x\"\ncluster = \"nowhere\"\n"),
+            "routes[0].cluster",
+        ),
     ];
     for (bin, text, field) in cases {
         let (ok, stderr, path) = run_with_config(bin, &text, dir.path())?;
         assert!(!ok, "{bin} accepted a bad config ({field})");
-        assert!(stderr.contains(&path), "{bin}: error does not name the file {path}: {stderr}");
-        assert!(stderr.contains(field), "{bin}: error does not name {field:?}: {stderr}");
+        assert!(
+            stderr.contains(&path),
+            "{bin}: error does not name the file {path}: {stderr}"
+        );
+        assert!(
+            stderr.contains(field),
+            "{bin}: error does not name {field:?}: {stderr}"
+        );
     }
     // And the good ones pass check-config.
     for (bin, text) in [("edge-agent", &good_agent), ("hub", &good_hub)] {
@@ -413,7 +573,11 @@ fn bad_configs_exit_non_zero_naming_the_file_and_the_field() -> anyhow::Result<(
         let out = std::process::Command::new(er_tests::replicator::bin(bin)?)
             .args(["check-config", path.to_str().unwrap()])
             .output()?;
-        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -64,7 +64,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // A dev PKI, generated in memory and written to a temp dir, as `hub certs` would.
     let dir = tempfile::tempdir()?;
     er_net::devcerts::generate(dir.path(), &["localhost".into()], &[SITE.into()], false)?;
-    println!("  certificates  : dev CA, hub and site {SITE:?} in {}", dir.path().display());
+    println!(
+        "  certificates  : dev CA, hub and site {SITE:?} in {}",
+        dir.path().display()
+    );
 
     // Sample records at the edge.
     let expected = produce_samples(&edge.bootstrap_servers(), &args).await?;
@@ -95,8 +98,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Read the central cluster (read_committed) until everything arrived.
     let central_bs = central.bootstrap_servers();
-    let got = tokio::task::spawn_blocking(move || read_central(&central_bs, total))
-        .await??;
+    let got = tokio::task::spawn_blocking(move || read_central(&central_bs, total)).await??;
     let elapsed = started.elapsed();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), agent_task).await;
@@ -112,7 +114,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             format!("{}/{}", key.0, key.1),
             have.len(),
             want.len(),
-            if exact { "byte-exact, in order" } else { "MISMATCH" }
+            if exact {
+                "byte-exact, in order"
+            } else {
+                "MISMATCH"
+            }
         );
     }
     if let Some(((t, p), recs)) = got.iter().next()
@@ -123,7 +129,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             r.0.as_deref().map(String::from_utf8_lossy),
             String::from_utf8_lossy(r.1.as_deref().unwrap_or_default()),
             r.2.iter()
-                .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_deref().unwrap_or_default())))
+                .map(|(k, v)| format!(
+                    "{k}={}",
+                    String::from_utf8_lossy(v.as_deref().unwrap_or_default())
+                ))
                 .collect::<Vec<_>>()
         );
     }
@@ -159,13 +168,20 @@ fn noise(seed: i64, len: usize) -> String {
     let mut x = seed as u64 ^ 0x9e37_79b9_7f4a_7c15;
     (0..len)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             char::from_digit(((x >> 60) & 0xf) as u32, 16).unwrap_or('0')
         })
         .collect()
 }
 
-type Rec = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i64);
+type Rec = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+    i64,
+);
 
 async fn produce_samples(
     bootstrap: &str,
@@ -177,7 +193,10 @@ async fn produce_samples(
         .create()?;
     let mut expected: BTreeMap<(String, i32), Vec<Rec>> = BTreeMap::new();
     let mut pending = Vec::new();
-    let ts0 = 1_760_000_000_000i64;
+    let ts0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64
+        - 60_000;
     for i in 0..args.records_per_partition as i64 * 3 {
         let p = (i % 3) as i32;
         let mut value = format!(
@@ -202,14 +221,18 @@ async fn produce_samples(
             key: "site-sensor",
             value: Some("v1"),
         });
-        pending.push(producer.send_result(
-            FutureRecord::to("sensors.temperature")
-                .partition(p)
-                .key(&key)
-                .payload(&value)
-                .timestamp(ts0 + i)
-                .headers(headers),
-        ).map_err(|(e, _)| e)?);
+        pending.push(
+            producer
+                .send_result(
+                    FutureRecord::to("sensors.temperature")
+                        .partition(p)
+                        .key(&key)
+                        .payload(&value)
+                        .timestamp(ts0 + i)
+                        .headers(headers),
+                )
+                .map_err(|(e, _)| e)?,
+        );
         if i % 10 == 0 {
             let value = format!("{{\"alarm\":\"overheat\",\"seq\":{i}}}");
             expected
@@ -235,7 +258,10 @@ async fn produce_samples(
     Ok(expected)
 }
 
-fn read_central(bootstrap: &str, total: usize) -> anyhow::Result<BTreeMap<(String, i32), Vec<Rec>>> {
+fn read_central(
+    bootstrap: &str,
+    total: usize,
+) -> anyhow::Result<BTreeMap<(String, i32), Vec<Rec>>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "quickstart-reader")
