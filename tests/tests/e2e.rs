@@ -324,13 +324,7 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
     let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
     agent_setup.refresh_interval_ms = 1_000;
     let agent = agent_setup.start(&pki, work.path())?;
-    let got = client::consume_all(
-        k.central(),
-        &format!("{site}.{first}"),
-        1,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let got = consume_remote(k.central(), &format!("{site}.{first}"), 1, &[&hub, &agent]).await?;
     assert_eq!(
         got.len(),
         1,
@@ -345,13 +339,7 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
         .map(|i| NewRecord::new(format!("{i}"), "v").partition(i % 2))
         .collect();
     client::produce(k.edge(), &late, &recs).await?;
-    let got = client::consume_all(
-        k.central(),
-        &format!("{site}.{late}"),
-        10,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let got = consume_remote(k.central(), &format!("{site}.{late}"), 10, &[&hub, &agent]).await?;
     let took = created.elapsed();
     eprintln!(
         "late topic replicated {:.2} s after creation (refresh interval 1 s)",
