@@ -26,8 +26,6 @@ pub struct Stats {
     pub bytes_sent: AtomicU64,
     /// Batches the hub acknowledged as committed.
     pub batches_acked: AtomicU64,
-    /// Position updates received (one per acked batch).
-    pub position_updates: AtomicU64,
     /// Connections established.
     pub connects: AtomicU64,
 }

@@ -28,6 +28,108 @@ enum Command {
         /// Path of agent.toml.
         config: PathBuf,
     },
+    /// Plugin author tools (no Kafka needed).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Runs a plugin (or a chain, in the order given) over JSON-lines records and prints the
+    /// outcomes as JSON lines. Record format: plugins/host/README.md.
+    Test {
+        /// A plugin component (.wasm); repeat for a chain.
+        #[arg(long = "plugin", required = true)]
+        plugins: Vec<PathBuf>,
+        /// A plugin setting `KEY=VALUE` for the first plugin, or `N:KEY=VALUE` for plugin N
+        /// (0-based); repeatable.
+        #[arg(long = "set")]
+        settings: Vec<String>,
+        /// JSON-lines input file; `-` for standard input.
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        /// Records per plugin call.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        /// Error policy: `stop`, `skip` or `dead-letter:<topic>`.
+        #[arg(long, default_value = "stop")]
+        policy: String,
+        /// CPU deadline per plugin call in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+    },
+}
+
+/// Parses `KEY=VALUE` or `N:KEY=VALUE` into (plugin index, key, value).
+fn parse_setting(s: &str, plugins: usize) -> anyhow::Result<(usize, String, String)> {
+    let (index, kv) = match s.split_once(':') {
+        Some((n, rest)) if n.chars().all(|c| c.is_ascii_digit()) && !n.is_empty() => {
+            (n.parse::<usize>()?, rest)
+        }
+        _ => (0, s),
+    };
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected KEY=VALUE or N:KEY=VALUE"))?;
+    if index >= plugins {
+        anyhow::bail!("--set {s:?}: there is no plugin {index} (plugins are numbered from 0)");
+    }
+    Ok((index, k.to_owned(), v.to_owned()))
+}
+
+fn plugin_test(cmd: PluginCommand) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let PluginCommand::Test {
+        plugins,
+        settings,
+        input,
+        batch_size,
+        policy,
+        deadline_ms,
+    } = cmd;
+    let mut specs: Vec<er_plugin_host::PluginSpec> = plugins
+        .iter()
+        .map(|p| er_plugin_host::PluginSpec {
+            path: p.clone(),
+            config: Vec::new(),
+        })
+        .collect();
+    for s in &settings {
+        let (i, k, v) = parse_setting(s, specs.len())?;
+        specs[i].config.push((k, v));
+    }
+    let policy = match policy.as_str() {
+        "stop" => er_plugin_host::ErrorPolicy::Stop,
+        "skip" => er_plugin_host::ErrorPolicy::Skip,
+        other => match other.strip_prefix("dead-letter:") {
+            Some(topic) if !topic.is_empty() => er_plugin_host::ErrorPolicy::DeadLetter {
+                topic: topic.to_owned(),
+            },
+            _ => anyhow::bail!("--policy {other:?}: expected stop, skip or dead-letter:<topic>"),
+        },
+    };
+    let host = er_plugin_host::PluginHost::new(er_plugin_host::HostConfig {
+        batch_deadline: std::time::Duration::from_millis(deadline_ms),
+        ..Default::default()
+    })?;
+    let mut chain = host.load_chain(&specs, policy)?;
+    let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(BufReader::new(std::fs::File::open(&input).map_err(
+            |e| anyhow::anyhow!("--input {}: {e}", input.display()),
+        )?))
+    };
+    let summary =
+        er_plugin_host::run_jsonl(&mut chain, reader, std::io::stdout().lock(), batch_size)?;
+    eprintln!(
+        "{} records in, {} out, {} dropped, {} failed",
+        summary.records_in, summary.records_out, summary.dropped, summary.failed
+    );
+    for st in chain.stats() {
+        eprintln!("{st:?}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -49,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Some(Command::Plugin(cmd)) => plugin_test(cmd),
         None => {
             let Some(path) = cli.config else {
                 anyhow::bail!("--config <agent.toml> is required (see --help)");

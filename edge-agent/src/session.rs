@@ -182,7 +182,7 @@ impl Session<'_> {
                 t = topics_rx.recv() => {
                     let set = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
                     let added: Vec<source::StartPartition> = source::partitions(&set)
-                        .filter(|(tp, _)| !known.get(&tp.topic).is_some_and(|n| tp.partition < *n))
+                        .filter(|(tp, _)| known.get(&tp.topic).is_none_or(|n| tp.partition >= *n))
                         .map(|(tp, partition_count)| {
                             let offset = positions.get(&tp).map_or(Offset::Beginning, |o| Offset::Offset(*o));
                             info!(%tp, ?offset, "replicating partition");
@@ -231,7 +231,6 @@ impl Session<'_> {
             } => {
                 debug!(%tp, seq, next_offset, "acked");
                 self.stats.batches_acked.fetch_add(1, Ordering::Relaxed);
-                self.stats.position_updates.fetch_add(1, Ordering::Relaxed);
                 if let Some(b) = self.parked.take() {
                     self.offer(b)?;
                 }

@@ -179,12 +179,10 @@ impl Reader {
                     push_message(&mut part.builder, &m);
                     part.resume = Offset::Offset(m.offset() + 1);
                     part.opened.get_or_insert_with(Instant::now);
-                    if part.builder.len() >= self.limits.max_records
-                        || part.builder.encoded_bytes() >= self.limits.max_bytes
-                    {
-                        if self.seal(&tp).is_err() {
-                            return Ok(());
-                        }
+                    let full = part.builder.len() >= self.limits.max_records
+                        || part.builder.encoded_bytes() >= self.limits.max_bytes;
+                    if full && self.seal(&tp).is_err() {
+                        return Ok(());
                     }
                 }
                 Some(Err(e)) => {

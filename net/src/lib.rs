@@ -10,11 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod devcerts;
-pub mod wire;
 mod error;
 mod identity;
 mod pem;
 mod transport;
+pub mod wire;
 
 pub use error::NetError;
 pub use identity::{

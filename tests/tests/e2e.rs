@@ -569,3 +569,33 @@ fn bad_configs_exit_non_zero_naming_the_file_and_the_field() -> anyhow::Result<(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sites_on_one_hub_each_write_only_their_own_namespace() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("multi");
+    let (s1, s2) = (site_name("north"), site_name("south"));
+    let pki = Pki::new(&[&s1, &s2])?;
+    let work = tempfile::tempdir()?;
+    // Both sites have a topic of the same name; each has its own records.
+    let topic = format!("{prefix}-orders");
+    client::create_topic(k.edge(), &topic, 2, &[]).await?;
+    let recs: Vec<NewRecord> = (0..200)
+        .map(|i| NewRecord::new(format!("{i}"), format!("{i}")).partition(i % 2))
+        .collect();
+    client::produce(k.edge(), &topic, &recs).await?;
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+    let include = format!("{prefix}-.*");
+    let a1 = AgentSetup::new(&s1, k.edge(), hub_setup.port, &include).start(&pki, work.path())?;
+    let a2 = AgentSetup::new(&s2, k.edge(), hub_setup.port, &include).start(&pki, work.path())?;
+    let procs = [&hub, &a1, &a2];
+    for s in [&s1, &s2] {
+        let got = consume_remote(k.central(), &format!("{s}.{topic}"), 200, &procs).await?;
+        assert_eq!(got.len(), 200, "{s}\n{}", dump_logs(&procs));
+    }
+    let topics = client::list_topics(k.central()).await?;
+    let ours: Vec<&String> = topics.iter().filter(|t| t.contains(&prefix)).collect();
+    assert_eq!(ours.len(), 2, "only the two site namespaces: {ours:?}");
+    Ok(())
+}
