@@ -56,6 +56,97 @@ pub struct AgentConfig {
     /// Batching and in-flight limits.
     #[serde(default)]
     pub batching: BatchingConfig,
+    /// Limits of the plugin sandbox, shared by every route.
+    #[serde(default)]
+    pub plugins: PluginLimitsConfig,
+    /// Plugin chains by topic. A topic takes the first route whose pattern matches it; topics
+    /// matching no route are replicated unchanged. The `heartbeats` topic never takes a route.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Sandbox limits for every plugin instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimitsConfig {
+    /// Linear memory cap per plugin instance, in MiB.
+    #[serde(default = "default_plugin_memory_mb")]
+    pub memory_limit_mb: u64,
+    /// CPU deadline of one batch call, in milliseconds.
+    #[serde(default = "default_plugin_deadline_ms")]
+    pub batch_deadline_ms: u64,
+    /// Most records one input record may turn into.
+    #[serde(default = "default_plugin_max_outputs")]
+    pub max_outputs_per_input: u32,
+    /// Directory for compiled plugin code (speeds up restarts); none by default.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// How long a route stopped by a plugin failure waits before it tries again, in
+    /// milliseconds (a changed plugin file is reloaded first).
+    #[serde(default = "default_route_retry_ms")]
+    pub stopped_route_retry_ms: u64,
+}
+
+impl Default for PluginLimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit_mb: default_plugin_memory_mb(),
+            batch_deadline_ms: default_plugin_deadline_ms(),
+            max_outputs_per_input: default_plugin_max_outputs(),
+            cache_dir: None,
+            stopped_route_retry_ms: default_route_retry_ms(),
+        }
+    }
+}
+
+fn default_plugin_memory_mb() -> u64 {
+    64
+}
+fn default_plugin_deadline_ms() -> u64 {
+    200
+}
+fn default_plugin_max_outputs() -> u32 {
+    100
+}
+fn default_route_retry_ms() -> u64 {
+    10_000
+}
+
+/// One route: which topics it takes and the plugins applied to them, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name in logs and metrics; defaults to `route-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Regexes over source topic names (whole-name match).
+    pub topics: Vec<String>,
+    /// What a plugin failure does: `stop` (default: the route's partitions wait, nothing is
+    /// lost), `skip` (the failing record is left out) or `dead-letter` (it goes to
+    /// `dead_letter_topic` with the error in headers).
+    #[serde(default = "default_on_error")]
+    pub on_error: String,
+    /// Topic for `on_error = "dead-letter"`; the hub's replication policy applies to it.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// The chain, applied in order.
+    pub plugins: Vec<PluginConfig>,
+}
+
+fn default_on_error() -> String {
+    "stop".to_owned()
+}
+
+/// One plugin of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The `.wasm` component, relative to the config file.
+    pub path: PathBuf,
+    /// Settings passed to the plugin's `init`, in file order. A list value passes the key once
+    /// per element (for repeatable settings such as the filter's `condition`).
+    #[serde(default)]
+    pub config: toml::Table,
 }
 
 /// The edge Kafka cluster.
@@ -225,6 +316,21 @@ pub struct Validated {
     pub server_name: String,
     /// Compression codec of batches.
     pub codec: er_protocol::Codec,
+    /// Routes with compiled matchers and plugin settings.
+    pub routes: Vec<Route>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name in logs.
+    pub name: String,
+    /// Whole-name topic matchers.
+    pub topics: Vec<Regex>,
+    /// The chain's plugins with their settings, paths made absolute.
+    pub plugins: Vec<er_plugin_host::PluginSpec>,
+    /// What a plugin failure does.
+    pub policy: er_plugin_host::ErrorPolicy,
 }
 
 impl Validated {
@@ -243,6 +349,31 @@ impl Validated {
     /// Linger of batches.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.raw.batching.linger_ms)
+    }
+
+    /// Index of the route a source topic takes, if any. The heartbeats topic never takes one:
+    /// internal records never reach a plugin.
+    pub fn route_for(&self, topic: &str) -> Option<usize> {
+        if topic == er_protocol::HEARTBEATS_TOPIC {
+            return None;
+        }
+        self.routes
+            .iter()
+            .position(|r| r.topics.iter().any(|re| re.is_match(topic)))
+    }
+
+    /// Sandbox limits for the plugin host.
+    pub fn host_config(&self) -> er_plugin_host::HostConfig {
+        let p = &self.raw.plugins;
+        let plugins: usize = self.routes.iter().map(|r| r.plugins.len()).sum();
+        er_plugin_host::HostConfig {
+            memory_limit_bytes: (p.memory_limit_mb as usize) << 20,
+            batch_deadline: Duration::from_millis(p.batch_deadline_ms),
+            max_outputs_per_input: p.max_outputs_per_input,
+            cache_dir: p.cache_dir.clone(),
+            // Every plugin holds a slot, a reload briefly two; a new session's reader reuses them.
+            max_instances: (plugins as u32 * 2 + 2).max(4),
+        }
     }
 }
 
@@ -284,6 +415,39 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
         return Err(format!("{address:?}: port 0 cannot be connected to"));
     }
     Ok((host.to_owned(), port))
+}
+
+/// Flattens a plugin's settings table into `init`'s key/value list, in file order. Strings,
+/// numbers and booleans pass as text; a list passes its key once per element. On error, returns
+/// the key and the problem.
+fn plugin_settings(table: &toml::Table) -> Result<Vec<(String, String)>, (String, String)> {
+    fn scalar(key: &str, v: &toml::Value) -> Result<String, (String, String)> {
+        match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err((
+                key.to_owned(),
+                format!(
+                    "a {} is not a plugin setting (use a string, number, boolean or a list of them)",
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+    let mut out = Vec::with_capacity(table.len());
+    for (k, v) in table {
+        match v {
+            toml::Value::Array(items) => {
+                for item in items {
+                    out.push((k.clone(), scalar(k, item)?));
+                }
+            }
+            v => out.push((k.clone(), scalar(k, v)?)),
+        }
+    }
+    Ok(out)
 }
 
 /// Parses and validates config text; `path` is used for messages and to resolve relative paths.
@@ -409,6 +573,100 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
+    let p = &raw.plugins;
+    if p.memory_limit_mb == 0 || p.memory_limit_mb > 4096 {
+        return Err(invalid(
+            "plugins.memory_limit_mb",
+            format!("{} is not in 1..=4096", p.memory_limit_mb),
+        ));
+    }
+    if p.batch_deadline_ms == 0 {
+        return Err(invalid(
+            "plugins.batch_deadline_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    if p.max_outputs_per_input == 0 {
+        return Err(invalid(
+            "plugins.max_outputs_per_input",
+            "must be greater than 0".into(),
+        ));
+    }
+    if p.stopped_route_retry_ms == 0 {
+        return Err(invalid(
+            "plugins.stopped_route_retry_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    if let Some(dir) = &mut raw.plugins.cache_dir {
+        if dir.is_relative() {
+            *dir = base.join(&*dir);
+        }
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter_mut().enumerate() {
+        let field = |f: &str| format!("routes[{i}].{f}");
+        let name = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+        if r.topics.is_empty() {
+            return Err(invalid(&field("topics"), "must list at least one regex".into()));
+        }
+        let topics = compile(&field("topics"), &r.topics)?;
+        if r.plugins.is_empty() {
+            return Err(invalid(&field("plugins"), "must list at least one plugin".into()));
+        }
+        let policy = match (r.on_error.as_str(), &r.dead_letter_topic) {
+            ("stop", None) => er_plugin_host::ErrorPolicy::Stop,
+            ("skip", None) => er_plugin_host::ErrorPolicy::Skip,
+            ("dead-letter", Some(t)) => {
+                er_protocol::validate_topic_name(t)
+                    .map_err(|e| invalid(&field("dead_letter_topic"), e.to_string()))?;
+                if er_protocol::is_internal_topic(t) {
+                    return Err(invalid(
+                        &field("dead_letter_topic"),
+                        format!("{t:?} is an internal topic name and would never be replicated"),
+                    ));
+                }
+                er_plugin_host::ErrorPolicy::DeadLetter { topic: t.clone() }
+            }
+            ("dead-letter", None) => {
+                return Err(invalid(
+                    &field("dead_letter_topic"),
+                    "is required with on_error = \"dead-letter\"".into(),
+                ));
+            }
+            ("stop" | "skip", Some(_)) => {
+                return Err(invalid(
+                    &field("dead_letter_topic"),
+                    "is only used with on_error = \"dead-letter\"".into(),
+                ));
+            }
+            (other, _) => {
+                return Err(invalid(
+                    &field("on_error"),
+                    format!("{other:?} is not one of \"stop\", \"skip\", \"dead-letter\""),
+                ));
+            }
+        };
+        let mut plugins = Vec::with_capacity(r.plugins.len());
+        for (j, pc) in r.plugins.iter_mut().enumerate() {
+            if pc.path.is_relative() {
+                pc.path = base.join(&pc.path);
+            }
+            let config = plugin_settings(&pc.config).map_err(|(key, m)| {
+                invalid(&field(&format!("plugins[{j}].config.{key}")), m)
+            })?;
+            plugins.push(er_plugin_host::PluginSpec {
+                path: pc.path.clone(),
+                config,
+            });
+        }
+        routes.push(Route {
+            name,
+            topics,
+            plugins,
+            policy,
+        });
+    }
     Ok(Validated {
         raw,
         include,
@@ -417,6 +675,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         hub_port,
         server_name,
         codec,
+        routes,
     })
 }
 
@@ -447,6 +706,54 @@ mod tests {
         );
         assert_eq!((v.hub_host.as_str(), v.hub_port), ("hub.example.com", 4433));
         assert_eq!(v.server_name, "hub.example.com");
+        assert_eq!(v.route_for("sensors.temp"), Some(0));
+        assert_eq!(v.route_for("alarms"), None);
+        let r = &v.routes[0];
+        assert_eq!(r.name, "hot-sensors");
+        assert_eq!(
+            r.policy,
+            er_plugin_host::ErrorPolicy::DeadLetter {
+                topic: "sensors-dlq".into()
+            }
+        );
+        assert_eq!(r.plugins.len(), 2);
+        assert!(r.plugins[0].path.is_absolute());
+        assert!(r.plugins[0].path.ends_with("filter.wasm"));
+        assert_eq!(
+            r.plugins[0].config,
+            vec![
+                ("condition".to_owned(), "temperature > 30".to_owned()),
+                ("on_missing".to_owned(), "drop".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn heartbeats_never_take_a_route_and_settings_keep_file_order() {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            r#"topics = ["sensors\\..*"]"#,
+            r#"topics = [".*"]"#,
+        ) + r#"
+[[routes]]
+topics = ["late"]
+on_error = "skip"
+[[routes.plugins]]
+path = "/x/rename.wasm"
+config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3, on = true }
+"#;
+        let v = parse(&path, &text).unwrap();
+        assert_eq!(v.route_for("anything"), Some(0));
+        assert_eq!(v.route_for("heartbeats"), None, "internal records bypass plugins");
+        assert_eq!(v.routes[1].name, "route-1");
+        assert_eq!(v.routes[1].policy, er_plugin_host::ErrorPolicy::Skip);
+        let keys: Vec<_> = v.routes[1].plugins[0]
+            .config
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(keys, ["rule.2=a => b", "rule.10=c => d", "rule.1=e => f", "n=3", "on=true"]);
     }
 
     #[test]
@@ -559,6 +866,59 @@ mod tests {
             (
                 good.replace("[batching]", "[batching]\nturbo = true"),
                 "turbo",
+            ),
+            (
+                good.replace("memory_limit_mb = 64", "memory_limit_mb = 0"),
+                "plugins.memory_limit_mb",
+            ),
+            (
+                good.replace("batch_deadline_ms = 200", "batch_deadline_ms = 0"),
+                "plugins.batch_deadline_ms",
+            ),
+            (
+                good.replace("max_outputs_per_input = 100", "max_outputs_per_input = 0"),
+                "plugins.max_outputs_per_input",
+            ),
+            (
+                good.replace(
+                    "stopped_route_retry_ms = 10000",
+                    "stopped_route_retry_ms = 0",
+                ),
+                "plugins.stopped_route_retry_ms",
+            ),
+            (
+                good.replace(r#"topics = ["sensors\\..*"]"#, r#"topics = ["(x"]"#),
+                "routes[0].topics[0]",
+            ),
+            (
+                good.replace(r#"topics = ["sensors\\..*"]"#, "topics = []"),
+                "routes[0].topics",
+            ),
+            (
+                good.replace("on_error = \"dead-letter\"", "on_error = \"ignore\""),
+                "routes[0].on_error",
+            ),
+            (
+                good.replace("dead_letter_topic = \"sensors-dlq\"", ""),
+                "routes[0].dead_letter_topic",
+            ),
+            (
+                good.replace(
+                    "dead_letter_topic = \"sensors-dlq\"",
+                    "dead_letter_topic = \"dlq.internal\"",
+                ),
+                "routes[0].dead_letter_topic",
+            ),
+            (
+                good.replace(
+                    "dead_letter_topic = \"sensors-dlq\"",
+                    "dead_letter_topic = \"bad topic\"",
+                ),
+                "routes[0].dead_letter_topic",
+            ),
+            (
+                good.replace("on_missing = \"drop\"", "on_missing = { x = 1 }"),
+                "routes[0].plugins[0].config.on_missing",
             ),
         ];
         for (text, field) in cases {

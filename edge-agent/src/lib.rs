@@ -2,6 +2,8 @@
 //! of its own (the hub tells it where to resume on every connect).
 
 pub mod config;
+pub mod pipeline;
+pub mod routed;
 pub mod session;
 pub mod source;
 
@@ -28,6 +30,14 @@ pub struct Stats {
     pub batches_acked: AtomicU64,
     /// Connections established.
     pub connects: AtomicU64,
+    /// Records read from the edge cluster (a record read again after a reconnect counts again).
+    pub records_read: AtomicU64,
+    /// Source records a plugin chain turned into no output.
+    pub records_dropped_by_plugins: AtomicU64,
+    /// Records a plugin failed, skipped or dead-lettered by the route's policy.
+    pub plugin_record_failures: AtomicU64,
+    /// Times a route stopped on a plugin failure (policy `stop`).
+    pub route_stops: AtomicU64,
 }
 
 /// Capped exponential backoff with full jitter.
@@ -85,6 +95,7 @@ pub async fn run(
     let (endpoint, client_cfg) =
         er_net::client_endpoint(bind, &tls, &er_net::TransportTuning::default())
             .context("setting up the QUIC client")?;
+    let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
     let discovery =
         Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
     let mut backoff = Backoff::new(
@@ -105,6 +116,7 @@ pub async fn run(
                 let r = session::run(
                     &cfg,
                     discovery.clone(),
+                    pipeline.clone(),
                     conn.clone(),
                     stats.clone(),
                     &mut shutdown,

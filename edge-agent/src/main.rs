@@ -147,8 +147,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::CheckConfig { config }) => {
-            edge_agent::config::load(&config)?;
-            println!("{}: ok", config.display());
+            let cfg = edge_agent::config::load(&config)?;
+            let pipeline = edge_agent::pipeline::Pipeline::load(&cfg)?;
+            println!("{}: ok ({} plugin routes loaded)", config.display(), pipeline.len());
             Ok(())
         }
         Some(Command::Plugin(cmd)) => plugin_test(cmd),

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::Stats;
 use crate::config::Validated;
+use crate::pipeline::SharedPipeline;
 use crate::source::{self, Discovery, TopicSet};
 
 /// Room for a frame header around the largest batch.
@@ -44,6 +45,7 @@ enum Inbound {
 pub async fn run(
     cfg: &Validated,
     discovery: Arc<Discovery>,
+    pipeline: SharedPipeline,
     conn: quinn::Connection,
     stats: Arc<Stats>,
     shutdown: &mut watch::Receiver<bool>,
@@ -51,6 +53,7 @@ pub async fn run(
     let mut s = Session {
         cfg,
         discovery,
+        pipeline,
         conn,
         stats,
         welcomed: false,
@@ -79,6 +82,7 @@ pub async fn run(
 struct Session<'a> {
     cfg: &'a Validated,
     discovery: Arc<Discovery>,
+    pipeline: SharedPipeline,
     conn: quinn::Connection,
     stats: Arc<Stats>,
     welcomed: bool,
@@ -161,6 +165,11 @@ impl Session<'_> {
                 linger: self.cfg.linger(),
                 codec: self.cfg.codec,
                 zstd_level: self.cfg.raw.batching.zstd_level,
+            },
+            source::Routing {
+                cfg: self.cfg.clone(),
+                pipeline: self.pipeline.clone(),
+                stats: self.stats.clone(),
             },
             cmd_rx,
             batch_tx,

@@ -1,6 +1,8 @@
 //! The edge Kafka side: topic discovery and the consumer that reads replicated partitions.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,7 +13,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use er_plugin_host::OutBatch;
+
+use crate::Stats;
 use crate::config::Validated;
+use crate::pipeline::SharedPipeline;
+use crate::routed::{Pending, Shape, run_chain};
 
 /// Partition counts of the replicated topics, by topic name.
 pub type TopicSet = BTreeMap<String, i32>;
@@ -109,17 +116,47 @@ pub struct BatchLimits {
 
 struct ReadPart {
     resume: Offset,
+    partition_count: i32,
     builder: BatchBuilder,
     opened: Option<Instant>,
     next_seq: u64,
+    /// The route (index into the pipeline) this partition's topic takes.
+    route: Option<usize>,
+    /// Records of a routed partition waiting for the chain.
+    pending: Pending,
+    /// The route stopped on a plugin failure: unassigned until this time, then retried from
+    /// `resume`.
+    stopped_until: Option<Instant>,
 }
 
-/// Reads assigned partitions on a dedicated thread (librdkafka's poll blocks) and hands finished,
-/// compressed batches to the session. The batch channel is bounded: when the session stops taking
-/// batches the thread stops polling, so librdkafka's bounded prefetch is the only other buffer.
+impl ReadPart {
+    fn held(&self) -> (usize, usize) {
+        match self.route {
+            Some(_) => (self.pending.len(), self.pending.bytes()),
+            None => (self.builder.len(), self.builder.encoded_bytes()),
+        }
+    }
+}
+
+/// What the reader needs to apply plugin routes.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// The config (its routes decide which topic takes which chain).
+    pub cfg: Validated,
+    /// The loaded chains, shared with later sessions.
+    pub pipeline: SharedPipeline,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Reads assigned partitions on a dedicated thread (librdkafka's poll blocks), runs routed
+/// partitions through their plugin chain, and hands finished, compressed batches to the session.
+/// The batch channel is bounded: when the session stops taking batches the thread stops polling,
+/// so librdkafka's bounded prefetch is the only other buffer.
 pub fn spawn_reader(
     consumer: BaseConsumer,
     limits: BatchLimits,
+    routing: Routing,
     cmds: std::sync::mpsc::Receiver<ReaderCmd>,
     out: tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
 ) -> std::thread::JoinHandle<()> {
@@ -129,8 +166,10 @@ pub fn spawn_reader(
             let mut r = Reader {
                 consumer,
                 limits,
+                routing,
                 parts: HashMap::new(),
                 out,
+                scratch: OutBatch::new(),
             };
             if let Err(e) = r.run(&cmds) {
                 let _ = r.out.blocking_send(Err(e));
@@ -142,8 +181,11 @@ pub fn spawn_reader(
 struct Reader {
     consumer: BaseConsumer,
     limits: BatchLimits,
+    routing: Routing,
     parts: HashMap<TopicPartition, ReadPart>,
     out: tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
+    /// Reused output buffer of plugin chains.
+    scratch: OutBatch,
 }
 
 /// The session is gone: stop quietly.
@@ -159,6 +201,7 @@ impl Reader {
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
                 }
             }
+            self.retry_stopped_routes()?;
             let now = Instant::now();
             let wait = self
                 .parts
@@ -176,12 +219,23 @@ impl Reader {
                     let Some(part) = self.parts.get_mut(&tp) else {
                         continue;
                     };
-                    push_message(&mut part.builder, &m);
+                    if part.stopped_until.is_some() {
+                        // Fetched before the route stopped; it is read again on retry.
+                        continue;
+                    }
+                    self.routing
+                        .stats
+                        .records_read
+                        .fetch_add(1, Ordering::Relaxed);
+                    match part.route {
+                        Some(_) => part.pending.push(&m),
+                        None => push_message(&mut part.builder, &m),
+                    }
                     part.resume = Offset::Offset(m.offset() + 1);
                     part.opened.get_or_insert_with(Instant::now);
-                    let full = part.builder.len() >= self.limits.max_records
-                        || part.builder.encoded_bytes() >= self.limits.max_bytes;
-                    if full && self.seal(&tp).is_err() {
+                    let (records, bytes) = part.held();
+                    let full = records >= self.limits.max_records || bytes >= self.limits.max_bytes;
+                    if full && self.seal(&tp)?.is_err() {
                         return Ok(());
                     }
                 }
@@ -198,7 +252,7 @@ impl Reader {
                 .map(|(tp, _)| tp.clone())
                 .collect();
             for tp in due {
-                if self.seal(&tp).is_err() {
+                if self.seal(&tp)?.is_err() {
                     return Ok(());
                 }
             }
@@ -207,50 +261,158 @@ impl Reader {
 
     fn add(&mut self, list: Vec<StartPartition>) -> anyhow::Result<()> {
         for s in list {
+            let route = self.routing.cfg.route_for(&s.tp.topic);
+            if let Some(r) = route {
+                tracing::info!(tp = %s.tp, route = %self.routing.cfg.routes[r].name, "partition takes a plugin route");
+            }
             self.parts.insert(
                 s.tp.clone(),
                 ReadPart {
                     resume: s.offset,
+                    partition_count: s.partition_count,
                     builder: BatchBuilder::new(s.tp, s.partition_count),
                     opened: None,
                     next_seq: 0,
+                    route,
+                    pending: Pending::default(),
+                    stopped_until: None,
                 },
             );
         }
-        // A plain assign of the whole set, each partition where reading stopped.
+        self.assign()
+    }
+
+    /// A plain assign of every partition not stopped, each where reading stopped. Records
+    /// prefetched but not yet handed out are fetched again.
+    fn assign(&mut self) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (tp, p) in &self.parts {
-            tpl.add_partition_offset(&tp.topic, tp.partition, p.resume)
-                .with_context(|| format!("assigning {tp}"))?;
+            if p.stopped_until.is_none() {
+                tpl.add_partition_offset(&tp.topic, tp.partition, p.resume)
+                    .with_context(|| format!("assigning {tp}"))?;
+            }
         }
         self.consumer
             .assign(&tpl)
             .context("assigning partitions of the edge cluster")
     }
 
-    /// Finishes the open batch of `tp` and hands it over (blocking while the session is busy).
-    fn seal(&mut self, tp: &TopicPartition) -> Result<(), Closed> {
-        let part = self.parts.get_mut(tp).expect("sealed partition exists");
-        part.opened = None;
-        if part.builder.is_empty() {
+    /// Puts partitions of stopped routes back when their retry time has come, after checking
+    /// their plugin files (a fixed plugin is picked up here).
+    fn retry_stopped_routes(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let due: Vec<TopicPartition> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.stopped_until.is_some_and(|t| now >= t))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if due.is_empty() {
             return Ok(());
         }
-        let batch = part
-            .builder
-            .finish_and_reset(part.next_seq, self.limits.codec, self.limits.zstd_level)
-            .with_context(|| format!("encoding a batch of {tp}"));
-        part.next_seq += 1;
-        self.out.blocking_send(batch).map_err(|_| Closed)
+        {
+            let mut pipeline = self.routing.pipeline.lock().expect("pipeline lock");
+            for tp in &due {
+                let p = self.parts.get_mut(tp).expect("due partition exists");
+                p.stopped_until = None;
+                if let Some(r) = p.route {
+                    pipeline.route(r).force_reload_check();
+                }
+                tracing::info!(%tp, resume = ?p.resume, "retrying a stopped route");
+            }
+        }
+        self.assign()
+    }
+
+    /// Finishes the open batch of `tp` (through its route's chain, if any) and hands it over
+    /// (blocking while the session is busy). The outer error is fatal for the session; the inner
+    /// one means the session is gone.
+    fn seal(&mut self, tp: &TopicPartition) -> anyhow::Result<Result<(), Closed>> {
+        let part = self.parts.get_mut(tp).expect("sealed partition exists");
+        part.opened = None;
+        let Some(route) = part.route else {
+            if part.builder.is_empty() {
+                return Ok(Ok(()));
+            }
+            let batch = part
+                .builder
+                .finish_and_reset(part.next_seq, self.limits.codec, self.limits.zstd_level)
+                .with_context(|| format!("encoding a batch of {tp}"));
+            part.next_seq += 1;
+            return Ok(self.out.blocking_send(batch).map_err(|_| Closed));
+        };
+        if part.pending.is_empty() {
+            return Ok(Ok(()));
+        }
+        let shape = Shape {
+            max_records: self.limits.max_records,
+            max_bytes: self.limits.max_bytes,
+            codec: self.limits.codec,
+            zstd_level: self.limits.zstd_level,
+        };
+        let result = {
+            let mut pipeline = self.routing.pipeline.lock().expect("pipeline lock");
+            let rt = pipeline.route(route);
+            rt.maybe_reload();
+            run_chain(
+                rt,
+                tp,
+                part.partition_count,
+                &part.pending,
+                &mut self.scratch,
+                &mut part.builder,
+                shape,
+                &mut part.next_seq,
+            )
+        };
+        let stats = &self.routing.stats;
+        match result {
+            Ok((batches, run)) => {
+                part.pending.clear();
+                stats
+                    .records_dropped_by_plugins
+                    .fetch_add(run.dropped, Ordering::Relaxed);
+                stats
+                    .plugin_record_failures
+                    .fetch_add(run.failed, Ordering::Relaxed);
+                for b in batches {
+                    if self.out.blocking_send(Ok(b)).is_err() {
+                        return Ok(Err(Closed));
+                    }
+                }
+                Ok(Ok(()))
+            }
+            Err(stopped) => {
+                stats.route_stops.fetch_add(1, Ordering::Relaxed);
+                let retry = Duration::from_millis(self.routing.cfg.raw.plugins.stopped_route_retry_ms);
+                tracing::error!(
+                    error = %stopped,
+                    retry_in_ms = retry.as_millis() as u64,
+                    "route stopped by a plugin failure; its partition waits (nothing is lost) and retries"
+                );
+                part.resume = Offset::Offset(stopped.first);
+                part.pending.clear();
+                part.builder.reset(tp.clone(), part.partition_count);
+                part.stopped_until = Some(Instant::now() + retry);
+                self.assign()?;
+                Ok(Ok(()))
+            }
+        }
+    }
+}
+
+/// Kafka's timestamp of a message, as the batch encoding spells it.
+pub(crate) fn timestamp_of(m: &rdkafka::message::BorrowedMessage<'_>) -> (TimestampType, i64) {
+    match m.timestamp() {
+        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
+        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
+        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
     }
 }
 
 /// Appends one Kafka message to a batch, borrowing its bytes.
 fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
-    let (timestamp_type, timestamp) = match m.timestamp() {
-        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
-        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
-        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
-    };
+    let (timestamp_type, timestamp) = timestamp_of(m);
     let rec = RecordRef {
         offset: m.offset(),
         timestamp,

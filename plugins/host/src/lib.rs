@@ -45,7 +45,9 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use chain::{Chain, ErrorPolicy, PluginStats};
+pub use chain::{
+    Chain, DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_PLUGIN_HEADER, ErrorPolicy, PluginStats,
+};
 pub use error::{ChainError, Failure, PluginError};
 pub use jsonl::{JsonlError, RunSummary, run_jsonl};
 pub use records::{InRecord, OutBatch, OutHeaders, OutRecord, OutRecordRef, RecordFailure};

@@ -1,0 +1,155 @@
+//! The plugin pipeline: routes (topic patterns -> plugin chains) loaded once per agent process
+//! and applied by the reader thread to each batch of a routed partition before it is encoded.
+//!
+//! Plugins run at the edge, so dropped records never cross the link. Every output record keeps
+//! the source offset of the record it came from (several outputs may share one), which is what
+//! lets the hub translate consumer-group offsets exactly. Internal records never reach a plugin:
+//! the heartbeats topic takes no route (see [`Validated::route_for`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use er_plugin_host::{Chain, ErrorPolicy, PluginHost, PluginStats};
+
+use crate::config::Validated;
+
+/// The routes of one agent process with their loaded chains. Shared by successive sessions'
+/// reader threads (one at a time uses it), so plugins are compiled and initialised once.
+pub struct Pipeline {
+    /// Kept alive for the chains (engine, epoch ticker).
+    _host: Option<PluginHost>,
+    routes: Vec<RouteRuntime>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field(
+                "routes",
+                &self.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// One route at run time.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// The route's name (logs).
+    pub name: String,
+    /// Its plugin chain.
+    pub chain: Chain,
+    last_reload_check: Instant,
+}
+
+/// How often plugin files are checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A pipeline shared between the agent and its sessions' reader threads.
+pub type SharedPipeline = Arc<Mutex<Pipeline>>;
+
+impl Pipeline {
+    /// Compiles, instantiates and initialises every route's plugins. Fails on the first plugin
+    /// that cannot load; the error names the route and the plugin file.
+    pub fn load(cfg: &Validated) -> anyhow::Result<Self> {
+        if cfg.routes.is_empty() {
+            return Ok(Pipeline {
+                _host: None,
+                routes: Vec::new(),
+            });
+        }
+        let host = PluginHost::new(cfg.host_config()).context("starting the plugin host")?;
+        let mut routes = Vec::with_capacity(cfg.routes.len());
+        for r in &cfg.routes {
+            let chain = host
+                .load_chain(&r.plugins, r.policy.clone())
+                .with_context(|| format!("route {:?}", r.name))?;
+            tracing::info!(
+                route = %r.name,
+                plugins = ?r.plugins.iter().map(|p| p.path.display().to_string()).collect::<Vec<_>>(),
+                policy = policy_name(&r.policy),
+                "route loaded"
+            );
+            routes.push(RouteRuntime {
+                name: r.name.clone(),
+                chain,
+                last_reload_check: Instant::now(),
+            });
+        }
+        Ok(Pipeline {
+            _host: Some(host),
+            routes,
+        })
+    }
+
+    /// An empty pipeline (no routes): every topic is replicated unchanged.
+    pub fn empty() -> Self {
+        Pipeline {
+            _host: None,
+            routes: Vec::new(),
+        }
+    }
+
+    /// Wraps the pipeline for sharing.
+    pub fn shared(self) -> SharedPipeline {
+        Arc::new(Mutex::new(self))
+    }
+
+    /// The route at `index` (as returned by [`Validated::route_for`]).
+    pub fn route(&mut self, index: usize) -> &mut RouteRuntime {
+        &mut self.routes[index]
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Per-route plugin counters.
+    pub fn stats(&self) -> Vec<(String, Vec<PluginStats>)> {
+        self.routes
+            .iter()
+            .map(|r| (r.name.clone(), r.chain.stats()))
+            .collect()
+    }
+}
+
+impl RouteRuntime {
+    /// Swaps in changed plugin files, at most once per second (call between batches). A file
+    /// that fails to load keeps the running version and is reported once.
+    pub fn maybe_reload(&mut self) {
+        if self.last_reload_check.elapsed() < RELOAD_CHECK {
+            return;
+        }
+        self.force_reload_check();
+    }
+
+    /// Checks the plugin files now.
+    pub fn force_reload_check(&mut self) {
+        self.last_reload_check = Instant::now();
+        match self.chain.reload_if_changed() {
+            Ok(true) => tracing::info!(route = %self.name, "plugin changed on disk; reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                route = %self.name,
+                error = %e,
+                "changed plugin failed to load; the previous version keeps running"
+            ),
+        }
+    }
+}
+
+/// The config spelling of a policy.
+pub fn policy_name(p: &ErrorPolicy) -> &'static str {
+    match p {
+        ErrorPolicy::Stop => "stop",
+        ErrorPolicy::Skip => "skip",
+        ErrorPolicy::DeadLetter { .. } => "dead-letter",
+    }
+}

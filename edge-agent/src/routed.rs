@@ -1,0 +1,342 @@
+//! Records of a routed partition: held (owned) until their batch is sealed, then run through the
+//! route's plugin chain and encoded into one or more batches.
+//!
+//! Every output record carries the source offset of the record it came from. Batches are split
+//! only between source records, never between two outputs of one source record, so a batch's
+//! `next_offset` always means "every record before it is fully covered": a resume can never
+//! replay half of a record's outputs.
+
+use std::ops::Range;
+
+use er_plugin_host::{
+    DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_PLUGIN_HEADER, ErrorPolicy, InRecord, OutBatch,
+};
+use er_protocol::{Batch, BatchBuilder, RecordRef, TimestampType, TopicPartition};
+use rdkafka::message::{Headers, Message};
+
+use crate::pipeline::RouteRuntime;
+
+#[derive(Debug)]
+struct Held {
+    offset: i64,
+    timestamp: i64,
+    timestamp_type: TimestampType,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+    headers: Range<usize>,
+}
+
+/// Records of one source partition waiting for the plugin chain, in one flat buffer.
+#[derive(Debug, Default)]
+pub struct Pending {
+    data: Vec<u8>,
+    keys: String,
+    headers: Vec<(Range<usize>, Option<Range<usize>>)>,
+    recs: Vec<Held>,
+}
+
+impl Pending {
+    /// Copies one Kafka message in.
+    pub fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let (timestamp_type, timestamp) = crate::source::timestamp_of(m);
+        let key = m.key().map(|k| self.copy(k));
+        let value = m.payload().map(|v| self.copy(v));
+        let start = self.headers.len();
+        if let Some(h) = m.headers() {
+            for i in 0..h.count() {
+                let h = h.get(i);
+                let k0 = self.keys.len();
+                self.keys.push_str(h.key);
+                let v = h.value.map(|v| self.copy(v));
+                self.headers.push((k0..self.keys.len(), v));
+            }
+        }
+        self.recs.push(Held {
+            offset: m.offset(),
+            timestamp,
+            timestamp_type,
+            key,
+            value,
+            headers: start..self.headers.len(),
+        });
+    }
+
+    fn copy(&mut self, b: &[u8]) -> Range<usize> {
+        let s = self.data.len();
+        self.data.extend_from_slice(b);
+        s..self.data.len()
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    /// Bytes of keys, values and headers held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + self.keys.len()
+    }
+
+    /// Offset of the first held record.
+    pub fn first_offset(&self) -> Option<i64> {
+        self.recs.first().map(|r| r.offset)
+    }
+
+    /// Drops everything, keeping the buffers' capacity.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.keys.clear();
+        self.headers.clear();
+        self.recs.clear();
+    }
+}
+
+/// What one chain run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChainRun {
+    /// Source records given to the chain.
+    pub records_in: u64,
+    /// Records encoded into batches (outputs, dead-letter copies included).
+    pub records_out: u64,
+    /// Source records that produced no output.
+    pub dropped: u64,
+    /// Records a plugin failed (skipped or dead-lettered by the policy).
+    pub failed: u64,
+}
+
+/// Why a routed batch could not be produced; the route stops (nothing is lost: the partition
+/// resumes from the first held record).
+#[derive(Debug, thiserror::Error)]
+#[error("route {route:?}, {tp} offsets {first}..={last}: {message}")]
+pub struct RouteStopped {
+    /// The route.
+    pub route: String,
+    /// Source partition.
+    pub tp: TopicPartition,
+    /// First held offset.
+    pub first: i64,
+    /// Last held offset.
+    pub last: i64,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Batch shape for [`run_chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Records per batch.
+    pub max_records: usize,
+    /// Encoded bytes per batch.
+    pub max_bytes: usize,
+    /// Compression.
+    pub codec: er_protocol::Codec,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+/// Runs the held records of `tp` through the route's chain and encodes the outputs into batches
+/// numbered from `*next_seq` (advanced only on success; on error the builder may hold a partial
+/// batch and must be reset). Outputs are checked here (valid, non-internal topic; partition
+/// within the source topic's partition count); a bad output counts as a plugin failure under the
+/// route's policy.
+#[allow(clippy::too_many_arguments)]
+pub fn run_chain(
+    route: &mut RouteRuntime,
+    tp: &TopicPartition,
+    partition_count: i32,
+    pending: &Pending,
+    out: &mut OutBatch,
+    builder: &mut BatchBuilder,
+    shape: Shape,
+    next_seq: &mut u64,
+) -> Result<(Vec<Batch>, ChainRun), RouteStopped> {
+    let (first, last) = match (pending.recs.first(), pending.recs.last()) {
+        (Some(f), Some(l)) => (f.offset, l.offset),
+        _ => return Ok((Vec::new(), ChainRun::default())),
+    };
+    let stopped = |message: String| RouteStopped {
+        route: route.name.clone(),
+        tp: tp.clone(),
+        first,
+        last,
+        message,
+    };
+    let header_views: Vec<(&str, Option<&[u8]>)> = pending
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                &pending.keys[k.clone()],
+                v.as_ref().map(|v| &pending.data[v.clone()]),
+            )
+        })
+        .collect();
+    let input: Vec<InRecord<'_>> = pending
+        .recs
+        .iter()
+        .map(|r| InRecord {
+            topic: &tp.topic,
+            partition: tp.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.as_ref().map(|k| &pending.data[k.clone()]),
+            value: r.value.as_ref().map(|v| &pending.data[v.clone()]),
+            headers: &header_views[r.headers.clone()],
+        })
+        .collect();
+    route
+        .chain
+        .process_into(&input, out)
+        .map_err(|e| stopped(e.to_string()))?;
+    let policy = route.chain.policy().clone();
+
+    let mut run = ChainRun {
+        records_in: input.len() as u64,
+        failed: out.failures().len() as u64,
+        ..ChainRun::default()
+    };
+    // Sequence numbers are taken only when every batch was built.
+    let mut seq = *next_seq;
+    let mut batches = Vec::new();
+    let mut scratch: Vec<(&str, Option<&[u8]>)> = Vec::new();
+    let mut produced = vec![false; input.len()];
+    let mut last_source: Option<u32> = None;
+    let encode_err = |e: er_protocol::EncodeError| stopped(format!("encoding a batch: {e}"));
+    for r in out.iter(&input) {
+        let src = &pending.recs[r.source_index as usize];
+        // Split only between source records.
+        if last_source != Some(r.source_index)
+            && !builder.is_empty()
+            && (builder.len() >= shape.max_records || builder.encoded_bytes() >= shape.max_bytes)
+        {
+            builder.set_next_offset(src.offset);
+            batches.push(
+                builder
+                    .finish_and_reset(seq, shape.codec, shape.zstd_level)
+                    .map_err(encode_err)?,
+            );
+            seq += 1;
+        }
+        last_source = Some(r.source_index);
+        let topic = r.topic.filter(|t| *t != tp.topic);
+        if let Err(problem) = check_output(topic, r.partition, partition_count) {
+            match &policy {
+                ErrorPolicy::Stop => {
+                    return Err(stopped(format!(
+                        "a plugin produced a bad record for source offset {}: {problem}",
+                        src.offset
+                    )));
+                }
+                ErrorPolicy::Skip => {
+                    tracing::warn!(route = %route.name, %tp, offset = src.offset, %problem, "plugin output refused; record skipped");
+                    run.failed += 1;
+                }
+                ErrorPolicy::DeadLetter { topic: dlq } => {
+                    let message = format!("plugin output refused: {problem}");
+                    let rec = RecordRef {
+                        offset: src.offset,
+                        timestamp: src.timestamp,
+                        timestamp_type: src.timestamp_type,
+                        key: input[r.source_index as usize].key,
+                        value: input[r.source_index as usize].value,
+                        headers: &[],
+                        topic: Some(dlq),
+                        partition: None,
+                    };
+                    let headers = input[r.source_index as usize].headers.iter().copied().chain([
+                        (DEAD_LETTER_ERROR_HEADER, Some(message.as_bytes())),
+                        (DEAD_LETTER_PLUGIN_HEADER, Some(route.name.as_bytes())),
+                    ]);
+                    let headers: Vec<_> = headers.collect();
+                    builder.push(&RecordRef {
+                        headers: &headers,
+                        ..rec
+                    });
+                    run.failed += 1;
+                    run.records_out += 1;
+                    produced[r.source_index as usize] = true;
+                }
+            }
+            continue;
+        }
+        let timestamp_type = if r.kept || r.timestamp == src.timestamp {
+            src.timestamp_type
+        } else {
+            TimestampType::CreateTime
+        };
+        scratch.clear();
+        scratch.extend(r.headers.iter());
+        builder.push(&RecordRef {
+            offset: src.offset,
+            timestamp: r.timestamp,
+            timestamp_type,
+            key: r.key,
+            value: r.value,
+            headers: &scratch,
+            topic,
+            partition: r.partition,
+        });
+        run.records_out += 1;
+        produced[r.source_index as usize] = true;
+    }
+    run.dropped = produced.iter().filter(|p| !**p).count() as u64;
+    builder.set_next_offset(last.saturating_add(1));
+    batches.push(
+        builder
+            .finish_and_reset(seq, shape.codec, shape.zstd_level)
+            .map_err(encode_err)?,
+    );
+    *next_seq = seq + 1;
+    Ok((batches, run))
+}
+
+/// Checks a plugin's output destination.
+fn check_output(
+    topic: Option<&str>,
+    partition: Option<i32>,
+    partition_count: i32,
+) -> Result<(), String> {
+    if let Some(t) = topic {
+        er_protocol::validate_topic_name(t).map_err(|e| format!("topic: {e}"))?;
+        if er_protocol::is_internal_topic(t) || t == er_protocol::HEARTBEATS_TOPIC {
+            return Err(format!(
+                "topic {t:?} is reserved for internal records and cannot be written by a plugin"
+            ));
+        }
+    }
+    if let Some(p) = partition
+        && !(0..partition_count).contains(&p)
+    {
+        return Err(format!(
+            "partition {p} is outside the source topic's partitions 0..{partition_count}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_to_internal_topics_or_foreign_partitions_are_refused() {
+        assert!(check_output(None, None, 4).is_ok());
+        assert!(check_output(Some("renamed.topic"), Some(3), 4).is_ok());
+        for (t, p) in [
+            (Some("heartbeats"), None),
+            (Some("x.checkpoints.internal"), None),
+            (Some("__consumer_offsets"), None),
+            (Some("bad topic"), None),
+            (Some(""), None),
+            (None, Some(4)),
+            (None, Some(-1)),
+        ] {
+            assert!(check_output(t, p, 4).is_err(), "{t:?} {p:?}");
+        }
+    }
+}
