@@ -598,21 +598,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             "must be greater than 0".into(),
         ));
     }
-    if let Some(dir) = &mut raw.plugins.cache_dir {
-        if dir.is_relative() {
-            *dir = base.join(&*dir);
-        }
+    if let Some(dir) = &mut raw.plugins.cache_dir
+        && dir.is_relative()
+    {
+        *dir = base.join(&*dir);
     }
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter_mut().enumerate() {
         let field = |f: &str| format!("routes[{i}].{f}");
         let name = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
         if r.topics.is_empty() {
-            return Err(invalid(&field("topics"), "must list at least one regex".into()));
+            return Err(invalid(
+                &field("topics"),
+                "must list at least one regex".into(),
+            ));
         }
         let topics = compile(&field("topics"), &r.topics)?;
         if r.plugins.is_empty() {
-            return Err(invalid(&field("plugins"), "must list at least one plugin".into()));
+            return Err(invalid(
+                &field("plugins"),
+                "must list at least one plugin".into(),
+            ));
         }
         let policy = match (r.on_error.as_str(), &r.dead_letter_topic) {
             ("stop", None) => er_plugin_host::ErrorPolicy::Stop,
@@ -652,9 +658,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             if pc.path.is_relative() {
                 pc.path = base.join(&pc.path);
             }
-            let config = plugin_settings(&pc.config).map_err(|(key, m)| {
-                invalid(&field(&format!("plugins[{j}].config.{key}")), m)
-            })?;
+            let config = plugin_settings(&pc.config)
+                .map_err(|(key, m)| invalid(&field(&format!("plugins[{j}].config.{key}")), m))?;
             plugins.push(er_plugin_host::PluginSpec {
                 path: pc.path.clone(),
                 config,
@@ -732,10 +737,10 @@ mod tests {
     fn heartbeats_never_take_a_route_and_settings_keep_file_order() {
         let dir = example_dir();
         let path = dir.path().join("agent.toml");
-        let text = std::fs::read_to_string(&path).unwrap().replace(
-            r#"topics = ["sensors\\..*"]"#,
-            r#"topics = [".*"]"#,
-        ) + r#"
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(r#"topics = ["sensors\\..*"]"#, r#"topics = [".*"]"#)
+            + r#"
 [[routes]]
 topics = ["late"]
 on_error = "skip"
@@ -745,7 +750,11 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
 "#;
         let v = parse(&path, &text).unwrap();
         assert_eq!(v.route_for("anything"), Some(0));
-        assert_eq!(v.route_for("heartbeats"), None, "internal records bypass plugins");
+        assert_eq!(
+            v.route_for("heartbeats"),
+            None,
+            "internal records bypass plugins"
+        );
         assert_eq!(v.routes[1].name, "route-1");
         assert_eq!(v.routes[1].policy, er_plugin_host::ErrorPolicy::Skip);
         let keys: Vec<_> = v.routes[1].plugins[0]
@@ -753,7 +762,16 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        assert_eq!(keys, ["rule.2=a => b", "rule.10=c => d", "rule.1=e => f", "n=3", "on=true"]);
+        assert_eq!(
+            keys,
+            [
+                "rule.2=a => b",
+                "rule.10=c => d",
+                "rule.1=e => f",
+                "n=3",
+                "on=true"
+            ]
+        );
     }
 
     #[test]

@@ -149,7 +149,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::CheckConfig { config }) => {
             let cfg = edge_agent::config::load(&config)?;
             let pipeline = edge_agent::pipeline::Pipeline::load(&cfg)?;
-            println!("{}: ok ({} plugin routes loaded)", config.display(), pipeline.len());
+            println!(
+                "{}: ok ({} plugin routes loaded)",
+                config.display(),
+                pipeline.len()
+            );
             Ok(())
         }
         Some(Command::Plugin(cmd)) => plugin_test(cmd),

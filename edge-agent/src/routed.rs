@@ -248,10 +248,14 @@ pub fn run_chain(
                         topic: Some(dlq),
                         partition: None,
                     };
-                    let headers = input[r.source_index as usize].headers.iter().copied().chain([
-                        (DEAD_LETTER_ERROR_HEADER, Some(message.as_bytes())),
-                        (DEAD_LETTER_PLUGIN_HEADER, Some(route.name.as_bytes())),
-                    ]);
+                    let headers = input[r.source_index as usize]
+                        .headers
+                        .iter()
+                        .copied()
+                        .chain([
+                            (DEAD_LETTER_ERROR_HEADER, Some(message.as_bytes())),
+                            (DEAD_LETTER_PLUGIN_HEADER, Some(route.name.as_bytes())),
+                        ]);
                     let headers: Vec<_> = headers.collect();
                     builder.push(&RecordRef {
                         headers: &headers,

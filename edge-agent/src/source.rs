@@ -384,7 +384,8 @@ impl Reader {
             }
             Err(stopped) => {
                 stats.route_stops.fetch_add(1, Ordering::Relaxed);
-                let retry = Duration::from_millis(self.routing.cfg.raw.plugins.stopped_route_retry_ms);
+                let retry =
+                    Duration::from_millis(self.routing.cfg.raw.plugins.stopped_route_retry_ms);
                 tracing::error!(
                     error = %stopped,
                     retry_in_ms = retry.as_millis() as u64,
