@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod kafka;
+pub mod proxy;
 pub mod replicator;
 
 use std::sync::atomic::{AtomicU64, Ordering};
