@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod offsets;
 pub mod server;
 pub mod sink;
 
