@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// Directory holding the workspace's built binaries (`target/<profile>`), building them once.
+/// `ER_BIN_DIR` points at prebuilt `hub` and `edge-agent` binaries instead (no build).
 pub fn bin_dir() -> anyhow::Result<&'static Path> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("ER_BIN_DIR") {
+            return Ok(PathBuf::from(dir));
+        }
         // Test executables live in target/<profile>/deps.
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let dir = exe
