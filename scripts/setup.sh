@@ -49,4 +49,10 @@ fi
 #    ${ER_CACHE_DIR:-$HOME/.cache/edge-replicator}/kafka-<version>/libs, via the same code the
 #    test harness uses. Skipped when the cache marker says it is complete.
 cargo xtask kafka fetch
+
+# 4. The MM2 compatibility oracle (tools/mm2-oracle: Kafka's own MirrorMaker 2 classes behind a
+#    small Java CLI) into ${ER_CACHE_DIR:-$HOME/.cache/edge-replicator}/mm2-oracle/<hash>, built by
+#    the test harness's own code (er_tests::oracle). Instant when that exact version is cached.
+cargo test -q -p er-tests --test mm2_compat -- --exact oracle_builds_with_the_harness_kafka_version
+say "MM2 oracle: ready"
 say "done"

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod kafka;
+pub mod oracle;
 pub mod proxy;
 pub mod replicator;
 
