@@ -169,6 +169,16 @@ pub struct LimitsConfig {
     /// Batches of one site queued for its writer before the hub stops reading from the link.
     #[serde(default = "default_writer_queue_batches")]
     pub writer_queue_batches: usize,
+    /// Entries (runs of consecutive offsets; one per kept record when plugins filter) kept in
+    /// memory per (source partition, destination partition) pair of the offset index, about
+    /// 1-5 bytes each. Older source offsets then translate as "too old".
+    #[serde(default = "default_offset_index_max_entries_per_partition")]
+    pub offset_index_max_entries_per_partition: usize,
+    /// `retention.ms` of each site's offset index topic (`er-offset-index.<site>.internal`),
+    /// applied when the hub creates it; the index rebuilt after a restart reaches back this far
+    /// at most.
+    #[serde(default = "default_offset_index_retention_ms")]
+    pub offset_index_retention_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -178,6 +188,9 @@ impl Default for LimitsConfig {
             max_uncompressed_bytes: default_max_uncompressed_bytes(),
             max_transaction_bytes: default_max_transaction_bytes(),
             writer_queue_batches: default_writer_queue_batches(),
+            offset_index_max_entries_per_partition: default_offset_index_max_entries_per_partition(
+            ),
+            offset_index_retention_ms: default_offset_index_retention_ms(),
         }
     }
 }
@@ -193,6 +206,12 @@ fn default_max_transaction_bytes() -> u64 {
 }
 fn default_writer_queue_batches() -> usize {
     64
+}
+fn default_offset_index_max_entries_per_partition() -> usize {
+    crate::offsets::DEFAULT_MAX_ENTRIES_PER_PARTITION
+}
+fn default_offset_index_retention_ms() -> u64 {
+    7 * 24 * 60 * 60 * 1000
 }
 
 /// A validated configuration, with parsed addresses and compiled regexes.
@@ -352,6 +371,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_batches == 0 {
         return Err(invalid("limits", "limits must be greater than zero".into()));
     }
+    if l.offset_index_max_entries_per_partition == 0 {
+        return Err(invalid(
+            "limits.offset_index_max_entries_per_partition",
+            "must be at least 1".into(),
+        ));
+    }
+    if l.offset_index_retention_ms == 0 || l.offset_index_retention_ms > i64::MAX as u64 {
+        return Err(invalid(
+            "limits.offset_index_retention_ms",
+            format!(
+                "{} must be between 1 and {} (use a large value to keep it long)",
+                l.offset_index_retention_ms,
+                i64::MAX
+            ),
+        ));
+    }
     Ok(Validated {
         raw,
         listen,
@@ -395,6 +430,11 @@ mod tests {
             "default is the first cluster"
         );
         assert_eq!(v.policy.remote_topic("plant-7", "alarms"), "plant-7.alarms");
+        assert_eq!(
+            v.raw.limits.offset_index_max_entries_per_partition,
+            1_000_000
+        );
+        assert_eq!(v.raw.limits.offset_index_retention_ms, 604_800_000);
     }
 
     #[test]
@@ -459,6 +499,17 @@ mod tests {
             (
                 good.replace("[limits]", "[limits]\nunknown_knob = 1"),
                 "unknown_knob",
+            ),
+            (
+                good.replace(
+                    "[limits]",
+                    "[limits]\noffset_index_max_entries_per_partition = 0",
+                ),
+                "limits.offset_index_max_entries_per_partition",
+            ),
+            (
+                good.replace("[limits]", "[limits]\noffset_index_retention_ms = 0"),
+                "limits.offset_index_retention_ms",
             ),
         ];
         for (text, field) in cases {

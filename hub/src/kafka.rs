@@ -1,4 +1,4 @@
-//! Central-cluster plumbing: client configs, topic creation and the per-site positions topic.
+//! Central-cluster plumbing: client configs, topic creation, the per-site positions and offset index topics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::ClusterConfig;
+use crate::offsets::{self, OffsetIndex};
 
 /// How long metadata and admin calls may take before the hub gives up on them.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,6 +23,13 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// It ends in `.internal`, so no replicator (ours or MM2) ever copies it.
 pub fn positions_topic(site: &str) -> String {
     format!("er-positions.{site}.internal")
+}
+
+/// Name of the topic holding a site's offset index on a cluster (records in the format of
+/// [`crate::offsets::encode`], written in the same transactions as the records they index).
+/// One partition, `cleanup.policy=delete`; it ends in `.internal`, so it is never replicated.
+pub fn offset_index_topic(site: &str) -> String {
+    format!("er-offset-index.{site}.internal")
 }
 
 /// A failure talking to a central cluster.
@@ -290,32 +298,50 @@ impl rdkafka::ClientContext for QuietEof {
 
 impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
+fn kafka_err(
+    cluster: &ClusterConfig,
+    what: &str,
+    topic: &str,
+) -> impl FnOnce(KafkaError) -> KafkaOpError + use<> {
+    let cluster = cluster.alias.clone();
+    let what = format!("{what} {topic:?}");
+    move |source| KafkaOpError::Kafka {
+        cluster,
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// A read_committed reader of partition 0 of `topic` from its beginning, reporting EOF.
+fn committed_reader(
+    cluster: &ClusterConfig,
+    group: String,
+    topic: &str,
+) -> Result<BaseConsumer<QuietEof>, KafkaOpError> {
+    let consumer: BaseConsumer<QuietEof> = client_config(cluster)
+        // Required by librdkafka for assign(); nothing is committed.
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create_with_context(QuietEof)
+        .map_err(kafka_err(cluster, "creating a reader for", topic))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(kafka_err(cluster, "assigning", topic))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err(cluster, "assigning", topic))?;
+    Ok(consumer)
+}
+
 /// Reads every committed position of `site` on this cluster (the last value per partition).
 /// Call only after the site's transactional producer was initialised, so no older transaction
 /// is still open and the read_committed read cannot stall on it.
 pub fn read_positions(cluster: &ClusterConfig, site: &str) -> Result<Vec<Position>, KafkaOpError> {
     let topic = positions_topic(site);
-    let err = |what: &str| {
-        let cluster = cluster.alias.clone();
-        let what = format!("{what} {topic:?}");
-        move |source| KafkaOpError::Kafka {
-            cluster,
-            what,
-            source: Box::new(source),
-        }
-    };
-    let consumer: BaseConsumer<QuietEof> = client_config(cluster)
-        // Required by librdkafka for assign(); nothing is committed.
-        .set("group.id", format!("er-hub-positions-{site}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create_with_context(QuietEof)
-        .map_err(err("creating a reader for"))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
-        .map_err(err("assigning"))?;
-    consumer.assign(&tpl).map_err(err("assigning"))?;
+    let err = |what: &str| kafka_err(cluster, what, &topic);
+    let consumer = committed_reader(cluster, format!("er-hub-positions-{site}"), &topic)?;
     let mut last: HashMap<TopicPartition, i64> = HashMap::new();
     let started = Instant::now();
     loop {
@@ -350,9 +376,99 @@ pub fn read_positions(cluster: &ClusterConfig, site: &str) -> Result<Vec<Positio
     Ok(out)
 }
 
+/// What rebuilding an offset index read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebuildStats {
+    /// Index records read.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Records that could not be decoded (each one restarts the index after it).
+    pub unreadable: u64,
+    /// The time budget ran out; the index was emptied.
+    pub timed_out: bool,
+}
+
+/// How often a long rebuild logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Rebuilds `site`'s offset index on this cluster by reading its index topic read_committed
+/// from the beginning to the end. Call it, like [`read_positions`], after the site's producer
+/// was initialised, then set the positions on the index.
+///
+/// Never leaves a wrong index behind: an unreadable record (e.g. of a newer format version)
+/// empties what was read before it (what follows is not contiguous with it), and running out of
+/// `timeout` empties everything; offsets committed before then translate as "too old".
+pub fn rebuild_offset_index(
+    cluster: &ClusterConfig,
+    site: &str,
+    index: &mut OffsetIndex,
+    timeout: Duration,
+) -> Result<RebuildStats, KafkaOpError> {
+    let topic = offset_index_topic(site);
+    let started = Instant::now();
+    let consumer = committed_reader(cluster, format!("er-hub-offset-index-{site}"), &topic)?;
+    let (low, high) = consumer
+        .fetch_watermarks(&topic, 0, ADMIN_TIMEOUT)
+        .map_err(kafka_err(cluster, "reading the end offset of", &topic))?;
+    let mut stats = RebuildStats::default();
+    if high <= low {
+        return Ok(stats);
+    }
+    tracing::info!(cluster = %cluster.alias, site, topic, from = low, to = high, "rebuilding the offset index");
+    let mut next_log = started + PROGRESS_EVERY;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                let payload = m.payload().unwrap_or(&[]);
+                stats.records += 1;
+                stats.bytes += payload.len() as u64;
+                match offsets::decode(payload) {
+                    Ok(entries) => index.apply(&entries),
+                    Err(e) => {
+                        stats.unreadable += 1;
+                        tracing::error!(cluster = %cluster.alias, site, topic, offset = m.offset(), error = %e, "unreadable offset index record: forgetting the index before it (older offsets translate as too old)");
+                        index.clear();
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka_err(cluster, "reading", &topic)(e)),
+        }
+        let now = Instant::now();
+        if now.duration_since(started) > timeout {
+            tracing::warn!(cluster = %cluster.alias, site, topic, records = stats.records, to = high, waited_ms = timeout.as_millis() as u64, "rebuilding the offset index took too long: starting with an empty index (older offsets translate as too old)");
+            index.clear();
+            stats.timed_out = true;
+            return Ok(stats);
+        }
+        if now >= next_log {
+            next_log = now + PROGRESS_EVERY;
+            let st = index.stats();
+            tracing::info!(cluster = %cluster.alias, site, topic, records = stats.records, bytes = stats.bytes, to = high, index_runs = st.runs, elapsed_ms = now.duration_since(started).as_millis() as u64, "rebuilding the offset index");
+        }
+    }
+    let st = index.stats();
+    tracing::info!(cluster = %cluster.alias, site, topic, records = stats.records, bytes = stats.bytes, unreadable = stats.unreadable, index_pairs = st.pairs, index_runs = st.runs, index_bytes = st.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "offset index rebuilt");
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_topics_of_a_site_are_never_replicated() {
+        for t in [positions_topic("plant-7"), offset_index_topic("plant-7")] {
+            assert!(er_protocol::is_internal_topic(&t), "{t}");
+            er_protocol::validate_topic_name(&t).unwrap();
+        }
+        assert_eq!(
+            offset_index_topic("plant-7"),
+            "er-offset-index.plant-7.internal"
+        );
+    }
 
     #[test]
     fn position_record_round_trips_and_rejects_garbage() {

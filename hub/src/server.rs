@@ -260,14 +260,7 @@ impl Hub {
         let cfg = &self.config;
         let mut tasks = Vec::new();
         for (i, cluster) in cfg.raw.clusters.iter().enumerate() {
-            let settings = WriterSettings {
-                site: site.to_owned(),
-                group_id: cfg.raw.group_id.clone(),
-                policy: cfg.policy.clone(),
-                max_uncompressed_bytes: cfg.raw.limits.max_uncompressed_bytes,
-                max_transaction_bytes: cfg.raw.limits.max_transaction_bytes,
-                queue_batches: cfg.raw.limits.writer_queue_batches,
-            };
+            let settings = WriterSettings::new(site, cfg);
             let cluster = cluster.clone();
             let topics = self.topics[i].clone();
             let rt = tokio::runtime::Handle::current();

@@ -1,19 +1,31 @@
-//! Transactional writer of one site into one central cluster: records and positions commit together.
+//! Transactional writer of one site into one central cluster: records, positions and their offset index commit together.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use er_protocol::{Batch, Position, ReplicationPolicy, TimestampType, TopicPartition};
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 
-use crate::config::ClusterConfig;
-use crate::kafka::{KafkaOpError, TopicManager, client_config, positions_topic, read_positions};
+use crate::config::{ClusterConfig, Validated};
+use crate::kafka::{
+    KafkaOpError, TopicManager, client_config, offset_index_topic, positions_topic, read_positions,
+    rebuild_offset_index,
+};
+use crate::offsets::{self, EntriesBuilder, OffsetIndex, SharedOffsetIndex};
 
-type TxProducer = ThreadedProducer<DefaultProducerContext>;
+type TxProducer = ThreadedProducer<Deliveries>;
+
+/// How long a flush, a commit or waiting for delivery reports may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default time budget for rebuilding a site's offset index when its writer starts. The agent
+/// waits 90 s for its welcome, which also covers fencing and reading positions.
+pub const DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Why a batch was not written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -100,6 +112,31 @@ pub struct WriterSettings {
     pub max_transaction_bytes: u64,
     /// Queue length in batches.
     pub queue_batches: usize,
+    /// Runs kept per (source, destination) partition pair in the offset index.
+    pub offset_index_max_entries: usize,
+    /// `retention.ms` of the offset index topic, applied when the hub creates it.
+    pub offset_index_retention_ms: u64,
+    /// Time budget for rebuilding the offset index at start; past it the writer starts with an
+    /// empty index (older offsets then answer "too old", never a wrong offset).
+    pub offset_index_rebuild_timeout: Duration,
+}
+
+impl WriterSettings {
+    /// Settings of `site`'s writers from the hub configuration.
+    pub fn new(site: &str, cfg: &Validated) -> Self {
+        let l = &cfg.raw.limits;
+        Self {
+            site: site.to_owned(),
+            group_id: cfg.raw.group_id.clone(),
+            policy: cfg.policy.clone(),
+            max_uncompressed_bytes: l.max_uncompressed_bytes,
+            max_transaction_bytes: l.max_transaction_bytes,
+            queue_batches: l.writer_queue_batches,
+            offset_index_max_entries: l.offset_index_max_entries_per_partition,
+            offset_index_retention_ms: l.offset_index_retention_ms,
+            offset_index_rebuild_timeout: DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT,
+        }
+    }
 }
 
 /// Handle of a running writer thread.
@@ -107,12 +144,20 @@ pub struct WriterSettings {
 pub struct SiteWriter {
     tx: mpsc::Sender<WriteJob>,
     thread: Option<std::thread::JoinHandle<()>>,
+    index: SharedOffsetIndex,
 }
 
 impl SiteWriter {
     /// Queues a batch; waits while the writer's queue is full (backpressure to the link).
     pub async fn submit(&self, job: WriteJob) -> Result<(), WriteError> {
         self.tx.send(job).await.map_err(|_| WriteError::Stopped)
+    }
+
+    /// The site's offset index on this cluster: rebuilt when the writer started, updated after
+    /// every commit. It stays readable after the writer stopped, but then withholds end-offset
+    /// answers; a new session builds a new one.
+    pub fn offset_index(&self) -> &SharedOffsetIndex {
+        &self.index
     }
 }
 
@@ -130,8 +175,125 @@ pub fn transactional_id(group_id: &str, site: &str, cluster: &str) -> String {
     format!("{group_id}-{site}-{cluster}")
 }
 
+/// Delivery reports of the open transaction: the destination offset of every record sent, so
+/// the offset index is built from what Kafka assigned rather than from guesses.
+///
+/// A delivery opaque packs the transaction's generation (high 32 bits) and the record's index
+/// in send order (low 32 bits); reports of an older generation (an aborted transaction's purged
+/// messages) are ignored.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    state: Mutex<DeliveryState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DeliveryState {
+    generation: u32,
+    /// Destination offset per record in send order; -1 until delivered.
+    offsets: Vec<i64>,
+    missing: usize,
+    error: Option<String>,
+}
+
+/// Index of records whose offset is not needed (positions, index records).
+const UNTRACKED: usize = u32::MAX as usize;
+const _: () = assert!(
+    usize::BITS >= 64,
+    "delivery opaques pack a generation and an index"
+);
+
+fn opaque(generation: u32, index: usize) -> usize {
+    ((generation as usize) << 32) | (index & UNTRACKED)
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (generation, index) = ((opaque >> 32) as u32, opaque & UNTRACKED);
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.generation != generation {
+            return;
+        }
+        match result {
+            Ok(m) if index == UNTRACKED => {
+                let _ = m;
+            }
+            Ok(m) => {
+                let offset = m.offset();
+                match st.offsets.get_mut(index) {
+                    Some(slot) if *slot < 0 && offset >= 0 => {
+                        *slot = offset;
+                        st.missing -= 1;
+                    }
+                    _ => {
+                        st.error.get_or_insert_with(|| {
+                            format!(
+                                "unexpected delivery report #{index} for {}/{} at offset {offset}",
+                                m.topic(),
+                                m.partition()
+                            )
+                        });
+                    }
+                }
+            }
+            Err((e, m)) => {
+                st.error.get_or_insert_with(|| {
+                    format!("delivery to {}/{} failed: {e}", m.topic(), m.partition())
+                });
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+}
+
+impl Deliveries {
+    /// Starts a transaction of `records` tracked records; returns its generation.
+    fn begin(&self, records: usize) -> u32 {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.generation = st.generation.wrapping_add(1);
+        st.offsets.clear();
+        st.offsets.resize(records, -1);
+        st.missing = records;
+        st.error = None;
+        st.generation
+    }
+
+    /// Waits until every tracked record was delivered; returns their offsets in send order.
+    /// After a successful flush all reports are in, so this normally returns at once.
+    fn wait(&self, timeout: Duration) -> Result<Vec<i64>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            if st.missing == 0 {
+                return Ok(std::mem::take(&mut st.offsets));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "{} delivery reports missing after {timeout:?}",
+                    st.missing
+                ));
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
 /// Starts a writer: creates the transactional producer (fencing any older writer of this site),
-/// then reads the site's committed positions. Blocking; run it off the executor.
+/// reads the site's committed positions and rebuilds its offset index. Blocking; run it off the
+/// executor.
 pub fn start(
     rt: tokio::runtime::Handle,
     cluster: &ClusterConfig,
@@ -157,7 +319,7 @@ pub fn start(
         .set("linger.ms", "5")
         .set("batch.size", "1048576")
         .set("queue.buffering.max.kbytes", "65536")
-        .create()
+        .create_with_context(Deliveries::default())
         .map_err(kerr("creating transactional producer"))?;
     producer
         .init_transactions(Duration::from_secs(60))
@@ -165,7 +327,27 @@ pub fn start(
     let ptopic = positions_topic(&settings.site);
     topics.ensure(&rt, &ptopic, 1, &[("cleanup.policy", "compact")])?;
     let positions = read_positions(cluster, &settings.site)?;
-    tracing::info!(site = %settings.site, cluster = %cluster.alias, transactional_id = %txn_id, positions = positions.len(), "site writer ready");
+    let itopic = offset_index_topic(&settings.site);
+    let retention = settings.offset_index_retention_ms.to_string();
+    topics.ensure(
+        &rt,
+        &itopic,
+        1,
+        &[("cleanup.policy", "delete"), ("retention.ms", &retention)],
+    )?;
+    let mut index = OffsetIndex::new(settings.offset_index_max_entries);
+    rebuild_offset_index(
+        cluster,
+        &settings.site,
+        &mut index,
+        settings.offset_index_rebuild_timeout,
+    )?;
+    for p in &positions {
+        index.set_position(&p.tp, p.next_offset);
+    }
+    let stats = index.stats();
+    let index = index.shared();
+    tracing::info!(site = %settings.site, cluster = %cluster.alias, transactional_id = %txn_id, positions = positions.len(), index_pairs = stats.pairs, index_runs = stats.runs, index_bytes = stats.bytes, "site writer ready");
     let (tx, rx) = mpsc::channel(settings.queue_batches);
     let mut w = Writer {
         rt,
@@ -173,20 +355,53 @@ pub fn start(
         topics,
         cluster: cluster.alias.clone(),
         positions_topic: ptopic,
+        index_topic: itopic,
         settings,
         dest_cache: HashMap::new(),
+        positions: positions
+            .iter()
+            .map(|p| (p.tp.clone(), p.next_offset))
+            .collect(),
+        index: index.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("writer-{}-{}", w.settings.site, w.cluster))
-        .spawn(move || w.run(rx))
+        .spawn(move || {
+            let _stopped = MarkStopped(w.index.clone());
+            w.run(rx)
+        })
         .expect("spawning a writer thread");
     Ok((
         SiteWriter {
             tx,
             thread: Some(thread),
+            index,
         },
         positions,
     ))
+}
+
+/// Marks the index stopped when the writer thread ends, however it ends.
+struct MarkStopped(SharedOffsetIndex);
+
+impl Drop for MarkStopped {
+    fn drop(&mut self) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark_stopped();
+    }
+}
+
+/// What one transaction sent, in send order, to build its offset index entries from.
+#[derive(Default)]
+struct TxnLog {
+    /// Source partitions with their position before and after the transaction.
+    sources: Vec<(TopicPartition, Option<i64>, i64)>,
+    /// Destination partitions written.
+    dests: Vec<TopicPartition>,
+    /// Per record sent: (source id, dest id, source offset).
+    sent: Vec<(u32, u32, i64)>,
 }
 
 struct Writer {
@@ -195,9 +410,13 @@ struct Writer {
     topics: Arc<TopicManager>,
     cluster: String,
     positions_topic: String,
+    index_topic: String,
     settings: WriterSettings,
     /// Logical topic -> remote topic, validated once.
     dest_cache: HashMap<String, String>,
+    /// Committed position per source partition.
+    positions: HashMap<TopicPartition, i64>,
+    index: SharedOffsetIndex,
 }
 
 impl Writer {
@@ -257,7 +476,8 @@ impl Writer {
         }
     }
 
-    /// Writes all jobs and their positions in one transaction; returns the records written.
+    /// Writes all jobs, their positions and their offset index entries in one transaction;
+    /// returns the records written. The in-memory index learns the entries after the commit.
     fn write_transaction(&mut self, jobs: &[WriteJob]) -> Result<u64, WriteError> {
         let mut decoded = Vec::with_capacity(jobs.len());
         for j in jobs {
@@ -270,24 +490,75 @@ impl Writer {
                 })?;
             decoded.push(recs);
         }
+        let records = decoded.iter().map(|d| d.len()).sum();
         self.producer
             .begin_transaction()
             .map_err(|e| self.txn_error("begin", e))?;
-        match self.produce_all(jobs, &decoded) {
-            Ok(n) => {
-                let timeout = Duration::from_secs(60);
-                if let Err(e) = self.producer.commit_transaction(timeout) {
-                    let err = self.txn_error("commit", e);
-                    self.abort();
-                    return Err(err);
-                }
-                Ok(n)
-            }
-            Err(err) => {
-                self.abort();
-                Err(err)
-            }
+        let generation = self.producer.context().begin(records);
+        let result = self
+            .produce_all(jobs, &decoded, generation)
+            .and_then(|log| self.index_and_commit(log, generation));
+        if result.is_err() {
+            self.abort();
         }
+        result
+    }
+
+    /// Flushes the records, writes their index entries into the transaction, commits, then
+    /// applies the entries to the in-memory index.
+    fn index_and_commit(&mut self, log: TxnLog, generation: u32) -> Result<u64, WriteError> {
+        self.producer
+            .flush(TXN_TIMEOUT)
+            .map_err(|e| self.txn_error("flush", e))?;
+        let failed = |message: String| WriteError::Kafka {
+            cluster: self.cluster.clone(),
+            message,
+        };
+        let offsets = self.producer.context().wait(TXN_TIMEOUT).map_err(failed)?;
+        if offsets.len() != log.sent.len() {
+            return Err(failed(format!(
+                "{} delivery reports for {} records",
+                offsets.len(),
+                log.sent.len()
+            )));
+        }
+        let mut b = EntriesBuilder::default();
+        let ids: Vec<usize> = log
+            .sources
+            .iter()
+            .map(|(tp, prev, next)| b.source(tp, *prev, *next))
+            .collect();
+        for (&(source, dest, src), &dst) in log.sent.iter().zip(&offsets) {
+            b.record(ids[source as usize], &log.dests[dest as usize], src, dst)
+                .map_err(|m| failed(format!("building the offset index: {m}")))?;
+        }
+        let entries = b.finish();
+        for rec in offsets::encode(&entries, offsets::MAX_RECORD_BYTES) {
+            let r = BaseRecord::with_opaque_to(&self.index_topic, opaque(generation, UNTRACKED))
+                .partition(0)
+                .payload(&rec[..]);
+            self.send(r)?;
+        }
+        self.index_mut().set_committing(true);
+        if let Err(e) = self.producer.commit_transaction(TXN_TIMEOUT) {
+            // The outcome is unknown (a timeout may still commit): the writer stops and the
+            // index withholds end-offset answers from now on.
+            self.index_mut().mark_stopped();
+            return Err(self.txn_error("commit", e));
+        }
+        {
+            let mut index = self.index_mut();
+            index.apply(&entries);
+            index.set_committing(false);
+        }
+        for (tp, _, next) in log.sources {
+            self.positions.insert(tp, next);
+        }
+        Ok(log.sent.len() as u64)
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, OffsetIndex> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn abort(&self) {
@@ -327,26 +598,27 @@ impl Writer {
         &mut self,
         jobs: &[WriteJob],
         decoded: &[er_protocol::DecodedRecords],
-    ) -> Result<u64, WriteError> {
-        let mut count = 0u64;
-        let mut last_positions: HashMap<&TopicPartition, i64> = HashMap::new();
+        generation: u32,
+    ) -> Result<TxnLog, WriteError> {
+        let mut log = TxnLog::default();
+        let mut source_ids: HashMap<&TopicPartition, u32> = HashMap::new();
+        // Logical topic -> destination partition -> dest id. A destination topic is resolved
+        // and created when the first record goes to it, so a topic whose records are all
+        // renamed leaves no empty `<site>.<topic>` behind.
+        let mut dest_ids: HashMap<&str, HashMap<i32, u32>> = HashMap::new();
         for (job, recs) in jobs.iter().zip(decoded) {
             let h = &job.batch.header;
-            let default_dest = self.dest_topic(&h.tp, &h.tp.topic)?;
-            self.ensure(&h.tp, &default_dest, h.partition_count)?;
+            let sid = *source_ids.entry(&h.tp).or_insert_with(|| {
+                let prev = self.positions.get(&h.tp).copied();
+                log.sources.push((h.tp.clone(), prev, h.next_offset));
+                (log.sources.len() - 1) as u32
+            });
+            log.sources[sid as usize].2 = h.next_offset;
             for rec in recs.iter() {
                 let rec = rec.map_err(|e| WriteError::BadBatch {
                     tp: h.tp.clone(),
                     message: e.to_string(),
                 })?;
-                let dest = match rec.topic {
-                    Some(t) => {
-                        let d = self.dest_topic(&h.tp, t)?;
-                        self.ensure(&h.tp, &d, h.partition_count)?;
-                        d
-                    }
-                    None => default_dest.clone(),
-                };
                 let partition = rec.partition.unwrap_or(h.tp.partition);
                 if partition < 0 {
                     return Err(WriteError::BadBatch {
@@ -354,15 +626,28 @@ impl Writer {
                         message: format!("negative destination partition {partition}"),
                     });
                 }
-                if partition >= h.partition_count {
-                    self.ensure(&h.tp, &dest, partition + 1)?;
-                }
+                let logical = rec.topic.unwrap_or(&h.tp.topic);
+                let did = match dest_ids.get(logical).and_then(|m| m.get(&partition)) {
+                    Some(&d) => d,
+                    None => {
+                        let topic = self.dest_topic(&h.tp, logical)?;
+                        let partitions = h.partition_count.max(partition.saturating_add(1));
+                        self.ensure(&h.tp, &topic, partitions)?;
+                        let d = log.dests.len() as u32;
+                        log.dests.push(TopicPartition::new(topic, partition));
+                        dest_ids.entry(logical).or_default().insert(partition, d);
+                        d
+                    }
+                };
                 let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
                 for (k, v) in rec.headers.iter() {
                     headers = headers.insert(Header { key: k, value: v });
                 }
-                let mut r: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(&dest).partition(partition).headers(headers);
+                let id = opaque(generation, log.sent.len());
+                let mut r: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(&log.dests[did as usize].topic, id)
+                        .partition(partition)
+                        .headers(headers);
                 if let Some(k) = rec.key {
                     r = r.key(k);
                 }
@@ -373,20 +658,20 @@ impl Writer {
                     r = r.timestamp(rec.timestamp);
                 }
                 self.send(r)?;
-                count += 1;
+                log.sent.push((sid, did, rec.offset));
             }
-            last_positions.insert(&h.tp, h.next_offset);
         }
-        for (tp, next) in last_positions {
+        for (tp, _, next) in &log.sources {
             let key = crate::kafka::position_key(tp);
-            let value = crate::kafka::position_value(next);
-            let r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.positions_topic)
-                .partition(0)
-                .key(key.as_slice())
-                .payload(&value[..]);
+            let value = crate::kafka::position_value(*next);
+            let r: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(&self.positions_topic, opaque(generation, UNTRACKED))
+                    .partition(0)
+                    .key(key.as_slice())
+                    .payload(&value[..]);
             self.send(r)?;
         }
-        Ok(count)
+        Ok(log)
     }
 
     fn ensure(&self, tp: &TopicPartition, topic: &str, partitions: i32) -> Result<(), WriteError> {
@@ -398,7 +683,7 @@ impl Writer {
             })
     }
 
-    fn send(&self, mut r: BaseRecord<'_, [u8], [u8]>) -> Result<(), WriteError> {
+    fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
         loop {
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),

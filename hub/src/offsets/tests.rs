@@ -229,8 +229,8 @@ proptest! {
             rebuilt.apply(&decode(rec).unwrap());
         }
         let us = query_points(&model);
-        for source in 0..SOURCES.len() {
-            let stp = tp(SOURCES[source].0, SOURCES[source].1);
+        for (source, &(topic, partition)) in SOURCES.iter().enumerate() {
+            let stp = tp(topic, partition);
             prop_assert_eq!(live.position(&stp), model.positions.get(&source).copied());
             let pairs = model.pairs(source);
             let runs: BTreeMap<usize, Vec<Run>> =
