@@ -56,6 +56,12 @@ pub struct AgentConfig {
     /// Batching and in-flight limits.
     #[serde(default)]
     pub batching: BatchingConfig,
+    /// MM2 heartbeats written to the edge `heartbeats` topic (replicated like any topic).
+    #[serde(default)]
+    pub heartbeats: HeartbeatsConfig,
+    /// Edge consumer groups whose committed offsets are reported for checkpoints.
+    #[serde(default)]
+    pub groups: GroupsConfig,
     /// Limits of the plugin sandbox, shared by every route.
     #[serde(default)]
     pub plugins: PluginLimitsConfig,
@@ -63,6 +69,71 @@ pub struct AgentConfig {
     /// matching no route are replicated unchanged. The `heartbeats` topic never takes a route.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// MM2 heartbeats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatsConfig {
+    /// Write heartbeats (and always replicate the `heartbeats` topic).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Milliseconds between heartbeats.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for HeartbeatsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: default_heartbeat_interval_ms(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    1_000
+}
+
+/// Consumer groups reported to the hub (defaults as MirrorMaker 2's `groups` and
+/// `groups.exclude`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Regexes over group ids (whole-name match); a group is reported when one matches.
+    #[serde(default = "default_include")]
+    pub include: Vec<String>,
+    /// Regexes over group ids (whole-name match); a matching group is not reported.
+    #[serde(default = "default_groups_exclude")]
+    pub exclude: Vec<String>,
+    /// Milliseconds between reports; 0 turns group reporting off.
+    #[serde(default = "default_groups_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            include: default_include(),
+            exclude: default_groups_exclude(),
+            interval_ms: default_groups_interval_ms(),
+        }
+    }
+}
+
+fn default_groups_exclude() -> Vec<String> {
+    vec![
+        "console-consumer-.*".to_owned(),
+        "connect-.*".to_owned(),
+        "__.*".to_owned(),
+    ]
+}
+fn default_groups_interval_ms() -> u64 {
+    5_000
 }
 
 /// Sandbox limits for every plugin instance.
@@ -318,6 +389,10 @@ pub struct Validated {
     pub codec: er_protocol::Codec,
     /// Routes with compiled matchers and plugin settings.
     pub routes: Vec<Route>,
+    /// Whole-name matchers of reported consumer groups.
+    pub groups_include: Vec<Regex>,
+    /// Whole-name matchers of consumer groups never reported.
+    pub groups_exclude: Vec<Regex>,
 }
 
 /// A validated route.
@@ -334,11 +409,33 @@ pub struct Route {
 }
 
 impl Validated {
-    /// Whether a local topic is replicated.
+    /// Whether a local topic is replicated. The heartbeats topic always is while heartbeats
+    /// are on (as in MirrorMaker 2).
     pub fn wants_topic(&self, topic: &str) -> bool {
+        if topic == er_protocol::HEARTBEATS_TOPIC && self.raw.heartbeats.enabled {
+            return true;
+        }
         !er_protocol::is_internal_topic(topic)
             && self.include.iter().any(|r| r.is_match(topic))
             && !self.exclude.iter().any(|r| r.is_match(topic))
+    }
+
+    /// Whether an edge consumer group's offsets are reported. The agent's own group never is.
+    pub fn wants_group(&self, group: &str) -> bool {
+        group != crate::source::AGENT_GROUP_ID
+            && self.groups_include.iter().any(|r| r.is_match(group))
+            && !self.groups_exclude.iter().any(|r| r.is_match(group))
+    }
+
+    /// Interval of heartbeats.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.raw.heartbeats.interval_ms)
+    }
+
+    /// Interval of group offset reports, if on.
+    pub fn groups_interval(&self) -> Option<Duration> {
+        (self.raw.groups.interval_ms > 0)
+            .then(|| Duration::from_millis(self.raw.groups.interval_ms))
     }
 
     /// Interval of topic discovery.
@@ -573,6 +670,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
+    if raw.heartbeats.interval_ms == 0 {
+        return Err(invalid(
+            "heartbeats.interval_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    let groups_include = compile("groups.include", &raw.groups.include)?;
+    let groups_exclude = compile("groups.exclude", &raw.groups.exclude)?;
     let p = &raw.plugins;
     if p.memory_limit_mb == 0 || p.memory_limit_mb > 4096 {
         return Err(invalid(
@@ -681,6 +786,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         server_name,
         codec,
         routes,
+        groups_include,
+        groups_exclude,
     })
 }
 

@@ -2,6 +2,8 @@
 //! of its own (the hub tells it where to resume on every connect).
 
 pub mod config;
+pub mod groups;
+pub mod heartbeat;
 pub mod pipeline;
 pub mod routed;
 pub mod session;
@@ -38,6 +40,10 @@ pub struct Stats {
     pub plugin_record_failures: AtomicU64,
     /// Times a route stopped on a plugin failure (policy `stop`).
     pub route_stops: AtomicU64,
+    /// Heartbeat records written to the edge cluster.
+    pub heartbeats_sent: AtomicU64,
+    /// Consumer-group offset reports sent to the hub.
+    pub group_reports_sent: AtomicU64,
 }
 
 /// Capped exponential backoff with full jitter.
@@ -96,6 +102,21 @@ pub async fn run(
         er_net::client_endpoint(bind, &tls, &er_net::TransportTuning::default())
             .context("setting up the QUIC client")?;
     let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
+    let groups = match cfg.groups_interval() {
+        Some(_) => Some(Arc::new(std::sync::Mutex::new(groups::GroupReader::new(
+            &cfg,
+        )?))),
+        None => None,
+    };
+    let (aliases_tx, aliases_rx) = watch::channel(None);
+    let heartbeats = cfg.raw.heartbeats.enabled.then(|| {
+        tokio::spawn(heartbeat::run(
+            cfg.clone(),
+            aliases_rx,
+            stats.clone(),
+            shutdown.clone(),
+        ))
+    });
     let discovery =
         Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
     let mut backoff = Backoff::new(
@@ -115,8 +136,12 @@ pub async fn run(
                 info!(hub = %conn.remote_address(), "connected to hub");
                 let r = session::run(
                     &cfg,
-                    discovery.clone(),
-                    pipeline.clone(),
+                    session::Shared {
+                        discovery: discovery.clone(),
+                        pipeline: pipeline.clone(),
+                        groups: groups.clone(),
+                        aliases: aliases_tx.clone(),
+                    },
                     conn.clone(),
                     stats.clone(),
                     &mut shutdown,
@@ -151,6 +176,9 @@ pub async fn run(
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
     info!("agent stopped");
     Ok(())
 }

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use er_net::wire::{FrameReader, FrameWriter, StreamError};
-use er_protocol::{AgentConn, AgentEvent, Batch, Channel, Frame, TopicPartition};
+use er_protocol::{AgentConn, AgentEvent, Batch, Channel, Frame, GroupOffsets, TopicPartition};
 use rdkafka::Offset;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::Stats;
 use crate::config::Validated;
+use crate::groups::GroupReader;
+use crate::heartbeat::Aliases;
 use crate::pipeline::SharedPipeline;
 use crate::source::{self, Discovery, TopicSet};
 
@@ -41,19 +43,35 @@ enum Inbound {
     Closed(Channel, Option<StreamError>),
 }
 
+/// What sessions of one agent process share.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Topic discovery client.
+    pub discovery: Arc<Discovery>,
+    /// Loaded plugin routes.
+    pub pipeline: SharedPipeline,
+    /// Consumer-group offset reader, when group reporting is on.
+    pub groups: Option<Arc<std::sync::Mutex<GroupReader>>>,
+    /// Published on every Welcome for the heartbeat writer.
+    pub aliases: watch::Sender<Option<Aliases>>,
+}
+
+/// Most offsets in one GroupOffsets frame.
+const GROUP_FRAME_POSITIONS: usize = 4096;
+
 /// Runs one session over an established connection.
 pub async fn run(
     cfg: &Validated,
-    discovery: Arc<Discovery>,
-    pipeline: SharedPipeline,
+    shared: Shared,
     conn: quinn::Connection,
     stats: Arc<Stats>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Exit, Failure> {
     let mut s = Session {
         cfg,
-        discovery,
-        pipeline,
+        discovery: shared.discovery.clone(),
+        pipeline: shared.pipeline.clone(),
+        shared,
         conn,
         stats,
         welcomed: false,
@@ -83,6 +101,7 @@ struct Session<'a> {
     cfg: &'a Validated,
     discovery: Arc<Discovery>,
     pipeline: SharedPipeline,
+    shared: Shared,
     conn: quinn::Connection,
     stats: Arc<Stats>,
     welcomed: bool,
@@ -124,8 +143,13 @@ impl Session<'_> {
                         hub_id,
                         positions,
                         max_batch_bytes,
+                        heartbeat_target,
                     } => {
-                        info!(%site, %hub_id, positions = positions.len(), "welcomed by hub");
+                        info!(%site, %hub_id, positions = positions.len(), %heartbeat_target, "welcomed by hub");
+                        self.shared.aliases.send_replace(Some(Aliases {
+                            site: site.clone(),
+                            target: heartbeat_target,
+                        }));
                         welcome = Some((site, positions, max_batch_bytes));
                     }
                     other => self.handle_event(other)?,
@@ -179,6 +203,14 @@ impl Session<'_> {
         let _stop_discovery = AbortOnDrop(discovery_task);
         let mut known = TopicSet::new();
         info!(%site, "replicating");
+        let (groups_tx, mut groups_rx) = mpsc::channel::<anyhow::Result<Vec<GroupOffsets>>>(1);
+        let mut groups_tick = tokio::time::interval(
+            self.cfg
+                .groups_interval()
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        groups_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut groups_busy = false;
 
         loop {
             tokio::select! {
@@ -208,6 +240,29 @@ impl Session<'_> {
                 b = batches.recv(), if self.parked.is_none() => {
                     let batch = b.ok_or_else(|| anyhow!("edge reader stopped"))??;
                     self.offer(batch)?;
+                }
+                _ = groups_tick.tick(), if self.shared.groups.is_some() && !groups_busy && !known.is_empty() => {
+                    groups_busy = true;
+                    let reader = self.shared.groups.clone().expect("checked in the guard");
+                    let topics = known.clone();
+                    let tx = groups_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = reader.lock().expect("group reader lock").read(&topics, Duration::from_secs(10));
+                        let _ = tx.blocking_send(r);
+                    });
+                }
+                r = groups_rx.recv() => {
+                    groups_busy = false;
+                    match r.ok_or_else(|| anyhow!("group reader stopped"))? {
+                        Ok(groups) => {
+                            debug!(groups = groups.len(), "reporting consumer-group offsets");
+                            for frame in crate::groups::chunk(groups, GROUP_FRAME_POSITIONS) {
+                                self.proto.send_group_offsets(frame).context("reporting group offsets")?;
+                            }
+                            self.stats.group_reports_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => warn!(error = format!("{e:#}"), "reading edge consumer-group offsets failed"),
+                    }
                 }
                 _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
                 closed = self.conn.closed() => bail!("connection lost: {closed}"),

@@ -23,7 +23,7 @@ use crate::routed::{Pending, Shape, run_chain};
 /// Partition counts of the replicated topics, by topic name.
 pub type TopicSet = BTreeMap<String, i32>;
 
-fn base_config(cfg: &Validated) -> ClientConfig {
+pub(crate) fn base_config(cfg: &Validated) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.raw.kafka.bootstrap_servers);
     for (k, v) in &cfg.raw.kafka.properties {
@@ -64,12 +64,14 @@ impl Discovery {
     }
 }
 
+/// The agent consumer's group id. librdkafka wants one even for a consumer with explicit
+/// assignments; it is never used for commits or rebalancing, and never reported to the hub.
+pub const AGENT_GROUP_ID: &str = "edge-replicator-agent";
+
 /// Creates the consumer of one session. It never commits: the hub keeps the positions.
 pub fn consumer(cfg: &Validated) -> Result<BaseConsumer, KafkaError> {
     base_config(cfg)
-        // librdkafka wants a group id even for a consumer with explicit assignments; it is
-        // never used for commits or rebalancing.
-        .set("group.id", "edge-replicator-agent")
+        .set("group.id", AGENT_GROUP_ID)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

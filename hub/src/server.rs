@@ -193,8 +193,12 @@ impl Hub {
             .await
             .map_err(SessionEnd::Internal)?;
         info!(positions = positions.len(), "welcoming site");
+        let heartbeat_target = cfg.raw.clusters
+            [cfg.cluster_for(&site, er_protocol::HEARTBEATS_TOPIC)]
+        .alias
+        .clone();
         proto
-            .welcome(positions)
+            .welcome(positions, heartbeat_target)
             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
         writers.flush(&mut proto).await?;
 

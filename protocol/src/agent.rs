@@ -39,6 +39,8 @@ pub enum AgentEvent {
         positions: Vec<Position>,
         /// Largest batch payload the hub accepts.
         max_batch_bytes: u32,
+        /// Target cluster alias for the site's MM2 heartbeat records.
+        heartbeat_target: String,
     },
     /// A batch is committed centrally.
     Acked {
@@ -211,6 +213,7 @@ impl AgentConn {
                 hub_id,
                 positions,
                 max_batch_bytes,
+                heartbeat_target,
             } => {
                 expect_control(channel)?;
                 if !matches!(self.state, State::AwaitingWelcome { .. }) {
@@ -251,6 +254,7 @@ impl AgentConn {
                     hub_id,
                     positions,
                     max_batch_bytes,
+                    heartbeat_target,
                 });
                 Ok(())
             }
@@ -347,7 +351,9 @@ impl AgentConn {
                 self.events.push_back(AgentEvent::GoAway { reason });
                 Ok(())
             }
-            Frame::Hello { .. } | Frame::Batch(_) => Err(self.unexpected(kind)),
+            Frame::Hello { .. } | Frame::Batch(_) | Frame::GroupOffsets { .. } => {
+                Err(self.unexpected(kind))
+            }
         }
     }
 
@@ -519,6 +525,35 @@ impl AgentConn {
     /// Seq the next batch of `tp` must carry (0 for a partition's first batch on a connection).
     pub fn next_seq(&self, tp: &TopicPartition) -> u64 {
         self.partitions.get(tp).map_or(0, |p| p.next_seq)
+    }
+
+    /// Queues a report of edge consumer groups' committed offsets on the control channel
+    /// (after Welcome; ignored while draining, since the hub is going away).
+    pub fn send_group_offsets(
+        &mut self,
+        groups: Vec<crate::frame::GroupOffsets>,
+    ) -> Result<(), ProtocolError> {
+        match self.state {
+            State::Welcomed => {}
+            State::Draining => return Ok(()),
+            _ => {
+                return Err(ProtocolError::InvalidCall {
+                    call: "send_group_offsets",
+                    state: self.state.name(),
+                });
+            }
+        }
+        for g in &groups {
+            if let Some(p) = g.offsets.iter().find(|p| p.next_offset < 0) {
+                return Err(ProtocolError::InvalidPosition {
+                    tp: p.tp.clone(),
+                    reason: "a committed group offset is negative",
+                });
+            }
+        }
+        self.transmit
+            .push_back((Channel::Control, Frame::GroupOffsets { groups }));
+        Ok(())
     }
 
     /// Position the next batch of `tp` must start at or after, if known (from Welcome or the

@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
-    Batch, BatchHeader, Codec, ErrorCode, Frame, Position, TopicPartition, frame_type,
+    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, Position, TopicPartition, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -37,16 +37,21 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             hub_id,
             positions,
             max_batch_bytes,
+            heartbeat_target,
         } => {
             out.put_u16(*version);
             put_str(out, site);
             put_str(out, hub_id);
-            out.put_u32(u32::try_from(positions.len()).unwrap_or(u32::MAX));
-            for p in positions.iter().take(u32::MAX as usize) {
-                put_tp(out, &p.tp);
-                out.put_i64(p.next_offset);
-            }
+            put_positions(out, positions);
             out.put_u32(*max_batch_bytes);
+            put_str(out, heartbeat_target);
+        }
+        Frame::GroupOffsets { groups } => {
+            out.put_u32(u32::try_from(groups.len()).unwrap_or(u32::MAX));
+            for g in groups.iter().take(u32::MAX as usize) {
+                put_str(out, &g.group);
+                put_positions(out, &g.offsets);
+            }
         }
         Frame::Batch(batch) => {
             put_batch_header(out, &batch.header);
@@ -115,12 +120,22 @@ pub fn try_encode_frame(
             site,
             hub_id,
             positions,
+            heartbeat_target,
             ..
         } => {
             check("site", site)?;
             check("hub_id", hub_id)?;
+            check("heartbeat_target", heartbeat_target)?;
             for p in positions {
                 check("positions.topic", &p.tp.topic)?;
+            }
+        }
+        Frame::GroupOffsets { groups } => {
+            for g in groups {
+                check("group", &g.group)?;
+                for p in &g.offsets {
+                    check("offsets.topic", &p.tp.topic)?;
+                }
             }
         }
         Frame::Batch(b) => check("topic", &b.header.tp.topic)?,
@@ -166,6 +181,14 @@ fn put_str(out: &mut BytesMut, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
+fn put_positions(out: &mut BytesMut, positions: &[Position]) {
+    out.put_u32(u32::try_from(positions.len()).unwrap_or(u32::MAX));
+    for p in positions.iter().take(u32::MAX as usize) {
+        put_tp(out, &p.tp);
+        out.put_i64(p.next_offset);
+    }
+}
+
 fn put_tp(out: &mut BytesMut, tp: &TopicPartition) {
     put_str(out, &tp.topic);
     out.put_i32(tp.partition);
@@ -202,6 +225,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::PONG => "Pong",
         frame_type::ERROR => "Error",
         frame_type::GO_AWAY => "GoAway",
+        frame_type::GROUP_OFFSETS => "GroupOffsets",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -219,21 +243,36 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
             let version = r.u16("version")?;
             let site = r.string("site")?;
             let hub_id = r.string("hub_id")?;
-            let count = r.u32("positions.count")? as usize;
-            // Smallest encoded position: empty topic (2) + partition (4) + offset (8).
-            let mut positions = Vec::with_capacity(count.min(r.buf.len() / 14));
-            for _ in 0..count {
-                let tp = r.tp("positions.topic", "positions.partition")?;
-                let next_offset = r.non_negative_i64("positions.next_offset")?;
-                positions.push(Position { tp, next_offset });
-            }
+            let positions = r.positions([
+                "positions.count",
+                "positions.topic",
+                "positions.partition",
+                "positions.next_offset",
+            ])?;
             Frame::Welcome {
                 version,
                 site,
                 hub_id,
                 positions,
                 max_batch_bytes: r.u32("max_batch_bytes")?,
+                heartbeat_target: r.string("heartbeat_target")?,
             }
+        }
+        frame_type::GROUP_OFFSETS => {
+            let count = r.u32("groups.count")? as usize;
+            // Smallest encoded group: empty name (2) + no offsets (4).
+            let mut groups = Vec::with_capacity(count.min(r.buf.len() / 6));
+            for _ in 0..count {
+                let group = r.string("groups.group")?;
+                let offsets = r.positions([
+                    "groups.offsets.count",
+                    "groups.offsets.topic",
+                    "groups.offsets.partition",
+                    "groups.offsets.offset",
+                ])?;
+                groups.push(GroupOffsets { group, offsets });
+            }
+            Frame::GroupOffsets { groups }
         }
         frame_type::BATCH => {
             let seq = r.u64("seq")?;
@@ -293,9 +332,10 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
             code: ErrorCode::from_u16(r.u16("code")?),
             message: r.string("message")?,
         },
-        _ => Frame::GoAway {
+        frame_type::GO_AWAY => Frame::GoAway {
             reason: r.string("reason")?,
         },
+        other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     if !r.buf.is_empty() {
         return Err(DecodeError::TrailingBytes {
@@ -387,6 +427,21 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(TopicPartition { topic, partition })
+    }
+
+    /// A u32 count then (topic, partition, non-negative offset) entries; `fields` names the
+    /// count, topic, partition and offset fields in errors.
+    fn positions(&mut self, fields: [&'static str; 4]) -> Result<Vec<Position>, DecodeError> {
+        let [count_f, topic_f, partition_f, offset_f] = fields;
+        let count = self.u32(count_f)? as usize;
+        // Smallest encoded position: empty topic (2) + partition (4) + offset (8).
+        let mut positions = Vec::with_capacity(count.min(self.buf.len() / 14));
+        for _ in 0..count {
+            let tp = self.tp(topic_f, partition_f)?;
+            let next_offset = self.non_negative_i64(offset_f)?;
+            positions.push(Position { tp, next_offset });
+        }
+        Ok(positions)
     }
 }
 

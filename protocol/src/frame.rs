@@ -5,9 +5,10 @@ use std::fmt;
 use bytes::Bytes;
 
 /// Highest (and current) protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// Lowest protocol version this crate still accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Lowest protocol version this crate still accepts (version 2 added the heartbeat target to
+/// Welcome and the GroupOffsets frame).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Default cap on one frame's length (type byte + body), checked from the length prefix.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
 
@@ -43,6 +44,15 @@ pub struct Position {
     pub tp: TopicPartition,
     /// First source offset the hub has not committed yet.
     pub next_offset: i64,
+}
+
+/// Committed offsets of one edge consumer group (the next offset it will consume, per partition).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupOffsets {
+    /// Consumer group id at the edge.
+    pub group: String,
+    /// Committed offset per replicated source partition (never negative).
+    pub offsets: Vec<Position>,
 }
 
 /// Compression applied to a batch's record payload.
@@ -178,6 +188,9 @@ pub enum Frame {
         positions: Vec<Position>,
         /// Largest batch payload the hub accepts.
         max_batch_bytes: u32,
+        /// Alias of the central cluster the site's heartbeats go to: the target alias the agent
+        /// writes into its MM2 heartbeat records.
+        heartbeat_target: String,
     },
     /// Agent -> hub, records of one source partition.
     Batch(Batch),
@@ -216,6 +229,13 @@ pub enum Frame {
         /// Why the sender is going away.
         reason: String,
     },
+    /// Agent -> hub, control channel: committed offsets of edge consumer groups. Each frame
+    /// replaces what the hub knew of the groups it names (a large report spans several frames,
+    /// each holding whole groups).
+    GroupOffsets {
+        /// The groups and their committed offsets.
+        groups: Vec<GroupOffsets>,
+    },
 }
 
 /// Wire frame type bytes.
@@ -228,6 +248,7 @@ pub(crate) mod frame_type {
     pub const PONG: u8 = 6;
     pub const ERROR: u8 = 7;
     pub const GO_AWAY: u8 = 8;
+    pub const GROUP_OFFSETS: u8 = 9;
 }
 
 impl Frame {
@@ -242,6 +263,7 @@ impl Frame {
             Frame::Pong { .. } => "Pong",
             Frame::Error { .. } => "Error",
             Frame::GoAway { .. } => "GoAway",
+            Frame::GroupOffsets { .. } => "GroupOffsets",
         }
     }
 
@@ -256,6 +278,7 @@ impl Frame {
             Frame::Pong { .. } => PONG,
             Frame::Error { .. } => ERROR,
             Frame::GoAway { .. } => GO_AWAY,
+            Frame::GroupOffsets { .. } => GROUP_OFFSETS,
         }
     }
 }

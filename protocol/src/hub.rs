@@ -47,6 +47,8 @@ pub enum HubEvent {
         /// Agent's reason.
         reason: String,
     },
+    /// Committed offsets of edge consumer groups; each replaces what was known of its group.
+    GroupOffsets(Vec<crate::frame::GroupOffsets>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +236,14 @@ impl HubConn {
                 self.events.push_back(HubEvent::GoAway { reason });
                 Ok(())
             }
+            Frame::GroupOffsets { groups } => {
+                expect_control(channel)?;
+                if !matches!(self.state, State::Welcomed { .. }) {
+                    return Err(self.unexpected(kind));
+                }
+                self.events.push_back(HubEvent::GroupOffsets(groups));
+                Ok(())
+            }
             Frame::Welcome { .. } | Frame::Ack { .. } | Frame::Pong { .. } => {
                 Err(self.unexpected(kind))
             }
@@ -314,8 +324,13 @@ impl HubConn {
         self.events.pop_front()
     }
 
-    /// Accepts the agent after its Hello, telling it where each known partition resumes.
-    pub fn welcome(&mut self, positions: Vec<Position>) -> Result<(), ProtocolError> {
+    /// Accepts the agent after its Hello, telling it where each known partition resumes and
+    /// which cluster alias its heartbeats target.
+    pub fn welcome(
+        &mut self,
+        positions: Vec<Position>,
+        heartbeat_target: String,
+    ) -> Result<(), ProtocolError> {
         let State::HelloReceived { version } = self.state else {
             return Err(ProtocolError::InvalidCall {
                 call: "welcome",
@@ -348,6 +363,7 @@ impl HubConn {
                 hub_id: self.config.hub_id.clone(),
                 positions,
                 max_batch_bytes: self.config.max_batch_bytes,
+                heartbeat_target,
             },
         ));
         self.state = State::Welcomed { version };

@@ -22,7 +22,7 @@ pub use codec::{
 };
 pub use error::{DecodeError, EncodeError, ProtocolError};
 pub use frame::{
-    Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame,
+    Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, GroupOffsets,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Position, TopicPartition,
 };
 pub use hub::{HubConfig, HubConn, HubEvent};

@@ -46,6 +46,7 @@ fn all_frames() -> Vec<Frame> {
                 },
             ],
             max_batch_bytes: 1 << 20,
+            heartbeat_target: "central".into(),
         },
         Frame::Welcome {
             version: 1,
@@ -53,6 +54,7 @@ fn all_frames() -> Vec<Frame> {
             hub_id: String::new(),
             positions: vec![],
             max_batch_bytes: 0,
+            heartbeat_target: String::new(),
         },
         Frame::Batch(sample_batch()),
         Frame::Ack {
@@ -79,6 +81,28 @@ fn all_frames() -> Vec<Frame> {
         Frame::GoAway {
             reason: "shutdown".into(),
         },
+        Frame::GroupOffsets {
+            groups: vec![
+                GroupOffsets {
+                    group: "billing".into(),
+                    offsets: vec![
+                        Position {
+                            tp: tp("orders", 0),
+                            next_offset: 17,
+                        },
+                        Position {
+                            tp: tp("orders", 1),
+                            next_offset: 0,
+                        },
+                    ],
+                },
+                GroupOffsets {
+                    group: String::new(),
+                    offsets: vec![],
+                },
+            ],
+        },
+        Frame::GroupOffsets { groups: vec![] },
     ]
 }
 
@@ -345,10 +369,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             arb_string(),
             arb_string(),
             proptest::collection::vec((arb_tp(), 0..i64::MAX), 0..5),
-            any::<u32>()
+            any::<u32>(),
+            arb_string()
         )
             .prop_map(
-                |(version, site, hub_id, ps, max_batch_bytes)| Frame::Welcome {
+                |(version, site, hub_id, ps, max_batch_bytes, heartbeat_target)| Frame::Welcome {
                     version,
                     site,
                     hub_id,
@@ -357,6 +382,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                         .map(|(tp, next_offset)| Position { tp, next_offset })
                         .collect(),
                     max_batch_bytes,
+                    heartbeat_target,
                 }
             ),
         (
@@ -404,6 +430,25 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             message
         }),
         arb_string().prop_map(|reason| Frame::GoAway { reason }),
+        proptest::collection::vec(
+            (
+                arb_string(),
+                proptest::collection::vec((arb_tp(), 0..i64::MAX), 0..4)
+            ),
+            0..4
+        )
+        .prop_map(|gs| Frame::GroupOffsets {
+            groups: gs
+                .into_iter()
+                .map(|(group, ps)| GroupOffsets {
+                    group,
+                    offsets: ps
+                        .into_iter()
+                        .map(|(tp, next_offset)| Position { tp, next_offset })
+                        .collect(),
+                })
+                .collect(),
+        }),
     ]
 }
 

@@ -125,7 +125,7 @@ impl Pair {
                                 next_offset,
                             })
                             .collect();
-                        self.hub.welcome(positions).unwrap();
+                        self.hub.welcome(positions, "central".into()).unwrap();
                     }
                     HubEvent::Batch(b) => {
                         b.decode_records(hub_config().max_uncompressed_bytes)
@@ -337,6 +337,7 @@ fn handshake_delivers_resume_positions() {
                 },
             ],
             max_batch_bytes: hub_config().max_batch_bytes,
+            heartbeat_target: "central".into(),
         }
     );
     // One round trip: Hello there, Welcome back.
@@ -490,8 +491,8 @@ fn version_mismatch_is_reported_to_the_agent() {
     assert!(matches!(
         err,
         ProtocolError::VersionMismatch {
-            peer_min: 2,
-            peer_max: 6,
+            peer_min: 3,
+            peer_max: 7,
             ..
         }
     ));
@@ -501,7 +502,7 @@ fn version_mismatch_is_reported_to_the_agent() {
         panic!("expected Error, got {frame:?}")
     };
     assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(message.contains("2..=6"), "{message}");
+    assert!(message.contains("3..=7"), "{message}");
     assert!(hub.is_closed());
     assert!(hub.poll_event().is_none());
 
@@ -529,6 +530,7 @@ fn version_mismatch_is_reported_to_the_agent() {
                 hub_id: "h".into(),
                 positions: vec![],
                 max_batch_bytes: 10,
+                heartbeat_target: "central".into(),
             },
         )
         .unwrap_err();
@@ -536,8 +538,8 @@ fn version_mismatch_is_reported_to_the_agent() {
         err,
         ProtocolError::WelcomeVersion {
             version: 9,
-            min: 1,
-            max: 1
+            min: MIN_PROTOCOL_VERSION,
+            max: PROTOCOL_VERSION
         }
     );
 }
@@ -571,8 +573,8 @@ fn batch_before_welcome_is_a_protocol_error_on_both_sides() {
                 now,
                 &Channel::Control,
                 Frame::Hello {
-                    min_version: 1,
-                    max_version: 1,
+                    min_version: PROTOCOL_VERSION,
+                    max_version: PROTOCOL_VERSION,
                     agent_version: "a".into(),
                     site_claim: "edge1".into(),
                 },
@@ -617,14 +619,14 @@ fn welcomed_hub(now: Instant, positions: Vec<Position>) -> HubConn {
         now,
         &Channel::Control,
         Frame::Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
             agent_version: "a".into(),
             site_claim: "edge1".into(),
         },
     )
     .unwrap();
-    hub.welcome(positions).unwrap();
+    hub.welcome(positions, "central".into()).unwrap();
     while hub.poll_transmit().is_some() {}
     hub
 }

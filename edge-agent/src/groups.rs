@@ -1,0 +1,153 @@
+//! Committed offsets of edge consumer groups, read for the hub's checkpoints.
+//!
+//! librdkafka has no admin call for another group's offsets; an unsubscribed consumer with that
+//! `group.id` can read them with `committed_offsets` without joining the group. One such
+//! consumer is kept per reported group.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use er_protocol::{GroupOffsets, Position, TopicPartition};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Validated;
+use crate::source::TopicSet;
+
+/// Reads the committed offsets of the configured groups (blocking: run off the executor).
+pub struct GroupReader {
+    cfg: Validated,
+    lister: BaseConsumer,
+    consumers: HashMap<String, BaseConsumer>,
+}
+
+impl std::fmt::Debug for GroupReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupReader")
+            .field("groups", &self.consumers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupReader {
+    /// Creates the group-listing client.
+    pub fn new(cfg: &Validated) -> anyhow::Result<Self> {
+        Ok(Self {
+            cfg: cfg.clone(),
+            lister: crate::source::base_config(cfg)
+                .create()
+                .context("creating the consumer-group client")?,
+            consumers: HashMap::new(),
+        })
+    }
+
+    /// Committed offsets of every selected group for the partitions in `topics` (groups with
+    /// none of them committed are left out).
+    pub fn read(
+        &mut self,
+        topics: &TopicSet,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<GroupOffsets>> {
+        let list = self
+            .lister
+            .fetch_group_list(None, timeout)
+            .context("listing consumer groups of the edge cluster")?;
+        let mut names: Vec<String> = list
+            .groups()
+            .iter()
+            .map(|g| g.name().to_owned())
+            .filter(|g| self.cfg.wants_group(g))
+            .collect();
+        names.sort();
+        names.dedup();
+        self.consumers.retain(|g, _| names.binary_search(g).is_ok());
+        let mut tpl = TopicPartitionList::new();
+        for (tp, _) in crate::source::partitions(topics) {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let mut out = Vec::new();
+        if tpl.count() == 0 {
+            return Ok(out);
+        }
+        for group in names {
+            let consumer = match self.consumers.entry(group.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                    crate::source::base_config(&self.cfg)
+                        .set("group.id", &group)
+                        .set("enable.auto.commit", "false")
+                        .create()
+                        .with_context(|| format!("creating a client for group {group:?}"))?,
+                ),
+            };
+            let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%group, error = %e, "reading committed offsets failed; group skipped this round");
+                    continue;
+                }
+            };
+            let offsets: Vec<Position> = committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some(Position {
+                        tp: TopicPartition::new(e.topic(), e.partition()),
+                        next_offset: o,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            if !offsets.is_empty() {
+                out.push(GroupOffsets { group, offsets });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Splits a report into frames of at most `max_positions` offsets, keeping each group whole
+/// (a group larger than that gets a frame of its own).
+pub fn chunk(groups: Vec<GroupOffsets>, max_positions: usize) -> Vec<Vec<GroupOffsets>> {
+    let mut frames: Vec<Vec<GroupOffsets>> = Vec::new();
+    let mut size = 0;
+    for g in groups {
+        let n = g.offsets.len();
+        if frames.is_empty() || size + n > max_positions {
+            frames.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        frames.last_mut().expect("pushed above").push(g);
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(name: &str, n: usize) -> GroupOffsets {
+        GroupOffsets {
+            group: name.into(),
+            offsets: (0..n)
+                .map(|i| Position {
+                    tp: TopicPartition::new("t", i as i32),
+                    next_offset: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn chunks_keep_groups_whole_and_bounded() {
+        let frames = chunk(vec![g("a", 3), g("b", 3), g("c", 10), g("d", 1)], 6);
+        let names: Vec<Vec<&str>> = frames
+            .iter()
+            .map(|f| f.iter().map(|g| g.group.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
+        assert!(chunk(Vec::new(), 6).is_empty());
+    }
+}
