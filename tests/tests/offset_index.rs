@@ -1,0 +1,443 @@
+//! The hub's offset index on real Kafka, driven at the er-hub library level: hand-built batches
+//! (filtered, renamed, fanned out, several records per source offset) go through a real site
+//! writer into the central broker; the index must answer exactly what the destination topics
+//! hold, and a writer started afresh (as after a hub restart) must rebuild the same index from
+//! the central cluster and keep it up to date.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use er_hub::config::ClusterConfig;
+use er_hub::kafka::{TopicManager, offset_index_topic};
+use er_hub::offsets::{SharedOffsetIndex, Translation};
+use er_hub::sink::{self, Completion, SiteWriter, WriteJob, WriterSettings};
+use er_protocol::{
+    Batch, BatchBuilder, Codec, Position, RecordRef, ReplicationPolicy, TimestampType,
+    TopicPartition,
+};
+use er_tests::client;
+use er_tests::kafka::shared;
+use er_tests::unique_name;
+use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+use tokio::sync::mpsc;
+
+/// Header carrying a record's source partition and offset, to map destination records back.
+const SRC_HEADER: &str = "er-test-src";
+
+fn tp(topic: &str, partition: i32) -> TopicPartition {
+    TopicPartition::new(topic, partition)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// One output record of a source offset: optional topic and partition overrides.
+type Out = (Option<&'static str>, Option<i32>);
+
+/// A batch of `source` (of a topic with `partitions` partitions) covering offsets up to `next`:
+/// `plan(offset)` gives the records each source offset becomes (empty = dropped).
+fn batch(
+    source: &TopicPartition,
+    partitions: i32,
+    offsets: std::ops::Range<i64>,
+    next: i64,
+    plan: impl Fn(i64) -> Vec<Out>,
+) -> Result<Batch> {
+    let mut b = BatchBuilder::new(source.clone(), partitions);
+    let ts = now_ms();
+    for o in offsets {
+        for (copy, (topic, partition)) in plan(o).into_iter().enumerate() {
+            let id = format!("{}/{}/{o}", source.topic, source.partition);
+            let value = format!("{id}#{copy}");
+            let headers = [(SRC_HEADER, Some(id.as_bytes()))];
+            b.push(&RecordRef {
+                offset: o,
+                timestamp: ts,
+                timestamp_type: TimestampType::CreateTime,
+                key: Some(id.as_bytes()),
+                value: Some(value.as_bytes()),
+                headers: &headers,
+                topic,
+                partition,
+            });
+        }
+    }
+    b.set_next_offset(next);
+    Ok(b.finish(0, Codec::Zstd, 3)?)
+}
+
+struct Site {
+    name: String,
+    group: String,
+    cluster: ClusterConfig,
+    topics: Arc<TopicManager>,
+}
+
+impl Site {
+    fn new(bootstrap: &str) -> Result<Self> {
+        let cluster = ClusterConfig {
+            alias: "central".into(),
+            bootstrap_servers: bootstrap.into(),
+            replication_factor: 1,
+            transaction_timeout_ms: 60_000,
+            properties: BTreeMap::new(),
+        };
+        Ok(Self {
+            name: unique_name("oi"),
+            group: unique_name("oi-hubs"),
+            topics: TopicManager::new(&cluster)?,
+            cluster,
+        })
+    }
+
+    /// Starts a writer for the site, fencing any earlier one, as a hub does on connect.
+    async fn start_writer(&self) -> Result<(SiteWriter, Vec<Position>)> {
+        let settings = WriterSettings {
+            site: self.name.clone(),
+            group_id: self.group.clone(),
+            policy: ReplicationPolicy::Default {
+                separator: ".".into(),
+            },
+            max_uncompressed_bytes: 32 << 20,
+            max_transaction_bytes: 32 << 20,
+            queue_batches: 16,
+            offset_index_max_entries: 1_000_000,
+            offset_index_retention_ms: 7 * 24 * 3_600_000,
+            offset_index_rebuild_timeout: Duration::from_secs(45),
+        };
+        let (cluster, topics) = (self.cluster.clone(), self.topics.clone());
+        let rt = tokio::runtime::Handle::current();
+        Ok(
+            tokio::task::spawn_blocking(move || sink::start(rt, &cluster, topics, settings))
+                .await??,
+        )
+    }
+
+    fn remote(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.name)
+    }
+}
+
+/// Submits batches back to back (the writer may group them into one transaction) and waits
+/// until all committed.
+async fn write(writer: &SiteWriter, batches: Vec<Batch>) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
+    let n = batches.len();
+    for batch in batches {
+        writer
+            .submit(WriteJob {
+                batch,
+                reply: tx.clone(),
+            })
+            .await?;
+    }
+    for _ in 0..n {
+        let done = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .context("no completion within 120 s")?
+            .context("writer dropped the reply channel")?;
+        done.result
+            .with_context(|| format!("batch of {} failed", done.tp))?;
+    }
+    Ok(())
+}
+
+/// What the central cluster holds: per (source, destination) partition the records as
+/// (source offset, destination offset), and each destination's end offset.
+#[derive(Debug, Default)]
+struct Truth {
+    pairs: BTreeMap<TopicPartition, BTreeMap<TopicPartition, Vec<(i64, i64)>>>,
+    ends: BTreeMap<TopicPartition, i64>,
+}
+
+async fn read_truth(bootstrap: &str, dest_topics: &[String]) -> Result<Truth> {
+    let mut truth = Truth::default();
+    for topic in dest_topics {
+        for (p, end) in client::end_offsets(bootstrap, topic).await? {
+            truth.ends.insert(tp(topic, p), end);
+        }
+        let records = client::consume_to_end(bootstrap, topic, Duration::from_secs(60)).await?;
+        for r in records {
+            let (_, v) = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == SRC_HEADER)
+                .with_context(|| {
+                    format!("{topic}/{}@{} has no source header", r.partition, r.offset)
+                })?;
+            let id = String::from_utf8(v.clone().unwrap_or_default())?;
+            let mut parts = id.rsplitn(3, '/');
+            let (o, p, t) = (parts.next(), parts.next(), parts.next());
+            let (Some(o), Some(p), Some(t)) = (o, p, t) else {
+                bail!("bad source header {id:?}");
+            };
+            truth
+                .pairs
+                .entry(tp(t, p.parse()?))
+                .or_default()
+                .entry(tp(topic, r.partition))
+                .or_default()
+                .push((o.parse()?, r.offset));
+        }
+    }
+    for dests in truth.pairs.values_mut() {
+        for recs in dests.values_mut() {
+            recs.sort_by_key(|r| r.1);
+        }
+    }
+    Ok(truth)
+}
+
+impl Truth {
+    /// The exact translation of `u`, by brute force over the destination records.
+    fn translate(
+        &self,
+        source: &TopicPartition,
+        u: i64,
+        position: i64,
+    ) -> BTreeMap<TopicPartition, Translation> {
+        let Some(dests) = self.pairs.get(source) else {
+            return BTreeMap::new();
+        };
+        dests
+            .iter()
+            .map(|(dest, recs)| {
+                let t = match recs.iter().find(|r| r.0 >= u) {
+                    Some(r) => Translation::Exact(r.1),
+                    None if position >= u => Translation::EndOffset(self.ends[dest]),
+                    None => Translation::NotYet,
+                };
+                (dest.clone(), t)
+            })
+            .collect()
+    }
+}
+
+/// Checks every source offset up to past the position against the brute-force answer.
+fn check_index(
+    index: &SharedOffsetIndex,
+    truth: &Truth,
+    positions: &BTreeMap<TopicPartition, i64>,
+    what: &str,
+) -> Result<usize> {
+    let index = index.read().expect("index lock");
+    let mut checked = 0;
+    for (source, &position) in positions {
+        ensure!(
+            index.position(source) == Some(position),
+            "{what}: position of {source}: {:?} != {position}",
+            index.position(source)
+        );
+        let dests: BTreeSet<TopicPartition> = index.dest_partitions(source).into_iter().collect();
+        let want: BTreeSet<TopicPartition> = truth
+            .pairs
+            .get(source)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        ensure!(
+            dests == want,
+            "{what}: destinations of {source}: {dests:?} != {want:?}"
+        );
+        for u in 0..=position + 2 {
+            let got: BTreeMap<TopicPartition, Translation> = index
+                .translate(source, u, |d| truth.ends.get(d).copied())
+                .into_iter()
+                .collect();
+            let want = truth.translate(source, u, position);
+            ensure!(
+                got == want,
+                "{what}: {source} at {u}: index {got:?}, records say {want:?}"
+            );
+            checked += 1;
+        }
+    }
+    Ok(checked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn index_matches_the_destination_records_and_survives_a_restart() -> Result<()> {
+    let k = shared();
+    let site = Site::new(k.central())?;
+    let (writer, positions) = site.start_writer().await?;
+    ensure!(
+        positions.is_empty(),
+        "a new site has no positions: {positions:?}"
+    );
+
+    let orders0 = tp("orders", 0);
+    let orders1 = tp("orders", 1);
+    let metrics = tp("metrics", 0);
+    let clean = tp("clean", 0);
+    let default: Out = (None, None);
+    // orders/0: unfiltered, then sparse with renames, copies fanned out to partition 1 (which
+    // orders/1 also feeds), a dropped tail, then an all-dropped batch.
+    let sparse = move |o: i64| -> Vec<Out> {
+        if o % 3 != 0 {
+            vec![]
+        } else if o % 9 == 0 {
+            vec![(Some("orders-audit"), Some(0))]
+        } else if o % 7 == 0 {
+            vec![default, (None, Some(1)), default]
+        } else {
+            vec![default]
+        }
+    };
+    write(
+        &writer,
+        vec![
+            batch(&orders0, 2, 0..50, 50, |_| vec![default])?,
+            batch(&orders1, 2, 0..40, 40, |o| {
+                if o % 2 == 0 { vec![default] } else { vec![] }
+            })?,
+            // Every record renamed: no `<site>.metrics` may appear.
+            batch(&metrics, 1, 10..30, 30, |_| {
+                vec![(Some("metrics-renamed"), None)]
+            })?,
+        ],
+    )
+    .await?;
+    write(
+        &writer,
+        vec![
+            batch(&orders0, 2, 50..120, 125, sparse)?,
+            batch(&clean, 1, 0..60, 60, |o| {
+                if o % 4 == 1 { vec![] } else { vec![default] }
+            })?,
+        ],
+    )
+    .await?;
+    write(
+        &writer,
+        vec![
+            batch(&orders0, 2, 130..130, 130, sparse)?,
+            batch(&clean, 1, 60..100, 100, |o| {
+                if o % 4 == 1 { vec![] } else { vec![default] }
+            })?,
+        ],
+    )
+    .await?;
+
+    let dest_topics: Vec<String> = ["orders", "orders-audit", "metrics-renamed", "clean"]
+        .iter()
+        .map(|t| site.remote(t))
+        .collect();
+    let mut positions: BTreeMap<TopicPartition, i64> = [
+        (orders0.clone(), 130),
+        (orders1.clone(), 40),
+        (metrics.clone(), 30),
+        (clean.clone(), 100),
+    ]
+    .into_iter()
+    .collect();
+    let truth = read_truth(k.central(), &dest_topics).await?;
+    let records: usize = truth
+        .pairs
+        .values()
+        .flat_map(|d| d.values())
+        .map(Vec::len)
+        .sum();
+    ensure!(records > 150, "only {records} records in the destinations");
+    let checked = check_index(writer.offset_index(), &truth, &positions, "live")?;
+    {
+        let index = writer.offset_index().read().expect("index lock");
+        ensure!(!index.is_one_to_one(&orders0), "orders/0 fans out");
+        ensure!(
+            !index.is_one_to_one(&orders1),
+            "orders/1 shares its destination"
+        );
+        ensure!(index.is_one_to_one(&metrics), "metrics/0 is renamed 1:1");
+        ensure!(index.is_one_to_one(&clean), "clean/0 only drops records");
+    }
+
+    let topics = client::list_topics(k.central()).await?;
+    let index_topic = offset_index_topic(&site.name);
+    ensure!(
+        !topics.contains(&site.remote("metrics")),
+        "a topic whose records were all renamed left an empty destination behind"
+    );
+    ensure!(
+        topics.contains(&index_topic),
+        "no {index_topic} in {topics:?}"
+    );
+    ensure!(er_protocol::is_internal_topic(&index_topic));
+    ensure!(client::partition_ids(k.central(), &index_topic).await? == vec![0]);
+    let admin = client::admin(k.central())?;
+    let configs = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic(&index_topic)],
+            &AdminOptions::new(),
+        )
+        .await?;
+    let config = configs.into_iter().next().context("no config")??;
+    let value = |name: &str| {
+        config
+            .get(name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default()
+    };
+    ensure!(
+        value("cleanup.policy") == "delete",
+        "{:?}",
+        value("cleanup.policy")
+    );
+    ensure!(
+        value("retention.ms") == "604800000",
+        "{:?}",
+        value("retention.ms")
+    );
+
+    // A hub restart: the old writer goes away, a new one fences it and rebuilds the index.
+    let old_index = writer.offset_index().clone();
+    drop(writer);
+    let rebuild_started = Instant::now();
+    let (writer, resumed) = site.start_writer().await?;
+    let rebuild = rebuild_started.elapsed();
+    let resumed: BTreeMap<TopicPartition, i64> =
+        resumed.into_iter().map(|p| (p.tp, p.next_offset)).collect();
+    ensure!(resumed == positions, "positions after restart: {resumed:?}");
+    check_index(writer.offset_index(), &truth, &positions, "rebuilt")?;
+    // The stopped writer's index must not answer end offsets any more: the new writer's
+    // commits are invisible to it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = old_index
+            .read()
+            .expect("index lock")
+            .translate(&orders0, 128, |d| truth.ends.get(d).copied());
+        if t.iter().all(|(_, t)| *t == Translation::NotYet) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "stopped index still answers {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The rebuilt index keeps learning.
+    write(
+        &writer,
+        vec![batch(&orders0, 2, 130..150, 160, |o| {
+            if o % 2 == 0 {
+                vec![default]
+            } else {
+                vec![(None, Some(1))]
+            }
+        })?],
+    )
+    .await?;
+    positions.insert(orders0.clone(), 160);
+    let truth = read_truth(k.central(), &dest_topics).await?;
+    check_index(writer.offset_index(), &truth, &positions, "after restart")?;
+    eprintln!(
+        "offset index: {records} records, {checked} translations checked; restart with rebuild took {:.2} s",
+        rebuild.as_secs_f64()
+    );
+    Ok(())
+}
