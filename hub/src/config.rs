@@ -66,6 +66,45 @@ pub struct HubConfig {
     /// Limits on what a site may send.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// MM2 checkpoints, offset syncs and group offset sync.
+    #[serde(default)]
+    pub checkpoints: CheckpointsConfig,
+}
+
+/// Consumer-group offset translation for failover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointsConfig {
+    /// Milliseconds between checkpoint rounds (each uses the latest group offsets the agent
+    /// reported).
+    #[serde(default = "default_checkpoint_interval_ms")]
+    pub interval_ms: u64,
+    /// Write MM2 offset syncs (`mm2-offset-syncs.<site>.internal`) for source partitions that
+    /// map one to one.
+    #[serde(default = "default_true")]
+    pub offset_syncs: bool,
+    /// Commit translated offsets to the central cluster's consumer groups of the same name
+    /// (MM2's `sync.group.offsets.enabled`): forward only, and only while the group has no
+    /// active members there.
+    #[serde(default)]
+    pub sync_group_offsets: bool,
+}
+
+impl Default for CheckpointsConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_checkpoint_interval_ms(),
+            offset_syncs: true,
+            sync_group_offsets: false,
+        }
+    }
+}
+
+fn default_checkpoint_interval_ms() -> u64 {
+    5_000
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_group_id() -> String {
@@ -366,6 +405,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             sites,
             cluster,
         });
+    }
+    if raw.checkpoints.interval_ms == 0 {
+        return Err(invalid(
+            "checkpoints.interval_ms",
+            "must be greater than 0".into(),
+        ));
     }
     let l = &raw.limits;
     if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_batches == 0 {

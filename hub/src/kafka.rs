@@ -286,7 +286,7 @@ pub fn decode_position(key: &[u8], value: &[u8]) -> Result<Position, String> {
 
 /// Client context that treats reaching the end of a partition as the normal event it is here,
 /// instead of logging it as an error.
-struct QuietEof;
+pub(crate) struct QuietEof;
 
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -313,7 +313,7 @@ fn kafka_err(
 }
 
 /// A read_committed reader of partition 0 of `topic` from its beginning, reporting EOF.
-fn committed_reader(
+pub(crate) fn committed_reader(
     cluster: &ClusterConfig,
     group: String,
     topic: &str,

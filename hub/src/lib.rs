@@ -4,6 +4,7 @@
 //! The binary (`hub --config hub.toml`) is a thin wrapper over [`Hub`]; the quickstart and the
 //! tests run the same code in-process.
 
+pub mod checkpoints;
 pub mod config;
 pub mod kafka;
 pub mod offsets;

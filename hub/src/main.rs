@@ -27,6 +27,20 @@ enum Command {
         /// Path of hub.toml.
         config: PathBuf,
     },
+    /// Shows a site's consumer-group checkpoints on the central clusters: for each destination
+    /// partition, the group's offset at the edge (upstream) and where it resumes centrally
+    /// (downstream). One JSON object per line.
+    Checkpoints {
+        /// Path of hub.toml (for the clusters).
+        #[arg(long)]
+        config: PathBuf,
+        /// Site alias.
+        #[arg(long)]
+        site: String,
+        /// Only this consumer group (all groups when omitted).
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Creates a development PKI: a CA, a hub certificate and one certificate per site.
     Certs {
         /// Directory to write PEM files into.
@@ -64,6 +78,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::CheckConfig { config }) => {
             er_hub::config::load(&config)?;
             println!("{}: ok", config.display());
+            Ok(())
+        }
+        Some(Command::Checkpoints {
+            config,
+            site,
+            group,
+        }) => {
+            let cfg = er_hub::config::load(&config)?;
+            let topic = er_protocol::checkpoints_topic(&site);
+            for cluster in &cfg.raw.clusters {
+                let found = er_hub::checkpoints::read_checkpoints(cluster, &topic, &site)?;
+                let mut rows: Vec<_> = found
+                    .into_iter()
+                    .filter(|((g, _), _)| group.as_ref().is_none_or(|want| want == g))
+                    .collect();
+                rows.sort();
+                for ((g, tp), (upstream, downstream)) in rows {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "cluster": cluster.alias,
+                            "group": g,
+                            "topic": tp.topic,
+                            "partition": tp.partition,
+                            "upstream_offset": upstream,
+                            "downstream_offset": downstream,
+                        })
+                    );
+                }
+            }
             Ok(())
         }
         Some(Command::Certs {

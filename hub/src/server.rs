@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use er_protocol::{Channel, ErrorCode, Frame, HubConn, HubEvent, TopicPartition};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::checkpoints::{CheckpointSettings, Checkpointer, GroupTable, Round};
 use crate::config::Validated;
 use crate::kafka::TopicManager;
 use crate::sink::{self, Completion, SiteWriter, WriteError, WriteJob, WriterSettings};
@@ -202,10 +203,53 @@ impl Hub {
             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
         writers.flush(&mut proto).await?;
 
+        let checkpointers = self
+            .start_checkpointers(&site, &site_writers)
+            .await
+            .map_err(SessionEnd::Internal)?;
+        let mut group_table = GroupTable::default();
+        let mut checkpoint_tick =
+            tokio::time::interval(Duration::from_millis(cfg.raw.checkpoints.interval_ms));
+        checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (round_tx, mut rounds) = mpsc::channel::<Result<Round, String>>(1);
+        let mut round_busy = false;
+
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(256);
         spawn_reader(ctl_reader, None, in_tx.clone());
         loop {
             tokio::select! {
+                _ = checkpoint_tick.tick(), if !round_busy && !group_table.is_empty() => {
+                    round_busy = true;
+                    let cps = checkpointers.clone();
+                    let table = group_table.clone();
+                    let tx = round_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut total = Round::default();
+                        let mut result = Ok(());
+                        for c in cps.lock().expect("checkpointers lock").iter_mut() {
+                            match c.run_once(&table) {
+                                Ok(r) => {
+                                    total.checkpoints += r.checkpoints;
+                                    total.offset_syncs += r.offset_syncs;
+                                    total.group_commits += r.group_commits;
+                                    total.pending += r.pending;
+                                }
+                                Err(e) => result = Err(e.to_string()),
+                            }
+                        }
+                        let _ = tx.blocking_send(result.map(|()| total));
+                    });
+                }
+                r = rounds.recv() => {
+                    round_busy = false;
+                    match r {
+                        Some(Ok(r)) if r.checkpoints + r.offset_syncs + r.group_commits > 0 => {
+                            debug!(checkpoints = r.checkpoints, offset_syncs = r.offset_syncs, group_commits = r.group_commits, pending = r.pending, "checkpoint round");
+                        }
+                        Some(Ok(_)) | None => {}
+                        Some(Err(e)) => warn!(error = %e, "checkpoint round failed; retrying next interval"),
+                    }
+                }
                 stream = conn.accept_bi() => {
                     let (send, recv) = stream.map_err(|e| SessionEnd::Link(e.to_string()))?;
                     spawn_reader(FrameReader::new(recv, max_frame), Some(send), in_tx.clone());
@@ -219,10 +263,17 @@ impl Hub {
                             }
                             proto.handle_frame(Instant::now(), &channel, frame).map_err(|e| SessionEnd::Protocol(e.to_string()))?;
                             while let Some(ev) = proto.poll_event() {
-                                if let HubEvent::Batch(batch) = ev {
-                                    let cluster = cfg.cluster_for(&site, &batch.header.tp.topic);
-                                    debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
-                                    site_writers[cluster].submit(WriteJob { batch, reply: completions_tx.clone() }).await.map_err(|e| SessionEnd::Internal(e.to_string()))?;
+                                match ev {
+                                    HubEvent::Batch(batch) => {
+                                        let cluster = cfg.cluster_for(&site, &batch.header.tp.topic);
+                                        debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
+                                        site_writers[cluster].submit(WriteJob { batch, reply: completions_tx.clone() }).await.map_err(|e| SessionEnd::Internal(e.to_string()))?;
+                                    }
+                                    HubEvent::GroupOffsets(groups) => {
+                                        debug!(groups = groups.len(), "group offsets reported");
+                                        group_table.update(groups);
+                                    }
+                                    _ => {}
                                 }
                             }
                         }
@@ -254,6 +305,35 @@ impl Hub {
             }
             writers.flush(&mut proto).await?;
         }
+    }
+
+    /// One checkpointer per cluster for this site, on the writers' offset indexes.
+    async fn start_checkpointers(
+        &self,
+        site: &str,
+        writers: &[SiteWriter],
+    ) -> Result<Arc<std::sync::Mutex<Vec<Checkpointer>>>, String> {
+        let cfg = &self.config;
+        let mut out = Vec::new();
+        for (i, cluster) in cfg.raw.clusters.iter().enumerate() {
+            let settings = CheckpointSettings {
+                site: site.to_owned(),
+                sync_group_offsets: cfg.raw.checkpoints.sync_group_offsets,
+                offset_syncs: cfg.raw.checkpoints.offset_syncs,
+            };
+            let cluster = cluster.clone();
+            let topics = self.topics[i].clone();
+            let index = writers[i].offset_index().clone();
+            let rt = tokio::runtime::Handle::current();
+            let c = tokio::task::spawn_blocking(move || {
+                Checkpointer::start(&rt, &cluster, &topics, index, settings)
+            })
+            .await
+            .map_err(|e| format!("checkpointer start panicked: {e}"))?
+            .map_err(|e| e.to_string())?;
+            out.push(c);
+        }
+        Ok(Arc::new(std::sync::Mutex::new(out)))
     }
 
     /// One writer per cluster for this site; returns them with the merged committed positions.
