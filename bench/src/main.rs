@@ -112,6 +112,9 @@ struct BenchArgs {
     /// Directory holding prebuilt `edge-agent` and `hub` (default: build them next to er-bench).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Directory of the example plugins (default: plugins/examples/target/wasm32-wasip2/release).
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
     /// Where results go (default: bench/results).
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -138,6 +141,10 @@ fn main() -> Result<()> {
 }
 
 fn git_commit(workspace: &std::path::Path) -> String {
+    // For a build from an exported tree (no .git): say which commit it was.
+    if let Ok(c) = std::env::var("ER_BENCH_COMMIT") {
+        return c;
+    }
     let out = |args: &[&str]| {
         Command::new("git")
             .current_dir(workspace)
@@ -212,14 +219,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     } else {
         (PathBuf::new(), true)
     };
-    let self_release = std::env::current_exe()
-        .ok()
-        .and_then(|e| {
-            e.parent()
-                .and_then(|p| p.file_name())
-                .map(|n| n == "release")
-        })
-        .unwrap_or(false);
+    let self_release = !cfg!(debug_assertions);
     if !(release && self_release) {
         eprintln!("[er-bench] WARNING: not a release build; numbers are not comparable");
     }
@@ -248,7 +248,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         bins,
         work: work.clone(),
         run_id,
-        workspace: workspace.clone(),
+        plugin_dir: a
+            .plugin_dir
+            .clone()
+            .unwrap_or_else(|| scenario::plugin_dir(&workspace)),
         classpath,
     };
     let mut report = Report {

@@ -109,10 +109,10 @@ impl Mm2Setup {
             "-cp".into(),
             classpath.to_owned(),
             "org.apache.kafka.connect.mirror.MirrorMaker".into(),
+            props.display().to_string(),
             // Only the herder that writes to central: no reverse-direction heartbeat flow.
             "--clusters".into(),
             "central".into(),
-            props.display().to_string(),
         ]
         .into();
         Child::spawn(

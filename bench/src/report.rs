@@ -154,13 +154,13 @@ fn rows(s: &ScenarioResult, settings: &Settings) -> Vec<Row> {
             text: None,
         },
         Row {
-            name: "first → last record, s".into(),
+            name: "measured window, s".into(),
             kind: Kind::Lower,
             value: Box::new(|m| Some(m.window_s)),
             text: None,
         },
         Row {
-            name: "start → first record, s".into(),
+            name: "start-up (process start → window), s".into(),
             kind: Kind::Text,
             value: Box::new(|m| Some(m.startup_s)),
             text: None,
@@ -291,14 +291,17 @@ folds key, value, headers and timestamp of each record, in order, into a digest 
 the digest of what the preloader wrote (after the scenario's filter or transform). A missing,
 extra, reordered or altered record marks the cell FAILED and no number is reported.
 
-- **throughput**: source records (and source key+value bytes, MB = 10^6 B) divided by the time
-  from the first record landing at the destination (first end offset above zero, or first record
-  read) to the last expected record read. Start-up (JVM, topic creation, group join) is excluded
-  and shown separately as *start → first record*.
+- **throughput**: source records (and source key+value bytes, MB = 10^6 B) divided by the
+  measured window: from the moment data starts crossing the replication link (64 KiB beyond
+  what crossed at start-up, read from the counting proxies every 5 ms) or the first record
+  landing at the destination, whichever is earlier, to the last expected record read at the
+  destination. Start-up (JVM, topic creation, group join, transactional init) is excluded and
+  shown separately; a replicator that holds records back before its first commit is not
+  flattered, since the window opens when it starts reading.
 - **kept records/s**: the same window, records the destination holds (filter scenarios).
 - **CPU s / M records**: utime+stime from `/proc/<pid>/stat` of the replicator processes (ours:
   agent + hub; MM2: its JVM; baseline: the `er-bench pipe` process), sampled every 100 ms,
-  over the first→last window (rounded out to the samples), per million source records.
+  over the measured window (rounded out to the samples), per million source records.
 - **peak RSS**: the larger of VmRSS sampled every 100 ms and VmHWM at the end, per process;
   the sum over the system's processes.
 - **link bytes / record**: bytes crossing the replication link in both directions from process

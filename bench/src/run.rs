@@ -80,8 +80,8 @@ pub struct Bench {
     pub work: PathBuf,
     /// Short random id in every topic name of this invocation.
     pub run_id: String,
-    /// Workspace root.
-    pub workspace: PathBuf,
+    /// Directory of the example plugins.
+    pub plugin_dir: PathBuf,
     /// MM2's class path.
     pub classpath: String,
 }
@@ -105,10 +105,13 @@ pub struct ProcMetrics {
 /// Measurements of one checked run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
-    /// First to last arrival at the destination, seconds.
+    /// From data first crossing the link (or the first arrival, if earlier or unmeasured) to
+    /// the last arrival at the destination, seconds.
     pub window_s: f64,
-    /// Process start to first arrival, seconds.
+    /// Process start to the start of that window, seconds.
     pub startup_s: f64,
+    /// Process start to the first record at the destination, seconds.
+    pub first_arrival_s: f64,
     /// Source records.
     pub source_records: u64,
     /// Source records per second over the window.
@@ -429,14 +432,11 @@ impl Bench {
         let parts = w.partitions;
         let mut running = match sys {
             System::Ours => {
-                let routes = match scenario::agent_routes(
-                    scen.processing,
-                    prefix,
-                    &scenario::plugin_dir(&self.workspace),
-                ) {
+                let routes = match scenario::agent_routes(scen.processing, prefix, &self.plugin_dir)
+                {
                     None => String::new(),
                     Some(r) => {
-                        let dir = scenario::plugin_dir(&self.workspace);
+                        let dir = &self.plugin_dir;
                         let wasm = if scen.processing == Processing::FilterHot {
                             "filter.wasm"
                         } else {
@@ -462,6 +462,8 @@ impl Bench {
                     agent_extra: format!("{}\n{routes}", self.settings.agent_extra),
                     relay: (self.settings.link_proxy || shape.is_some()).then_some(shape),
                 };
+                // The relay's sockets and tasks live on the bench's runtime.
+                let _rt = self.rt.enter();
                 let ours = setup.start(&self.bins, &self.work)?;
                 let counters = ours.relay.as_ref().map(|r| r.counters().clone());
                 Running {
@@ -635,6 +637,23 @@ impl Bench {
                 .collect::<Vec<_>>()
                 .join("\n")
         });
+        // The window opens when data starts crossing the link: a replicator that holds records
+        // back (ours commits them in transactions of up to 32 MiB) must not look faster for it.
+        let link_start: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+        let link_watch = running.counters.clone().map(|c| {
+            let (stop, link_start) = (stop_watch.clone(), link_start.clone());
+            std::thread::spawn(move || {
+                let base = c.total();
+                while !stop.load(Ordering::Relaxed) {
+                    if c.total() >= base + LINK_START_BYTES {
+                        *link_start.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now());
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        });
         let dest = |t: &str| format!("{marker}.{t}");
         let spec = CheckSpec {
             bootstrap: self.brokers.central.clone(),
@@ -658,10 +677,12 @@ impl Bench {
                 self.work.display()
             );
         }
-        let (first, last) = (
-            outcome.first.context("no first arrival")?,
-            outcome.last.context("no last arrival")?,
-        );
+        let first_arrival = outcome.first.context("no first arrival")?;
+        let last = outcome.last.context("no last arrival")?;
+        let first = link_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(first_arrival, |t| t.min(first_arrival));
         // Fixed-rate latency, once the warm-up records show the destination topic is there.
         let lat_dest = dest(lat_src);
         let latency =
@@ -678,6 +699,9 @@ impl Bench {
             });
         stop_watch.store(true, Ordering::Relaxed);
         let _ = watchdog.join();
+        if let Some(t) = link_watch {
+            let _ = t.join();
+        }
         let series = sampler.finish();
         let window = last.duration_since(first).as_secs_f64().max(1e-3);
         let per_m = 1e6 / exp.source_records as f64;
@@ -708,6 +732,7 @@ impl Bench {
         Ok(Metrics {
             window_s: window,
             startup_s: first.duration_since(started).as_secs_f64(),
+            first_arrival_s: first_arrival.duration_since(started).as_secs_f64(),
             source_records: exp.source_records,
             records_per_s: exp.source_records as f64 / window,
             mb_per_s: exp.source_bytes as f64 / window / 1e6,
@@ -723,6 +748,10 @@ impl Bench {
         })
     }
 }
+
+/// Link bytes beyond those at start that mark data flowing (handshakes, metadata and warm-up
+/// records stay below it).
+const LINK_START_BYTES: u64 = 64 * 1024;
 
 fn tail_of(logs: &[PathBuf], n: usize) -> String {
     let text: String = logs
