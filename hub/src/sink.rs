@@ -182,7 +182,7 @@ pub fn transactional_id(group_id: &str, site: &str, cluster: &str) -> String {
 /// in send order (low 32 bits); reports of an older generation (an aborted transaction's purged
 /// messages) are ignored.
 #[derive(Debug, Default)]
-pub struct Deliveries {
+struct Deliveries {
     state: Mutex<DeliveryState>,
     changed: Condvar,
 }
@@ -219,9 +219,7 @@ impl ProducerContext for Deliveries {
             return;
         }
         match result {
-            Ok(m) if index == UNTRACKED => {
-                let _ = m;
-            }
+            Ok(_) if index == UNTRACKED => {}
             Ok(m) => {
                 let offset = m.offset();
                 match st.offsets.get_mut(index) {
@@ -490,7 +488,13 @@ impl Writer {
                 })?;
             decoded.push(recs);
         }
-        let records = decoded.iter().map(|d| d.len()).sum();
+        let records: usize = decoded.iter().map(|d| d.len()).sum();
+        if records >= UNTRACKED {
+            return Err(WriteError::Kafka {
+                cluster: self.cluster.clone(),
+                message: format!("{records} records are too many for one transaction"),
+            });
+        }
         self.producer
             .begin_transaction()
             .map_err(|e| self.txn_error("begin", e))?;
