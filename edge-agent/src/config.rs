@@ -69,6 +69,18 @@ pub struct AgentConfig {
     /// matching no route are replicated unchanged. The `heartbeats` topic never takes a route.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The Prometheus endpoint; absent (or `listen` unset) serves none.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP `ip:port` serving `/metrics`, e.g. `127.0.0.1:9464`; none when unset.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// MM2 heartbeats.
@@ -393,6 +405,8 @@ pub struct Validated {
     pub groups_include: Vec<Regex>,
     /// Whole-name matchers of consumer groups never reported.
     pub groups_exclude: Vec<Regex>,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A validated route.
@@ -777,6 +791,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             policy,
         });
     }
+    let metrics_listen = raw
+        .metrics
+        .listen
+        .as_deref()
+        .map(parse_metrics_listen)
+        .transpose()
+        .map_err(|m| invalid("metrics.listen", m))?;
     Ok(Validated {
         raw,
         include,
@@ -788,7 +809,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         routes,
         groups_include,
         groups_exclude,
+        metrics_listen,
     })
+}
+
+/// Parses the metrics endpoint address: an `ip:port` socket address with a port other than 0.
+pub fn parse_metrics_listen(listen: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        format!("{listen:?} is not an `ip:port` socket address (e.g. \"127.0.0.1:9464\"): {e}")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "{listen:?}: port 0 would pick a random port that no scraper knows"
+        ));
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -1052,6 +1087,49 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
             assert!(e.contains(field), "{field}: {e}");
             assert!(e.contains("agent.toml"), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn metrics_endpoint_is_optional_and_validated() {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let v = parse(&path, &good).unwrap();
+        assert_eq!(
+            v.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap()),
+            "the example serves metrics"
+        );
+        let listen = "listen = \"127.0.0.1:9464\"";
+        let absent: String = good
+            .lines()
+            .filter(|l| !l.starts_with("[metrics]") && !l.starts_with(listen))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(absent, good);
+        assert_eq!(parse(&path, &absent).unwrap().metrics_listen, None);
+        let unset = good.replace(listen, "");
+        assert_eq!(parse(&path, &unset).unwrap().metrics_listen, None);
+        let v6 = good.replace("127.0.0.1:9464", "[::1]:9464");
+        assert_eq!(
+            parse(&path, &v6).unwrap().metrics_listen,
+            Some("[::1]:9464".parse().unwrap())
+        );
+        for (bad, field) in [
+            ("localhost:9464", "metrics.listen"),
+            ("127.0.0.1", "metrics.listen"),
+            ("127.0.0.1:0", "metrics.listen"),
+            ("127.0.0.1:99999", "metrics.listen"),
+        ] {
+            let text = good.replace("127.0.0.1:9464", bad);
+            let e = parse(&path, &text).expect_err(bad).to_string();
+            assert!(e.contains(field) && e.contains("agent.toml"), "{bad}: {e}");
+        }
+        let unknown = good.replace(listen, "port = 9464");
+        let e = parse(&path, &unknown)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

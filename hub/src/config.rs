@@ -69,6 +69,18 @@ pub struct HubConfig {
     /// MM2 checkpoints, offset syncs and group offset sync.
     #[serde(default)]
     pub checkpoints: CheckpointsConfig,
+    /// The Prometheus endpoint; absent (or `listen` unset) serves none.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP `ip:port` serving `/metrics`, e.g. `127.0.0.1:9465`; none when unset.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// Consumer-group offset translation for failover.
@@ -264,6 +276,8 @@ pub struct Validated {
     pub policy: ReplicationPolicy,
     /// Routes with compiled regexes and resolved cluster indexes.
     pub routes: Vec<CompiledRoute>,
+    /// Address of the Prometheus endpoint, if any.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A route ready to match.
@@ -432,12 +446,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
+    let metrics_listen = raw
+        .metrics
+        .listen
+        .as_deref()
+        .map(parse_metrics_listen)
+        .transpose()
+        .map_err(|m| invalid("metrics.listen", m))?;
     Ok(Validated {
         raw,
         listen,
         policy,
         routes,
+        metrics_listen,
     })
+}
+
+/// Parses the metrics endpoint address: an `ip:port` socket address with a port other than 0.
+pub fn parse_metrics_listen(listen: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = listen.parse().map_err(|e| {
+        format!("{listen:?} is not an `ip:port` socket address (e.g. \"127.0.0.1:9465\"): {e}")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "{listen:?}: port 0 would pick a random port that no scraper knows"
+        ));
+    }
+    Ok(addr)
 }
 
 /// Compiles a regex that must match the whole name, with a message naming the pattern.
@@ -480,6 +515,44 @@ mod tests {
             1_000_000
         );
         assert_eq!(v.raw.limits.offset_index_retention_ms, 604_800_000);
+    }
+
+    #[test]
+    fn metrics_endpoint_is_optional_and_validated() {
+        let dir = example_dir();
+        let path = dir.path().join("hub.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let v = parse(&path, &good).unwrap();
+        assert_eq!(
+            v.metrics_listen,
+            Some("127.0.0.1:9465".parse().unwrap()),
+            "the example serves metrics"
+        );
+        let listen = "listen = \"127.0.0.1:9465\"";
+        assert!(good.contains(listen));
+        // The example ends with the [metrics] table.
+        let absent = &good[..good.find("\n[metrics]").expect("example has [metrics]")];
+        assert_eq!(parse(&path, absent).unwrap().metrics_listen, None);
+        let unset = good.replace(listen, "");
+        assert_eq!(parse(&path, &unset).unwrap().metrics_listen, None);
+        for bad in [
+            "localhost:9465",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+        ] {
+            let text = good.replace("127.0.0.1:9465", bad);
+            let e = parse(&path, &text).expect_err(bad).to_string();
+            assert!(
+                e.contains("metrics.listen") && e.contains("hub.toml"),
+                "{bad}: {e}"
+            );
+        }
+        let unknown = good.replace(listen, "port = 9465");
+        let e = parse(&path, &unknown)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]
