@@ -86,6 +86,7 @@ pub async fn run(
         match producer.send(record, Duration::from_secs(5)).await {
             Ok(_) => {
                 stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                ::metrics::counter!(crate::metrics::HEARTBEATS_SENT).increment(1);
                 if failing {
                     tracing::info!("heartbeats are written again");
                     failing = false;

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod groups;
 pub mod heartbeat;
+pub mod metrics;
 pub mod pipeline;
 pub mod routed;
 pub mod session;
@@ -21,7 +22,8 @@ use tracing::{info, warn};
 
 use crate::config::Validated;
 
-/// Counters of one agent process (read by the quickstart and, later, metrics).
+/// Counters of one agent process (read by the quickstart; the Prometheus metrics in
+/// [`metrics`] count the same events).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Records put into batches sent to the hub.
@@ -117,8 +119,23 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let plugin_metrics = (cfg.metrics_listen.is_some()
+        && !pipeline.lock().expect("pipeline lock").is_empty())
+    .then(|| tokio::spawn(publish_plugin_stats(pipeline.clone(), shutdown.clone())));
     let discovery =
         Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
+    let lag = cfg
+        .metrics_listen
+        .is_some()
+        .then(|| Arc::new(metrics::LagTracker::default()));
+    let lag_task = lag.clone().map(|l| {
+        tokio::spawn(publish_replication_lag(
+            discovery.clone(),
+            l,
+            shutdown.clone(),
+        ))
+    });
+    let mut connected_before = false;
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
@@ -133,6 +150,11 @@ pub async fn run(
                 stats
                     .connects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ::metrics::counter!(crate::metrics::CONNECTS).increment(1);
+                if connected_before {
+                    ::metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+                }
+                connected_before = true;
                 info!(hub = %conn.remote_address(), "connected to hub");
                 let r = session::run(
                     &cfg,
@@ -141,12 +163,15 @@ pub async fn run(
                         pipeline: pipeline.clone(),
                         groups: groups.clone(),
                         aliases: aliases_tx.clone(),
+                        lag: lag.clone(),
                     },
                     conn.clone(),
                     stats.clone(),
                     &mut shutdown,
                 )
                 .await;
+                ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
+                ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
                 conn.close(0u32.into(), b"session over");
                 r
             }
@@ -179,8 +204,69 @@ pub async fn run(
     if let Some(h) = heartbeats {
         let _ = h.await;
     }
+    for h in [plugin_metrics, lag_task].into_iter().flatten() {
+        let _ = h.await;
+    }
     info!("agent stopped");
     Ok(())
+}
+
+/// Publishes the plugin counters every [`metrics::PLUGIN_PUBLISH_INTERVAL`] until shutdown. The
+/// pipeline lock is taken off the executor: the reader thread holds it while a chain runs.
+async fn publish_plugin_stats(
+    pipeline: pipeline::SharedPipeline,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(metrics::PLUGIN_PUBLISH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let p = pipeline.clone();
+        let stats =
+            tokio::task::spawn_blocking(move || p.lock().expect("pipeline lock").stats()).await;
+        if let Ok(stats) = stats {
+            metrics::publish_plugin_stats(&stats);
+        }
+    }
+}
+
+/// Publishes the replication lag of every tracked partition every [`metrics::LAG_INTERVAL`]
+/// until shutdown, also while the link is down (the lag then grows, which is the point). The
+/// watermark requests block, so they run off the executor.
+async fn publish_replication_lag(
+    discovery: Arc<source::Discovery>,
+    lag: Arc<metrics::LagTracker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(metrics::LAG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let parts = lag.snapshot();
+        if parts.is_empty() {
+            continue;
+        }
+        let d = discovery.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (tp, acked) in parts {
+                match d.watermarks(&tp, Duration::from_secs(5)) {
+                    Ok((low, high)) => {
+                        metrics::set_lag(&tp, metrics::lag_records(low, high, acked))
+                    }
+                    Err(e) => {
+                        tracing::debug!(%tp, error = %e, "edge watermarks unknown; lag not updated")
+                    }
+                }
+            }
+        })
+        .await;
+    }
 }
 
 async fn connect(

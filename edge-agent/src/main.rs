@@ -164,6 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = edge_agent::config::load(&path)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
+                if let Some(addr) = config.metrics_listen {
+                    edge_agent::metrics::install(addr)?;
+                    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                }
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
                     shutdown_signal().await;

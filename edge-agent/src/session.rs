@@ -16,6 +16,7 @@ use crate::Stats;
 use crate::config::Validated;
 use crate::groups::GroupReader;
 use crate::heartbeat::Aliases;
+use crate::metrics as m;
 use crate::pipeline::SharedPipeline;
 use crate::source::{self, Discovery, TopicSet};
 
@@ -54,6 +55,8 @@ pub struct Shared {
     pub groups: Option<Arc<std::sync::Mutex<GroupReader>>>,
     /// Published on every Welcome for the heartbeat writer.
     pub aliases: watch::Sender<Option<Aliases>>,
+    /// Committed positions for the replication lag metric, when metrics are served.
+    pub lag: Option<Arc<crate::metrics::LagTracker>>,
 }
 
 /// Most offsets in one GroupOffsets frame.
@@ -161,6 +164,7 @@ impl Session<'_> {
             }
         };
         self.welcomed = true;
+        ::metrics::gauge!(m::LINK_UP).set(1.0);
         // Batches are measured before compression; keep a margin for incompressible data.
         let hub_cap = (max_batch_bytes as usize)
             .saturating_sub(FRAME_OVERHEAD as usize)
@@ -227,6 +231,9 @@ impl Session<'_> {
                         .map(|(tp, partition_count)| {
                             let offset = positions.get(&tp).map_or(Offset::Beginning, |o| Offset::Offset(*o));
                             info!(%tp, ?offset, "replicating partition");
+                            if let Some(lag) = &self.shared.lag {
+                                lag.track(&tp, positions.get(&tp).copied());
+                            }
                             source::StartPartition { tp, partition_count, offset }
                         })
                         .collect();
@@ -260,6 +267,7 @@ impl Session<'_> {
                                 self.proto.send_group_offsets(frame).context("reporting group offsets")?;
                             }
                             self.stats.group_reports_sent.fetch_add(1, Ordering::Relaxed);
+                            ::metrics::counter!(m::GROUP_REPORTS_SENT).increment(1);
                         }
                         Err(e) => warn!(error = format!("{e:#}"), "reading edge consumer-group offsets failed"),
                     }
@@ -271,6 +279,7 @@ impl Session<'_> {
                 self.handle_event(ev)?;
             }
             self.flush(&mut control).await?;
+            ::metrics::gauge!(m::INFLIGHT_BYTES).set(self.proto.inflight_bytes() as f64);
         }
     }
 
@@ -295,6 +304,10 @@ impl Session<'_> {
             } => {
                 debug!(%tp, seq, next_offset, "acked");
                 self.stats.batches_acked.fetch_add(1, Ordering::Relaxed);
+                ::metrics::counter!(m::BATCHES_ACKED).increment(1);
+                if let Some(lag) = &self.shared.lag {
+                    lag.acked(&tp, next_offset);
+                }
                 if let Some(b) = self.parked.take() {
                     self.offer(b)?;
                 }
@@ -302,6 +315,7 @@ impl Session<'_> {
             }
             AgentEvent::RttSample(rtt) => {
                 debug!(rtt_ms = rtt.as_secs_f64() * 1e3, "rtt");
+                ::metrics::gauge!(m::RTT_SECONDS).set(rtt.as_secs_f64());
                 Ok(())
             }
             AgentEvent::GoAway { reason } => bail!("hub is going away: {reason}"),
@@ -332,6 +346,10 @@ impl Session<'_> {
         self.stats
             .bytes_sent
             .fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
+        ::metrics::counter!(m::RECORDS_SENT, "topic" => batch.header.tp.topic.clone())
+            .increment(batch.header.record_count as u64);
+        ::metrics::counter!(m::BYTES_SENT).increment(batch.payload.len() as u64);
+        ::metrics::counter!(m::BATCHES_SENT).increment(1);
         self.proto.send_batch(batch).context("sending a batch")
     }
 

@@ -62,6 +62,16 @@ impl Discovery {
             .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
             .collect())
     }
+
+    /// Low and high watermarks of a partition (blocking: run off the executor).
+    pub fn watermarks(
+        &self,
+        tp: &TopicPartition,
+        timeout: Duration,
+    ) -> Result<(i64, i64), KafkaError> {
+        self.client
+            .fetch_watermarks(&tp.topic, tp.partition, timeout)
+    }
 }
 
 /// The agent consumer's group id. librdkafka wants one even for a consumer with explicit
@@ -172,6 +182,7 @@ pub fn spawn_reader(
                 parts: HashMap::new(),
                 out,
                 scratch: OutBatch::new(),
+                records_read: ::metrics::counter!(crate::metrics::RECORDS_READ),
             };
             if let Err(e) = r.run(&cmds) {
                 let _ = r.out.blocking_send(Err(e));
@@ -188,6 +199,7 @@ struct Reader {
     out: tokio::sync::mpsc::Sender<anyhow::Result<Batch>>,
     /// Reused output buffer of plugin chains.
     scratch: OutBatch,
+    records_read: ::metrics::Counter,
 }
 
 /// The session is gone: stop quietly.
@@ -229,6 +241,7 @@ impl Reader {
                         .stats
                         .records_read
                         .fetch_add(1, Ordering::Relaxed);
+                    self.records_read.increment(1);
                     match part.route {
                         Some(_) => part.pending.push(&m),
                         None => push_message(&mut part.builder, &m),
@@ -386,6 +399,11 @@ impl Reader {
             }
             Err(stopped) => {
                 stats.route_stops.fetch_add(1, Ordering::Relaxed);
+                ::metrics::counter!(
+                    crate::metrics::ROUTE_STOPS,
+                    "route" => self.routing.cfg.routes[route].name.clone()
+                )
+                .increment(1);
                 let retry =
                     Duration::from_millis(self.routing.cfg.raw.plugins.stopped_route_retry_ms);
                 tracing::error!(

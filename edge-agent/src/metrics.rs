@@ -1,0 +1,273 @@
+//! The agent's Prometheus metrics: every name, unit and label is declared here, and served on
+//! `[metrics] listen` at `/metrics`.
+//!
+//! Without `[metrics] listen` no recorder is installed and every update is a no-op. Handles taken
+//! before [`install`] stay no-ops, so the binary installs first and runs the agent after.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use er_protocol::TopicPartition;
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+
+/// Records read from the edge cluster (read again after a reconnect counts again).
+pub const RECORDS_READ: &str = "er_agent_records_read_total";
+/// Records sent to the hub, by source topic (`topic`).
+pub const RECORDS_SENT: &str = "er_agent_records_sent_total";
+/// Compressed batch bytes sent to the hub.
+pub const BYTES_SENT: &str = "er_agent_bytes_sent_total";
+/// Batches sent to the hub.
+pub const BATCHES_SENT: &str = "er_agent_batches_sent_total";
+/// Batches the hub acknowledged as committed.
+pub const BATCHES_ACKED: &str = "er_agent_batches_acked_total";
+/// 1 while a session with the hub is established (welcomed), else 0.
+pub const LINK_UP: &str = "er_agent_link_up";
+/// QUIC connections established.
+pub const CONNECTS: &str = "er_agent_connects_total";
+/// Connections established after the first one.
+pub const RECONNECTS: &str = "er_agent_reconnects_total";
+/// Latest round-trip time to the hub.
+pub const RTT_SECONDS: &str = "er_agent_rtt_seconds";
+/// Compressed bytes sent and not yet acknowledged.
+pub const INFLIGHT_BYTES: &str = "er_agent_inflight_bytes";
+/// Records given to a plugin (`route`, `plugin`).
+pub const PLUGIN_RECORDS_IN: &str = "er_agent_plugin_records_in_total";
+/// Records a plugin kept or produced (`route`, `plugin`).
+pub const PLUGIN_RECORDS_OUT: &str = "er_agent_plugin_records_out_total";
+/// Records a plugin dropped (`route`, `plugin`).
+pub const PLUGIN_RECORDS_DROPPED: &str = "er_agent_plugin_records_dropped_total";
+/// Failed plugin calls and records (`route`, `plugin`).
+pub const PLUGIN_ERRORS: &str = "er_agent_plugin_errors_total";
+/// Time spent in plugin calls (`route`, `plugin`). Monotone, exposed as a gauge because the
+/// `metrics` facade has only integer counters.
+pub const PLUGIN_SECONDS: &str = "er_agent_plugin_seconds_total";
+/// Times a route stopped on a plugin failure (`route`).
+pub const ROUTE_STOPS: &str = "er_agent_route_stops_total";
+/// Heartbeat records written to the edge cluster.
+pub const HEARTBEATS_SENT: &str = "er_agent_heartbeats_sent_total";
+/// Consumer-group offset reports sent to the hub.
+pub const GROUP_REPORTS_SENT: &str = "er_agent_group_reports_sent_total";
+/// Edge high watermark minus the position the hub last acknowledged (`topic`, `partition`).
+pub const REPLICATION_LAG_RECORDS: &str = "er_agent_replication_lag_records";
+/// Always 1; the `version` label carries the agent's version.
+pub const BUILD_INFO: &str = "er_build_info";
+
+/// How often plugin counters are published.
+pub const PLUGIN_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often edge watermarks are fetched for the replication lag.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics.listen {addr}: cannot serve metrics: {message}")]
+pub struct MetricsError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// The exporter's message (address in use, recorder already installed, ...).
+    pub message: String,
+}
+
+/// Installs the Prometheus recorder with an HTTP listener on `addr` and publishes build info.
+/// Call it once per process, inside a tokio runtime, before the agent runs.
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| MetricsError {
+            addr,
+            message: e.to_string(),
+        })?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(LINK_UP).set(0.0);
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(RECORDS_READ, "Records read from the edge cluster.");
+    describe_counter!(RECORDS_SENT, "Records sent to the hub, by source topic.");
+    describe_counter!(
+        BYTES_SENT,
+        Unit::Bytes,
+        "Compressed batch bytes sent to the hub."
+    );
+    describe_counter!(BATCHES_SENT, "Batches sent to the hub.");
+    describe_counter!(BATCHES_ACKED, "Batches the hub acknowledged as committed.");
+    describe_gauge!(LINK_UP, "1 while a session with the hub is established.");
+    describe_counter!(CONNECTS, "Connections to the hub established.");
+    describe_counter!(RECONNECTS, "Connections established after the first one.");
+    describe_gauge!(
+        RTT_SECONDS,
+        Unit::Seconds,
+        "Latest round-trip time to the hub."
+    );
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Compressed bytes sent and not yet acknowledged."
+    );
+    describe_counter!(PLUGIN_RECORDS_IN, "Records given to a plugin.");
+    describe_counter!(PLUGIN_RECORDS_OUT, "Records a plugin kept or produced.");
+    describe_counter!(PLUGIN_RECORDS_DROPPED, "Records a plugin dropped.");
+    describe_counter!(PLUGIN_ERRORS, "Failed plugin calls and records.");
+    describe_gauge!(
+        PLUGIN_SECONDS,
+        Unit::Seconds,
+        "Time spent in plugin calls (monotone)."
+    );
+    describe_counter!(ROUTE_STOPS, "Times a route stopped on a plugin failure.");
+    describe_counter!(HEARTBEATS_SENT, "Heartbeats written to the edge cluster.");
+    describe_counter!(GROUP_REPORTS_SENT, "Consumer-group offset reports sent.");
+    describe_gauge!(
+        REPLICATION_LAG_RECORDS,
+        "Edge high watermark minus the last position the hub committed."
+    );
+    describe_gauge!(BUILD_INFO, "Build information; always 1.");
+}
+
+/// Publishes the cumulative plugin counters of every route (from `Pipeline::stats`).
+pub fn publish_plugin_stats(routes: &[(String, Vec<er_plugin_host::PluginStats>)]) {
+    for (route, plugins) in routes {
+        for (name, s) in plugin_labels(plugins).into_iter().zip(plugins) {
+            let labels = [("route", route.clone()), ("plugin", name)];
+            counter!(PLUGIN_RECORDS_IN, &labels).absolute(s.records_in);
+            counter!(PLUGIN_RECORDS_OUT, &labels).absolute(s.records_out);
+            counter!(PLUGIN_RECORDS_DROPPED, &labels).absolute(s.records_dropped);
+            counter!(PLUGIN_ERRORS, &labels).absolute(s.errors);
+            gauge!(PLUGIN_SECONDS, &labels).set(s.time_ns as f64 / 1e9);
+        }
+    }
+}
+
+/// The `plugin` label of each plugin of a chain: the file stem, with `#<position>` appended
+/// when a chain holds the same file name twice.
+pub fn plugin_labels(plugins: &[er_plugin_host::PluginStats]) -> Vec<String> {
+    let stems: Vec<String> = plugins
+        .iter()
+        .map(|p| {
+            p.plugin
+                .file_stem()
+                .map_or_else(|| "plugin".to_owned(), |s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for s in &stems {
+        *seen.entry(s).or_default() += 1;
+    }
+    stems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if seen[s.as_str()] > 1 {
+                format!("{s}#{i}")
+            } else {
+                s.clone()
+            }
+        })
+        .collect()
+}
+
+/// Records behind the hub on one partition: the high watermark minus the acknowledged position
+/// (the low watermark when nothing was acknowledged yet, as reading starts there).
+pub fn lag_records(low: i64, high: i64, acked: Option<i64>) -> i64 {
+    let from = acked.unwrap_or(low).max(low);
+    (high - from).max(0)
+}
+
+/// The position the hub committed per replicated partition (from Welcome, then acks), read by
+/// the lag publisher. Kept across sessions, so the lag keeps growing while the link is down.
+#[derive(Debug, Default)]
+pub struct LagTracker {
+    acked: Mutex<HashMap<TopicPartition, Option<i64>>>,
+}
+
+impl LagTracker {
+    /// A partition is replicated, from `position` (the hub's) or the beginning.
+    pub fn track(&self, tp: &TopicPartition, position: Option<i64>) {
+        let mut a = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = a.entry(tp.clone()).or_insert(position);
+        if position.is_some() {
+            *e = position;
+        }
+    }
+
+    /// The hub committed `tp` up to `next_offset`.
+    pub fn acked(&self, tp: &TopicPartition, next_offset: i64) {
+        let mut a = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = a.get_mut(tp) {
+            *e = Some(next_offset);
+        }
+    }
+
+    /// Every tracked partition with its committed position, if known.
+    pub fn snapshot(&self) -> Vec<(TopicPartition, Option<i64>)> {
+        let a = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        a.iter().map(|(tp, o)| (tp.clone(), *o)).collect()
+    }
+}
+
+/// Sets the replication lag gauge of one partition.
+pub fn set_lag(tp: &TopicPartition, lag: i64) {
+    gauge!(
+        REPLICATION_LAG_RECORDS,
+        "topic" => tp.topic.clone(),
+        "partition" => tp.partition.to_string()
+    )
+    .set(lag as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(path: &str) -> er_plugin_host::PluginStats {
+        er_plugin_host::PluginStats {
+            plugin: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plugin_labels_are_file_stems_made_unique_within_a_chain() {
+        let labels = plugin_labels(&[
+            stats("/p/filter.wasm"),
+            stats("/q/rename.wasm"),
+            stats("/r/filter.wasm"),
+        ]);
+        assert_eq!(labels, ["filter#0", "rename", "filter#2"]);
+    }
+
+    #[test]
+    fn lag_tracker_keeps_the_latest_committed_position() {
+        let t = LagTracker::default();
+        let a = TopicPartition::new("a", 0);
+        let b = TopicPartition::new("b", 1);
+        t.track(&a, None);
+        t.track(&b, Some(5));
+        t.acked(&a, 10);
+        t.acked(&TopicPartition::new("untracked", 0), 3);
+        t.track(&b, None);
+        let mut s = t.snapshot();
+        s.sort();
+        assert_eq!(s, [(a, Some(10)), (b, Some(5))]);
+    }
+
+    #[test]
+    fn lag_counts_from_the_acknowledged_position_or_the_log_start() {
+        assert_eq!(lag_records(0, 100, Some(40)), 60);
+        assert_eq!(
+            lag_records(10, 100, None),
+            90,
+            "nothing acked: from the start"
+        );
+        assert_eq!(
+            lag_records(50, 100, Some(20)),
+            50,
+            "retention moved past it"
+        );
+        assert_eq!(lag_records(0, 100, Some(100)), 0);
+        assert_eq!(lag_records(0, 100, Some(120)), 0, "never negative");
+    }
+}
