@@ -7,6 +7,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod kafka;
+pub mod metrics;
 pub mod offsets;
 pub mod server;
 pub mod sink;

@@ -138,6 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = er_hub::config::load(&path)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
+                if let Some(addr) = config.metrics_listen {
+                    er_hub::metrics::install(addr)?;
+                    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                }
                 let bound = er_hub::BoundHub::bind(config)?;
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {

@@ -96,12 +96,14 @@ impl Hub {
             }
         };
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, old)) = self
-            .sessions
-            .lock()
-            .await
-            .insert(site.clone(), (id, conn.clone()))
-        {
+        crate::metrics::session_started();
+        let replaced = {
+            let mut sessions = self.sessions.lock().await;
+            let replaced = sessions.insert(site.clone(), (id, conn.clone()));
+            crate::metrics::set_sites_connected(sessions.len());
+            replaced
+        };
+        if let Some((_, old)) = replaced {
             info!(%site, "a new connection of the site replaces the old one");
             old.close(
                 close_code::SUPERSEDED.into(),
@@ -131,6 +133,7 @@ impl Hub {
         if sessions.get(&site).is_some_and(|(sid, _)| *sid == id) {
             sessions.remove(&site);
         }
+        crate::metrics::set_sites_connected(sessions.len());
     }
 
     async fn run_session(
@@ -214,10 +217,27 @@ impl Hub {
         let (round_tx, mut rounds) = mpsc::channel::<Result<Round, String>>(1);
         let mut round_busy = false;
 
+        let site_metrics = crate::metrics::site(&site);
+        let mut status_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + crate::metrics::STATUS_INTERVAL,
+            crate::metrics::STATUS_INTERVAL,
+        );
+        let mut index_tick = tokio::time::interval(crate::metrics::INDEX_GAUGE_INTERVAL);
+        index_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(256);
         spawn_reader(ctl_reader, None, in_tx.clone());
         loop {
             tokio::select! {
+                _ = status_tick.tick() => {
+                    info!(site = %site, lag_seconds = site_metrics.lag_seconds(), records = site_metrics.records(), checkpoints = site_metrics.checkpoints(), "site status");
+                }
+                _ = index_tick.tick() => {
+                    for (i, w) in site_writers.iter().enumerate() {
+                        let runs = w.offset_index().read().unwrap_or_else(std::sync::PoisonError::into_inner).stats().runs;
+                        crate::metrics::set_offset_index_entries(&site, &cfg.raw.clusters[i].alias, runs);
+                    }
+                }
                 _ = checkpoint_tick.tick(), if !round_busy && !group_table.is_empty() => {
                     round_busy = true;
                     let cps = checkpointers.clone();
@@ -244,6 +264,7 @@ impl Hub {
                     round_busy = false;
                     match r {
                         Some(Ok(r)) if r.checkpoints + r.offset_syncs + r.group_commits > 0 => {
+                            site_metrics.checkpoint_round(r.checkpoints, r.offset_syncs);
                             debug!(checkpoints = r.checkpoints, offset_syncs = r.offset_syncs, group_commits = r.group_commits, pending = r.pending, "checkpoint round");
                         }
                         Some(Ok(_)) | None => {}
@@ -267,6 +288,7 @@ impl Hub {
                                     HubEvent::Batch(batch) => {
                                         let cluster = cfg.cluster_for(&site, &batch.header.tp.topic);
                                         debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
+                                        site_metrics.batch_received(batch.payload.len());
                                         site_writers[cluster].submit(WriteJob { batch, reply: completions_tx.clone() }).await.map_err(|e| SessionEnd::Internal(e.to_string()))?;
                                     }
                                     HubEvent::GroupOffsets(groups) => {

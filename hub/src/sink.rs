@@ -354,6 +354,7 @@ pub fn start(
         cluster: cluster.alias.clone(),
         positions_topic: ptopic,
         index_topic: itopic,
+        metrics: crate::metrics::site(&settings.site),
         settings,
         dest_cache: HashMap::new(),
         positions: positions
@@ -409,6 +410,7 @@ struct Writer {
     cluster: String,
     positions_topic: String,
     index_topic: String,
+    metrics: Arc<crate::metrics::SiteMetrics>,
     settings: WriterSettings,
     /// Logical topic -> remote topic, validated once.
     dest_cache: HashMap<String, String>,
@@ -435,9 +437,12 @@ impl Writer {
             let result = self.write_transaction(&jobs);
             match &result {
                 Ok(records) => {
+                    self.metrics
+                        .committed(*records, jobs.len(), started.elapsed());
                     tracing::debug!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "transaction committed")
                 }
                 Err(e) => {
+                    self.metrics.transaction_failed();
                     tracing::warn!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), error = %e, "transaction failed; nothing of it is visible")
                 }
             }
@@ -504,6 +509,12 @@ impl Writer {
             .and_then(|log| self.index_and_commit(log, generation));
         if result.is_err() {
             self.abort();
+        } else if let Some(ts) = crate::metrics::newest_heartbeat_ms(
+            &self.settings.site,
+            jobs.iter().map(|j| &j.batch.header.tp).zip(&decoded),
+        ) {
+            self.metrics
+                .heartbeat_committed(ts, crate::metrics::now_ms());
         }
         result
     }

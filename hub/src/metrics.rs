@@ -1,0 +1,339 @@
+//! The hub's Prometheus metrics: every name, unit and label is declared here, and served on
+//! `[metrics] listen` at `/metrics`. Also the per-site figures of the periodic `site status` log.
+//!
+//! Without `[metrics] listen` no recorder is installed and every update is a no-op. Handles taken
+//! before [`install`] stay no-ops, so the binary installs first and starts the hub after.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use er_protocol::{DecodedRecords, HEARTBEATS_TOPIC, Heartbeat, TopicPartition};
+use metrics::{
+    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
+
+/// Sites with an established session.
+pub const SITES_CONNECTED: &str = "er_hub_sites_connected";
+/// Sessions accepted (a site identified by its certificate).
+pub const SESSIONS: &str = "er_hub_sessions_total";
+/// Records committed to a central cluster (`site`).
+pub const RECORDS_WRITTEN: &str = "er_hub_records_written_total";
+/// Compressed batch bytes received from a site (`site`).
+pub const BYTES_RECEIVED: &str = "er_hub_bytes_received_total";
+/// Batches committed and acknowledged (`site`).
+pub const BATCHES_COMMITTED: &str = "er_hub_batches_committed_total";
+/// Duration of a site writer's transaction, from begin to commit (histogram).
+pub const TRANSACTION_SECONDS: &str = "er_hub_transaction_seconds";
+/// Transactions that failed or were aborted (`site`).
+pub const TRANSACTIONS_FAILED: &str = "er_hub_transactions_failed_total";
+/// MM2 checkpoints written (`site`).
+pub const CHECKPOINTS_WRITTEN: &str = "er_hub_checkpoints_written_total";
+/// MM2 offset syncs written (`site`).
+pub const OFFSET_SYNCS_WRITTEN: &str = "er_hub_offset_syncs_written_total";
+/// Hub time at commit minus the timestamp of the newest MM2 heartbeat committed (`site`).
+/// Negative when the site's clock runs ahead of the hub's.
+pub const REPLICATION_LAG_SECONDS: &str = "er_hub_replication_lag_seconds";
+/// Runs of consecutive offsets held in a site's offset index on a cluster (`site`, `cluster`).
+pub const OFFSET_INDEX_ENTRIES: &str = "er_hub_offset_index_entries";
+/// Always 1; the `version` label carries the hub's version.
+pub const BUILD_INFO: &str = "er_build_info";
+
+/// Bucket bounds of [`TRANSACTION_SECONDS`]: a few milliseconds on an idle cluster up to the
+/// 60 s transaction timeout.
+pub const TRANSACTION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How often each session logs its `site status` line.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the offset index gauges are refreshed.
+pub const INDEX_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics.listen {addr}: cannot serve metrics: {message}")]
+pub struct MetricsError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// The exporter's message (address in use, recorder already installed, ...).
+    pub message: String,
+}
+
+/// Installs the Prometheus recorder with an HTTP listener on `addr` and publishes build info.
+/// Call it once per process, inside a tokio runtime, before the hub starts.
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    let err = |e: metrics_exporter_prometheus::BuildError| MetricsError {
+        addr,
+        message: e.to_string(),
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(TRANSACTION_SECONDS.to_owned()),
+            TRANSACTION_BUCKETS,
+        )
+        .map_err(err)?
+        .install()
+        .map_err(err)?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(SITES_CONNECTED).set(0.0);
+    Ok(())
+}
+
+fn describe() {
+    describe_gauge!(SITES_CONNECTED, "Sites with an established session.");
+    describe_counter!(SESSIONS, "Site sessions accepted.");
+    describe_counter!(RECORDS_WRITTEN, "Records committed to a central cluster.");
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Compressed batch bytes received from a site."
+    );
+    describe_counter!(BATCHES_COMMITTED, "Batches committed and acknowledged.");
+    describe_histogram!(
+        TRANSACTION_SECONDS,
+        Unit::Seconds,
+        "Duration of a site writer's transaction, begin to commit."
+    );
+    describe_counter!(TRANSACTIONS_FAILED, "Transactions that failed or aborted.");
+    describe_counter!(CHECKPOINTS_WRITTEN, "MM2 checkpoints written.");
+    describe_counter!(OFFSET_SYNCS_WRITTEN, "MM2 offset syncs written.");
+    describe_gauge!(
+        REPLICATION_LAG_SECONDS,
+        Unit::Seconds,
+        "Hub time at commit minus the newest committed MM2 heartbeat's timestamp."
+    );
+    describe_gauge!(
+        OFFSET_INDEX_ENTRIES,
+        "Runs of consecutive offsets held in a site's offset index."
+    );
+    describe_gauge!(BUILD_INFO, "Build information; always 1.");
+}
+
+/// Metric handles and status figures of one site, shared by its sessions and writers.
+#[derive(Debug)]
+pub struct SiteMetrics {
+    site: String,
+    records_written: Counter,
+    bytes_received: Counter,
+    batches_committed: Counter,
+    transactions_failed: Counter,
+    checkpoints_written: Counter,
+    offset_syncs_written: Counter,
+    replication_lag: Gauge,
+    /// Records committed since the hub started (status line).
+    records: AtomicU64,
+    /// Checkpoints written since the hub started (status line).
+    checkpoints: AtomicU64,
+    /// Latest lag in seconds as f64 bits; NaN until the first heartbeat committed.
+    lag_bits: AtomicU64,
+}
+
+/// The metrics of `site`, created on first use and kept for the life of the process (one entry
+/// per site that ever connected, which is what the `site` label's cardinality is anyway).
+pub fn site(site: &str) -> Arc<SiteMetrics> {
+    static SITES: OnceLock<Mutex<HashMap<String, Arc<SiteMetrics>>>> = OnceLock::new();
+    let mut sites = SITES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    sites
+        .entry(site.to_owned())
+        .or_insert_with(|| {
+            let l = [("site", site.to_owned())];
+            Arc::new(SiteMetrics {
+                site: site.to_owned(),
+                records_written: counter!(RECORDS_WRITTEN, &l),
+                bytes_received: counter!(BYTES_RECEIVED, &l),
+                batches_committed: counter!(BATCHES_COMMITTED, &l),
+                transactions_failed: counter!(TRANSACTIONS_FAILED, &l),
+                checkpoints_written: counter!(CHECKPOINTS_WRITTEN, &l),
+                offset_syncs_written: counter!(OFFSET_SYNCS_WRITTEN, &l),
+                replication_lag: gauge!(REPLICATION_LAG_SECONDS, &l),
+                records: AtomicU64::new(0),
+                checkpoints: AtomicU64::new(0),
+                lag_bits: AtomicU64::new(f64::NAN.to_bits()),
+            })
+        })
+        .clone()
+}
+
+impl SiteMetrics {
+    /// A batch arrived from the site.
+    pub fn batch_received(&self, bytes: usize) {
+        self.bytes_received.increment(bytes as u64);
+    }
+
+    /// A transaction of `batches` batches holding `records` records committed in `elapsed`.
+    pub fn committed(&self, records: u64, batches: usize, elapsed: Duration) {
+        self.records_written.increment(records);
+        self.batches_committed.increment(batches as u64);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        histogram!(TRANSACTION_SECONDS).record(elapsed.as_secs_f64());
+    }
+
+    /// A transaction failed (nothing of it is visible).
+    pub fn transaction_failed(&self) {
+        self.transactions_failed.increment(1);
+    }
+
+    /// A checkpoint round wrote these.
+    pub fn checkpoint_round(&self, checkpoints: usize, offset_syncs: usize) {
+        self.checkpoints_written.increment(checkpoints as u64);
+        self.offset_syncs_written.increment(offset_syncs as u64);
+        self.checkpoints
+            .fetch_add(checkpoints as u64, Ordering::Relaxed);
+    }
+
+    /// A heartbeat stamped `heartbeat_ms` (epoch ms, the site's clock) committed at `now_ms`
+    /// (the hub's clock).
+    pub fn heartbeat_committed(&self, heartbeat_ms: i64, now_ms: i64) {
+        let lag = (now_ms - heartbeat_ms) as f64 / 1e3;
+        self.replication_lag.set(lag);
+        self.lag_bits.store(lag.to_bits(), Ordering::Relaxed);
+        tracing::debug!(site = %self.site, lag_seconds = lag, "replication lag from heartbeats");
+    }
+
+    /// The latest replication lag in seconds, once a heartbeat committed.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        Some(f64::from_bits(self.lag_bits.load(Ordering::Relaxed))).filter(|l| !l.is_nan())
+    }
+
+    /// Records committed since the hub started.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Checkpoints written since the hub started.
+    pub fn checkpoints(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
+    }
+}
+
+/// Sets the offset index gauge of a site on a cluster.
+pub fn set_offset_index_entries(site: &str, cluster: &str, runs: usize) {
+    gauge!(OFFSET_INDEX_ENTRIES, "site" => site.to_owned(), "cluster" => cluster.to_owned())
+        .set(runs as f64);
+}
+
+/// Sets the connected sites gauge.
+pub fn set_sites_connected(n: usize) {
+    gauge!(SITES_CONNECTED).set(n as f64);
+}
+
+/// Counts an accepted session.
+pub fn session_started() {
+    counter!(SESSIONS).increment(1);
+}
+
+/// The newest timestamp (epoch ms) of the MM2 heartbeats from `site` among records of the
+/// `heartbeats` source topic in these batches; other records (heartbeats of other sources that
+/// share the edge topic, undecodable ones) are ignored.
+pub fn newest_heartbeat_ms<'a>(
+    site: &str,
+    batches: impl IntoIterator<Item = (&'a TopicPartition, &'a DecodedRecords)>,
+) -> Option<i64> {
+    batches
+        .into_iter()
+        .filter(|(tp, _)| tp.topic == HEARTBEATS_TOPIC)
+        .flat_map(|(_, recs)| recs.iter())
+        .filter_map(|r| {
+            let r = r.ok()?;
+            Heartbeat::decode(r.key?, r.value?).ok()
+        })
+        .filter(|h| h.source_cluster_alias == site)
+        .map(|h| h.timestamp)
+        .max()
+}
+
+/// Milliseconds since the epoch on the hub's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use er_protocol::{BatchBuilder, Codec, RecordRef, TimestampType};
+
+    fn batch(topic: &str, values: &[(Vec<u8>, Vec<u8>)]) -> (TopicPartition, DecodedRecords) {
+        let tp = TopicPartition::new(topic, 0);
+        let mut b = BatchBuilder::new(tp.clone(), 1);
+        for (i, (k, v)) in values.iter().enumerate() {
+            b.push(&RecordRef {
+                offset: i as i64,
+                timestamp: 0,
+                timestamp_type: TimestampType::CreateTime,
+                key: Some(k),
+                value: Some(v),
+                headers: &[],
+                topic: None,
+                partition: None,
+            });
+        }
+        let batch = b.finish_and_reset(0, Codec::None, 1).unwrap();
+        let recs = batch.decode_records(1 << 20).unwrap();
+        (tp, recs)
+    }
+
+    fn hb(ts: i64) -> (Vec<u8>, Vec<u8>) {
+        hb_from("plant-7", ts)
+    }
+
+    fn hb_from(site: &str, ts: i64) -> (Vec<u8>, Vec<u8>) {
+        let h = Heartbeat {
+            source_cluster_alias: site.into(),
+            target_cluster_alias: "central".into(),
+            timestamp: ts,
+        };
+        (h.encode_key().unwrap(), h.encode_value())
+    }
+
+    #[test]
+    fn the_newest_heartbeat_of_the_site_in_the_heartbeats_topic_counts() {
+        let a = batch(
+            "heartbeats",
+            &[hb(1_000), hb(3_000), hb_from("other", 5_000), hb(2_000)],
+        );
+        let b = batch("heartbeats", &[(b"junk".to_vec(), b"junk".to_vec())]);
+        let c = batch("sensors", &[hb(9_000)]);
+        let all = [&a, &b, &c];
+        assert_eq!(
+            newest_heartbeat_ms("plant-7", all.iter().map(|(tp, r)| (tp, r))),
+            Some(3_000)
+        );
+        assert_eq!(
+            newest_heartbeat_ms("plant-7", [(&c.0, &c.1)]),
+            None,
+            "other topics"
+        );
+        assert_eq!(
+            newest_heartbeat_ms("plant-7", [(&b.0, &b.1)]),
+            None,
+            "undecodable"
+        );
+        assert_eq!(
+            newest_heartbeat_ms("other", [(&a.0, &a.1)]),
+            Some(5_000),
+            "per site"
+        );
+    }
+
+    #[test]
+    fn lag_is_unknown_until_a_heartbeat_commits() {
+        let m = site("metrics-unit-test-site");
+        assert_eq!(m.lag_seconds(), None);
+        m.heartbeat_committed(10_000, 12_500);
+        assert_eq!(m.lag_seconds(), Some(2.5));
+        m.committed(7, 2, Duration::from_millis(3));
+        m.checkpoint_round(3, 1);
+        assert_eq!((m.records(), m.checkpoints()), (7, 3));
+    }
+}
