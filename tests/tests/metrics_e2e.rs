@@ -1,0 +1,325 @@
+//! Prometheus metrics of the real `hub` and `edge-agent` binaries on real Apache Kafka: replicate
+//! known records, scrape both `/metrics` endpoints over plain HTTP and check the series a user
+//! would graph.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use er_tests::client::{self, NewRecord};
+use er_tests::kafka::shared;
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
+use er_tests::unique_name;
+
+/// One scraped series: metric name and labels.
+type Series = (String, BTreeMap<String, String>);
+
+/// A free TCP port on 127.0.0.1 (bound and released; the tiny race is acceptable in tests).
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .port()
+}
+
+/// `GET /metrics` over a plain TCP connection; the response body.
+fn scrape(port: u16) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header end in {resp:?}"))?;
+    anyhow::ensure!(head.contains(" 200 "), "status: {head}");
+    Ok(body.to_owned())
+}
+
+/// Parses the Prometheus text format into series and values (comments skipped).
+fn parse(text: &str) -> BTreeMap<Series, f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let rest = rest.trim_end_matches('}');
+                let labels = rest
+                    .split("\",")
+                    .filter(|kv| !kv.is_empty())
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.to_owned(), v.trim_matches('"').to_owned()))
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+        };
+        out.insert((name, labels), value);
+    }
+    out
+}
+
+/// The value of `name` with exactly `labels`.
+fn value(m: &BTreeMap<Series, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.get(&(name.to_owned(), labels)).copied()
+}
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn metrics_section(port: u16) -> String {
+    format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("met");
+    let site = unique_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-orders");
+    const TOTAL: usize = 3_000;
+    const PARTITIONS: i32 = 3;
+    client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
+    let base_ts = now_ms() - 60_000;
+    let recs: Vec<NewRecord> = (0..TOTAL)
+        .map(|i| {
+            NewRecord::new(format!("k{i}"), format!("order {i}"))
+                .partition((i % PARTITIONS as usize) as i32)
+                .timestamp(base_ts + i as i64)
+        })
+        .collect();
+    client::produce(k.edge(), &topic, &recs).await?;
+
+    let hub_metrics = free_tcp_port();
+    let agent_metrics = free_tcp_port();
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.extra.push_str(&metrics_section(hub_metrics));
+    let hub = hub_setup.start(&pki, work.path())?;
+    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    agent_setup.extra.push_str(&metrics_section(agent_metrics));
+    let agent = agent_setup.start(&pki, work.path())?;
+
+    let remote = format!("{site}.{topic}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client::partition_ids(k.central(), &remote).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{remote} never appeared\n{}",
+            logs(&[&hub, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let got = client::consume_all(k.central(), &remote, TOTAL, Duration::from_secs(120)).await?;
+    assert_eq!(got.len(), TOTAL, "replicated\n{}", logs(&[&hub, &agent]));
+
+    // Counters trail the data a little (acks, heartbeats, the 5 s lag and index refresh): poll
+    // until every expectation holds, then report what is still off.
+    let version = env!("CARGO_PKG_VERSION");
+    let site_l = [("site", site.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (a, h) = loop {
+        let a = parse(&scrape(agent_metrics)?);
+        let h = parse(&scrape(hub_metrics)?);
+        let lag_zero = (0..PARTITIONS).all(|p| {
+            value(
+                &a,
+                "er_agent_replication_lag_records",
+                &[("topic", &topic), ("partition", &p.to_string())],
+            ) == Some(0.0)
+        });
+        let ready = lag_zero
+            && value(&h, "er_hub_replication_lag_seconds", &site_l).is_some()
+            && value(&h, "er_hub_checkpoints_written_total", &site_l).is_some()
+            && value(
+                &h,
+                "er_hub_offset_index_entries",
+                &[("site", &site), ("cluster", "central")],
+            )
+            .is_some_and(|v| v > 0.0)
+            && value(&a, "er_agent_heartbeats_sent_total", &[]).is_some_and(|v| v > 0.0);
+        if ready || Instant::now() > deadline {
+            break (a, h);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let dump = || {
+        format!(
+            "agent:\n{}\nhub:\n{}\n{}",
+            scrape(agent_metrics).unwrap_or_default(),
+            scrape(hub_metrics).unwrap_or_default(),
+            logs(&[&hub, &agent])
+        )
+    };
+
+    // Agent.
+    assert_eq!(
+        value(&a, "er_build_info", &[("version", version)]),
+        Some(1.0),
+        "{}",
+        dump()
+    );
+    assert_eq!(
+        value(&a, "er_agent_records_sent_total", &[("topic", &topic)]),
+        Some(TOTAL as f64),
+        "records sent == produced\n{}",
+        dump()
+    );
+    assert!(
+        value(&a, "er_agent_records_read_total", &[]).is_some_and(|v| v >= TOTAL as f64),
+        "{}",
+        dump()
+    );
+    assert_eq!(value(&a, "er_agent_link_up", &[]), Some(1.0), "{}", dump());
+    assert_eq!(
+        value(&a, "er_agent_connects_total", &[]),
+        Some(1.0),
+        "{}",
+        dump()
+    );
+    let sent = value(&a, "er_agent_batches_sent_total", &[]).unwrap_or(0.0);
+    let acked = value(&a, "er_agent_batches_acked_total", &[]).unwrap_or(0.0);
+    assert!(sent >= 1.0 && acked >= 1.0 && acked <= sent, "{}", dump());
+    assert!(
+        value(&a, "er_agent_bytes_sent_total", &[]).is_some_and(|v| v > 0.0),
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&a, "er_agent_rtt_seconds", &[]).is_some_and(|v| v > 0.0 && v < 5.0),
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&a, "er_agent_inflight_bytes", &[]).is_some_and(|v| v >= 0.0),
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&a, "er_agent_heartbeats_sent_total", &[]).is_some_and(|v| v > 0.0),
+        "{}",
+        dump()
+    );
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            value(
+                &a,
+                "er_agent_replication_lag_records",
+                &[("topic", &topic), ("partition", &p.to_string())]
+            ),
+            Some(0.0),
+            "partition {p} fully replicated\n{}",
+            dump()
+        );
+    }
+
+    // Hub.
+    assert_eq!(
+        value(&h, "er_build_info", &[("version", version)]),
+        Some(1.0),
+        "{}",
+        dump()
+    );
+    assert_eq!(
+        value(&h, "er_hub_sites_connected", &[]),
+        Some(1.0),
+        "{}",
+        dump()
+    );
+    assert_eq!(
+        value(&h, "er_hub_sessions_total", &[]),
+        Some(1.0),
+        "{}",
+        dump()
+    );
+    // The site's records plus its heartbeats.
+    assert!(
+        value(&h, "er_hub_records_written_total", &site_l).is_some_and(|v| v >= TOTAL as f64),
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&h, "er_hub_bytes_received_total", &site_l).is_some_and(|v| v > 0.0),
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&h, "er_hub_batches_committed_total", &site_l).is_some_and(|v| v >= 1.0),
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&h, "er_hub_transaction_seconds_count", &[]).is_some_and(|v| v >= 1.0),
+        "transaction histogram\n{}",
+        dump()
+    );
+    assert!(
+        value(&h, "er_hub_transaction_seconds_bucket", &[("le", "+Inf")]).is_some(),
+        "a histogram, not a summary\n{}",
+        dump()
+    );
+    assert_eq!(
+        value(&h, "er_hub_transactions_failed_total", &site_l),
+        Some(0.0),
+        "{}",
+        dump()
+    );
+    let lag = value(&h, "er_hub_replication_lag_seconds", &site_l);
+    assert!(
+        lag.is_some_and(|l| (0.0..30.0).contains(&l)),
+        "replication lag from heartbeats: {lag:?}\n{}",
+        dump()
+    );
+    assert!(
+        value(
+            &h,
+            "er_hub_offset_index_entries",
+            &[("site", &site), ("cluster", "central")]
+        )
+        .is_some_and(|v| v > 0.0),
+        "{}",
+        dump()
+    );
+
+    // The status line carries the same lag.
+    hub.wait_for_log("site status", Duration::from_secs(60))?;
+    let status = hub
+        .log_text()
+        .lines()
+        .find(|l| l.contains("site status"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        status.contains("lag_seconds=") && status.contains("records="),
+        "{status}"
+    );
+    Ok(())
+}
