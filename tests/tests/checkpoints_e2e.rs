@@ -311,6 +311,65 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
     );
 
     if shape == Shape::Plain {
+        // One-to-one partitions also get MM2 offset syncs at the translated points, readable by
+        // Kafka's own OffsetSync class.
+        let syncs_topic = format!("mm2-offset-syncs.{site}.internal");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let recs = client::consume_to_end(k.central(), &syncs_topic, Duration::from_secs(10))
+                .await
+                .unwrap_or_default();
+            let syncs: Vec<er_protocol::OffsetSync> = recs
+                .iter()
+                .map(|r| {
+                    er_protocol::OffsetSync::decode(
+                        r.key.as_deref().unwrap_or_default(),
+                        r.value.as_deref().unwrap_or_default(),
+                    )
+                    .expect("an MM2 offset sync")
+                })
+                .collect();
+            let all_there = (0..PARTITIONS).all(|part| {
+                syncs.iter().any(|s| {
+                    s.topic_partition == er_protocol::TopicPartition::new(topic.clone(), part)
+                        && s.upstream_offset == commits[&part]
+                        && s.downstream_offset == resume[&part]
+                })
+            });
+            if all_there {
+                let first = &recs[0];
+                let (key, value) = (
+                    first.key.clone().unwrap_or_default(),
+                    first.value.clone().unwrap_or_default(),
+                );
+                let decoded = tokio::task::spawn_blocking(move || {
+                    er_tests::oracle::decode_offset_sync(&key, &value)
+                })
+                .await??;
+                let ours = er_protocol::OffsetSync::decode(
+                    first.key.as_deref().unwrap_or_default(),
+                    first.value.as_deref().unwrap_or_default(),
+                )?;
+                assert_eq!(
+                    decoded["topic"],
+                    topic.as_str(),
+                    "Kafka decodes our offset sync: {decoded}"
+                );
+                assert_eq!(decoded["partition"], ours.topic_partition.partition);
+                assert_eq!(decoded["upstreamOffset"], ours.upstream_offset, "{decoded}");
+                assert_eq!(
+                    decoded["downstreamOffset"], ours.downstream_offset,
+                    "{decoded}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "offset syncs missing: {syncs:?}\n{}",
+                logs(&[&hub, &agent])
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         // Group offset sync: the idle central group now sits at the translated offsets.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
