@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::HostInner;
+use crate::abi::{self, BatchArg, Data};
 use crate::bindings::edge_replicator::plugin::types as wit;
 use crate::error::{ChainError, Failure, PluginError};
 use crate::plugin::{CallError, LoadedPlugin};
@@ -90,7 +91,14 @@ impl std::fmt::Debug for Chain {
 /// Records between two plugins, in the contract's batch shape (what the next plugin receives).
 #[derive(Default)]
 struct Stage {
+    /// The columns, and the bytes unless `from_input`.
     batch: wit::Batch,
+    /// The records are the chain's input records in order, unchanged, and `batch.data` is empty:
+    /// their bytes are lowered into the plugin straight from the input (see [`abi`]), laid out
+    /// as `input_len` bytes in [`abi::pieces`] order. Only a `replace` outcome, whose spans
+    /// point into that layout, makes the host copy them ([`Stage::materialize`]).
+    from_input: bool,
+    input_len: usize,
     meta: Vec<Meta>,
 }
 
@@ -179,6 +187,20 @@ fn get(data: &[u8], s: wit::Span) -> Option<&[u8]> {
     data.get(s.offset as usize..(s.offset as usize).checked_add(s.len as usize)?)
 }
 
+fn topic_index(topics: &mut Vec<String>, topic: &str) -> u32 {
+    // Batches usually hold one topic: check the last one first.
+    if topics.last().is_some_and(|t| t == topic) {
+        return topics.len() as u32 - 1;
+    }
+    match topics.iter().position(|t| t == topic) {
+        Some(i) => i as u32,
+        None => {
+            topics.push(topic.to_owned());
+            topics.len() as u32 - 1
+        }
+    }
+}
+
 impl Stage {
     fn clear(&mut self) {
         let b = &mut self.batch;
@@ -190,6 +212,8 @@ impl Stage {
         b.record_fields.clear();
         b.header_fields.clear();
         b.data.clear();
+        self.from_input = false;
+        self.input_len = 0;
         self.meta.clear();
     }
 
@@ -198,18 +222,7 @@ impl Stage {
     }
 
     fn topic_index(&mut self, topic: &str) -> u32 {
-        let topics = &mut self.batch.topics;
-        // Batches usually hold one topic: check the last one first.
-        if topics.last().is_some_and(|t| t == topic) {
-            return topics.len() as u32 - 1;
-        }
-        match topics.iter().position(|t| t == topic) {
-            Some(i) => i as u32,
-            None => {
-                topics.push(topic.to_owned());
-                topics.len() as u32 - 1
-            }
-        }
+        topic_index(&mut self.batch.topics, topic)
     }
 
     fn push_parts(
@@ -239,21 +252,94 @@ impl Stage {
         self.meta.push(meta);
     }
 
-    fn push_input(&mut self, r: &InRecord<'_>, source: u32) {
-        let meta = Meta {
-            source,
-            original: true,
-            partition_set: false,
+    /// Makes this stage the chain's input: columns only, the bytes stay in `input`.
+    fn set_input(&mut self, input: &[InRecord<'_>]) {
+        self.clear();
+        self.from_input = true;
+        let n = input.len();
+        let b = &mut self.batch;
+        b.record_topics.reserve(n);
+        b.partitions.reserve(n);
+        b.offsets.reserve(n);
+        b.timestamps.reserve(n);
+        b.record_fields.reserve(n * 6);
+        self.meta.reserve(n);
+        // Offsets into the data as `abi::pieces` lays it out.
+        let mut pos = 0usize;
+        let mut field = |bytes: Option<&[u8]>| match bytes {
+            None => [0, NULL_LEN],
+            Some(x) => {
+                let f = [pos as u32, x.len() as u32];
+                pos += x.len();
+                f
+            }
         };
-        let parts = Parts {
-            topic: r.topic,
-            partition: r.partition,
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key,
-            value: r.value,
+        // The records of a batch usually share one topic `&str`: then skip the string compare.
+        let mut last_topic = (0usize, 0usize, 0u32);
+        for (i, r) in input.iter().enumerate() {
+            let (addr, len) = (r.topic.as_ptr() as usize, r.topic.len());
+            let topic = if (addr, len) == (last_topic.0, last_topic.1) {
+                last_topic.2
+            } else {
+                let t = topic_index(&mut b.topics, r.topic);
+                last_topic = (addr, len, t);
+                t
+            };
+            let start = (b.header_fields.len() / 4) as u32;
+            for (name, value) in r.headers {
+                let name = field(Some(name.as_bytes()));
+                let value = field(*value);
+                b.header_fields
+                    .extend_from_slice(&[name[0], name[1], value[0], value[1]]);
+            }
+            let key = field(r.key);
+            let value = field(r.value);
+            b.record_topics.push(topic);
+            b.partitions.push(r.partition);
+            b.offsets.push(r.offset);
+            b.timestamps.push(r.timestamp);
+            b.record_fields.extend_from_slice(&[
+                key[0],
+                key[1],
+                value[0],
+                value[1],
+                start,
+                r.headers.len() as u32,
+            ]);
+            self.meta.push(Meta {
+                source: i as u32,
+                original: true,
+                partition_set: false,
+            });
+        }
+        self.input_len = pos;
+    }
+
+    /// Copies the input's bytes into `batch.data` (same layout), so spans into it resolve.
+    fn materialize(&mut self, input: &[InRecord<'_>]) {
+        if !self.from_input {
+            return;
+        }
+        let data = &mut self.batch.data;
+        data.clear();
+        data.reserve(self.input_len);
+        for piece in input.iter().flat_map(abi::pieces) {
+            data.extend_from_slice(piece);
+        }
+        self.from_input = false;
+    }
+
+    /// The `process-batch` argument for this stage.
+    fn arg<'a>(&'a self, input: &'a [InRecord<'a>]) -> BatchArg<'a> {
+        let data = if self.from_input {
+            Data::Input {
+                records: input,
+                len: self.input_len,
+            }
+        } else {
+            Data::Bytes(&self.batch.data)
         };
-        self.push_parts(meta, parts, r.headers.iter().copied());
+        BatchArg::new(&self.batch, data)
     }
 
     fn push_view(&mut self, v: &View<'_>, offset: i64) {
@@ -268,8 +354,20 @@ impl Stage {
         self.push_parts(v.meta, parts, v.headers.iter().copied());
     }
 
-    /// Record `i` as a view over this stage's buffer.
-    fn view(&self, i: usize) -> View<'_> {
+    /// Record `i` as a view over this stage's buffer (or over the input it stands for).
+    fn view<'a>(&'a self, i: usize, input: &'a [InRecord<'a>]) -> View<'a> {
+        if self.from_input {
+            let r = &input[self.meta[i].source as usize];
+            return View {
+                meta: self.meta[i],
+                topic: r.topic,
+                partition: r.partition,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r.headers.to_vec(),
+            };
+        }
         let b = &self.batch;
         let data = &b.data[..];
         let f = &b.record_fields[i * 6..i * 6 + 6];
@@ -310,11 +408,11 @@ impl Sink<'_, '_> {
     /// Appends record `i` of `stage` unchanged.
     fn keep(&mut self, stage: &Stage, i: usize) {
         match &mut self.next {
-            Some(next) => next.push_view(&stage.view(i), stage.batch.offsets[i]),
+            Some(next) => next.push_view(&stage.view(i, self.input), stage.batch.offsets[i]),
             None if stage.meta[i].original => {
                 self.out.entries.push(Entry::Kept(stage.meta[i].source));
             }
-            None => push_out(self.out, self.input, &stage.view(i)),
+            None => push_out(self.out, self.input, &stage.view(i, self.input)),
         }
     }
 
@@ -326,7 +424,7 @@ impl Sink<'_, '_> {
     }
 
     fn dead_letter(&mut self, stage: &Stage, i: usize, topic: &str, plugin: &str, error: &str) {
-        let mut v = stage.view(i);
+        let mut v = stage.view(i, self.input);
         v.meta.original = false;
         v.meta.partition_set = false;
         v.topic = topic;
@@ -369,13 +467,16 @@ fn push_out(out: &mut OutBatch, input: &[InRecord<'_>], v: &View<'_>) {
     }));
 }
 
-/// Decodes the records a `replace` outcome produced for input `i` of `stage`.
+/// Decodes the records a `replace` outcome produced for input `i` of `stage` (materialized:
+/// `input(..)` spans point into its data).
 fn decode_replacements<'b>(
     stage: &'b Stage,
     i: usize,
     res: &'b wit::BatchResult,
     range: wit::Range,
+    chain_input: &'b [InRecord<'b>],
 ) -> Result<Vec<View<'b>>, Failure> {
+    debug_assert!(!stage.from_input, "stage not materialized");
     let input = &stage.batch.data[..];
     let bytes = |r: &wit::BytesRef| -> Result<Option<&'b [u8]>, Failure> {
         let (data, s) = match r {
@@ -405,7 +506,7 @@ fn decode_replacements<'b>(
                 range.start, range.count
             ))
         })?;
-    let src = stage.view(i);
+    let src = stage.view(i, chain_input);
     recs.iter()
         .map(|r| {
             let hs = res
@@ -480,10 +581,7 @@ impl Chain {
             return Ok(());
         }
         let [mut cur, mut next] = std::mem::take(&mut self.stages);
-        cur.clear();
-        for (i, r) in input.iter().enumerate() {
-            cur.push_input(r, i as u32);
-        }
+        cur.set_input(input);
         let n = self.plugins.len();
         let mut reorder = false;
         let mut result = Ok(());
@@ -495,7 +593,7 @@ impl Chain {
                 input,
                 reorder: false,
             };
-            result = self.run_plugin(k, &cur, &mut sink);
+            result = self.run_plugin(k, &mut cur, &mut sink);
             reorder |= sink.reorder;
             if result.is_err() {
                 break;
@@ -514,7 +612,7 @@ impl Chain {
     fn run_plugin(
         &mut self,
         k: usize,
-        stage: &Stage,
+        stage: &mut Stage,
         sink: &mut Sink<'_, '_>,
     ) -> Result<(), ChainError> {
         if stage.len() == 0 {
@@ -522,8 +620,17 @@ impl Chain {
         }
         self.plugins[k].stats.records_in += stage.len() as u64;
         let mut fails: Vec<(usize, Failure)> = Vec::new();
-        match self.call(k, &stage.batch)? {
-            Ok(res) => self.apply(k, stage, &res, sink, &mut fails),
+        match self.call(k, stage.arg(sink.input))? {
+            Ok(res) => {
+                if res
+                    .outcomes
+                    .iter()
+                    .any(|o| matches!(o, wit::Outcome::Replace(_)))
+                {
+                    stage.materialize(sink.input);
+                }
+                self.apply(k, stage, &res, sink, &mut fails)
+            }
             Err(f) => self.isolate(k, stage, f, sink, &mut fails)?,
         }
         self.fail_records(k, stage, fails, sink)
@@ -532,16 +639,17 @@ impl Chain {
     fn call(
         &mut self,
         k: usize,
-        batch: &wit::Batch,
+        batch: BatchArg<'_>,
     ) -> Result<Result<wit::BatchResult, Failure>, ChainError> {
         let p = &mut self.plugins[k];
         p.stats.calls += 1;
+        let records = batch.len();
         match p.call(&self.host, batch) {
-            Ok(res) if res.outcomes.len() == batch.record_topics.len() => Ok(Ok(res)),
+            Ok(res) if res.outcomes.len() == records => Ok(Ok(res)),
             Ok(res) => Ok(Err(Failure::Malformed(format!(
                 "{} outcomes for {} records",
                 res.outcomes.len(),
-                batch.record_topics.len()
+                records
             )))),
             Err(CallError::Failed(f)) => Ok(Err(f)),
             Err(CallError::Restart(reason)) => Err(ChainError::Restart {
@@ -577,19 +685,21 @@ impl Chain {
                         limit,
                     },
                 )),
-                wit::Outcome::Replace(range) => match decode_replacements(stage, i, res, *range) {
-                    Ok(views) => {
-                        if views.is_empty() {
-                            stats.records_dropped += 1;
+                wit::Outcome::Replace(range) => {
+                    match decode_replacements(stage, i, res, *range, sink.input) {
+                        Ok(views) => {
+                            if views.is_empty() {
+                                stats.records_dropped += 1;
+                            }
+                            stats.records_out += views.len() as u64;
+                            let offset = stage.batch.offsets[i];
+                            for v in &views {
+                                sink.push(v, offset);
+                            }
                         }
-                        stats.records_out += views.len() as u64;
-                        let offset = stage.batch.offsets[i];
-                        for v in &views {
-                            sink.push(v, offset);
-                        }
+                        Err(f) => fails.push((i, f)),
                     }
-                    Err(f) => fails.push((i, f)),
-                },
+                }
             }
         }
     }
@@ -623,8 +733,8 @@ impl Chain {
         let mut single = std::mem::take(&mut self.single);
         for i in 0..stage.len() {
             single.clear();
-            single.push_view(&stage.view(i), stage.batch.offsets[i]);
-            match self.call(k, &single.batch) {
+            single.push_view(&stage.view(i, sink.input), stage.batch.offsets[i]);
+            match self.call(k, single.arg(sink.input)) {
                 Ok(Ok(res)) => {
                     let mut one = Vec::new();
                     self.apply(k, &single, &res, sink, &mut one);

@@ -10,6 +10,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::abi::{BatchArg, ProcessBatch};
 use crate::bindings::edge_replicator::plugin::{host as wit_host, types as wit};
 use crate::bindings::{Plugin, PluginPre};
 use crate::chain::PluginStats;
@@ -182,7 +183,7 @@ pub(crate) enum CallError {
 
 struct Live {
     store: Store<StoreState>,
-    plugin: Plugin,
+    process_batch: ProcessBatch,
 }
 
 /// A plugin of a chain.
@@ -256,7 +257,7 @@ impl LoadedPlugin {
     pub(crate) fn call(
         &mut self,
         host: &HostInner,
-        batch: &wit::Batch,
+        batch: BatchArg<'_>,
     ) -> Result<wit::BatchResult, CallError> {
         if self.live.is_none() {
             let live = instantiate(host, &self.pre, &self.spec).map_err(|e| {
@@ -276,10 +277,7 @@ impl LoadedPlugin {
             s.last_error_log = None;
         }
         let started = Instant::now();
-        let result = live
-            .plugin
-            .edge_replicator_plugin_guest()
-            .call_process_batch(&mut live.store, batch);
+        let result = live.process_batch.call(&mut live.store, batch);
         self.stats.time_ns += started.elapsed().as_nanos() as u64;
         let state = live.store.data_mut();
         self.stats.logs_suppressed = state.logs_suppressed;
@@ -397,12 +395,20 @@ fn instantiate(
             path: path.clone(),
             reason: format!("{e:#}"),
         })?;
+    let guest = plugin.edge_replicator_plugin_guest();
+    let process_batch =
+        ProcessBatch::new(*guest.func_process_batch().func(), &store).map_err(|e| {
+            PluginError::Instantiate {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            }
+        })?;
     store.set_epoch_deadline(host.deadline_ticks);
-    match plugin
-        .edge_replicator_plugin_guest()
-        .call_init(&mut store, &spec.config)
-    {
-        Ok(Ok(())) => Ok(Live { store, plugin }),
+    match guest.call_init(&mut store, &spec.config) {
+        Ok(Ok(())) => Ok(Live {
+            store,
+            process_batch,
+        }),
         Ok(Err(message)) => Err(PluginError::InitRejected {
             path: path.clone(),
             message,
