@@ -62,7 +62,7 @@ pub fn measure(
     }
     c.assign(&tpl)?;
     // Let the consumer settle on its end offsets before anything is sent.
-    let settle = Instant::now() + Duration::from_millis(1500);
+    let settle = Instant::now() + Duration::from_millis(1000);
     while Instant::now() < settle {
         if let Some(m) = c.poll(Duration::from_millis(50)) {
             m?;

@@ -164,6 +164,14 @@ fn git_commit(workspace: &std::path::Path) -> String {
     }
 }
 
+/// The 1-minute load average (other work on the machine skews every number).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -175,11 +183,10 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_default();
-    format!("{cores} cores ({model}), load {load} at start")
+    format!(
+        "{cores} cores ({model}), load {:.2} at start",
+        load_average()
+    )
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
@@ -204,7 +211,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         systems: a.systems.clone(),
         latency: LatencyPlan {
             rate: a.latency_rate.unwrap_or(if a.quick { 500 } else { 1000 }),
-            duration: Duration::from_secs(a.latency_secs.unwrap_or(if a.quick { 3 } else { 10 })),
+            duration: Duration::from_secs(a.latency_secs.unwrap_or(if a.quick { 2 } else { 10 })),
         },
         link_proxy: !a.direct,
         wan_rtt: Duration::from_millis(a.wan_rtt_ms),
@@ -298,6 +305,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             }
         }
     }
+    report.machine = format!("{}, {:.2} at end", report.machine, load_average());
     let md = report::markdown(&report);
     let md_path = out_dir.join(format!("{stamp}.md"));
     let json_path = out_dir.join(format!("{stamp}.json"));

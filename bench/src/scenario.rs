@@ -223,7 +223,7 @@ pub fn mm2_transforms(processing: Processing) -> Result<Mm2Transforms, &'static 
             "Filter SMT + negated HasHeaderKey(hot), after the link; only the kept 10% carry the header, so this equals our header:hot == \"1\"",
         )),
         Processing::JsonTransform => Err(
-            "n/a: MM2 copies values as raw bytes; its field SMTs (ReplaceField) need structured values",
+            "MM2 copies values as raw bytes; its field SMTs (ReplaceField) need structured values",
         ),
     }
 }
