@@ -443,9 +443,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         assert!(
-            fresh
-                .iter()
-                .all(|h| h.target_cluster_alias == "central"),
+            fresh.iter().all(|h| h.target_cluster_alias == "central"),
             "this site's heartbeats name the central cluster as target: {fresh:?}"
         );
     }
