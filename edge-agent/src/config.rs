@@ -307,6 +307,20 @@ pub struct HubLinkConfig {
     /// Cap of the reconnect delay in milliseconds.
     #[serde(default = "default_backoff_max_ms")]
     pub reconnect_backoff_max_ms: u64,
+    /// Most compressed batch bytes sent to the hub per second, averaged by a token bucket that
+    /// holds one batch (`batching.max_bytes`) of burst; unlimited when unset.
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<u64>,
+    /// While the hub does not answer at all (link down, hub host unreachable), a fresh
+    /// connection attempt (one ~1.2 KB UDP packet) goes out about this often, so a link that
+    /// comes back is used within about this long. Failures after the hub answered back off
+    /// exponentially instead (`reconnect_backoff_*`): probing a dead link costs the hub nothing.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+fn default_probe_interval_ms() -> u64 {
+    500
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -641,6 +655,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             format!(
                 "{} must be > 0 and <= reconnect_backoff_max_ms ({})",
                 h.reconnect_backoff_min_ms, h.reconnect_backoff_max_ms
+            ),
+        ));
+    }
+    if h.probe_interval_ms == 0 || h.probe_interval_ms > h.connect_timeout_ms {
+        return Err(invalid(
+            "hub.probe_interval_ms",
+            format!(
+                "{} must be > 0 and <= connect_timeout_ms ({})",
+                h.probe_interval_ms, h.connect_timeout_ms
             ),
         ));
     }
@@ -999,6 +1022,13 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
                     "reconnect_backoff_min_ms = 0",
                 ),
                 "hub.reconnect_backoff_min_ms",
+            ),
+            (
+                good.replace(
+                    "reconnect_backoff_min_ms = 200",
+                    "reconnect_backoff_min_ms = 200\nprobe_interval_ms = 0",
+                ),
+                "hub.probe_interval_ms",
             ),
             (
                 good.replace("max_records = 5000", "max_records = 0"),

@@ -84,6 +84,47 @@ impl Backoff {
     }
 }
 
+/// Log throttle for a hub that does not answer: one warning when it goes quiet, then a summary
+/// a minute, and one line when it answers again; not one line per probe.
+#[derive(Debug, Default)]
+struct Unreachable {
+    since: Option<Instant>,
+    probes: u64,
+    last_log: Option<Instant>,
+}
+
+impl Unreachable {
+    const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+    fn no_answer(&mut self, waited: Duration) {
+        let now = Instant::now();
+        self.probes += 1;
+        ::metrics::counter!(crate::metrics::PROBES_UNANSWERED).increment(1);
+        let since = *self.since.get_or_insert(now);
+        if self.last_log.is_none_or(|t| now - t >= Self::SUMMARY_EVERY) {
+            self.last_log = Some(now);
+            warn!(
+                unreachable_for_s = (now - since).as_secs(),
+                probes = self.probes,
+                probe_wait_ms = waited.as_millis() as u64,
+                "hub does not answer; probing until it does"
+            );
+        }
+    }
+
+    fn answered(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(
+                unreachable_for_ms = since.elapsed().as_millis() as u64,
+                probes = self.probes,
+                "hub answers again"
+            );
+        }
+        self.probes = 0;
+        self.last_log = None;
+    }
+}
+
 /// Runs the agent until `shutdown` turns true: connect, replicate, reconnect with backoff.
 pub async fn run(
     cfg: Validated,
@@ -136,6 +177,8 @@ pub async fn run(
         ))
     });
     let mut connected_before = false;
+    let mut last_rtt: Option<Duration> = None;
+    let mut unreachable = Unreachable::default();
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
@@ -145,8 +188,10 @@ pub async fn run(
             break;
         }
         let started = Instant::now();
-        let outcome = match connect(&endpoint, &client_cfg, &cfg).await {
+        let outcome = match connect(&endpoint, &client_cfg, &cfg, answer_wait(&cfg, last_rtt)).await
+        {
             Ok(conn) => {
+                unreachable.answered();
                 stats
                     .connects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -172,13 +217,29 @@ pub async fn run(
                 .await;
                 ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
                 ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
+                last_rtt = Some(conn.rtt());
                 conn.close(0u32.into(), b"session over");
                 r
             }
-            Err(error) => Err(session::Failure {
-                welcomed: false,
-                error,
-            }),
+            Err(ConnectError::NoAnswer(waited)) => {
+                unreachable.no_answer(waited);
+                // Probe again right away (a little jitter keeps a fleet from synchronising).
+                let jitter = waited / 5;
+                let delay =
+                    Duration::from_millis(rand::rng().random_range(0..=jitter.as_millis() as u64));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+                continue;
+            }
+            Err(ConnectError::Failed(error)) => {
+                unreachable.answered();
+                Err(session::Failure {
+                    welcomed: false,
+                    error,
+                })
+            }
         };
         match outcome {
             Ok(session::Exit::Shutdown) => break,
@@ -269,24 +330,74 @@ async fn publish_replication_lag(
     }
 }
 
+/// Why a connection attempt failed.
+#[derive(Debug)]
+enum ConnectError {
+    /// Not a single packet came back within the wait: the link or the hub host is down.
+    NoAnswer(Duration),
+    /// Anything else: resolution, TLS, refusal, a handshake that stalled after the hub answered.
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NoAnswer(d) => write!(f, "no answer from the hub within {d:?}"),
+            ConnectError::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+/// How long an attempt waits for the hub's first answer before a fresh attempt replaces it:
+/// the probe interval, but never less than three round trips of the last connection (a long
+/// link must be able to answer), and the full connect timeout before any connection worked.
+fn answer_wait(cfg: &Validated, last_rtt: Option<Duration>) -> Duration {
+    let full = Duration::from_millis(cfg.raw.hub.connect_timeout_ms);
+    match last_rtt {
+        None => full,
+        Some(rtt) => Duration::from_millis(cfg.raw.hub.probe_interval_ms)
+            .max(rtt.saturating_mul(3))
+            .min(full),
+    }
+}
+
 async fn connect(
     endpoint: &quinn::Endpoint,
     client_cfg: &quinn::ClientConfig,
     cfg: &Validated,
-) -> anyhow::Result<quinn::Connection> {
+    wait_for_answer: Duration,
+) -> Result<quinn::Connection, ConnectError> {
     let addr = tokio::net::lookup_host((cfg.hub_host.as_str(), cfg.hub_port))
         .await
-        .with_context(|| format!("resolving hub address {:?}", cfg.raw.hub.address))?
+        .with_context(|| format!("resolving hub address {:?}", cfg.raw.hub.address))
+        .map_err(ConnectError::Failed)?
         .next()
-        .with_context(|| format!("hub address {:?} resolved to nothing", cfg.raw.hub.address))?;
-    let connecting = endpoint
+        .with_context(|| format!("hub address {:?} resolved to nothing", cfg.raw.hub.address))
+        .map_err(ConnectError::Failed)?;
+    let mut connecting = endpoint
         .connect_with(client_cfg.clone(), addr, &cfg.server_name)
-        .with_context(|| format!("connecting to {addr}"))?;
+        .with_context(|| format!("connecting to {addr}"))
+        .map_err(ConnectError::Failed)?;
+    let started = Instant::now();
+    // QUIC retransmits an unanswered Initial with exponential backoff (1 s, 2 s, 4 s ...), so a
+    // link that returns in the middle of a long attempt would wait for the next retransmit.
+    // Giving up early and starting afresh keeps the probe cadence flat instead.
+    match tokio::time::timeout(wait_for_answer, connecting.handshake_data()).await {
+        Err(_) => return Err(ConnectError::NoAnswer(wait_for_answer)),
+        Ok(Err(e)) => {
+            return Err(ConnectError::Failed(
+                anyhow::Error::new(e).context(format!("connecting to hub {addr}")),
+            ));
+        }
+        Ok(Ok(_)) => {}
+    }
     let timeout = Duration::from_millis(cfg.raw.hub.connect_timeout_ms);
-    tokio::time::timeout(timeout, connecting)
+    tokio::time::timeout(timeout.saturating_sub(started.elapsed()), connecting)
         .await
-        .with_context(|| format!("connecting to hub {addr}: no answer within {timeout:?}"))?
+        .with_context(|| format!("connecting to hub {addr}: handshake not done within {timeout:?}"))
+        .map_err(ConnectError::Failed)?
         .with_context(|| format!("connecting to hub {addr}"))
+        .map_err(ConnectError::Failed)
 }
 
 #[cfg(test)]

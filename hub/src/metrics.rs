@@ -20,6 +20,8 @@ use metrics::{
 pub const SITES_CONNECTED: &str = "er_hub_sites_connected";
 /// Sessions accepted (a site identified by its certificate).
 pub const SESSIONS: &str = "er_hub_sessions_total";
+/// Sessions that resumed on a returning site's parked writers instead of fencing new ones.
+pub const WRITERS_REUSED: &str = "er_hub_site_writers_reused_total";
 /// Records committed to a central cluster (`site`).
 pub const RECORDS_WRITTEN: &str = "er_hub_records_written_total";
 /// Compressed batch bytes received from a site (`site`).
@@ -88,6 +90,10 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
 fn describe() {
     describe_gauge!(SITES_CONNECTED, "Sites with an established session.");
     describe_counter!(SESSIONS, "Site sessions accepted.");
+    describe_counter!(
+        WRITERS_REUSED,
+        "Sessions that resumed on a returning site's parked writers instead of fencing new ones."
+    );
     describe_counter!(RECORDS_WRITTEN, "Records committed to a central cluster.");
     describe_counter!(
         BYTES_RECEIVED,
@@ -229,6 +235,11 @@ pub fn set_sites_connected(n: usize) {
 /// Counts an accepted session.
 pub fn session_started() {
     counter!(SESSIONS).increment(1);
+}
+
+/// Counts a session that took over parked writers.
+pub fn writers_reused() {
+    counter!(WRITERS_REUSED).increment(1);
 }
 
 /// The newest timestamp (epoch ms) of the MM2 heartbeats from `site` among records of the

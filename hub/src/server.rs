@@ -29,13 +29,49 @@ pub mod close_code {
     pub const SUPERSEDED: u32 = 4;
 }
 
+/// How long the writers of a site whose session ended are kept for its return.
+pub const PARK_TTL: Duration = Duration::from_secs(300);
+/// How long a new connection of a site waits for the session it replaces to end and hand over
+/// its writers.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A site's writers (one per cluster) and checkpointers, alive for as long as a session uses
+/// them and then parked for [`PARK_TTL`].
+struct SiteState {
+    writers: Vec<SiteWriter>,
+    checkpointers: Arc<std::sync::Mutex<Vec<Checkpointer>>>,
+}
+
+struct Parked {
+    state: SiteState,
+    since: Instant,
+}
+
+/// A connected site's session: its id, connection, and a flag raised once it ended and parked
+/// its writers.
+type SessionEntry = (u64, quinn::Connection, watch::Receiver<bool>);
+
 /// State shared by all sessions of one hub process.
-#[derive(Debug)]
 pub struct Hub {
     config: Validated,
     topics: Vec<Arc<TopicManager>>,
-    sessions: Mutex<HashMap<String, (u64, quinn::Connection)>>,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Writers of sites whose session ended: a site that reconnects to this hub within
+    /// [`PARK_TTL`] resumes without fencing, re-reading positions or rebuilding its offset index
+    /// (seconds on a real cluster). Safe because a writer's in-memory positions are exactly what
+    /// it committed; if another hub took the site over meanwhile, this writer is fenced, its
+    /// first write fails, and the next session starts afresh (no duplicate: fenced writes never
+    /// commit).
+    parked: std::sync::Mutex<HashMap<String, Parked>>,
     next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("hub_id", &self.config.raw.hub_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hub {
@@ -51,6 +87,7 @@ impl Hub {
             config,
             topics,
             sessions: Mutex::new(HashMap::new()),
+            parked: std::sync::Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         }))
     }
@@ -62,8 +99,11 @@ impl Hub {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         info!(listen = %endpoint.local_addr()?, hub_id = %self.config.raw.hub_id, "hub listening");
+        let mut sweep = tokio::time::interval(Duration::from_secs(30));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = sweep.tick() => self.expire_parked(),
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let hub = self.clone();
@@ -97,23 +137,33 @@ impl Hub {
         };
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         crate::metrics::session_started();
+        let (ended_tx, ended_rx) = watch::channel(false);
         let replaced = {
             let mut sessions = self.sessions.lock().await;
-            let replaced = sessions.insert(site.clone(), (id, conn.clone()));
+            let replaced = sessions.insert(site.clone(), (id, conn.clone(), ended_rx));
             crate::metrics::set_sites_connected(sessions.len());
             replaced
         };
-        if let Some((_, old)) = replaced {
+        if let Some((_, old, mut old_ended)) = replaced {
             info!(%site, "a new connection of the site replaces the old one");
             old.close(
                 close_code::SUPERSEDED.into(),
                 b"superseded by a newer connection",
             );
+            // Let the old session finish its queued transactions and park its writers, so this
+            // one can take them over instead of fencing them.
+            if tokio::time::timeout(HANDOVER_WAIT, old_ended.wait_for(|ended| *ended))
+                .await
+                .is_err()
+            {
+                warn!(%site, wait_ms = HANDOVER_WAIT.as_millis() as u64, "the replaced session did not end in time; starting fresh writers (they fence the old ones)");
+            }
         }
         let span = info_span!("site", site = %site, %remote);
+        let mut state = None;
         let result = self
             .clone()
-            .run_session(conn.clone(), site.clone())
+            .run_session(conn.clone(), site.clone(), &mut state)
             .instrument(span.clone())
             .await;
         let _enter = span.enter();
@@ -130,16 +180,119 @@ impl Hub {
             Err(SessionEnd::Link(m)) => info!(reason = %m, "site link lost"),
         }
         let mut sessions = self.sessions.lock().await;
-        if sessions.get(&site).is_some_and(|(sid, _)| *sid == id) {
+        if sessions.get(&site).is_some_and(|(sid, _, _)| *sid == id) {
             sessions.remove(&site);
         }
         crate::metrics::set_sites_connected(sessions.len());
+        if let Some(state) = state {
+            self.park(&site, state);
+        }
+        drop(sessions);
+        let _ = ended_tx.send(true);
+    }
+
+    /// Keeps a site's writers for its return, unless one of them stopped (then they are dropped:
+    /// the next session must fence and re-read).
+    fn park(&self, site: &str, state: SiteState) {
+        if !state.writers.iter().all(SiteWriter::is_running) {
+            info!(%site, "a writer of the site stopped; the next session starts fresh writers");
+            drop_off_executor(state);
+            return;
+        }
+        debug!(%site, keep_s = PARK_TTL.as_secs(), "parking the site's writers for its return");
+        let old = self
+            .parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                site.to_owned(),
+                Parked {
+                    state,
+                    since: Instant::now(),
+                },
+            );
+        if let Some(old) = old {
+            drop_off_executor(old.state);
+        }
+    }
+
+    /// Drops parked writers older than [`PARK_TTL`].
+    fn expire_parked(&self) {
+        let expired: Vec<(String, Parked)> = {
+            let mut parked = self
+                .parked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let old: Vec<String> = parked
+                .iter()
+                .filter(|(_, p)| p.since.elapsed() >= PARK_TTL)
+                .map(|(s, _)| s.clone())
+                .collect();
+            old.into_iter()
+                .filter_map(|s| parked.remove(&s).map(|p| (s, p)))
+                .collect()
+        };
+        for (site, p) in expired {
+            info!(%site, idle_s = p.since.elapsed().as_secs(), "closing the writers of a site that did not come back");
+            drop_off_executor(p.state);
+        }
+    }
+
+    /// The site's writers and its committed positions: the parked writers if the site was here
+    /// recently and they are healthy (positions from their memory, after their queued
+    /// transactions), else fresh ones (fencing, positions and offset index read from Kafka).
+    /// Checkpointers come along only with parked writers; fresh ones are started after Welcome.
+    async fn acquire_site(
+        &self,
+        site: &str,
+    ) -> Result<
+        (
+            Vec<SiteWriter>,
+            Option<Arc<std::sync::Mutex<Vec<Checkpointer>>>>,
+            Vec<er_protocol::Position>,
+        ),
+        String,
+    > {
+        let parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(site);
+        if let Some(p) = parked {
+            let mut positions = Vec::new();
+            let mut healthy = true;
+            for (i, w) in p.state.writers.iter().enumerate() {
+                match w.positions().await {
+                    Some(mut ps) => {
+                        ps.retain(|pos| self.config.cluster_for(site, &pos.tp.topic) == i);
+                        positions.extend(ps);
+                    }
+                    None => {
+                        healthy = false;
+                        break;
+                    }
+                }
+            }
+            if healthy {
+                info!(
+                    parked_ms = p.since.elapsed().as_millis() as u64,
+                    "resuming on the site's parked writers (positions from memory, no fencing)"
+                );
+                crate::metrics::writers_reused();
+                return Ok((p.state.writers, Some(p.state.checkpointers), positions));
+            }
+            info!("a parked writer of the site stopped; starting fresh writers");
+            drop_off_executor(p.state);
+        }
+        let (writers, positions) = self.start_writers(site).await?;
+        Ok((writers, None, positions))
     }
 
     async fn run_session(
         self: Arc<Self>,
         conn: quinn::Connection,
         site: String,
+        state: &mut Option<SiteState>,
     ) -> Result<(), SessionEnd> {
         let cfg = &self.config;
         let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
@@ -192,8 +345,8 @@ impl Hub {
             return Err(SessionEnd::Protocol("handshake refused".into()));
         }
         let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
-        let (site_writers, positions) = self
-            .start_writers(&site)
+        let (site_writers, checkpointers, positions) = self
+            .acquire_site(&site)
             .await
             .map_err(SessionEnd::Internal)?;
         info!(positions = positions.len(), "welcoming site");
@@ -206,10 +359,19 @@ impl Hub {
             .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
         writers.flush(&mut proto).await?;
 
-        let checkpointers = self
-            .start_checkpointers(&site, &site_writers)
-            .await
-            .map_err(SessionEnd::Internal)?;
+        let checkpointers = match checkpointers {
+            Some(c) => c,
+            None => self
+                .start_checkpointers(&site, &site_writers)
+                .await
+                .map_err(SessionEnd::Internal)?,
+        };
+        let site_writers = &state
+            .insert(SiteState {
+                writers: site_writers,
+                checkpointers: checkpointers.clone(),
+            })
+            .writers;
         let mut group_table = GroupTable::default();
         let mut checkpoint_tick =
             tokio::time::interval(Duration::from_millis(cfg.raw.checkpoints.interval_ms));
@@ -513,4 +675,10 @@ impl StreamWriters {
         }
         Ok(())
     }
+}
+
+/// Drops a site's writers and checkpointers on a blocking thread: their Kafka clients may wait
+/// on the network while closing.
+fn drop_off_executor(state: SiteState) {
+    tokio::task::spawn_blocking(move || drop(state));
 }

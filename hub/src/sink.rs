@@ -9,7 +9,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ClusterConfig, Validated};
 use crate::kafka::{
@@ -139,10 +139,17 @@ impl WriterSettings {
     }
 }
 
+/// What a writer thread is asked to do, in queue order.
+enum Msg {
+    Write(WriteJob),
+    /// Report the committed positions once everything queued before is committed (or failed).
+    Positions(oneshot::Sender<Vec<Position>>),
+}
+
 /// Handle of a running writer thread.
 #[derive(Debug)]
 pub struct SiteWriter {
-    tx: mpsc::Sender<WriteJob>,
+    tx: mpsc::Sender<Msg>,
     thread: Option<std::thread::JoinHandle<()>>,
     index: SharedOffsetIndex,
 }
@@ -150,7 +157,24 @@ pub struct SiteWriter {
 impl SiteWriter {
     /// Queues a batch; waits while the writer's queue is full (backpressure to the link).
     pub async fn submit(&self, job: WriteJob) -> Result<(), WriteError> {
-        self.tx.send(job).await.map_err(|_| WriteError::Stopped)
+        self.tx
+            .send(Msg::Write(job))
+            .await
+            .map_err(|_| WriteError::Stopped)
+    }
+
+    /// The committed positions after everything queued so far has committed, straight from the
+    /// writer's memory; `None` when the writer stopped (a failed transaction ends it). This is
+    /// what lets a site that reconnects to the same hub skip fencing and re-reading positions.
+    pub async fn positions(&self) -> Option<Vec<Position>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Positions(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// False once the writer thread ended.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// The site's offset index on this cluster: rebuilt when the writer started, updated after
@@ -420,15 +444,38 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::Receiver<WriteJob>) {
-        while let Some(first) = rx.blocking_recv() {
+    fn positions_snapshot(&self) -> Vec<Position> {
+        self.positions
+            .iter()
+            .map(|(tp, &next_offset)| Position {
+                tp: tp.clone(),
+                next_offset,
+            })
+            .collect()
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            let first = match msg {
+                Msg::Write(j) => j,
+                Msg::Positions(reply) => {
+                    let _ = reply.send(self.positions_snapshot());
+                    continue;
+                }
+            };
             let mut bytes = first.batch.header.uncompressed_len as u64;
             let mut jobs = vec![first];
+            // A positions query queued behind these jobs is answered after their commit.
+            let mut query = None;
             while bytes < self.settings.max_transaction_bytes {
                 match rx.try_recv() {
-                    Ok(j) => {
+                    Ok(Msg::Write(j)) => {
                         bytes += j.batch.header.uncompressed_len as u64;
                         jobs.push(j);
+                    }
+                    Ok(Msg::Positions(reply)) => {
+                        query = Some(reply);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -453,12 +500,18 @@ impl Writer {
             if outcome.is_err() {
                 // The session is torn down on any failure; the agent reconnects and resumes from
                 // the committed positions, so nothing is retried here. What was queued behind
-                // the failed transaction would be out of order: refuse it.
+                // the failed transaction would be out of order: refuse it. A positions query
+                // gets no answer: this writer's memory is no longer the truth.
                 rx.close();
-                while let Ok(j) = rx.try_recv() {
-                    j.complete(Err(WriteError::Stopped));
+                while let Ok(m) = rx.try_recv() {
+                    if let Msg::Write(j) = m {
+                        j.complete(Err(WriteError::Stopped));
+                    }
                 }
                 return;
+            }
+            if let Some(reply) = query {
+                let _ = reply.send(self.positions_snapshot());
             }
         }
     }
