@@ -441,6 +441,16 @@ impl AgentConn {
         self.state == State::Welcomed && self.fits(tp, bytes)
     }
 
+    /// Whether a batch of `bytes` payload bytes fits the connection's in-flight budget,
+    /// whatever its partition's. When [`can_send`](Self::can_send) says no but this says yes,
+    /// only the batch's own partition is full: batches of other partitions may still go.
+    pub fn link_has_room(&self, bytes: u64) -> bool {
+        self.state == State::Welcomed
+            && (self.inflight_total == 0
+                || self.inflight_total.saturating_add(bytes)
+                    <= self.config.max_inflight_bytes_total)
+    }
+
     fn fits(&self, tp: &TopicPartition, bytes: u64) -> bool {
         let part = self.partitions.get(tp).map_or(0, |p| p.inflight_bytes);
         let part_ok =

@@ -419,6 +419,10 @@ fn backpressure_blocks_sends_until_acks_free_the_budget() {
         pair.agent.send_batch(batch(&pair, &a, off)).unwrap();
     }
     assert!(!pair.agent.can_send(&a, size));
+    assert!(
+        pair.agent.link_has_room(size),
+        "only the partition is full: others may send"
+    );
     assert!(matches!(
         pair.agent.send_batch(batch(&pair, &a, 2)),
         Err(ProtocolError::BudgetExceeded { .. })
@@ -427,6 +431,7 @@ fn backpressure_blocks_sends_until_acks_free_the_budget() {
     assert!(pair.agent.can_send(&b, size));
     pair.agent.send_batch(batch(&pair, &b, 0)).unwrap();
     assert!(!pair.agent.can_send(&b, size));
+    assert!(!pair.agent.link_has_room(size), "the link is full");
     assert_eq!(pair.agent.inflight_bytes(), 3 * size);
     // A batch larger than the partition budget may go alone... but not past a full total.
     assert!(!pair.agent.can_send(&tp("t", 2), 5000));
