@@ -212,7 +212,14 @@ pub struct RouteConfig {
     /// Topic for `on_error = "dead-letter"`; the hub's replication policy applies to it.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
-    /// The chain, applied in order.
+    /// When the link is the bottleneck (`hub.max_bytes_per_sec` or the in-flight budget),
+    /// batches of higher-priority routes are sent first; topics matching no route have 0, the
+    /// heartbeats topic is above every route.
+    #[serde(default)]
+    pub priority: i32,
+    /// The chain, applied in order; none replicates the route's topics unchanged (a route
+    /// that only sets a priority).
+    #[serde(default)]
     pub plugins: Vec<PluginConfig>,
 }
 
@@ -396,6 +403,36 @@ fn default_inflight_total() -> u64 {
     32 * 1024 * 1024
 }
 
+/// The order in which ready batches take the link when it is the bottleneck: higher first.
+/// The heartbeats topic rides above every route, so a saturated link never delays the
+/// heartbeats that replication lag and failover are measured by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// A route's `priority` (0 for topics matching no route).
+    Route(i32),
+    /// The heartbeats topic.
+    Heartbeats,
+}
+
+impl Priority {
+    /// The QUIC stream priority of a partition's stream (quinn sends higher first).
+    pub fn stream_priority(self) -> i32 {
+        match self {
+            Priority::Route(p) => p.min(i32::MAX - 1),
+            Priority::Heartbeats => i32::MAX,
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Priority::Route(p) => write!(f, "{p}"),
+            Priority::Heartbeats => f.write_str("heartbeats"),
+        }
+    }
+}
+
 /// A validated configuration with compiled regexes and parsed durations.
 #[derive(Debug, Clone)]
 pub struct Validated {
@@ -430,6 +467,8 @@ pub struct Route {
     pub name: String,
     /// Whole-name topic matchers.
     pub topics: Vec<Regex>,
+    /// Sending order of its topics' batches when the link is the bottleneck (higher first).
+    pub priority: i32,
     /// The chain's plugins with their settings, paths made absolute.
     pub plugins: Vec<er_plugin_host::PluginSpec>,
     /// What a plugin failure does.
@@ -476,15 +515,51 @@ impl Validated {
         Duration::from_millis(self.raw.batching.linger_ms)
     }
 
-    /// Index of the route a source topic takes, if any. The heartbeats topic never takes one:
+    /// Index of the route whose plugin chain a source topic takes, if any: the first route
+    /// matching it, unless that route has no plugins. The heartbeats topic never takes one:
     /// internal records never reach a plugin.
     pub fn route_for(&self, topic: &str) -> Option<usize> {
+        self.matching_route(topic)
+            .filter(|&i| !self.routes[i].plugins.is_empty())
+    }
+
+    fn matching_route(&self, topic: &str) -> Option<usize> {
         if topic == er_protocol::HEARTBEATS_TOPIC {
             return None;
         }
         self.routes
             .iter()
             .position(|r| r.topics.iter().any(|re| re.is_match(topic)))
+    }
+
+    /// The sending priority of a source topic's batches: the heartbeats topic's is above every
+    /// route's, a topic matching no route has 0.
+    pub fn priority_for(&self, topic: &str) -> Priority {
+        if topic == er_protocol::HEARTBEATS_TOPIC {
+            return Priority::Heartbeats;
+        }
+        Priority::Route(
+            self.matching_route(topic)
+                .map_or(0, |i| self.routes[i].priority),
+        )
+    }
+
+    /// Every priority a replicated topic can have, highest first.
+    pub fn priorities(&self) -> Vec<Priority> {
+        let mut all: Vec<Priority> = self
+            .routes
+            .iter()
+            .map(|r| Priority::Route(r.priority))
+            .chain([Priority::Route(0), Priority::Heartbeats])
+            .collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.dedup();
+        all
+    }
+
+    /// The cap of compressed batch bytes sent per second, if any.
+    pub fn max_bytes_per_sec(&self) -> Option<u64> {
+        self.raw.hub.max_bytes_per_sec
     }
 
     /// Sandbox limits for the plugin host.
@@ -501,6 +576,10 @@ impl Validated {
         }
     }
 }
+
+/// Lowest accepted `hub.max_bytes_per_sec`: below it a typical batch would take minutes, most
+/// likely a unit mistake.
+const MIN_BYTES_PER_SEC: u64 = 1024;
 
 /// Reads, parses and validates an agent config file.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
@@ -707,6 +786,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
+    if let Some(rate) = raw.hub.max_bytes_per_sec
+        && rate < MIN_BYTES_PER_SEC
+    {
+        return Err(invalid(
+            "hub.max_bytes_per_sec",
+            format!(
+                "{rate} is below the minimum of {MIN_BYTES_PER_SEC} (bytes, not bits, per second; \
+                 leave it unset for no limit)"
+            ),
+        ));
+    }
     if raw.heartbeats.interval_ms == 0 {
         return Err(invalid(
             "heartbeats.interval_ms",
@@ -756,12 +846,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ));
         }
         let topics = compile(&field("topics"), &r.topics)?;
-        if r.plugins.is_empty() {
-            return Err(invalid(
-                &field("plugins"),
-                "must list at least one plugin".into(),
-            ));
-        }
         let policy = match (r.on_error.as_str(), &r.dead_letter_topic) {
             ("stop", None) => er_plugin_host::ErrorPolicy::Stop,
             ("skip", None) => er_plugin_host::ErrorPolicy::Skip,
@@ -810,6 +894,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         routes.push(Route {
             name,
             topics,
+            priority: r.priority,
             plugins,
             policy,
         });
@@ -877,7 +962,8 @@ mod tests {
         assert_eq!((v.hub_host.as_str(), v.hub_port), ("hub.example.com", 4433));
         assert_eq!(v.server_name, "hub.example.com");
         assert_eq!(v.route_for("sensors.temp"), Some(0));
-        assert_eq!(v.route_for("alarms"), None);
+        assert_eq!(v.route_for("alarms"), None, "its route has no plugins");
+        assert_eq!(v.max_bytes_per_sec(), None, "unlimited unless set");
         let r = &v.routes[0];
         assert_eq!(r.name, "hot-sensors");
         assert_eq!(
@@ -920,9 +1006,9 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
             None,
             "internal records bypass plugins"
         );
-        assert_eq!(v.routes[1].name, "route-1");
-        assert_eq!(v.routes[1].policy, er_plugin_host::ErrorPolicy::Skip);
-        let keys: Vec<_> = v.routes[1].plugins[0]
+        assert_eq!(v.routes[2].name, "route-2");
+        assert_eq!(v.routes[2].policy, er_plugin_host::ErrorPolicy::Skip);
+        let keys: Vec<_> = v.routes[2].plugins[0]
             .config
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -1117,6 +1203,76 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
             assert!(e.contains(field), "{field}: {e}");
             assert!(e.contains("agent.toml"), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn priorities_follow_the_first_matching_route_and_heartbeats_ride_above_all() {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "on_error = \"dead-letter\"",
+            "on_error = \"dead-letter\"\npriority = -5",
+        ) + "[[routes]]\ntopics = [\"alarms|sensors\\\\.fire\"]\npriority = 99\n";
+        let v = parse(&path, &text).unwrap();
+        assert_eq!(v.priority_for("alarms"), Priority::Route(10));
+        assert_eq!(
+            v.priority_for("sensors.fire"),
+            Priority::Route(-5),
+            "the first matching route decides, as for plugins"
+        );
+        assert_eq!(v.route_for("sensors.fire"), Some(0));
+        assert_eq!(v.priority_for("orders"), Priority::Route(0), "no route");
+        assert_eq!(v.priority_for("heartbeats"), Priority::Heartbeats);
+        assert_eq!(v.route_for("heartbeats"), None);
+        assert!(Priority::Heartbeats > Priority::Route(i32::MAX));
+        assert!(Priority::Route(1) > Priority::Route(0));
+        assert_eq!(
+            v.priorities(),
+            [
+                Priority::Heartbeats,
+                Priority::Route(99),
+                Priority::Route(10),
+                Priority::Route(0),
+                Priority::Route(-5)
+            ]
+        );
+        assert_eq!(
+            Priority::Heartbeats.stream_priority(),
+            i32::MAX,
+            "QUIC sends the heartbeats stream first"
+        );
+        assert!(Priority::Route(i32::MAX).stream_priority() < i32::MAX);
+
+        let typo = text.replace("priority = 10", "priority = \"high\"");
+        let e = parse(&path, &typo)
+            .expect_err("a string priority")
+            .to_string();
+        assert!(e.contains("priority") && e.contains("agent.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_rate_limit_is_optional_and_has_a_floor() {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let commented = "# max_bytes_per_sec = 250000";
+        assert!(good.contains(commented), "the example documents it");
+        let set = good.replace(commented, "max_bytes_per_sec = 250000");
+        assert_eq!(
+            parse(&path, &set).unwrap().max_bytes_per_sec(),
+            Some(250_000)
+        );
+        for (bad, why) in [("0", "zero is not unlimited"), ("1000", "below 1 KiB/s")] {
+            let text = good.replace(commented, &format!("max_bytes_per_sec = {bad}"));
+            let e = parse(&path, &text).expect_err(why).to_string();
+            assert!(
+                e.contains("hub.max_bytes_per_sec") && e.contains("agent.toml"),
+                "{why}: {e}"
+            );
+        }
+        let negative = good.replace(commented, "max_bytes_per_sec = -1");
+        let e = parse(&path, &negative).expect_err("negative").to_string();
+        assert!(e.contains("max_bytes_per_sec"), "{e}");
     }
 
     #[test]
