@@ -5,6 +5,7 @@ pub mod config;
 pub mod groups;
 pub mod heartbeat;
 pub mod metrics;
+pub mod pacing;
 pub mod pipeline;
 pub mod routed;
 pub mod session;
