@@ -53,6 +53,11 @@ pub const HEARTBEATS_SENT: &str = "er_agent_heartbeats_sent_total";
 pub const GROUP_REPORTS_SENT: &str = "er_agent_group_reports_sent_total";
 /// Edge high watermark minus the position the hub last acknowledged (`topic`, `partition`).
 pub const REPLICATION_LAG_RECORDS: &str = "er_agent_replication_lag_records";
+/// Time a batch waited for `hub.max_bytes_per_sec` although the in-flight budget allowed it.
+/// Monotone, exposed as a gauge because the `metrics` facade has only integer counters.
+pub const RATE_LIMIT_WAIT_SECONDS: &str = "er_agent_rate_limit_wait_seconds_total";
+/// The configured `hub.max_bytes_per_sec` (absent when unlimited).
+pub const RATE_LIMIT_BYTES_PER_SECOND: &str = "er_agent_rate_limit_bytes_per_second";
 /// Always 1; the `version` label carries the agent's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -130,7 +135,24 @@ fn describe() {
         REPLICATION_LAG_RECORDS,
         "Edge high watermark minus the last position the hub committed."
     );
+    describe_gauge!(
+        RATE_LIMIT_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a batch waited for the rate limit (monotone)."
+    );
+    describe_gauge!(
+        RATE_LIMIT_BYTES_PER_SECOND,
+        Unit::Bytes,
+        "Configured cap of compressed batch bytes sent per second."
+    );
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
+}
+
+/// Publishes the configured rate limit, if any.
+pub fn rate_limit(bytes_per_sec: Option<u64>) {
+    if let Some(rate) = bytes_per_sec {
+        gauge!(RATE_LIMIT_BYTES_PER_SECOND).set(rate as f64);
+    }
 }
 
 /// Publishes the cumulative plugin counters of every route (from `Pipeline::stats`).

@@ -14,8 +14,9 @@ use er_plugin_host::{Chain, ErrorPolicy, PluginHost, PluginStats};
 
 use crate::config::Validated;
 
-/// The routes of one agent process with their loaded chains. Shared by successive sessions'
-/// reader threads (one at a time uses it), so plugins are compiled and initialised once.
+/// The routes of one agent process with their loaded chains. Shared by the reader threads of
+/// successive sessions and of their priority lanes (they take turns through the lock), so
+/// plugins are compiled and initialised once.
 pub struct Pipeline {
     /// Kept alive for the chains (engine, epoch ticker).
     _host: Option<PluginHost>,
@@ -53,7 +54,8 @@ impl Pipeline {
     /// Compiles, instantiates and initialises every route's plugins. Fails on the first plugin
     /// that cannot load; the error names the route and the plugin file.
     pub fn load(cfg: &Validated) -> anyhow::Result<Self> {
-        if cfg.routes.is_empty() {
+        // Routes without plugins only set a priority: no chain ever runs, so no host is needed.
+        if cfg.routes.iter().all(|r| r.plugins.is_empty()) {
             return Ok(Pipeline {
                 _host: None,
                 routes: Vec::new(),

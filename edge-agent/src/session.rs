@@ -1,8 +1,9 @@
 //! One connection's lifetime: handshake, resume from the hub's positions, read, batch, send, ack.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -13,15 +14,24 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::Stats;
-use crate::config::Validated;
+use crate::config::{Priority, Validated};
 use crate::groups::GroupReader;
 use crate::heartbeat::Aliases;
 use crate::metrics as m;
+use crate::pacing::{self, Next, Room, TokenBucket};
 use crate::pipeline::SharedPipeline;
 use crate::source::{self, Discovery, TopicSet};
 
 /// Room for a frame header around the largest batch.
 const FRAME_OVERHEAD: u32 = 64 * 1024;
+
+/// Finished batches the readers of one session may hand over before they block, shared by the
+/// route lanes (at least 2 each); the heartbeats lane has as many of its own (they are tiny).
+const LANE_BATCHES: usize = 8;
+
+/// Prefetch of the heartbeats lane's consumer, in KiB: heartbeats are a few hundred bytes a
+/// second, the rest of [`source::PREFETCH_KBYTES`] goes to the route lanes.
+const HEARTBEATS_PREFETCH_KBYTES: usize = 1024;
 
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,7 +100,10 @@ pub async fn run(
             Instant::now(),
         ),
         streams: HashMap::new(),
-        parked: None,
+        lanes: Vec::new(),
+        bucket: None,
+        tokens_at: None,
+        rate_wait_since: None,
         inbound: mpsc::channel(1024),
     };
     let result = s.run(shutdown).await;
@@ -110,9 +123,28 @@ struct Session<'a> {
     welcomed: bool,
     proto: AgentConn,
     streams: HashMap<TopicPartition, mpsc::UnboundedSender<Frame>>,
-    /// A batch waiting for in-flight budget; while set, no more batches are taken.
-    parked: Option<Batch>,
+    /// One per priority with replicated partitions, highest first.
+    lanes: Vec<Lane>,
+    /// `hub.max_bytes_per_sec`, once welcomed.
+    bucket: Option<TokenBucket>,
+    /// When the rate limit lets the waiting batch go.
+    tokens_at: Option<Instant>,
+    /// Since when a batch the budget allows waits for the rate limit (counted into
+    /// [`m::RATE_LIMIT_WAIT_SECONDS`]).
+    rate_wait_since: Option<Instant>,
     inbound: (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>),
+}
+
+/// The partitions of one priority: their reader thread with its own consumer, so a backlog of
+/// lower-priority records never stands in front of these in a prefetch queue or a channel, the
+/// bounded channel of its finished batches, and the batch taken from it that waits for the link.
+struct Lane {
+    priority: Priority,
+    cmds: std::sync::mpsc::Sender<source::ReaderCmd>,
+    batches: mpsc::Receiver<anyhow::Result<Batch>>,
+    /// Waiting for in-flight budget or the rate limit; while set, the lane takes no more
+    /// batches, so its reader blocks and stops polling Kafka.
+    head: Option<Batch>,
 }
 
 impl Session<'_> {
@@ -122,6 +154,9 @@ impl Session<'_> {
             .open_bi()
             .await
             .context("opening the control stream")?;
+        // Pings, group reports and the handshake never queue behind batch data on a narrow link.
+        send.set_priority(i32::MAX)
+            .context("prioritising the control stream")?;
         let mut control = FrameWriter::new(send);
         spawn_reader(
             FrameReader::new(recv, FRAME_OVERHEAD * 2),
@@ -182,26 +217,18 @@ impl Session<'_> {
             .map(|p| (p.tp, p.next_offset))
             .collect();
 
-        let (batch_tx, mut batches) = mpsc::channel::<anyhow::Result<Batch>>(8);
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
-        let consumer = source::consumer(self.cfg).context("creating the edge consumer")?;
-        source::spawn_reader(
-            consumer,
-            source::BatchLimits {
-                max_records: self.cfg.raw.batching.max_records,
-                max_bytes: max_batch,
-                linger: self.cfg.linger(),
-                codec: self.cfg.codec,
-                zstd_level: self.cfg.raw.batching.zstd_level,
-            },
-            source::Routing {
-                cfg: self.cfg.clone(),
-                pipeline: self.pipeline.clone(),
-                stats: self.stats.clone(),
-            },
-            cmd_rx,
-            batch_tx,
-        );
+        let limits = source::BatchLimits {
+            max_records: self.cfg.raw.batching.max_records,
+            max_bytes: max_batch,
+            linger: self.cfg.linger(),
+            codec: self.cfg.codec,
+            zstd_level: self.cfg.raw.batching.zstd_level,
+        };
+        m::rate_limit(self.cfg.max_bytes_per_sec());
+        self.bucket = self
+            .cfg
+            .max_bytes_per_sec()
+            .map(|rate| TokenBucket::new(rate, max_batch as u64, Instant::now()));
         let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<TopicSet>>(1);
         let discovery_task = spawn_discovery(self.cfg.clone(), self.discovery.clone(), topics_tx);
         let _stop_discovery = AbortOnDrop(discovery_task);
@@ -237,17 +264,23 @@ impl Session<'_> {
                             source::StartPartition { tp, partition_count, offset }
                         })
                         .collect();
-                    if !added.is_empty() {
-                        cmd_tx.send(source::ReaderCmd::Add(added)).map_err(|_| anyhow!("edge reader stopped"))?;
+                    let mut by_priority: BTreeMap<Priority, Vec<source::StartPartition>> = BTreeMap::new();
+                    for s in added {
+                        by_priority.entry(self.cfg.priority_for(&s.tp.topic)).or_default().push(s);
+                    }
+                    for (priority, list) in by_priority {
+                        let lane = self.lane(priority, &limits)?;
+                        lane.cmds.send(source::ReaderCmd::Add(list)).map_err(|_| anyhow!("edge reader stopped"))?;
                     }
                     known = set;
                 }
-                // While a batch waits for in-flight budget, take no more: the reader blocks and
+                // A lane whose batch waits for the link takes no more: its reader blocks and
                 // stops polling Kafka.
-                b = batches.recv(), if self.parked.is_none() => {
+                (lane, b) = next_batch(&mut self.lanes) => {
                     let batch = b.ok_or_else(|| anyhow!("edge reader stopped"))??;
-                    self.offer(batch)?;
+                    self.lanes[lane].head = Some(batch);
                 }
+                _ = sleep_until(self.tokens_at) => {}
                 _ = groups_tick.tick(), if self.shared.groups.is_some() && !groups_busy && !known.is_empty() => {
                     groups_busy = true;
                     let reader = self.shared.groups.clone().expect("checked in the guard");
@@ -278,6 +311,7 @@ impl Session<'_> {
             while let Some(ev) = self.proto.poll_event() {
                 self.handle_event(ev)?;
             }
+            self.pump()?;
             self.flush(&mut control).await?;
             ::metrics::gauge!(m::INFLIGHT_BYTES).set(self.proto.inflight_bytes() as f64);
         }
@@ -308,9 +342,6 @@ impl Session<'_> {
                 if let Some(lag) = &self.shared.lag {
                     lag.acked(&tp, next_offset);
                 }
-                if let Some(b) = self.parked.take() {
-                    self.offer(b)?;
-                }
                 Ok(())
             }
             AgentEvent::RttSample(rtt) => {
@@ -325,16 +356,105 @@ impl Session<'_> {
         }
     }
 
-    /// Sends a batch now, or parks it until acks free in-flight budget.
-    fn offer(&mut self, batch: Batch) -> anyhow::Result<()> {
-        if self
-            .proto
-            .can_send(&batch.header.tp, batch.payload.len() as u64)
-        {
-            self.send(batch)
-        } else {
-            self.parked = Some(batch);
-            Ok(())
+    /// The lane of `priority`, started with its reader and consumer when it is the first
+    /// partition of that priority.
+    fn lane(
+        &mut self,
+        priority: Priority,
+        limits: &source::BatchLimits,
+    ) -> anyhow::Result<&mut Lane> {
+        let at = match self.lanes.binary_search_by(|l| priority.cmp(&l.priority)) {
+            Ok(at) => at,
+            Err(at) => {
+                // Each lane prefetches and queues on its own; together they stay within the
+                // session's budgets, so more priorities do not mean more memory.
+                let (prefetch_kbytes, queued_batches) = match priority {
+                    Priority::Heartbeats => (HEARTBEATS_PREFETCH_KBYTES, LANE_BATCHES),
+                    Priority::Route(_) => {
+                        let route_lanes = self
+                            .cfg
+                            .priorities()
+                            .iter()
+                            .filter(|p| matches!(p, Priority::Route(_)))
+                            .count()
+                            .max(1);
+                        (
+                            source::PREFETCH_KBYTES / route_lanes,
+                            (LANE_BATCHES / route_lanes).max(2),
+                        )
+                    }
+                };
+                let consumer = source::consumer(self.cfg, prefetch_kbytes)
+                    .context("creating the edge consumer")?;
+                let (batch_tx, batches) = mpsc::channel(queued_batches);
+                let (cmds, cmd_rx) = std::sync::mpsc::channel();
+                source::spawn_reader(
+                    consumer,
+                    limits.clone(),
+                    source::Routing {
+                        cfg: self.cfg.clone(),
+                        pipeline: self.pipeline.clone(),
+                        stats: self.stats.clone(),
+                    },
+                    cmd_rx,
+                    batch_tx,
+                );
+                debug!(%priority, prefetch_kbytes, queued_batches, "reading a new priority lane");
+                self.lanes.insert(
+                    at,
+                    Lane {
+                        priority,
+                        cmds,
+                        batches,
+                        head: None,
+                    },
+                );
+                at
+            }
+        };
+        Ok(&mut self.lanes[at])
+    }
+
+    /// Sends waiting batches, highest priority first, while the in-flight budget and the rate
+    /// limit allow; remembers when the rate limit lets the next one go.
+    fn pump(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        loop {
+            let proto = &self.proto;
+            let next = pacing::next(
+                self.lanes.iter().map(|l| {
+                    l.head
+                        .as_ref()
+                        .map(|b| (&b.header.tp, b.payload.len() as u64))
+                }),
+                |tp, bytes| {
+                    if proto.can_send(tp, bytes) {
+                        Room::Yes
+                    } else if proto.link_has_room(bytes) {
+                        Room::PartitionFull
+                    } else {
+                        Room::LinkFull
+                    }
+                },
+                self.bucket.as_mut(),
+                now,
+            );
+            let tokens_at = match next {
+                Next::Send(lane) => {
+                    let batch = self.lanes[lane].head.take().expect("the picked lane waits");
+                    self.send(batch)?;
+                    continue;
+                }
+                Next::AwaitTokens(at) => Some(at),
+                Next::AwaitAcks | Next::Idle => None,
+            };
+            if let Some(since) = self.rate_wait_since.take() {
+                ::metrics::gauge!(m::RATE_LIMIT_WAIT_SECONDS)
+                    .increment((now - since).as_secs_f64());
+            }
+            self.rate_wait_since = tokens_at.map(|_| now);
+            self.tokens_at = tokens_at;
+            return Ok(());
         }
     }
 
@@ -368,6 +488,10 @@ impl Session<'_> {
                             .open_bi()
                             .await
                             .with_context(|| format!("opening the stream of {tp}"))?;
+                        // Batches already handed to QUIC still go in priority order when the
+                        // link itself is narrower than the rate limit.
+                        send.set_priority(self.cfg.priority_for(&tp.topic).stream_priority())
+                            .with_context(|| format!("prioritising the stream of {tp}"))?;
                         let (tx, rx) = mpsc::unbounded_channel();
                         spawn_writer(
                             FrameWriter::new(send),
@@ -390,6 +514,23 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// The next batch of the highest-priority lane that has none waiting, with the lane's index
+/// (`None`: that lane's reader stopped).
+fn next_batch(
+    lanes: &mut [Lane],
+) -> impl Future<Output = (usize, Option<anyhow::Result<Batch>>)> + '_ {
+    std::future::poll_fn(move |cx| {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            if lane.head.is_none()
+                && let Poll::Ready(b) = lane.batches.poll_recv(cx)
+            {
+                return Poll::Ready((i, b));
+            }
+        }
+        Poll::Pending
+    })
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

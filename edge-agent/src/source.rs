@@ -78,8 +78,13 @@ impl Discovery {
 /// assignments; it is never used for commits or rebalancing, and never reported to the hub.
 pub const AGENT_GROUP_ID: &str = "edge-replicator-agent";
 
-/// Creates the consumer of one session. It never commits: the hub keeps the positions.
-pub fn consumer(cfg: &Validated) -> Result<BaseConsumer, KafkaError> {
+/// Records prefetched by the consumers of one session, in KiB, shared by its priority lanes.
+pub const PREFETCH_KBYTES: usize = 16 * 1024;
+
+/// Creates a consumer of one session that prefetches at most `prefetch_kbytes` KiB (at least
+/// 1024). It never commits: the hub keeps the positions.
+pub fn consumer(cfg: &Validated, prefetch_kbytes: usize) -> Result<BaseConsumer, KafkaError> {
+    let prefetch_kbytes = prefetch_kbytes.max(1024);
     base_config(cfg)
         .set("group.id", AGENT_GROUP_ID)
         .set("enable.auto.commit", "false")
@@ -87,8 +92,8 @@ pub fn consumer(cfg: &Validated) -> Result<BaseConsumer, KafkaError> {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", &cfg.raw.kafka.isolation_level)
         // Bounds the records prefetched in memory (with the in-flight limits, the agent's memory).
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.max.bytes", "16777216")
+        .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
+        .set("fetch.max.bytes", (prefetch_kbytes * 1024).to_string())
         .set("enable.partition.eof", "false")
         .create()
 }
@@ -461,4 +466,29 @@ pub fn partitions(topics: &TopicSet) -> impl Iterator<Item = (TopicPartition, i3
     topics
         .iter()
         .flat_map(|(t, n)| (0..*n).map(move |p| (TopicPartition::new(t.clone(), p), *n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// librdkafka checks its settings when a client is created (no broker needed): every
+    /// prefetch a priority lane can get must pass, the smallest included.
+    #[test]
+    fn consumers_accept_every_prefetch_a_lane_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "site.pem", "site.key"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let path = dir.path().join("agent.toml");
+        let cfg = crate::config::parse(
+            &path,
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[hub]\naddress = \"h:1\"\n\
+             ca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\n",
+        )
+        .unwrap();
+        for kbytes in [0, 1024, PREFETCH_KBYTES / 3, PREFETCH_KBYTES] {
+            consumer(&cfg, kbytes).unwrap_or_else(|e| panic!("{kbytes} KiB: {e}"));
+        }
+    }
 }
