@@ -1,0 +1,313 @@
+//! Narrow links on real Apache Kafka: `hub.max_bytes_per_sec` caps what crosses the link
+//! (measured by the link-fault proxy, QUIC overhead included), and route priorities let alarms
+//! overtake a bulk backlog that saturates it. Every record still arrives exactly once, in order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use er_tests::client::{self, NewRecord, Record};
+use er_tests::kafka::shared;
+use er_tests::proxy::LinkProxy;
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::unique_name;
+
+/// The rate limit of both tests, bytes per second.
+const LIMIT: u64 = 200_000;
+/// `batching.max_bytes`, which is also the rate limiter's burst.
+const BATCH_BYTES: u64 = 64 * 1024;
+/// Value size of the bulk records: random bytes, so zstd cannot shrink them.
+const VALUE_BYTES: usize = 1_000;
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 30)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// `count` records keyed by their sequence number, values of incompressible bytes.
+fn incompressible(count: usize, partitions: i32) -> Vec<NewRecord> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..count)
+        .map(|i| {
+            let value: Vec<u8> = (0..VALUE_BYTES / 8)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()
+                })
+                .collect();
+            NewRecord::new(i.to_string(), value).partition((i % partitions as usize) as i32)
+        })
+        .collect()
+}
+
+fn seq(r: &Record) -> usize {
+    std::str::from_utf8(r.key.as_deref().unwrap_or_default())
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// Every key 0..total exactly once, increasing within each partition.
+fn assert_exactly_once_in_order(got: &[Record], total: usize, context: &str) {
+    let mut all: Vec<usize> = got.iter().map(seq).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..total).collect::<Vec<_>>(),
+        "not every record exactly once\n{context}"
+    );
+    let mut by_part: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for r in got {
+        by_part.entry(r.partition).or_default().push(seq(r));
+    }
+    for (p, s) in by_part {
+        assert!(
+            s.windows(2).all(|w| w[0] < w[1]),
+            "partition {p} out of order\n{context}"
+        );
+    }
+}
+
+/// Starts the agent of `setup` with `hub.max_bytes_per_sec = LIMIT`.
+fn start_limited_agent(setup: &AgentSetup, pki: &Pki, dir: &Path) -> anyhow::Result<Proc> {
+    let anchor = "reconnect_backoff_max_ms = 2000\n";
+    let text = setup.toml(pki);
+    anyhow::ensure!(text.contains(anchor), "the harness's [hub] table changed");
+    let text = text.replace(anchor, &format!("{anchor}max_bytes_per_sec = {LIMIT}\n"));
+    let cfg = dir.join(format!("agent-{}.toml", setup.site));
+    std::fs::write(&cfg, text)?;
+    Proc::start(
+        &format!("agent-{}", setup.site),
+        &bin("edge-agent")?,
+        &["--config", cfg.to_str().expect("utf-8 path")],
+        &dir.join(format!("agent-{}.log", setup.site)),
+    )
+}
+
+/// The high watermark of partition 0 of `topic` on the central cluster (0 until it exists). It
+/// counts transaction markers too, so it is never below the number of records.
+async fn central_end(topic: &str) -> i64 {
+    client::end_offsets(shared().central(), topic)
+        .await
+        .ok()
+        .and_then(|ends| ends.first().map(|e| e.1))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("bw");
+    let site = unique_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-bulk");
+    const TOTAL: usize = 2_000;
+    const PARTITIONS: i32 = 2;
+    client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
+    client::produce(k.edge(), &topic, &incompressible(TOTAL, PARTITIONS)).await?;
+
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+    let proxy = LinkProxy::start(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)))?;
+    let link = proxy.control();
+    let mut setup = AgentSetup::new(
+        &site,
+        k.edge(),
+        proxy.local_addr().port(),
+        &format!("{prefix}-.*"),
+    );
+    setup.extra = format!("max_bytes = {BATCH_BYTES}\n");
+    let started = Instant::now();
+    let agent = start_limited_agent(&setup, &pki, work.path())?;
+
+    // Bytes the proxy forwarded toward the hub (QUIC packets: batches, frame and packet
+    // headers, heartbeats, pings, acks), sampled until every record is committed centrally.
+    let remote = format!("{site}.{topic}");
+    let mut samples = vec![(started, 0u64)];
+    let deadline = started + Duration::from_secs(120);
+    let got = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.push((Instant::now(), link.stats().to_server.forwarded_bytes));
+        let committed: i64 = match client::end_offsets(k.central(), &remote).await {
+            Ok(ends) => ends.iter().map(|e| e.1).sum(),
+            Err(_) => 0,
+        };
+        // The high watermarks count one transaction marker per commit besides the records.
+        if committed >= TOTAL as i64 {
+            let got = client::consume_to_end(k.central(), &remote, Duration::from_secs(60)).await?;
+            if got.len() >= TOTAL {
+                break got;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replicated in time\n{}",
+            logs(&[&hub, &agent])
+        );
+    };
+    assert_exactly_once_in_order(&got, TOTAL, &logs(&[&hub, &agent]));
+
+    let payload = (TOTAL * VALUE_BYTES) as u64;
+    let (end, wire) = *samples.last().expect("samples");
+    let elapsed = end - started;
+    assert!(
+        wire >= payload,
+        "the values cannot be compressed: {wire} bytes on the wire for {payload} of values"
+    );
+    // Over every span between two samples the link carried at most the limit plus the burst,
+    // with 10% for QUIC's own bytes and a batch of slack for the handshake and sampling.
+    let mut worst = 0.0f64;
+    for (i, &(t0, b0)) in samples.iter().enumerate() {
+        for &(t1, b1) in &samples[i + 1..] {
+            let span = (t1 - t0).as_secs_f64();
+            let bound = 1.1 * LIMIT as f64 * span + 3.0 * BATCH_BYTES as f64;
+            let carried = (b1 - b0) as f64;
+            worst = worst.max(carried / bound);
+            assert!(
+                carried <= bound,
+                "{carried} bytes in {span:.1} s at a limit of {LIMIT} B/s\n{}",
+                logs(&[&hub, &agent])
+            );
+        }
+    }
+    // And the limit is a cap, not a crawl: generously, at least a quarter of it on average.
+    let rate = wire as f64 / elapsed.as_secs_f64();
+    assert!(
+        rate >= LIMIT as f64 / 4.0,
+        "{rate:.0} B/s on average at a limit of {LIMIT} B/s\n{}",
+        logs(&[&hub, &agent])
+    );
+    println!(
+        "rate limit {LIMIT} B/s: {wire} bytes on the wire in {:.1} s ({rate:.0} B/s including \
+         startup), worst span at {:.0}% of its bound",
+        elapsed.as_secs_f64(),
+        worst * 100.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("prio");
+    let site = unique_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let bulk = format!("{prefix}-bulk");
+    let alarms = format!("{prefix}-alarms");
+    // 4 MB at 200 kB/s: about 20 s of backlog.
+    const BULK: usize = 4_000;
+    const ALARMS: usize = 5;
+    client::create_topic(k.edge(), &bulk, 1, &[]).await?;
+    client::create_topic(k.edge(), &alarms, 1, &[]).await?;
+    client::produce(k.edge(), &bulk, &incompressible(BULK, 1)).await?;
+
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+    let mut setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    setup.extra = format!(
+        "max_bytes = {BATCH_BYTES}\n\n[heartbeats]\ninterval_ms = 500\n\n\
+         [[routes]]\nname = \"alarms-first\"\ntopics = [{alarms:?}]\npriority = 10\n"
+    );
+    let agent = start_limited_agent(&setup, &pki, work.path())?;
+
+    // The backlog is flowing and saturates the limit...
+    let remote_bulk = format!("{site}.{bulk}");
+    let remote_alarms = format!("{site}.{alarms}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while central_end(&remote_bulk).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the backlog never started\n{}",
+            logs(&[&hub, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...when alarms are raised at the edge.
+    let raised = now_ms();
+    let recs: Vec<NewRecord> = (0..ALARMS)
+        .map(|i| NewRecord::new(i.to_string(), format!("alarm {i}")))
+        .collect();
+    client::produce(k.edge(), &alarms, &recs).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client::partition_ids(k.central(), &remote_alarms)
+        .await
+        .is_err()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = client::consume_all(k.central(), &remote_alarms, ALARMS, Duration::from_secs(60))
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        got.len(),
+        ALARMS,
+        "alarms replicated\n{}",
+        logs(&[&hub, &agent])
+    );
+    // Heartbeats ride above every route, so they keep flowing through the saturated link too.
+    let hb_topic = format!("{site}.heartbeats");
+    let hb_deadline = Instant::now() + Duration::from_secs(10);
+    let beats = loop {
+        let beats = client::consume_to_end(k.central(), &hb_topic, Duration::from_secs(10))
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                er_protocol::Heartbeat::decode(
+                    r.key.as_deref().unwrap_or_default(),
+                    r.value.as_deref().unwrap_or_default(),
+                )
+                .ok()
+            })
+            // The edge cluster is shared by every test: only this site's heartbeats count.
+            .filter(|h| h.source_cluster_alias == site && h.timestamp >= raised)
+            .count();
+        if beats >= 3 || Instant::now() > hb_deadline {
+            break beats;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Only now look at the backlog: every alarm and those heartbeats were committed centrally
+    // while part of the bulk records, produced long before them, still waited at the edge.
+    let bulk_end = central_end(&remote_bulk).await;
+    assert!(
+        bulk_end < BULK as i64,
+        "the alarms waited for the whole backlog (central high watermark {bulk_end}, for {BULK} \
+         bulk records)\n{}",
+        logs(&[&hub, &agent])
+    );
+    assert!(
+        beats >= 3,
+        "{beats} heartbeats crossed the saturated link\n{}",
+        logs(&[&hub, &agent])
+    );
+    println!(
+        "alarms and {beats} heartbeats replicated with at least {} of {BULK} bulk records still \
+         behind",
+        BULK as i64 - bulk_end
+    );
+
+    // Priorities reorder partitions, never records: everything arrives once, in order.
+    let got =
+        client::consume_all(k.central(), &remote_bulk, BULK, Duration::from_secs(120)).await?;
+    assert_exactly_once_in_order(&got, BULK, &logs(&[&hub, &agent]));
+    let got = client::consume_to_end(k.central(), &remote_alarms, Duration::from_secs(30)).await?;
+    assert_exactly_once_in_order(&got, ALARMS, &logs(&[&hub, &agent]));
+    Ok(())
+}
