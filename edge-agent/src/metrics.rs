@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use er_protocol::TopicPartition;
@@ -53,6 +53,10 @@ pub const HEARTBEATS_SENT: &str = "er_agent_heartbeats_sent_total";
 pub const GROUP_REPORTS_SENT: &str = "er_agent_group_reports_sent_total";
 /// Edge high watermark minus the position the hub last acknowledged (`topic`, `partition`).
 pub const REPLICATION_LAG_RECORDS: &str = "er_agent_replication_lag_records";
+/// Records edge retention deleted before the hub committed them (`topic`, `partition`).
+pub const RETENTION_GAP_RECORDS: &str = "er_agent_retention_gap_records_total";
+/// Retention gaps found (a run of lost records in one partition; one that grows counts once).
+pub const RETENTION_GAPS: &str = "er_agent_retention_gaps_total";
 /// Time a batch waited for `hub.max_bytes_per_sec` although the in-flight budget allowed it.
 /// Monotone, exposed as a gauge because the `metrics` facade has only integer counters.
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "er_agent_rate_limit_wait_seconds_total";
@@ -134,6 +138,14 @@ fn describe() {
     describe_gauge!(
         REPLICATION_LAG_RECORDS,
         "Edge high watermark minus the last position the hub committed."
+    );
+    describe_counter!(
+        RETENTION_GAP_RECORDS,
+        "Records edge retention deleted before the hub committed them (lost)."
+    );
+    describe_counter!(
+        RETENTION_GAPS,
+        "Retention gaps found (runs of lost records in one partition)."
     );
     describe_gauge!(
         RATE_LIMIT_WAIT_SECONDS,
@@ -246,6 +258,63 @@ pub fn set_lag(tp: &TopicPartition, lag: i64) {
     .set(lag as f64);
 }
 
+/// What [`RetentionGaps::record`] learned about a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapNews {
+    /// No gap of this partition was counted before, or it ended before this one starts.
+    pub new_gap: bool,
+    /// Records of this gap not counted before.
+    pub new_records: i64,
+}
+
+/// Retention gaps counted so far, per partition: the end (exclusive) of the latest one. A gap is
+/// found again on every session until the hub commits a record past it (a link that fails during
+/// the catch-up, a partition with nothing after the gap), and must be counted once.
+#[derive(Debug, Default)]
+pub struct RetentionGaps {
+    counted_until: Mutex<HashMap<TopicPartition, i64>>,
+}
+
+impl RetentionGaps {
+    /// The ledger of this process: the counters it guards are process-wide too, and sessions
+    /// come and go.
+    pub fn global() -> &'static RetentionGaps {
+        static GLOBAL: LazyLock<RetentionGaps> = LazyLock::new(RetentionGaps::default);
+        &GLOBAL
+    }
+
+    /// Records that offsets `[from, to)` of `tp` are gone and says what is new about it.
+    pub fn record(&self, tp: &TopicPartition, from: i64, to: i64) -> GapNews {
+        let mut c = self
+            .counted_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let until = c.get(tp).copied();
+        let start = until.map_or(from, |u| u.max(from));
+        let news = GapNews {
+            new_gap: until.is_none_or(|u| u <= from),
+            new_records: (to - start).max(0),
+        };
+        if news.new_records > 0 {
+            c.insert(tp.clone(), to);
+        }
+        news
+    }
+}
+
+/// Counts a retention gap of `tp` (see [`RetentionGaps::record`]).
+pub fn retention_gap(tp: &TopicPartition, news: GapNews) {
+    if news.new_gap {
+        counter!(RETENTION_GAPS).increment(1);
+    }
+    counter!(
+        RETENTION_GAP_RECORDS,
+        "topic" => tp.topic.clone(),
+        "partition" => tp.partition.to_string()
+    )
+    .increment(news.new_records as u64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +349,34 @@ mod tests {
         let mut s = t.snapshot();
         s.sort();
         assert_eq!(s, [(a, Some(10)), (b, Some(5))]);
+    }
+
+    #[test]
+    fn retention_gaps_count_each_lost_record_once() {
+        let g = RetentionGaps::default();
+        let a = TopicPartition::new("a", 0);
+        let news = |new_gap, new_records| GapNews {
+            new_gap,
+            new_records,
+        };
+        assert_eq!(g.record(&a, 100, 150), news(true, 50), "first sight");
+        assert_eq!(g.record(&a, 100, 150), news(false, 0), "found again");
+        assert_eq!(
+            g.record(&a, 100, 180),
+            news(false, 30),
+            "grew while the hub stayed behind it"
+        );
+        assert_eq!(
+            g.record(&a, 120, 180),
+            news(false, 0),
+            "inside the known one"
+        );
+        assert_eq!(g.record(&a, 180, 200), news(true, 20), "a later gap");
+        assert_eq!(
+            g.record(&TopicPartition::new("a", 1), 100, 150),
+            news(true, 50),
+            "partitions are apart"
+        );
     }
 
     #[test]

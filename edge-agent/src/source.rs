@@ -9,7 +9,7 @@ use anyhow::Context;
 use er_protocol::{Batch, BatchBuilder, RecordRef, TimestampType, TopicPartition};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -74,6 +74,9 @@ impl Discovery {
     }
 }
 
+/// How long a watermark request to the edge cluster may take.
+const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The agent consumer's group id. librdkafka wants one even for a consumer with explicit
 /// assignments; it is never used for commits or rebalancing, and never reported to the hub.
 pub const AGENT_GROUP_ID: &str = "edge-replicator-agent";
@@ -89,7 +92,10 @@ pub fn consumer(cfg: &Validated, prefetch_kbytes: usize) -> Result<BaseConsumer,
         .set("group.id", AGENT_GROUP_ID)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        // An out-of-range position is reported rather than silently reset: it is how records
+        // that edge retention deleted before they were replicated show up (see
+        // `Reader::skip_retention_gaps`). New partitions start at `Offset::Beginning`.
+        .set("auto.offset.reset", "error")
         .set("isolation.level", &cfg.raw.kafka.isolation_level)
         // Bounds the records prefetched in memory (with the in-flight limits, the agent's memory).
         .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
@@ -259,6 +265,13 @@ impl Reader {
                         return Ok(());
                     }
                 }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    // A fetch position fell out of the log (the error does not say which
+                    // partition): retention overtook the reader, e.g. while it waited for acks.
+                    let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+                    self.skip_retention_gaps(&tps);
+                    self.assign()?;
+                }
                 Some(Err(e)) => {
                     // librdkafka retries broker and transport errors itself; report, go on.
                     tracing::warn!(error = %e, "edge consumer error");
@@ -280,6 +293,7 @@ impl Reader {
     }
 
     fn add(&mut self, list: Vec<StartPartition>) -> anyhow::Result<()> {
+        let added: Vec<TopicPartition> = list.iter().map(|s| s.tp.clone()).collect();
         for s in list {
             let route = self.routing.cfg.route_for(&s.tp.topic);
             if let Some(r) = route {
@@ -299,7 +313,61 @@ impl Reader {
                 },
             );
         }
+        self.skip_retention_gaps(&added);
         self.assign()
+    }
+
+    /// Moves partitions whose position lies before the log start (edge retention deleted
+    /// records the hub never committed) to the log start, the earliest record still there, and
+    /// reports the gap loudly: those records are lost. Checked when partitions are assigned and
+    /// again when librdkafka finds a fetch position out of range. A partition whose watermarks
+    /// cannot be read keeps its position: if that is out of range, librdkafka says so and this
+    /// runs again.
+    fn skip_retention_gaps(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            let Some(part) = self.parts.get_mut(tp) else {
+                continue;
+            };
+            let Offset::Offset(position) = part.resume else {
+                continue;
+            };
+            if part.stopped_until.is_some() {
+                continue;
+            }
+            let (low, high) = match self.consumer.fetch_watermarks(
+                &tp.topic,
+                tp.partition,
+                WATERMARKS_TIMEOUT,
+            ) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(%tp, position, error = %e, "edge watermarks unknown; cannot check for a retention gap");
+                    continue;
+                }
+            };
+            if position < low {
+                let news = crate::metrics::RetentionGaps::global().record(tp, position, low);
+                if news.new_records > 0 {
+                    crate::metrics::retention_gap(tp, news);
+                    tracing::error!(
+                        topic = %tp.topic,
+                        partition = tp.partition,
+                        missing_from = position,
+                        missing_until = low,
+                        missing_records = low - position,
+                        "records lost: edge retention deleted offsets [missing_from, missing_until) before they were replicated; continuing from the earliest offset still there"
+                    );
+                } else {
+                    tracing::warn!(%tp, missing_from = position, missing_until = low, "the hub's position is still before a retention gap already reported; continuing from the earliest offset");
+                }
+                part.resume = Offset::Offset(low);
+            } else if position > high {
+                // The hub committed more than the partition now holds: the edge topic was
+                // recreated or truncated. Read all of it, as a new partition.
+                tracing::error!(%tp, position, log_end = high, "the hub's position is past the end of the edge partition (topic recreated or truncated?); reading it from the beginning");
+                part.resume = Offset::Beginning;
+            }
+        }
     }
 
     /// A plain assign of every partition not stopped, each where reading stopped. Records
