@@ -104,6 +104,40 @@ pub async fn delete_topics(bootstrap: &str, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the records of `topic` before the given offset of each partition (Kafka's
+/// DeleteRecords, what retention does, but exact and now): `(partition, before)`. Returns the
+/// new log start offset (low watermark) of each partition, in input order.
+pub async fn delete_records(
+    bootstrap: &str,
+    topic: &str,
+    before: &[(i32, i64)],
+) -> Result<Vec<(i32, i64)>> {
+    let admin = admin(bootstrap)?;
+    let mut tpl = TopicPartitionList::new();
+    for &(p, o) in before {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
+    let result = admin
+        .delete_records(&tpl, &opts)
+        .await
+        .context("DeleteRecords")?;
+    before
+        .iter()
+        .map(|&(p, _)| {
+            let e = result
+                .find_partition(topic, p)
+                .with_context(|| format!("DeleteRecords: no result for {topic}/{p}"))?;
+            e.error()
+                .with_context(|| format!("deleting records of {topic}/{p} on {bootstrap}"))?;
+            match e.offset() {
+                Offset::Offset(low) => Ok((p, low)),
+                other => bail!("DeleteRecords of {topic}/{p}: low watermark {other:?}"),
+            }
+        })
+        .collect()
+}
+
 /// Names of all topics except internal ones (`__consumer_offsets`, `__transaction_state`, ...),
 /// sorted.
 pub async fn list_topics(bootstrap: &str) -> Result<Vec<String>> {

@@ -3,6 +3,7 @@
 //! * [`kafka`]: real Apache Kafka brokers (single-node KRaft) started from the Maven Central jars on
 //!   free loopback ports, tied to the test process ([`kafka::KafkaNode`], [`kafka::shared`]).
 //! * [`client`]: small rdkafka helpers (create topics, produce, consume, watermarks).
+//! * [`prom`]: scraping and reading the binaries' Prometheus endpoints.
 //! * [`unique_name`]: collision-free topic / group / transactional-id names.
 //!
 //! Each test process starts its own "edge" and "central" brokers on first use of
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod kafka;
 pub mod oracle;
+pub mod prom;
 pub mod proxy;
 pub mod replicator;
 
