@@ -535,17 +535,20 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// The agent's resident memory bound with its shipped defaults, in MiB. Measured (debug build,
-/// 4 partitions, 1 KiB incompressible records): about 38 MiB idle, about 40 MiB through an outage
-/// of any length, 93 MiB peak while catching up. What the config lets it hold on top of an idle
-/// process of about 40 MiB: the bulk lane's prefetch (`queued.max.messages.kbytes`, 16 MiB) plus
-/// one fetch response being parsed (`fetch.max.bytes`, 16 MiB), the heartbeats lane's (2 MiB),
-/// unacknowledged batches (`max_inflight_bytes_total`, 32 MiB, kept by QUIC until the hub
-/// acknowledges the packets), 8 finished batches waiting for the budget and one open batch per
-/// partition (`max_bytes`, 1 MiB each): about 80 MiB, so 120 MiB, plus allocator slack.
+/// 4 partitions, 1 KiB incompressible records, 2 MB/s): 34-39 MiB idle; in an outage up to 52 MiB
+/// until the session times out (it read and sent what was produced meanwhile), then about 40 MiB
+/// however long it lasts; 83-93 MiB peak catching up after 25 s, 100 MiB after 2 minutes
+/// (250 MB). What the config lets it hold on top of an idle process of about 40 MiB: the bulk
+/// lane's prefetch (`queued.max.messages.kbytes`, 16 MiB) plus one fetch response being parsed
+/// (`fetch.max.bytes`, 16 MiB), the heartbeats lane's (2 MiB), unacknowledged batches
+/// (`max_inflight_bytes_total`, 32 MiB, kept by QUIC until the hub acknowledges the packets), 8
+/// finished batches waiting for the budget and one open batch per partition (`max_bytes`, 1 MiB
+/// each): about 80 MiB, so 120 MiB, plus allocator slack.
 const RSS_BOUND_MIB: f64 = 128.0;
 
-/// How much the agent's RSS late in an outage may exceed its level early in it, in MiB: a little
-/// for allocator noise, far less than what a growing backlog would add (2 MB/s is produced).
+/// How much the agent's RSS in the last third of an outage may exceed its peak in the first two
+/// (which hold the end of the session), in MiB: a little for allocator noise, far less than what
+/// a growing backlog would add (2 MB/s is produced).
 const OUTAGE_GROWTH_SLACK_MIB: f64 = 4.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -680,7 +683,7 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
     let outage_samples: Vec<&(Phase, Duration, u64)> =
         samples.iter().filter(|s| s.0 == Phase::Outage).collect();
     let third = outage_samples.len() / 3;
-    let early = outage_samples[..third]
+    let early = outage_samples[..2 * third]
         .iter()
         .map(|s| s.2)
         .max()
@@ -692,7 +695,7 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
         .unwrap_or(0);
     let mb = produced as f64 * (PAD + 12) as f64 / 1e6;
     eprintln!(
-        "agent RSS ({} s outage, {produced} records = {mb:.0} MB produced at the edge during it, caught up in {:.1} s): before {:.1} MiB, outage peak {:.1} MiB (first third {:.1}, last third {:.1}), catch-up peak {:.1} MiB, VmHWM {:.1} MiB",
+        "agent RSS ({} s outage, {produced} records = {mb:.0} MB produced at the edge during it, caught up in {:.1} s): before {:.1} MiB, outage peak {:.1} MiB (first two thirds {:.1}, last third {:.1}), catch-up peak {:.1} MiB, VmHWM {:.1} MiB",
         outage.as_secs(),
         catch_up.as_secs_f64(),
         mib(peak(Phase::Before)),
@@ -715,7 +718,7 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
     );
     assert!(
         mib(late) <= mib(early) + OUTAGE_GROWTH_SLACK_MIB,
-        "agent memory grows with the outage: {:.1} MiB in its first third, {:.1} MiB in its last",
+        "agent memory grows with the outage: {:.1} MiB in its first two thirds, {:.1} MiB in its last",
         mib(early),
         mib(late)
     );
