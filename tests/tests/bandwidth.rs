@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
+use er_tests::prom;
 use er_tests::proxy::LinkProxy;
 use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
 use er_tests::unique_name;
@@ -130,7 +131,11 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
         proxy.local_addr().port(),
         &format!("{prefix}-.*"),
     );
-    setup.extra = format!("max_bytes = {BATCH_BYTES}\n");
+    let metrics_port = prom::free_tcp_port();
+    setup.extra = format!(
+        "max_bytes = {BATCH_BYTES}\n{}",
+        prom::metrics_section(metrics_port)
+    );
     let started = Instant::now();
     let agent = start_limited_agent(&setup, &pki, work.path())?;
 
@@ -184,6 +189,22 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
             );
         }
     }
+    // The agent reports the limit, the batch bytes under it and the time batches waited for it
+    // (most of the transfer: the backlog was ready long before the limit let it go).
+    let m = prom::parse(&prom::scrape(metrics_port)?);
+    let metric = |name: &str| prom::value(&m, name, &[]).unwrap_or(f64::NAN);
+    assert_eq!(metric("er_agent_rate_limit_bytes_per_second"), LIMIT as f64);
+    let batch_bytes = metric("er_agent_bytes_sent_total");
+    assert!(
+        batch_bytes >= payload as f64 && batch_bytes <= wire as f64,
+        "{batch_bytes} batch bytes for {payload} bytes of values, {wire} on the wire"
+    );
+    let waited = metric("er_agent_rate_limit_wait_seconds_total");
+    assert!(
+        waited >= (payload as f64 / LIMIT as f64) / 2.0 && waited <= elapsed.as_secs_f64(),
+        "batches waited {waited} s for the rate limit in a {:.1} s transfer",
+        elapsed.as_secs_f64()
+    );
     // And the limit is a cap, not a crawl: generously, at least a quarter of it on average.
     let rate = wire as f64 / elapsed.as_secs_f64();
     assert!(
@@ -192,8 +213,9 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
         logs(&[&hub, &agent])
     );
     println!(
-        "rate limit {LIMIT} B/s: {wire} bytes on the wire in {:.1} s ({rate:.0} B/s including \
-         startup), worst span at {:.0}% of its bound",
+        "rate limit {LIMIT} B/s: {wire} bytes on the wire ({batch_bytes} of batches) in {:.1} s \
+         ({rate:.0} B/s including startup), worst span at {:.0}% of its bound, batches waited \
+         {waited:.1} s for tokens",
         elapsed.as_secs_f64(),
         worst * 100.0
     );
