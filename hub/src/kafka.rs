@@ -76,6 +76,11 @@ pub fn client_config(cluster: &ClusterConfig) -> ClientConfig {
     for (k, v) in &cluster.properties {
         cfg.set(k, v);
     }
+    // librdkafka's own debug contexts (e.g. `eos,msg,protocol`) for every client, for diagnosing
+    // the Kafka side without editing the config; logged through tracing at debug level.
+    if let Ok(contexts) = std::env::var("ER_RDKAFKA_DEBUG") {
+        cfg.set("debug", contexts);
+    }
     cfg
 }
 
@@ -167,6 +172,8 @@ impl TopicManager {
             return Ok(());
         }
         let started = Instant::now();
+        // Metadata lags behind a create or an added partition: ask for each once, then wait.
+        let (mut created, mut expanded) = (false, false);
         loop {
             match self.partition_count(topic)? {
                 Some(n) if n >= partitions => {
@@ -176,7 +183,10 @@ impl TopicManager {
                         .insert(topic.to_owned(), n);
                     return Ok(());
                 }
+                None if created => {}
+                Some(_) if expanded => {}
                 Some(n) => {
+                    expanded = true;
                     tracing::info!(cluster = %self.cluster.alias, topic, from = n, to = partitions, "adding partitions to match the source");
                     let np = NewPartitions::new(topic, partitions as usize);
                     let res = rt
@@ -185,6 +195,7 @@ impl TopicManager {
                     check_admin(res, &self.cluster.alias, topic)?;
                 }
                 None => {
+                    created = true;
                     tracing::info!(cluster = %self.cluster.alias, topic, partitions, "creating topic");
                     let mut nt = NewTopic::new(
                         topic,

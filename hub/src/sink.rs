@@ -8,7 +8,7 @@ use er_protocol::{Batch, Position, ReplicationPolicy, TimestampType, TopicPartit
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ClusterConfig, Validated};
@@ -18,7 +18,12 @@ use crate::kafka::{
 };
 use crate::offsets::{self, EntriesBuilder, OffsetIndex, SharedOffsetIndex};
 
-type TxProducer = ThreadedProducer<Deliveries>;
+/// Polled by the writer thread itself (see [`Writer::drain`]), never by a background thread, so
+/// delivery reports are served the moment the writer waits for them.
+type TxProducer = BaseProducer<Deliveries>;
+
+/// How often an idle writer serves its producer's events (errors, logs).
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// How long a flush, a commit or waiting for delivery reports may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -339,6 +344,12 @@ pub fn start(
             cluster.transaction_timeout_ms.to_string(),
         )
         .set("linger.ms", "5")
+        // A transaction begun right after the previous commit gets CONCURRENT_TRANSACTIONS until
+        // the coordinator has written the markers (tens of ms); librdkafka retries that after
+        // `retry.backoff.ms`, 100 ms by default, which floored every transaction at 200-300 ms
+        // and end-to-end latency at seconds under a steady trickle (KAFKA-5477: the Java client
+        // uses 20 ms for this retry).
+        .set("retry.backoff.ms", "10")
         .set("batch.size", "1048576")
         .set("queue.buffering.max.kbytes", "65536")
         .create_with_context(Deliveries::default())
@@ -386,6 +397,7 @@ pub fn start(
             .map(|p| (p.tp.clone(), p.next_offset))
             .collect(),
         index: index.clone(),
+        timing: TxnTiming::default(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("writer-{}-{}", w.settings.site, w.cluster))
@@ -441,6 +453,16 @@ struct Writer {
     /// Committed position per source partition.
     positions: HashMap<TopicPartition, i64>,
     index: SharedOffsetIndex,
+    /// Where the last transaction's time went (debug log).
+    timing: TxnTiming,
+}
+
+/// Phases of one transaction: begin + produce, flush + delivery reports, index + commit.
+#[derive(Default)]
+struct TxnTiming {
+    produce: Duration,
+    flush: Duration,
+    commit: Duration,
 }
 
 impl Writer {
@@ -455,7 +477,19 @@ impl Writer {
     }
 
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
-        while let Some(msg) = rx.blocking_recv() {
+        loop {
+            // The timer must be created inside the runtime, hence the async block.
+            let next = self
+                .rt
+                .block_on(async { tokio::time::timeout(IDLE_POLL, rx.recv()).await });
+            let msg = match next {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    self.producer.poll(Duration::ZERO);
+                    continue;
+                }
+            };
             let first = match msg {
                 Msg::Write(j) => j,
                 Msg::Positions(reply) => {
@@ -486,7 +520,8 @@ impl Writer {
                 Ok(records) => {
                     self.metrics
                         .committed(*records, jobs.len(), started.elapsed());
-                    tracing::debug!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, "transaction committed")
+                    let t = &self.timing;
+                    tracing::debug!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, produce_ms = t.produce.as_millis() as u64, flush_ms = t.flush.as_millis() as u64, commit_ms = t.commit.as_millis() as u64, "transaction committed")
                 }
                 Err(e) => {
                     self.metrics.transaction_failed();
@@ -557,9 +592,14 @@ impl Writer {
             .begin_transaction()
             .map_err(|e| self.txn_error("begin", e))?;
         let generation = self.producer.context().begin(records);
+        self.timing = TxnTiming::default();
+        let producing = Instant::now();
         let result = self
             .produce_all(jobs, &decoded, generation)
-            .and_then(|log| self.index_and_commit(log, generation));
+            .and_then(|log| {
+                self.timing.produce = producing.elapsed();
+                self.index_and_commit(log, generation)
+            });
         if result.is_err() {
             self.abort();
         } else if let Some(ts) = crate::metrics::newest_heartbeat_ms(
@@ -575,14 +615,14 @@ impl Writer {
     /// Flushes the records, writes their index entries into the transaction, commits, then
     /// applies the entries to the in-memory index.
     fn index_and_commit(&mut self, log: TxnLog, generation: u32) -> Result<u64, WriteError> {
-        self.producer
-            .flush(TXN_TIMEOUT)
-            .map_err(|e| self.txn_error("flush", e))?;
+        let started = Instant::now();
+        self.drain(TXN_TIMEOUT)?;
         let failed = |message: String| WriteError::Kafka {
             cluster: self.cluster.clone(),
             message,
         };
         let offsets = self.producer.context().wait(TXN_TIMEOUT).map_err(failed)?;
+        self.timing.flush = started.elapsed();
         if offsets.len() != log.sent.len() {
             return Err(failed(format!(
                 "{} delivery reports for {} records",
@@ -607,8 +647,14 @@ impl Writer {
                 .payload(&rec[..]);
             self.send(r)?;
         }
+        // Deliver the index records first: commit_transaction's own flush waits for delivery
+        // reports that only our polling serves.
+        self.drain(TXN_TIMEOUT)?;
         self.index_mut().set_committing(true);
-        if let Err(e) = self.producer.commit_transaction(TXN_TIMEOUT) {
+        let committing = Instant::now();
+        let committed = self.producer.commit_transaction(TXN_TIMEOUT);
+        self.timing.commit = committing.elapsed();
+        if let Err(e) = committed {
             // The outcome is unknown (a timeout may still commit): the writer stops and the
             // index withholds end-offset answers from now on.
             self.index_mut().mark_stopped();
@@ -749,6 +795,27 @@ impl Writer {
                 cluster: self.cluster.clone(),
                 message: format!("destination of {tp}: {e}"),
             })
+    }
+
+    /// Waits until every produced record was delivered and its report served. rdkafka's
+    /// `flush` polls in fixed 100 ms steps (its `poll` serves events until the timeout, not
+    /// until the first one), which made every transaction last a multiple of 100 ms; short
+    /// polls return within a millisecond of the last report.
+    fn drain(&self, timeout: Duration) -> Result<(), WriteError> {
+        let deadline = Instant::now() + timeout;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(WriteError::Kafka {
+                    cluster: self.cluster.clone(),
+                    message: format!(
+                        "{} records still undelivered after {timeout:?}",
+                        self.producer.in_flight_count()
+                    ),
+                });
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
