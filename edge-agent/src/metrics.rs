@@ -70,26 +70,12 @@ pub const PLUGIN_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often edge watermarks are fetched for the replication lag.
 pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("metrics.listen {addr}: cannot serve metrics: {message}")]
-pub struct MetricsError {
-    /// The configured address.
-    pub addr: SocketAddr,
-    /// The exporter's message (address in use, recorder already installed, ...).
-    pub message: String,
-}
+pub use er_net::metrics::MetricsError;
 
 /// Installs the Prometheus recorder with an HTTP listener on `addr` and publishes build info.
 /// Call it once per process, inside a tokio runtime, before the agent runs.
 pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| MetricsError {
-            addr,
-            message: e.to_string(),
-        })?;
+    er_net::metrics::serve_prometheus(addr, &[])?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(LINK_UP).set(0.0);

@@ -55,32 +55,12 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the offset index gauges are refreshed.
 pub const INDEX_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("metrics.listen {addr}: cannot serve metrics: {message}")]
-pub struct MetricsError {
-    /// The configured address.
-    pub addr: SocketAddr,
-    /// The exporter's message (address in use, recorder already installed, ...).
-    pub message: String,
-}
+pub use er_net::metrics::MetricsError;
 
 /// Installs the Prometheus recorder with an HTTP listener on `addr` and publishes build info.
 /// Call it once per process, inside a tokio runtime, before the hub starts.
 pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
-    let err = |e: metrics_exporter_prometheus::BuildError| MetricsError {
-        addr,
-        message: e.to_string(),
-    };
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(TRANSACTION_SECONDS.to_owned()),
-            TRANSACTION_BUCKETS,
-        )
-        .map_err(err)?
-        .install()
-        .map_err(err)?;
+    er_net::metrics::serve_prometheus(addr, &[(TRANSACTION_SECONDS, TRANSACTION_BUCKETS)])?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(SITES_CONNECTED).set(0.0);

@@ -1,5 +1,6 @@
 //! QUIC endpoints with mutual TLS shared by `edge-agent` and `hub`, site identity from client
-//! certificates, and dev certificate generation.
+//! certificates, dev certificate generation, and the Prometheus endpoint both serve
+//! ([`metrics::serve_prometheus`]).
 //!
 //! The hub calls [`server_endpoint`] and learns who connected with [`peer_site_alias`]; the agent
 //! calls [`client_endpoint`] and then `endpoint.connect_with(client_config, addr, server_name)` (or
@@ -12,6 +13,7 @@
 pub mod devcerts;
 mod error;
 mod identity;
+pub mod metrics;
 mod pem;
 mod transport;
 pub mod wire;
