@@ -3,6 +3,8 @@
 //! * [`kafka`]: real Apache Kafka brokers (single-node KRaft) started from the Maven Central jars on
 //!   free loopback ports, tied to the test process ([`kafka::KafkaNode`], [`kafka::shared`]).
 //! * [`client`]: small rdkafka helpers (create topics, produce, consume, watermarks).
+//! * [`delivery`]: checking that every produced record arrived exactly once, in order per
+//!   partition.
 //! * [`prom`]: scraping and reading the binaries' Prometheus endpoints.
 //! * [`unique_name`]: collision-free topic / group / transactional-id names.
 //!
@@ -16,6 +18,7 @@
 //! `ER_KAFKA_HEAP` (default `512m`), `ER_KAFKA_START_TIMEOUT_SECS` (default 60).
 
 pub mod client;
+pub mod delivery;
 pub mod kafka;
 pub mod oracle;
 pub mod prom;

@@ -2,12 +2,12 @@
 //! (measured by the link-fault proxy, QUIC overhead included), and route priorities let alarms
 //! overtake a bulk backlog that saturates it. Every record still arrives exactly once, in order.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use er_tests::client::{self, NewRecord, Record};
+use er_tests::client::{self, NewRecord};
+use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::prom;
 use er_tests::proxy::LinkProxy;
@@ -52,34 +52,6 @@ fn incompressible(count: usize, partitions: i32) -> Vec<NewRecord> {
             NewRecord::new(i.to_string(), value).partition((i % partitions as usize) as i32)
         })
         .collect()
-}
-
-fn seq(r: &Record) -> usize {
-    std::str::from_utf8(r.key.as_deref().unwrap_or_default())
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(usize::MAX)
-}
-
-/// Every key 0..total exactly once, increasing within each partition.
-fn assert_exactly_once_in_order(got: &[Record], total: usize, context: &str) {
-    let mut all: Vec<usize> = got.iter().map(seq).collect();
-    all.sort_unstable();
-    assert_eq!(
-        all,
-        (0..total).collect::<Vec<_>>(),
-        "not every record exactly once\n{context}"
-    );
-    let mut by_part: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for r in got {
-        by_part.entry(r.partition).or_default().push(seq(r));
-    }
-    for (p, s) in by_part {
-        assert!(
-            s.windows(2).all(|w| w[0] < w[1]),
-            "partition {p} out of order\n{context}"
-        );
-    }
 }
 
 /// Starts the agent of `setup` with `hub.max_bytes_per_sec = LIMIT`.
@@ -164,7 +136,12 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
             logs(&[&hub, &agent])
         );
     };
-    assert_exactly_once_in_order(&got, TOTAL, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(
+        &remote,
+        &delivery::seqs_by_partition(&got, SeqIn::Key)?,
+        &delivery::round_robin(TOTAL, PARTITIONS),
+        &logs(&[&hub, &agent]),
+    );
 
     let payload = (TOTAL * VALUE_BYTES) as u64;
     let (end, wire) = *samples.last().expect("samples");
@@ -328,8 +305,18 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
     // Priorities reorder partitions, never records: everything arrives once, in order.
     let got =
         client::consume_all(k.central(), &remote_bulk, BULK, Duration::from_secs(120)).await?;
-    assert_exactly_once_in_order(&got, BULK, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(
+        &remote_bulk,
+        &delivery::seqs_by_partition(&got, SeqIn::Key)?,
+        &delivery::round_robin(BULK, 1),
+        &logs(&[&hub, &agent]),
+    );
     let got = client::consume_to_end(k.central(), &remote_alarms, Duration::from_secs(30)).await?;
-    assert_exactly_once_in_order(&got, ALARMS, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(
+        &remote_alarms,
+        &delivery::seqs_by_partition(&got, SeqIn::Key)?,
+        &delivery::round_robin(ALARMS, 1),
+        &logs(&[&hub, &agent]),
+    );
     Ok(())
 }

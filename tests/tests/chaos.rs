@@ -5,11 +5,11 @@
 //! The default is a shortened run that fits the test command. The full chaos run of the issue:
 //! `ER_CHAOS_FULL=1 cargo test --release -p er-tests --test chaos -- --nocapture chaos`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
+use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::proxy::{Direction, Flap, LinkProxy, Schedule};
 use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
@@ -61,37 +61,6 @@ impl Plan {
                 broker_restarts: 1,
             }
         }
-    }
-}
-
-fn seq(r: &Record) -> usize {
-    std::str::from_utf8(r.value.as_deref().unwrap_or_default())
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(usize::MAX)
-}
-
-/// Every value 0..total exactly once, increasing within each partition.
-fn assert_exactly_once_in_order(got: &[Record], total: usize, context: &str) {
-    let mut all: Vec<usize> = got.iter().map(seq).collect();
-    all.sort_unstable();
-    let dups = all.windows(2).filter(|w| w[0] == w[1]).count();
-    assert_eq!(dups, 0, "duplicates\n{context}");
-    assert_eq!(all.len(), total, "missing records\n{context}");
-    assert_eq!(
-        all,
-        (0..total).collect::<Vec<_>>(),
-        "wrong records\n{context}"
-    );
-    let mut by_part: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-    for r in got {
-        by_part.entry(r.partition).or_default().push(seq(r));
-    }
-    for (p, s) in by_part {
-        assert!(
-            s.windows(2).all(|w| w[0] < w[1]),
-            "partition {p} out of order\n{context}"
-        );
     }
 }
 
@@ -242,7 +211,12 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
     )
     .await;
     let elapsed = started.elapsed();
-    assert_exactly_once_in_order(&got, plan.records, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(
+        &remote,
+        &delivery::seqs_by_partition(&got, SeqIn::Value)?,
+        &delivery::round_robin(plan.records, plan.partitions),
+        &logs(&[&hub, &agent]),
+    );
     let stats = ctl.stats();
     eprintln!(
         "chaos: {} records exactly once in {:.1} s with {} blackholes, {} agent kills, {} hub kills, {} broker restarts; proxy: {stats:?}",
@@ -298,7 +272,12 @@ async fn two_hubs_fighting_over_one_site_fence_each_other_and_duplicate_nothing(
     producing.await??;
     let got = wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
     let procs = [&a, &b, &x, &y];
-    assert_exactly_once_in_order(&got, TOTAL, &logs(&procs));
+    delivery::assert_exactly_once_in_order(
+        &remote,
+        &delivery::seqs_by_partition(&got, SeqIn::Value)?,
+        &delivery::round_robin(TOTAL, 2),
+        &logs(&procs),
+    );
     // librdkafka reports the rejected late write as "fenced by a newer instance", the hub's
     // writer as "fenced by a newer one".
     let fenced = [&a, &b]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord};
+use er_tests::delivery;
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::prom::{free_tcp_port, metrics_section, parse, scrape, value};
 use er_tests::proxy::{Direction, LinkProxy};
@@ -74,7 +75,7 @@ async fn read_seqs(
     topic: &str,
     expected: usize,
     timeout: Duration,
-) -> anyhow::Result<BTreeMap<i32, Vec<i64>>> {
+) -> anyhow::Result<delivery::Seqs> {
     let deadline = Instant::now() + timeout;
     while client::partition_ids(bootstrap, topic).await.is_err() {
         if Instant::now() > deadline {
@@ -238,17 +239,8 @@ async fn retention_gap_after_a_link_outage_is_reported_with_its_offsets_and_noth
     .into();
     let total = expected.values().map(Vec::len).sum();
     let got = read_seqs(k.central(), &remote, total, Duration::from_secs(120)).await?;
-    for (part, want) in &expected {
-        let have = &got[part];
-        assert!(
-            have == want,
-            "partition {part}: every record still at the edge exactly once, in order; got {} records, first missing {:?}, duplicates {}\n{}",
-            have.len(),
-            want.iter().find(|s| !have.contains(s)),
-            have.len() as i64 - have.iter().collect::<std::collections::BTreeSet<_>>().len() as i64,
-            logs(&[&hub, &agent])
-        );
-    }
+    // Every record still at the edge: partition 0 without the gap retention deleted.
+    delivery::assert_exactly_once_in_order(&remote, &got, &expected, &logs(&[&hub, &agent]));
 
     // The agent named the gap of partition 0, exactly, and nothing else.
     let reports = gap_reports(&agent);
@@ -439,7 +431,6 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
         started.elapsed().as_secs_f64()
     );
 
-    let want: Vec<i64> = (0..STEADY_END).collect();
     let got = read_seqs(
         central.bootstrap(),
         &steady_remote,
@@ -447,15 +438,10 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
         Duration::from_secs(120),
     )
     .await?;
-    for part in 0..2 {
-        let have = got.get(&part).cloned().unwrap_or_default();
-        assert!(
-            have == want,
-            "{steady}/{part}: every record exactly once, in order; got {} records\n{}",
-            have.len(),
-            logs(&[&hub, &agent])
-        );
-    }
+    let want = (0..2)
+        .map(|part| (part, (0..STEADY_END).collect()))
+        .collect();
+    delivery::assert_exactly_once_in_order(&steady_remote, &got, &want, &logs(&[&hub, &agent]));
     eprintln!(
         "[{:>5.1}s] {} records of {steady} exactly once, in order",
         started.elapsed().as_secs_f64(),
@@ -486,13 +472,11 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
         Duration::from_secs(120),
     )
     .await?;
-    let have = got.get(&0).cloned().unwrap_or_default();
-    assert!(
-        have == want,
-        "{bulk}/0: everything but the reported gap exactly once, in order; got {} records, want {}\n{}",
-        have.len(),
-        want.len(),
-        logs(&[&hub, &agent])
+    delivery::assert_exactly_once_in_order(
+        &format!("{bulk_remote} (everything but the reported gap)"),
+        &got,
+        &[(0, want)].into(),
+        &logs(&[&hub, &agent]),
     );
     let sessions_ended = count(&agent, "link to hub down") - downs;
     eprintln!(
@@ -659,17 +643,10 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
     let catch_up = catch_up_started.elapsed();
     let hwm = status_kib(pid, "VmHWM").expect("agent running");
     sampler.abort();
-    let want: Vec<i64> = (0..next).collect();
-    for part in 0..PARTITIONS {
-        let have = got.get(&part).cloned().unwrap_or_default();
-        assert!(
-            have == want,
-            "partition {part}: every record exactly once, in order; got {} of {}\n{}",
-            have.len(),
-            want.len(),
-            logs(&[&hub, &agent])
-        );
-    }
+    let want = (0..PARTITIONS)
+        .map(|part| (part, (0..next).collect()))
+        .collect();
+    delivery::assert_exactly_once_in_order(&remote, &got, &want, &logs(&[&hub, &agent]));
 
     let samples = samples.lock().expect("samples lock").clone();
     let peak = |ph: Phase| {
