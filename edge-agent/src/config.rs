@@ -711,12 +711,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     };
     let include = compile("topics.include", &raw.topics.include)?;
     let exclude = compile("topics.exclude", &raw.topics.exclude)?;
-    if raw.topics.refresh_interval_ms == 0 {
-        return Err(invalid(
-            "topics.refresh_interval_ms",
-            "must be greater than 0".into(),
-        ));
-    }
+    let check = Ranges { path };
+    check.at_least(
+        "topics.refresh_interval_ms",
+        raw.topics.refresh_interval_ms,
+        Fixed(1),
+    )?;
     let (hub_host, hub_port) =
         split_host_port(&raw.hub.address).map_err(|m| invalid("hub.address", m))?;
     let server_name = raw
@@ -728,37 +728,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         return Err(invalid("hub.server_name", "must not be empty".into()));
     }
     let h = &raw.hub;
-    if h.reconnect_backoff_min_ms == 0 || h.reconnect_backoff_min_ms > h.reconnect_backoff_max_ms {
-        return Err(invalid(
-            "hub.reconnect_backoff_min_ms",
-            format!(
-                "{} must be > 0 and <= reconnect_backoff_max_ms ({})",
-                h.reconnect_backoff_min_ms, h.reconnect_backoff_max_ms
-            ),
-        ));
-    }
-    if h.probe_interval_ms == 0 || h.probe_interval_ms > h.connect_timeout_ms {
-        return Err(invalid(
-            "hub.probe_interval_ms",
-            format!(
-                "{} must be > 0 and <= connect_timeout_ms ({})",
-                h.probe_interval_ms, h.connect_timeout_ms
-            ),
-        ));
+    check.within(
+        "hub.reconnect_backoff_min_ms",
+        h.reconnect_backoff_min_ms,
+        Fixed(1),
+        Field("reconnect_backoff_max_ms", h.reconnect_backoff_max_ms),
+    )?;
+    check.within(
+        "hub.probe_interval_ms",
+        h.probe_interval_ms,
+        Fixed(1),
+        Field("connect_timeout_ms", h.connect_timeout_ms),
+    )?;
+    if let Some(rate) = h.max_bytes_per_sec {
+        check
+            .at_least("hub.max_bytes_per_sec", rate, Fixed(MIN_BYTES_PER_SEC))
+            .map_err(|e| e.explained("bytes, not bits, per second; leave it unset for no limit"))?;
     }
     let b = &raw.batching;
-    if b.max_records == 0 {
-        return Err(invalid(
-            "batching.max_records",
-            "must be greater than 0".into(),
-        ));
-    }
-    if b.max_bytes < 1024 {
-        return Err(invalid(
-            "batching.max_bytes",
-            format!("{} is below the minimum of 1024", b.max_bytes),
-        ));
-    }
+    check.at_least("batching.max_records", b.max_records, Fixed(1))?;
+    check.at_least("batching.max_bytes", b.max_bytes, Fixed(1024))?;
     let codec = match b.compression.as_str() {
         "zstd" => er_protocol::Codec::Zstd,
         "none" => er_protocol::Codec::None,
@@ -769,67 +758,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ));
         }
     };
-    if !(1..=22).contains(&b.zstd_level) {
-        return Err(invalid(
-            "batching.zstd_level",
-            format!("{} is not in 1..=22", b.zstd_level),
-        ));
-    }
-    if b.max_inflight_bytes_per_partition == 0
-        || b.max_inflight_bytes_total < b.max_inflight_bytes_per_partition
-    {
-        return Err(invalid(
-            "batching.max_inflight_bytes_total",
-            format!(
-                "{} must be >= max_inflight_bytes_per_partition ({}) > 0",
-                b.max_inflight_bytes_total, b.max_inflight_bytes_per_partition
-            ),
-        ));
-    }
-    if let Some(rate) = raw.hub.max_bytes_per_sec
-        && rate < MIN_BYTES_PER_SEC
-    {
-        return Err(invalid(
-            "hub.max_bytes_per_sec",
-            format!(
-                "{rate} is below the minimum of {MIN_BYTES_PER_SEC} (bytes, not bits, per second; \
-                 leave it unset for no limit)"
-            ),
-        ));
-    }
-    if raw.heartbeats.interval_ms == 0 {
-        return Err(invalid(
-            "heartbeats.interval_ms",
-            "must be greater than 0".into(),
-        ));
-    }
+    check.within("batching.zstd_level", b.zstd_level, Fixed(1), Fixed(22))?;
+    check.at_least(
+        "batching.max_inflight_bytes_per_partition",
+        b.max_inflight_bytes_per_partition,
+        Fixed(1),
+    )?;
+    check.at_least(
+        "batching.max_inflight_bytes_total",
+        b.max_inflight_bytes_total,
+        Field(
+            "max_inflight_bytes_per_partition",
+            b.max_inflight_bytes_per_partition,
+        ),
+    )?;
+    check.at_least(
+        "heartbeats.interval_ms",
+        raw.heartbeats.interval_ms,
+        Fixed(1),
+    )?;
     let groups_include = compile("groups.include", &raw.groups.include)?;
     let groups_exclude = compile("groups.exclude", &raw.groups.exclude)?;
     let p = &raw.plugins;
-    if p.memory_limit_mb == 0 || p.memory_limit_mb > 4096 {
-        return Err(invalid(
-            "plugins.memory_limit_mb",
-            format!("{} is not in 1..=4096", p.memory_limit_mb),
-        ));
-    }
-    if p.batch_deadline_ms == 0 {
-        return Err(invalid(
-            "plugins.batch_deadline_ms",
-            "must be greater than 0".into(),
-        ));
-    }
-    if p.max_outputs_per_input == 0 {
-        return Err(invalid(
-            "plugins.max_outputs_per_input",
-            "must be greater than 0".into(),
-        ));
-    }
-    if p.stopped_route_retry_ms == 0 {
-        return Err(invalid(
-            "plugins.stopped_route_retry_ms",
-            "must be greater than 0".into(),
-        ));
-    }
+    check.within(
+        "plugins.memory_limit_mb",
+        p.memory_limit_mb,
+        Fixed(1),
+        Fixed(4096),
+    )?;
+    check.at_least("plugins.batch_deadline_ms", p.batch_deadline_ms, Fixed(1))?;
+    check.at_least(
+        "plugins.max_outputs_per_input",
+        p.max_outputs_per_input,
+        Fixed(1),
+    )?;
+    check.at_least(
+        "plugins.stopped_route_retry_ms",
+        p.stopped_route_retry_ms,
+        Fixed(1),
+    )?;
     if let Some(dir) = &mut raw.plugins.cache_dir
         && dir.is_relative()
     {
@@ -921,6 +888,89 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     })
 }
 
+/// An end of a numeric field's allowed range: a fixed number, or the value of another field of
+/// the same table (named in the message, so the user knows which of the two to change).
+#[derive(Debug, Clone, Copy)]
+enum End<T> {
+    Fixed(T),
+    Field(&'static str, T),
+}
+use End::{Field, Fixed};
+
+impl<T: Copy> End<T> {
+    fn value(self) -> T {
+        match self {
+            Fixed(v) | Field(_, v) => v,
+        }
+    }
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for End<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fixed(v) => write!(f, "{v}"),
+            Field(name, v) => write!(f, "{name} ({v})"),
+        }
+    }
+}
+
+/// The range checks of numeric fields: each error names the file and the field, and says the
+/// value and the range it missed.
+#[derive(Debug, Clone, Copy)]
+struct Ranges<'a> {
+    path: &'a Path,
+}
+
+impl Ranges<'_> {
+    /// `field` holds `value`, which must be at least `min`.
+    fn at_least<T>(self, field: &str, value: T, min: End<T>) -> Result<(), ConfigError>
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        if value >= min.value() {
+            return Ok(());
+        }
+        Err(self.invalid(field, format!("{value} is below the minimum of {min}")))
+    }
+
+    /// `field` holds `value`, which must lie in `min..=max`.
+    fn within<T>(self, field: &str, value: T, min: End<T>, max: End<T>) -> Result<(), ConfigError>
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        if value >= min.value() && value <= max.value() {
+            return Ok(());
+        }
+        Err(self.invalid(field, format!("{value} is not in {min}..={max}")))
+    }
+
+    fn invalid(self, field: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            field: field.to_owned(),
+            message,
+        }
+    }
+}
+
+impl ConfigError {
+    /// The same error with `why` added to its message in parentheses.
+    fn explained(self, why: &str) -> ConfigError {
+        match self {
+            ConfigError::Invalid {
+                path,
+                field,
+                message,
+            } => ConfigError::Invalid {
+                path,
+                field,
+                message: format!("{message} ({why})"),
+            },
+            other => other,
+        }
+    }
+}
+
 /// Parses the metrics endpoint address: an `ip:port` socket address with a port other than 0.
 pub fn parse_metrics_listen(listen: &str) -> Result<std::net::SocketAddr, String> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
@@ -945,6 +995,15 @@ mod tests {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/agent.toml");
         std::fs::copy(example, dir.path().join("agent.toml")).unwrap();
         dir
+    }
+
+    /// The example config beside dev certificates: the directory (dropping it deletes them), the
+    /// config's path and its text.
+    fn example() -> (tempfile::TempDir, PathBuf, String) {
+        let dir = example_dir();
+        let path = dir.path().join("agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (dir, path, text)
     }
 
     #[test]
@@ -1027,9 +1086,7 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
 
     #[test]
     fn internal_topics_are_never_selected_even_by_catch_all() {
-        let dir = example_dir();
-        let path = dir.path().join("agent.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let (_dir, path, text) = example();
         let text = text.replace(
             r#"include = ["sensors\\..*", "alarms"]"#,
             r#"include = [".*"]"#,
@@ -1048,9 +1105,7 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
 
     #[test]
     fn each_validation_rule_names_its_field() {
-        let dir = example_dir();
-        let path = dir.path().join("agent.toml");
-        let good = std::fs::read_to_string(&path).unwrap();
+        let (_dir, path, good) = example();
         let cases = [
             (
                 good.replace(
@@ -1140,6 +1195,13 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
                 "batching.max_inflight_bytes_total",
             ),
             (
+                good.replace(
+                    "max_inflight_bytes_per_partition = 4194304",
+                    "max_inflight_bytes_per_partition = 0",
+                ),
+                "batching.max_inflight_bytes_per_partition",
+            ),
+            (
                 good.replace("[batching]", "[batching]\nturbo = true"),
                 "turbo",
             ),
@@ -1206,6 +1268,47 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
     }
 
     #[test]
+    fn range_errors_say_the_value_and_the_range_it_missed() {
+        let (_dir, path, good) = example();
+        let cases = [
+            (
+                (
+                    "reconnect_backoff_min_ms = 200",
+                    "reconnect_backoff_min_ms = 40000",
+                ),
+                "hub.reconnect_backoff_min_ms: 40000 is not in 1..=reconnect_backoff_max_ms (30000)",
+            ),
+            (
+                ("zstd_level = 3", "zstd_level = 0"),
+                "batching.zstd_level: 0 is not in 1..=22",
+            ),
+            (
+                ("max_bytes = 1048576", "max_bytes = 10"),
+                "batching.max_bytes: 10 is below the minimum of 1024",
+            ),
+            (
+                (
+                    "max_inflight_bytes_total = 33554432",
+                    "max_inflight_bytes_total = 1",
+                ),
+                "batching.max_inflight_bytes_total: 1 is below the minimum of \
+                 max_inflight_bytes_per_partition (4194304)",
+            ),
+            (
+                ("# max_bytes_per_sec = 250000", "max_bytes_per_sec = 0"),
+                "hub.max_bytes_per_sec: 0 is below the minimum of 1024 (bytes, not bits, per \
+                 second; leave it unset for no limit)",
+            ),
+        ];
+        for ((from, to), message) in cases {
+            let text = good.replace(from, to);
+            assert_ne!(text, good, "{from}");
+            let e = parse(&path, &text).expect_err(to).to_string();
+            assert!(e.ends_with(&format!("agent.toml\": {message}")), "{e}");
+        }
+    }
+
+    #[test]
     fn priorities_follow_the_first_matching_route_and_heartbeats_ride_above_all() {
         let dir = example_dir();
         let path = dir.path().join("agent.toml");
@@ -1252,9 +1355,7 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
 
     #[test]
     fn the_rate_limit_is_optional_and_has_a_floor() {
-        let dir = example_dir();
-        let path = dir.path().join("agent.toml");
-        let good = std::fs::read_to_string(&path).unwrap();
+        let (_dir, path, good) = example();
         let commented = "# max_bytes_per_sec = 250000";
         assert!(good.contains(commented), "the example documents it");
         let set = good.replace(commented, "max_bytes_per_sec = 250000");
@@ -1277,9 +1378,7 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
 
     #[test]
     fn metrics_endpoint_is_optional_and_validated() {
-        let dir = example_dir();
-        let path = dir.path().join("agent.toml");
-        let good = std::fs::read_to_string(&path).unwrap();
+        let (_dir, path, good) = example();
         let v = parse(&path, &good).unwrap();
         assert_eq!(
             v.metrics_listen,
