@@ -2,7 +2,7 @@
 //! that every partition holds exactly the expected records (count and digest).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,6 +26,8 @@ pub struct CheckSpec {
     pub canonical_json: bool,
     /// Give up when nothing new arrived for this long (replicator start-up included).
     pub stall_timeout: Duration,
+    /// Records read so far, for watchers while the check runs (the lag sampler).
+    pub progress: Arc<AtomicU64>,
 }
 
 /// The outcome of a check.
@@ -210,6 +212,7 @@ fn check(
         );
         done += 1;
         out.records = done;
+        spec.progress.store(done, Ordering::Relaxed);
         if done == expected.kept_records {
             out.last = Some(now);
         }

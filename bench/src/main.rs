@@ -10,6 +10,7 @@ mod brokers;
 mod chart;
 mod check;
 mod data;
+mod lag;
 mod latency;
 mod mm2;
 mod ours;
@@ -301,17 +302,32 @@ fn bench(a: BenchArgs) -> Result<()> {
                     preload_s: 0.0,
                     systems: Vec::new(),
                     notes: vec![format!("scenario aborted: {e:#}")],
+                    lag_chart: None,
                 });
             }
         }
     }
     report.machine = format!("{}, {:.2} at end", report.machine, load_average());
-    let md = report::markdown(&report);
     let md_path = out_dir.join(format!("{stamp}.md"));
     let json_path = out_dir.join(format!("{stamp}.json"));
     let svg_path = out_dir.join(format!("{stamp}.svg"));
-    std::fs::write(&md_path, &md)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    // Charts first: the markdown and JSON name the lag charts that were drawn.
+    let mut lag_paths = Vec::new();
+    for s in &mut report.scenarios {
+        let name = format!("{stamp}-lag-{}.svg", s.name);
+        let path = out_dir.join(&name);
+        let lines = report::lag_series(s);
+        if lines.is_empty() {
+            continue;
+        }
+        match chart::draw_lag(&path, &report::lag_title(&started, s), &lines) {
+            Ok(()) => {
+                s.lag_chart = Some(name);
+                lag_paths.push(path.display().to_string());
+            }
+            Err(e) => eprintln!("[er-bench] {}: lag chart not drawn: {e:#}", s.name),
+        }
+    }
     if let Err(e) = chart::draw(
         &svg_path,
         &format!("er-bench {started}: ours vs MM2 vs baseline"),
@@ -319,6 +335,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     ) {
         eprintln!("[er-bench] chart not drawn: {e:#}");
     }
+    std::fs::write(&md_path, report::markdown(&report))?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
     println!("{}", report::table(&report));
     let any_failed = report.scenarios.iter().any(|s| {
         s.systems
@@ -326,10 +344,14 @@ fn bench(a: BenchArgs) -> Result<()> {
             .any(|(_, o)| matches!(o, run::Outcome::Failed { .. }))
     });
     eprintln!(
-        "[er-bench] wrote {}, {} and {}",
+        "[er-bench] wrote {}, {}, {}{}",
         md_path.display(),
         json_path.display(),
-        svg_path.display()
+        svg_path.display(),
+        lag_paths
+            .iter()
+            .map(|p| format!(", {p}"))
+            .collect::<String>()
     );
     if any_failed || a.keep_logs {
         eprintln!("[er-bench] configs and logs kept in {}", work.display());

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::lag::{self, LagSeries};
 use crate::run::{Metrics, Outcome, ScenarioResult, Settings};
 use crate::scenario::System;
 
@@ -229,6 +230,7 @@ pub fn markdown(report: &Report) -> String {
         report.commit, report.profile, report.kafka, report.machine, report.brokers, report.command
     );
     md.push_str(&table(report));
+    md.push_str(&lag_section(report));
     md.push_str("\n## Notes\n\n");
     for s in &report.scenarios {
         let w = &s.workload;
@@ -316,6 +318,72 @@ extra, reordered or altered record marks the cell FAILED and no number is report
   better; CPU, memory, bytes, latency: lower is better).
 ";
 
+/// Links to the lag charts that were drawn, with when each system's first, half and last
+/// records arrived; empty when there is none.
+fn lag_section(report: &Report) -> String {
+    let mut md = String::new();
+    for s in &report.scenarios {
+        let Some(file) = &s.lag_chart else {
+            continue;
+        };
+        if md.is_empty() {
+            let _ = write!(
+                md,
+                "\n## Replication lag over time\n\nRecords the destination still lacks, from each \
+                 system's start to its last arrival, sampled every {} ms from the check \
+                 consumer's count (read_committed: ours counts committed transactions only). The \
+                 source is preloaded, so every line starts at the full count.\n",
+                lag::INTERVAL.as_millis()
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n### {}\n\n![replication lag in {}]({file})\n",
+            s.name, s.name
+        );
+        for (sys, o) in &s.systems {
+            if let Outcome::Measured(m) = o {
+                let _ = writeln!(
+                    md,
+                    "- {}: first record at {:.1} s, {}",
+                    sys.label(),
+                    m.first_arrival_s,
+                    m.lag.summary()
+                );
+            }
+        }
+    }
+    md
+}
+
+/// Each measured system's lag series in one scenario, in column order.
+pub fn lag_series(s: &ScenarioResult) -> Vec<(System, &LagSeries)> {
+    s.systems
+        .iter()
+        .filter_map(|(sys, o)| match o {
+            Outcome::Measured(m) if !m.lag.points.is_empty() => Some((*sys, &m.lag)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The title of a scenario's lag chart.
+pub fn lag_title(started: &str, s: &ScenarioResult) -> String {
+    let w = &s.workload;
+    let kept = lag_series(s).first().map_or(w.records, |(_, l)| l.expected);
+    let kept = if kept == w.records {
+        String::new()
+    } else {
+        format!(", {} kept", num(kept as f64))
+    };
+    format!(
+        "{}: replication lag ({} records preloaded, {} partitions{kept}), er-bench {started}",
+        s.name,
+        num(w.records as f64),
+        w.partitions
+    )
+}
+
 /// `(scenario, system, MB/s, CPU s/M)` of every measured run, for the chart.
 pub fn chart_points(report: &Report) -> Vec<crate::chart::Point> {
     let mut out = Vec::new();
@@ -332,6 +400,141 @@ pub fn chart_points(report: &Report) -> Vec<crate::chart::Point> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Workload;
+    use crate::scenario::{LatencyPlan, Payload};
+
+    fn scenario(name: &str, records: u64, systems: Vec<(System, Outcome)>) -> ScenarioResult {
+        ScenarioResult {
+            name: name.into(),
+            about: String::new(),
+            workload: Workload {
+                records,
+                value_bytes: 1024,
+                partitions: 8,
+                topics: 1,
+                keys: 10,
+                payload: Payload::Json,
+                hot_headers: false,
+                source_compression: "zstd".into(),
+            },
+            preload_s: 1.0,
+            systems,
+            notes: Vec::new(),
+            lag_chart: None,
+        }
+    }
+
+    fn measured(
+        expected: u64,
+        first_arrival_s: f64,
+        samples: &[(f64, u64)],
+        last_s: f64,
+    ) -> Outcome {
+        let mut lag = LagSeries::new(expected, lag::INTERVAL);
+        for &(t, arrived) in samples {
+            lag.push(t, arrived);
+        }
+        lag.finish(last_s);
+        Outcome::Measured(Box::new(Metrics {
+            first_arrival_s,
+            lag,
+            ..Metrics::default()
+        }))
+    }
+
+    fn report(scenarios: Vec<ScenarioResult>) -> Report {
+        Report {
+            started: "2026-11-26T02:49:29Z".into(),
+            commit: "abc".into(),
+            machine: "2 cores".into(),
+            kafka: "4.3.1".into(),
+            profile: "release".into(),
+            command: "er-bench".into(),
+            brokers: "local".into(),
+            settings: Settings {
+                records: None,
+                quick: false,
+                value_bytes: None,
+                partitions: None,
+                topics: 1,
+                keys: 10,
+                payload: None,
+                source_compression: "zstd".into(),
+                systems: vec![System::Ours, System::Mm2, System::Baseline],
+                latency: LatencyPlan {
+                    rate: 1000,
+                    duration: std::time::Duration::from_secs(1),
+                },
+                link_proxy: true,
+                wan_rtt: std::time::Duration::ZERO,
+                wan_mbit: 50.0,
+                stall_timeout: std::time::Duration::from_secs(1),
+                keep_topics: false,
+                agent_extra: String::new(),
+                mm2_heap: "2G".into(),
+            },
+            scenarios,
+        }
+    }
+
+    #[test]
+    fn markdown_links_each_drawn_lag_chart_with_its_timings() {
+        let mut one_k = scenario(
+            "1k",
+            1000,
+            vec![
+                (
+                    System::Ours,
+                    measured(1000, 1.2, &[(0.0, 0), (1.5, 600)], 2.0),
+                ),
+                (
+                    System::Mm2,
+                    Outcome::Failed {
+                        reason: "stalled".into(),
+                    },
+                ),
+                (
+                    System::Baseline,
+                    measured(1000, 0.3, &[(0.0, 0), (0.5, 100), (1.0, 700)], 1.3),
+                ),
+            ],
+        );
+        one_k.lag_chart = Some("20261126T024929Z-lag-1k.svg".into());
+        // Drawn for nothing: no chart, no section.
+        let filter = scenario(
+            "filter10",
+            1000,
+            vec![(System::Ours, measured(100, 1.0, &[], 2.0))],
+        );
+        let md = markdown(&report(vec![one_k.clone(), filter.clone()]));
+        assert!(md.contains("## Replication lag over time"), "{md}");
+        assert!(
+            md.contains("![replication lag in 1k](20261126T024929Z-lag-1k.svg)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- ours: first record at 1.2 s, half by 1.5 s, all by 2.0 s\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- baseline: first record at 0.3 s, half by 1.0 s, all by 1.3 s\n"),
+            "{md}"
+        );
+        assert!(!md.contains("- MM2: first record"), "{md}");
+        assert!(!md.contains("lag in filter10"), "{md}");
+        // Only the measured systems are charted; a filter's kept count is in the title.
+        let lines = lag_series(&one_k);
+        assert_eq!(
+            lines.iter().map(|l| l.0).collect::<Vec<_>>(),
+            [System::Ours, System::Baseline]
+        );
+        assert_eq!(
+            lag_title("T", &filter),
+            "filter10: replication lag (1,000 records preloaded, 8 partitions, 100 kept), er-bench T"
+        );
+        let md = markdown(&report(vec![filter]));
+        assert!(!md.contains("Replication lag"), "{md}");
+    }
 
     #[test]
     fn numbers_read_well() {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::brokers::Brokers;
 use crate::check::{self, CheckSpec};
 use crate::data::{self, Expected, Workload};
+use crate::lag::{self, LagSeries};
 use crate::latency::{self, Latency};
 use crate::mm2::Mm2Setup;
 use crate::ours::OursSetup;
@@ -103,7 +104,7 @@ pub struct ProcMetrics {
 }
 
 /// Measurements of one checked run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Metrics {
     /// From data first crossing the link (or the first arrival, if earlier or unmeasured) to
     /// the last arrival at the destination, seconds.
@@ -136,6 +137,9 @@ pub struct Metrics {
     pub latency: Option<Latency>,
     /// Why there is no latency.
     pub latency_error: Option<String>,
+    /// Records not yet at the destination over time, from the system's start to the last
+    /// arrival.
+    pub lag: LagSeries,
 }
 
 /// How one system fared in one scenario.
@@ -171,6 +175,8 @@ pub struct ScenarioResult {
     pub systems: Vec<(System, Outcome)>,
     /// Remarks for the report (what MM2's equivalent is, ...).
     pub notes: Vec<String>,
+    /// File name of the lag-over-time chart, beside the results files (once drawn).
+    pub lag_chart: Option<String>,
 }
 
 impl ScenarioResult {
@@ -288,6 +294,7 @@ impl Bench {
             preload_s: preload.as_secs_f64(),
             systems: Vec::new(),
             notes: Vec::new(),
+            lag_chart: None,
         };
         if let Ok((_, what)) = scenario::mm2_transforms(scen.processing)
             && scen.processing != Processing::None
@@ -655,17 +662,22 @@ impl Bench {
             })
         });
         let dest = |t: &str| format!("{marker}.{t}");
+        let progress = Arc::new(AtomicU64::new(0));
+        let lag_sampler =
+            lag::Sampler::start(started, exp.kept_records, lag::INTERVAL, progress.clone());
         let spec = CheckSpec {
             bootstrap: self.brokers.central.clone(),
             topics: sources.iter().map(|s| dest(s)).collect(),
             partitions: w.partitions,
             canonical_json: scen.processing == Processing::JsonTransform,
             stall_timeout: self.settings.stall_timeout,
+            progress,
         };
         let outcome = check::spawn(spec, exp.clone(), abort.clone(), abort_reason)
             .join()
             .map_err(|_| anyhow::anyhow!("check thread panicked"))?;
         let link_bytes = running.counters.as_ref().map(|c| c.total());
+        let mut lag = lag_sampler.finish();
         if let Some(f) = outcome.failure {
             stop_watch.store(true, Ordering::Relaxed);
             let _ = watchdog.join();
@@ -683,6 +695,7 @@ impl Bench {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .map_or(first_arrival, |t| t.min(first_arrival));
+        lag.finish(last.duration_since(started).as_secs_f64());
         // Fixed-rate latency, once the warm-up records show the destination topic is there.
         let lat_dest = dest(lat_src);
         let latency =
@@ -745,6 +758,7 @@ impl Bench {
             link_note: running.link_note.clone(),
             latency,
             latency_error,
+            lag,
         })
     }
 }
