@@ -142,8 +142,8 @@ pub async fn run(
     } else {
         "0.0.0.0:0".parse()?
     };
-    let (endpoint, client_cfg) =
-        er_net::client_endpoint(bind, &tls, &er_net::TransportTuning::default())
+    let (endpoint, client_cfg, tickets) =
+        er_net::client_endpoint_gated(bind, &tls, &er_net::TransportTuning::default())
             .context("setting up the QUIC client")?;
     let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
     let groups = match cfg.groups_interval() {
@@ -177,7 +177,6 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let mut connected_before = false;
     let mut last_rtt: Option<Duration> = None;
     let mut unreachable = Unreachable::default();
     let mut backoff = Backoff::new(
@@ -189,19 +188,35 @@ pub async fn run(
             break;
         }
         let started = Instant::now();
-        let outcome = match connect(&endpoint, &client_cfg, &cfg, answer_wait(&cfg, last_rtt)).await
-        {
-            Ok(conn) => {
-                unreachable.answered();
-                stats
-                    .connects
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ::metrics::counter!(crate::metrics::CONNECTS).increment(1);
-                if connected_before {
-                    ::metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+        let wait = answer_wait(&cfg, last_rtt);
+        let outcome = match connect(&endpoint, &client_cfg, &cfg, wait).await {
+            Ok(attempt) => {
+                let (conn, early) = match attempt {
+                    Attempt::Ready(conn) => (conn, None),
+                    Attempt::Early(conn, accepted) => (
+                        conn,
+                        Some(session::Early {
+                            accepted,
+                            answer_wait: wait,
+                            connect_timeout: Duration::from_millis(cfg.raw.hub.connect_timeout_ms),
+                        }),
+                    ),
+                };
+                let mut answered = |zero_rtt: bool| {
+                    unreachable.answered();
+                    tickets.set_open(true);
+                    let before = stats
+                        .connects
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ::metrics::counter!(crate::metrics::CONNECTS).increment(1);
+                    if before > 0 {
+                        ::metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+                    }
+                    info!(hub = %conn.remote_address(), zero_rtt, "connected to hub");
+                };
+                if early.is_none() {
+                    answered(false);
                 }
-                connected_before = true;
-                info!(hub = %conn.remote_address(), "connected to hub");
                 let r = session::run(
                     &cfg,
                     session::Shared {
@@ -212,32 +227,45 @@ pub async fn run(
                         lag: lag.clone(),
                     },
                     conn.clone(),
+                    early,
+                    &mut answered,
                     stats.clone(),
                     &mut shutdown,
                 )
                 .await;
                 ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
                 ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
-                last_rtt = Some(conn.rtt());
                 conn.close(0u32.into(), b"session over");
+                if let Err(session::Failure {
+                    no_answer: Some(waited),
+                    ..
+                }) = r
+                {
+                    unreachable.no_answer(waited);
+                    tickets.set_open(false);
+                    if probe_pause(waited, &mut shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+                last_rtt = Some(conn.rtt());
                 r
             }
             Err(ConnectError::NoAnswer(waited)) => {
                 unreachable.no_answer(waited);
-                // Probe again right away (a little jitter keeps a fleet from synchronising).
-                let jitter = waited / 5;
-                let delay =
-                    Duration::from_millis(rand::rng().random_range(0..=jitter.as_millis() as u64));
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => break,
+                // Probes into a silent link keep the session tickets for when it answers.
+                tickets.set_open(false);
+                if probe_pause(waited, &mut shutdown).await {
+                    break;
                 }
                 continue;
             }
             Err(ConnectError::Failed(error)) => {
                 unreachable.answered();
+                tickets.set_open(true);
                 Err(session::Failure {
                     welcomed: false,
+                    no_answer: None,
                     error,
                 })
             }
@@ -331,6 +359,24 @@ async fn publish_replication_lag(
     }
 }
 
+/// Before the next probe of a hub that did not answer: a little jitter, so a fleet does not
+/// synchronise. True if shutdown was requested meanwhile.
+async fn probe_pause(waited: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let jitter = waited / 5;
+    let delay = Duration::from_millis(rand::rng().random_range(0..=jitter.as_millis() as u64));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// A connection attempt the hub answered, or one that resumed a TLS session and sends its
+/// hello as 0-RTT data before any answer (the session then waits for the handshake).
+enum Attempt {
+    Ready(quinn::Connection),
+    Early(quinn::Connection, quinn::ZeroRttAccepted),
+}
+
 /// Why a connection attempt failed.
 #[derive(Debug)]
 enum ConnectError {
@@ -367,7 +413,7 @@ async fn connect(
     client_cfg: &quinn::ClientConfig,
     cfg: &Validated,
     wait_for_answer: Duration,
-) -> Result<quinn::Connection, ConnectError> {
+) -> Result<Attempt, ConnectError> {
     let addr = tokio::net::lookup_host((cfg.hub_host.as_str(), cfg.hub_port))
         .await
         .with_context(|| format!("resolving hub address {:?}", cfg.raw.hub.address))
@@ -375,10 +421,14 @@ async fn connect(
         .next()
         .with_context(|| format!("hub address {:?} resolved to nothing", cfg.raw.hub.address))
         .map_err(ConnectError::Failed)?;
-    let mut connecting = endpoint
+    let connecting = endpoint
         .connect_with(client_cfg.clone(), addr, &cfg.server_name)
         .with_context(|| format!("connecting to {addr}"))
         .map_err(ConnectError::Failed)?;
+    let mut connecting = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => return Ok(Attempt::Early(conn, accepted)),
+        Err(connecting) => connecting,
+    };
     let started = Instant::now();
     // QUIC retransmits an unanswered Initial with exponential backoff (1 s, 2 s, 4 s ...), so a
     // link that returns in the middle of a long attempt would wait for the next retransmit.
@@ -398,6 +448,7 @@ async fn connect(
         .with_context(|| format!("connecting to hub {addr}: handshake not done within {timeout:?}"))
         .map_err(ConnectError::Failed)?
         .with_context(|| format!("connecting to hub {addr}"))
+        .map(Attempt::Ready)
         .map_err(ConnectError::Failed)
 }
 

@@ -45,8 +45,31 @@ pub enum Exit {
 pub struct Failure {
     /// The hub welcomed us before the failure (resets the reconnect backoff).
     pub welcomed: bool,
+    /// Set when a 0-RTT attempt got no answer at all within this wait: the link or the hub
+    /// host is down, probe again.
+    pub no_answer: Option<Duration>,
     /// What went wrong.
     pub error: anyhow::Error,
+}
+
+/// A connection that resumed a TLS session and is still handshaking: its hello goes out as
+/// 0-RTT data, and the session waits for the handshake before anything else.
+pub struct Early {
+    /// Resolves when the handshake is over: true if the hub took the 0-RTT data.
+    pub accepted: quinn::ZeroRttAccepted,
+    /// How long to wait for any answer before giving up (see `answer_wait` in lib.rs).
+    pub answer_wait: Duration,
+    /// How long the whole handshake may take once the hub answered.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Early {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Early")
+            .field("answer_wait", &self.answer_wait)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 enum Inbound {
@@ -72,11 +95,14 @@ pub struct Shared {
 /// Most offsets in one GroupOffsets frame.
 const GROUP_FRAME_POSITIONS: usize = 4096;
 
-/// Runs one session over an established connection.
+/// Runs one session over a connection: an established one, or one still handshaking after
+/// resuming a TLS session (`early`). `answered(zero_rtt)` is called once the hub answered.
 pub async fn run(
     cfg: &Validated,
     shared: Shared,
     conn: quinn::Connection,
+    early: Option<Early>,
+    answered: &mut dyn FnMut(bool),
     stats: Arc<Stats>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Exit, Failure> {
@@ -88,17 +114,7 @@ pub async fn run(
         conn,
         stats,
         welcomed: false,
-        proto: AgentConn::new(
-            er_protocol::AgentConfig {
-                agent_version: format!("edge-agent/{}", env!("CARGO_PKG_VERSION")),
-                site_claim: cfg.raw.site.clone().unwrap_or_default(),
-                ping_interval: Duration::from_secs(5),
-                welcome_timeout: Duration::from_secs(90),
-                max_inflight_bytes_per_partition: cfg.raw.batching.max_inflight_bytes_per_partition,
-                max_inflight_bytes_total: cfg.raw.batching.max_inflight_bytes_total,
-            },
-            Instant::now(),
-        ),
+        proto: new_proto(cfg),
         streams: HashMap::new(),
         lanes: Vec::new(),
         bucket: None,
@@ -106,12 +122,51 @@ pub async fn run(
         rate_wait_since: None,
         inbound: mpsc::channel(1024),
     };
-    let result = s.run(shutdown).await;
+    let control = match s.hello(early, answered).await {
+        Ok(control) => control,
+        Err(error) => {
+            let no_answer = error.downcast_ref::<NoAnswer>().map(|n| n.0);
+            return Err(Failure {
+                welcomed: false,
+                no_answer,
+                error,
+            });
+        }
+    };
+    let result = s.run(control, shutdown).await;
     result.map_err(|error| Failure {
         welcomed: s.welcomed,
+        no_answer: None,
         error,
     })
 }
+
+/// The protocol state of a new session; its hello is the first frame it transmits.
+fn new_proto(cfg: &Validated) -> AgentConn {
+    AgentConn::new(
+        er_protocol::AgentConfig {
+            agent_version: format!("edge-agent/{}", env!("CARGO_PKG_VERSION")),
+            site_claim: cfg.raw.site.clone().unwrap_or_default(),
+            ping_interval: Duration::from_secs(5),
+            welcome_timeout: Duration::from_secs(90),
+            max_inflight_bytes_per_partition: cfg.raw.batching.max_inflight_bytes_per_partition,
+            max_inflight_bytes_total: cfg.raw.batching.max_inflight_bytes_total,
+        },
+        Instant::now(),
+    )
+}
+
+/// A 0-RTT attempt that got no answer within the wait.
+#[derive(Debug)]
+struct NoAnswer(Duration);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer from the hub within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
 
 struct Session<'a> {
     cfg: &'a Validated,
@@ -148,7 +203,55 @@ struct Lane {
 }
 
 impl Session<'_> {
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<Exit> {
+    /// Opens the control stream and sends the hello. On a resumed connection the hello is
+    /// 0-RTT data (replaying it changes nothing at the hub); this then waits for the handshake
+    /// and says hello again if the hub refused the early data.
+    async fn hello(
+        &mut self,
+        early: Option<Early>,
+        answered: &mut dyn FnMut(bool),
+    ) -> anyhow::Result<FrameWriter> {
+        let control = self.open_control().await?;
+        let Some(mut early) = early else {
+            return Ok(control);
+        };
+        let accepted = match tokio::time::timeout(early.answer_wait, &mut early.accepted).await {
+            Ok(accepted) => accepted,
+            Err(_) if self.conn.handshake_data().is_none() => {
+                return Err(NoAnswer(early.answer_wait).into());
+            }
+            // The hub answered; let the handshake finish within the connect timeout.
+            Err(_) => tokio::time::timeout(
+                early.connect_timeout.saturating_sub(early.answer_wait),
+                early.accepted,
+            )
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "handshake with the hub not done within {:?}",
+                    early.connect_timeout
+                )
+            })?,
+        };
+        if let Some(reason) = self.conn.close_reason() {
+            bail!("connecting to the hub: {reason}");
+        }
+        answered(true);
+        if accepted {
+            debug!("the hub took the 0-RTT hello");
+            return Ok(control);
+        }
+        // The hub no longer knows the TLS session (restarted, or another hub): the early hello
+        // never reached it. Start over on the now established connection.
+        info!("the hub refused the 0-RTT hello; saying hello again");
+        self.proto = new_proto(self.cfg);
+        self.inbound = mpsc::channel(1024);
+        self.open_control().await
+    }
+
+    /// Opens the control stream, starts its reader and sends what the protocol queued (the
+    /// hello).
+    async fn open_control(&mut self) -> anyhow::Result<FrameWriter> {
         let (send, recv) = self
             .conn
             .open_bi()
@@ -164,7 +267,14 @@ impl Session<'_> {
             self.inbound.0.clone(),
         );
         self.flush(&mut control).await?;
+        Ok(control)
+    }
 
+    async fn run(
+        &mut self,
+        mut control: FrameWriter,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Exit> {
         // Handshake: wait for the welcome and its resume positions.
         let (site, positions, max_batch_bytes) = loop {
             let deadline = self.proto.poll_timeout();

@@ -22,6 +22,8 @@ pub const SITES_CONNECTED: &str = "er_hub_sites_connected";
 pub const SESSIONS: &str = "er_hub_sessions_total";
 /// Sessions that resumed on a returning site's parked writers instead of fencing new ones.
 pub const WRITERS_REUSED: &str = "er_hub_site_writers_reused_total";
+/// Welcomes sent in 0.5-RTT to a site resuming its TLS session (one round trip saved).
+pub const EARLY_WELCOMES: &str = "er_hub_early_welcomes_total";
 /// Records committed to a central cluster (`site`).
 pub const RECORDS_WRITTEN: &str = "er_hub_records_written_total";
 /// Compressed batch bytes received from a site (`site`).
@@ -73,6 +75,10 @@ fn describe() {
     describe_counter!(
         WRITERS_REUSED,
         "Sessions that resumed on a returning site's parked writers instead of fencing new ones."
+    );
+    describe_counter!(
+        EARLY_WELCOMES,
+        "Welcomes sent in 0.5-RTT to a site resuming its TLS session."
     );
     describe_counter!(RECORDS_WRITTEN, "Records committed to a central cluster.");
     describe_counter!(
@@ -220,6 +226,11 @@ pub fn session_started() {
 /// Counts a session that took over parked writers.
 pub fn writers_reused() {
     counter!(WRITERS_REUSED).increment(1);
+}
+
+/// Counts a welcome sent in 0.5-RTT.
+pub fn early_welcome() {
+    counter!(EARLY_WELCOMES).increment(1);
 }
 
 /// The newest timestamp (epoch ms) of the MM2 heartbeats from `site` among records of the

@@ -120,13 +120,28 @@ impl Hub {
 
     async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
         let remote = incoming.remote_address();
-        let conn = match incoming.await {
+        let connecting = match incoming.accept() {
             Ok(c) => c,
             Err(e) => {
-                warn!(%remote, error = %e, "refused connection: TLS handshake failed (client certificate missing or not issued by the configured CA?)");
+                warn!(%remote, error = %e, "refused connection");
                 return;
             }
         };
+        // A server's conversion to 0.5-RTT always succeeds; `handshake` resolves when the
+        // handshake is over, successful or not.
+        let (conn, handshake) = match connecting.into_0rtt() {
+            Ok(pair) => pair,
+            Err(_) => unreachable!("quinn converts every incoming connection to 0.5-RTT"),
+        };
+        // A site resuming a TLS session is authenticated at once: its certificate comes from the
+        // session and the PSK binder proves the session's secret. A full handshake names the
+        // site only at its end.
+        let resumed = conn.peer_identity().is_some();
+        let mut handshake = Some(handshake);
+        if !resumed && !finish_handshake(&conn, &mut handshake).await {
+            warn!(%remote, reason = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing or not issued by the configured CA?)");
+            return;
+        }
         let site = match er_net::peer_site_alias(&conn) {
             Ok(s) => s,
             Err(e) => {
@@ -135,6 +150,26 @@ impl Hub {
                 return;
             }
         };
+        let span = info_span!("site", site = %site, %remote);
+        // The hello of a resumed session may be 0-RTT data, which anyone on the path can replay:
+        // until the handshake is over, the hub only reads (see `greet`).
+        let greeted = match self
+            .greet(&conn, &site, resumed)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(g) => g,
+            Err(end) => {
+                let _enter = span.enter();
+                report_end(&conn, end);
+                return;
+            }
+        };
+        if !finish_handshake(&conn, &mut handshake).await {
+            let _enter = span.enter();
+            info!(reason = ?conn.close_reason(), "a resumed connection did not finish its handshake (lost, or a replayed hello); nothing was changed");
+            return;
+        }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         crate::metrics::session_started();
         let (ended_tx, ended_rx) = watch::channel(false);
@@ -159,25 +194,16 @@ impl Hub {
                 warn!(%site, wait_ms = HANDOVER_WAIT.as_millis() as u64, "the replaced session did not end in time; starting fresh writers (they fence the old ones)");
             }
         }
-        let span = info_span!("site", site = %site, %remote);
         let mut state = None;
         let result = self
             .clone()
-            .run_session(conn.clone(), site.clone(), &mut state)
+            .run_session(conn.clone(), site.clone(), greeted, &mut state)
             .instrument(span.clone())
             .await;
         let _enter = span.enter();
         match result {
             Ok(()) => info!("site disconnected"),
-            Err(SessionEnd::Protocol(m)) => {
-                warn!(error = %m, "closing connection: protocol violation");
-                conn.close(close_code::PROTOCOL.into(), m.as_bytes());
-            }
-            Err(SessionEnd::Internal(m)) => {
-                warn!(error = %m, "closing connection; the site will resume from committed positions");
-                conn.close(close_code::INTERNAL.into(), m.as_bytes());
-            }
-            Err(SessionEnd::Link(m)) => info!(reason = %m, "site link lost"),
+            Err(end) => report_end(&conn, end),
         }
         let mut sessions = self.sessions.lock().await;
         if sessions.get(&site).is_some_and(|(sid, _, _)| *sid == id) {
@@ -263,10 +289,7 @@ impl Hub {
             let mut healthy = true;
             for (i, w) in p.state.writers.iter().enumerate() {
                 match w.positions().await {
-                    Some(mut ps) => {
-                        ps.retain(|pos| self.config.cluster_for(site, &pos.tp.topic) == i);
-                        positions.extend(ps);
-                    }
+                    Some(ps) => positions.extend(self.routed_here(site, i, ps)),
                     None => {
                         healthy = false;
                         break;
@@ -288,12 +311,17 @@ impl Hub {
         Ok((writers, None, positions))
     }
 
-    async fn run_session(
-        self: Arc<Self>,
-        conn: quinn::Connection,
-        site: String,
-        state: &mut Option<SiteState>,
-    ) -> Result<(), SessionEnd> {
+    /// Reads the site's hello and, when it can be answered without changing anything, answers
+    /// it at once: a resumed session (0.5-RTT) of a site that has no live session here and has
+    /// parked writers gets its welcome with their positions, one round trip earlier. Taking the
+    /// writers over, fencing and replacing a live session wait for the end of the handshake,
+    /// which a replayed hello never reaches.
+    async fn greet(
+        &self,
+        conn: &quinn::Connection,
+        site: &str,
+        resumed: bool,
+    ) -> Result<Greeted, SessionEnd> {
         let cfg = &self.config;
         let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
         let (ctl_send, ctl_recv) = conn
@@ -311,11 +339,9 @@ impl Hub {
                 max_batch_bytes: cfg.raw.limits.max_batch_bytes,
                 max_uncompressed_bytes: cfg.raw.limits.max_uncompressed_bytes,
             },
-            site.clone(),
+            site.to_owned(),
             Instant::now(),
         );
-
-        // Handshake: Hello, then fence older writers and read the committed positions.
         let first = ctl_reader
             .next()
             .await
@@ -335,7 +361,7 @@ impl Hub {
                 if !site_claim.is_empty() && site_claim != site {
                     warn!(%site_claim, "agent claims another site name; the certificate decides");
                 }
-                info!(%agent_version, version, "hello");
+                info!(%agent_version, version, resumed, "hello");
                 hello_ok = true;
             }
         }
@@ -344,20 +370,120 @@ impl Hub {
             writers.flush(&mut proto).await?;
             return Err(SessionEnd::Protocol("handshake refused".into()));
         }
+        let mut early = None;
+        let live = self.sessions.lock().await.contains_key(site);
+        if resumed
+            && !live
+            && let Some(positions) = self.peek_parked(site).await
+        {
+            info!(
+                positions = positions.len(),
+                "welcoming site in 0.5-RTT (resumed TLS session, positions of its parked writers)"
+            );
+            proto
+                .welcome(positions.clone(), self.heartbeat_target(site))
+                .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+            writers.flush(&mut proto).await?;
+            crate::metrics::early_welcome();
+            early = Some(positions);
+        }
+        Ok(Greeted {
+            ctl_reader,
+            writers,
+            proto,
+            early,
+        })
+    }
+
+    /// The positions the site's parked writers would resume from, without taking them. `None`
+    /// when nothing is parked or a writer cannot answer at once.
+    async fn peek_parked(&self, site: &str) -> Option<Vec<er_protocol::Position>> {
+        let asks: Vec<_> = {
+            let parked = self
+                .parked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let p = parked.get(site)?;
+            p.state
+                .writers
+                .iter()
+                .map(SiteWriter::request_positions)
+                .collect::<Option<_>>()?
+        };
+        let mut positions = Vec::new();
+        for (i, ask) in asks.into_iter().enumerate() {
+            positions.extend(self.routed_here(site, i, ask.await.ok()?));
+        }
+        Some(positions)
+    }
+
+    /// The positions cluster `cluster` holds for partitions the site's routes send to it; the
+    /// others are stale (a route changed) and ignored.
+    fn routed_here(
+        &self,
+        site: &str,
+        cluster: usize,
+        mut positions: Vec<er_protocol::Position>,
+    ) -> Vec<er_protocol::Position> {
+        positions.retain(|pos| self.config.cluster_for(site, &pos.tp.topic) == cluster);
+        positions
+    }
+
+    /// The alias of the cluster that receives the site's heartbeats.
+    fn heartbeat_target(&self, site: &str) -> String {
+        let cfg = &self.config;
+        cfg.raw.clusters[cfg.cluster_for(site, er_protocol::HEARTBEATS_TOPIC)]
+            .alias
+            .clone()
+    }
+
+    async fn run_session(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        site: String,
+        greeted: Greeted,
+        state: &mut Option<SiteState>,
+    ) -> Result<(), SessionEnd> {
+        let cfg = &self.config;
+        let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
+        let Greeted {
+            ctl_reader,
+            mut writers,
+            mut proto,
+            early,
+        } = greeted;
         let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
         let (site_writers, checkpointers, positions) = self
             .acquire_site(&site)
             .await
             .map_err(SessionEnd::Internal)?;
-        info!(positions = positions.len(), "welcoming site");
-        let heartbeat_target = cfg.raw.clusters
-            [cfg.cluster_for(&site, er_protocol::HEARTBEATS_TOPIC)]
-        .alias
-        .clone();
-        proto
-            .welcome(positions, heartbeat_target)
-            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-        writers.flush(&mut proto).await?;
+        match early {
+            // Another connection of the site used the writers between the early welcome and
+            // the end of this handshake: the agent would resume from stale positions.
+            Some(sent) if !same_positions(&sent, &positions) => {
+                match checkpointers {
+                    Some(checkpointers) => {
+                        *state = Some(SiteState {
+                            writers: site_writers,
+                            checkpointers,
+                        })
+                    }
+                    None => drop_off_executor_writers(site_writers),
+                }
+                return Err(SessionEnd::Internal(
+                    "the site's positions moved after its 0.5-RTT welcome; reconnect and resume"
+                        .into(),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                info!(positions = positions.len(), "welcoming site");
+                proto
+                    .welcome(positions, self.heartbeat_target(&site))
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                writers.flush(&mut proto).await?;
+            }
+        }
 
         let checkpointers = match checkpointers {
             Some(c) => c,
@@ -539,14 +665,11 @@ impl Hub {
         let mut writers = Vec::new();
         let mut positions = Vec::new();
         for (i, t) in tasks.into_iter().enumerate() {
-            let (w, mut p) = t
+            let (w, p) = t
                 .await
                 .map_err(|e| format!("writer start panicked: {e}"))?
                 .map_err(|e| e.to_string())?;
-            // A source partition belongs to the cluster its route names; positions a cluster
-            // holds for partitions routed elsewhere are stale (the route changed) and ignored.
-            p.retain(|pos| cfg.cluster_for(site, &pos.tp.topic) == i);
-            positions.extend(p);
+            positions.extend(self.routed_here(site, i, p));
             writers.push(w);
         }
         Ok((writers, positions))
@@ -675,6 +798,59 @@ impl StreamWriters {
         }
         Ok(())
     }
+}
+
+/// The connection of a site up to its hello (see [`Hub::greet`]).
+struct Greeted {
+    ctl_reader: FrameReader,
+    writers: StreamWriters,
+    proto: HubConn,
+    /// The positions an early (0.5-RTT) welcome gave the agent.
+    early: Option<Vec<er_protocol::Position>>,
+}
+
+/// Waits for the end of the handshake (once); false if it failed.
+async fn finish_handshake(
+    conn: &quinn::Connection,
+    handshake: &mut Option<quinn::ZeroRttAccepted>,
+) -> bool {
+    if let Some(h) = handshake.take() {
+        h.await;
+    }
+    conn.close_reason().is_none()
+}
+
+/// Logs why a session ended and closes its connection with the matching code.
+fn report_end(conn: &quinn::Connection, end: SessionEnd) {
+    match end {
+        SessionEnd::Protocol(m) => {
+            warn!(error = %m, "closing connection: protocol violation");
+            conn.close(close_code::PROTOCOL.into(), m.as_bytes());
+        }
+        SessionEnd::Internal(m) => {
+            warn!(error = %m, "closing connection; the site will resume from committed positions");
+            conn.close(close_code::INTERNAL.into(), m.as_bytes());
+        }
+        SessionEnd::Link(m) => info!(reason = %m, "site link lost"),
+    }
+}
+
+/// The same positions, in any order.
+fn same_positions(a: &[er_protocol::Position], b: &[er_protocol::Position]) -> bool {
+    let key = |ps: &[er_protocol::Position]| {
+        let mut v: Vec<_> = ps
+            .iter()
+            .map(|p| (p.tp.topic.clone(), p.tp.partition, p.next_offset))
+            .collect();
+        v.sort();
+        v
+    };
+    a.len() == b.len() && key(a) == key(b)
+}
+
+/// Drops writers (without checkpointers) on a blocking thread, like [`drop_off_executor`].
+fn drop_off_executor_writers(writers: Vec<SiteWriter>) {
+    tokio::task::spawn_blocking(move || drop(writers));
 }
 
 /// Drops a site's writers and checkpointers on a blocking thread: their Kafka clients may wait

@@ -177,6 +177,15 @@ impl SiteWriter {
         rx.await.ok()
     }
 
+    /// Asks for [`positions`](Self::positions) without waiting for room in the queue (`None`
+    /// if it is full or the writer stopped): for a look at a parked writer from code that must
+    /// not wait behind a busy one.
+    pub fn request_positions(&self) -> Option<oneshot::Receiver<Vec<Position>>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(Msg::Positions(tx)).ok()?;
+        Some(rx)
+    }
+
     /// False once the writer thread ended.
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()

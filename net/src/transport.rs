@@ -3,12 +3,14 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::ServerName;
 
 use crate::pem::{load_certs, load_key, load_roots};
 use crate::{ALPN, NetError, TlsFiles};
@@ -114,6 +116,13 @@ impl TransportTuning {
     }
 }
 
+/// Resumable TLS sessions a hub remembers (each site holds up to two tickets; an entry is its
+/// certificate chain and secrets, a few KiB). A site whose ticket fell out does a full handshake.
+const SESSION_CACHE_ENTRIES: usize = 8192;
+
+/// Servers a client remembers sessions for (an agent talks to one hub).
+const CLIENT_SESSION_CACHE_ENTRIES: usize = 8;
+
 fn provider() -> Arc<CryptoProvider> {
     // Explicit provider: the process-wide default may be unset, or another crate's choice.
     Arc::new(rustls::crypto::ring::default_provider())
@@ -191,6 +200,12 @@ pub fn server_endpoint(
         .with_single_cert(chain, key)
         .map_err(tls_err)?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
+    // Resumption: a returning site skips the certificate exchange, and its hello may come as
+    // 0-RTT data (quinn wants 0 or u32::MAX here). Tickets are stateful and single-use (rustls
+    // takes them out of this cache), so one hub accepts a given 0-RTT flight once; the hub still
+    // treats an early hello as replayable and changes nothing before the handshake ends.
+    crypto.max_early_data_size = u32::MAX;
+    crypto.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     let crypto =
         QuicServerConfig::try_from(crypto).map_err(|e| NetError::QuicCrypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -201,21 +216,114 @@ pub fn server_endpoint(
 /// A QUIC client endpoint bound to `bind` (e.g. `0.0.0.0:0`) presenting `tls.cert` and
 /// verifying the hub against `tls.ca_cert`. Returns the endpoint, whose default client config is
 /// already set, and that config. Connect with `endpoint.connect(hub_addr, server_name)`, where
-/// `server_name` is a DNS name or IP in the hub certificate. Must be called inside a tokio
-/// runtime.
+/// `server_name` is a DNS name or IP in the hub certificate. Reconnects resume the TLS session
+/// and may send 0-RTT data (see [`TicketGate`]). Must be called inside a tokio runtime.
 pub fn client_endpoint(
     bind: SocketAddr,
     tls: &TlsFiles,
     tuning: &TransportTuning,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NetError> {
+    client_endpoint_gated(bind, tls, tuning).map(|(endpoint, config, _)| (endpoint, config))
+}
+
+/// Like [`client_endpoint`], plus the [`TicketGate`] of its session tickets.
+pub fn client_endpoint_gated(
+    bind: SocketAddr,
+    tls: &TlsFiles,
+    tuning: &TransportTuning,
+) -> Result<(quinn::Endpoint, quinn::ClientConfig, TicketGate), NetError> {
     let chain = load_certs("client certificate", &tls.cert)?;
     let key = load_key("client private key", &tls.key)?;
-    client(
+    let gate = TicketGate::default();
+    let (endpoint, config) = client(
         bind,
         &tls.ca_cert,
         Some((chain, key, files_context(tls))),
         tuning,
-    )
+        Some(&gate),
+    )?;
+    Ok((endpoint, config, gate))
+}
+
+/// Whether new connection attempts may spend a TLS session ticket (resume the session and send
+/// 0-RTT data). Tickets are single-use and a client holds only the few the hub sent, so an
+/// attempt into a dead link wastes one: a client probing a silent hub closes the gate, and
+/// opens it again once the hub answered (its probes are then full handshakes, whose new
+/// tickets are kept). Open when created.
+#[derive(Debug, Clone)]
+pub struct TicketGate(Arc<AtomicBool>);
+
+impl Default for TicketGate {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl TicketGate {
+    /// Lets attempts use tickets (`true`) or keeps them for later (`false`).
+    pub fn set_open(&self, open: bool) {
+        self.0.store(open, Ordering::Relaxed);
+    }
+
+    /// Whether attempts may use tickets now.
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// rustls' in-memory session store, handing out TLS 1.3 tickets only while the gate is open.
+#[derive(Debug)]
+struct GatedSessions {
+    inner: rustls::client::ClientSessionMemoryCache,
+    gate: TicketGate,
+}
+
+impl rustls::client::ClientSessionStore for GatedSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.inner.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        if self.gate.is_open() {
+            self.inner.take_tls13_ticket(server_name)
+        } else {
+            None
+        }
+    }
 }
 
 /// Like [`client_endpoint`] but presenting no client certificate; the hub must refuse it. For
@@ -225,7 +333,7 @@ pub fn client_endpoint_without_cert(
     ca_cert: &Path,
     tuning: &TransportTuning,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NetError> {
-    client(bind, ca_cert, None, tuning)
+    client(bind, ca_cert, None, tuning, None)
 }
 
 type ClientIdentity = (
@@ -239,6 +347,7 @@ fn client(
     ca_cert: &Path,
     identity: Option<ClientIdentity>,
     tuning: &TransportTuning,
+    gate: Option<&TicketGate>,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NetError> {
     let transport = tuning.to_transport_config()?;
     let roots = load_roots(ca_cert)?;
@@ -256,6 +365,14 @@ fn client(
         None => builder.with_no_client_auth(),
     };
     crypto.alpn_protocols = vec![ALPN.to_vec()];
+    // Lets a reconnect send its hello in 0-RTT (the only replay-safe frame; see the hub).
+    crypto.enable_early_data = true;
+    if let Some(gate) = gate {
+        crypto.resumption = rustls::client::Resumption::store(Arc::new(GatedSessions {
+            inner: rustls::client::ClientSessionMemoryCache::new(CLIENT_SESSION_CACHE_ENTRIES),
+            gate: gate.clone(),
+        }));
+    }
     let crypto =
         QuicClientConfig::try_from(crypto).map_err(|e| NetError::QuicCrypto(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
