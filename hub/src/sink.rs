@@ -24,6 +24,9 @@ type TxProducer = BaseProducer<Deliveries>;
 
 /// How often an idle writer serves its producer's events (errors, logs).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Pause between looks for delivery reports while records are in flight: what a report may
+/// wait beyond its arrival.
+const REPORT_PAUSE: Duration = Duration::from_micros(200);
 
 /// How long a flush, a commit or waiting for delivery reports may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -822,9 +825,21 @@ impl Writer {
                     ),
                 });
             }
-            self.producer.poll(Duration::from_millis(1));
+            self.serve_reports();
         }
         Ok(())
+    }
+
+    /// Serves a ready delivery report, or sleeps [`REPORT_PAUSE`] when there is none.
+    /// rust-rdkafka's `poll(t)` serves events until `t` is over and passes the last
+    /// sub-millisecond remainder to librdkafka as a zero timeout, so a short `poll` is a busy
+    /// loop: `poll(1 ms)` here cost the writer most of a core in `clock_gettime` (perf).
+    fn serve_reports(&self) {
+        let before = self.producer.in_flight_count();
+        self.producer.poll(Duration::ZERO);
+        if self.producer.in_flight_count() == before {
+            std::thread::sleep(REPORT_PAUSE);
+        }
     }
 
     fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
@@ -833,7 +848,7 @@ impl Writer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The local queue is bounded; wait for deliveries to free room.
-                    self.producer.poll(Duration::from_millis(5));
+                    self.serve_reports();
                     r = back;
                 }
                 Err((e, _)) => return Err(self.txn_error("produce", e)),
