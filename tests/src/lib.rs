@@ -6,6 +6,7 @@
 //! * [`delivery`]: checking that every produced record arrived exactly once, in order per
 //!   partition.
 //! * [`prom`]: scraping and reading the binaries' Prometheus endpoints.
+//! * [`proxied`]: one site replicating through a link proxy, for tests that change the link.
 //! * [`unique_name`]: collision-free topic / group / transactional-id names.
 //!
 //! Each test process starts its own "edge" and "central" brokers on first use of
@@ -22,6 +23,7 @@ pub mod delivery;
 pub mod kafka;
 pub mod oracle;
 pub mod prom;
+pub mod proxied;
 pub mod proxy;
 pub mod replicator;
 

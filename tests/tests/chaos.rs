@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::{KafkaNode, shared};
+use er_tests::proxied::ProxiedSite;
 use er_tests::proxy::{Direction, Flap, LinkProxy, Schedule};
 use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
 use er_tests::unique_name;
@@ -294,31 +295,13 @@ async fn two_hubs_fighting_over_one_site_fence_each_other_and_duplicate_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow::Result<()> {
     let k = shared();
-    let p = unique_name("resume");
-    let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
-    let topic = format!("{p}-events");
-    let remote = format!("{site}.{topic}");
-    client::create_topic(k.edge(), &topic, 1, &[]).await?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let proxy = LinkProxy::start(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)))?;
-    let ctl = proxy.control();
-    let mut agent_setup = AgentSetup::new(
-        &site,
-        k.edge(),
-        proxy.local_addr().port(),
-        &format!("{p}-.*"),
-    );
-    agent_setup
-        .extra
-        .push_str("\n[heartbeats]\nenabled = false\n");
-    let agent = agent_setup.start(&pki, work.path())?;
+    let rig = ProxiedSite::start("resume", 1).await?;
+    let ctl = rig.proxy.control();
+    let (hub, agent, topic, remote) = (&rig.hub, &rig.agent, &rig.topic, &rig.remote);
     let producer = client::producer(k.edge(), &[("linger.ms", "0")])?;
-    client::send_all(&producer, &topic, &[NewRecord::new("k", "0")]).await?;
+    client::send_all(&producer, topic, &[NewRecord::new("k", "0")]).await?;
     assert_eq!(
-        wait_for_count(k.central(), &remote, 1, Duration::from_secs(90))
+        wait_for_count(k.central(), remote, 1, Duration::from_secs(90))
             .await
             .len(),
         1
@@ -372,18 +355,18 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
         let back = Instant::now();
         client::send_all(
             &producer,
-            &topic,
+            topic,
             &[NewRecord::new("k", format!("{}", i + 1))],
         )
         .await?;
         let arrived = reader
             .await?
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&[&hub, &agent])))?;
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&[hub, agent])))?;
         delays.push(arrived - back);
     }
     delays.sort();
     if std::env::var_os("ER_DUMP_LOGS").is_some() {
-        eprintln!("{}", logs(&[&hub, &agent]));
+        eprintln!("{}", logs(&[hub, agent]));
     }
     eprintln!(
         "first record after a {outage} s blackhole: {:?} (sorted; from lifting the blackhole to the record being readable centrally, including its produce at the edge)",
@@ -395,7 +378,7 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
         hub.log_text()
             .contains("resuming on the site's parked writers"),
         "the hub kept the site's writers\n{}",
-        logs(&[&hub, &agent])
+        logs(&[hub, agent])
     );
     // Performance is reported, not asserted; this bound only catches a replicator that never
     // comes back on its own.
