@@ -102,7 +102,7 @@ pub async fn run(
     shared: Shared,
     conn: quinn::Connection,
     early: Option<Early>,
-    answered: &mut dyn FnMut(bool),
+    answered: &mut (dyn FnMut(bool) + Send),
     stats: Arc<Stats>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Exit, Failure> {
@@ -209,7 +209,7 @@ impl Session<'_> {
     async fn hello(
         &mut self,
         early: Option<Early>,
-        answered: &mut dyn FnMut(bool),
+        answered: &mut (dyn FnMut(bool) + Send),
     ) -> anyhow::Result<FrameWriter> {
         let control = self.open_control().await?;
         let Some(mut early) = early else {
