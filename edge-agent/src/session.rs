@@ -211,7 +211,7 @@ impl Session<'_> {
         early: Option<Early>,
         answered: &mut (dyn FnMut(bool) + Send),
     ) -> anyhow::Result<FrameWriter> {
-        let control = self.open_control().await?;
+        let (control, reader) = self.open_control().await?;
         let Some(mut early) = early else {
             return Ok(control);
         };
@@ -244,14 +244,23 @@ impl Session<'_> {
         // The hub no longer knows the TLS session (restarted, or another hub): the early hello
         // never reached it. Start over on the now established connection.
         info!("the hub refused the 0-RTT hello; saying hello again");
+        // The rejected stream's handles must be gone first: quinn numbers the streams afresh
+        // after a rejection, and dropping an old handle unregisters the waker of the new
+        // stream with the same id (the welcome would then never be read). Its reader ends at
+        // once with `ZeroRttRejected`.
+        drop(control);
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .context("the rejected 0-RTT control stream's reader did not end")?
+            .context("the rejected 0-RTT control stream's reader failed")?;
         self.proto = new_proto(self.cfg);
         self.inbound = mpsc::channel(1024);
-        self.open_control().await
+        Ok(self.open_control().await?.0)
     }
 
     /// Opens the control stream, starts its reader and sends what the protocol queued (the
-    /// hello).
-    async fn open_control(&mut self) -> anyhow::Result<FrameWriter> {
+    /// hello). Returns the stream's writer and its reader task.
+    async fn open_control(&mut self) -> anyhow::Result<(FrameWriter, tokio::task::JoinHandle<()>)> {
         let (send, recv) = self
             .conn
             .open_bi()
@@ -261,13 +270,13 @@ impl Session<'_> {
         send.set_priority(i32::MAX)
             .context("prioritising the control stream")?;
         let mut control = FrameWriter::new(send);
-        spawn_reader(
+        let reader = spawn_reader(
             FrameReader::new(recv, FRAME_OVERHEAD * 2),
             Channel::Control,
             self.inbound.0.clone(),
         );
         self.flush(&mut control).await?;
-        Ok(control)
+        Ok((control, reader))
     }
 
     async fn run(
@@ -693,7 +702,11 @@ fn spawn_discovery(
     })
 }
 
-fn spawn_reader(mut reader: FrameReader, channel: Channel, tx: mpsc::Sender<Inbound>) {
+fn spawn_reader(
+    mut reader: FrameReader,
+    channel: Channel,
+    tx: mpsc::Sender<Inbound>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match reader.next().await {
@@ -712,7 +725,7 @@ fn spawn_reader(mut reader: FrameReader, channel: Channel, tx: mpsc::Sender<Inbo
                 }
             }
         }
-    });
+    })
 }
 
 fn spawn_writer(
