@@ -26,6 +26,9 @@ plugins/build.sh --quiet
 step "build binaries"
 cargo build --workspace --all-targets --quiet
 
+step "quickstart (mock clusters, as the README runs it)"
+cargo run --quiet -p er-quickstart > /dev/null
+
 step "start Kafka (edge, central, central2)"
 eval "$(cargo xtask kafka up --with-central2)"
 trap 'cargo xtask kafka down >/dev/null 2>&1 || true' EXIT

@@ -59,7 +59,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The mock cluster has no CreateTopics admin API: create what the hub would create.
         central.create_topic(&format!("{SITE}.{t}"), n, 1)?;
     }
-    central.create_topic(&er_hub::kafka::positions_topic(SITE), 1, 1)?;
+    for t in [
+        er_hub::kafka::positions_topic(SITE),
+        er_hub::kafka::offset_index_topic(SITE),
+        er_protocol::checkpoints_topic(SITE),
+        er_protocol::offset_syncs_topic(SITE),
+    ] {
+        central.create_topic(&t, 1, 1)?;
+    }
 
     // A dev PKI, generated in memory and written to a temp dir, as `hub certs` would.
     let dir = tempfile::tempdir()?;
@@ -87,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hub_task = tokio::spawn(hub.serve(stop_rx.clone()));
 
     let agent_toml = format!(
-        "site = {SITE:?}\n[kafka]\nbootstrap_servers = {:?}\n[topics]\ninclude = [\"sensors\\\\..*\", \"alarms\"]\n[hub]\naddress = \"{hub_addr}\"\nserver_name = \"localhost\"\nca_cert = \"ca.pem\"\ncert = \"{SITE}.pem\"\nkey = \"{SITE}.key\"\n",
+        "site = {SITE:?}\n[kafka]\nbootstrap_servers = {:?}\n[topics]\ninclude = [\"sensors\\\\..*\", \"alarms\"]\n[hub]\naddress = \"{hub_addr}\"\nserver_name = \"localhost\"\nca_cert = \"ca.pem\"\ncert = \"{SITE}.pem\"\nkey = \"{SITE}.key\"\n[heartbeats]\nenabled = false\n",
         edge.bootstrap_servers()
     );
     let agent_cfg = edge_agent::config::parse(&dir.path().join("agent.toml"), &agent_toml)?;
