@@ -85,19 +85,31 @@ impl Backoff {
     }
 }
 
-/// Log throttle for a hub that does not answer: one warning when it goes quiet, then a summary
-/// a minute, and one line when it answers again; not one line per probe.
-#[derive(Debug, Default)]
+/// Whether the hub answers. Logs one warning when it goes quiet, then a summary a minute, and
+/// one line when it answers again (not one line per probe). While it is quiet the session
+/// tickets are kept: a probe into a silent link would waste one.
+#[derive(Debug)]
 struct Unreachable {
     since: Option<Instant>,
     probes: u64,
     last_log: Option<Instant>,
+    tickets: er_net::TicketGate,
 }
 
 impl Unreachable {
     const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
+    fn new(tickets: er_net::TicketGate) -> Self {
+        Self {
+            since: None,
+            probes: 0,
+            last_log: None,
+            tickets,
+        }
+    }
+
     fn no_answer(&mut self, waited: Duration) {
+        self.tickets.set_open(false);
         let now = Instant::now();
         self.probes += 1;
         ::metrics::counter!(crate::metrics::PROBES_UNANSWERED).increment(1);
@@ -114,6 +126,7 @@ impl Unreachable {
     }
 
     fn answered(&mut self) {
+        self.tickets.set_open(true);
         if let Some(since) = self.since.take() {
             info!(
                 unreachable_for_ms = since.elapsed().as_millis() as u64,
@@ -178,7 +191,7 @@ pub async fn run(
         ))
     });
     let mut last_rtt: Option<Duration> = None;
-    let mut unreachable = Unreachable::default();
+    let mut unreachable = Unreachable::new(tickets);
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
@@ -204,7 +217,6 @@ pub async fn run(
                 };
                 let mut answered = |zero_rtt: bool| {
                     unreachable.answered();
-                    tickets.set_open(true);
                     let before = stats
                         .connects
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -242,7 +254,6 @@ pub async fn run(
                 }) = r
                 {
                     unreachable.no_answer(waited);
-                    tickets.set_open(false);
                     if probe_pause(waited, &mut shutdown).await {
                         break;
                     }
@@ -253,8 +264,6 @@ pub async fn run(
             }
             Err(ConnectError::NoAnswer(waited)) => {
                 unreachable.no_answer(waited);
-                // Probes into a silent link keep the session tickets for when it answers.
-                tickets.set_open(false);
                 if probe_pause(waited, &mut shutdown).await {
                     break;
                 }
@@ -262,7 +271,6 @@ pub async fn run(
             }
             Err(ConnectError::Failed(error)) => {
                 unreachable.answered();
-                tickets.set_open(true);
                 Err(session::Failure {
                     welcomed: false,
                     no_answer: None,

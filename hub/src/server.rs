@@ -323,12 +323,11 @@ impl Hub {
         resumed: bool,
     ) -> Result<Greeted, SessionEnd> {
         let cfg = &self.config;
-        let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
         let (ctl_send, ctl_recv) = conn
             .accept_bi()
             .await
             .map_err(|e| SessionEnd::Link(e.to_string()))?;
-        let mut ctl_reader = FrameReader::new(ctl_recv, max_frame);
+        let mut ctl_reader = FrameReader::new(ctl_recv, self.max_frame());
         let mut writers = StreamWriters {
             control: FrameWriter::new(ctl_send),
             partitions: HashMap::new(),
@@ -429,6 +428,15 @@ impl Hub {
         positions
     }
 
+    /// Largest frame a site may send: a batch of the configured limit plus room for its header.
+    fn max_frame(&self) -> u32 {
+        self.config
+            .raw
+            .limits
+            .max_batch_bytes
+            .saturating_add(64 * 1024)
+    }
+
     /// The alias of the cluster that receives the site's heartbeats.
     fn heartbeat_target(&self, site: &str) -> String {
         let cfg = &self.config;
@@ -445,7 +453,7 @@ impl Hub {
         state: &mut Option<SiteState>,
     ) -> Result<(), SessionEnd> {
         let cfg = &self.config;
-        let max_frame = cfg.raw.limits.max_batch_bytes.saturating_add(64 * 1024);
+        let max_frame = self.max_frame();
         let Greeted {
             ctl_reader,
             mut writers,
@@ -468,7 +476,7 @@ impl Hub {
                             checkpointers,
                         })
                     }
-                    None => drop_off_executor_writers(site_writers),
+                    None => drop_off_executor(site_writers),
                 }
                 return Err(SessionEnd::Internal(
                     "the site's positions moved after its 0.5-RTT welcome; reconnect and resume"
@@ -848,13 +856,8 @@ fn same_positions(a: &[er_protocol::Position], b: &[er_protocol::Position]) -> b
     a.len() == b.len() && key(a) == key(b)
 }
 
-/// Drops writers (without checkpointers) on a blocking thread, like [`drop_off_executor`].
-fn drop_off_executor_writers(writers: Vec<SiteWriter>) {
-    tokio::task::spawn_blocking(move || drop(writers));
-}
-
-/// Drops a site's writers and checkpointers on a blocking thread: their Kafka clients may wait
-/// on the network while closing.
-fn drop_off_executor(state: SiteState) {
+/// Drops a site's writers and checkpointers (or just writers) on a blocking thread: their Kafka
+/// clients may wait on the network while closing.
+fn drop_off_executor<T: Send + 'static>(state: T) {
     tokio::task::spawn_blocking(move || drop(state));
 }
