@@ -23,16 +23,15 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::ClusterConfig;
 use crate::kafka::{KafkaOpError, TopicManager, client_config};
-use crate::offsets::{SharedOffsetIndex, Translation};
+use crate::offsets::Translation;
+use crate::sites::Site;
 
 /// How checkpoints are produced.
 #[derive(Debug, Clone)]
 pub struct CheckpointSettings {
-    /// Site alias.
-    pub site: String,
-    /// Also commit translated offsets to the central cluster's consumer groups (MM2's
-    /// `sync.group.offsets.enabled`): only forward, and only while the group has no active
-    /// members there (the broker refuses commits from outside an active group).
+    /// Also commit translated offsets to the central cluster's consumer groups of the same name
+    /// (MM2's `sync.group.offsets.enabled`): only forward, and only while the group has no
+    /// active members there (the broker refuses commits from outside an active group).
     pub sync_group_offsets: bool,
     /// Write MM2 offset syncs for one-to-one partitions.
     pub offset_syncs: bool,
@@ -41,7 +40,7 @@ pub struct CheckpointSettings {
 /// The latest committed offsets the agent reported, by group.
 #[derive(Debug, Default, Clone)]
 pub struct GroupTable {
-    groups: BTreeMap<String, BTreeMap<TopicPartition, i64>>,
+    pub(crate) groups: BTreeMap<String, BTreeMap<TopicPartition, i64>>,
 }
 
 impl GroupTable {
@@ -84,51 +83,62 @@ pub struct Round {
 
 type Key = (String, TopicPartition);
 
-/// Writes checkpoints of one site to one cluster.
-pub struct Checkpointer {
-    settings: CheckpointSettings,
-    cluster: ClusterConfig,
-    index: SharedOffsetIndex,
-    producer: ThreadedProducer<DefaultProducerContext>,
-    ends: BaseConsumer,
-    checkpoints_topic: String,
-    syncs_topic: String,
+/// What the checkpointer remembers of one site.
+#[derive(Debug, Default)]
+struct SiteMarks {
+    /// Its checkpoints topics exist and `last` holds what they hold.
+    ready: bool,
     /// Last checkpoint written per (group, destination partition): (upstream, downstream).
     last: HashMap<Key, (i64, i64)>,
     /// Last offset sync written per source partition.
     last_sync: HashMap<TopicPartition, (i64, i64)>,
-    /// Central consumers per group, for group offset sync.
-    group_clients: HashMap<String, BaseConsumer>,
+}
+
+/// Most central group clients kept for group offset sync (each is a librdkafka consumer; the
+/// least recently used one is closed beyond this).
+const MAX_GROUP_CLIENTS: usize = 16;
+
+/// Writes the checkpoints of every site on one cluster, with one producer and one end-offset
+/// client whatever the number of sites.
+pub struct Checkpointer {
+    settings: CheckpointSettings,
+    cluster_index: usize,
+    cluster: ClusterConfig,
+    topics: Arc<TopicManager>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    ends: BaseConsumer,
+    sites: HashMap<String, SiteMarks>,
+    /// Central consumers per group, for group offset sync, with their last use.
+    group_clients: HashMap<String, (BaseConsumer, Instant)>,
 }
 
 impl std::fmt::Debug for Checkpointer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpointer")
-            .field("site", &self.settings.site)
             .field("cluster", &self.cluster.alias)
+            .field("sites", &self.sites.len())
             .finish_non_exhaustive()
     }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One site's checkpoints of one round, before they are written.
+struct Pending {
+    site: String,
+    checkpoints: Vec<Checkpoint>,
+    syncs: Vec<OffsetSync>,
+    pending: usize,
+}
+
 impl Checkpointer {
-    /// Creates the topics (one partition, compacted) and clients, and reads the checkpoints
-    /// already written so the new ones stay monotone. Blocking.
+    /// Creates the clients of cluster `cluster_index`. Blocking.
     pub fn start(
-        rt: &tokio::runtime::Handle,
+        cluster_index: usize,
         cluster: &ClusterConfig,
-        topics: &Arc<TopicManager>,
-        index: SharedOffsetIndex,
+        topics: Arc<TopicManager>,
         settings: CheckpointSettings,
     ) -> Result<Self, KafkaOpError> {
-        let checkpoints_topic = er_protocol::checkpoints_topic(&settings.site);
-        let syncs_topic = er_protocol::offset_syncs_topic(&settings.site);
-        let compact = [("cleanup.policy", "compact")];
-        topics.ensure(rt, &checkpoints_topic, 1, &compact)?;
-        if settings.offset_syncs {
-            topics.ensure(rt, &syncs_topic, 1, &compact)?;
-        }
         let err = |what: &str| {
             let cluster = cluster.alias.clone();
             let what = what.to_owned();
@@ -144,174 +154,232 @@ impl Checkpointer {
             .create()
             .map_err(err("creating the checkpoint producer"))?;
         let ends = client_config(cluster)
-            .set("group.id", format!("er-hub-ends-{}", settings.site))
+            .set("group.id", "er-hub-ends")
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .create()
             .map_err(err("creating the end-offset client"))?;
-        let last = read_checkpoints(cluster, &checkpoints_topic, &settings.site)?;
         Ok(Self {
             settings,
+            cluster_index,
             cluster: cluster.clone(),
-            index,
+            topics,
             producer,
             ends,
-            checkpoints_topic,
-            syncs_topic,
-            last,
-            last_sync: HashMap::new(),
+            sites: HashMap::new(),
             group_clients: HashMap::new(),
         })
     }
 
-    /// One round over every known group. Blocking.
-    pub fn run_once(&mut self, groups: &GroupTable) -> Result<Round, KafkaOpError> {
-        let mut round = Round::default();
-        // Destination partitions of every reported source partition that this cluster's index
-        // knows; their end offsets are read before translating (see OffsetIndex::translate).
-        let mut dests: BTreeMap<TopicPartition, Vec<TopicPartition>> = BTreeMap::new();
-        {
-            let index = self.index.read().expect("offset index lock");
-            for offsets in groups.groups.values() {
-                for tp in offsets.keys() {
-                    if !dests.contains_key(tp) {
-                        let d = index.dest_partitions(tp);
-                        if !d.is_empty() {
-                            dests.insert(tp.clone(), d);
-                        }
-                    }
-                }
-            }
+    /// Creates a site's checkpoints topics (one partition, compacted) and reads what they hold,
+    /// once per site, so the new checkpoints stay monotone. Blocking.
+    fn ready_site(&mut self, rt: &tokio::runtime::Handle, site: &str) -> Result<(), KafkaOpError> {
+        if self.sites.get(site).is_some_and(|m| m.ready) {
+            return Ok(());
         }
-        let mut ends: HashMap<TopicPartition, i64> = HashMap::new();
-        for d in dests.values().flatten() {
-            if ends.contains_key(d) {
+        let checkpoints_topic = er_protocol::checkpoints_topic(site);
+        let compact = [("cleanup.policy", "compact")];
+        self.topics.ensure(rt, &checkpoints_topic, 1, &compact)?;
+        if self.settings.offset_syncs {
+            self.topics
+                .ensure(rt, &er_protocol::offset_syncs_topic(site), 1, &compact)?;
+        }
+        let last = read_checkpoints(&self.cluster, &checkpoints_topic, site)?;
+        let m = self.sites.entry(site.to_owned()).or_default();
+        m.last = last;
+        m.ready = true;
+        Ok(())
+    }
+
+    /// Forgets sites that are no longer here (their shard moved): their marks would be stale if
+    /// they came back after another hub wrote checkpoints for them.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.sites.retain(|s, _| keep(s));
+    }
+
+    /// One round over every site with reported groups; returns what each site's round wrote.
+    /// A site whose topics cannot be prepared is skipped this round. Blocking.
+    pub fn run_once(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        sites: &[Arc<Site>],
+    ) -> Result<Vec<(Arc<Site>, Round)>, KafkaOpError> {
+        let mut work = Vec::new();
+        for site in sites {
+            let groups = site
+                .groups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if groups.is_empty() {
                 continue;
             }
-            match self.ends.fetch_watermarks(&d.topic, d.partition, TIMEOUT) {
-                Ok((_, high)) => {
-                    ends.insert(d.clone(), high);
-                }
-                Err(e) => {
-                    tracing::debug!(cluster = %self.cluster.alias, dest = %d, error = %e, "end offset unknown this round");
-                }
+            if let Err(e) = self.ready_site(rt, &site.alias) {
+                tracing::warn!(site = %site.alias, cluster = %self.cluster.alias, error = %e, "checkpoints topics not ready; retrying next round");
+                continue;
             }
+            work.push((site.clone(), groups));
         }
-        let mut checkpoints: Vec<Checkpoint> = Vec::new();
-        let mut syncs: Vec<OffsetSync> = Vec::new();
-        {
-            let index = self.index.read().expect("offset index lock");
-            for (group, offsets) in &groups.groups {
-                for (src, &u) in offsets {
-                    if !dests.contains_key(src) {
-                        continue;
-                    }
-                    let one_to_one = self.settings.offset_syncs && index.is_one_to_one(src);
-                    for (dest, t) in index.translate(src, u, |d| ends.get(d).copied()) {
-                        let downstream = match t {
-                            Translation::Exact(d) | Translation::EndOffset(d) if d >= 0 => d,
-                            _ => {
-                                round.pending += 1;
-                                continue;
-                            }
-                        };
-                        let key = (group.clone(), dest.clone());
-                        let moved = match self.last.get(&key) {
-                            None => true,
-                            Some(&(up, down)) => {
-                                downstream > down || (downstream == down && u > up)
-                            }
-                        };
-                        let behind = self
-                            .last
-                            .get(&key)
-                            .is_some_and(|&(_, down)| downstream < down);
-                        if behind {
-                            tracing::debug!(%group, %dest, downstream, "translation behind the last checkpoint; kept the last");
+        // Destination partitions of every reported source partition; their end offsets are read
+        // (once each) before translating (see OffsetIndex::translate).
+        let mut ends: HashMap<TopicPartition, i64> = HashMap::new();
+        for (site, groups) in &work {
+            let index = site.clusters[self.cluster_index]
+                .index
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for offsets in groups.groups.values() {
+                for tp in offsets.keys() {
+                    for d in index.dest_partitions(tp) {
+                        if ends.contains_key(&d) {
+                            continue;
                         }
-                        if moved {
-                            checkpoints.push(Checkpoint {
-                                consumer_group_id: group.clone(),
-                                topic_partition: dest.clone(),
-                                upstream_offset: u,
-                                downstream_offset: downstream,
-                                metadata: String::new(),
-                            });
-                        }
-                        if one_to_one
-                            && matches!(t, Translation::Exact(_))
-                            && self.last_sync.get(src).is_none_or(|&(up, _)| up != u)
-                        {
-                            syncs.push(OffsetSync {
-                                topic_partition: src.clone(),
-                                upstream_offset: u,
-                                downstream_offset: downstream,
-                            });
+                        match self.ends.fetch_watermarks(&d.topic, d.partition, TIMEOUT) {
+                            Ok((_, high)) => {
+                                ends.insert(d, high);
+                            }
+                            Err(e) => {
+                                tracing::debug!(cluster = %self.cluster.alias, dest = %d, error = %e, "end offset unknown this round");
+                            }
                         }
                     }
                 }
             }
         }
-        for c in &checkpoints {
-            let key = c.encode_key().map_err(|e| self.encode_err(e))?;
-            let value = c.encode_value().map_err(|e| self.encode_err(e))?;
-            self.send(&self.checkpoints_topic, &key, &value)?;
+        let mut pending = Vec::new();
+        for (site, groups) in &work {
+            pending.push(self.translate(site, groups, &ends));
         }
-        for s in &syncs {
-            let key = s.encode_key().map_err(|e| self.encode_err(e))?;
-            let value = s.encode_value();
-            self.send(&self.syncs_topic, &key, &value)?;
+        for p in &pending {
+            let checkpoints_topic = er_protocol::checkpoints_topic(&p.site);
+            let syncs_topic = er_protocol::offset_syncs_topic(&p.site);
+            for c in &p.checkpoints {
+                let key = c.encode_key().map_err(|e| self.encode_err(e))?;
+                let value = c.encode_value().map_err(|e| self.encode_err(e))?;
+                self.send(&checkpoints_topic, &key, &value)?;
+            }
+            for s in &p.syncs {
+                let key = s.encode_key().map_err(|e| self.encode_err(e))?;
+                self.send(&syncs_topic, &key, &s.encode_value())?;
+            }
         }
         self.producer
             .flush(TIMEOUT)
             .map_err(|e| self.kafka_err("flushing checkpoints", e))?;
-        for c in &checkpoints {
-            self.last.insert(
-                (c.consumer_group_id.clone(), c.topic_partition.clone()),
-                (c.upstream_offset, c.downstream_offset),
-            );
+        let mut out = Vec::new();
+        for ((site, groups), p) in work.into_iter().zip(pending) {
+            let marks = self.sites.entry(p.site.clone()).or_default();
+            for c in &p.checkpoints {
+                marks.last.insert(
+                    (c.consumer_group_id.clone(), c.topic_partition.clone()),
+                    (c.upstream_offset, c.downstream_offset),
+                );
+            }
+            for s in &p.syncs {
+                marks.last_sync.insert(
+                    s.topic_partition.clone(),
+                    (s.upstream_offset, s.downstream_offset),
+                );
+            }
+            let mut round = Round {
+                checkpoints: p.checkpoints.len(),
+                offset_syncs: p.syncs.len(),
+                group_commits: 0,
+                pending: p.pending,
+            };
+            if self.settings.sync_group_offsets {
+                round.group_commits = self.sync_groups(&p.site, &groups);
+            }
+            out.push((site, round));
         }
-        for s in &syncs {
-            self.last_sync.insert(
-                s.topic_partition.clone(),
-                (s.upstream_offset, s.downstream_offset),
-            );
-        }
-        round.checkpoints = checkpoints.len();
-        round.offset_syncs = syncs.len();
-        if self.settings.sync_group_offsets {
-            round.group_commits = self.sync_groups(groups);
-        }
-        Ok(round)
+        Ok(out)
     }
 
-    /// Commits each group's latest checkpoints to the central cluster, forward only. The broker
-    /// refuses a commit from outside a group that has active members, which is exactly the
-    /// rule: never move a live consumer.
-    fn sync_groups(&mut self, groups: &GroupTable) -> usize {
-        let mut by_group: BTreeMap<&str, Vec<(&TopicPartition, i64)>> = BTreeMap::new();
-        for ((group, dest), &(_, down)) in &self.last {
+    /// Translates one site's reported group offsets into the checkpoints and offset syncs that
+    /// moved since the last ones written.
+    fn translate(
+        &self,
+        site: &Site,
+        groups: &GroupTable,
+        ends: &HashMap<TopicPartition, i64>,
+    ) -> Pending {
+        let empty = SiteMarks::default();
+        let marks = self.sites.get(&site.alias).unwrap_or(&empty);
+        let mut p = Pending {
+            site: site.alias.clone(),
+            checkpoints: Vec::new(),
+            syncs: Vec::new(),
+            pending: 0,
+        };
+        let index = site.clusters[self.cluster_index]
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (group, offsets) in &groups.groups {
+            for (src, &u) in offsets {
+                let one_to_one = self.settings.offset_syncs && index.is_one_to_one(src);
+                for (dest, t) in index.translate(src, u, |d| ends.get(d).copied()) {
+                    let downstream = match t {
+                        Translation::Exact(d) | Translation::EndOffset(d) if d >= 0 => d,
+                        _ => {
+                            p.pending += 1;
+                            continue;
+                        }
+                    };
+                    let key = (group.clone(), dest.clone());
+                    let last = marks.last.get(&key);
+                    let moved = match last {
+                        None => true,
+                        Some(&(up, down)) => downstream > down || (downstream == down && u > up),
+                    };
+                    if last.is_some_and(|&(_, down)| downstream < down) {
+                        tracing::debug!(site = %site.alias, %group, %dest, downstream, "translation behind the last checkpoint; kept the last");
+                    }
+                    if moved {
+                        p.checkpoints.push(Checkpoint {
+                            consumer_group_id: group.clone(),
+                            topic_partition: dest.clone(),
+                            upstream_offset: u,
+                            downstream_offset: downstream,
+                            metadata: String::new(),
+                        });
+                    }
+                    if one_to_one
+                        && matches!(t, Translation::Exact(_))
+                        && marks.last_sync.get(src).is_none_or(|&(up, _)| up != u)
+                    {
+                        p.syncs.push(OffsetSync {
+                            topic_partition: src.clone(),
+                            upstream_offset: u,
+                            downstream_offset: downstream,
+                        });
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// Commits each of the site's reported groups' latest checkpoints to the central cluster,
+    /// forward only. The broker refuses a commit from outside a group that has active
+    /// members, which is exactly the rule: never move a live consumer.
+    fn sync_groups(&mut self, site: &str, groups: &GroupTable) -> usize {
+        let Some(marks) = self.sites.get(site) else {
+            return 0;
+        };
+        let mut by_group: BTreeMap<String, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        for ((group, dest), &(_, down)) in &marks.last {
             if groups.groups.contains_key(group) {
-                by_group.entry(group).or_default().push((dest, down));
+                by_group
+                    .entry(group.clone())
+                    .or_default()
+                    .push((dest.clone(), down));
             }
         }
         let mut committed = 0;
         for (group, targets) in by_group {
-            let client = match self.group_clients.entry(group.to_owned()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    match client_config(&self.cluster)
-                        .set("group.id", group)
-                        .set("enable.auto.commit", "false")
-                        .create::<BaseConsumer>()
-                    {
-                        Ok(c) => e.insert(c),
-                        Err(err) => {
-                            tracing::warn!(%group, error = %err, "cannot create a central group client");
-                            continue;
-                        }
-                    }
-                }
+            let Some(client) = self.group_client(&group) else {
+                continue;
             };
             let mut ask = TopicPartitionList::new();
             for (tp, _) in &targets {
@@ -348,6 +416,38 @@ impl Checkpointer {
             }
         }
         committed
+    }
+
+    /// A central client for `group`, from a small least-recently-used set.
+    fn group_client(&mut self, group: &str) -> Option<&BaseConsumer> {
+        if !self.group_clients.contains_key(group) {
+            if self.group_clients.len() >= MAX_GROUP_CLIENTS
+                && let Some(oldest) = self
+                    .group_clients
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(g, _)| g.clone())
+            {
+                self.group_clients.remove(&oldest);
+            }
+            match client_config(&self.cluster)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .create::<BaseConsumer>()
+            {
+                Ok(c) => {
+                    self.group_clients
+                        .insert(group.to_owned(), (c, Instant::now()));
+                }
+                Err(err) => {
+                    tracing::warn!(%group, error = %err, "cannot create a central group client");
+                    return None;
+                }
+            }
+        }
+        let entry = self.group_clients.get_mut(group)?;
+        entry.1 = Instant::now();
+        Some(&entry.0)
     }
 
     fn send(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), KafkaOpError> {

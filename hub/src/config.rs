@@ -45,9 +45,10 @@ pub enum ConfigError {
 pub struct HubConfig {
     /// This hub's name, used in logs and told to agents in the welcome.
     pub hub_id: String,
-    /// Name shared by all hubs that may serve the same sites. The transactional.id of a site's
-    /// writer is `<group_id>-<site>-<cluster alias>`, so a hub taking a site over fences the
-    /// previous one only when both use the same group id.
+    /// Name shared by all hubs that serve the same fleet: the Kafka consumer group through which
+    /// they divide the site shards, and the name of the hub's internal topics on each central
+    /// cluster (`er-positions.<group_id>.internal`, ...). Changing it starts the fleet afresh
+    /// (positions are kept per group).
     #[serde(default = "default_group_id")]
     pub group_id: String,
     /// UDP address the QUIC server listens on, e.g. `0.0.0.0:4433`.
@@ -72,6 +73,61 @@ pub struct HubConfig {
     /// The Prometheus endpoint; absent (or `listen` unset) serves none.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Shards, shared writers and how the hubs of `group_id` divide the sites.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// How one hub serves many sites and how hubs share a fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Number of site shards. A site belongs to shard `fnv1a32(alias) % shards`; the hubs of a
+    /// group divide the shards through Kafka's consumer-group protocol. It is the partition
+    /// count of the hub's internal topics, so it is fixed when the first hub of a group starts:
+    /// a hub configured differently refuses to start.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// Transactional writers per central cluster (each one Kafka producer and one thread),
+    /// shared by all sites; a site's source partitions spread over them. 0 = the number of CPU
+    /// cores.
+    #[serde(default)]
+    pub writers_per_cluster: usize,
+    /// `host:port` addresses agents are sent to when their site's shard belongs to this hub
+    /// and they reached another hub of the group. Empty: `listen`, unless it is a wildcard
+    /// address (then this hub cannot be redirected to, and says so at start).
+    #[serde(default)]
+    pub advertised_addresses: Vec<String>,
+    /// Kafka `session.timeout.ms` of the hub's group membership: how long a hub that died
+    /// keeps its shards before the others take them over.
+    #[serde(default = "default_fleet_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long a connecting site waits for its shard to be owned and loaded by this hub
+    /// before it is told to come back later.
+    #[serde(default = "default_shard_wait_ms")]
+    pub shard_wait_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            shards: default_shards(),
+            writers_per_cluster: 0,
+            advertised_addresses: Vec::new(),
+            session_timeout_ms: default_fleet_session_timeout_ms(),
+            shard_wait_ms: default_shard_wait_ms(),
+        }
+    }
+}
+
+fn default_shards() -> u32 {
+    64
+}
+fn default_fleet_session_timeout_ms() -> u64 {
+    10_000
+}
+fn default_shard_wait_ms() -> u64 {
+    30_000
 }
 
 /// The Prometheus metrics endpoint.
@@ -278,6 +334,10 @@ pub struct Validated {
     pub routes: Vec<CompiledRoute>,
     /// Address of the Prometheus endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+    /// Writers per cluster (`fleet.writers_per_cluster`, 0 resolved to the number of cores).
+    pub writers_per_cluster: usize,
+    /// Where agents are redirected to reach this hub (`fleet.advertised_addresses` or `listen`).
+    pub advertised: Vec<String>,
 }
 
 /// A route ready to match.
@@ -446,6 +506,59 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
+    let f = &raw.fleet;
+    if f.shards == 0 || f.shards > 4096 {
+        return Err(invalid(
+            "fleet.shards",
+            format!("{} must be between 1 and 4096", f.shards),
+        ));
+    }
+    if f.writers_per_cluster > 256 {
+        return Err(invalid(
+            "fleet.writers_per_cluster",
+            format!(
+                "{} must be at most 256 (0 = one per core)",
+                f.writers_per_cluster
+            ),
+        ));
+    }
+    if !(6_000..=300_000).contains(&f.session_timeout_ms) {
+        return Err(invalid(
+            "fleet.session_timeout_ms",
+            format!(
+                "{} must be between 6000 and 300000 (the broker's group session bounds)",
+                f.session_timeout_ms
+            ),
+        ));
+    }
+    if f.shard_wait_ms == 0 {
+        return Err(invalid(
+            "fleet.shard_wait_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    for (i, a) in f.advertised_addresses.iter().enumerate() {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok || a.len() > 255 {
+            return Err(invalid(
+                &format!("fleet.advertised_addresses[{i}]"),
+                format!("{a:?} is not `host:port`"),
+            ));
+        }
+    }
+    let writers_per_cluster = match f.writers_per_cluster {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let advertised = if !f.advertised_addresses.is_empty() {
+        f.advertised_addresses.clone()
+    } else if listen.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![listen.to_string()]
+    };
     let metrics_listen = raw
         .metrics
         .listen
@@ -459,6 +572,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         policy,
         routes,
         metrics_listen,
+        writers_per_cluster,
+        advertised,
     })
 }
 
@@ -515,6 +630,8 @@ mod tests {
             1_000_000
         );
         assert_eq!(v.raw.limits.offset_index_retention_ms, 604_800_000);
+        assert_eq!(v.advertised, ["hub-1.example.net:4433"]);
+        assert!(v.writers_per_cluster >= 1, "0 means one writer per core");
     }
 
     #[test]
@@ -628,6 +745,19 @@ mod tests {
             (
                 good.replace("[limits]", "[limits]\noffset_index_retention_ms = 0"),
                 "limits.offset_index_retention_ms",
+            ),
+            (good.replace("shards = 64", "shards = 0"), "fleet.shards"),
+            (
+                good.replace("writers_per_cluster = 0", "writers_per_cluster = 1000"),
+                "fleet.writers_per_cluster",
+            ),
+            (
+                good.replace("session_timeout_ms = 10000", "session_timeout_ms = 100"),
+                "fleet.session_timeout_ms",
+            ),
+            (
+                good.replace("\"hub-1.example.net:4433\"", "\"hub1\""),
+                "fleet.advertised_addresses[0]",
             ),
         ];
         for (text, field) in cases {

@@ -1,4 +1,4 @@
-//! Central-cluster plumbing: client configs, topic creation, the per-site positions and offset index topics.
+//! Central-cluster plumbing: client configs, topic creation, and reading a shard's positions and offset index.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,19 +18,6 @@ use crate::offsets::{self, OffsetIndex};
 
 /// How long metadata and admin calls may take before the hub gives up on them.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Name of the compacted topic holding a site's committed source positions on a cluster.
-/// It ends in `.internal`, so no replicator (ours or MM2) ever copies it.
-pub fn positions_topic(site: &str) -> String {
-    format!("er-positions.{site}.internal")
-}
-
-/// Name of the topic holding a site's offset index on a cluster (records in the format of
-/// [`crate::offsets::encode`], written in the same transactions as the records they index).
-/// One partition, `cleanup.policy=delete`; it ends in `.internal`, so it is never replicated.
-pub fn offset_index_topic(site: &str) -> String {
-    format!("er-offset-index.{site}.internal")
-}
 
 /// A failure talking to a central cluster.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +41,14 @@ pub enum KafkaOpError {
         what: String,
         /// How long it waited.
         waited: Duration,
+    },
+    /// The group's internal topics do not have the layout this hub expects.
+    #[error("cluster {cluster:?}: {message}")]
+    Layout {
+        /// Alias of the cluster.
+        cluster: String,
+        /// What does not match.
+        message: String,
     },
     /// The positions topic holds a record the hub cannot read.
     #[error("cluster {cluster:?}: positions topic {topic:?} offset {offset}: {message}")]
@@ -140,7 +135,8 @@ impl TopicManager {
         }
     }
 
-    fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaOpError> {
+    /// The partition count of `topic`, `None` when it does not exist.
+    pub fn partition_count(&self, topic: &str) -> Result<Option<i32>, KafkaOpError> {
         let md = self
             .meta
             .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
@@ -245,56 +241,6 @@ fn check_admin(
     Ok(())
 }
 
-/// Encodes a position record key: topic (i16 length + UTF-8) and partition (i32), big-endian.
-pub fn position_key(tp: &TopicPartition) -> Vec<u8> {
-    let mut k = Vec::with_capacity(6 + tp.topic.len());
-    k.extend_from_slice(&(tp.topic.len() as i16).to_be_bytes());
-    k.extend_from_slice(tp.topic.as_bytes());
-    k.extend_from_slice(&tp.partition.to_be_bytes());
-    k
-}
-
-/// Encodes a position record value: version (i16 = 0) and the next source offset (i64).
-pub fn position_value(next_offset: i64) -> [u8; 10] {
-    let mut v = [0u8; 10];
-    v[2..].copy_from_slice(&next_offset.to_be_bytes());
-    v
-}
-
-/// Decodes a position record; errors say what is wrong.
-pub fn decode_position(key: &[u8], value: &[u8]) -> Result<Position, String> {
-    let len = key
-        .get(..2)
-        .map(|b| i16::from_be_bytes([b[0], b[1]]))
-        .ok_or("key shorter than 2 bytes")?;
-    if len < 0 || key.len() != 2 + len as usize + 4 {
-        return Err(format!(
-            "key of {} bytes does not match topic length {len}",
-            key.len()
-        ));
-    }
-    let topic = std::str::from_utf8(&key[2..2 + len as usize])
-        .map_err(|e| format!("topic is not UTF-8: {e}"))?;
-    let p = &key[2 + len as usize..];
-    let partition = i32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-    if value.len() != 10 {
-        return Err(format!("value of {} bytes, expected 10", value.len()));
-    }
-    let version = i16::from_be_bytes([value[0], value[1]]);
-    if version != 0 {
-        return Err(format!("unknown position record version {version}"));
-    }
-    let mut o = [0u8; 8];
-    o.copy_from_slice(&value[2..]);
-    Ok(Position {
-        tp: TopicPartition {
-            topic: topic.to_owned(),
-            partition,
-        },
-        next_offset: i64::from_be_bytes(o),
-    })
-}
-
 /// Client context that treats reaching the end of a partition as the normal event it is here,
 /// instead of logging it as an error.
 pub(crate) struct QuietEof;
@@ -351,164 +297,234 @@ pub(crate) fn committed_reader(
     Ok(consumer)
 }
 
-/// Reads every committed position of `site` on this cluster (the last value per partition).
-/// Call only after the site's transactional producer was initialised, so no older transaction
-/// is still open and the read_committed read cannot stall on it.
-pub fn read_positions(cluster: &ClusterConfig, site: &str) -> Result<Vec<Position>, KafkaOpError> {
-    let topic = positions_topic(site);
-    let err = |what: &str| kafka_err(cluster, what, &topic);
-    let consumer = committed_reader(cluster, format!("er-hub-positions-{site}"), &topic)?;
-    let mut last: HashMap<TopicPartition, i64> = HashMap::new();
-    let started = Instant::now();
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(m)) => {
-                let pos = decode_position(m.key().unwrap_or(&[]), m.payload().unwrap_or(&[]))
-                    .map_err(|message| KafkaOpError::BadPosition {
-                        cluster: cluster.alias.clone(),
-                        topic: topic.clone(),
-                        offset: m.offset(),
-                        message,
-                    })?;
-                last.insert(pos.tp, pos.next_offset);
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(err("reading")(e)),
-        }
-        if started.elapsed() > ADMIN_TIMEOUT {
-            return Err(KafkaOpError::Timeout {
-                cluster: cluster.alias.clone(),
-                what: format!("reading positions topic {topic:?}"),
-                waited: started.elapsed(),
-            });
-        }
-    }
-    let mut out: Vec<Position> = last
-        .into_iter()
-        .map(|(tp, next_offset)| Position { tp, next_offset })
-        .collect();
-    out.sort_by(|a, b| a.tp.cmp(&b.tp));
-    Ok(out)
+/// What reading shards from one cluster found.
+#[derive(Debug, Default)]
+pub struct ShardRead {
+    /// Committed positions per site.
+    pub positions: HashMap<String, Vec<Position>>,
+    /// Offset index per site.
+    pub indexes: HashMap<String, OffsetIndex>,
 }
 
-/// What rebuilding an offset index read.
+/// What reading the offset index of some shards read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RebuildStats {
+    /// Position records read.
+    pub positions: u64,
     /// Index records read.
     pub records: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Records that could not be decoded (each one restarts the index after it).
+    /// Records that could not be decoded (each one restarts its site's index after it).
     pub unreadable: u64,
-    /// The time budget ran out; the index was emptied.
+    /// The time budget ran out; the indexes were emptied.
     pub timed_out: bool,
 }
 
-/// How often a long rebuild logs its progress.
+/// How often a long read logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Rebuilds `site`'s offset index on this cluster by reading its index topic read_committed
-/// from the beginning to the end. Call it, like [`read_positions`], after the site's producer
-/// was initialised, then set the positions on the index.
-///
-/// Never leaves a wrong index behind: an unreadable record (e.g. of a newer format version)
-/// empties what was read before it (what follows is not contiguous with it), and running out of
-/// `timeout` empties everything; offsets committed before then translate as "too old".
-pub fn rebuild_offset_index(
-    cluster: &ClusterConfig,
-    site: &str,
-    index: &mut OffsetIndex,
-    timeout: Duration,
-) -> Result<RebuildStats, KafkaOpError> {
-    let topic = offset_index_topic(site);
-    let started = Instant::now();
-    let consumer = committed_reader(cluster, format!("er-hub-offset-index-{site}"), &topic)?;
-    let (low, high) = consumer
-        .fetch_watermarks(&topic, 0, ADMIN_TIMEOUT)
-        .map_err(kafka_err(cluster, "reading the end offset of", &topic))?;
-    let mut stats = RebuildStats::default();
-    if high <= low {
-        return Ok(stats);
-    }
-    tracing::info!(cluster = %cluster.alias, site, topic, from = low, to = high, "rebuilding the offset index");
-    let mut next_log = started + PROGRESS_EVERY;
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(m)) => {
-                let payload = m.payload().unwrap_or(&[]);
-                stats.records += 1;
-                stats.bytes += payload.len() as u64;
-                match offsets::decode(payload) {
-                    Ok(entries) => index.apply(&entries),
-                    Err(e) => {
-                        stats.unreadable += 1;
-                        tracing::error!(cluster = %cluster.alias, site, topic, offset = m.offset(), error = %e, "unreadable offset index record: forgetting the index before it (older offsets translate as too old)");
-                        index.clear();
-                    }
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(kafka_err(cluster, "reading", &topic)(e)),
-        }
-        let now = Instant::now();
-        if now.duration_since(started) > timeout {
-            tracing::warn!(cluster = %cluster.alias, site, topic, records = stats.records, to = high, waited_ms = timeout.as_millis() as u64, "rebuilding the offset index took too long: starting with an empty index (older offsets translate as too old)");
-            index.clear();
-            stats.timed_out = true;
-            return Ok(stats);
-        }
-        if now >= next_log {
-            next_log = now + PROGRESS_EVERY;
-            let st = index.stats();
-            tracing::info!(cluster = %cluster.alias, site, topic, records = stats.records, bytes = stats.bytes, to = high, index_runs = st.runs, elapsed_ms = now.duration_since(started).as_millis() as u64, "rebuilding the offset index");
+/// Creates the group's internal topics on a cluster (or checks them): the shards topic, the
+/// positions topic (compacted) and the offset index topic (`retention_ms`), each with exactly
+/// `shards` partitions, and the hubs topic (one partition, compacted) on the coordination
+/// cluster. Blocking.
+pub fn setup_group_topics(
+    rt: &tokio::runtime::Handle,
+    topics: &TopicManager,
+    group: &str,
+    shards: u32,
+    retention_ms: u64,
+    coordination: bool,
+) -> Result<(), KafkaOpError> {
+    let retention = retention_ms.to_string();
+    let n = shards as i32;
+    let wanted: [(String, Vec<(&str, &str)>); 3] = [
+        (
+            crate::shards::shards_topic(group),
+            vec![("cleanup.policy", "compact")],
+        ),
+        (
+            crate::shards::positions_topic(group),
+            vec![("cleanup.policy", "compact")],
+        ),
+        (
+            crate::shards::offset_index_topic(group),
+            vec![("cleanup.policy", "delete"), ("retention.ms", &retention)],
+        ),
+    ];
+    for (topic, configs) in &wanted {
+        topics.ensure(rt, topic, n, configs)?;
+        let have = topics.partition_count(topic)?.unwrap_or(0);
+        if have != n {
+            return Err(KafkaOpError::Layout {
+                cluster: topics.alias().to_owned(),
+                message: format!(
+                    "topic {topic:?} has {have} partitions but fleet.shards = {shards}: every hub of group {group:?} must use the shard count the group started with"
+                ),
+            });
         }
     }
-    let st = index.stats();
-    tracing::info!(cluster = %cluster.alias, site, topic, records = stats.records, bytes = stats.bytes, unreadable = stats.unreadable, index_pairs = st.pairs, index_runs = st.runs, index_bytes = st.bytes, elapsed_ms = started.elapsed().as_millis() as u64, "offset index rebuilt");
-    Ok(stats)
+    if coordination {
+        topics.ensure(
+            rt,
+            &crate::shards::hubs_topic(group),
+            1,
+            &[("cleanup.policy", "compact")],
+        )?;
+    }
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_topics_of_a_site_are_never_replicated() {
-        for t in [positions_topic("plant-7"), offset_index_topic("plant-7")] {
-            assert!(er_protocol::is_internal_topic(&t), "{t}");
-            er_protocol::validate_topic_name(&t).unwrap();
+/// Reads `partitions` of `topic` read_committed from the beginning to their ends, handing
+/// every record to `each`. Returns false when `stop_at` passed first (what was read was
+/// handed over). Blocking.
+fn read_partitions_to_end(
+    cluster: &ClusterConfig,
+    group: &str,
+    topic: &str,
+    partitions: &std::collections::BTreeSet<crate::shards::Shard>,
+    stop_at: Instant,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> Result<(), KafkaOpError>,
+) -> Result<bool, KafkaOpError> {
+    let consumer: BaseConsumer<QuietEof> = client_config(cluster)
+        // Required by librdkafka for assign(); nothing is committed.
+        .set("group.id", format!("{group}-shard-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create_with_context(QuietEof)
+        .map_err(kafka_err(cluster, "creating a reader for", topic))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p as i32, Offset::Beginning)
+            .map_err(kafka_err(cluster, "assigning", topic))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err(cluster, "assigning", topic))?;
+    let mut open: std::collections::BTreeSet<i32> = partitions.iter().map(|p| *p as i32).collect();
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => each(&m)?,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(kafka_err(cluster, "reading", topic)(e)),
         }
-        assert_eq!(
-            offset_index_topic("plant-7"),
-            "er-offset-index.plant-7.internal"
-        );
+        if Instant::now() > stop_at {
+            return Ok(false);
+        }
     }
+    Ok(true)
+}
 
-    #[test]
-    fn position_record_round_trips_and_rejects_garbage() {
-        let tp = TopicPartition {
-            topic: "orders".into(),
-            partition: 7,
-        };
-        let k = position_key(&tp);
-        assert_eq!(k, b"\x00\x06orders\x00\x00\x00\x07");
-        let v = position_value(1234);
-        let p = decode_position(&k, &v).unwrap();
-        assert_eq!((p.tp, p.next_offset), (tp, 1234));
-        assert!(
-            decode_position(&k[..3], &v)
-                .unwrap_err()
-                .contains("does not match")
-        );
-        let mut bad = v;
-        bad[1] = 1;
-        assert!(decode_position(&k, &bad).unwrap_err().contains("version 1"));
-        assert!(
-            decode_position(&k, &v[..9])
-                .unwrap_err()
-                .contains("expected 10")
-        );
+/// Reads the committed positions and the offset index of every site of `shards` on this
+/// cluster: partition `shard` of the group's positions and offset index topics, read_committed,
+/// to their ends. Call it only after the shards' pending transactions settled
+/// ([`crate::membership::Membership::await_stable`]).
+///
+/// Never leaves a wrong index behind: an unreadable index record (e.g. of a newer format
+/// version) empties its site's index read before it, and running out of `timeout` empties
+/// every index (positions are still read in full); offsets committed before then translate as
+/// "too old".
+pub fn read_shards(
+    cluster: &ClusterConfig,
+    group: &str,
+    shards: &std::collections::BTreeSet<crate::shards::Shard>,
+    max_index_entries: usize,
+    timeout: Duration,
+) -> Result<(HashMap<crate::shards::Shard, ShardRead>, RebuildStats), KafkaOpError> {
+    let ptopic = crate::shards::positions_topic(group);
+    let itopic = crate::shards::offset_index_topic(group);
+    let mut out: HashMap<crate::shards::Shard, ShardRead> =
+        shards.iter().map(|s| (*s, ShardRead::default())).collect();
+    let mut stats = RebuildStats::default();
+    if shards.is_empty() {
+        return Ok((out, stats));
     }
+    let started = Instant::now();
+    let mut positions: HashMap<(crate::shards::Shard, String), HashMap<TopicPartition, i64>> =
+        HashMap::new();
+    let complete = read_partitions_to_end(
+        cluster,
+        group,
+        &ptopic,
+        shards,
+        started + ADMIN_TIMEOUT,
+        |m| {
+            stats.positions += 1;
+            let (site, pos) =
+                crate::shards::decode_position(m.key().unwrap_or(&[]), m.payload().unwrap_or(&[]))
+                    .map_err(|e| KafkaOpError::BadPosition {
+                        cluster: cluster.alias.clone(),
+                        topic: ptopic.clone(),
+                        offset: m.offset(),
+                        message: e.to_string(),
+                    })?;
+            positions
+                .entry((m.partition() as crate::shards::Shard, site))
+                .or_default()
+                .insert(pos.tp, pos.next_offset);
+            Ok(())
+        },
+    )?;
+    if !complete {
+        return Err(KafkaOpError::Timeout {
+            cluster: cluster.alias.clone(),
+            what: format!("reading positions of shards {shards:?} from {ptopic:?}"),
+            waited: started.elapsed(),
+        });
+    }
+    let mut next_log = Instant::now() + PROGRESS_EVERY;
+    let complete = read_partitions_to_end(
+        cluster,
+        group,
+        &itopic,
+        shards,
+        started + timeout,
+        |m| {
+            let payload = m.payload().unwrap_or(&[]);
+            stats.records += 1;
+            stats.bytes += payload.len() as u64;
+            let site = String::from_utf8_lossy(m.key().unwrap_or(&[])).into_owned();
+            let index = out
+                .entry(m.partition() as crate::shards::Shard)
+                .or_default()
+                .indexes
+                .entry(site.clone())
+                .or_insert_with(|| OffsetIndex::new(max_index_entries));
+            match offsets::decode(payload) {
+                Ok(entries) => index.apply(&entries),
+                Err(e) => {
+                    stats.unreadable += 1;
+                    tracing::error!(cluster = %cluster.alias, site, topic = %itopic, partition = m.partition(), offset = m.offset(), error = %e, "unreadable offset index record: forgetting the site's index before it (older offsets translate as too old)");
+                    index.clear();
+                }
+            }
+            let now = Instant::now();
+            if now >= next_log {
+                next_log = now + PROGRESS_EVERY;
+                tracing::info!(cluster = %cluster.alias, shards = shards.len(), index_records = stats.records, index_bytes = stats.bytes, elapsed_ms = now.duration_since(started).as_millis() as u64, "reading the offset index");
+            }
+            Ok(())
+        },
+    )?;
+    if !complete {
+        tracing::warn!(cluster = %cluster.alias, shards = shards.len(), records = stats.records, waited_ms = timeout.as_millis() as u64, "reading the offset index took too long: starting with empty indexes (older offsets translate as too old)");
+        for r in out.values_mut() {
+            r.indexes.clear();
+        }
+        stats.timed_out = true;
+    }
+    for ((shard, site), map) in positions {
+        let mut v: Vec<Position> = map
+            .into_iter()
+            .map(|(tp, next_offset)| Position { tp, next_offset })
+            .collect();
+        v.sort_by(|a, b| a.tp.cmp(&b.tp));
+        out.entry(shard).or_default().positions.insert(site, v);
+    }
+    tracing::info!(cluster = %cluster.alias, shards = shards.len(), positions = stats.positions, index_records = stats.records, index_bytes = stats.bytes, unreadable = stats.unreadable, elapsed_ms = started.elapsed().as_millis() as u64, "shards read");
+    Ok((out, stats))
 }

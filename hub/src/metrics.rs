@@ -20,8 +20,14 @@ use metrics::{
 pub const SITES_CONNECTED: &str = "er_hub_sites_connected";
 /// Sessions accepted (a site identified by its certificate).
 pub const SESSIONS: &str = "er_hub_sessions_total";
-/// Sessions that resumed on a returning site's parked writers instead of fencing new ones.
-pub const WRITERS_REUSED: &str = "er_hub_site_writers_reused_total";
+/// Site shards this hub owns.
+pub const SHARDS_OWNED: &str = "er_hub_shards_owned";
+/// Loads of newly owned shards (positions and offset index read from Kafka).
+pub const SHARD_LOADS: &str = "er_hub_shard_loads_total";
+/// Time to load newly owned shards.
+pub const SHARD_LOAD_SECONDS: &str = "er_hub_shard_load_seconds_total";
+/// Sites sent to another hub of the group.
+pub const REDIRECTS: &str = "er_hub_redirects_total";
 /// Welcomes sent in 0.5-RTT to a site resuming its TLS session (one round trip saved).
 pub const EARLY_WELCOMES: &str = "er_hub_early_welcomes_total";
 /// Records committed to a central cluster (`site`).
@@ -72,9 +78,19 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
 fn describe() {
     describe_gauge!(SITES_CONNECTED, "Sites with an established session.");
     describe_counter!(SESSIONS, "Site sessions accepted.");
+    describe_gauge!(SHARDS_OWNED, "Site shards this hub owns in its group.");
     describe_counter!(
-        WRITERS_REUSED,
-        "Sessions that resumed on a returning site's parked writers instead of fencing new ones."
+        SHARD_LOADS,
+        "Loads of newly owned shards (positions and offset index read from Kafka)."
+    );
+    describe_gauge!(
+        SHARD_LOAD_SECONDS,
+        Unit::Seconds,
+        "Time spent loading newly owned shards; monotone."
+    );
+    describe_counter!(
+        REDIRECTS,
+        "Sites sent to the hub of the group that owns their shard."
     );
     describe_counter!(
         EARLY_WELCOMES,
@@ -161,12 +177,11 @@ impl SiteMetrics {
         self.bytes_received.increment(bytes as u64);
     }
 
-    /// A transaction of `batches` batches holding `records` records committed in `elapsed`.
-    pub fn committed(&self, records: u64, batches: usize, elapsed: Duration) {
+    /// A transaction committed `batches` batches holding `records` records of the site.
+    pub fn committed(&self, records: u64, batches: usize) {
         self.records_written.increment(records);
         self.batches_committed.increment(batches as u64);
         self.records.fetch_add(records, Ordering::Relaxed);
-        histogram!(TRANSACTION_SECONDS).record(elapsed.as_secs_f64());
     }
 
     /// A transaction failed (nothing of it is visible).
@@ -213,6 +228,11 @@ pub fn set_offset_index_entries(site: &str, cluster: &str, runs: usize) {
         .set(runs as f64);
 }
 
+/// A writer's transaction committed after `elapsed`.
+pub fn transaction_committed(elapsed: Duration) {
+    histogram!(TRANSACTION_SECONDS).record(elapsed.as_secs_f64());
+}
+
 /// Sets the connected sites gauge.
 pub fn set_sites_connected(n: usize) {
     gauge!(SITES_CONNECTED).set(n as f64);
@@ -223,9 +243,20 @@ pub fn session_started() {
     counter!(SESSIONS).increment(1);
 }
 
-/// Counts a session that took over parked writers.
-pub fn writers_reused() {
-    counter!(WRITERS_REUSED).increment(1);
+/// Sets the owned shards gauge.
+pub fn set_shards_owned(n: usize) {
+    gauge!(SHARDS_OWNED).set(n as f64);
+}
+
+/// Counts a load of newly owned shards that took `elapsed`.
+pub fn shards_loaded(elapsed: Duration) {
+    counter!(SHARD_LOADS).increment(1);
+    gauge!(SHARD_LOAD_SECONDS).increment(elapsed.as_secs_f64());
+}
+
+/// Counts a site sent to another hub.
+pub fn redirected() {
+    counter!(REDIRECTS).increment(1);
 }
 
 /// Counts a welcome sent in 0.5-RTT.
@@ -334,7 +365,7 @@ mod tests {
         assert_eq!(m.lag_seconds(), None);
         m.heartbeat_committed(10_000, 12_500);
         assert_eq!(m.lag_seconds(), Some(2.5));
-        m.committed(7, 2, Duration::from_millis(3));
+        m.committed(7, 2);
         m.checkpoint_round(3, 1);
         assert_eq!((m.records(), m.checkpoints()), (7, 3));
     }

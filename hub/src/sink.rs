@@ -1,22 +1,33 @@
-//! Transactional writer of one site into one central cluster: records, positions and their offset index commit together.
+//! The transactional sink: per central cluster, a fixed pool of writers shared by every site.
+//!
+//! A (site, source partition) always goes to the same writer (hash of both), so its batches
+//! commit in order; a busy site's partitions spread over the pool, and many idle sites share
+//! it. A writer groups what is queued (up to `max_transaction_bytes`, from any sites) into one
+//! Kafka transaction holding the records, the new position of every source partition in it
+//! (`er-positions.<group>.internal`, partition = the site's shard), the offset index entries
+//! (`er-offset-index.<group>.internal`) and, for every shard it touches, an offset commit of the
+//! hubs' group (`send_offsets_to_transaction` with the member's generation): a hub that lost
+//! the shard fails that commit and the transaction aborts (KIP-447 fencing). Each batch is
+//! acked only after the commit that holds it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use er_protocol::{Batch, Position, ReplicationPolicy, TimestampType, TopicPartition};
+use er_protocol::{Batch, DecodedRecords, ReplicationPolicy, TimestampType, TopicPartition};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::{ClusterConfig, Validated};
-use crate::kafka::{
-    KafkaOpError, TopicManager, client_config, offset_index_topic, positions_topic, read_positions,
-    rebuild_offset_index,
-};
-use crate::offsets::{self, EntriesBuilder, OffsetIndex, SharedOffsetIndex};
+use crate::kafka::{KafkaOpError, TopicManager, client_config};
+use crate::membership::Membership;
+use crate::offsets::{self, EntriesBuilder};
+use crate::shards::{Shard, offset_index_topic, position_key, position_value, positions_topic};
+use crate::sites::Site;
 
 /// Polled by the writer thread itself (see [`Writer::drain`]), never by a background thread, so
 /// delivery reports are served the moment the writer waits for them.
@@ -27,13 +38,14 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Pause between looks for delivery reports while records are in flight: what a report may
 /// wait beyond its arrival.
 const REPORT_PAUSE: Duration = Duration::from_micros(200);
-
 /// How long a flush, a commit or waiting for delivery reports may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Default time budget for rebuilding a site's offset index when its writer starts. The agent
-/// waits 90 s for its welcome, which also covers fencing and reading positions.
-pub const DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a writer waits for a rebalance to end before refusing what it holds.
+const OWNERSHIP_WAIT: Duration = Duration::from_secs(30);
+/// Pause before a writer whose producer failed creates a new one.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// Largest partition count of a source topic the hub creates destinations for.
+pub const MAX_SOURCE_PARTITIONS: i32 = 10_000;
 
 /// Why a batch was not written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,11 +58,19 @@ pub enum WriteError {
         /// What is wrong.
         message: String,
     },
-    /// Another writer with the same transactional.id took over this site (a second hub).
-    #[error("writer for site {site:?} on cluster {cluster:?} was fenced by a newer one: {message}")]
+    /// This hub does not own the site's shard (any more) on the cluster.
+    #[error(
+        "cluster {cluster:?}: this hub does not own shard {shard} (moved to another hub, or a rebalance is under way)"
+    )]
+    NotOwner {
+        /// The cluster alias.
+        cluster: String,
+        /// The site's shard.
+        shard: Shard,
+    },
+    /// The group coordinator fenced this hub's transaction: another hub owns the shard now.
+    #[error("cluster {cluster:?}: transaction fenced (another hub owns a shard in it): {message}")]
     Fenced {
-        /// The site.
-        site: String,
         /// The cluster alias.
         cluster: String,
         /// Kafka's message.
@@ -64,7 +84,10 @@ pub enum WriteError {
         /// What failed.
         message: String,
     },
-    /// The writer stopped (shut down or failed earlier).
+    /// An earlier batch of the same session failed: this one would leave a gap.
+    #[error("an earlier batch of this session failed; refused")]
+    SessionFailed,
+    /// The writer stopped (shut down).
     #[error("writer stopped")]
     Stopped,
 }
@@ -72,10 +95,14 @@ pub enum WriteError {
 /// A batch handed to a writer, with the channel its outcome is reported on after commit.
 #[derive(Debug)]
 pub struct WriteJob {
+    /// The site (from its certificate).
+    pub site: Arc<Site>,
+    /// The session the batch came in, so that a failure refuses the session's later batches.
+    pub session: u64,
     /// The batch as received from the agent.
     pub batch: Batch,
     /// Receives the outcome after the transaction holding the batch committed or failed.
-    /// Outcomes arrive in submission order, which keeps acks in order per partition.
+    /// Outcomes of one source partition arrive in submission order.
     pub reply: mpsc::UnboundedSender<Completion>,
 }
 
@@ -94,6 +121,9 @@ pub struct Completion {
 
 impl WriteJob {
     fn complete(self, result: Result<(), WriteError>) {
+        if result.is_err() {
+            self.site.fail_session(self.session);
+        }
         let h = self.batch.header;
         // The session may be gone already; then nobody waits for the outcome.
         let _ = self.reply.send(Completion {
@@ -102,118 +132,808 @@ impl WriteJob {
             next_offset: h.next_offset,
             result,
         });
+        self.site.batch_done();
     }
 }
 
-/// What a writer needs besides its cluster.
+/// What the writers of one cluster need besides the cluster.
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
-    /// Site alias (from the certificate).
-    pub site: String,
-    /// Group id shared by hubs that can take over each other's sites.
+    /// The hubs' group (names internal topics and transactional ids).
     pub group_id: String,
+    /// This hub's id (part of its writers' transactional ids).
+    pub hub_id: String,
     /// Remote topic naming.
     pub policy: ReplicationPolicy,
     /// Upper bound of uncompressed batch bytes.
     pub max_uncompressed_bytes: u32,
     /// Bytes of records grouped into one transaction.
     pub max_transaction_bytes: u64,
-    /// Queue length in batches.
+    /// Queue length of each writer, in batches.
     pub queue_batches: usize,
-    /// Runs kept per (source, destination) partition pair in the offset index.
-    pub offset_index_max_entries: usize,
-    /// `retention.ms` of the offset index topic, applied when the hub creates it.
-    pub offset_index_retention_ms: u64,
-    /// Time budget for rebuilding the offset index at start; past it the writer starts with an
-    /// empty index (older offsets then answer "too old", never a wrong offset).
-    pub offset_index_rebuild_timeout: Duration,
+    /// Writers in the pool.
+    pub writers: usize,
 }
 
 impl WriterSettings {
-    /// Settings of `site`'s writers from the hub configuration.
-    pub fn new(site: &str, cfg: &Validated) -> Self {
+    /// Settings from the hub configuration.
+    pub fn new(cfg: &Validated) -> Self {
         let l = &cfg.raw.limits;
         Self {
-            site: site.to_owned(),
             group_id: cfg.raw.group_id.clone(),
+            hub_id: cfg.raw.hub_id.clone(),
             policy: cfg.policy.clone(),
             max_uncompressed_bytes: l.max_uncompressed_bytes,
             max_transaction_bytes: l.max_transaction_bytes,
             queue_batches: l.writer_queue_batches,
-            offset_index_max_entries: l.offset_index_max_entries_per_partition,
-            offset_index_retention_ms: l.offset_index_retention_ms,
-            offset_index_rebuild_timeout: DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT,
+            writers: cfg.writers_per_cluster,
         }
     }
 }
 
-/// What a writer thread is asked to do, in queue order.
-enum Msg {
-    Write(WriteJob),
-    /// Report the committed positions once everything queued before is committed (or failed).
-    Positions(oneshot::Sender<Vec<Position>>),
+/// The transactional.id of writer `index` of `hub` on `cluster`: stable across restarts of the
+/// hub, so a restarted hub fences its own previous incarnation. Zombie hubs are fenced by the
+/// group generation, not by this id (KIP-447).
+pub fn transactional_id(group: &str, hub: &str, cluster: &str, index: usize) -> String {
+    format!("{group}-{hub}-{cluster}-{index}")
 }
 
-/// Handle of a running writer thread.
+/// The writers of one cluster.
 #[derive(Debug)]
-pub struct SiteWriter {
-    tx: mpsc::Sender<Msg>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    index: SharedOffsetIndex,
+pub struct WriterPool {
+    queues: Vec<mpsc::Sender<WriteJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl SiteWriter {
-    /// Queues a batch; waits while the writer's queue is full (backpressure to the link).
+impl WriterPool {
+    /// Starts `settings.writers` writer threads for the cluster at `cluster_index` (each
+    /// creates its producer and initialises transactions on its own thread).
+    pub fn start(
+        rt: tokio::runtime::Handle,
+        cluster_index: usize,
+        cluster: &ClusterConfig,
+        topics: Arc<TopicManager>,
+        membership: Arc<Membership>,
+        settings: WriterSettings,
+    ) -> Self {
+        let mut queues = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..settings.writers.max(1) {
+            let (tx, rx) = mpsc::channel(settings.queue_batches.max(1));
+            let w = Writer {
+                rt: rt.clone(),
+                index: i,
+                cluster_index,
+                cluster: cluster.clone(),
+                topics: topics.clone(),
+                membership: membership.clone(),
+                positions_topic: positions_topic(&settings.group_id),
+                index_topic: offset_index_topic(&settings.group_id),
+                txn_id: transactional_id(&settings.group_id, &settings.hub_id, &cluster.alias, i),
+                settings: settings.clone(),
+                dest_cache: HashMap::new(),
+                producer: None,
+                restart: std::cell::Cell::new(false),
+                timing: TxnTiming::default(),
+            };
+            queues.push(tx);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("writer-{}-{i}", cluster.alias))
+                    .spawn(move || w.run(rx))
+                    .expect("spawning a writer thread"),
+            );
+        }
+        Self { queues, threads }
+    }
+
+    /// The writer of a source partition of a site.
+    fn writer_for(&self, site: &str, tp: &TopicPartition) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        site.hash(&mut h);
+        tp.hash(&mut h);
+        (h.finish() % self.queues.len() as u64) as usize
+    }
+
+    /// Queues a batch; waits while its writer's queue is full (backpressure to the link).
     pub async fn submit(&self, job: WriteJob) -> Result<(), WriteError> {
-        self.tx
-            .send(Msg::Write(job))
-            .await
-            .map_err(|_| WriteError::Stopped)
+        let w = self.writer_for(&job.site.alias, &job.batch.header.tp);
+        job.site.batch_started();
+        match self.queues[w].send(job).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(job)) => {
+                job.complete(Err(WriteError::Stopped));
+                Err(WriteError::Stopped)
+            }
+        }
     }
 
-    /// The committed positions after everything queued so far has committed, straight from the
-    /// writer's memory; `None` when the writer stopped (a failed transaction ends it). This is
-    /// what lets a site that reconnects to the same hub skip fencing and re-reading positions.
-    pub async fn positions(&self) -> Option<Vec<Position>> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Positions(tx)).await.ok()?;
-        rx.await.ok()
+    /// Number of writers.
+    pub fn len(&self) -> usize {
+        self.queues.len()
     }
 
-    /// Asks for [`positions`](Self::positions) without waiting for room in the queue (`None`
-    /// if it is full or the writer stopped): for a look at a parked writer from code that must
-    /// not wait behind a busy one.
-    pub fn request_positions(&self) -> Option<oneshot::Receiver<Vec<Position>>> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.try_send(Msg::Positions(tx)).ok()?;
-        Some(rx)
-    }
-
-    /// False once the writer thread ended.
-    pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
-    }
-
-    /// The site's offset index on this cluster: rebuilt when the writer started, updated after
-    /// every commit. It stays readable after the writer stopped, but then withholds end-offset
-    /// answers; a new session builds a new one.
-    pub fn offset_index(&self) -> &SharedOffsetIndex {
-        &self.index
+    /// Whether the pool has no writers (never: at least one is started).
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
     }
 }
 
-impl Drop for SiteWriter {
+impl Drop for WriterPool {
     fn drop(&mut self) {
-        // Closing the queue ends the thread after its current transaction; do not block the
-        // executor waiting for it.
-        drop(self.thread.take());
+        // Closing the queues ends each thread after its current transaction; do not block the
+        // caller (possibly the executor) waiting for them.
+        self.queues.clear();
+        self.threads.clear();
     }
 }
 
-/// The transactional.id of a site's writer on a cluster: identical on every hub of the group, so
-/// a hub that takes a site over fences the previous one.
-pub fn transactional_id(group_id: &str, site: &str, cluster: &str) -> String {
-    format!("{group_id}-{site}-{cluster}")
+/// A job whose records were decoded and checked before any transaction began, so that one
+/// site's bad batch never aborts a transaction carrying other sites' data.
+struct Prepared {
+    job: WriteJob,
+    records: DecodedRecords,
+    /// Destination topic per record, in record order (resolved and created).
+    dests: Vec<(String, i32)>,
+}
+
+/// Per site in one transaction: the source partitions it moved and the offset index entries.
+struct SiteTxn {
+    site: Arc<Site>,
+    /// Source partitions with their position before and after the transaction.
+    sources: Vec<(TopicPartition, Option<i64>, i64)>,
+    /// Destination partitions written.
+    dests: Vec<TopicPartition>,
+}
+
+/// What one transaction sent, in send order, to build offset index entries from.
+#[derive(Default)]
+struct TxnLog {
+    sites: Vec<SiteTxn>,
+    /// Per record sent: (site id, source id, dest id, source offset).
+    sent: Vec<(u32, u32, u32, i64)>,
+}
+
+/// Phases of one transaction: begin + produce, flush + delivery reports, index + commit.
+#[derive(Default)]
+struct TxnTiming {
+    produce: Duration,
+    flush: Duration,
+    commit: Duration,
+}
+
+struct Writer {
+    rt: tokio::runtime::Handle,
+    index: usize,
+    cluster_index: usize,
+    cluster: ClusterConfig,
+    topics: Arc<TopicManager>,
+    membership: Arc<Membership>,
+    positions_topic: String,
+    index_topic: String,
+    txn_id: String,
+    settings: WriterSettings,
+    /// (site, logical topic) -> remote topic, validated and created.
+    dest_cache: HashMap<(String, String), String>,
+    producer: Option<TxProducer>,
+    /// The producer hit a fatal error: the next transaction starts a new one.
+    restart: std::cell::Cell<bool>,
+    timing: TxnTiming,
+}
+
+impl Writer {
+    fn alias(&self) -> &str {
+        &self.cluster.alias
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<WriteJob>) {
+        loop {
+            // The timer must be created inside the runtime, hence the async block.
+            let next = self
+                .rt
+                .block_on(async { tokio::time::timeout(IDLE_POLL, rx.recv()).await });
+            let first = match next {
+                Ok(Some(j)) => j,
+                Ok(None) => break,
+                Err(_) => {
+                    if let Some(p) = &self.producer {
+                        p.poll(Duration::ZERO);
+                    }
+                    continue;
+                }
+            };
+            let mut bytes = u64::from(first.batch.header.uncompressed_len);
+            let mut jobs = vec![first];
+            while bytes < self.settings.max_transaction_bytes {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        bytes += u64::from(j.batch.header.uncompressed_len);
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.write(jobs);
+        }
+        tracing::debug!(cluster = %self.cluster.alias, writer = self.index, "writer stopped");
+    }
+
+    /// Writes what can be written of `jobs` in one transaction and completes every job.
+    fn write(&mut self, jobs: Vec<WriteJob>) {
+        let prepared = self.prepare(jobs);
+        if prepared.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ensure_producer() {
+            tracing::warn!(cluster = %self.alias(), writer = self.index, error = %e, "writer has no producer");
+            std::thread::sleep(RESTART_PAUSE);
+            for p in prepared {
+                p.job.complete(Err(WriteError::Kafka {
+                    cluster: self.cluster.alias.clone(),
+                    message: e.to_string(),
+                }));
+            }
+            return;
+        }
+        let Some(permit) = self.membership.begin(OWNERSHIP_WAIT) else {
+            for p in prepared {
+                let shard = p.job.site.shard;
+                p.job.complete(Err(self.not_owner(shard)));
+            }
+            return;
+        };
+        // Jobs whose shard the rebalance took away are refused before anything is produced.
+        let (prepared, moved): (Vec<_>, Vec<_>) = prepared
+            .into_iter()
+            .partition(|p| permit.ownership.owns(p.job.site.shard));
+        for p in moved {
+            let shard = p.job.site.shard;
+            p.job.complete(Err(self.not_owner(shard)));
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.transaction(&prepared);
+        drop(permit);
+        if self.restart.take() {
+            self.producer = None;
+        }
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(records) => {
+                crate::metrics::transaction_committed(elapsed);
+                let mut per_site: HashMap<&str, (u64, usize, &Arc<Site>)> = HashMap::new();
+                for p in &prepared {
+                    let e =
+                        per_site
+                            .entry(p.job.site.alias.as_str())
+                            .or_insert((0, 0, &p.job.site));
+                    e.0 += p.dests.len() as u64;
+                    e.1 += 1;
+                }
+                for (records, batches, site) in per_site.into_values() {
+                    site.metrics.committed(records, batches);
+                }
+                let t = &self.timing;
+                tracing::debug!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), records, elapsed_ms = elapsed.as_millis() as u64, produce_ms = t.produce.as_millis() as u64, flush_ms = t.flush.as_millis() as u64, commit_ms = t.commit.as_millis() as u64, "transaction committed");
+            }
+            Err(e) => {
+                let mut sites: HashMap<&str, &Arc<Site>> = HashMap::new();
+                for p in &prepared {
+                    sites.insert(p.job.site.alias.as_str(), &p.job.site);
+                }
+                for site in sites.values() {
+                    site.metrics.transaction_failed();
+                }
+                tracing::warn!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), sites = sites.len(), error = %e, "transaction failed; nothing of it is visible");
+            }
+        }
+        let outcome = result.map(|_| ());
+        for p in prepared {
+            p.job.complete(outcome.clone());
+        }
+    }
+
+    fn not_owner(&self, shard: Shard) -> WriteError {
+        WriteError::NotOwner {
+            cluster: self.cluster.alias.clone(),
+            shard,
+        }
+    }
+
+    /// Decodes and checks each job, resolving (and creating) its destination topics; refuses
+    /// jobs of failed sessions and jobs that are bad, without touching the others.
+    fn prepare(&mut self, jobs: Vec<WriteJob>) -> Vec<Prepared> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.site.session_failed(job.session) {
+                job.complete(Err(WriteError::SessionFailed));
+                continue;
+            }
+            match self.check(&job) {
+                Ok((records, dests)) => out.push(Prepared {
+                    job,
+                    records,
+                    dests,
+                }),
+                Err(e) => {
+                    if let WriteError::BadBatch { .. } = &e {
+                        tracing::warn!(site = %job.site.alias, cluster = %self.cluster.alias, error = %e, "refusing a bad batch");
+                    }
+                    job.complete(Err(e));
+                }
+            }
+        }
+        out
+    }
+
+    fn check(
+        &mut self,
+        job: &WriteJob,
+    ) -> Result<(DecodedRecords, Vec<(String, i32)>), WriteError> {
+        let h = &job.batch.header;
+        let bad = |message: String| WriteError::BadBatch {
+            tp: h.tp.clone(),
+            message,
+        };
+        if !(1..=MAX_SOURCE_PARTITIONS).contains(&h.partition_count)
+            || h.tp.partition >= h.partition_count
+        {
+            return Err(bad(format!(
+                "partition {} of a topic with {} partitions (at most {MAX_SOURCE_PARTITIONS})",
+                h.tp.partition, h.partition_count
+            )));
+        }
+        let records = job
+            .batch
+            .decode_records(self.settings.max_uncompressed_bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut dests = Vec::with_capacity(h.record_count as usize);
+        let mut last: Option<(&str, String)> = None;
+        for rec in records.iter() {
+            let rec = rec.map_err(|e| bad(e.to_string()))?;
+            let partition = rec.partition.unwrap_or(h.tp.partition);
+            if !(0..h.partition_count).contains(&partition) {
+                return Err(bad(format!(
+                    "destination partition {partition} outside the source's {} partitions",
+                    h.partition_count
+                )));
+            }
+            let logical = rec.topic.unwrap_or(&h.tp.topic);
+            let topic = match &last {
+                Some((l, t)) if *l == logical => t.clone(),
+                _ => {
+                    let t = self.dest_topic(job, logical)?;
+                    last = Some((logical, t.clone()));
+                    t
+                }
+            };
+            dests.push((topic, partition));
+        }
+        Ok((records, dests))
+    }
+
+    /// The remote topic of `logical` for the job's site, validated and created with the
+    /// source's partition count.
+    fn dest_topic(&mut self, job: &WriteJob, logical: &str) -> Result<String, WriteError> {
+        let site = &job.site.alias;
+        let h = &job.batch.header;
+        if let Some(d) = self.dest_cache.get(&(site.clone(), logical.to_owned())) {
+            return Ok(d.clone());
+        }
+        let bad = |message: String| WriteError::BadBatch {
+            tp: h.tp.clone(),
+            message,
+        };
+        er_protocol::validate_topic_name(logical).map_err(|e| bad(e.to_string()))?;
+        if er_protocol::is_internal_topic(logical) {
+            return Err(bad(format!(
+                "topic {logical:?} is internal and is never replicated"
+            )));
+        }
+        let dest = self.settings.policy.remote_topic(site, logical);
+        er_protocol::validate_topic_name(&dest).map_err(|e| bad(e.to_string()))?;
+        self.topics
+            .ensure(&self.rt, &dest, h.partition_count, &[])
+            .map_err(|e| WriteError::Kafka {
+                cluster: self.cluster.alias.clone(),
+                message: format!("destination of {}: {e}", h.tp),
+            })?;
+        self.dest_cache
+            .insert((site.clone(), logical.to_owned()), dest.clone());
+        Ok(dest)
+    }
+
+    /// Creates the producer if there is none (first use, or after a fatal error): this fences
+    /// any transaction a previous incarnation of this writer left open.
+    fn ensure_producer(&mut self) -> Result<(), KafkaOpError> {
+        if self.producer.is_some() {
+            return Ok(());
+        }
+        let kerr = |what: &'static str| {
+            let cluster = self.cluster.alias.clone();
+            move |source| KafkaOpError::Kafka {
+                cluster,
+                what: what.to_owned(),
+                source: Box::new(source),
+            }
+        };
+        let producer: TxProducer = client_config(&self.cluster)
+            .set("transactional.id", &self.txn_id)
+            .set("enable.idempotence", "true")
+            .set(
+                "transaction.timeout.ms",
+                self.cluster.transaction_timeout_ms.to_string(),
+            )
+            .set("linger.ms", "5")
+            // A transaction begun right after the previous commit gets CONCURRENT_TRANSACTIONS
+            // until the coordinator has written the markers (tens of ms); librdkafka retries
+            // that after `retry.backoff.ms`, 100 ms by default, which floored every transaction
+            // at 200-300 ms (KAFKA-5477: the Java client uses 20 ms for this retry).
+            .set("retry.backoff.ms", "10")
+            .set("batch.size", "1048576")
+            .set("queue.buffering.max.kbytes", "65536")
+            .create_with_context(Deliveries::default())
+            .map_err(kerr("creating a transactional producer"))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(kerr("initialising transactions"))?;
+        tracing::info!(cluster = %self.cluster.alias, writer = self.index, transactional_id = %self.txn_id, "writer ready");
+        self.producer = Some(producer);
+        Ok(())
+    }
+
+    fn producer(&self) -> &TxProducer {
+        self.producer
+            .as_ref()
+            .expect("a transaction runs only with a producer")
+    }
+
+    fn txn_error(&self, what: &str, e: KafkaError) -> WriteError {
+        let code = match &e {
+            KafkaError::Transaction(r) => Some((r.code(), r.is_fatal())),
+            _ => None,
+        };
+        let message = format!("{what}: {e}");
+        let fenced = matches!(
+            code,
+            Some((
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::UnknownMemberId
+                    | RDKafkaErrorCode::FencedInstanceId
+                    | RDKafkaErrorCode::RebalanceInProgress,
+                _
+            ))
+        );
+        if code.is_some_and(|(_, fatal)| fatal) {
+            // A fatal producer error: the producer is unusable; the next transaction starts a
+            // new one (init_transactions fences whatever this one left open).
+            tracing::warn!(cluster = %self.cluster.alias, writer = self.index, error = %message, "fatal producer error; starting a new producer");
+            self.restart.set(true);
+        }
+        if fenced {
+            WriteError::Fenced {
+                cluster: self.cluster.alias.clone(),
+                message,
+            }
+        } else {
+            WriteError::Kafka {
+                cluster: self.cluster.alias.clone(),
+                message,
+            }
+        }
+    }
+
+    /// Writes all prepared jobs, their positions, their offset index entries and the shards'
+    /// fencing offsets in one transaction; returns the records written. Sites learn the new
+    /// positions and index entries after the commit.
+    fn transaction(&mut self, prepared: &[Prepared]) -> Result<u64, WriteError> {
+        let records: usize = prepared.iter().map(|p| p.dests.len()).sum();
+        if records >= UNTRACKED {
+            return Err(WriteError::Kafka {
+                cluster: self.cluster.alias.clone(),
+                message: format!("{records} records are too many for one transaction"),
+            });
+        }
+        if let Err(e) = self.producer().begin_transaction() {
+            return Err(self.txn_error("begin", e));
+        }
+        let generation = self.producer().context().begin(records);
+        self.timing = TxnTiming::default();
+        let producing = Instant::now();
+        let result = self.produce_all(prepared, generation).and_then(|log| {
+            self.timing.produce = producing.elapsed();
+            self.index_and_commit(prepared, log, generation)
+        });
+        if result.is_err() {
+            self.abort();
+        } else {
+            self.record_heartbeats(prepared);
+        }
+        result
+    }
+
+    fn record_heartbeats(&self, prepared: &[Prepared]) {
+        let mut by_site: HashMap<&str, Vec<&Prepared>> = HashMap::new();
+        for p in prepared {
+            by_site
+                .entry(p.job.site.alias.as_str())
+                .or_default()
+                .push(p);
+        }
+        for (site, ps) in by_site {
+            if let Some(ts) = crate::metrics::newest_heartbeat_ms(
+                site,
+                ps.iter().map(|p| (&p.job.batch.header.tp, &p.records)),
+            ) {
+                ps[0]
+                    .job
+                    .site
+                    .metrics
+                    .heartbeat_committed(ts, crate::metrics::now_ms());
+            }
+        }
+    }
+
+    fn produce_all(
+        &mut self,
+        prepared: &[Prepared],
+        generation: u32,
+    ) -> Result<TxnLog, WriteError> {
+        let mut log = TxnLog::default();
+        let mut site_ids: HashMap<&str, u32> = HashMap::new();
+        let mut source_ids: HashMap<(u32, &TopicPartition), u32> = HashMap::new();
+        let mut dest_ids: HashMap<(u32, &str, i32), u32> = HashMap::new();
+        for p in prepared {
+            let h = &p.job.batch.header;
+            let site = &p.job.site;
+            let sid = *site_ids.entry(site.alias.as_str()).or_insert_with(|| {
+                log.sites.push(SiteTxn {
+                    site: site.clone(),
+                    sources: Vec::new(),
+                    dests: Vec::new(),
+                });
+                (log.sites.len() - 1) as u32
+            });
+            let st = &mut log.sites[sid as usize];
+            let src = *source_ids.entry((sid, &h.tp)).or_insert_with(|| {
+                let prev = site.clusters[self.cluster_index].position(&h.tp);
+                st.sources.push((h.tp.clone(), prev, h.next_offset));
+                (st.sources.len() - 1) as u32
+            });
+            st.sources[src as usize].2 = h.next_offset;
+            for (rec, (topic, partition)) in p.records.iter().zip(&p.dests) {
+                let rec = rec.map_err(|e| WriteError::BadBatch {
+                    tp: h.tp.clone(),
+                    message: e.to_string(),
+                })?;
+                let st = &mut log.sites[sid as usize];
+                let did = *dest_ids
+                    .entry((sid, topic.as_str(), *partition))
+                    .or_insert_with(|| {
+                        st.dests
+                            .push(TopicPartition::new(topic.clone(), *partition));
+                        (st.dests.len() - 1) as u32
+                    });
+                let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+                for (k, v) in rec.headers.iter() {
+                    headers = headers.insert(Header { key: k, value: v });
+                }
+                let id = opaque(generation, log.sent.len());
+                let mut r: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(topic, id)
+                        .partition(*partition)
+                        .headers(headers);
+                if let Some(k) = rec.key {
+                    r = r.key(k);
+                }
+                if let Some(v) = rec.value {
+                    r = r.payload(v);
+                }
+                if rec.timestamp_type != TimestampType::NotAvailable {
+                    r = r.timestamp(rec.timestamp);
+                }
+                self.send(r)?;
+                log.sent.push((sid, src, did, rec.offset));
+            }
+        }
+        for st in &log.sites {
+            let shard = st.site.shard as i32;
+            for (tp, _, next) in &st.sources {
+                let key = position_key(&st.site.alias, tp).map_err(|e| WriteError::BadBatch {
+                    tp: tp.clone(),
+                    message: e.to_string(),
+                })?;
+                let value = position_value(*next);
+                let r: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(
+                    &self.positions_topic,
+                    opaque(generation, UNTRACKED),
+                )
+                .partition(shard)
+                .key(key.as_slice())
+                .payload(&value[..]);
+                self.send(r)?;
+            }
+        }
+        Ok(log)
+    }
+
+    /// Flushes the records, writes their index entries and the shards' fencing offsets into
+    /// the transaction, commits, then applies positions and entries to the sites.
+    fn index_and_commit(
+        &mut self,
+        prepared: &[Prepared],
+        log: TxnLog,
+        generation: u32,
+    ) -> Result<u64, WriteError> {
+        let started = Instant::now();
+        self.drain(TXN_TIMEOUT)?;
+        let failed = |cluster: &str, message: String| WriteError::Kafka {
+            cluster: cluster.to_owned(),
+            message,
+        };
+        let offsets = self
+            .producer()
+            .context()
+            .wait(TXN_TIMEOUT)
+            .map_err(|m| failed(self.alias(), m))?;
+        self.timing.flush = started.elapsed();
+        if offsets.len() != log.sent.len() {
+            return Err(failed(
+                self.alias(),
+                format!(
+                    "{} delivery reports for {} records",
+                    offsets.len(),
+                    log.sent.len()
+                ),
+            ));
+        }
+        let mut builders: Vec<EntriesBuilder> = log
+            .sites
+            .iter()
+            .map(|_| EntriesBuilder::default())
+            .collect();
+        let ids: Vec<Vec<usize>> = log
+            .sites
+            .iter()
+            .zip(&mut builders)
+            .map(|(st, b)| {
+                st.sources
+                    .iter()
+                    .map(|(tp, prev, next)| b.source(tp, *prev, *next))
+                    .collect()
+            })
+            .collect();
+        for (&(site, source, dest, src), &dst) in log.sent.iter().zip(&offsets) {
+            let (s, d) = (site as usize, dest as usize);
+            builders[s]
+                .record(ids[s][source as usize], &log.sites[s].dests[d], src, dst)
+                .map_err(|m| failed(self.alias(), format!("building the offset index: {m}")))?;
+        }
+        let entries: Vec<_> = builders.into_iter().map(EntriesBuilder::finish).collect();
+        for (st, e) in log.sites.iter().zip(&entries) {
+            for rec in offsets::encode(e, offsets::MAX_RECORD_BYTES) {
+                let r =
+                    BaseRecord::with_opaque_to(&self.index_topic, opaque(generation, UNTRACKED))
+                        .partition(st.site.shard as i32)
+                        .key(st.site.alias.as_bytes())
+                        .payload(&rec[..]);
+                self.send(r)?;
+            }
+        }
+        // Deliver the index records first: commit_transaction's own flush waits for delivery
+        // reports that only our polling serves.
+        self.drain(TXN_TIMEOUT)?;
+        let shards: BTreeSet<Shard> = log.sites.iter().map(|s| s.site.shard).collect();
+        let fence = self.membership.fence_offsets(shards.iter().copied());
+        let Some(group) = self.membership.group_metadata() else {
+            return Err(WriteError::Fenced {
+                cluster: self.cluster.alias.clone(),
+                message: "not a member of the hubs' group".into(),
+            });
+        };
+        if let Err(e) = self
+            .producer()
+            .send_offsets_to_transaction(&fence, &group, TXN_TIMEOUT)
+        {
+            return Err(self.txn_error("committing the shards' fencing offsets", e));
+        }
+        for st in &log.sites {
+            st.site.clusters[self.cluster_index]
+                .index
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_committing(true);
+        }
+        let committing = Instant::now();
+        let committed = self.producer().commit_transaction(TXN_TIMEOUT);
+        self.timing.commit = committing.elapsed();
+        if let Err(e) = committed {
+            // The outcome is unknown (a timeout may still commit): the shards' state must be
+            // read again from Kafka before anyone resumes from it.
+            for st in &log.sites {
+                st.site.clusters[self.cluster_index]
+                    .index
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .mark_stopped();
+                st.site.mark_stale();
+            }
+            return Err(self.txn_error("commit", e));
+        }
+        let _ = prepared;
+        for (st, e) in log.sites.into_iter().zip(entries) {
+            let c = &st.site.clusters[self.cluster_index];
+            {
+                let mut index = c.index.write().unwrap_or_else(PoisonError::into_inner);
+                index.apply(&e);
+                index.set_committing(false);
+            }
+            c.committed(st.sources.into_iter().map(|(tp, _, next)| (tp, next)));
+        }
+        Ok(log.sent.len() as u64)
+    }
+
+    fn abort(&self) {
+        let Some(p) = &self.producer else { return };
+        if self.restart.get() {
+            return;
+        }
+        if let Err(e) = p.abort_transaction(Duration::from_secs(30)) {
+            tracing::warn!(cluster = %self.cluster.alias, writer = self.index, error = %e, "abort failed; starting a new producer");
+            self.restart.set(true);
+        }
+    }
+
+    /// Waits until every produced record was delivered and its report served. rdkafka's
+    /// `flush` polls in fixed 100 ms steps (its `poll` serves events until the timeout, not
+    /// until the first one), which made every transaction last a multiple of 100 ms; short
+    /// polls return within a millisecond of the last report.
+    fn drain(&self, timeout: Duration) -> Result<(), WriteError> {
+        let deadline = Instant::now() + timeout;
+        while self.producer().in_flight_count() > 0 {
+            if Instant::now() >= deadline {
+                return Err(WriteError::Kafka {
+                    cluster: self.cluster.alias.clone(),
+                    message: format!(
+                        "{} records still undelivered after {timeout:?}",
+                        self.producer().in_flight_count()
+                    ),
+                });
+            }
+            self.serve_reports();
+        }
+        Ok(())
+    }
+
+    /// Serves a ready delivery report, or sleeps [`REPORT_PAUSE`] when there is none.
+    /// rust-rdkafka's `poll(t)` serves events until `t` is over and passes the last
+    /// sub-millisecond remainder to librdkafka as a zero timeout, so a short `poll` is a busy
+    /// loop: `poll(1 ms)` here cost the writer most of a core in `clock_gettime` (perf).
+    fn serve_reports(&self) {
+        let before = self.producer().in_flight_count();
+        self.producer().poll(Duration::ZERO);
+        if self.producer().in_flight_count() == before {
+            std::thread::sleep(REPORT_PAUSE);
+        }
+    }
+
+    fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
+        loop {
+            match self.producer().send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is bounded; wait for deliveries to free room.
+                    self.serve_reports();
+                    r = back;
+                }
+                Err((e, _)) => return Err(self.txn_error("produce", e)),
+            }
+        }
+    }
 }
 
 /// Delivery reports of the open transaction: the destination offset of every record sent, so
@@ -330,542 +1050,15 @@ impl Deliveries {
     }
 }
 
-/// Starts a writer: creates the transactional producer (fencing any older writer of this site),
-/// reads the site's committed positions and rebuilds its offset index. Blocking; run it off the
-/// executor.
-pub fn start(
-    rt: tokio::runtime::Handle,
-    cluster: &ClusterConfig,
-    topics: Arc<TopicManager>,
-    settings: WriterSettings,
-) -> Result<(SiteWriter, Vec<Position>), KafkaOpError> {
-    let txn_id = transactional_id(&settings.group_id, &settings.site, &cluster.alias);
-    let kerr = |what: &'static str| {
-        let cluster = cluster.alias.clone();
-        move |source| KafkaOpError::Kafka {
-            cluster,
-            what: what.to_owned(),
-            source: Box::new(source),
-        }
-    };
-    let producer: TxProducer = client_config(cluster)
-        .set("transactional.id", &txn_id)
-        .set("enable.idempotence", "true")
-        .set(
-            "transaction.timeout.ms",
-            cluster.transaction_timeout_ms.to_string(),
-        )
-        .set("linger.ms", "5")
-        // A transaction begun right after the previous commit gets CONCURRENT_TRANSACTIONS until
-        // the coordinator has written the markers (tens of ms); librdkafka retries that after
-        // `retry.backoff.ms`, 100 ms by default, which floored every transaction at 200-300 ms
-        // and end-to-end latency at seconds under a steady trickle (KAFKA-5477: the Java client
-        // uses 20 ms for this retry).
-        .set("retry.backoff.ms", "10")
-        .set("batch.size", "1048576")
-        .set("queue.buffering.max.kbytes", "65536")
-        .create_with_context(Deliveries::default())
-        .map_err(kerr("creating transactional producer"))?;
-    producer
-        .init_transactions(Duration::from_secs(60))
-        .map_err(kerr("initialising transactions (fencing older writers)"))?;
-    let ptopic = positions_topic(&settings.site);
-    topics.ensure(&rt, &ptopic, 1, &[("cleanup.policy", "compact")])?;
-    let positions = read_positions(cluster, &settings.site)?;
-    let itopic = offset_index_topic(&settings.site);
-    let retention = settings.offset_index_retention_ms.to_string();
-    topics.ensure(
-        &rt,
-        &itopic,
-        1,
-        &[("cleanup.policy", "delete"), ("retention.ms", &retention)],
-    )?;
-    let mut index = OffsetIndex::new(settings.offset_index_max_entries);
-    rebuild_offset_index(
-        cluster,
-        &settings.site,
-        &mut index,
-        settings.offset_index_rebuild_timeout,
-    )?;
-    for p in &positions {
-        index.set_position(&p.tp, p.next_offset);
-    }
-    let stats = index.stats();
-    let index = index.shared();
-    tracing::info!(site = %settings.site, cluster = %cluster.alias, transactional_id = %txn_id, positions = positions.len(), index_pairs = stats.pairs, index_runs = stats.runs, index_bytes = stats.bytes, "site writer ready");
-    let (tx, rx) = mpsc::channel(settings.queue_batches);
-    let mut w = Writer {
-        rt,
-        producer,
-        topics,
-        cluster: cluster.alias.clone(),
-        positions_topic: ptopic,
-        index_topic: itopic,
-        metrics: crate::metrics::site(&settings.site),
-        settings,
-        dest_cache: HashMap::new(),
-        positions: positions
-            .iter()
-            .map(|p| (p.tp.clone(), p.next_offset))
-            .collect(),
-        index: index.clone(),
-        timing: TxnTiming::default(),
-    };
-    let thread = std::thread::Builder::new()
-        .name(format!("writer-{}-{}", w.settings.site, w.cluster))
-        .spawn(move || {
-            let _stopped = MarkStopped(w.index.clone());
-            w.run(rx)
-        })
-        .expect("spawning a writer thread");
-    Ok((
-        SiteWriter {
-            tx,
-            thread: Some(thread),
-            index,
-        },
-        positions,
-    ))
-}
-
-/// Marks the index stopped when the writer thread ends, however it ends.
-struct MarkStopped(SharedOffsetIndex);
-
-impl Drop for MarkStopped {
-    fn drop(&mut self) {
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .mark_stopped();
-    }
-}
-
-/// What one transaction sent, in send order, to build its offset index entries from.
-#[derive(Default)]
-struct TxnLog {
-    /// Source partitions with their position before and after the transaction.
-    sources: Vec<(TopicPartition, Option<i64>, i64)>,
-    /// Destination partitions written.
-    dests: Vec<TopicPartition>,
-    /// Per record sent: (source id, dest id, source offset).
-    sent: Vec<(u32, u32, i64)>,
-}
-
-struct Writer {
-    rt: tokio::runtime::Handle,
-    producer: TxProducer,
-    topics: Arc<TopicManager>,
-    cluster: String,
-    positions_topic: String,
-    index_topic: String,
-    metrics: Arc<crate::metrics::SiteMetrics>,
-    settings: WriterSettings,
-    /// Logical topic -> remote topic, validated once.
-    dest_cache: HashMap<String, String>,
-    /// Committed position per source partition.
-    positions: HashMap<TopicPartition, i64>,
-    index: SharedOffsetIndex,
-    /// Where the last transaction's time went (debug log).
-    timing: TxnTiming,
-}
-
-/// Phases of one transaction: begin + produce, flush + delivery reports, index + commit.
-#[derive(Default)]
-struct TxnTiming {
-    produce: Duration,
-    flush: Duration,
-    commit: Duration,
-}
-
-impl Writer {
-    fn positions_snapshot(&self) -> Vec<Position> {
-        self.positions
-            .iter()
-            .map(|(tp, &next_offset)| Position {
-                tp: tp.clone(),
-                next_offset,
-            })
-            .collect()
-    }
-
-    fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
-        loop {
-            // The timer must be created inside the runtime, hence the async block.
-            let next = self
-                .rt
-                .block_on(async { tokio::time::timeout(IDLE_POLL, rx.recv()).await });
-            let msg = match next {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(_) => {
-                    self.producer.poll(Duration::ZERO);
-                    continue;
-                }
-            };
-            let first = match msg {
-                Msg::Write(j) => j,
-                Msg::Positions(reply) => {
-                    let _ = reply.send(self.positions_snapshot());
-                    continue;
-                }
-            };
-            let mut bytes = first.batch.header.uncompressed_len as u64;
-            let mut jobs = vec![first];
-            // A positions query queued behind these jobs is answered after their commit.
-            let mut query = None;
-            while bytes < self.settings.max_transaction_bytes {
-                match rx.try_recv() {
-                    Ok(Msg::Write(j)) => {
-                        bytes += j.batch.header.uncompressed_len as u64;
-                        jobs.push(j);
-                    }
-                    Ok(Msg::Positions(reply)) => {
-                        query = Some(reply);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let started = Instant::now();
-            let result = self.write_transaction(&jobs);
-            match &result {
-                Ok(records) => {
-                    self.metrics
-                        .committed(*records, jobs.len(), started.elapsed());
-                    let t = &self.timing;
-                    tracing::debug!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), records, elapsed_ms = started.elapsed().as_millis() as u64, produce_ms = t.produce.as_millis() as u64, flush_ms = t.flush.as_millis() as u64, commit_ms = t.commit.as_millis() as u64, "transaction committed")
-                }
-                Err(e) => {
-                    self.metrics.transaction_failed();
-                    tracing::warn!(site = %self.settings.site, cluster = %self.cluster, batches = jobs.len(), error = %e, "transaction failed; nothing of it is visible")
-                }
-            }
-            let outcome = result.map(|_| ());
-            for j in jobs {
-                j.complete(outcome.clone());
-            }
-            if outcome.is_err() {
-                // The session is torn down on any failure; the agent reconnects and resumes from
-                // the committed positions, so nothing is retried here. What was queued behind
-                // the failed transaction would be out of order: refuse it. A positions query
-                // gets no answer: this writer's memory is no longer the truth.
-                rx.close();
-                while let Ok(m) = rx.try_recv() {
-                    if let Msg::Write(j) = m {
-                        j.complete(Err(WriteError::Stopped));
-                    }
-                }
-                return;
-            }
-            if let Some(reply) = query {
-                let _ = reply.send(self.positions_snapshot());
-            }
-        }
-    }
-
-    fn txn_error(&self, what: &str, e: KafkaError) -> WriteError {
-        let fenced = matches!(&e, KafkaError::Transaction(r) if r.is_fatal() || r.code() == RDKafkaErrorCode::ProducerFenced || r.code() == RDKafkaErrorCode::InvalidProducerEpoch);
-        if fenced {
-            WriteError::Fenced {
-                site: self.settings.site.clone(),
-                cluster: self.cluster.clone(),
-                message: format!("{what}: {e}"),
-            }
-        } else {
-            WriteError::Kafka {
-                cluster: self.cluster.clone(),
-                message: format!("{what}: {e}"),
-            }
-        }
-    }
-
-    /// Writes all jobs, their positions and their offset index entries in one transaction;
-    /// returns the records written. The in-memory index learns the entries after the commit.
-    fn write_transaction(&mut self, jobs: &[WriteJob]) -> Result<u64, WriteError> {
-        let mut decoded = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let b = &j.batch;
-            let recs = b
-                .decode_records(self.settings.max_uncompressed_bytes)
-                .map_err(|e| WriteError::BadBatch {
-                    tp: b.header.tp.clone(),
-                    message: e.to_string(),
-                })?;
-            decoded.push(recs);
-        }
-        let records: usize = decoded.iter().map(|d| d.len()).sum();
-        if records >= UNTRACKED {
-            return Err(WriteError::Kafka {
-                cluster: self.cluster.clone(),
-                message: format!("{records} records are too many for one transaction"),
-            });
-        }
-        self.producer
-            .begin_transaction()
-            .map_err(|e| self.txn_error("begin", e))?;
-        let generation = self.producer.context().begin(records);
-        self.timing = TxnTiming::default();
-        let producing = Instant::now();
-        let result = self
-            .produce_all(jobs, &decoded, generation)
-            .and_then(|log| {
-                self.timing.produce = producing.elapsed();
-                self.index_and_commit(log, generation)
-            });
-        if result.is_err() {
-            self.abort();
-        } else if let Some(ts) = crate::metrics::newest_heartbeat_ms(
-            &self.settings.site,
-            jobs.iter().map(|j| &j.batch.header.tp).zip(&decoded),
-        ) {
-            self.metrics
-                .heartbeat_committed(ts, crate::metrics::now_ms());
-        }
-        result
-    }
-
-    /// Flushes the records, writes their index entries into the transaction, commits, then
-    /// applies the entries to the in-memory index.
-    fn index_and_commit(&mut self, log: TxnLog, generation: u32) -> Result<u64, WriteError> {
-        let started = Instant::now();
-        self.drain(TXN_TIMEOUT)?;
-        let failed = |message: String| WriteError::Kafka {
-            cluster: self.cluster.clone(),
-            message,
-        };
-        let offsets = self.producer.context().wait(TXN_TIMEOUT).map_err(failed)?;
-        self.timing.flush = started.elapsed();
-        if offsets.len() != log.sent.len() {
-            return Err(failed(format!(
-                "{} delivery reports for {} records",
-                offsets.len(),
-                log.sent.len()
-            )));
-        }
-        let mut b = EntriesBuilder::default();
-        let ids: Vec<usize> = log
-            .sources
-            .iter()
-            .map(|(tp, prev, next)| b.source(tp, *prev, *next))
-            .collect();
-        for (&(source, dest, src), &dst) in log.sent.iter().zip(&offsets) {
-            b.record(ids[source as usize], &log.dests[dest as usize], src, dst)
-                .map_err(|m| failed(format!("building the offset index: {m}")))?;
-        }
-        let entries = b.finish();
-        for rec in offsets::encode(&entries, offsets::MAX_RECORD_BYTES) {
-            let r = BaseRecord::with_opaque_to(&self.index_topic, opaque(generation, UNTRACKED))
-                .partition(0)
-                .payload(&rec[..]);
-            self.send(r)?;
-        }
-        // Deliver the index records first: commit_transaction's own flush waits for delivery
-        // reports that only our polling serves.
-        self.drain(TXN_TIMEOUT)?;
-        self.index_mut().set_committing(true);
-        let committing = Instant::now();
-        let committed = self.producer.commit_transaction(TXN_TIMEOUT);
-        self.timing.commit = committing.elapsed();
-        if let Err(e) = committed {
-            // The outcome is unknown (a timeout may still commit): the writer stops and the
-            // index withholds end-offset answers from now on.
-            self.index_mut().mark_stopped();
-            return Err(self.txn_error("commit", e));
-        }
-        {
-            let mut index = self.index_mut();
-            index.apply(&entries);
-            index.set_committing(false);
-        }
-        for (tp, _, next) in log.sources {
-            self.positions.insert(tp, next);
-        }
-        Ok(log.sent.len() as u64)
-    }
-
-    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, OffsetIndex> {
-        self.index.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn abort(&self) {
-        if let Err(e) = self.producer.abort_transaction(Duration::from_secs(30)) {
-            tracing::warn!(site = %self.settings.site, cluster = %self.cluster, error = %e, "abort failed");
-        }
-    }
-
-    fn dest_topic(
-        &mut self,
-        source_tp: &TopicPartition,
-        logical: &str,
-    ) -> Result<String, WriteError> {
-        if let Some(d) = self.dest_cache.get(logical) {
-            return Ok(d.clone());
-        }
-        let bad = |message: String| WriteError::BadBatch {
-            tp: source_tp.clone(),
-            message,
-        };
-        er_protocol::validate_topic_name(logical).map_err(|e| bad(e.to_string()))?;
-        if er_protocol::is_internal_topic(logical) {
-            return Err(bad(format!(
-                "topic {logical:?} is internal and is never replicated"
-            )));
-        }
-        let dest = self
-            .settings
-            .policy
-            .remote_topic(&self.settings.site, logical);
-        er_protocol::validate_topic_name(&dest).map_err(|e| bad(e.to_string()))?;
-        self.dest_cache.insert(logical.to_owned(), dest.clone());
-        Ok(dest)
-    }
-
-    fn produce_all(
-        &mut self,
-        jobs: &[WriteJob],
-        decoded: &[er_protocol::DecodedRecords],
-        generation: u32,
-    ) -> Result<TxnLog, WriteError> {
-        let mut log = TxnLog::default();
-        let mut source_ids: HashMap<&TopicPartition, u32> = HashMap::new();
-        // Logical topic -> destination partition -> dest id. A destination topic is resolved
-        // and created when the first record goes to it, so a topic whose records are all
-        // renamed leaves no empty `<site>.<topic>` behind.
-        let mut dest_ids: HashMap<&str, HashMap<i32, u32>> = HashMap::new();
-        for (job, recs) in jobs.iter().zip(decoded) {
-            let h = &job.batch.header;
-            let sid = *source_ids.entry(&h.tp).or_insert_with(|| {
-                let prev = self.positions.get(&h.tp).copied();
-                log.sources.push((h.tp.clone(), prev, h.next_offset));
-                (log.sources.len() - 1) as u32
-            });
-            log.sources[sid as usize].2 = h.next_offset;
-            for rec in recs.iter() {
-                let rec = rec.map_err(|e| WriteError::BadBatch {
-                    tp: h.tp.clone(),
-                    message: e.to_string(),
-                })?;
-                let partition = rec.partition.unwrap_or(h.tp.partition);
-                if partition < 0 {
-                    return Err(WriteError::BadBatch {
-                        tp: h.tp.clone(),
-                        message: format!("negative destination partition {partition}"),
-                    });
-                }
-                let logical = rec.topic.unwrap_or(&h.tp.topic);
-                let did = match dest_ids.get(logical).and_then(|m| m.get(&partition)) {
-                    Some(&d) => d,
-                    None => {
-                        let topic = self.dest_topic(&h.tp, logical)?;
-                        let partitions = h.partition_count.max(partition.saturating_add(1));
-                        self.ensure(&h.tp, &topic, partitions)?;
-                        let d = log.dests.len() as u32;
-                        log.dests.push(TopicPartition::new(topic, partition));
-                        dest_ids.entry(logical).or_default().insert(partition, d);
-                        d
-                    }
-                };
-                let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-                for (k, v) in rec.headers.iter() {
-                    headers = headers.insert(Header { key: k, value: v });
-                }
-                let id = opaque(generation, log.sent.len());
-                let mut r: BaseRecord<'_, [u8], [u8], usize> =
-                    BaseRecord::with_opaque_to(&log.dests[did as usize].topic, id)
-                        .partition(partition)
-                        .headers(headers);
-                if let Some(k) = rec.key {
-                    r = r.key(k);
-                }
-                if let Some(v) = rec.value {
-                    r = r.payload(v);
-                }
-                if rec.timestamp_type != TimestampType::NotAvailable {
-                    r = r.timestamp(rec.timestamp);
-                }
-                self.send(r)?;
-                log.sent.push((sid, did, rec.offset));
-            }
-        }
-        for (tp, _, next) in &log.sources {
-            let key = crate::kafka::position_key(tp);
-            let value = crate::kafka::position_value(*next);
-            let r: BaseRecord<'_, [u8], [u8], usize> =
-                BaseRecord::with_opaque_to(&self.positions_topic, opaque(generation, UNTRACKED))
-                    .partition(0)
-                    .key(key.as_slice())
-                    .payload(&value[..]);
-            self.send(r)?;
-        }
-        Ok(log)
-    }
-
-    fn ensure(&self, tp: &TopicPartition, topic: &str, partitions: i32) -> Result<(), WriteError> {
-        self.topics
-            .ensure(&self.rt, topic, partitions, &[])
-            .map_err(|e| WriteError::Kafka {
-                cluster: self.cluster.clone(),
-                message: format!("destination of {tp}: {e}"),
-            })
-    }
-
-    /// Waits until every produced record was delivered and its report served. rdkafka's
-    /// `flush` polls in fixed 100 ms steps (its `poll` serves events until the timeout, not
-    /// until the first one), which made every transaction last a multiple of 100 ms; short
-    /// polls return within a millisecond of the last report.
-    fn drain(&self, timeout: Duration) -> Result<(), WriteError> {
-        let deadline = Instant::now() + timeout;
-        while self.producer.in_flight_count() > 0 {
-            if Instant::now() >= deadline {
-                return Err(WriteError::Kafka {
-                    cluster: self.cluster.clone(),
-                    message: format!(
-                        "{} records still undelivered after {timeout:?}",
-                        self.producer.in_flight_count()
-                    ),
-                });
-            }
-            self.serve_reports();
-        }
-        Ok(())
-    }
-
-    /// Serves a ready delivery report, or sleeps [`REPORT_PAUSE`] when there is none.
-    /// rust-rdkafka's `poll(t)` serves events until `t` is over and passes the last
-    /// sub-millisecond remainder to librdkafka as a zero timeout, so a short `poll` is a busy
-    /// loop: `poll(1 ms)` here cost the writer most of a core in `clock_gettime` (perf).
-    fn serve_reports(&self) {
-        let before = self.producer.in_flight_count();
-        self.producer.poll(Duration::ZERO);
-        if self.producer.in_flight_count() == before {
-            std::thread::sleep(REPORT_PAUSE);
-        }
-    }
-
-    fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
-        loop {
-            match self.producer.send(r) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is bounded; wait for deliveries to free room.
-                    self.serve_reports();
-                    r = back;
-                }
-                Err((e, _)) => return Err(self.txn_error("produce", e)),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn transactional_id_is_the_same_on_every_hub_of_a_group() {
+    fn transactional_ids_belong_to_a_hubs_writers() {
         assert_eq!(
-            transactional_id("edge-replicator", "plant7", "central"),
-            "edge-replicator-plant7-central"
+            transactional_id("edge-replicator", "hub-1", "central", 3),
+            "edge-replicator-hub-1-central-3"
         );
     }
 }

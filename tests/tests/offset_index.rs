@@ -9,14 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use er_hub::config::ClusterConfig;
-use er_hub::kafka::{TopicManager, offset_index_topic};
+use er_hub::fleet::Fleet;
 use er_hub::offsets::{SharedOffsetIndex, Translation};
-use er_hub::sink::{self, Completion, SiteWriter, WriteJob, WriterSettings};
-use er_protocol::{
-    Batch, BatchBuilder, Codec, Position, RecordRef, ReplicationPolicy, TimestampType,
-    TopicPartition,
-};
+use er_hub::shards::offset_index_topic;
+use er_hub::sink::{Completion, WriteJob};
+use er_hub::sites::Site as HubSite;
+use er_protocol::{Batch, BatchBuilder, Codec, Position, RecordRef, TimestampType, TopicPartition};
 use er_tests::client;
 use er_tests::kafka::shared;
 use er_tests::unique_name;
@@ -72,51 +70,55 @@ fn batch(
     Ok(b.finish(0, Codec::Zstd, 3)?)
 }
 
+/// A site written through a real in-process hub fleet (group membership, shared writers,
+/// shard loading), without QUIC: batches go straight to the writer pool.
 struct Site {
     name: String,
     group: String,
-    cluster: ClusterConfig,
-    topics: Arc<TopicManager>,
+    hub_id: String,
+    dir: tempfile::TempDir,
+    bootstrap: String,
+}
+
+/// A running fleet and the site's state in it.
+struct Running {
+    fleet: Arc<Fleet>,
+    site: Arc<HubSite>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Site {
     fn new(bootstrap: &str) -> Result<Self> {
-        let cluster = ClusterConfig {
-            alias: "central".into(),
-            bootstrap_servers: bootstrap.into(),
-            replication_factor: 1,
-            transaction_timeout_ms: 60_000,
-            properties: BTreeMap::new(),
-        };
+        let dir = tempfile::tempdir()?;
+        er_net::devcerts::generate(dir.path(), &[], &["oi".into()], false)?;
         Ok(Self {
             name: unique_name("oi"),
             group: unique_name("oi-hubs"),
-            topics: TopicManager::new(&cluster)?,
-            cluster,
+            hub_id: unique_name("oi-hub"),
+            dir,
+            bootstrap: bootstrap.to_owned(),
         })
     }
 
-    /// Starts a writer for the site, fencing any earlier one, as a hub does on connect.
-    async fn start_writer(&self) -> Result<(SiteWriter, Vec<Position>)> {
-        let settings = WriterSettings {
-            site: self.name.clone(),
-            group_id: self.group.clone(),
-            policy: ReplicationPolicy::Default {
-                separator: ".".into(),
-            },
-            max_uncompressed_bytes: 32 << 20,
-            max_transaction_bytes: 32 << 20,
-            queue_batches: 16,
-            offset_index_max_entries: 1_000_000,
-            offset_index_retention_ms: 7 * 24 * 3_600_000,
-            offset_index_rebuild_timeout: Duration::from_secs(45),
-        };
-        let (cluster, topics) = (self.cluster.clone(), self.topics.clone());
+    /// Starts a fleet as a hub does (joining the group fences nothing of its own: its writers'
+    /// transactional ids fence the previous incarnation), waits until it owns and loaded the
+    /// site's shard.
+    async fn start(&self) -> Result<Running> {
+        let text = format!(
+            "hub_id = {:?}\ngroup_id = {:?}\nlisten = \"127.0.0.1:0\"\n[tls]\nca_cert = \"ca.pem\"\ncert = \"hub.pem\"\nkey = \"hub.key\"\n[[clusters]]\nalias = \"central\"\nbootstrap_servers = {:?}\nreplication_factor = 1\n[fleet]\nshards = 4\nwriters_per_cluster = 2\nsession_timeout_ms = 6000\n",
+            self.hub_id, self.group, self.bootstrap
+        );
+        let cfg = er_hub::config::parse(&self.dir.path().join("hub.toml"), &text)?;
         let rt = tokio::runtime::Handle::current();
-        Ok(
-            tokio::task::spawn_blocking(move || sink::start(rt, &cluster, topics, settings))
-                .await??,
-        )
+        let fleet = Arc::new(tokio::task::spawn_blocking(move || Fleet::start(rt, cfg)).await??);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(fleet.clone().run_loader(stop_rx));
+        let site = fleet
+            .registry
+            .wait_site(&self.name, Duration::from_secs(90))
+            .await
+            .context("the site's shard was not owned and loaded within 90 s")?;
+        Ok(Running { fleet, site, stop })
     }
 
     fn remote(&self, topic: &str) -> String {
@@ -124,14 +126,34 @@ impl Site {
     }
 }
 
-/// Submits batches back to back (the writer may group them into one transaction) and waits
+impl Running {
+    fn positions(&self) -> Vec<Position> {
+        self.site.clusters[0].positions()
+    }
+
+    fn offset_index(&self) -> &SharedOffsetIndex {
+        &self.site.clusters[0].index
+    }
+
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let fleet = self.fleet;
+        drop(self.site);
+        tokio::task::spawn_blocking(move || drop(fleet)).await?;
+        Ok(())
+    }
+}
+
+/// Submits batches back to back (a writer may group them into one transaction) and waits
 /// until all committed.
-async fn write(writer: &SiteWriter, batches: Vec<Batch>) -> Result<()> {
+async fn write(run: &Running, batches: Vec<Batch>) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
     let n = batches.len();
     for batch in batches {
-        writer
+        run.fleet.pools[0]
             .submit(WriteJob {
+                site: run.site.clone(),
+                session: 1,
                 batch,
                 reply: tx.clone(),
             })
@@ -264,7 +286,8 @@ fn check_index(
 async fn index_matches_the_destination_records_and_survives_a_restart() -> Result<()> {
     let k = shared();
     let site = Site::new(k.central())?;
-    let (writer, positions) = site.start_writer().await?;
+    let writer = site.start().await?;
+    let positions = writer.positions();
     ensure!(
         positions.is_empty(),
         "a new site has no positions: {positions:?}"
@@ -356,7 +379,7 @@ async fn index_matches_the_destination_records_and_survives_a_restart() -> Resul
     }
 
     let topics = client::list_topics(k.central()).await?;
-    let index_topic = offset_index_topic(&site.name);
+    let index_topic = offset_index_topic(&site.group);
     ensure!(
         !topics.contains(&site.remote("metrics")),
         "a topic whose records were all renamed left an empty destination behind"
@@ -366,7 +389,10 @@ async fn index_matches_the_destination_records_and_survives_a_restart() -> Resul
         "no {index_topic} in {topics:?}"
     );
     ensure!(er_protocol::is_internal_topic(&index_topic));
-    ensure!(client::partition_ids(k.central(), &index_topic).await? == vec![0]);
+    ensure!(
+        client::partition_ids(k.central(), &index_topic).await? == vec![0, 1, 2, 3],
+        "one partition per shard"
+    );
     let admin = client::admin(k.central())?;
     let configs = admin
         .describe_configs(
@@ -392,17 +418,21 @@ async fn index_matches_the_destination_records_and_survives_a_restart() -> Resul
         value("retention.ms")
     );
 
-    // A hub restart: the old writer goes away, a new one fences it and rebuilds the index.
+    // A hub restart: the old fleet goes away, a new one rejoins the group (same hub id),
+    // loads the site's shard and rebuilds the index from the central cluster.
     let old_index = writer.offset_index().clone();
-    drop(writer);
+    writer.stop().await?;
     let rebuild_started = Instant::now();
-    let (writer, resumed) = site.start_writer().await?;
+    let writer = site.start().await?;
     let rebuild = rebuild_started.elapsed();
-    let resumed: BTreeMap<TopicPartition, i64> =
-        resumed.into_iter().map(|p| (p.tp, p.next_offset)).collect();
+    let resumed: BTreeMap<TopicPartition, i64> = writer
+        .positions()
+        .into_iter()
+        .map(|p| (p.tp, p.next_offset))
+        .collect();
     ensure!(resumed == positions, "positions after restart: {resumed:?}");
     check_index(writer.offset_index(), &truth, &positions, "rebuilt")?;
-    // The stopped writer's index must not answer end offsets any more: the new writer's
+    // The stopped fleet's index must not answer end offsets any more: the new fleet's
     // commits are invisible to it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -439,5 +469,5 @@ async fn index_matches_the_destination_records_and_survives_a_restart() -> Resul
         "offset index: {records} records, {checked} translations checked; restart with rebuild took {:.2} s",
         rebuild.as_secs_f64()
     );
-    Ok(())
+    writer.stop().await
 }

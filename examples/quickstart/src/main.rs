@@ -21,6 +21,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 const SITE: &str = "plant-7";
+/// Site shards of the quickstart hub (a handful is plenty for one site).
+const SHARDS: i32 = 4;
 
 /// Runs the edge-replicator demo on embedded mock Kafka clusters.
 #[derive(Debug, Parser)]
@@ -59,9 +61,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The mock cluster has no CreateTopics admin API: create what the hub would create.
         central.create_topic(&format!("{SITE}.{t}"), n, 1)?;
     }
+    let group = "edge-replicator";
     for t in [
-        er_hub::kafka::positions_topic(SITE),
-        er_hub::kafka::offset_index_topic(SITE),
+        er_hub::shards::shards_topic(group),
+        er_hub::shards::positions_topic(group),
+        er_hub::shards::offset_index_topic(group),
+    ] {
+        central.create_topic(&t, SHARDS, 1)?;
+    }
+    for t in [
+        er_hub::shards::hubs_topic(group),
         er_protocol::checkpoints_topic(SITE),
         er_protocol::offset_syncs_topic(SITE),
     ] {
@@ -83,7 +92,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // The hub, on a free UDP port.
     let hub_toml = format!(
-        "hub_id = \"quickstart-hub\"\nlisten = \"127.0.0.1:0\"\n[tls]\nca_cert = \"ca.pem\"\ncert = \"hub.pem\"\nkey = \"hub.key\"\n[[clusters]]\nalias = \"central\"\nbootstrap_servers = {:?}\nreplication_factor = 1\n",
+        "hub_id = \"quickstart-hub\"\nlisten = \"127.0.0.1:0\"\n[tls]\nca_cert = \"ca.pem\"\ncert = \"hub.pem\"\nkey = \"hub.key\"\n[[clusters]]\nalias = \"central\"\nbootstrap_servers = {:?}\nreplication_factor = 1\n[fleet]\nshards = {SHARDS}\nsession_timeout_ms = 6000\n",
         central.bootstrap_servers()
     );
     let hub_cfg = er_hub::config::parse(&dir.path().join("hub.toml"), &hub_toml)?;

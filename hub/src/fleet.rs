@@ -1,0 +1,376 @@
+//! The hub's fleet machinery, started once per process: per central cluster the group
+//! membership, a pool of writers and a checkpointer; the site registry and the loader that
+//! keeps it in step with the shards this hub owns; the directory of the other hubs.
+//!
+//! Threads and Kafka clients are fixed by the configuration (clusters x writers, plus a few per
+//! cluster), never by the number of sites.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::checkpoints::{CheckpointSettings, Checkpointer};
+use crate::config::Validated;
+use crate::directory::Directory;
+use crate::kafka::{KafkaOpError, TopicManager};
+use crate::membership::Membership;
+use crate::shards::{Shard, shards_topic};
+use crate::sink::{WriterPool, WriterSettings};
+use crate::sites::{Registry, SiteCluster};
+
+/// Time budget for reading the offset index of newly owned shards; past it they start with
+/// empty indexes (older offsets then answer "too old", never a wrong offset).
+pub const DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How long a shard load waits for the previous owner's pending transactions.
+const STABLE_WAIT: Duration = Duration::from_secs(60);
+
+/// Where a site's shard is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// By this hub.
+    Here,
+    /// By another hub of the group, reachable at these addresses.
+    Elsewhere {
+        /// The owner's hub id.
+        hub_id: String,
+        /// Where agents reach it.
+        addresses: Vec<String>,
+    },
+    /// Nobody, as far as this hub knows (a rebalance is under way, or the owner did not
+    /// advertise an address).
+    Unknown,
+}
+
+/// Everything the hub shares among its sessions.
+pub struct Fleet {
+    /// The configuration.
+    pub config: Validated,
+    /// Topic creation per cluster.
+    pub topics: Vec<Arc<TopicManager>>,
+    /// Group membership per cluster; the first is the coordination cluster, whose assignment
+    /// decides which sites this hub accepts.
+    pub memberships: Vec<Arc<Membership>>,
+    /// Writers per cluster.
+    pub pools: Vec<WriterPool>,
+    /// The sites of the owned shards.
+    pub registry: Arc<Registry>,
+    directory: Directory,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("hub_id", &self.config.raw.hub_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Creates the group's topics, joins the group on every cluster and starts writers,
+    /// checkpointers and the directory. Blocking: call it off the executor.
+    pub fn start(rt: tokio::runtime::Handle, config: Validated) -> Result<Self, KafkaOpError> {
+        let raw = &config.raw;
+        let group = raw.group_id.clone();
+        let session_timeout = Duration::from_millis(raw.fleet.session_timeout_ms);
+        let mut topics = Vec::new();
+        let mut memberships = Vec::new();
+        for (i, cluster) in raw.clusters.iter().enumerate() {
+            let t = TopicManager::new(cluster)?;
+            crate::kafka::setup_group_topics(
+                &rt,
+                &t,
+                &group,
+                raw.fleet.shards,
+                raw.limits.offset_index_retention_ms,
+                i == 0,
+            )?;
+            memberships.push(Arc::new(Membership::join(
+                cluster,
+                &group,
+                &raw.hub_id,
+                &shards_topic(&group),
+                session_timeout,
+            )?));
+            topics.push(t);
+        }
+        let pools = raw
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, cluster)| {
+                WriterPool::start(
+                    rt.clone(),
+                    i,
+                    cluster,
+                    topics[i].clone(),
+                    memberships[i].clone(),
+                    WriterSettings::new(&config),
+                )
+            })
+            .collect();
+        let registry = Arc::new(Registry::new(
+            raw.fleet.shards,
+            raw.clusters.len(),
+            raw.limits.offset_index_max_entries_per_partition,
+        ));
+        if config.advertised.is_empty() {
+            warn!(listen = %config.listen, "this hub listens on a wildcard address and has no fleet.advertised_addresses: other hubs cannot send sites here");
+        }
+        let directory = Directory::start(
+            &raw.clusters[0],
+            &group,
+            &raw.hub_id,
+            config.advertised.clone(),
+            memberships[0].watch(),
+            session_timeout / 2,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, cluster) in raw.clusters.iter().enumerate() {
+            let mut c = Checkpointer::start(
+                i,
+                cluster,
+                topics[i].clone(),
+                CheckpointSettings {
+                    sync_group_offsets: raw.checkpoints.sync_group_offsets,
+                    offset_syncs: raw.checkpoints.offset_syncs,
+                },
+            )?;
+            let (registry, stop, rt) = (registry.clone(), stop.clone(), rt.clone());
+            let interval = Duration::from_millis(raw.checkpoints.interval_ms);
+            let alias = cluster.alias.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("checkpoints-{alias}"))
+                    .spawn(move || {
+                        checkpoint_loop(&mut c, &registry, &rt, i, &alias, interval, &stop)
+                    })
+                    .expect("spawning a checkpointer thread"),
+            );
+        }
+        info!(hub_id = %raw.hub_id, group = %group, shards = raw.fleet.shards, clusters = raw.clusters.len(), writers_per_cluster = config.writers_per_cluster, "fleet started; waiting for the group to assign shards");
+        Ok(Self {
+            config,
+            topics,
+            memberships,
+            pools,
+            registry,
+            directory,
+            stop,
+            threads,
+        })
+    }
+
+    /// Where `shard` is served now.
+    pub fn owner_of(&self, shard: Shard) -> Owner {
+        let own = self.memberships[0].ownership();
+        if own.owns(shard) {
+            return Owner::Here;
+        }
+        if own.rebalancing || own.epoch == 0 {
+            return Owner::Unknown;
+        }
+        match self.directory.owner_of(shard) {
+            Some((hub_id, addresses)) => Owner::Elsewhere { hub_id, addresses },
+            None => Owner::Unknown,
+        }
+    }
+
+    /// Keeps the registry in step with the owned shards until `shutdown`: loads shards this
+    /// hub gained (after their previous owner's transactions settled), forgets shards it lost
+    /// (ending their sessions), reloads shards whose state may be stale.
+    pub async fn run_loader(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut own = self.memberships[0].watch();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_due = Instant::now() + crate::metrics::STATUS_INTERVAL;
+        loop {
+            tokio::select! {
+                _ = own.changed() => {}
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let ownership = self.memberships[0].ownership();
+            crate::metrics::set_shards_owned(ownership.shards.len());
+            if Instant::now() >= status_due {
+                status_due = Instant::now() + crate::metrics::STATUS_INTERVAL;
+                info!(
+                    shards_owned = ownership.shards.len(),
+                    sites = self.registry.sites().len(),
+                    sites_connected = self.registry.connected(),
+                    "fleet status"
+                );
+            }
+            if ownership.rebalancing || ownership.epoch == 0 {
+                continue;
+            }
+            for (shard, _) in self.registry.loaded() {
+                if !ownership.shards.contains_key(&shard) {
+                    let sites = self.registry.drop_shard(shard);
+                    info!(
+                        shard,
+                        sites = sites.len(),
+                        "shard moved to another hub; its sessions end"
+                    );
+                    for s in sites {
+                        s.supersede_session();
+                    }
+                }
+            }
+            let need = self.registry.to_load(&ownership.shards);
+            if need.is_empty() {
+                continue;
+            }
+            let fleet = self.clone();
+            let started = Instant::now();
+            let loading = need.clone();
+            let read = tokio::task::spawn_blocking(move || fleet.read(&loading)).await;
+            match read {
+                Ok(Ok(mut contents)) => {
+                    // Ownership may have moved while reading: install only what is still ours
+                    // under the epoch the read began in.
+                    let now = self.memberships[0].ownership();
+                    for shard in need {
+                        let held = now.shards.get(&shard).copied();
+                        if now.rebalancing || held.is_none_or(|since| since > ownership.epoch) {
+                            continue;
+                        }
+                        let c = contents.remove(&shard).unwrap_or_default();
+                        for s in self.registry.install(shard, ownership.epoch, c) {
+                            s.supersede_session();
+                        }
+                    }
+                    crate::metrics::shards_loaded(started.elapsed());
+                    info!(
+                        shards = self.registry.loaded().len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "owned shards loaded"
+                    );
+                }
+                Ok(Err(e)) => warn!(error = %e, "loading owned shards failed; retrying"),
+                Err(e) => warn!(error = %e, "loading owned shards panicked; retrying"),
+            }
+        }
+    }
+
+    /// Reads `shards` from every cluster, once their previous owner's pending transactions
+    /// settled. Blocking.
+    fn read(
+        &self,
+        shards: &BTreeSet<Shard>,
+    ) -> Result<HashMap<Shard, crate::sites::ShardContents>, KafkaOpError> {
+        let raw = &self.config.raw;
+        let mut per_cluster = Vec::new();
+        for (i, cluster) in raw.clusters.iter().enumerate() {
+            self.memberships[i].await_stable(shards, STABLE_WAIT)?;
+            let (read, _) = crate::kafka::read_shards(
+                cluster,
+                &raw.group_id,
+                shards,
+                raw.limits.offset_index_max_entries_per_partition,
+                DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT,
+            )?;
+            per_cluster.push(read);
+        }
+        let mut out: HashMap<Shard, crate::sites::ShardContents> = HashMap::new();
+        for shard in shards {
+            let mut sites: BTreeSet<String> = BTreeSet::new();
+            for r in &per_cluster {
+                if let Some(s) = r.get(shard) {
+                    sites.extend(s.positions.keys().cloned());
+                    sites.extend(s.indexes.keys().cloned());
+                }
+            }
+            let mut contents = crate::sites::ShardContents::new();
+            for site in sites {
+                let clusters = per_cluster
+                    .iter_mut()
+                    .map(|read| {
+                        let new_index = || {
+                            crate::offsets::OffsetIndex::new(
+                                raw.limits.offset_index_max_entries_per_partition,
+                            )
+                        };
+                        match read.get_mut(shard) {
+                            Some(r) => SiteCluster::new(
+                                r.positions.remove(&site).unwrap_or_default(),
+                                r.indexes.remove(&site).unwrap_or_else(new_index),
+                            ),
+                            None => SiteCluster::new(Vec::new(), new_index()),
+                        }
+                    })
+                    .collect();
+                contents.insert(site, clusters);
+            }
+            out.insert(*shard, contents);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for s in self.registry.sites() {
+            s.retire();
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The checkpointer of one cluster: a round every `interval` over every loaded site.
+fn checkpoint_loop(
+    c: &mut Checkpointer,
+    registry: &Registry,
+    rt: &tokio::runtime::Handle,
+    cluster_index: usize,
+    alias: &str,
+    interval: Duration,
+    stop: &AtomicBool,
+) {
+    let mut next_gauge = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let sites = registry.sites();
+        let here: BTreeSet<&str> = sites.iter().map(|s| s.alias.as_str()).collect();
+        c.retain(|s| here.contains(s));
+        match c.run_once(rt, &sites) {
+            Ok(rounds) => {
+                for (site, r) in rounds {
+                    if r.checkpoints + r.offset_syncs + r.group_commits > 0 {
+                        site.metrics.checkpoint_round(r.checkpoints, r.offset_syncs);
+                        tracing::debug!(site = %site.alias, cluster = alias, checkpoints = r.checkpoints, offset_syncs = r.offset_syncs, group_commits = r.group_commits, pending = r.pending, "checkpoint round");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(cluster = alias, error = %e, "checkpoint round failed; retrying next interval")
+            }
+        }
+        if Instant::now() >= next_gauge {
+            next_gauge = Instant::now() + crate::metrics::INDEX_GAUGE_INTERVAL;
+            for s in &sites {
+                let runs = s.clusters[cluster_index]
+                    .index
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .stats()
+                    .runs;
+                crate::metrics::set_offset_index_entries(&s.alias, alias, runs);
+            }
+        }
+        // Sleep in short steps so shutdown is prompt.
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < interval {
+            std::thread::sleep(Duration::from_millis(50).min(interval));
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! From an incoming QUIC connection to a running session: the TLS handshake and the site's
+//! identity, the hello (answered in 0.5-RTT when that changes nothing), admission to the hub
+//! that owns the site's shard (or a redirect), and the handover from the site's previous
+//! session.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use er_net::wire::{FrameReader, FrameWriter};
+use er_protocol::{Channel, ErrorCode, HubConn, HubEvent, Position};
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::streams::StreamWriters;
+use super::{HANDOVER_WAIT, Hub, SessionEnd, close_code, same_positions};
+use crate::fleet::Owner;
+use crate::sites::{SessionSlot, Site};
+
+/// The connection of a site up to its hello (see [`Hub::greet`]).
+pub(super) struct Greeted {
+    pub(super) ctl_reader: FrameReader,
+    pub(super) writers: StreamWriters,
+    pub(super) proto: HubConn,
+    /// The positions an early (0.5-RTT) welcome gave the agent.
+    pub(super) early: Option<Vec<Position>>,
+}
+
+/// How often a site waiting for its shard's owner looks again.
+const OWNER_POLL: Duration = Duration::from_millis(200);
+
+impl Hub {
+    pub(super) async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%remote, error = %e, "refused connection");
+                return;
+            }
+        };
+        // A server's conversion to 0.5-RTT always succeeds; `handshake` resolves when the
+        // handshake is over, successful or not.
+        let (conn, handshake) = match connecting.into_0rtt() {
+            Ok(pair) => pair,
+            Err(_) => unreachable!("quinn converts every incoming connection to 0.5-RTT"),
+        };
+        // A site resuming a TLS session is authenticated at once: its certificate comes from the
+        // session and the PSK binder proves the session's secret. A full handshake names the
+        // site only at its end.
+        let resumed = conn.peer_identity().is_some();
+        let mut handshake = Some(handshake);
+        if !resumed && !finish_handshake(&conn, &mut handshake).await {
+            warn!(%remote, reason = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing or not issued by the configured CA?)");
+            return;
+        }
+        let site = match er_net::peer_site_alias(&conn) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%remote, error = %e, "refused connection: no usable site identity in the client certificate");
+                conn.close(close_code::UNAUTHORIZED.into(), b"unauthorized");
+                return;
+            }
+        };
+        let span = info_span!("site", site = %site, %remote);
+        // The hello of a resumed session may be 0-RTT data, which anyone on the path can replay:
+        // until the handshake is over, the hub only reads (see `greet`).
+        let greeted = match self
+            .greet(&conn, &site, resumed)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(g) => g,
+            Err(end) => {
+                let _enter = span.enter();
+                end.report(&conn);
+                return;
+            }
+        };
+        if !finish_handshake(&conn, &mut handshake).await {
+            let _enter = span.enter();
+            info!(reason = ?conn.close_reason(), "a resumed connection did not finish its handshake (lost, or a replayed hello); nothing was changed");
+            return;
+        }
+        self.admit(conn, site, greeted).instrument(span).await;
+    }
+
+    /// Sends the site to its shard's owner, or takes over its previous session here and runs
+    /// the new one.
+    async fn admit(self: Arc<Self>, conn: quinn::Connection, alias: String, mut greeted: Greeted) {
+        let site = match self.site_here(&alias, &mut greeted).await {
+            Ok(s) => s,
+            Err(end) => {
+                let _ = greeted.writers.flush(&mut greeted.proto).await;
+                end.report(&conn);
+                return;
+            }
+        };
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::session_started();
+        let (supersede_tx, supersede_rx) = watch::channel(false);
+        let (ended_tx, ended_rx) = watch::channel(false);
+        let replaced = site.replace_session(SessionSlot {
+            id,
+            supersede: supersede_tx,
+            ended: ended_rx,
+        });
+        self.publish_connected();
+        let result = match self.take_over(&site, replaced).await {
+            Ok(()) => {
+                self.clone()
+                    .run_session(&conn, &site, id, greeted, supersede_rx)
+                    .await
+            }
+            Err(end) => Err(end),
+        };
+        match result {
+            Ok(()) => info!("site disconnected"),
+            Err(end) => end.report(&conn),
+        }
+        site.end_session(id);
+        self.publish_connected();
+        let _ = ended_tx.send(true);
+    }
+
+    fn publish_connected(&self) {
+        crate::metrics::set_sites_connected(self.fleet.registry.connected());
+    }
+
+    /// The site's state, once this hub owns its shard and has loaded it. A site whose shard
+    /// another hub owns is redirected there; while nobody owns it (a rebalance, a dead hub not
+    /// yet replaced) the site waits up to `fleet.shard_wait_ms`.
+    async fn site_here(&self, alias: &str, greeted: &mut Greeted) -> Result<Arc<Site>, SessionEnd> {
+        let registry = &self.fleet.registry;
+        let shard = registry.shard_of(alias);
+        let wait = Duration::from_millis(self.fleet.config.raw.fleet.shard_wait_ms);
+        let deadline = Instant::now() + wait;
+        let mut told = false;
+        loop {
+            match self.fleet.owner_of(shard) {
+                Owner::Here => {
+                    if let Some(site) = registry.site(alias).filter(|s| !s.is_stale()) {
+                        return Ok(site);
+                    }
+                }
+                Owner::Elsewhere { hub_id, addresses } => {
+                    info!(shard, owner = %hub_id, ?addresses, "site belongs to another hub; redirecting");
+                    crate::metrics::redirected();
+                    greeted.proto.reject(
+                        ErrorCode::Overloaded,
+                        format!(
+                            "shard {shard} of site {alias:?} is served by hub {hub_id:?} at {}",
+                            addresses.join(", ")
+                        ),
+                    );
+                    return Err(SessionEnd::NotOwner(format!(
+                        "redirected to hub {hub_id:?}"
+                    )));
+                }
+                Owner::Unknown => {}
+            }
+            if !told {
+                info!(
+                    shard,
+                    wait_ms = wait.as_millis() as u64,
+                    "waiting for the site's shard to be owned and loaded"
+                );
+                told = true;
+            }
+            if Instant::now() >= deadline {
+                greeted.proto.reject(
+                    ErrorCode::Overloaded,
+                    format!("no hub serves shard {shard} of site {alias:?} yet; try again later"),
+                );
+                return Err(SessionEnd::NotOwner(format!(
+                    "shard {shard} not owned by any hub after {wait:?}"
+                )));
+            }
+            tokio::time::sleep(OWNER_POLL).await;
+        }
+    }
+
+    /// Ends the site's previous session (if any) and waits until every batch it handed to the
+    /// writers completed, so the positions in memory are exactly what is committed.
+    async fn take_over(
+        &self,
+        site: &Site,
+        replaced: Option<SessionSlot>,
+    ) -> Result<(), SessionEnd> {
+        if let Some(old) = replaced {
+            info!("a new connection of the site replaces the old one");
+            let _ = old.supersede.send(true);
+            let mut ended = old.ended;
+            let done = async { ended.wait_for(|e| *e).await.is_ok() };
+            let in_time = tokio::time::timeout(HANDOVER_WAIT, done).await.is_ok();
+            if !in_time {
+                warn!(
+                    wait_ms = HANDOVER_WAIT.as_millis() as u64,
+                    "the replaced session did not end in time"
+                );
+            }
+        }
+        if !site.drained(HANDOVER_WAIT).await {
+            return Err(SessionEnd::Internal(format!(
+                "{} batches of the site's previous session are still being written; reconnect",
+                site.inflight()
+            )));
+        }
+        if site.is_stale() {
+            return Err(SessionEnd::Internal(
+                "the site's state is being read again after an uncertain commit; reconnect".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the site's hello and, when it can be answered without changing anything, answers
+    /// it at once: a resumed session (0.5-RTT) of a site of an owned, loaded shard that has no
+    /// live session and no batch being written gets its welcome with the positions in memory,
+    /// one round trip earlier. Replacing a live session waits for the end of the handshake,
+    /// which a replayed hello never reaches.
+    async fn greet(
+        &self,
+        conn: &quinn::Connection,
+        alias: &str,
+        resumed: bool,
+    ) -> Result<Greeted, SessionEnd> {
+        let cfg = &self.fleet.config;
+        let (ctl_send, ctl_recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| SessionEnd::Link(e.to_string()))?;
+        let mut ctl_reader = FrameReader::new(ctl_recv, self.max_frame());
+        let mut writers = StreamWriters {
+            control: FrameWriter::new(ctl_send),
+            partitions: HashMap::new(),
+        };
+        let mut proto = HubConn::new(
+            er_protocol::HubConfig {
+                hub_id: cfg.raw.hub_id.clone(),
+                max_batch_bytes: cfg.raw.limits.max_batch_bytes,
+                max_uncompressed_bytes: cfg.raw.limits.max_uncompressed_bytes,
+            },
+            alias.to_owned(),
+            Instant::now(),
+        );
+        let first = ctl_reader
+            .next()
+            .await
+            .map_err(SessionEnd::from_stream)?
+            .ok_or_else(|| SessionEnd::Link("control stream closed before hello".into()))?;
+        proto
+            .handle_frame(Instant::now(), &Channel::Control, first)
+            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+        let mut hello_ok = false;
+        while let Some(ev) = proto.poll_event() {
+            if let HubEvent::Hello {
+                agent_version,
+                site_claim,
+                version,
+            } = ev
+            {
+                if !site_claim.is_empty() && site_claim != alias {
+                    warn!(%site_claim, "agent claims another site name; the certificate decides");
+                }
+                info!(%agent_version, version, resumed, "hello");
+                hello_ok = true;
+            }
+        }
+        if !hello_ok {
+            // The state machine queued an Error frame (e.g. version mismatch): deliver it.
+            writers.flush(&mut proto).await?;
+            return Err(SessionEnd::Protocol("handshake refused".into()));
+        }
+        let mut early = None;
+        let registry = &self.fleet.registry;
+        let quiet_site = resumed
+            .then(|| registry.site(alias))
+            .flatten()
+            .filter(|s| !s.has_session() && s.inflight() == 0 && !s.is_stale());
+        if let Some(site) = quiet_site
+            && self.fleet.owner_of(site.shard) == Owner::Here
+        {
+            let positions = self.welcome_positions(&site);
+            info!(
+                positions = positions.len(),
+                "welcoming site in 0.5-RTT (resumed TLS session, positions in memory)"
+            );
+            proto
+                .welcome(positions.clone(), self.heartbeat_target(alias))
+                .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+            writers.flush(&mut proto).await?;
+            crate::metrics::early_welcome();
+            early = Some(positions);
+        }
+        Ok(Greeted {
+            ctl_reader,
+            writers,
+            proto,
+            early,
+        })
+    }
+
+    /// The committed positions the site resumes from: on each cluster, those of the partitions
+    /// the site's routes send there (the others are stale: a route changed).
+    pub(super) fn welcome_positions(&self, site: &Site) -> Vec<Position> {
+        let cfg = &self.fleet.config;
+        site.positions(|cluster, tp| cfg.cluster_for(&site.alias, &tp.topic) == cluster)
+    }
+
+    /// Largest frame a site may send: a batch of the configured limit plus room for its header.
+    pub(super) fn max_frame(&self) -> u32 {
+        self.fleet
+            .config
+            .raw
+            .limits
+            .max_batch_bytes
+            .saturating_add(64 * 1024)
+    }
+
+    /// The alias of the cluster that receives the site's heartbeats.
+    pub(super) fn heartbeat_target(&self, site: &str) -> String {
+        let cfg = &self.fleet.config;
+        cfg.raw.clusters[cfg.cluster_for(site, er_protocol::HEARTBEATS_TOPIC)]
+            .alias
+            .clone()
+    }
+
+    /// Welcomes the site with its positions, unless an early welcome already did; then checks
+    /// that those positions did not move in between (another connection of the site wrote).
+    pub(super) async fn welcome(
+        &self,
+        site: &Site,
+        writers: &mut StreamWriters,
+        proto: &mut HubConn,
+        early: Option<Vec<Position>>,
+    ) -> Result<(), SessionEnd> {
+        let positions = self.welcome_positions(site);
+        match early {
+            Some(sent) if !same_positions(&sent, &positions) => Err(SessionEnd::Internal(
+                "the site's positions moved after its 0.5-RTT welcome; reconnect and resume".into(),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                info!(positions = positions.len(), "welcoming site");
+                proto
+                    .welcome(positions, self.heartbeat_target(&site.alias))
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                writers.flush(proto).await
+            }
+        }
+    }
+}
+
+/// Waits for the end of the handshake (once); false if it failed.
+async fn finish_handshake(
+    conn: &quinn::Connection,
+    handshake: &mut Option<quinn::ZeroRttAccepted>,
+) -> bool {
+    if let Some(h) = handshake.take() {
+        h.await;
+    }
+    conn.close_reason().is_none()
+}

@@ -1,0 +1,187 @@
+//! One site's session: a small dispatcher between the connection's streams, the protocol state
+//! machine and the writers. Each `select!` arm calls one handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use er_net::wire::{FrameReader, StreamError};
+use er_protocol::{Channel, ErrorCode, HubConn, HubEvent};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use super::accept::Greeted;
+use super::streams::{Inbound, StreamWriters, spawn_reader};
+use super::{Hub, SessionEnd};
+use crate::sink::{Completion, WriteError, WriteJob};
+use crate::sites::Site;
+
+/// Inbound frames queued between the stream readers and the session.
+const INBOUND_QUEUE: usize = 256;
+
+/// The state a session's handlers change.
+struct Session<'a> {
+    hub: &'a Hub,
+    site: &'a Arc<Site>,
+    id: u64,
+    proto: HubConn,
+    writers: StreamWriters,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+}
+
+impl Hub {
+    /// Welcomes the site and serves it until the link ends, a batch fails, or a newer
+    /// connection supersedes this one.
+    pub(super) async fn run_session(
+        self: Arc<Self>,
+        conn: &quinn::Connection,
+        site: &Arc<Site>,
+        id: u64,
+        greeted: Greeted,
+        mut supersede: watch::Receiver<bool>,
+    ) -> Result<(), SessionEnd> {
+        let Greeted {
+            ctl_reader,
+            mut writers,
+            mut proto,
+            early,
+        } = greeted;
+        self.welcome(site, &mut writers, &mut proto, early).await?;
+        let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
+        let mut s = Session {
+            hub: &self,
+            site,
+            id,
+            proto,
+            writers,
+            completions_tx,
+        };
+        let (in_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+        spawn_reader(ctl_reader, None, in_tx.clone());
+        let max_frame = self.max_frame();
+        loop {
+            tokio::select! {
+                stream = conn.accept_bi() => {
+                    let (send, recv) = stream.map_err(|e| SessionEnd::Link(e.to_string()))?;
+                    spawn_reader(FrameReader::new(recv, max_frame), Some(send), in_tx.clone());
+                }
+                msg = inbound.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    if s.on_inbound(msg).await? {
+                        return Ok(());
+                    }
+                }
+                done = completions.recv() => {
+                    let Some(done) = done else { return Ok(()) };
+                    s.on_completion(done).await?;
+                }
+                _ = superseded(&mut supersede) => return Err(SessionEnd::Superseded),
+                closed = conn.closed() => return Err(SessionEnd::Link(closed.to_string())),
+            }
+            s.writers.flush(&mut s.proto).await?;
+        }
+    }
+}
+
+impl Session<'_> {
+    /// A frame or the end of a stream; true when the agent closed the control stream.
+    async fn on_inbound(&mut self, msg: Inbound) -> Result<bool, SessionEnd> {
+        match msg {
+            Inbound::Frame {
+                channel,
+                frame,
+                send,
+            } => {
+                if let (Channel::Partition(tp), Some(send)) = (&channel, send) {
+                    self.writers
+                        .partitions
+                        .insert(tp.clone(), er_net::wire::FrameWriter::new(send));
+                }
+                self.proto
+                    .handle_frame(Instant::now(), &channel, frame)
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+                while let Some(ev) = self.proto.poll_event() {
+                    self.on_event(ev).await?;
+                }
+                Ok(false)
+            }
+            Inbound::Closed { channel, error } => match error {
+                Some(StreamError::Decode(e)) => {
+                    let m = format!("malformed frame on {channel:?}: {e}");
+                    self.proto.reject(ErrorCode::Protocol, m.clone());
+                    self.writers.flush(&mut self.proto).await?;
+                    Err(SessionEnd::Protocol(m))
+                }
+                Some(e) => Err(SessionEnd::from_stream(e)),
+                None => Ok(matches!(channel, Channel::Control)),
+            },
+        }
+    }
+
+    /// What the protocol made of a frame: batches go to their cluster's writers (waiting while
+    /// the writer's queue is full: backpressure to the link), group offsets to the site.
+    async fn on_event(&mut self, ev: HubEvent) -> Result<(), SessionEnd> {
+        match ev {
+            HubEvent::Batch(batch) => {
+                let fleet = &self.hub.fleet;
+                let cluster = fleet
+                    .config
+                    .cluster_for(&self.site.alias, &batch.header.tp.topic);
+                debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
+                self.site.metrics.batch_received(batch.payload.len());
+                let job = WriteJob {
+                    site: self.site.clone(),
+                    session: self.id,
+                    batch,
+                    reply: self.completions_tx.clone(),
+                };
+                fleet.pools[cluster]
+                    .submit(job)
+                    .await
+                    .map_err(|e| SessionEnd::Internal(e.to_string()))
+            }
+            HubEvent::GroupOffsets(groups) => {
+                debug!(groups = groups.len(), "group offsets reported");
+                self.site
+                    .groups
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .update(groups);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A batch committed (ack it) or failed (end the session: the agent resumes from the
+    /// committed positions).
+    async fn on_completion(&mut self, done: Completion) -> Result<(), SessionEnd> {
+        let e = match done.result {
+            Ok(()) => {
+                return self
+                    .proto
+                    .ack(&done.tp, done.seq, done.next_offset)
+                    .map_err(|e| SessionEnd::Protocol(e.to_string()));
+            }
+            Err(e) => e,
+        };
+        let (code, end) = match &e {
+            WriteError::BadBatch { .. } => {
+                (ErrorCode::BadBatch, SessionEnd::Protocol(e.to_string()))
+            }
+            WriteError::NotOwner { .. } | WriteError::Fenced { .. } => {
+                (ErrorCode::Internal, SessionEnd::NotOwner(e.to_string()))
+            }
+            _ => (ErrorCode::Internal, SessionEnd::Internal(e.to_string())),
+        };
+        self.proto.reject(code, e.to_string());
+        self.writers.flush(&mut self.proto).await?;
+        Err(end)
+    }
+}
+
+/// Resolves once the session is asked to end (never if the asking side is gone).
+async fn superseded(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
