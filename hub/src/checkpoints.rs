@@ -44,6 +44,49 @@ pub struct GroupTable {
 }
 
 impl GroupTable {
+    /// Longest edge group name accepted (Kafka sets none; a checkpoint key holds at most
+    /// 32,767 bytes, and names this long are an attack, not a consumer group).
+    pub const MAX_GROUP_NAME: usize = 255;
+
+    /// Checks a report against the site's limits before applying it: every group name at most
+    /// [`Self::MAX_GROUP_NAME`] bytes, not empty, offsets not negative, and at most `max_groups`
+    /// groups known afterwards. Nothing is applied when something is wrong.
+    pub fn update_checked(
+        &mut self,
+        report: Vec<GroupOffsets>,
+        max_groups: usize,
+    ) -> Result<(), String> {
+        for g in &report {
+            if g.group.is_empty() || g.group.len() > Self::MAX_GROUP_NAME {
+                return Err(format!(
+                    "group name of {} bytes (1 to {} allowed)",
+                    g.group.len(),
+                    Self::MAX_GROUP_NAME
+                ));
+            }
+            if let Some(p) = g.offsets.iter().find(|p| p.next_offset < 0) {
+                return Err(format!(
+                    "group {:?}: negative offset {} for {}",
+                    g.group, p.next_offset, p.tp
+                ));
+            }
+        }
+        let new = report
+            .iter()
+            .filter(|g| !self.groups.contains_key(&g.group))
+            .map(|g| &g.group)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if self.groups.len() + new > max_groups {
+            return Err(format!(
+                "{} groups reported, at most {max_groups} allowed per site (limits.max_groups_per_site)",
+                self.groups.len() + new
+            ));
+        }
+        self.update(report);
+        Ok(())
+    }
+
     /// Applies one report: each named group's offsets replace what was known of it.
     pub fn update(&mut self, report: Vec<GroupOffsets>) {
         for g in report {
@@ -253,14 +296,23 @@ impl Checkpointer {
         for p in &pending {
             let checkpoints_topic = er_protocol::checkpoints_topic(&p.site);
             let syncs_topic = er_protocol::offset_syncs_topic(&p.site);
+            // One site's unencodable checkpoint (a name too long for MM2's format) is skipped
+            // with a warning; it must never stop the round for the other sites.
             for c in &p.checkpoints {
-                let key = c.encode_key().map_err(|e| self.encode_err(e))?;
-                let value = c.encode_value().map_err(|e| self.encode_err(e))?;
-                self.send(&checkpoints_topic, &key, &value)?;
+                match (c.encode_key(), c.encode_value()) {
+                    (Ok(key), Ok(value)) => self.send(&checkpoints_topic, &key, &value)?,
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(site = %p.site, group = %c.consumer_group_id, error = %e, "skipping a checkpoint that MM2's format cannot hold");
+                    }
+                }
             }
             for s in &p.syncs {
-                let key = s.encode_key().map_err(|e| self.encode_err(e))?;
-                self.send(&syncs_topic, &key, &s.encode_value())?;
+                match s.encode_key() {
+                    Ok(key) => self.send(&syncs_topic, &key, &s.encode_value())?,
+                    Err(e) => {
+                        tracing::warn!(site = %p.site, tp = %s.topic_partition, error = %e, "skipping an offset sync that MM2's format cannot hold");
+                    }
+                }
             }
         }
         self.producer
@@ -473,14 +525,6 @@ impl Checkpointer {
             cluster: self.cluster.alias.clone(),
             what: what.to_owned(),
             source: Box::new(e),
-        }
-    }
-
-    fn encode_err(&self, e: er_protocol::Mm2Error) -> KafkaOpError {
-        KafkaOpError::Kafka {
-            cluster: self.cluster.alias.clone(),
-            what: format!("encoding a checkpoint: {e}"),
-            source: Box::new(KafkaError::Canceled),
         }
     }
 }

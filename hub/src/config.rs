@@ -286,6 +286,13 @@ pub struct LimitsConfig {
     /// at most.
     #[serde(default = "default_offset_index_retention_ms")]
     pub offset_index_retention_ms: u64,
+    /// Distinct source topics a site may send; a batch of one more is refused (the hub would
+    /// otherwise create any number of central topics for one site).
+    #[serde(default = "default_max_topics_per_site")]
+    pub max_topics_per_site: usize,
+    /// Edge consumer groups a site may report; reports of more are refused.
+    #[serde(default = "default_max_groups_per_site")]
+    pub max_groups_per_site: usize,
 }
 
 impl Default for LimitsConfig {
@@ -298,6 +305,8 @@ impl Default for LimitsConfig {
             offset_index_max_entries_per_partition: default_offset_index_max_entries_per_partition(
             ),
             offset_index_retention_ms: default_offset_index_retention_ms(),
+            max_topics_per_site: default_max_topics_per_site(),
+            max_groups_per_site: default_max_groups_per_site(),
         }
     }
 }
@@ -316,6 +325,12 @@ fn default_writer_queue_batches() -> usize {
 }
 fn default_offset_index_max_entries_per_partition() -> usize {
     crate::offsets::DEFAULT_MAX_ENTRIES_PER_PARTITION
+}
+fn default_max_topics_per_site() -> usize {
+    1_000
+}
+fn default_max_groups_per_site() -> usize {
+    1_000
 }
 fn default_offset_index_retention_ms() -> u64 {
     7 * 24 * 60 * 60 * 1000
@@ -489,6 +504,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     let l = &raw.limits;
     if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_batches == 0 {
         return Err(invalid("limits", "limits must be greater than zero".into()));
+    }
+    if l.max_topics_per_site == 0 || l.max_groups_per_site == 0 {
+        return Err(invalid(
+            "limits.max_topics_per_site",
+            "limits.max_topics_per_site and limits.max_groups_per_site must be at least 1".into(),
+        ));
     }
     if l.offset_index_max_entries_per_partition == 0 {
         return Err(invalid(

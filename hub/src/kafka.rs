@@ -85,6 +85,8 @@ pub struct TopicManager {
     admin: AdminClient<DefaultClientContext>,
     meta: BaseConsumer,
     known: Mutex<HashMap<String, i32>>,
+    /// `max.message.bytes` per topic, asked once.
+    max_bytes: Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for TopicManager {
@@ -118,6 +120,7 @@ impl TopicManager {
             admin,
             meta,
             known: Mutex::new(HashMap::new()),
+            max_bytes: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -147,6 +150,45 @@ impl TopicManager {
             .find(|t| t.name() == topic && t.error().is_none())
             .map(|t| t.partitions().len() as i32)
             .filter(|n| *n > 0))
+    }
+
+    /// The topic's `max.message.bytes` (the largest record batch the broker accepts for it),
+    /// asked once per topic. Blocking.
+    pub fn max_message_bytes(
+        &self,
+        rt: &tokio::runtime::Handle,
+        topic: &str,
+    ) -> Result<usize, KafkaOpError> {
+        if let Some(n) = self
+            .max_bytes
+            .lock()
+            .expect("limits cache poisoned")
+            .get(topic)
+        {
+            return Ok(*n);
+        }
+        let res = rt
+            .block_on(self.admin.describe_configs(
+                [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+                &AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)),
+            ))
+            .map_err(self.err(format!("describing {topic:?}")))?;
+        let n = res
+            .into_iter()
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|c| {
+                c.get("max.message.bytes")
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.parse::<usize>().ok())
+            })
+            // Kafka's default when the broker does not say.
+            .unwrap_or(1_048_588);
+        self.max_bytes
+            .lock()
+            .expect("limits cache poisoned")
+            .insert(topic.to_owned(), n);
+        Ok(n)
     }
 
     /// Makes sure `topic` exists with at least `partitions` partitions. Blocking; call it from a

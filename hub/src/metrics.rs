@@ -26,6 +26,8 @@ pub const SHARDS_OWNED: &str = "er_hub_shards_owned";
 pub const SHARD_LOADS: &str = "er_hub_shard_loads_total";
 /// Time to load newly owned shards.
 pub const SHARD_LOAD_SECONDS: &str = "er_hub_shard_load_seconds_total";
+/// Records written to a site's dead-letter topic instead of their destination.
+pub const POISON_RECORDS: &str = "er_hub_poison_records_total";
 /// Sites sent to another hub of the group.
 pub const REDIRECTS: &str = "er_hub_redirects_total";
 /// Welcomes sent in 0.5-RTT to a site resuming its TLS session (one round trip saved).
@@ -131,6 +133,7 @@ pub struct SiteMetrics {
     bytes_received: Counter,
     batches_committed: Counter,
     transactions_failed: Counter,
+    poison_records: Counter,
     checkpoints_written: Counter,
     offset_syncs_written: Counter,
     replication_lag: Gauge,
@@ -160,6 +163,7 @@ pub fn site(site: &str) -> Arc<SiteMetrics> {
                 bytes_received: counter!(BYTES_RECEIVED, &l),
                 batches_committed: counter!(BATCHES_COMMITTED, &l),
                 transactions_failed: counter!(TRANSACTIONS_FAILED, &l),
+                poison_records: counter!(POISON_RECORDS, &l),
                 checkpoints_written: counter!(CHECKPOINTS_WRITTEN, &l),
                 offset_syncs_written: counter!(OFFSET_SYNCS_WRITTEN, &l),
                 replication_lag: gauge!(REPLICATION_LAG_SECONDS, &l),
@@ -187,6 +191,11 @@ impl SiteMetrics {
     /// A transaction failed (nothing of it is visible).
     pub fn transaction_failed(&self) {
         self.transactions_failed.increment(1);
+    }
+
+    /// A record went to the site's dead-letter topic.
+    pub fn poison_record(&self) {
+        self.poison_records.increment(1);
     }
 
     /// A checkpoint round wrote these.

@@ -273,8 +273,50 @@ impl Drop for WriterPool {
 struct Prepared {
     job: WriteJob,
     records: DecodedRecords,
-    /// Destination topic per record, in record order (resolved and created).
-    dests: Vec<(String, i32)>,
+    /// Where each record goes, in record order (destinations resolved and created).
+    dests: Vec<Dest>,
+}
+
+/// Where one record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dest {
+    /// Its remote topic and partition.
+    Topic(String, i32),
+    /// The site's dead-letter topic: the record can never be written where it belongs (it is
+    /// larger than the destination accepts). Its key and source coordinates go there instead,
+    /// so one poison record never stalls its partition.
+    DeadLetter {
+        /// The remote topic it was meant for.
+        topic: String,
+        /// Why it cannot go there.
+        reason: String,
+    },
+}
+
+/// Bytes a record's encoding may add to its key, value and headers inside a record batch
+/// (lengths, varints, attributes, the batch header): the margin kept under the broker's limit.
+const RECORD_OVERHEAD: usize = 1024;
+
+/// The dead-letter topic of a site on a central cluster: records the hub cannot write where
+/// they belong, with their source coordinates (never replicated: it ends in `.internal`).
+pub fn dead_letter_topic(site: &str) -> String {
+    format!("er-dead-letter.{site}.internal")
+}
+
+/// Header names of a dead-letter record.
+pub mod dead_letter_header {
+    /// Source topic at the edge.
+    pub const TOPIC: &str = "er.source.topic";
+    /// Source partition (decimal).
+    pub const PARTITION: &str = "er.source.partition";
+    /// Source offset (decimal).
+    pub const OFFSET: &str = "er.source.offset";
+    /// The remote topic it was meant for.
+    pub const DESTINATION: &str = "er.destination.topic";
+    /// Why it was not written there.
+    pub const REASON: &str = "er.reason";
+    /// Size of the original value in bytes (the value itself is not kept).
+    pub const VALUE_BYTES: &str = "er.value.bytes";
 }
 
 /// Per site in one transaction: the source partitions it moved and the offset index entries.
@@ -409,7 +451,11 @@ impl Writer {
                         per_site
                             .entry(p.job.site.alias.as_str())
                             .or_insert((0, 0, &p.job.site));
-                    e.0 += p.dests.len() as u64;
+                    e.0 += p
+                        .dests
+                        .iter()
+                        .filter(|d| matches!(d, Dest::Topic(..)))
+                        .count() as u64;
                     e.1 += 1;
                 }
                 for (records, batches, site) in per_site.into_values() {
@@ -468,17 +514,22 @@ impl Writer {
         out
     }
 
-    fn check(
-        &mut self,
-        job: &WriteJob,
-    ) -> Result<(DecodedRecords, Vec<(String, i32)>), WriteError> {
+    fn check(&mut self, job: &WriteJob) -> Result<(DecodedRecords, Vec<Dest>), WriteError> {
         let h = &job.batch.header;
         let bad = |message: String| WriteError::BadBatch {
             tp: h.tp.clone(),
             message,
         };
+        // The source topic is checked even when the batch holds no record: it names a position.
+        er_protocol::validate_topic_name(&h.tp.topic).map_err(|e| bad(e.to_string()))?;
+        if er_protocol::is_internal_topic(&h.tp.topic) {
+            return Err(bad(format!(
+                "topic {:?} is internal and is never replicated",
+                h.tp.topic
+            )));
+        }
         if !(1..=MAX_SOURCE_PARTITIONS).contains(&h.partition_count)
-            || h.tp.partition >= h.partition_count
+            || !(0..h.partition_count).contains(&h.tp.partition)
         {
             return Err(bad(format!(
                 "partition {} of a topic with {} partitions (at most {MAX_SOURCE_PARTITIONS})",
@@ -489,8 +540,9 @@ impl Writer {
             .batch
             .decode_records(self.settings.max_uncompressed_bytes)
             .map_err(|e| bad(e.to_string()))?;
-        let mut dests = Vec::with_capacity(h.record_count as usize);
-        let mut last: Option<(&str, String)> = None;
+        // The declared count is the agent's word: reserve by what is reasonable.
+        let mut dests = Vec::with_capacity((h.record_count as usize).min(4096));
+        let mut last: Option<(String, String, usize)> = None;
         for rec in records.iter() {
             let rec = rec.map_err(|e| bad(e.to_string()))?;
             let partition = rec.partition.unwrap_or(h.tp.partition);
@@ -501,17 +553,58 @@ impl Writer {
                 )));
             }
             let logical = rec.topic.unwrap_or(&h.tp.topic);
-            let topic = match &last {
-                Some((l, t)) if *l == logical => t.clone(),
+            let (topic, limit) = match &last {
+                Some((l, t, limit)) if l == logical => (t.clone(), *limit),
                 _ => {
                     let t = self.dest_topic(job, logical)?;
-                    last = Some((logical, t.clone()));
-                    t
+                    let limit = self.record_limit(&t)?;
+                    last = Some((logical.to_owned(), t.clone(), limit));
+                    (t, limit)
                 }
             };
-            dests.push((topic, partition));
+            let size = rec.key.map_or(0, <[u8]>::len)
+                + rec.value.map_or(0, <[u8]>::len)
+                + rec
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+                    .sum::<usize>();
+            if size > limit {
+                dests.push(Dest::DeadLetter {
+                    topic,
+                    reason: format!(
+                        "record of {size} bytes is larger than the {limit} bytes the destination accepts"
+                    ),
+                });
+            } else {
+                dests.push(Dest::Topic(topic, partition));
+            }
         }
         Ok((records, dests))
+    }
+
+    /// The largest record (key, value and headers) `topic` takes: the topic's and the
+    /// producer's `max.message.bytes`, less the batch overhead.
+    fn record_limit(&self, topic: &str) -> Result<usize, WriteError> {
+        let topic_max = self
+            .topics
+            .max_message_bytes(&self.rt, topic)
+            .map_err(|e| WriteError::Kafka {
+                cluster: self.cluster.alias.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(topic_max
+            .min(self.message_max_bytes())
+            .saturating_sub(RECORD_OVERHEAD))
+    }
+
+    /// The producer's `message.max.bytes` (the cluster's `properties` may raise it).
+    fn message_max_bytes(&self) -> usize {
+        self.cluster
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000)
     }
 
     /// The remote topic of `logical` for the job's site, validated and created with the
@@ -705,11 +798,18 @@ impl Writer {
                 (st.sources.len() - 1) as u32
             });
             st.sources[src as usize].2 = h.next_offset;
-            for (rec, (topic, partition)) in p.records.iter().zip(&p.dests) {
+            for (rec, dest) in p.records.iter().zip(&p.dests) {
                 let rec = rec.map_err(|e| WriteError::BadBatch {
                     tp: h.tp.clone(),
                     message: e.to_string(),
                 })?;
+                let (topic, partition) = match dest {
+                    Dest::Topic(topic, partition) => (topic, partition),
+                    Dest::DeadLetter { topic, reason } => {
+                        self.dead_letter(site, &h.tp, &rec, topic, reason, generation)?;
+                        continue;
+                    }
+                };
                 let st = &mut log.sites[sid as usize];
                 let did = *dest_ids
                     .entry((sid, topic.as_str(), *partition))
@@ -759,6 +859,46 @@ impl Writer {
             }
         }
         Ok(log)
+    }
+
+    /// Writes a record that cannot go where it belongs into the site's dead-letter topic:
+    /// its key (when small enough) and its source coordinates, never its value.
+    fn dead_letter(
+        &self,
+        site: &Site,
+        source: &TopicPartition,
+        rec: &er_protocol::RecordView<'_>,
+        destination: &str,
+        reason: &str,
+        generation: u32,
+    ) -> Result<(), WriteError> {
+        use dead_letter_header as dl;
+        let topic = dead_letter_topic(&site.alias);
+        self.topics
+            .ensure(&self.rt, &topic, 1, &[])
+            .map_err(|e| WriteError::Kafka {
+                cluster: self.cluster.alias.clone(),
+                message: format!("creating the dead-letter topic: {e}"),
+            })?;
+        tracing::warn!(site = %site.alias, cluster = %self.cluster.alias, source = %source, offset = rec.offset, destination, reason, "poison record: written to the site's dead-letter topic instead");
+        site.metrics.poison_record();
+        let (partition, offset) = (source.partition.to_string(), rec.offset.to_string());
+        let value_bytes = rec.value.map_or(0, <[u8]>::len).to_string();
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(header(dl::TOPIC, &source.topic))
+            .insert(header(dl::PARTITION, &partition))
+            .insert(header(dl::OFFSET, &offset))
+            .insert(header(dl::DESTINATION, destination))
+            .insert(header(dl::REASON, reason))
+            .insert(header(dl::VALUE_BYTES, &value_bytes));
+        let mut r: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&topic, opaque(generation, UNTRACKED))
+                .partition(0)
+                .headers(headers);
+        if let Some(k) = rec.key.filter(|k| k.len() <= 64 * 1024) {
+            r = r.key(k);
+        }
+        self.send(r)
     }
 
     /// Flushes the records, writes their index entries and the shards' fencing offsets into
@@ -963,6 +1103,14 @@ const _: () = assert!(
     usize::BITS >= 64,
     "delivery opaques pack a generation and an index"
 );
+
+/// A header with a text value.
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
 
 fn opaque(generation: u32, index: usize) -> usize {
     ((generation as usize) << 32) | (index & UNTRACKED)

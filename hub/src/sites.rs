@@ -100,6 +100,8 @@ pub struct Site {
     failed_session: AtomicU64,
     /// The live session, if any.
     session: Mutex<Option<SessionSlot>>,
+    /// Source topics the site has sent (bounded by `limits.max_topics_per_site`).
+    topics: Mutex<std::collections::HashSet<String>>,
     /// A commit's outcome is unknown: the state in memory may be behind Kafka's, and the shard
     /// must be read again before the site resumes.
     stale: std::sync::atomic::AtomicBool,
@@ -129,8 +131,22 @@ impl Site {
             drained: Notify::new(),
             failed_session: AtomicU64::new(0),
             session: Mutex::new(None),
+            topics: Mutex::new(std::collections::HashSet::new()),
             stale: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Admits a source topic of the site: true if it is known or fits within `max` topics.
+    pub fn admit_topic(&self, topic: &str, max: usize) -> bool {
+        let mut t = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        if t.contains(topic) {
+            return true;
+        }
+        if t.len() >= max {
+            return false;
+        }
+        t.insert(topic.to_owned());
+        true
     }
 
     /// Marks the site's state as possibly behind what Kafka holds.

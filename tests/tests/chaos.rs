@@ -236,7 +236,7 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hubs_fighting_over_one_site_fence_each_other_and_duplicate_nothing()
+async fn two_hubs_of_one_group_serve_a_site_from_its_shard_owner_only_and_duplicate_nothing()
 -> anyhow::Result<()> {
     let k = shared();
     let p = unique_name("fence");
@@ -247,9 +247,9 @@ async fn two_hubs_fighting_over_one_site_fence_each_other_and_duplicate_nothing(
     let remote = format!("{site}.{topic}");
     const TOTAL: usize = 20_000;
     client::create_topic(k.edge(), &topic, 2, &[]).await?;
-    // Two hubs of one group (same transactional ids), each with an agent of the same site: each
-    // connect fences the other hub's writer, which then fails its transaction and drops the
-    // session; its agent reconnects and fences back. Records still land exactly once.
+    // Two hubs of one group, each with an agent of the same site: only the hub that owns the
+    // site's shard writes it; the other sends its agent there, where the two agents replace
+    // each other's sessions. Records still land exactly once.
     let hub_a = HubSetup::new(k.central())?;
     let mut hub_b = HubSetup::new(k.central())?;
     hub_b.group_id = hub_a.group_id.clone();
@@ -279,14 +279,15 @@ async fn two_hubs_fighting_over_one_site_fence_each_other_and_duplicate_nothing(
         &delivery::round_robin(TOTAL, 2),
         &logs(&procs),
     );
-    // librdkafka reports the rejected late write as "fenced by a newer instance", the hub's
-    // writer as "fenced by a newer one".
-    let fenced = [&a, &b]
+    // Exactly one hub owns the site's shard: the other one sent the site away every time.
+    let sent_away = [&a, &b]
         .iter()
-        .any(|h| h.log_text().contains("fenced by a newer"));
-    assert!(
-        fenced,
-        "one hub's late write was rejected by fencing\n{}",
+        .filter(|h| h.log_text().contains("site belongs to another hub"))
+        .count();
+    assert_eq!(
+        sent_away,
+        1,
+        "the non-owner hub sent the site to the owner, the owner never did\n{}",
         logs(&procs)
     );
     Ok(())
@@ -372,12 +373,12 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
         "first record after a {outage} s blackhole: {:?} (sorted; from lifting the blackhole to the record being readable centrally, including its produce at the edge)",
         delays
     );
-    // The site came back to the same hub: it resumed on its parked writers instead of fencing
-    // new ones and re-reading its positions and offset index.
-    assert!(
-        hub.log_text()
-            .contains("resuming on the site's parked writers"),
-        "the hub kept the site's writers\n{}",
+    // The site came back to the same hub: it resumed from the positions in the hub's memory;
+    // the hub read its shards from Kafka once, at start, never again.
+    assert_eq!(
+        hub.log_text().matches("owned shards loaded").count(),
+        1,
+        "the hub kept the site's state in memory\n{}",
         logs(&[hub, agent])
     );
     // Performance is reported, not asserted; this bound only catches a replicator that never

@@ -59,25 +59,33 @@ impl Hub {
         spawn_reader(ctl_reader, None, in_tx.clone());
         let max_frame = self.max_frame();
         loop {
-            tokio::select! {
-                stream = conn.accept_bi() => {
-                    let (send, recv) = stream.map_err(|e| SessionEnd::Link(e.to_string()))?;
-                    spawn_reader(FrameReader::new(recv, max_frame), Some(send), in_tx.clone());
-                }
-                msg = inbound.recv() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    if s.on_inbound(msg).await? {
-                        return Ok(());
+            let step = tokio::select! {
+                stream = conn.accept_bi() => match stream {
+                    Ok((send, recv)) => {
+                        spawn_reader(FrameReader::new(recv, max_frame), Some(send), in_tx.clone());
+                        Ok(false)
                     }
-                }
-                done = completions.recv() => {
-                    let Some(done) = done else { return Ok(()) };
-                    s.on_completion(done).await?;
-                }
-                _ = superseded(&mut supersede) => return Err(SessionEnd::Superseded),
-                closed = conn.closed() => return Err(SessionEnd::Link(closed.to_string())),
+                    Err(e) => Err(SessionEnd::Link(e.to_string())),
+                },
+                msg = inbound.recv() => match msg {
+                    Some(msg) => s.on_inbound(msg).await,
+                    None => Ok(true),
+                },
+                done = completions.recv() => match done {
+                    Some(done) => s.on_completion(done).map(|()| false),
+                    None => Ok(true),
+                },
+                _ = superseded(&mut supersede) => Err(SessionEnd::Superseded),
+                closed = conn.closed() => Err(SessionEnd::Link(closed.to_string())),
+            };
+            // Deliver what the protocol queued (acks, or the Error frame saying why the
+            // session ends) before acting on the outcome.
+            let flushed = s.writers.flush(&mut s.proto).await;
+            match step {
+                Ok(false) => flushed?,
+                Ok(true) => return Ok(()),
+                Err(end) => return Err(end),
             }
-            s.writers.flush(&mut s.proto).await?;
         }
     }
 }
@@ -108,7 +116,6 @@ impl Session<'_> {
                 Some(StreamError::Decode(e)) => {
                     let m = format!("malformed frame on {channel:?}: {e}");
                     self.proto.reject(ErrorCode::Protocol, m.clone());
-                    self.writers.flush(&mut self.proto).await?;
                     Err(SessionEnd::Protocol(m))
                 }
                 Some(e) => Err(SessionEnd::from_stream(e)),
@@ -123,6 +130,15 @@ impl Session<'_> {
         match ev {
             HubEvent::Batch(batch) => {
                 let fleet = &self.hub.fleet;
+                let max_topics = fleet.config.raw.limits.max_topics_per_site;
+                if !self.site.admit_topic(&batch.header.tp.topic, max_topics) {
+                    let m = format!(
+                        "batch of {}: the site already sends {max_topics} topics (limits.max_topics_per_site)",
+                        batch.header.tp
+                    );
+                    self.proto.reject(ErrorCode::BadBatch, m.clone());
+                    return Err(SessionEnd::Protocol(m));
+                }
                 let cluster = fleet
                     .config
                     .cluster_for(&self.site.alias, &batch.header.tp.topic);
@@ -141,12 +157,18 @@ impl Session<'_> {
             }
             HubEvent::GroupOffsets(groups) => {
                 debug!(groups = groups.len(), "group offsets reported");
-                self.site
+                let max = self.hub.fleet.config.raw.limits.max_groups_per_site;
+                let checked = self
+                    .site
                     .groups
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .update(groups);
-                Ok(())
+                    .update_checked(groups, max);
+                checked.map_err(|m| {
+                    let m = format!("group offsets refused: {m}");
+                    self.proto.reject(ErrorCode::Protocol, m.clone());
+                    SessionEnd::Protocol(m)
+                })
             }
             _ => Ok(()),
         }
@@ -154,7 +176,7 @@ impl Session<'_> {
 
     /// A batch committed (ack it) or failed (end the session: the agent resumes from the
     /// committed positions).
-    async fn on_completion(&mut self, done: Completion) -> Result<(), SessionEnd> {
+    fn on_completion(&mut self, done: Completion) -> Result<(), SessionEnd> {
         let e = match done.result {
             Ok(()) => {
                 return self
@@ -174,7 +196,6 @@ impl Session<'_> {
             _ => (ErrorCode::Internal, SessionEnd::Internal(e.to_string())),
         };
         self.proto.reject(code, e.to_string());
-        self.writers.flush(&mut self.proto).await?;
         Err(end)
     }
 }
