@@ -317,6 +317,8 @@ pub struct AgentSetup {
     pub edge: String,
     /// Hub UDP port on 127.0.0.1.
     pub hub_port: u16,
+    /// More hubs (UDP ports on 127.0.0.1) the agent tries after `hub_port`, in order.
+    pub more_hub_ports: Vec<u16>,
     /// Include regexes.
     pub include: Vec<String>,
     /// Discovery interval.
@@ -336,6 +338,7 @@ impl AgentSetup {
             site: site.to_owned(),
             edge: edge.to_owned(),
             hub_port,
+            more_hub_ports: Vec::new(),
             include: vec![include.to_owned()],
             refresh_interval_ms: 2_000,
             max_records: 2_000,
@@ -347,13 +350,22 @@ impl AgentSetup {
     /// The agent.toml text.
     pub fn toml(&self, pki: &Pki) -> String {
         let cert = self.cert_name.as_deref().unwrap_or(&self.site);
+        let address = if self.more_hub_ports.is_empty() {
+            format!("\"127.0.0.1:{}\"", self.hub_port)
+        } else {
+            let all: Vec<String> = std::iter::once(self.hub_port)
+                .chain(self.more_hub_ports.iter().copied())
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            format!("{all:?}")
+        };
         format!(
-            "site = {:?}\n\n[kafka]\nbootstrap_servers = {:?}\n\n[topics]\ninclude = {:?}\nrefresh_interval_ms = {}\n\n[hub]\naddress = \"127.0.0.1:{}\"\nserver_name = \"localhost\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nreconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 2000\n\n[batching]\nmax_records = {}\nlinger_ms = 10\n{}",
+            "site = {:?}\n\n[kafka]\nbootstrap_servers = {:?}\n\n[topics]\ninclude = {:?}\nrefresh_interval_ms = {}\n\n[hub]\naddress = {}\nserver_name = \"localhost\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nreconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 2000\n\n[batching]\nmax_records = {}\nlinger_ms = 10\n{}",
             self.site,
             self.edge,
             self.include,
             self.refresh_interval_ms,
-            self.hub_port,
+            address,
             pki.file("ca.pem"),
             pki.file(&format!("{cert}.pem")),
             pki.file(&format!("{cert}.key")),

@@ -599,3 +599,62 @@ async fn two_sites_on_one_hub_each_write_only_their_own_namespace() -> anyhow::R
     assert_eq!(ours.len(), 2, "only the two site namespaces: {ours:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_rest_flows()
+-> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("poison");
+    let site = site_name("poison");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    // The edge topic takes 4 MiB records; the central default (1 MB) does not.
+    let topic = format!("{prefix}-big");
+    client::create_topic(k.edge(), &topic, 2, &[("max.message.bytes", "4194304")]).await?;
+    let mut recs: Vec<NewRecord> = (0..40)
+        .map(|i| NewRecord::new(format!("{i}"), format!("small-{i}")).partition(i % 2))
+        .collect();
+    // Partition 0's 11th record is 2 MiB.
+    recs.insert(
+        20,
+        NewRecord::new("big", vec![b'x'; 2 << 20]).partition(0),
+    );
+    let producer = client::producer(k.edge(), &[("message.max.bytes", "5000000")])?;
+    client::send_all(&producer, &topic, &recs).await?;
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
+        .start(&pki, work.path())?;
+    let procs = [&hub, &agent];
+    let remote = format!("{site}.{topic}");
+    let got = consume_remote(k.central(), &remote, 40, &procs).await?;
+    let values: HashSet<Vec<u8>> = got.iter().filter_map(|r| r.value.clone()).collect();
+    assert_eq!(got.len(), 40, "every small record once\n{}", dump_logs(&procs));
+    assert!(
+        (0..40).all(|i| values.contains(format!("small-{i}").as_bytes())),
+        "{}",
+        dump_logs(&procs)
+    );
+    let dead_topic = format!("er-dead-letter.{site}.internal");
+    let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
+    assert_eq!(dead.len(), 1, "one dead letter\n{}", dump_logs(&procs));
+    let h = |name: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
+    assert_eq!(h("er.source.partition").as_deref(), Some("0"));
+    assert_eq!(h("er.source.offset").as_deref(), Some("10"));
+    assert_eq!(h("er.destination.topic").as_deref(), Some(remote.as_str()));
+    assert_eq!(h("er.value.bytes").as_deref(), Some("2097152"));
+    assert!(h("er.reason").is_some_and(|r| r.contains("larger than")));
+    assert_eq!(dead[0].key.as_deref(), Some(&b"big"[..]));
+    assert_eq!(dead[0].value, None, "the value itself is not kept");
+    // The session never failed over it: one welcome, no failed transaction.
+    assert_eq!(hub.log_text().matches("welcoming site").count(), 1, "{}", dump_logs(&procs));
+    Ok(())
+}
