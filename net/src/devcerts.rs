@@ -3,7 +3,9 @@
 //!
 //! Layout of a dev PKI directory: `ca.pem` + `ca.key`, `hub.pem` + `hub.key`, and
 //! `<site>.pem` + `<site>.key` per site. Keys are PKCS#8 PEM (ECDSA P-256) written with mode
-//! 0600; the site certificate's subject CN is the site alias the hub will trust.
+//! 0600; the site certificate's subject CN is the site alias the hub will trust. Tests also issue
+//! SPIFFE-named, expired and not yet valid site certificates and CRLs
+//! ([`DevPkiPem::issue_site`], [`DevPkiPem::crl`]).
 
 use std::fmt;
 use std::io::Write;
@@ -11,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{NetError, TlsFiles, validate_site_alias};
@@ -116,6 +120,77 @@ impl DevPkiPem {
             files.push((site.key, key, true));
         }
         write_files(dir, &files, force)
+    }
+}
+
+/// How [`DevPkiPem::issue_site`] shapes a site certificate; the default is what [`generate`]
+/// issues (CN = alias, valid from last year for ten years).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteCertOptions {
+    /// Name the site by a SPIFFE ID `spiffe://<trust domain>/site/<alias>` in a SAN URI instead
+    /// of the CN (the CN is then `spiffe workload`, which is not the alias).
+    pub spiffe_trust_domain: Option<String>,
+    /// `(not_before, not_after)` instead of the default validity: for expired or not yet valid
+    /// certificates in tests.
+    pub validity: Option<(SystemTime, SystemTime)>,
+}
+
+impl DevPkiPem {
+    /// Issues one more site certificate (PEM certificate, PEM key) from this PKI's CA.
+    pub fn issue_site(
+        &self,
+        site: &str,
+        options: &SiteCertOptions,
+    ) -> Result<(String, String), NetError> {
+        check_site_name(site)?;
+        site_cert_with(site, &self.issuer()?, options)
+    }
+
+    /// A CRL (PEM) signed by this PKI's CA listing the given certificates (PEM) as revoked.
+    /// `number` is the CRL number, which must grow with each CRL the CA issues.
+    pub fn crl(&self, revoked_cert_pems: &[&str], number: u64) -> Result<String, NetError> {
+        let year = current_year();
+        let revoked_certs = revoked_cert_pems
+            .iter()
+            .map(|pem| {
+                let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .map_err(|e| crl_gen(format!("revoked certificate is not PEM: {e}")))?;
+                let (_, cert) = X509Certificate::from_der(der.as_ref())
+                    .map_err(|e| crl_gen(format!("revoked certificate is not X.509: {e}")))?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from(cert.raw_serial().to_vec()),
+                    revocation_time: rcgen::date_time_ymd(year - 1, 6, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, NetError>>()?;
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(year - 1, 6, 1),
+            next_update: rcgen::date_time_ymd(year + 1, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer()?)
+            .map_err(|source| cert_gen("CRL", source))?;
+        crl.pem().map_err(|source| cert_gen("CRL PEM", source))
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, NetError> {
+        let key =
+            KeyPair::from_pem(&self.ca_key_pem).map_err(|source| cert_gen("CA key", source))?;
+        Issuer::from_ca_cert_pem(&self.ca_cert_pem, key)
+            .map_err(|source| cert_gen("CA issuer", source))
+    }
+}
+
+fn crl_gen(problem: String) -> NetError {
+    NetError::BadCrl {
+        path: PathBuf::from("<generated>"),
+        problem,
     }
 }
 
@@ -258,10 +333,31 @@ fn check_site_name(site: &str) -> Result<(), NetError> {
 
 /// Client certificate (PEM) and key (PEM) for `site`.
 fn site_cert(site: &str, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), NetError> {
+    site_cert_with(site, issuer, &SiteCertOptions::default())
+}
+
+fn site_cert_with(
+    site: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    options: &SiteCertOptions,
+) -> Result<(String, String), NetError> {
     let what = format!("site certificate {site:?}");
     let key = new_key(&what)?;
     let mut p = params(Vec::new(), &what)?;
     p.distinguished_name = dn(site);
+    if let Some(domain) = &options.spiffe_trust_domain {
+        let uri = format!("spiffe://{domain}{}{site}", crate::SPIFFE_SITE_PATH);
+        p.distinguished_name = dn("spiffe workload");
+        p.subject_alt_names = vec![SanType::URI(
+            uri.as_str()
+                .try_into()
+                .map_err(|source| cert_gen(&what, source))?,
+        )];
+    }
+    if let Some((not_before, not_after)) = options.validity {
+        p.not_before = not_before.into();
+        p.not_after = not_after.into();
+    }
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;
