@@ -4,6 +4,7 @@
 //! The binary (`hub --config hub.toml`) is a thin wrapper over [`Hub`]; the quickstart and the
 //! tests run the same code in-process.
 
+pub mod admission;
 pub mod checkpoints;
 pub mod config;
 pub mod kafka;
@@ -23,6 +24,8 @@ use tokio::sync::watch;
 pub struct BoundHub {
     hub: Arc<Hub>,
     endpoint: quinn::Endpoint,
+    crl_reloader: er_net::CrlReloader,
+    crl_poll_interval: std::time::Duration,
 }
 
 impl BoundHub {
@@ -33,10 +36,21 @@ impl BoundHub {
             cert: config.raw.tls.cert.clone(),
             key: config.raw.tls.key.clone(),
         };
-        let endpoint =
-            er_net::server_endpoint(config.listen, &tls, &er_net::TransportTuning::default())?;
+        let (endpoint, crl_reloader) = er_net::server_endpoint_with_policy(
+            config.listen,
+            &tls,
+            &er_net::TransportTuning::default(),
+            config.identity.clone(),
+        )?;
+        metrics::set_certificate_expiry(&tls.cert);
+        let crl_poll_interval = config.crl_poll_interval;
         let hub = Hub::new(config)?;
-        Ok(Self { hub, endpoint })
+        Ok(Self {
+            hub,
+            endpoint,
+            crl_reloader,
+            crl_poll_interval,
+        })
     }
 
     /// The UDP address the hub listens on.
@@ -46,6 +60,9 @@ impl BoundHub {
 
     /// Serves until `shutdown` turns true.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        self.hub.serve(self.endpoint, shutdown).await
+        let crls = tokio::spawn(self.crl_reloader.run(self.crl_poll_interval));
+        let result = self.hub.serve(self.endpoint, shutdown).await;
+        crls.abort();
+        result
     }
 }

@@ -27,6 +27,10 @@ pub mod close_code {
     pub const INTERNAL: u32 = 3;
     /// A newer connection of the same site replaced this one.
     pub const SUPERSEDED: u32 = 4;
+    /// The site's certificate expired (or is not valid yet): at resumption or during a session.
+    pub const CERT_EXPIRED: u32 = 5;
+    /// A CRL revokes the site's certificate: at resumption or during a session.
+    pub const REVOKED: u32 = 6;
 }
 
 /// How long the writers of a site whose session ended are kept for its return.
@@ -139,17 +143,16 @@ impl Hub {
         let resumed = conn.peer_identity().is_some();
         let mut handshake = Some(handshake);
         if !resumed && !finish_handshake(&conn, &mut handshake).await {
-            warn!(%remote, reason = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing or not issued by the configured CA?)");
+            let reason = crate::admission::handshake_refused(&conn);
+            warn!(%remote, reason, error = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing, revoked, expired or not issued by the configured CA?)");
             return;
         }
-        let site = match er_net::peer_site_alias(&conn) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(%remote, error = %e, "refused connection: no usable site identity in the client certificate");
-                conn.close(close_code::UNAUTHORIZED.into(), b"unauthorized");
-                return;
-            }
+        let policy = self.config.identity.clone();
+        let Some(identity) = crate::admission::admit(&conn, &policy, remote) else {
+            return;
         };
+        let site = identity.alias.clone();
+        crate::admission::spawn_watcher(conn.clone(), policy, identity);
         let span = info_span!("site", site = %site, %remote);
         // The hello of a resumed session may be 0-RTT data, which anyone on the path can replay:
         // until the handshake is over, the hub only reads (see `greet`).
@@ -327,7 +330,7 @@ impl Hub {
             .accept_bi()
             .await
             .map_err(|e| SessionEnd::Link(e.to_string()))?;
-        let mut ctl_reader = FrameReader::new(ctl_recv, self.max_frame());
+        let mut ctl_reader = FrameReader::new(ctl_recv, er_net::wire::CONTROL_FRAME_MAX_BYTES);
         let mut writers = StreamWriters {
             control: FrameWriter::new(ctl_send),
             partitions: HashMap::new(),
@@ -358,9 +361,9 @@ impl Hub {
             } = ev
             {
                 if !site_claim.is_empty() && site_claim != site {
-                    warn!(%site_claim, "agent claims another site name; the certificate decides");
+                    warn!(site_claim = %er_net::Untrusted(&site_claim), "agent claims another site name; the certificate decides");
                 }
-                info!(%agent_version, version, resumed, "hello");
+                info!(agent_version = %er_net::Untrusted(&agent_version), version, resumed, "hello");
                 hello_ok = true;
             }
         }
