@@ -512,3 +512,50 @@ async fn a_broken_crl_on_reload_keeps_the_old_set() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_spiffe_named_site_is_admitted_under_san_uri_and_a_cn_only_one_is_not() -> Result<()> {
+    let (_dir, pki, pem, _crl) = pki()?;
+    let mut hub = hub(
+        &pki,
+        IdentitySettings {
+            source: er_net::IdentitySource::SanUri {
+                trust_domain: "factory.example".into(),
+            },
+            ..Default::default()
+        },
+    )?;
+    let spiffe = pem.issue_site(
+        "depot-3",
+        &SiteCertOptions {
+            spiffe_trust_domain: Some("factory.example".into()),
+            ..Default::default()
+        },
+    )?;
+    let depot = site(&write_site(&pki, "depot-3", spiffe)?)?;
+    assert!(depot.connect(hub.addr).await?.result.is_ok());
+    assert_eq!(
+        hub.next().await?,
+        Seen::Admitted {
+            alias: "depot-3".into(),
+            resumed: false
+        }
+    );
+    // A certificate naming its site only in the CN carries no SPIFFE ID.
+    let shop = site(&pki.site_tls("shop-1"))?;
+    let e = shop
+        .connect(hub.addr)
+        .await?
+        .result
+        .err()
+        .context("shop-1 was welcomed")?;
+    assert_eq!(app_code(&e), Some(UNAUTHORIZED), "{e}");
+    assert_eq!(
+        hub.next().await?,
+        Seen::Refused {
+            resumed: false,
+            reason: "bad_identity"
+        }
+    );
+    Ok(())
+}
