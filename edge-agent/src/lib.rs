@@ -158,6 +158,7 @@ pub async fn run(
     let (endpoint, client_cfg, tickets) =
         er_net::client_endpoint_gated(bind, &tls, &er_net::TransportTuning::default())
             .context("setting up the QUIC client")?;
+    metrics::set_certificate_expiry(&tls.cert);
     let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
     let groups = match cfg.groups_interval() {
         Some(_) => Some(Arc::new(std::sync::Mutex::new(groups::GroupReader::new(

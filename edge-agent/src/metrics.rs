@@ -62,6 +62,8 @@ pub const RETENTION_GAPS: &str = "er_agent_retention_gaps_total";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "er_agent_rate_limit_wait_seconds_total";
 /// The configured `hub.max_bytes_per_sec` (absent when unlimited).
 pub const RATE_LIMIT_BYTES_PER_SECOND: &str = "er_agent_rate_limit_bytes_per_second";
+/// notAfter of the agent's own client certificate, Unix seconds (alert well before it is near).
+pub const CERTIFICATE_EXPIRY: &str = "er_agent_certificate_expiry_timestamp_seconds";
 /// Always 1; the `version` label carries the agent's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -82,7 +84,28 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     Ok(())
 }
 
+/// Publishes [`CERTIFICATE_EXPIRY`] from the certificate file the agent presents. An unreadable
+/// file is logged (the QUIC client setup has already read it, so this is rare).
+pub fn set_certificate_expiry(cert: &std::path::Path) {
+    match er_net::certificate_not_after(cert) {
+        Ok(not_after) => gauge!(CERTIFICATE_EXPIRY).set(unix_seconds(not_after)),
+        Err(e) => tracing::warn!(error = %e, "cannot read the client certificate's expiry"),
+    }
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
 fn describe() {
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "notAfter of the agent's client certificate, Unix seconds."
+    );
     describe_counter!(RECORDS_READ, "Records read from the edge cluster.");
     describe_counter!(RECORDS_SENT, "Records sent to the hub, by source topic.");
     describe_counter!(

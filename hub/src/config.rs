@@ -179,7 +179,7 @@ fn default_group_id() -> String {
     "edge-replicator".to_owned()
 }
 
-/// TLS files of the hub (PEM).
+/// TLS files of the hub (PEM) and who may connect.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -189,6 +189,103 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The hub's private key.
     pub key: PathBuf,
+    /// Where a site's alias comes from: `cn` (the certificate's subject CN) or `san-uri` (a
+    /// SPIFFE ID `spiffe://<spiffe_trust_domain>/site/<alias>` in the subject alternative names).
+    #[serde(default = "default_identity")]
+    pub identity: String,
+    /// The SPIFFE trust domain site IDs must be in; required with `identity = "san-uri"`.
+    #[serde(default)]
+    pub spiffe_trust_domain: Option<String>,
+    /// Site aliases allowed to connect: exact names or whole-name regexes (`plant-.*`). Absent:
+    /// every alias the CA certifies.
+    #[serde(default)]
+    pub allowed_sites: Option<Vec<String>>,
+    /// Certificate revocation lists (PEM or DER), each issued by `ca_cert`'s CA. Checked on
+    /// every handshake, every resumed session and every live session; reloaded when a file
+    /// changes.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+    /// Milliseconds between checks of the CRL files' modification times.
+    #[serde(default = "default_crl_poll_interval_ms")]
+    pub crl_poll_interval_ms: u64,
+}
+
+fn default_identity() -> String {
+    "cn".to_owned()
+}
+fn default_crl_poll_interval_ms() -> u64 {
+    er_net::CRL_POLL_INTERVAL.as_millis() as u64
+}
+
+/// Bounds of `tls.crl_poll_interval_ms`: often enough to matter, rare enough to cost nothing.
+const CRL_POLL_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
+/// The identity policy `[tls]` describes (CRLs loaded), with errors naming the field.
+fn identity_policy(
+    tls: &TlsConfig,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<er_net::IdentityPolicy, ConfigError> {
+    let source = match (tls.identity.as_str(), &tls.spiffe_trust_domain) {
+        ("cn", None) => er_net::IdentitySource::CommonName,
+        ("san-uri", Some(domain)) => er_net::IdentitySource::SanUri {
+            trust_domain: domain.clone(),
+        },
+        ("cn", Some(_)) => {
+            return Err(invalid(
+                "tls.spiffe_trust_domain",
+                "only used with identity = \"san-uri\"".into(),
+            ));
+        }
+        ("san-uri", None) => {
+            return Err(invalid(
+                "tls.spiffe_trust_domain",
+                "required with identity = \"san-uri\"".into(),
+            ));
+        }
+        (other, _) => {
+            return Err(invalid(
+                "tls.identity",
+                format!("{other:?} is not one of \"cn\", \"san-uri\""),
+            ));
+        }
+    };
+    if let Some(allowed) = &tls.allowed_sites
+        && allowed.is_empty()
+    {
+        return Err(invalid(
+            "tls.allowed_sites",
+            "an empty list admits no site; remove the field to admit every site of the CA".into(),
+        ));
+    }
+    if !CRL_POLL_INTERVAL_MS.contains(&tls.crl_poll_interval_ms) {
+        return Err(invalid(
+            "tls.crl_poll_interval_ms",
+            format!(
+                "{} must be between {} and {}",
+                tls.crl_poll_interval_ms,
+                CRL_POLL_INTERVAL_MS.start(),
+                CRL_POLL_INTERVAL_MS.end()
+            ),
+        ));
+    }
+    let settings = er_net::IdentitySettings {
+        source,
+        allowed_sites: tls.allowed_sites.clone(),
+        crl_files: tls.crl_files.clone(),
+    };
+    er_net::IdentityPolicy::new(settings, &tls.ca_cert).map_err(|e| match e {
+        er_net::NetError::AllowedSitePattern { index, .. } => {
+            invalid(&format!("tls.allowed_sites[{index}]"), e.to_string())
+        }
+        er_net::NetError::TrustDomain(_) => invalid("tls.spiffe_trust_domain", e.to_string()),
+        er_net::NetError::BadCrl { ref path, .. } | er_net::NetError::ReadFile { ref path, .. }
+            if tls.crl_files.contains(path) =>
+        {
+            let i = tls.crl_files.iter().position(|f| f == path).unwrap_or(0);
+            invalid(&format!("tls.crl_files[{i}]"), e.to_string())
+        }
+        e => invalid("tls.ca_cert", e.to_string()),
+    })
 }
 
 /// Remote topic naming, as MirrorMaker 2's replication policies.
@@ -353,6 +450,11 @@ pub struct Validated {
     pub writers_per_cluster: usize,
     /// Where agents are redirected to reach this hub (`fleet.advertised_addresses` or `listen`).
     pub advertised: Vec<String>,
+    /// Who may connect (`[tls]`): alias source, allowlist, CRLs in force. Shared with the CRL
+    /// reloader, so clones of this config see reloaded CRLs.
+    pub identity: std::sync::Arc<er_net::IdentityPolicy>,
+    /// `tls.crl_poll_interval_ms`.
+    pub crl_poll_interval: std::time::Duration,
 }
 
 /// A route ready to match.
@@ -409,6 +511,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             return Err(invalid(field, format!("no such file {file:?}")));
         }
     }
+    for (i, file) in raw.tls.crl_files.iter_mut().enumerate() {
+        if file.is_relative() {
+            *file = base.join(&*file);
+        }
+        if !file.is_file() {
+            return Err(invalid(
+                &format!("tls.crl_files[{i}]"),
+                format!("no such file {file:?}"),
+            ));
+        }
+    }
+    let identity = std::sync::Arc::new(identity_policy(&raw.tls, &invalid)?);
+    let crl_poll_interval = std::time::Duration::from_millis(raw.tls.crl_poll_interval_ms);
     if raw.hub_id.trim().is_empty() {
         return Err(invalid("hub_id", "must not be empty".into()));
     }
@@ -595,6 +710,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         metrics_listen,
         writers_per_cluster,
         advertised,
+        identity,
+        crl_poll_interval,
     })
 }
 
@@ -691,6 +808,76 @@ mod tests {
             .expect_err("unknown field")
             .to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn tls_identity_settings_are_validated_and_build_the_policy() {
+        let dir = example_dir();
+        let path = dir.path().join("hub.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let v = parse(&path, &good).unwrap();
+        assert!(v.identity.crl_files().is_empty());
+        assert_eq!(v.crl_poll_interval, std::time::Duration::from_secs(5));
+        // A CRL from the example's own CA, next to its certificates.
+        let pki = er_net::devcerts::generate_in_memory(&[], &["plant-7".into()]).unwrap();
+        pki.write_to(&dir.path().join("certs"), true).unwrap();
+        let site_pem = pki.sites[0].1.clone();
+        std::fs::write(
+            dir.path().join("certs/ca.crl.pem"),
+            pki.crl(&[&site_pem], 1).unwrap(),
+        )
+        .unwrap();
+        let tls = |extra: &str| {
+            good.replace(
+                "key = \"certs/hub.key\"\n",
+                &format!("key = \"certs/hub.key\"\n{extra}\n"),
+            )
+        };
+        let v = parse(
+            &path,
+            &tls("identity = \"san-uri\"\nspiffe_trust_domain = \"factory.example\"\nallowed_sites = [\"plant-[0-9]+\"]\ncrl_files = [\"certs/ca.crl.pem\"]\ncrl_poll_interval_ms = 1000"),
+        )
+        .unwrap();
+        assert_eq!(v.identity.crls().revoked_count(), 1);
+        assert_eq!(
+            v.identity.crl_files(),
+            [dir.path().join("certs/ca.crl.pem")],
+            "relative to the config file"
+        );
+        assert_eq!(v.crl_poll_interval, std::time::Duration::from_secs(1));
+        std::fs::write(dir.path().join("certs/broken.crl"), "garbage").unwrap();
+        let cases = [
+            (tls("identity = \"dns\""), "tls.identity"),
+            (tls("identity = \"san-uri\""), "tls.spiffe_trust_domain"),
+            (
+                tls("spiffe_trust_domain = \"factory.example\""),
+                "tls.spiffe_trust_domain",
+            ),
+            (
+                tls("identity = \"san-uri\"\nspiffe_trust_domain = \"Bad Domain\""),
+                "tls.spiffe_trust_domain",
+            ),
+            (tls("allowed_sites = []"), "tls.allowed_sites"),
+            (
+                tls("allowed_sites = [\"ok\", \"(\"]"),
+                "tls.allowed_sites[1]",
+            ),
+            (
+                tls("crl_files = [\"certs/ca.crl.pem\", \"certs/none.crl\"]"),
+                "tls.crl_files[1]",
+            ),
+            (
+                tls("crl_files = [\"certs/broken.crl\"]"),
+                "tls.crl_files[0]",
+            ),
+            (tls("crl_poll_interval_ms = 0"), "tls.crl_poll_interval_ms"),
+            (tls("crl_poll_interval = 5"), "crl_poll_interval"),
+        ];
+        for (text, field) in cases {
+            let e = parse(&path, &text).expect_err(field).to_string();
+            assert!(e.contains(field), "{field}: {e}");
+            assert!(e.contains("hub.toml"), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! The binary (`hub --config hub.toml`) is a thin wrapper over [`Hub`]; the quickstart and the
 //! tests run the same code in-process.
 
+pub mod admission;
 pub mod checkpoints;
 pub mod config;
 pub mod directory;
@@ -28,6 +29,8 @@ use tokio::sync::watch;
 pub struct BoundHub {
     config: config::Validated,
     endpoint: quinn::Endpoint,
+    crl_reloader: er_net::CrlReloader,
+    crl_poll_interval: std::time::Duration,
 }
 
 impl BoundHub {
@@ -38,9 +41,20 @@ impl BoundHub {
             cert: config.raw.tls.cert.clone(),
             key: config.raw.tls.key.clone(),
         };
-        let endpoint =
-            er_net::server_endpoint(config.listen, &tls, &er_net::TransportTuning::default())?;
-        Ok(Self { config, endpoint })
+        let (endpoint, crl_reloader) = er_net::server_endpoint_with_policy(
+            config.listen,
+            &tls,
+            &er_net::TransportTuning::default(),
+            config.identity.clone(),
+        )?;
+        metrics::set_certificate_expiry(&tls.cert);
+        let crl_poll_interval = config.crl_poll_interval;
+        Ok(Self {
+            config,
+            endpoint,
+            crl_reloader,
+            crl_poll_interval,
+        })
     }
 
     /// The UDP address the hub listens on.
@@ -49,11 +63,16 @@ impl BoundHub {
     }
 
     /// Starts the fleet (group topics, membership, writers; retried while the central
-    /// cluster cannot be reached) and serves sites until `shutdown` turns true.
+    /// cluster cannot be reached) and serves sites until `shutdown` turns true, reloading CRLs
+    /// when their files change.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Some(hub) = Hub::start(self.config, &mut shutdown).await? else {
-            return Ok(());
+        let crls = tokio::spawn(self.crl_reloader.run(self.crl_poll_interval));
+        let result = match Hub::start(self.config, &mut shutdown).await {
+            Ok(Some(hub)) => hub.serve(self.endpoint, shutdown).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         };
-        hub.serve(self.endpoint, shutdown).await
+        crls.abort();
+        result
     }
 }

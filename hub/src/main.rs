@@ -55,6 +55,10 @@ enum Command {
         /// Add site certificates to an existing CA in --out instead of creating a new PKI.
         #[arg(long)]
         add: bool,
+        /// Revoke the --site certificates in --out: (re)writes --out/ca.crl.pem listing them and
+        /// every certificate it already listed (for the hub's `tls.crl_files`).
+        #[arg(long, conflicts_with = "add")]
+        revoke: bool,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -115,9 +119,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sites,
             hub_names,
             add,
+            revoke,
             force,
         }) => {
-            let written = if add {
+            let written = if revoke {
+                vec![er_net::devcerts::revoke_sites(&out, &sites)?]
+            } else if add {
                 let mut all = Vec::new();
                 for s in &sites {
                     all.extend(er_net::devcerts::add_site(&out, s, force)?);

@@ -51,6 +51,26 @@ pub const OFFSET_SYNCS_WRITTEN: &str = "er_hub_offset_syncs_written_total";
 pub const REPLICATION_LAG_SECONDS: &str = "er_hub_replication_lag_seconds";
 /// Runs of consecutive offsets held in a site's offset index on a cluster (`site`, `cluster`).
 pub const OFFSET_INDEX_ENTRIES: &str = "er_hub_offset_index_entries";
+/// notAfter of the hub's own server certificate, Unix seconds.
+pub const CERTIFICATE_EXPIRY: &str = "er_hub_certificate_expiry_timestamp_seconds";
+/// notAfter of the certificate a site last connected with, Unix seconds (`site`).
+pub const SITE_CERTIFICATE_EXPIRY: &str = "er_hub_site_certificate_expiry_timestamp_seconds";
+/// Connections refused before a session started (`reason`, one of
+/// [`REFUSAL_REASONS`]).
+pub const CONNECTIONS_REFUSED: &str = "er_hub_connections_refused_total";
+/// Every `reason` label of [`CONNECTIONS_REFUSED`]: the admission checks
+/// ([`er_net::AdmissionError::reason`]) and the TLS handshake failures
+/// ([`er_net::handshake_refusal_reason`]).
+pub const REFUSAL_REASONS: &[&str] = &[
+    "no_certificate",
+    "bad_identity",
+    "bad_certificate",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "not_allowed",
+    "handshake",
+];
 /// Always 1; the `version` label carries the hub's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -74,10 +94,27 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(SITES_CONNECTED).set(0.0);
+    for reason in REFUSAL_REASONS {
+        counter!(CONNECTIONS_REFUSED, "reason" => *reason).absolute(0);
+    }
     Ok(())
 }
 
 fn describe() {
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "notAfter of the hub's server certificate, Unix seconds."
+    );
+    describe_gauge!(
+        SITE_CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "notAfter of the certificate a site last connected with, Unix seconds."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused before a session started, by reason."
+    );
     describe_gauge!(SITES_CONNECTED, "Sites with an established session.");
     describe_counter!(SESSIONS, "Site sessions accepted.");
     describe_gauge!(SHARDS_OWNED, "Site shards this hub owns in its group.");
@@ -298,6 +335,32 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Publishes [`CERTIFICATE_EXPIRY`] from the hub's certificate file.
+pub fn set_certificate_expiry(cert: &std::path::Path) {
+    match er_net::certificate_not_after(cert) {
+        Ok(not_after) => gauge!(CERTIFICATE_EXPIRY).set(unix_seconds(not_after)),
+        Err(e) => tracing::warn!(error = %e, "cannot read the hub certificate's expiry"),
+    }
+}
+
+/// Publishes [`SITE_CERTIFICATE_EXPIRY`] for an admitted site.
+pub fn set_site_certificate_expiry(site: &str, not_after: std::time::SystemTime) {
+    gauge!(SITE_CERTIFICATE_EXPIRY, "site" => site.to_owned()).set(unix_seconds(not_after));
+}
+
+/// Counts a refused connection under `reason` (one of [`REFUSAL_REASONS`]).
+pub fn connection_refused(reason: &'static str) {
+    debug_assert!(REFUSAL_REASONS.contains(&reason), "{reason}");
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //!
 //! Layout of a dev PKI directory: `ca.pem` + `ca.key`, `hub.pem` + `hub.key`, and
 //! `<site>.pem` + `<site>.key` per site. Keys are PKCS#8 PEM (ECDSA P-256) written with mode
-//! 0600; the site certificate's subject CN is the site alias the hub will trust.
+//! 0600; the site certificate's subject CN is the site alias the hub will trust. Tests also issue
+//! SPIFFE-named, expired and not yet valid site certificates and CRLs
+//! ([`DevPkiPem::issue_site`], [`DevPkiPem::crl`]).
 
 use std::fmt;
 use std::io::Write;
@@ -11,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::PemObject;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{NetError, TlsFiles, validate_site_alias};
@@ -46,9 +50,14 @@ impl DevPki {
         self.dir.join("ca.pem")
     }
 
-    /// `ca.key`: the CA private key (needed only to add sites).
+    /// `ca.key`: the CA private key (needed only to add or revoke sites).
     pub fn ca_key(&self) -> PathBuf {
         self.dir.join("ca.key")
+    }
+
+    /// `ca.crl.pem`: the CRL [`revoke_sites`] writes.
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("ca.crl.pem")
     }
 
     /// The hub's files: `ca.pem`, `hub.pem`, `hub.key`.
@@ -119,6 +128,159 @@ impl DevPkiPem {
     }
 }
 
+/// How [`DevPkiPem::issue_site`] shapes a site certificate; the default is what [`generate`]
+/// issues (CN = alias, valid from last year for ten years).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteCertOptions {
+    /// Name the site by a SPIFFE ID `spiffe://<trust domain>/site/<alias>` in a SAN URI instead
+    /// of the CN (the CN is then `spiffe workload`, which is not the alias).
+    pub spiffe_trust_domain: Option<String>,
+    /// `(not_before, not_after)` instead of the default validity: for expired or not yet valid
+    /// certificates in tests.
+    pub validity: Option<(SystemTime, SystemTime)>,
+}
+
+impl DevPkiPem {
+    /// Issues one more site certificate (PEM certificate, PEM key) from this PKI's CA.
+    pub fn issue_site(
+        &self,
+        site: &str,
+        options: &SiteCertOptions,
+    ) -> Result<(String, String), NetError> {
+        check_site_name(site)?;
+        site_cert_with(site, &self.issuer()?, options)
+    }
+
+    /// A CRL (PEM) signed by this PKI's CA listing the given certificates (PEM) as revoked.
+    /// `number` is the CRL number, which must grow with each CRL the CA issues.
+    pub fn crl(&self, revoked_cert_pems: &[&str], number: u64) -> Result<String, NetError> {
+        let serials = revoked_cert_pems
+            .iter()
+            .map(|pem| {
+                let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                    .map_err(|e| crl_gen(format!("revoked certificate is not PEM: {e}")))?;
+                let (_, cert) = X509Certificate::from_der(der.as_ref())
+                    .map_err(|e| crl_gen(format!("revoked certificate is not X.509: {e}")))?;
+                Ok(cert.raw_serial().to_vec())
+            })
+            .collect::<Result<Vec<_>, NetError>>()?;
+        crl_pem(&self.issuer()?, serials, number)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, NetError> {
+        let key =
+            KeyPair::from_pem(&self.ca_key_pem).map_err(|source| cert_gen("CA key", source))?;
+        Issuer::from_ca_cert_pem(&self.ca_cert_pem, key)
+            .map_err(|source| cert_gen("CA issuer", source))
+    }
+}
+
+/// A CRL (PEM) signed by `issuer` revoking `serials` (raw DER integers), valid from the middle
+/// of last year to the start of the year after next (verifiers here do not enforce it).
+fn crl_pem(
+    issuer: &Issuer<'_, KeyPair>,
+    serials: Vec<Vec<u8>>,
+    number: u64,
+) -> Result<String, NetError> {
+    let year = current_year();
+    let revoked_certs = serials
+        .into_iter()
+        .map(|serial| RevokedCertParams {
+            serial_number: SerialNumber::from(serial),
+            revocation_time: rcgen::date_time_ymd(year - 1, 6, 1),
+            reason_code: Some(RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        })
+        .collect();
+    let params = CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(year - 1, 6, 1),
+        next_update: rcgen::date_time_ymd(year + 2, 1, 1),
+        crl_number: SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(issuer)
+        .map_err(|source| cert_gen("CRL", source))?;
+    crl.pem().map_err(|source| cert_gen("CRL PEM", source))
+}
+
+/// Revokes the certificates of `sites` in `out_dir` (their `<site>.pem`): (re)writes `ca.crl.pem`,
+/// signed by the CA there, listing them and every serial the previous `ca.crl.pem` listed, with
+/// the next CRL number. Point the hub's `tls.crl_files` at it; it reloads the file when it
+/// changes. Returns the CRL's path. Issue a new certificate for a revoked site with
+/// [`add_site`] and `force`.
+pub fn revoke_sites(out_dir: &Path, sites: &[String]) -> Result<PathBuf, NetError> {
+    let pki = DevPki::new(out_dir);
+    let issuer = load_issuer(&pki)?;
+    let crl_path = pki.crl();
+    let mut serials: Vec<Vec<u8>> = Vec::new();
+    let mut number = 1u64;
+    if crl_path.exists() {
+        let bytes = std::fs::read(&crl_path).map_err(|source| NetError::ReadFile {
+            what: "CRL",
+            path: crl_path.clone(),
+            source,
+        })?;
+        let bad = |problem: String| NetError::BadCrl {
+            path: crl_path.clone(),
+            problem,
+        };
+        let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&bytes)
+            .map_err(|e| bad(format!("malformed PEM: {e}")))?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+                .map_err(|e| bad(format!("not a valid X.509 CRL: {e}")))?;
+        serials.extend(
+            crl.iter_revoked_certificates()
+                .map(|r| r.raw_serial().to_vec()),
+        );
+        let previous = crl
+            .crl_number()
+            .map(|n| n.to_bytes_be())
+            .filter(|b| b.len() <= 8)
+            .map_or(0, |b| {
+                b.iter().fold(0u64, |acc, &x| acc << 8 | u64::from(x))
+            });
+        number = previous.saturating_add(1);
+    }
+    for site in sites {
+        check_site_name(site)?;
+        let path = pki.site_tls(site).cert;
+        let der = crate::pem::load_certs("site certificate", &path)?
+            .into_iter()
+            .next()
+            .expect("load_certs returns at least one certificate");
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| NetError::BadPem {
+            what: "site certificate",
+            path: path.clone(),
+            problem: format!("not valid X.509: {e}"),
+        })?;
+        let serial = cert.raw_serial().to_vec();
+        if !serials.contains(&serial) {
+            serials.push(serial);
+        }
+    }
+    let pem = crl_pem(&issuer, serials, number)?;
+    // Replaced atomically: the hub may read it at any moment.
+    let tmp = out_dir.join("ca.crl.pem.tmp");
+    write_file(&tmp, &pem, false, true)
+        .and_then(|()| std::fs::rename(&tmp, &crl_path))
+        .map_err(|source| NetError::WriteFile {
+            path: crl_path.clone(),
+            source,
+        })?;
+    Ok(crl_path)
+}
+
+fn crl_gen(problem: String) -> NetError {
+    NetError::BadCrl {
+        path: PathBuf::from("<generated>"),
+        problem,
+    }
+}
+
 /// Creates `ca.pem` + `ca.key`, `hub.pem` + `hub.key` (SANs: `hub_names`, DNS names or IP
 /// addresses such as "localhost", "127.0.0.1", "::1"; [`DEFAULT_HUB_NAMES`] if empty) and per
 /// site `<site>.pem` + `<site>.key` (CN = site alias, client-auth EKU) in `out_dir`. Refuses to
@@ -137,6 +299,19 @@ pub fn generate(
 pub fn add_site(out_dir: &Path, site: &str, force: bool) -> Result<Vec<PathBuf>, NetError> {
     check_site_name(site)?;
     let pki = DevPki::new(out_dir);
+    let issuer = load_issuer(&pki)?;
+    let (cert, key) = site_cert(site, &issuer)?;
+    let tls = pki.site_tls(site);
+    write_files(
+        out_dir,
+        &[(tls.cert, &cert, false), (tls.key, &key, true)],
+        force,
+    )
+}
+
+/// The CA of a dev PKI directory as an issuer, after checking that key and certificate belong
+/// together.
+fn load_issuer(pki: &DevPki) -> Result<Issuer<'static, KeyPair>, NetError> {
     let (ca_cert_path, ca_key_path) = (pki.ca_cert(), pki.ca_key());
     let ca_cert_pem = read_text("CA certificate", &ca_cert_path)?;
     let ca_key_pem = read_text("CA private key", &ca_key_path)?;
@@ -160,18 +335,11 @@ pub fn add_site(out_dir: &Path, site: &str, force: bool) -> Result<Vec<PathBuf>,
             key: ca_key_path,
         });
     }
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|e| NetError::BadPem {
+    Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|e| NetError::BadPem {
         what: "CA certificate",
         path: ca_cert_path.clone(),
         problem: format!("cannot sign with it: {e}"),
-    })?;
-    let (cert, key) = site_cert(site, &issuer)?;
-    let tls = pki.site_tls(site);
-    write_files(
-        out_dir,
-        &[(tls.cert, &cert, false), (tls.key, &key, true)],
-        force,
-    )
+    })
 }
 
 /// The same PKI as [`generate`], as PEM strings, nothing written. Use
@@ -258,10 +426,31 @@ fn check_site_name(site: &str) -> Result<(), NetError> {
 
 /// Client certificate (PEM) and key (PEM) for `site`.
 fn site_cert(site: &str, issuer: &Issuer<'_, KeyPair>) -> Result<(String, String), NetError> {
+    site_cert_with(site, issuer, &SiteCertOptions::default())
+}
+
+fn site_cert_with(
+    site: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    options: &SiteCertOptions,
+) -> Result<(String, String), NetError> {
     let what = format!("site certificate {site:?}");
     let key = new_key(&what)?;
     let mut p = params(Vec::new(), &what)?;
     p.distinguished_name = dn(site);
+    if let Some(domain) = &options.spiffe_trust_domain {
+        let uri = format!("spiffe://{domain}{}{site}", crate::SPIFFE_SITE_PATH);
+        p.distinguished_name = dn("spiffe workload");
+        p.subject_alt_names = vec![SanType::URI(
+            uri.as_str()
+                .try_into()
+                .map_err(|source| cert_gen(&what, source))?,
+        )];
+    }
+    if let Some((not_before, not_after)) = options.validity {
+        p.not_before = not_before.into();
+        p.not_after = not_after.into();
+    }
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;

@@ -124,6 +124,32 @@ pub enum NetError {
         problem: String,
     },
 
+    /// A CRL file holds no usable revocation list (malformed, or not issued by the CA).
+    #[error("reading CRL {path:?}: {problem}")]
+    BadCrl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What was wrong.
+        problem: String,
+    },
+
+    /// An entry of the site allowlist is not a valid regex.
+    #[error("allowed_sites[{index}] {pattern:?}: not a valid regex: {problem}")]
+    AllowedSitePattern {
+        /// Position in the list.
+        index: usize,
+        /// The entry.
+        pattern: String,
+        /// The regex error.
+        problem: String,
+    },
+
+    /// A SPIFFE trust domain with characters SPIFFE does not allow.
+    #[error(
+        "SPIFFE trust domain {0:?}: must be non-empty lowercase letters, digits, '.', '-', '_'"
+    )]
+    TrustDomain(String),
+
     /// rcgen failed to generate a key or certificate.
     #[error("generating {what}: {source}")]
     CertGen {

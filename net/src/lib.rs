@@ -2,7 +2,8 @@
 //! certificates, dev certificate generation, and the Prometheus endpoint both serve
 //! ([`metrics::serve_prometheus`]).
 //!
-//! The hub calls [`server_endpoint`] and learns who connected with [`peer_site_alias`]; the agent
+//! The hub calls [`server_endpoint_with_policy`] and decides who connected, and whether they may
+//! write, with [`admit`] (then [`watch_admission`] for the life of the session); the agent
 //! calls [`client_endpoint`] and then `endpoint.connect_with(client_config, addr, server_name)` (or
 //! `endpoint.connect(addr, server_name)`, the returned config is also the endpoint's default).
 //! The site alias is taken from the certificate the hub verified, never from what the agent says
@@ -10,22 +11,29 @@
 
 #![forbid(unsafe_code)]
 
+mod crl;
 pub mod devcerts;
 mod error;
 mod identity;
 pub mod metrics;
 mod pem;
 mod transport;
+mod untrusted;
 pub mod wire;
 
+pub use crl::CrlSet;
 pub use error::NetError;
 pub use identity::{
-    MAX_SITE_ALIAS_LEN, peer_site_alias, site_alias_from_cert_der, validate_site_alias,
+    AdmissionError, IdentityPolicy, IdentitySettings, IdentitySource, MAX_SITE_ALIAS_LEN,
+    SPIFFE_SITE_PATH, SiteIdentity, admit, certificate_not_after, peer_site_alias,
+    site_alias_from_cert_der, validate_site_alias, watch_admission,
 };
 pub use transport::{
-    TicketGate, TransportTuning, UDP_SOCKET_BUFFER_BYTES, client_endpoint, client_endpoint_gated,
-    client_endpoint_without_cert, server_endpoint,
+    CRL_POLL_INTERVAL, CrlReload, CrlReloader, TicketGate, TransportTuning,
+    UDP_SOCKET_BUFFER_BYTES, client_endpoint, client_endpoint_gated, client_endpoint_without_cert,
+    handshake_refusal_reason, server_endpoint, server_endpoint_with_policy,
 };
+pub use untrusted::{UNTRUSTED_LOG_CHARS, Untrusted};
 
 use std::path::PathBuf;
 

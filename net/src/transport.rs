@@ -12,8 +12,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::ServerName;
 
+use crate::crl::CrlSet;
 use crate::pem::{load_certs, load_key, load_roots};
-use crate::{ALPN, NetError, TlsFiles};
+use crate::{ALPN, IdentityPolicy, NetError, TlsFiles};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -172,45 +173,235 @@ fn bind_endpoint(
 /// A QUIC server on `listen` that only accepts clients whose certificate chains to
 /// `tls.ca_cert` (TLS 1.3 only, ALPN [`ALPN`]). Handshakes of clients without a certificate or
 /// with a certificate from another CA fail; [`peer_site_alias`](crate::peer_site_alias) then
-/// names the site of an accepted connection. Must be called inside a tokio runtime.
+/// names the site of an accepted connection. No CRLs: the hub uses
+/// [`server_endpoint_with_policy`]. Must be called inside a tokio runtime.
 pub fn server_endpoint(
     listen: SocketAddr,
     tls: &TlsFiles,
     tuning: &TransportTuning,
 ) -> Result<quinn::Endpoint, NetError> {
+    let policy = Arc::new(IdentityPolicy::common_name_only(&tls.ca_cert)?);
+    server_endpoint_with_policy(listen, tls, tuning, policy).map(|(endpoint, _)| endpoint)
+}
+
+/// How often [`CrlReloader::run`] looks at the CRL files' modification times.
+pub const CRL_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Like [`server_endpoint`], with the CRLs of `policy` in the handshake's certificate verifier.
+/// Returns the endpoint and the [`CrlReloader`] that keeps verifier and `policy` in step with the
+/// CRL files (spawn [`CrlReloader::run`]). A full handshake with a revoked certificate fails
+/// with the TLS alert `certificate_revoked`; resumed sessions and live ones are the job of
+/// [`admit`](crate::admit) and [`watch_admission`](crate::watch_admission).
+pub fn server_endpoint_with_policy(
+    listen: SocketAddr,
+    tls: &TlsFiles,
+    tuning: &TransportTuning,
+    policy: Arc<IdentityPolicy>,
+) -> Result<(quinn::Endpoint, CrlReloader), NetError> {
     let transport = tuning.to_transport_config()?;
-    let roots = load_roots(&tls.ca_cert)?;
-    let chain = load_certs("server certificate", &tls.cert)?;
-    let key = load_key("server private key", &tls.key)?;
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|source| NetError::ClientVerifier {
-            path: tls.ca_cert.clone(),
-            source,
-        })?;
-    let tls_err = |source| NetError::TlsConfig {
+    // Stamps before the policy's CRLs were read (just now, by the caller): a change since shows.
+    let stamps = crate::crl::stamps(policy.crl_files());
+    let parts = ServerParts {
+        roots: Arc::new(load_roots(&tls.ca_cert)?),
+        chain: load_certs("server certificate", &tls.cert)?,
+        key: load_key("server private key", &tls.key)?,
         context: files_context(tls),
-        source,
+        ca_cert: tls.ca_cert.clone(),
+        // One session store for every verifier generation: tickets issued before a CRL reload
+        // still resume after it (and meet `admit`), instead of silently forcing full handshakes.
+        sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
     };
-    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(tls_err)?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
-    // Resumption: a returning site skips the certificate exchange, and its hello may come as
-    // 0-RTT data (quinn wants 0 or u32::MAX here). Tickets are stateful and single-use (rustls
-    // takes them out of this cache), so one hub accepts a given 0-RTT flight once; the hub still
-    // treats an early hello as replayable and changes nothing before the handshake ends.
-    crypto.max_early_data_size = u32::MAX;
-    crypto.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
-    let crypto =
-        QuicServerConfig::try_from(crypto).map_err(|e| NetError::QuicCrypto(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let crypto = parts.crypto(&policy.crls())?;
+    let mut server = quinn::ServerConfig::with_crypto(crypto);
     server.transport_config(Arc::new(transport));
-    bind_endpoint(listen, Some(server))
+    let endpoint = bind_endpoint(listen, Some(server.clone()))?;
+    let reloader = CrlReloader {
+        endpoint: endpoint.clone(),
+        server,
+        parts,
+        policy,
+        stamps,
+    };
+    Ok((endpoint, reloader))
+}
+
+/// What the server's rustls config is rebuilt from when the CRLs change.
+struct ServerParts {
+    roots: Arc<rustls::RootCertStore>,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    context: String,
+    ca_cert: std::path::PathBuf,
+    sessions: Arc<rustls::server::ServerSessionMemoryCache>,
+}
+
+impl ServerParts {
+    fn crypto(&self, crls: &CrlSet) -> Result<Arc<QuicServerConfig>, NetError> {
+        let provider = provider();
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone());
+        if !crls.ders().is_empty() {
+            // Only the site certificate is looked up (a dev PKI has no intermediates, and a
+            // missing CRL for an intermediate must not lock every site out); CRLs are the
+            // operator's files, so a serial they do not mention is simply not revoked.
+            verifier = verifier
+                .with_crls(crls.ders().iter().cloned())
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|source| NetError::ClientVerifier {
+                path: self.ca_cert.clone(),
+                source,
+            })?;
+        let tls_err = |source| NetError::TlsConfig {
+            context: self.context.clone(),
+            source,
+        };
+        let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls_err)?;
+        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        // Resumption: a returning site skips the certificate exchange, and its hello may come
+        // as 0-RTT data (quinn wants 0 or u32::MAX here). Tickets are stateful and single-use
+        // (rustls takes them out of this cache), so one hub accepts a given 0-RTT flight once;
+        // the hub still treats an early hello as replayable and changes nothing before the
+        // handshake ends. The certificate of a resumed session is checked by `admit`.
+        crypto.max_early_data_size = u32::MAX;
+        crypto.session_storage = self.sessions.clone();
+        let crypto =
+            QuicServerConfig::try_from(crypto).map_err(|e| NetError::QuicCrypto(e.to_string()))?;
+        Ok(Arc::new(crypto))
+    }
+}
+
+/// Keeps a server endpoint's certificate verifier and its [`IdentityPolicy`]'s CRLs in step with
+/// the CRL files: polls their modification times, and on a change loads them again, swaps the
+/// endpoint's server config (new handshakes) and the policy's CRL set (resumptions, live
+/// sessions). A set that fails to load is logged and the old one stays in force.
+pub struct CrlReloader {
+    endpoint: quinn::Endpoint,
+    server: quinn::ServerConfig,
+    parts: ServerParts,
+    policy: Arc<IdentityPolicy>,
+    stamps: Vec<Option<(std::time::SystemTime, u64)>>,
+}
+
+impl std::fmt::Debug for CrlReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrlReloader")
+            .field("crl_files", &self.policy.crl_files())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one [`CrlReloader::poll`] did.
+#[derive(Debug)]
+pub enum CrlReload {
+    /// No CRL file changed since the last poll.
+    Unchanged,
+    /// The files changed and the new set is in force.
+    Reloaded {
+        /// Revoked serials in the new set.
+        revoked: usize,
+    },
+    /// The files changed but could not be loaded; the previous set stays in force. Not retried
+    /// until the files change again.
+    Failed(NetError),
+}
+
+impl CrlReloader {
+    /// Checks the CRL files once and reloads them if any changed (see [`CrlReload`]).
+    pub fn poll(&mut self) -> CrlReload {
+        let stamps = crate::crl::stamps(self.policy.crl_files());
+        if stamps == self.stamps {
+            return CrlReload::Unchanged;
+        }
+        self.stamps = stamps;
+        self.reload()
+    }
+
+    /// Loads the CRL files now, changed or not.
+    pub fn reload(&mut self) -> CrlReload {
+        let set = match self.policy.crls_from_files() {
+            Ok(set) => set,
+            Err(e) => return CrlReload::Failed(e),
+        };
+        // The verifier first: once the policy swaps, live sessions are judged by the new set,
+        // and a new handshake must not slip through on the old one.
+        match self.parts.crypto(&set) {
+            Ok(crypto) => {
+                self.server.crypto = crypto;
+                self.endpoint.set_server_config(Some(self.server.clone()));
+            }
+            Err(e) => return CrlReload::Failed(e),
+        }
+        let revoked = set.revoked_count();
+        self.policy.install_crls(set);
+        CrlReload::Reloaded { revoked }
+    }
+
+    /// Polls every `interval`, forever (returns at once without CRL files): spawn it, and abort
+    /// it at shutdown. Logs each reload (info) and each failed one (error).
+    pub async fn run(mut self, interval: Duration) {
+        if self.policy.crl_files().is_empty() {
+            return;
+        }
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.poll() {
+                CrlReload::Unchanged => {}
+                CrlReload::Reloaded { revoked } => tracing::info!(
+                    files = ?self.policy.crl_files(),
+                    revoked,
+                    "CRL files changed: new revocation lists in force"
+                ),
+                CrlReload::Failed(e) => tracing::error!(
+                    error = %e,
+                    "CRL files changed but cannot be loaded; the previous revocation lists stay in force"
+                ),
+            }
+        }
+    }
+}
+
+/// A short stable label (a bounded set) for why a client's TLS handshake failed, from the TLS
+/// alert the connection closed with: `revoked`, `expired`, `bad_certificate` (unknown CA, bad
+/// signature, unsupported), `no_certificate`, or `handshake` for anything else.
+pub fn handshake_refusal_reason(error: Option<&quinn::ConnectionError>) -> &'static str {
+    use rustls::AlertDescription as A;
+    let code = match error {
+        Some(quinn::ConnectionError::TransportError(t)) => t.code,
+        Some(quinn::ConnectionError::ConnectionClosed(c)) => c.error_code,
+        _ => return "handshake",
+    };
+    let alert = |a: A| quinn::TransportErrorCode::crypto(u8::from(a));
+    if code == alert(A::CertificateRevoked) {
+        "revoked"
+    } else if code == alert(A::CertificateExpired) {
+        "expired"
+    } else if code == alert(A::CertificateRequired) {
+        "no_certificate"
+    } else if [
+        A::UnknownCA,
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::DecryptError,
+        A::CertificateUnknown,
+    ]
+    .into_iter()
+    .any(|a| code == alert(a))
+    {
+        "bad_certificate"
+    } else {
+        "handshake"
+    }
 }
 
 /// A QUIC client endpoint bound to `bind` (e.g. `0.0.0.0:0`) presenting `tls.cert` and

@@ -287,3 +287,60 @@ async fn missing_or_garbage_pem_files_are_named_in_the_error() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn revoke_sites_writes_a_growing_crl_the_policy_enforces() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    devcerts::generate(
+        dir.path(),
+        &[],
+        &names(&["shop-1", "plant_2", "depot"]),
+        false,
+    )?;
+    let pki = DevPki::new(dir.path());
+    let der = |site: &str| -> Result<Vec<u8>> {
+        let bytes = std::fs::read(pki.site_tls(site).cert)?;
+        Ok(CertificateDer::from_pem_slice(&bytes)?.as_ref().to_vec())
+    };
+    let policy = || {
+        er_net::IdentityPolicy::new(
+            er_net::IdentitySettings {
+                crl_files: vec![pki.crl()],
+                ..Default::default()
+            },
+            &pki.ca_cert(),
+        )
+    };
+    let reason = |policy: &er_net::IdentityPolicy, site: &str| -> Result<&'static str> {
+        Ok(
+            match policy.check_certificate(&der(site)?, std::time::SystemTime::now()) {
+                Ok(_) => "admitted",
+                Err(e) => e.reason(),
+            },
+        )
+    };
+
+    assert_eq!(
+        devcerts::revoke_sites(dir.path(), &names(&["shop-1"]))?,
+        pki.crl()
+    );
+    let p = policy()?;
+    assert_eq!(reason(&p, "shop-1")?, "revoked");
+    assert_eq!(reason(&p, "plant_2")?, "admitted");
+
+    // A second revocation keeps the first; revoking again changes nothing.
+    devcerts::revoke_sites(dir.path(), &names(&["plant_2", "shop-1"]))?;
+    let p = policy()?;
+    assert_eq!(p.crls().revoked_count(), 2);
+    assert_eq!(reason(&p, "shop-1")?, "revoked");
+    assert_eq!(reason(&p, "plant_2")?, "revoked");
+    assert_eq!(reason(&p, "depot")?, "admitted");
+
+    // A site re-issued with --add --force has a new serial: admitted again.
+    devcerts::add_site(dir.path(), "shop-1", true)?;
+    assert_eq!(reason(&policy()?, "shop-1")?, "admitted");
+
+    let e = devcerts::revoke_sites(dir.path(), &names(&["nobody"])).unwrap_err();
+    assert!(e.to_string().contains("nobody.pem"), "{e}");
+    Ok(())
+}

@@ -7,7 +7,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
-    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, Position, TopicPartition, frame_type,
+    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES, Position,
+    TopicPartition, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -236,8 +237,8 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::HELLO => Frame::Hello {
             min_version: r.u16("min_version")?,
             max_version: r.u16("max_version")?,
-            agent_version: r.string("agent_version")?,
-            site_claim: r.string("site_claim")?,
+            agent_version: r.bounded_string("agent_version", MAX_HELLO_FIELD_BYTES)?,
+            site_claim: r.bounded_string("site_claim", MAX_HELLO_FIELD_BYTES)?,
         },
         frame_type::WELCOME => {
             let version = r.u16("version")?;
@@ -402,7 +403,20 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        self.bounded_string(field, usize::from(u16::MAX))
+    }
+
+    /// A string of at most `max` bytes, refused from its length prefix.
+    fn bounded_string(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
         let len = self.u16(field)? as usize;
+        if len > max {
+            return Err(DecodeError::StringTooLong {
+                frame: self.frame,
+                field,
+                len,
+                max,
+            });
+        }
         let bytes = self.take(len, field)?;
         std::str::from_utf8(bytes)
             .map(str::to_owned)

@@ -48,6 +48,18 @@ pub enum DecodeError {
         /// Offending field.
         field: &'static str,
     },
+    /// A string field was longer than its cap (checked from its length prefix).
+    #[error("{frame} frame: field `{field}` is {len} bytes long, at most {max} allowed")]
+    StringTooLong {
+        /// Frame kind.
+        frame: &'static str,
+        /// Offending field.
+        field: &'static str,
+        /// Length received.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
     /// A field that must not be negative was.
     #[error("{frame} frame: field `{field}` is negative ({value})")]
     Negative {

@@ -9,6 +9,9 @@ pub const PROTOCOL_VERSION: u16 = 2;
 /// Lowest protocol version this crate still accepts (version 2 added the heartbeat target to
 /// Welcome and the GroupOffsets frame).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// Longest `agent_version` or `site_claim` a Hello may carry, in bytes. Both are free text from
+/// an unauthenticated-as-yet peer that ends up in logs; a site alias is at most 64 bytes.
+pub const MAX_HELLO_FIELD_BYTES: usize = 256;
 /// Default cap on one frame's length (type byte + body), checked from the length prefix.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
 

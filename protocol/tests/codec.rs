@@ -514,3 +514,37 @@ fn display_and_error_codes() {
         "GoAway"
     );
 }
+
+#[test]
+fn hello_strings_are_capped_from_their_length_prefix() {
+    let hello = |agent_version: String, site_claim: String| {
+        let mut buf = BytesMut::new();
+        encode_frame(
+            &Frame::Hello {
+                min_version: 2,
+                max_version: 2,
+                agent_version,
+                site_claim,
+            },
+            &mut buf,
+        );
+        buf[4..].to_vec()
+    };
+    let max = er_protocol::MAX_HELLO_FIELD_BYTES;
+    let at_cap = hello("v".repeat(max), "s".repeat(max));
+    assert!(decode_frame(&at_cap).is_ok(), "{max} bytes are allowed");
+    for (body, field) in [
+        (hello("v".repeat(max + 1), "shop-1".into()), "agent_version"),
+        (
+            hello("edge-agent/1".into(), "s".repeat(65_535)),
+            "site_claim",
+        ),
+    ] {
+        let e = decode_frame(&body).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::StringTooLong { frame: "Hello", field: f, max: m, .. } if f == field && m == max),
+            "{field}: {e:?}"
+        );
+        assert!(e.to_string().contains(field), "{e}");
+    }
+}

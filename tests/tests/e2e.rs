@@ -615,10 +615,7 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
         .map(|i| NewRecord::new(format!("{i}"), format!("small-{i}")).partition(i % 2))
         .collect();
     // Partition 0's 11th record is 2 MiB.
-    recs.insert(
-        20,
-        NewRecord::new("big", vec![b'x'; 2 << 20]).partition(0),
-    );
+    recs.insert(20, NewRecord::new("big", vec![b'x'; 2 << 20]).partition(0));
     let producer = client::producer(k.edge(), &[("message.max.bytes", "5000000")])?;
     client::send_all(&producer, &topic, &recs).await?;
     let hub_setup = HubSetup::new(k.central())?;
@@ -629,7 +626,12 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     let remote = format!("{site}.{topic}");
     let got = consume_remote(k.central(), &remote, 40, &procs).await?;
     let values: HashSet<Vec<u8>> = got.iter().filter_map(|r| r.value.clone()).collect();
-    assert_eq!(got.len(), 40, "every small record once\n{}", dump_logs(&procs));
+    assert_eq!(
+        got.len(),
+        40,
+        "every small record once\n{}",
+        dump_logs(&procs)
+    );
     assert!(
         (0..40).all(|i| values.contains(format!("small-{i}").as_bytes())),
         "{}",
@@ -655,6 +657,11 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     assert_eq!(dead[0].key.as_deref(), Some(&b"big"[..]));
     assert_eq!(dead[0].value, None, "the value itself is not kept");
     // The session never failed over it: one welcome, no failed transaction.
-    assert_eq!(hub.log_text().matches("welcoming site").count(), 1, "{}", dump_logs(&procs));
+    assert_eq!(
+        hub.log_text().matches("welcoming site").count(),
+        1,
+        "{}",
+        dump_logs(&procs)
+    );
     Ok(())
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::streams::StreamWriters;
-use super::{HANDOVER_WAIT, Hub, SessionEnd, close_code, same_positions};
+use super::{HANDOVER_WAIT, Hub, SessionEnd, same_positions};
 use crate::fleet::Owner;
 use crate::sites::{SessionSlot, Site};
 
@@ -52,17 +52,18 @@ impl Hub {
         let resumed = conn.peer_identity().is_some();
         let mut handshake = Some(handshake);
         if !resumed && !finish_handshake(&conn, &mut handshake).await {
-            warn!(%remote, reason = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing or not issued by the configured CA?)");
+            let reason = crate::admission::handshake_refused(&conn);
+            warn!(%remote, reason, error = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing, revoked, expired or not issued by the configured CA?)");
             return;
         }
-        let site = match er_net::peer_site_alias(&conn) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(%remote, error = %e, "refused connection: no usable site identity in the client certificate");
-                conn.close(close_code::UNAUTHORIZED.into(), b"unauthorized");
-                return;
-            }
+        // Checked for every connection, a resumed TLS session included (resumption does not
+        // run the certificate verifier again): validity now, revocation, allowlist.
+        let policy = self.fleet.config.identity.clone();
+        let Some(identity) = crate::admission::admit(&conn, &policy, remote) else {
+            return;
         };
+        let site = identity.alias.clone();
+        crate::admission::spawn_watcher(conn.clone(), policy, identity);
         let span = info_span!("site", site = %site, %remote);
         // The hello of a resumed session may be 0-RTT data, which anyone on the path can replay:
         // until the handshake is over, the hub only reads (see `greet`).
@@ -231,7 +232,7 @@ impl Hub {
             .accept_bi()
             .await
             .map_err(|e| SessionEnd::Link(e.to_string()))?;
-        let mut ctl_reader = FrameReader::new(ctl_recv, self.max_frame());
+        let mut ctl_reader = FrameReader::new(ctl_recv, er_net::wire::CONTROL_FRAME_MAX_BYTES);
         let mut writers = StreamWriters {
             control: FrameWriter::new(ctl_send),
             partitions: HashMap::new(),
@@ -262,9 +263,9 @@ impl Hub {
             } = ev
             {
                 if !site_claim.is_empty() && site_claim != alias {
-                    warn!(%site_claim, "agent claims another site name; the certificate decides");
+                    warn!(site_claim = %er_net::Untrusted(&site_claim), "agent claims another site name; the certificate decides");
                 }
-                info!(%agent_version, version, resumed, "hello");
+                info!(agent_version = %er_net::Untrusted(&agent_version), version, resumed, "hello");
                 hello_ok = true;
             }
         }

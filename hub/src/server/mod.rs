@@ -29,9 +29,13 @@ pub mod close_code {
     pub const INTERNAL: u32 = 3;
     /// A newer connection of the same site replaced this one.
     pub const SUPERSEDED: u32 = 4;
+    /// The site's certificate expired (or is not valid yet): at resumption or during a session.
+    pub const CERT_EXPIRED: u32 = 5;
+    /// A CRL revokes the site's certificate: at resumption or during a session.
+    pub const REVOKED: u32 = 6;
     /// Another hub of the group serves the site (a redirect was sent), or the site's shard
     /// moved away; the agent should connect again.
-    pub const NOT_OWNER: u32 = 5;
+    pub const NOT_OWNER: u32 = 7;
 }
 
 /// How long a new connection of a site waits for the session it replaces to end and for that

@@ -1,0 +1,64 @@
+//! Who may write, connection by connection: the site identity policy applied on the hub (every
+//! connection, resumed ones included), refusals counted and logged, and a watcher per session
+//! that closes it when its certificate expires or a reloaded CRL revokes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use er_net::{AdmissionError, IdentityPolicy, SiteIdentity};
+use tracing::warn;
+
+use crate::server::close_code;
+
+/// The close code telling an agent why its certificate was refused.
+pub fn close_code_for(e: &AdmissionError) -> u32 {
+    match e {
+        AdmissionError::Expired { .. } | AdmissionError::NotYetValid { .. } => {
+            close_code::CERT_EXPIRED
+        }
+        AdmissionError::Revoked { .. } => close_code::REVOKED,
+        _ => close_code::UNAUTHORIZED,
+    }
+}
+
+/// Applies the identity policy to a connection whose certificate is known (after the full
+/// handshake, or at once for a resumed session). `None` when refused: the refusal is logged,
+/// counted and the connection closed with the matching close code.
+pub fn admit(
+    conn: &quinn::Connection,
+    policy: &IdentityPolicy,
+    remote: SocketAddr,
+) -> Option<SiteIdentity> {
+    match er_net::admit(conn, policy, SystemTime::now()) {
+        Ok(identity) => {
+            crate::metrics::set_site_certificate_expiry(&identity.alias, identity.not_after);
+            Some(identity)
+        }
+        Err(e) => {
+            warn!(%remote, reason = e.reason(), error = %e, "refused connection");
+            crate::metrics::connection_refused(e.reason());
+            conn.close(close_code_for(&e).into(), e.to_string().as_bytes());
+            None
+        }
+    }
+}
+
+/// Counts a connection whose TLS handshake failed (the verifier refused its certificate, or
+/// it gave up) and returns the reason label for the log line.
+pub fn handshake_refused(conn: &quinn::Connection) -> &'static str {
+    let reason = er_net::handshake_refusal_reason(conn.close_reason().as_ref());
+    crate::metrics::connection_refused(reason);
+    reason
+}
+
+/// Watches an admitted session for the life of its connection: closes it (close code
+/// `CERT_EXPIRED` or `REVOKED`) when its certificate expires or a reloaded CRL revokes it.
+pub fn spawn_watcher(conn: quinn::Connection, policy: Arc<IdentityPolicy>, identity: SiteIdentity) {
+    tokio::spawn(async move {
+        if let Some(e) = er_net::watch_admission(&conn, &policy, &identity).await {
+            warn!(site = %identity.alias, reason = e.reason(), error = %e, "closing the site's session: its certificate is no longer admitted");
+            conn.close(close_code_for(&e).into(), e.to_string().as_bytes());
+        }
+    });
+}
