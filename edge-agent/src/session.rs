@@ -38,6 +38,13 @@ const HEARTBEATS_PREFETCH_KBYTES: usize = 1024;
 pub enum Exit {
     /// Shutdown was requested.
     Shutdown,
+    /// The hub does not serve this site and sent us to other hubs instead of welcoming us.
+    Redirected {
+        /// `host:port` of the hubs to try, best first (as the hub sent them, not yet parsed).
+        addresses: Vec<String>,
+        /// The hub's reason.
+        reason: String,
+    },
 }
 
 /// What the caller learns from a failed session.
@@ -309,6 +316,9 @@ impl Session<'_> {
                         }));
                         welcome = Some((site, positions, max_batch_bytes));
                     }
+                    AgentEvent::Redirected { addresses, reason } => {
+                        return Ok(Exit::Redirected { addresses, reason });
+                    }
                     other => self.handle_event(other)?,
                 }
             }
@@ -472,6 +482,8 @@ impl Session<'_> {
             AgentEvent::HubError { code, message } => bail!("hub refused: {code:?}: {message}"),
             AgentEvent::TimedOut { what } => bail!("timed out waiting for {what}"),
             AgentEvent::Welcomed { .. } => bail!("second welcome on one connection"),
+            // The protocol refuses a redirect after the welcome; the handshake handles it.
+            AgentEvent::Redirected { .. } => bail!("redirect after the welcome"),
         }
     }
 
