@@ -225,6 +225,7 @@ pub async fn run(
             let candidates = match link.resolve(&entry).await {
                 Ok(addrs) => pass.dial_order(&entry, addrs),
                 Err(e) => {
+                    info!(hub = %entry, error = format!("{e:#}"), "hub address not dialled");
                     failure = Some(e);
                     continue;
                 }
