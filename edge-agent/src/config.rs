@@ -290,13 +290,39 @@ fn default_refresh_interval_ms() -> u64 {
     30_000
 }
 
+/// `hub.address`: one `host:port` or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a \"host:port\" string or a list of them")]
+pub enum HubAddressConfig {
+    /// One address.
+    One(String),
+    /// Several, tried in order.
+    Many(Vec<String>),
+}
+
+impl HubAddressConfig {
+    /// Every address with the name of its field (`hub.address` or `hub.address[i]`).
+    fn fields(&self) -> Vec<(String, &str)> {
+        match self {
+            HubAddressConfig::One(a) => vec![("hub.address".to_owned(), a.as_str())],
+            HubAddressConfig::Many(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("hub.address[{i}]"), a.as_str()))
+                .collect(),
+        }
+    }
+}
+
 /// The link to the hub.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubLinkConfig {
-    /// `host:port` of the hub's QUIC (UDP) listener.
-    pub address: String,
-    /// Name the hub's certificate must carry; defaults to the host part of `address`.
+    /// `host:port` of the hub's QUIC (UDP) listener, or a list of them tried in order; a name
+    /// stands for every address it resolves to (IPv6 and IPv4).
+    pub address: HubAddressConfig,
+    /// Name the hub's certificate must carry; defaults to the host part of the address being
+    /// dialled.
     #[serde(default)]
     pub server_name: Option<String>,
     /// CA certificate the hub's certificate must chain to (PEM).
@@ -442,12 +468,11 @@ pub struct Validated {
     pub include: Vec<Regex>,
     /// Whole-name exclude matchers.
     pub exclude: Vec<Regex>,
-    /// Hub host (DNS name or IP literal) and port.
-    pub hub_host: String,
-    /// Hub UDP port.
-    pub hub_port: u16,
-    /// Name checked against the hub's certificate.
-    pub server_name: String,
+    /// The hub addresses, in the order they are tried (at least one, no duplicates).
+    pub hub_addresses: Vec<crate::hubs::HubAddress>,
+    /// `hub.server_name`: the name checked against every hub's certificate, if configured
+    /// (see [`Validated::server_name_for`]).
+    pub server_name: Option<String>,
     /// Compression codec of batches.
     pub codec: er_protocol::Codec,
     /// Routes with compiled matchers and plugin settings.
@@ -555,6 +580,12 @@ impl Validated {
         all.sort_unstable_by(|a, b| b.cmp(a));
         all.dedup();
         all
+    }
+
+    /// The name a hub's certificate must carry when dialling `hub`: `hub.server_name` if set,
+    /// else the host part of the address.
+    pub fn server_name_for<'a>(&'a self, hub: &'a crate::hubs::HubAddress) -> &'a str {
+        self.server_name.as_deref().unwrap_or(&hub.host)
     }
 
     /// The cap of compressed batch bytes sent per second, if any.
@@ -717,14 +748,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         raw.topics.refresh_interval_ms,
         Fixed(1),
     )?;
-    let (hub_host, hub_port) =
-        split_host_port(&raw.hub.address).map_err(|m| invalid("hub.address", m))?;
-    let server_name = raw
-        .hub
-        .server_name
-        .clone()
-        .unwrap_or_else(|| hub_host.clone());
-    if server_name.is_empty() {
+    let address_fields = raw.hub.address.fields();
+    if address_fields.is_empty() {
+        return Err(invalid(
+            "hub.address",
+            "must list at least one `host:port`".into(),
+        ));
+    }
+    let mut hub_addresses: Vec<crate::hubs::HubAddress> = Vec::with_capacity(address_fields.len());
+    for (field, text) in address_fields {
+        let hub = crate::hubs::HubAddress::parse(text).map_err(|m| invalid(&field, m))?;
+        if let Some(j) = hub_addresses.iter().position(|h| *h == hub) {
+            return Err(invalid(
+                &field,
+                format!("{text:?} is listed twice (also hub.address[{j}])"),
+            ));
+        }
+        hub_addresses.push(hub);
+    }
+    let server_name = raw.hub.server_name.clone();
+    if server_name.as_deref().is_some_and(str::is_empty) {
         return Err(invalid("hub.server_name", "must not be empty".into()));
     }
     let h = &raw.hub;
@@ -877,8 +920,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         raw,
         include,
         exclude,
-        hub_host,
-        hub_port,
+        hub_addresses,
         server_name,
         codec,
         routes,
@@ -1018,8 +1060,14 @@ mod tests {
             !v.wants_topic("sensors.x.internal"),
             "internal topics never"
         );
-        assert_eq!((v.hub_host.as_str(), v.hub_port), ("hub.example.com", 4433));
-        assert_eq!(v.server_name, "hub.example.com");
+        assert_eq!(
+            v.hub_addresses,
+            [crate::hubs::HubAddress {
+                host: "hub.example.com".into(),
+                port: 4433
+            }]
+        );
+        assert_eq!(v.server_name.as_deref(), Some("hub.example.com"));
         assert_eq!(v.route_for("sensors.temp"), Some(0));
         assert_eq!(v.route_for("alarms"), None, "its route has no plugins");
         assert_eq!(v.max_bytes_per_sec(), None, "unlimited unless set");
@@ -1264,6 +1312,94 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
             let e = parse(&path, &text).expect_err(field).to_string();
             assert!(e.contains(field), "{field}: {e}");
             assert!(e.contains("agent.toml"), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn hub_address_takes_one_address_or_a_list_tried_in_order() {
+        let (_dir, path, good) = example();
+        let one = "address = \"hub.example.com:4433\"";
+        assert!(good.contains(one));
+        // The example shows the list form in a comment; it must parse as shown.
+        let shown = good
+            .lines()
+            .find_map(|l| l.strip_prefix("# address = ["))
+            .expect("the example documents the list form");
+        let v = parse(&path, &good.replace(one, &format!("address = [{shown}"))).unwrap();
+        assert_eq!(v.hub_addresses.len(), 3);
+        let list = good.replace(
+            one,
+            r#"address = ["hub-a.example.com:4433", "[2001:db8::7]:4433", "10.0.0.9:5000"]"#,
+        );
+        let v = parse(&path, &list).unwrap();
+        let hubs: Vec<String> = v.hub_addresses.iter().map(|h| h.to_string()).collect();
+        assert_eq!(
+            hubs,
+            [
+                "hub-a.example.com:4433",
+                "[2001:db8::7]:4433",
+                "10.0.0.9:5000"
+            ]
+        );
+        assert_eq!(
+            v.server_name_for(&v.hub_addresses[1]),
+            "hub.example.com",
+            "a configured server_name applies to every hub"
+        );
+        let unnamed = list.replace("server_name = \"hub.example.com\"", "");
+        assert_ne!(unnamed, list);
+        let v = parse(&path, &unnamed).unwrap();
+        let names: Vec<&str> = v
+            .hub_addresses
+            .iter()
+            .map(|h| v.server_name_for(h))
+            .collect();
+        assert_eq!(
+            names,
+            ["hub-a.example.com", "2001:db8::7", "10.0.0.9"],
+            "else the host of the address dialled"
+        );
+        let cases = [
+            (r#"address = []"#, "hub.address: must list at least one"),
+            (
+                r#"address = ["hub-a.example.com:4433", "hub-b.example.com:4433", "hub-c.example.com"]"#,
+                "hub.address[2]: \"hub-c.example.com\" is not `host:port`",
+            ),
+            (
+                r#"address = ["a.example:1", "::1:4433"]"#,
+                "hub.address[1]: \"::1:4433\" is not `host:port` (write IPv6",
+            ),
+            (
+                r#"address = ["a.example:1", "b.example:0"]"#,
+                "hub.address[1]: \"b.example:0\": port 0",
+            ),
+            (
+                r#"address = ["a.example:1", "b.example:2", "a.example:1"]"#,
+                "hub.address[2]: \"a.example:1\" is listed twice (also hub.address[0])",
+            ),
+            (
+                "address = \"a.example\"",
+                "hub.address: \"a.example\" is not",
+            ),
+        ];
+        for (line, message) in cases {
+            let text = good.replace(one, line);
+            let e = parse(&path, &text).expect_err(line).to_string();
+            assert!(e.contains(message), "{line}: {e}");
+            assert!(e.contains("agent.toml"), "{line}: {e}");
+        }
+        for line in [
+            "address = 4433",
+            "address = [4433]",
+            "address = { host = \"h\" }",
+        ] {
+            let e = parse(&path, &good.replace(one, line))
+                .expect_err(line)
+                .to_string();
+            assert!(
+                e.contains("address") && e.contains("\"host:port\" string or a list of them"),
+                "{line}: {e}"
+            );
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod groups;
 pub mod heartbeat;
+pub mod hubs;
 pub mod metrics;
 pub mod pacing;
 pub mod pipeline;
@@ -13,7 +14,7 @@ pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,6 +36,8 @@ pub struct Stats {
     pub batches_acked: AtomicU64,
     /// Connections established.
     pub connects: AtomicU64,
+    /// Redirects received from hubs that do not serve this site.
+    pub redirects: AtomicU64,
     /// Records read from the edge cluster (a record read again after a reconnect counts again).
     pub records_read: AtomicU64,
     /// Source records a plugin chain turned into no output.
@@ -140,6 +143,11 @@ impl Unreachable {
 }
 
 /// Runs the agent until `shutdown` turns true: connect, replicate, reconnect with backoff.
+///
+/// Each pass over the hub candidates ([`hubs::HubList`]) dials them in turn until one welcomes
+/// the agent or redirects it; the reconnect backoff applies once a whole pass failed (or after a
+/// welcomed session ended), and a pass in which no hub answered at all is followed by the next
+/// probe instead.
 pub async fn run(
     cfg: Validated,
     stats: Arc<Stats>,
@@ -150,14 +158,7 @@ pub async fn run(
         cert: cfg.raw.hub.cert.clone(),
         key: cfg.raw.hub.key.clone(),
     };
-    let bind: SocketAddr = if cfg.hub_host.contains(':') {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    };
-    let (endpoint, client_cfg, tickets) =
-        er_net::client_endpoint_gated(bind, &tls, &er_net::TransportTuning::default())
-            .context("setting up the QUIC client")?;
+    let (endpoint, client_cfg, tickets, ipv6) = client_endpoint(&cfg, &tls)?;
     metrics::set_certificate_expiry(&tls.cert);
     let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
     let groups = match cfg.groups_interval() {
@@ -191,111 +192,120 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let mut last_rtt: Option<Duration> = None;
-    let mut unreachable = Unreachable::new(tickets);
+    let mut link = Link {
+        cfg: &cfg,
+        endpoint: endpoint.clone(),
+        client_cfg,
+        ipv6,
+        shared: session::Shared {
+            discovery: discovery.clone(),
+            pipeline: pipeline.clone(),
+            groups: groups.clone(),
+            aliases: aliases_tx.clone(),
+            lag: lag.clone(),
+        },
+        stats: stats.clone(),
+        unreachable: Unreachable::new(tickets),
+        last_rtt: None,
+    };
+    let mut hub_list = hubs::HubList::new(cfg.hub_addresses.clone());
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
         Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
     );
-    loop {
+    'passes: loop {
         if *shutdown.borrow() {
             break;
         }
-        let started = Instant::now();
-        let wait = answer_wait(&cfg, last_rtt);
-        let outcome = match connect(&endpoint, &client_cfg, &cfg, wait).await {
-            Ok(attempt) => {
-                let (conn, early) = match attempt {
-                    Attempt::Ready(conn) => (conn, None),
-                    Attempt::Early(conn, accepted) => (
-                        conn,
-                        Some(session::Early {
-                            accepted,
-                            answer_wait: wait,
-                            connect_timeout: Duration::from_millis(cfg.raw.hub.connect_timeout_ms),
-                        }),
-                    ),
-                };
-                let mut answered = |zero_rtt: bool| {
-                    unreachable.answered();
-                    let before = stats
-                        .connects
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    ::metrics::counter!(crate::metrics::CONNECTS).increment(1);
-                    if before > 0 {
-                        ::metrics::counter!(crate::metrics::RECONNECTS).increment(1);
-                    }
-                    info!(hub = %conn.remote_address(), zero_rtt, "connected to hub");
-                };
-                if early.is_none() {
-                    answered(false);
-                }
-                let r = session::run(
-                    &cfg,
-                    session::Shared {
-                        discovery: discovery.clone(),
-                        pipeline: pipeline.clone(),
-                        groups: groups.clone(),
-                        aliases: aliases_tx.clone(),
-                        lag: lag.clone(),
-                    },
-                    conn.clone(),
-                    early,
-                    &mut answered,
-                    stats.clone(),
-                    &mut shutdown,
-                )
-                .await;
-                ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
-                ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
-                conn.close(0u32.into(), b"session over");
-                if let Err(session::Failure {
-                    no_answer: Some(waited),
-                    ..
-                }) = r
-                {
-                    unreachable.no_answer(waited);
-                    if probe_pause(waited, &mut shutdown).await {
-                        break;
-                    }
+        let mut pass = hub_list.pass();
+        // While every attempt of the pass went unanswered: the longest wait.
+        let mut silent: Option<Duration> = None;
+        // The latest failure that was not silence (the hub answered, or resolution failed).
+        let mut failure: Option<anyhow::Error> = None;
+        while let Some(entry) = pass.next_entry() {
+            let candidates = match link.resolve(&entry).await {
+                Ok(addrs) => pass.dial_order(&entry, addrs),
+                Err(e) => {
+                    info!(hub = %entry, error = format!("{e:#}"), "hub address not dialled");
+                    failure = Some(e);
                     continue;
                 }
-                last_rtt = Some(conn.rtt());
-                r
-            }
-            Err(ConnectError::NoAnswer(waited)) => {
-                unreachable.no_answer(waited);
-                if probe_pause(waited, &mut shutdown).await {
-                    break;
+            };
+            for c in candidates {
+                if *shutdown.borrow() {
+                    break 'passes;
                 }
-                continue;
-            }
-            Err(ConnectError::Failed(error)) => {
-                unreachable.answered();
-                Err(session::Failure {
-                    welcomed: false,
-                    no_answer: None,
-                    error,
-                })
-            }
-        };
-        match outcome {
-            Ok(session::Exit::Shutdown) => break,
-            Err(f) => {
-                if f.welcomed && started.elapsed() > Duration::from_secs(5) {
-                    backoff.reset();
+                let started = Instant::now();
+                match link.attempt(&c, &mut shutdown).await {
+                    Attempted::Shutdown => break 'passes,
+                    Attempted::NoAnswer(waited) => {
+                        silent = Some(silent.map_or(waited, |s| s.max(waited)));
+                    }
+                    Attempted::Failed(error) => {
+                        info!(hub = %c.entry, addr = %c.addr, error = format!("{error:#}"),
+                            "connection attempt failed");
+                        failure = Some(error);
+                    }
+                    Attempted::Redirected { addresses, reason } => {
+                        let Some(targets) = redirect_targets(&link, &c, &addresses, &reason) else {
+                            failure = Some(anyhow::anyhow!(
+                                "hub {} redirected us to no usable address: {addresses:?}",
+                                c.entry
+                            ));
+                            continue;
+                        };
+                        match hub_list.redirected(targets) {
+                            hubs::AfterRedirect::Follow => continue 'passes,
+                            hubs::AfterRedirect::BackOff { in_a_row } => {
+                                let delay = backoff.next_delay();
+                                warn!(
+                                    redirects_in_a_row = in_a_row,
+                                    retry_in_ms = delay.as_millis() as u64,
+                                    "redirected again and again without a welcome; following after a pause"
+                                );
+                                if pause(delay, &mut shutdown).await {
+                                    break 'passes;
+                                }
+                                continue 'passes;
+                            }
+                        }
+                    }
+                    Attempted::Ended(error) => {
+                        hub_list.welcomed(&c);
+                        if started.elapsed() > Duration::from_secs(5) {
+                            backoff.reset();
+                        }
+                        let delay = backoff.next_delay();
+                        warn!(
+                            hub = %c.entry,
+                            error = format!("{error:#}"),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "link to hub down; will reconnect and resume"
+                        );
+                        if pause(delay, &mut shutdown).await {
+                            break 'passes;
+                        }
+                        continue 'passes;
+                    }
                 }
-                let delay = backoff.next_delay();
-                warn!(
-                    error = format!("{:#}", f.error),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "link to hub down; will reconnect and resume"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => break,
-                }
             }
+        }
+        // No candidate of the pass got a welcome or a redirect.
+        if let (None, Some(waited)) = (&failure, silent) {
+            if probe_pause(waited, &mut shutdown).await {
+                break;
+            }
+            continue;
+        }
+        let error = failure.unwrap_or_else(|| anyhow::anyhow!("no hub address to dial"));
+        let delay = backoff.next_delay();
+        warn!(
+            error = format!("{error:#}"),
+            retry_in_ms = delay.as_millis() as u64,
+            "link to hub down: no hub address worked; will reconnect and resume"
+        );
+        if pause(delay, &mut shutdown).await {
+            break;
         }
     }
     endpoint.close(0u32.into(), b"agent shutting down");
@@ -308,6 +318,220 @@ pub async fn run(
     }
     info!("agent stopped");
     Ok(())
+}
+
+/// The QUIC client endpoint, and whether it can dial IPv6 addresses. An agent whose hub
+/// addresses are all IPv4 literals uses an IPv4 socket; any other gets a dual-stack socket
+/// (IPv4 too, as IPv4-mapped addresses), or an IPv4 one where the host has no IPv6.
+fn client_endpoint(
+    cfg: &Validated,
+    tls: &er_net::TlsFiles,
+) -> anyhow::Result<(
+    quinn::Endpoint,
+    quinn::ClientConfig,
+    er_net::TicketGate,
+    bool,
+)> {
+    let tuning = er_net::TransportTuning::default();
+    let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+    let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    if !cfg
+        .hub_addresses
+        .iter()
+        .all(hubs::HubAddress::is_ipv4_literal)
+    {
+        match er_net::client_endpoint_gated(v6, tls, &tuning) {
+            Ok((endpoint, config, tickets)) => return Ok((endpoint, config, tickets, true)),
+            Err(e) => warn!(error = %e, "no IPv6 socket; dialling IPv4 hub addresses only"),
+        }
+    }
+    let (endpoint, config, tickets) =
+        er_net::client_endpoint_gated(v4, tls, &tuning).context("setting up the QUIC client")?;
+    Ok((endpoint, config, tickets, false))
+}
+
+/// Counts and logs a redirect and parses its addresses; `None` when none is usable.
+fn redirect_targets(
+    link: &Link<'_>,
+    from: &hubs::Candidate,
+    addresses: &[String],
+    reason: &str,
+) -> Option<Vec<hubs::HubAddress>> {
+    link.stats.redirects.fetch_add(1, Ordering::Relaxed);
+    ::metrics::counter!(metrics::REDIRECTS).increment(1);
+    info!(hub = %from.entry, addr = %from.addr, to = ?addresses, reason, "the hub sent us to other hubs");
+    let targets: Vec<hubs::HubAddress> = addresses
+        .iter()
+        .filter_map(|a| {
+            hubs::HubAddress::parse(a)
+                .inspect_err(|e| {
+                    warn!(hub = %from.entry, address = %a, error = %e,
+                        "ignoring an address the hub redirected us to");
+                })
+                .ok()
+        })
+        .collect();
+    (!targets.is_empty()).then_some(targets)
+}
+
+/// Waits `delay`; true if shutdown was requested meanwhile.
+async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// How one attempt at one hub candidate ended.
+enum Attempted {
+    /// Shutdown was requested.
+    Shutdown,
+    /// Not a single packet came back within this wait.
+    NoAnswer(Duration),
+    /// The hub answered but no session came of it (or the attempt failed before sending).
+    Failed(anyhow::Error),
+    /// The hub sent us elsewhere.
+    Redirected {
+        /// As the hub sent them.
+        addresses: Vec<String>,
+        /// The hub's reason.
+        reason: String,
+    },
+    /// The hub welcomed us, then the session failed.
+    Ended(anyhow::Error),
+}
+
+/// What every connection attempt of the agent uses.
+struct Link<'a> {
+    cfg: &'a Validated,
+    endpoint: quinn::Endpoint,
+    client_cfg: quinn::ClientConfig,
+    /// Whether the endpoint can dial IPv6 addresses.
+    ipv6: bool,
+    shared: session::Shared,
+    stats: Arc<Stats>,
+    unreachable: Unreachable,
+    /// Round-trip time of the last connection, for [`answer_wait`].
+    last_rtt: Option<Duration>,
+}
+
+impl Link<'_> {
+    /// Every address `entry` resolves to that the endpoint can dial, in the resolver's order.
+    async fn resolve(&self, entry: &hubs::HubAddress) -> anyhow::Result<Vec<SocketAddr>> {
+        let timeout = Duration::from_millis(self.cfg.raw.hub.connect_timeout_ms);
+        let all: Vec<SocketAddr> = tokio::time::timeout(
+            timeout,
+            tokio::net::lookup_host((entry.host.as_str(), entry.port)),
+        )
+        .await
+        .with_context(|| format!("resolving hub address {entry}: no answer within {timeout:?}"))?
+        .with_context(|| format!("resolving hub address {entry}"))?
+        .collect();
+        let usable: Vec<SocketAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| self.ipv6 || a.is_ipv4())
+            .collect();
+        if usable.is_empty() {
+            if all.is_empty() {
+                anyhow::bail!("hub address {entry} resolved to nothing");
+            }
+            anyhow::bail!(
+                "hub address {entry} resolved to IPv6 addresses only ({all:?}), and the agent has \
+                 an IPv4 socket (all configured hub addresses are IPv4 literals)"
+            );
+        }
+        Ok(usable)
+    }
+
+    /// Connects to `c` and runs a session over the connection until it ends.
+    async fn attempt(
+        &mut self,
+        c: &hubs::Candidate,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Attempted {
+        let cfg = self.cfg;
+        let wait = answer_wait(cfg, self.last_rtt);
+        let server_name = cfg.server_name_for(&c.entry);
+        let attempt = match connect(
+            &self.endpoint,
+            &self.client_cfg,
+            cfg,
+            c.addr,
+            server_name,
+            wait,
+        )
+        .await
+        {
+            Ok(attempt) => attempt,
+            Err(ConnectError::NoAnswer(waited)) => {
+                self.unreachable.no_answer(waited);
+                return Attempted::NoAnswer(waited);
+            }
+            Err(ConnectError::Failed(error)) => {
+                self.unreachable.answered();
+                return Attempted::Failed(error);
+            }
+        };
+        let (conn, early) = match attempt {
+            Attempt::Ready(conn) => (conn, None),
+            Attempt::Early(conn, accepted) => (
+                conn,
+                Some(session::Early {
+                    accepted,
+                    answer_wait: wait,
+                    connect_timeout: Duration::from_millis(cfg.raw.hub.connect_timeout_ms),
+                }),
+            ),
+        };
+        let (unreachable, stats) = (&mut self.unreachable, &self.stats);
+        let mut answered = |zero_rtt: bool| {
+            unreachable.answered();
+            let before = stats.connects.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(crate::metrics::CONNECTS).increment(1);
+            if before > 0 {
+                ::metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+            }
+            info!(hub = %c.entry, addr = %conn.remote_address(), zero_rtt, "connected to hub");
+        };
+        if early.is_none() {
+            answered(false);
+        }
+        let r = session::run(
+            cfg,
+            self.shared.clone(),
+            conn.clone(),
+            early,
+            &mut answered,
+            self.stats.clone(),
+            shutdown,
+        )
+        .await;
+        ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
+        ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
+        conn.close(0u32.into(), b"session over");
+        if let Err(session::Failure {
+            no_answer: Some(waited),
+            ..
+        }) = r
+        {
+            self.unreachable.no_answer(waited);
+            return Attempted::NoAnswer(waited);
+        }
+        self.last_rtt = Some(conn.rtt());
+        match r {
+            Ok(session::Exit::Shutdown) => Attempted::Shutdown,
+            Ok(session::Exit::Redirected { addresses, reason }) => {
+                Attempted::Redirected { addresses, reason }
+            }
+            Err(session::Failure {
+                welcomed: true,
+                error,
+                ..
+            }) => Attempted::Ended(error),
+            Err(session::Failure { error, .. }) => Attempted::Failed(error),
+        }
+    }
 }
 
 /// Publishes the plugin counters every [`metrics::PLUGIN_PUBLISH_INTERVAL`] until shutdown. The
@@ -391,7 +615,7 @@ enum Attempt {
 enum ConnectError {
     /// Not a single packet came back within the wait: the link or the hub host is down.
     NoAnswer(Duration),
-    /// Anything else: resolution, TLS, refusal, a handshake that stalled after the hub answered.
+    /// Anything else: TLS, refusal, a handshake that stalled after the hub answered.
     Failed(anyhow::Error),
 }
 
@@ -421,18 +645,13 @@ async fn connect(
     endpoint: &quinn::Endpoint,
     client_cfg: &quinn::ClientConfig,
     cfg: &Validated,
+    addr: SocketAddr,
+    server_name: &str,
     wait_for_answer: Duration,
 ) -> Result<Attempt, ConnectError> {
-    let addr = tokio::net::lookup_host((cfg.hub_host.as_str(), cfg.hub_port))
-        .await
-        .with_context(|| format!("resolving hub address {:?}", cfg.raw.hub.address))
-        .map_err(ConnectError::Failed)?
-        .next()
-        .with_context(|| format!("hub address {:?} resolved to nothing", cfg.raw.hub.address))
-        .map_err(ConnectError::Failed)?;
     let connecting = endpoint
-        .connect_with(client_cfg.clone(), addr, &cfg.server_name)
-        .with_context(|| format!("connecting to {addr}"))
+        .connect_with(client_cfg.clone(), addr, server_name)
+        .with_context(|| format!("connecting to {addr} as {server_name:?}"))
         .map_err(ConnectError::Failed)?;
     let mut connecting = match connecting.into_0rtt() {
         Ok((conn, accepted)) => return Ok(Attempt::Early(conn, accepted)),

@@ -28,6 +28,8 @@ pub const LINK_UP: &str = "er_agent_link_up";
 pub const CONNECTS: &str = "er_agent_connects_total";
 /// Connections established after the first one.
 pub const RECONNECTS: &str = "er_agent_reconnects_total";
+/// Redirects received from hubs that do not serve this site.
+pub const REDIRECTS: &str = "er_agent_redirects_total";
 /// Connection attempts the hub never answered (link or hub host down).
 pub const PROBES_UNANSWERED: &str = "er_agent_connect_probes_unanswered_total";
 /// Latest round-trip time to the hub.
@@ -118,6 +120,10 @@ fn describe() {
     describe_gauge!(LINK_UP, "1 while a session with the hub is established.");
     describe_counter!(CONNECTS, "Connections to the hub established.");
     describe_counter!(RECONNECTS, "Connections established after the first one.");
+    describe_counter!(
+        REDIRECTS,
+        "Redirects received from hubs that do not serve this site."
+    );
     describe_counter!(
         PROBES_UNANSWERED,
         "Connection attempts the hub never answered (link or hub host down)."

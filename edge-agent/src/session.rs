@@ -38,6 +38,13 @@ const HEARTBEATS_PREFETCH_KBYTES: usize = 1024;
 pub enum Exit {
     /// Shutdown was requested.
     Shutdown,
+    /// The hub does not serve this site and sent us to other hubs instead of welcoming us.
+    Redirected {
+        /// `host:port` of the hubs to try, best first (as the hub sent them, not yet parsed).
+        addresses: Vec<String>,
+        /// The hub's reason.
+        reason: String,
+    },
 }
 
 /// What the caller learns from a failed session.
@@ -211,9 +218,9 @@ impl Session<'_> {
         early: Option<Early>,
         answered: &mut (dyn FnMut(bool) + Send),
     ) -> anyhow::Result<FrameWriter> {
-        let (control, reader) = self.open_control().await?;
+        let opened = self.open_control().await;
         let Some(mut early) = early else {
-            return Ok(control);
+            return opened.map(|(control, _)| control);
         };
         let accepted = match tokio::time::timeout(early.answer_wait, &mut early.accepted).await {
             Ok(accepted) => accepted,
@@ -237,29 +244,72 @@ impl Session<'_> {
             bail!("connecting to the hub: {reason}");
         }
         answered(true);
-        if accepted {
-            debug!("the hub took the 0-RTT hello");
-            return Ok(control);
+        let rejected = match opened {
+            Ok((control, _)) if accepted => {
+                debug!("the hub took the 0-RTT hello");
+                return Ok(control);
+            }
+            Ok(opened) => opened,
+            // The handshake ended, refusing the early data, between opening the stream and
+            // writing the hello: nothing went out, and the stream's handles are gone.
+            Err(e) if !accepted => {
+                debug!(
+                    error = format!("{e:#}"),
+                    "the 0-RTT control stream was refused before the hello went out"
+                );
+                return self.hello_again().await;
+            }
+            Err(e) => return Err(e),
+        };
+        let (control, reader) = rejected;
+        // A control stream opened only after the handshake ended (this task ran late, the link
+        // is fast) carried no early data: its hello went out as ordinary data and is answered on
+        // it. Only a stream opened during the handshake was refused, and its reader says so as
+        // soon as the handshake ends. Saying hello again on a live stream would finish it (the
+        // hub then ends the connection) and count as a failed attempt.
+        match tokio::time::timeout(Duration::from_secs(1), self.inbound.1.recv()).await {
+            Ok(Some(Inbound::Closed(
+                Channel::Control,
+                Some(StreamError::Read(quinn::ReadError::ZeroRttRejected)),
+            ))) => {}
+            Ok(m) => {
+                debug!(
+                    "the control stream opened after the handshake; its hello was not early data"
+                );
+                self.handle_inbound(m)?;
+                return Ok(control);
+            }
+            Err(_) => {
+                debug!(
+                    "the control stream opened after the handshake; its hello was not early data"
+                );
+                return Ok(control);
+            }
         }
-        // The hub no longer knows the TLS session (restarted, or another hub): the early hello
-        // never reached it. Start over on the now established connection.
-        info!("the hub refused the 0-RTT hello; saying hello again");
         // The rejected stream's handles must be gone first: quinn numbers the streams afresh
         // after a rejection, and dropping an old handle unregisters the waker of the new
-        // stream with the same id (the welcome would then never be read). Its reader ends at
-        // once with `ZeroRttRejected`.
+        // stream with the same id (the welcome would then never be read). Its reader ended with
+        // `ZeroRttRejected` above.
         drop(control);
         tokio::time::timeout(Duration::from_secs(5), reader)
             .await
             .context("the rejected 0-RTT control stream's reader did not end")?
             .context("the rejected 0-RTT control stream's reader failed")?;
+        self.hello_again().await
+    }
+
+    /// After the hub refused the early data (restarted, or another hub: it no longer knows the
+    /// TLS session, and the early hello never reached it): starts over on the now established
+    /// connection.
+    async fn hello_again(&mut self) -> anyhow::Result<FrameWriter> {
+        info!("the hub refused the 0-RTT hello; saying hello again");
         self.proto = new_proto(self.cfg);
         self.inbound = mpsc::channel(1024);
         Ok(self.open_control().await?.0)
     }
 
-    /// Opens the control stream, starts its reader and sends what the protocol queued (the
-    /// hello). Returns the stream's writer and its reader task.
+    /// Opens the control stream, sends what the protocol queued (the hello) and starts its
+    /// reader. Returns the stream's writer and its reader task.
     async fn open_control(&mut self) -> anyhow::Result<(FrameWriter, tokio::task::JoinHandle<()>)> {
         let (send, recv) = self
             .conn
@@ -270,12 +320,14 @@ impl Session<'_> {
         send.set_priority(i32::MAX)
             .context("prioritising the control stream")?;
         let mut control = FrameWriter::new(send);
+        // Written before the reader starts: if this fails (a 0-RTT stream the hub refused
+        // meanwhile), no handle of the stream outlives this call.
+        self.flush(&mut control).await?;
         let reader = spawn_reader(
             FrameReader::new(recv, FRAME_OVERHEAD * 2),
             Channel::Control,
             self.inbound.0.clone(),
         );
-        self.flush(&mut control).await?;
         Ok((control, reader))
     }
 
@@ -285,13 +337,8 @@ impl Session<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<Exit> {
         // Handshake: wait for the welcome and its resume positions.
+        // (`hello` may have handled the hub's answer already: look at the events first.)
         let (site, positions, max_batch_bytes) = loop {
-            let deadline = self.proto.poll_timeout();
-            tokio::select! {
-                m = self.inbound.1.recv() => self.handle_inbound(m)?,
-                _ = sleep_until(deadline) => self.proto.handle_timeout(Instant::now()),
-                _ = shutdown.changed() => return Ok(Exit::Shutdown),
-            }
             let mut welcome = None;
             while let Some(ev) = self.proto.poll_event() {
                 match ev {
@@ -309,12 +356,21 @@ impl Session<'_> {
                         }));
                         welcome = Some((site, positions, max_batch_bytes));
                     }
+                    AgentEvent::Redirected { addresses, reason } => {
+                        return Ok(Exit::Redirected { addresses, reason });
+                    }
                     other => self.handle_event(other)?,
                 }
             }
             self.flush(&mut control).await?;
             if let Some(w) = welcome {
                 break w;
+            }
+            let deadline = self.proto.poll_timeout();
+            tokio::select! {
+                m = self.inbound.1.recv() => self.handle_inbound(m)?,
+                _ = sleep_until(deadline) => self.proto.handle_timeout(Instant::now()),
+                _ = shutdown.changed() => return Ok(Exit::Shutdown),
             }
         };
         self.welcomed = true;
@@ -472,6 +528,8 @@ impl Session<'_> {
             AgentEvent::HubError { code, message } => bail!("hub refused: {code:?}: {message}"),
             AgentEvent::TimedOut { what } => bail!("timed out waiting for {what}"),
             AgentEvent::Welcomed { .. } => bail!("second welcome on one connection"),
+            // The protocol refuses a redirect after the welcome; the handshake handles it.
+            AgentEvent::Redirected { .. } => bail!("redirect after the welcome"),
         }
     }
 

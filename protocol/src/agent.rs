@@ -65,6 +65,14 @@ pub enum AgentEvent {
         /// Hub's message.
         message: String,
     },
+    /// The hub does not serve this site and named the hubs to try instead (best first); the
+    /// connection is over: close it and connect to those.
+    Redirected {
+        /// `host:port` of the hubs to try, in order (at least one).
+        addresses: Vec<String>,
+        /// The hub's reason, for logs.
+        reason: String,
+    },
     /// Something did not arrive in time; the driver should drop the connection.
     TimedOut {
         /// What was awaited ("welcome").
@@ -351,6 +359,18 @@ impl AgentConn {
                 self.events.push_back(AgentEvent::GoAway { reason });
                 Ok(())
             }
+            Frame::Redirect { addresses, reason } => {
+                expect_control(channel)?;
+                if !matches!(self.state, State::AwaitingWelcome { .. }) {
+                    return Err(self.unexpected(kind));
+                }
+                crate::frame::check_redirect(&addresses, &reason)
+                    .map_err(|(field, reason)| ProtocolError::InvalidRedirect { field, reason })?;
+                self.close("redirected by the hub");
+                self.events
+                    .push_back(AgentEvent::Redirected { addresses, reason });
+                Ok(())
+            }
             Frame::Hello { .. } | Frame::Batch(_) | Frame::GroupOffsets { .. } => {
                 Err(self.unexpected(kind))
             }
@@ -420,7 +440,8 @@ impl AgentConn {
         self.events.pop_front()
     }
 
-    /// True once Welcome arrived (and until GoAway, an error or a timeout).
+    /// True once Welcome arrived (and until GoAway, an error or a timeout). A redirect closes
+    /// the connection before any welcome.
     pub fn is_welcomed(&self) -> bool {
         self.state == State::Welcomed
     }

@@ -7,7 +7,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
-    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES, Position,
+    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES,
+    MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, Position,
     TopicPartition, frame_type,
 };
 
@@ -15,7 +16,9 @@ use crate::frame::{
 ///
 /// Strings longer than 65535 bytes cannot be represented and are cut at the last char boundary
 /// that fits; only free-text fields (messages, versions) can be that long in practice, since topic
-/// names and site aliases are validated far shorter. Use [`try_encode_frame`] to refuse instead.
+/// names and site aliases are validated far shorter. A Redirect is cut to its caps the same way
+/// (the first [`MAX_REDIRECT_ADDRESSES`] addresses, each and the reason cut at a char boundary);
+/// `HubConn::redirect` never queues one that needs it. Use [`try_encode_frame`] to refuse instead.
 pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
     let start = out.len();
     out.put_u32(0);
@@ -83,6 +86,14 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             put_str(out, message);
         }
         Frame::GoAway { reason } => put_str(out, reason),
+        Frame::Redirect { addresses, reason } => {
+            let addresses = &addresses[..addresses.len().min(MAX_REDIRECT_ADDRESSES)];
+            out.put_u16(addresses.len() as u16);
+            for a in addresses {
+                put_str_max(out, a, MAX_REDIRECT_ADDRESS_BYTES);
+            }
+            put_str_max(out, reason, MAX_REDIRECT_REASON_BYTES);
+        }
     }
     let len = out.len() - start - 4;
     let len = u32::try_from(len).unwrap_or(u32::MAX);
@@ -144,6 +155,25 @@ pub fn try_encode_frame(
         Frame::Ping { .. } | Frame::Pong { .. } => {}
         Frame::Error { message, .. } => check("message", message)?,
         Frame::GoAway { reason } => check("reason", reason)?,
+        Frame::Redirect { addresses, reason } => {
+            let over = |field, len, max| {
+                if len > max {
+                    Err(EncodeError::OverLimit {
+                        frame: kind,
+                        field,
+                        len,
+                        max,
+                    })
+                } else {
+                    Ok(())
+                }
+            };
+            over("addresses", addresses.len(), MAX_REDIRECT_ADDRESSES)?;
+            for a in addresses {
+                over("addresses[]", a.len(), MAX_REDIRECT_ADDRESS_BYTES)?;
+            }
+            over("reason", reason.len(), MAX_REDIRECT_REASON_BYTES)?;
+        }
     }
     let start = out.len();
     encode_frame(frame, out);
@@ -174,7 +204,12 @@ pub fn encode_batch_prefix(batch: &Batch, out: &mut BytesMut) {
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
-    let mut end = s.len().min(u16::MAX as usize);
+    put_str_max(out, s, u16::MAX as usize);
+}
+
+/// Writes `s` cut to at most `max` (<= 65535) bytes at a char boundary.
+fn put_str_max(out: &mut BytesMut, s: &str, max: usize) {
+    let mut end = s.len().min(max).min(u16::MAX as usize);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -227,6 +262,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::ERROR => "Error",
         frame_type::GO_AWAY => "GoAway",
         frame_type::GROUP_OFFSETS => "GroupOffsets",
+        frame_type::REDIRECT => "Redirect",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -336,6 +372,25 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::GO_AWAY => Frame::GoAway {
             reason: r.string("reason")?,
         },
+        frame_type::REDIRECT => {
+            let count = r.u16("addresses.count")? as usize;
+            if count > MAX_REDIRECT_ADDRESSES {
+                return Err(DecodeError::OverLimit {
+                    frame,
+                    field: "addresses.count",
+                    len: count,
+                    max: MAX_REDIRECT_ADDRESSES,
+                });
+            }
+            let mut addresses = Vec::with_capacity(count);
+            for _ in 0..count {
+                addresses.push(r.bounded_string("addresses", MAX_REDIRECT_ADDRESS_BYTES)?);
+            }
+            Frame::Redirect {
+                addresses,
+                reason: r.bounded_string("reason", MAX_REDIRECT_REASON_BYTES)?,
+            }
+        }
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     if !r.buf.is_empty() {
@@ -410,7 +465,7 @@ impl<'a> Reader<'a> {
     fn bounded_string(&mut self, field: &'static str, max: usize) -> Result<String, DecodeError> {
         let len = self.u16(field)? as usize;
         if len > max {
-            return Err(DecodeError::StringTooLong {
+            return Err(DecodeError::OverLimit {
                 frame: self.frame,
                 field,
                 len,

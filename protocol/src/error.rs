@@ -40,6 +40,18 @@ pub enum DecodeError {
         /// Number of unread bytes.
         count: usize,
     },
+    /// A count or string length was above the protocol's cap for that field.
+    #[error("{frame} frame: field `{field}` is {len}, more than the limit of {max}")]
+    OverLimit {
+        /// Frame kind.
+        frame: &'static str,
+        /// Offending field (`addresses.count`, `addresses`, `reason`, `agent_version`, ...).
+        field: &'static str,
+        /// Count or length in bytes received.
+        len: usize,
+        /// The protocol's cap.
+        max: usize,
+    },
     /// A string field was not valid UTF-8.
     #[error("{frame} frame: field `{field}` is not valid UTF-8")]
     InvalidUtf8 {
@@ -47,18 +59,6 @@ pub enum DecodeError {
         frame: &'static str,
         /// Offending field.
         field: &'static str,
-    },
-    /// A string field was longer than its cap (checked from its length prefix).
-    #[error("{frame} frame: field `{field}` is {len} bytes long, at most {max} allowed")]
-    StringTooLong {
-        /// Frame kind.
-        frame: &'static str,
-        /// Offending field.
-        field: &'static str,
-        /// Length received.
-        len: usize,
-        /// The cap.
-        max: usize,
     },
     /// A field that must not be negative was.
     #[error("{frame} frame: field `{field}` is negative ({value})")]
@@ -220,6 +220,18 @@ pub enum EncodeError {
         field: &'static str,
         /// Its length in bytes.
         len: usize,
+    },
+    /// A list or string is longer than the protocol's cap for that field.
+    #[error("{frame} frame: field `{field}` is {len}, more than the limit of {max}")]
+    OverLimit {
+        /// Frame kind.
+        frame: &'static str,
+        /// Offending field (`addresses` for their count, `addresses[]` for one, `reason`).
+        field: &'static str,
+        /// Its count or length in bytes.
+        len: usize,
+        /// The protocol's cap.
+        max: usize,
     },
     /// The encoded frame exceeds the given limit.
     #[error("{frame} frame encodes to {len} bytes, more than the limit of {max}")]
@@ -427,6 +439,14 @@ pub enum ProtocolError {
         min: u16,
         /// Highest offered.
         max: u16,
+    },
+    /// A redirect (received, or given to `redirect`) breaks the protocol's rules for it.
+    #[error("redirect: {field}: {reason}")]
+    InvalidRedirect {
+        /// The field at fault, e.g. `addresses[2]`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A Pong answered a Ping that was never sent.
     #[error("pong with nonce {nonce} answers no ping sent (last nonce sent: {last_sent:?})")]

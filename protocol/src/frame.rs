@@ -14,6 +14,12 @@ pub const MIN_PROTOCOL_VERSION: u16 = 2;
 pub const MAX_HELLO_FIELD_BYTES: usize = 256;
 /// Default cap on one frame's length (type byte + body), checked from the length prefix.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
+/// Most addresses one [`Frame::Redirect`] may carry.
+pub const MAX_REDIRECT_ADDRESSES: usize = 16;
+/// Longest address (`host:port`, in bytes) a [`Frame::Redirect`] may carry.
+pub const MAX_REDIRECT_ADDRESS_BYTES: usize = 255;
+/// Longest reason (in bytes) a [`Frame::Redirect`] may carry.
+pub const MAX_REDIRECT_REASON_BYTES: usize = 1024;
 
 /// A source (edge) topic partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]
@@ -239,6 +245,57 @@ pub enum Frame {
         /// The groups and their committed offsets.
         groups: Vec<GroupOffsets>,
     },
+    /// Hub -> agent, control channel, instead of Welcome: this hub does not serve the site;
+    /// connect to one of `addresses` (in order) instead. The hub closes after it.
+    Redirect {
+        /// `host:port` of the hubs to try, best first (1 to [`MAX_REDIRECT_ADDRESSES`], each
+        /// at most [`MAX_REDIRECT_ADDRESS_BYTES`]).
+        addresses: Vec<String>,
+        /// Why, for logs (at most [`MAX_REDIRECT_REASON_BYTES`]).
+        reason: String,
+    },
+}
+
+/// Checks a redirect against the protocol's rules: 1 to [`MAX_REDIRECT_ADDRESSES`] addresses,
+/// each non-empty and at most [`MAX_REDIRECT_ADDRESS_BYTES`], a reason of at most
+/// [`MAX_REDIRECT_REASON_BYTES`]. On error, returns the field at fault and what is wrong.
+pub(crate) fn check_redirect(addresses: &[String], reason: &str) -> Result<(), (String, String)> {
+    if addresses.is_empty() {
+        return Err(("addresses".into(), "lists no address".into()));
+    }
+    if addresses.len() > MAX_REDIRECT_ADDRESSES {
+        return Err((
+            "addresses".into(),
+            format!(
+                "lists {} addresses, more than the limit of {MAX_REDIRECT_ADDRESSES}",
+                addresses.len()
+            ),
+        ));
+    }
+    for (i, a) in addresses.iter().enumerate() {
+        if a.is_empty() {
+            return Err((format!("addresses[{i}]"), "is empty".into()));
+        }
+        if a.len() > MAX_REDIRECT_ADDRESS_BYTES {
+            return Err((
+                format!("addresses[{i}]"),
+                format!(
+                    "is {} bytes, more than the limit of {MAX_REDIRECT_ADDRESS_BYTES}",
+                    a.len()
+                ),
+            ));
+        }
+    }
+    if reason.len() > MAX_REDIRECT_REASON_BYTES {
+        return Err((
+            "reason".into(),
+            format!(
+                "is {} bytes, more than the limit of {MAX_REDIRECT_REASON_BYTES}",
+                reason.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Wire frame type bytes.
@@ -252,6 +309,7 @@ pub(crate) mod frame_type {
     pub const ERROR: u8 = 7;
     pub const GO_AWAY: u8 = 8;
     pub const GROUP_OFFSETS: u8 = 9;
+    pub const REDIRECT: u8 = 10;
 }
 
 impl Frame {
@@ -267,6 +325,7 @@ impl Frame {
             Frame::Error { .. } => "Error",
             Frame::GoAway { .. } => "GoAway",
             Frame::GroupOffsets { .. } => "GroupOffsets",
+            Frame::Redirect { .. } => "Redirect",
         }
     }
 
@@ -282,6 +341,7 @@ impl Frame {
             Frame::Error { .. } => ERROR,
             Frame::GoAway { .. } => GO_AWAY,
             Frame::GroupOffsets { .. } => GROUP_OFFSETS,
+            Frame::Redirect { .. } => REDIRECT,
         }
     }
 }
@@ -289,7 +349,7 @@ impl Frame {
 /// Logical stream a frame travels on; drivers map each to a QUIC stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Channel {
-    /// Handshake, pings, errors, go-away.
+    /// Handshake, pings, errors, go-away, redirects, group reports.
     Control,
     /// Batches and acks of one source partition (ordered).
     Partition(TopicPartition),

@@ -244,9 +244,10 @@ impl HubConn {
                 self.events.push_back(HubEvent::GroupOffsets(groups));
                 Ok(())
             }
-            Frame::Welcome { .. } | Frame::Ack { .. } | Frame::Pong { .. } => {
-                Err(self.unexpected(kind))
-            }
+            Frame::Welcome { .. }
+            | Frame::Ack { .. }
+            | Frame::Pong { .. }
+            | Frame::Redirect { .. } => Err(self.unexpected(kind)),
         }
     }
 
@@ -404,6 +405,41 @@ impl HubConn {
                 next_offset,
             },
         ));
+        Ok(())
+    }
+
+    /// Sends the agent to other hubs instead of welcoming it (this hub does not serve its
+    /// site): queues a Redirect on the control channel and closes. Only before `welcome`;
+    /// `addresses` (`host:port`, best first) must hold 1 to [`MAX_REDIRECT_ADDRESSES`]
+    /// non-empty entries of at most [`MAX_REDIRECT_ADDRESS_BYTES`], `reason` at most
+    /// [`MAX_REDIRECT_REASON_BYTES`]. Flush `poll_transmit`, then close the connection once the
+    /// agent had time to read it (it closes first when it follows).
+    ///
+    /// [`MAX_REDIRECT_ADDRESSES`]: crate::MAX_REDIRECT_ADDRESSES
+    /// [`MAX_REDIRECT_ADDRESS_BYTES`]: crate::MAX_REDIRECT_ADDRESS_BYTES
+    /// [`MAX_REDIRECT_REASON_BYTES`]: crate::MAX_REDIRECT_REASON_BYTES
+    pub fn redirect(
+        &mut self,
+        addresses: Vec<String>,
+        reason: String,
+    ) -> Result<(), ProtocolError> {
+        match self.state {
+            State::AwaitingHello | State::HelloReceived { .. } => {}
+            State::Closed { reason } => return Err(ProtocolError::Closed { reason }),
+            other => {
+                return Err(ProtocolError::InvalidCall {
+                    call: "redirect",
+                    state: other.name(),
+                });
+            }
+        }
+        crate::frame::check_redirect(&addresses, &reason)
+            .map_err(|(field, reason)| ProtocolError::InvalidRedirect { field, reason })?;
+        self.transmit
+            .push_back((Channel::Control, Frame::Redirect { addresses, reason }));
+        self.state = State::Closed {
+            reason: "redirected the agent",
+        };
         Ok(())
     }
 

@@ -103,6 +103,17 @@ fn all_frames() -> Vec<Frame> {
             ],
         },
         Frame::GroupOffsets { groups: vec![] },
+        Frame::Redirect {
+            addresses: vec!["hub-2.example.com:4433".into(), "[2001:db8::7]:4433".into()],
+            reason: "site plant-7 belongs to shard 12, owned by hub-2".into(),
+        },
+        // At the caps exactly.
+        Frame::Redirect {
+            addresses: (0..MAX_REDIRECT_ADDRESSES)
+                .map(|i| format!("{i:x>width$}", width = MAX_REDIRECT_ADDRESS_BYTES))
+                .collect(),
+            reason: "r".repeat(MAX_REDIRECT_REASON_BYTES),
+        },
     ]
 }
 
@@ -196,6 +207,78 @@ fn try_encode_refuses_long_strings_and_large_frames() {
 }
 
 #[test]
+fn try_encode_refuses_redirects_over_the_caps() {
+    let ok = || Frame::Redirect {
+        addresses: vec!["h:1".into()],
+        reason: String::new(),
+    };
+    let cases = [
+        (
+            Frame::Redirect {
+                addresses: vec!["h:1".into(); MAX_REDIRECT_ADDRESSES + 1],
+                reason: String::new(),
+            },
+            "addresses",
+            MAX_REDIRECT_ADDRESSES + 1,
+        ),
+        (
+            Frame::Redirect {
+                addresses: vec!["h:1".into(), "x".repeat(MAX_REDIRECT_ADDRESS_BYTES + 1)],
+                reason: String::new(),
+            },
+            "addresses[]",
+            MAX_REDIRECT_ADDRESS_BYTES + 1,
+        ),
+        (
+            Frame::Redirect {
+                addresses: vec!["h:1".into()],
+                reason: "x".repeat(MAX_REDIRECT_REASON_BYTES + 1),
+            },
+            "reason",
+            MAX_REDIRECT_REASON_BYTES + 1,
+        ),
+    ];
+    for (f, field, len) in cases {
+        let mut out = BytesMut::new();
+        let e = try_encode_frame(&f, &mut out, DEFAULT_MAX_FRAME_BYTES).unwrap_err();
+        assert_eq!(
+            e,
+            EncodeError::OverLimit {
+                frame: "Redirect",
+                field,
+                len,
+                max: match field {
+                    "addresses" => MAX_REDIRECT_ADDRESSES,
+                    "addresses[]" => MAX_REDIRECT_ADDRESS_BYTES,
+                    _ => MAX_REDIRECT_REASON_BYTES,
+                },
+            },
+            "{field}"
+        );
+        assert!(e.to_string().contains(field), "{e}");
+        assert!(out.is_empty(), "{field}: nothing written");
+        // The infallible encoder cuts to the caps, so the decoder still accepts its output.
+        let bytes = encode(&f);
+        let Frame::Redirect { addresses, reason } = decode_frame(&bytes[4..]).unwrap() else {
+            panic!("not a Redirect")
+        };
+        assert!(addresses.len() <= MAX_REDIRECT_ADDRESSES, "{field}");
+        assert!(
+            addresses
+                .iter()
+                .all(|a| a.len() <= MAX_REDIRECT_ADDRESS_BYTES),
+            "{field}"
+        );
+        assert!(reason.len() <= MAX_REDIRECT_REASON_BYTES, "{field}");
+    }
+    let mut out = BytesMut::new();
+    assert_eq!(
+        try_encode_frame(&ok(), &mut out, DEFAULT_MAX_FRAME_BYTES),
+        Ok(4 + 1 + 2 + 2 + 3 + 2)
+    );
+}
+
+#[test]
 fn encode_frame_truncates_overlong_text_at_a_char_boundary() {
     let f = Frame::GoAway {
         reason: "é".repeat(40_000),
@@ -239,6 +322,24 @@ fn malformed_frames_give_the_documented_error() {
     let mut bad_utf8 = vec![8u8, 0, 2, 0xff, 0xfe];
     let mut welcome_huge_count = vec![2u8, 0, 1, 0, 0, 0, 0];
     welcome_huge_count.extend(u32::MAX.to_be_bytes());
+    // Redirect bodies: count u16, then (len u16, bytes) per address, then the reason.
+    let redirect = |count: u16, addresses: &[&[u8]], reason: &[u8]| {
+        let mut v = vec![10u8];
+        v.extend(count.to_be_bytes());
+        for a in addresses {
+            v.extend((a.len() as u16).to_be_bytes());
+            v.extend(*a);
+        }
+        v.extend((reason.len() as u16).to_be_bytes());
+        v.extend(reason);
+        v
+    };
+    let long_address = vec![b'a'; MAX_REDIRECT_ADDRESS_BYTES + 1];
+    let long_reason = vec![b'r'; MAX_REDIRECT_REASON_BYTES + 1];
+    // A length prefix above the cap is refused before the bytes are looked at.
+    let mut address_len_over_cap = redirect(1, &[], b"");
+    address_len_over_cap.truncate(3);
+    address_len_over_cap.extend(60_000u16.to_be_bytes());
     let cases: Vec<(&str, Vec<u8>, DecodeError)> = vec![
         ("empty body", vec![], DecodeError::EmptyFrame),
         (
@@ -324,6 +425,84 @@ fn malformed_frames_give_the_documented_error() {
             DecodeError::Truncated {
                 frame: "Welcome",
                 field: "positions.topic",
+            },
+        ),
+        (
+            "redirect with too many addresses",
+            redirect(
+                MAX_REDIRECT_ADDRESSES as u16 + 1,
+                &[b"h:1".as_slice(); MAX_REDIRECT_ADDRESSES + 1],
+                b"",
+            ),
+            DecodeError::OverLimit {
+                frame: "Redirect",
+                field: "addresses.count",
+                len: MAX_REDIRECT_ADDRESSES + 1,
+                max: MAX_REDIRECT_ADDRESSES,
+            },
+        ),
+        (
+            "redirect count u16::MAX",
+            redirect(u16::MAX, &[], b""),
+            DecodeError::OverLimit {
+                frame: "Redirect",
+                field: "addresses.count",
+                len: u16::MAX as usize,
+                max: MAX_REDIRECT_ADDRESSES,
+            },
+        ),
+        (
+            "redirect address over the cap",
+            redirect(2, &[b"h:1", &long_address], b""),
+            DecodeError::OverLimit {
+                frame: "Redirect",
+                field: "addresses",
+                len: MAX_REDIRECT_ADDRESS_BYTES + 1,
+                max: MAX_REDIRECT_ADDRESS_BYTES,
+            },
+        ),
+        (
+            "redirect address length prefix over the cap, body missing",
+            address_len_over_cap,
+            DecodeError::OverLimit {
+                frame: "Redirect",
+                field: "addresses",
+                len: 60_000,
+                max: MAX_REDIRECT_ADDRESS_BYTES,
+            },
+        ),
+        (
+            "redirect reason over the cap",
+            redirect(1, &[b"h:1"], &long_reason),
+            DecodeError::OverLimit {
+                frame: "Redirect",
+                field: "reason",
+                len: MAX_REDIRECT_REASON_BYTES + 1,
+                max: MAX_REDIRECT_REASON_BYTES,
+            },
+        ),
+        (
+            "redirect count beyond body",
+            redirect(3, &[b"h:1"], b""),
+            DecodeError::Truncated {
+                frame: "Redirect",
+                field: "addresses",
+            },
+        ),
+        (
+            "redirect without reason",
+            redirect(1, &[b"h:1"], b"")[..8].to_vec(),
+            DecodeError::Truncated {
+                frame: "Redirect",
+                field: "reason",
+            },
+        ),
+        (
+            "redirect address not utf-8",
+            redirect(1, &[&[0xff, 0xfe]], b""),
+            DecodeError::InvalidUtf8 {
+                frame: "Redirect",
+                field: "addresses",
             },
         ),
     ];
@@ -449,6 +628,14 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 })
                 .collect(),
         }),
+        (
+            proptest::collection::vec(
+                proptest::string::string_regex(".{1,40}").unwrap(),
+                1..=MAX_REDIRECT_ADDRESSES
+            ),
+            arb_string()
+        )
+            .prop_map(|(addresses, reason)| Frame::Redirect { addresses, reason }),
     ]
 }
 
@@ -542,7 +729,7 @@ fn hello_strings_are_capped_from_their_length_prefix() {
     ] {
         let e = decode_frame(&body).unwrap_err();
         assert!(
-            matches!(e, DecodeError::StringTooLong { frame: "Hello", field: f, max: m, .. } if f == field && m == max),
+            matches!(e, DecodeError::OverLimit { frame: "Hello", field: f, max: m, .. } if f == field && m == max),
             "{field}: {e:?}"
         );
         assert!(e.to_string().contains(field), "{e}");

@@ -849,3 +849,179 @@ fn go_away_stops_new_batches_but_acks_still_arrive() {
     assert!(!pair.agent.can_send(&t, 1));
     assert!(pair.agent.send_batch(small_batch(&t, 1, 1, 1)).is_err());
 }
+
+#[test]
+fn redirect_instead_of_welcome_sends_the_agent_elsewhere() {
+    let start = Instant::now();
+    let mut pair = Pair::new(start, ms(10), Store::default());
+    pair.auto_welcome = false;
+    pair.run_until(|p| !p.hub_events.is_empty(), 100);
+    assert!(matches!(pair.hub_events[0], HubEvent::Hello { .. }));
+    let to = vec!["hub-2:4433".to_owned(), "10.0.0.2:4433".to_owned()];
+    pair.hub
+        .redirect(to.clone(), "shard 3 is owned by hub-2".into())
+        .unwrap();
+    assert!(pair.hub.is_closed(), "the hub is done with this agent");
+    assert_eq!(
+        pair.hub.welcome(vec![], "central".into()),
+        Err(ProtocolError::InvalidCall {
+            call: "welcome",
+            state: "closed"
+        }),
+        "no welcome after a redirect"
+    );
+    pair.run_until(|p| !p.agent_events.is_empty(), 100);
+    assert_eq!(
+        pair.agent_events,
+        vec![AgentEvent::Redirected {
+            addresses: to,
+            reason: "shard 3 is owned by hub-2".into()
+        }]
+    );
+    // One round trip, and the connection is over: no welcome timer, no pings, nothing to send.
+    assert_eq!(pair.now - start, ms(20));
+    assert!(!pair.agent.is_welcomed());
+    assert_eq!(pair.agent.poll_timeout(), None);
+    assert!(pair.agent.poll_transmit().is_none());
+    assert!(pair.agent_errors.is_empty() && pair.hub_errors.is_empty());
+    let now = pair.now;
+    assert_eq!(
+        pair.agent.handle_frame(
+            now,
+            &Channel::Control,
+            Frame::Ping {
+                nonce: 0,
+                sent_at_micros: 0
+            }
+        ),
+        Err(ProtocolError::Closed {
+            reason: "redirected by the hub"
+        })
+    );
+    // The hub may also redirect as soon as it knows the site, before the Hello arrived.
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    hub.redirect(vec!["hub-2:4433".into()], String::new())
+        .unwrap();
+    assert!(matches!(
+        hub.poll_transmit(),
+        Some((Channel::Control, Frame::Redirect { .. }))
+    ));
+}
+
+#[test]
+fn redirects_follow_the_rules_on_both_sides() {
+    let now = Instant::now();
+    let hello = || Frame::Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        agent_version: "a".into(),
+        site_claim: "edge1".into(),
+    };
+    // The hub refuses redirects the agent would refuse, naming the field, and stays open.
+    let cases: Vec<(Vec<String>, String, &str)> = vec![
+        (vec![], String::new(), "addresses"),
+        (
+            vec!["h:1".into(); MAX_REDIRECT_ADDRESSES + 1],
+            String::new(),
+            "addresses",
+        ),
+        (
+            vec!["h:1".into(), String::new()],
+            String::new(),
+            "addresses[1]",
+        ),
+        (
+            vec![
+                "h:1".into(),
+                "h:2".into(),
+                "x".repeat(MAX_REDIRECT_ADDRESS_BYTES + 1),
+            ],
+            String::new(),
+            "addresses[2]",
+        ),
+        (
+            vec!["h:1".into()],
+            "r".repeat(MAX_REDIRECT_REASON_BYTES + 1),
+            "reason",
+        ),
+    ];
+    for (addresses, reason, field) in cases {
+        let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+        hub.handle_frame(now, &Channel::Control, hello()).unwrap();
+        let e = hub.redirect(addresses.clone(), reason.clone()).unwrap_err();
+        assert!(
+            matches!(&e, ProtocolError::InvalidRedirect { field: f, .. } if f == field),
+            "{field}: {e}"
+        );
+        assert!(
+            e.to_string().starts_with(&format!("redirect: {field}: ")),
+            "{e}"
+        );
+        assert!(!hub.is_closed(), "{field}");
+        assert!(hub.poll_transmit().is_none(), "{field}");
+        // An agent given such a frame anyway tells the hub why and closes.
+        let mut agent = AgentConn::new(agent_config(), now);
+        while agent.poll_transmit().is_some() {}
+        let got = agent.handle_frame(
+            now,
+            &Channel::Control,
+            Frame::Redirect { addresses, reason },
+        );
+        assert_eq!(got, Err(e), "{field}");
+        assert!(matches!(
+            agent.poll_transmit(),
+            Some((
+                Channel::Control,
+                Frame::Error {
+                    code: ErrorCode::Protocol,
+                    ..
+                }
+            ))
+        ));
+        assert!(
+            agent.poll_event().is_none(),
+            "{field}: no redirect to follow"
+        );
+    }
+    // Not after a welcome: the hub cannot, and the agent refuses one.
+    let mut hub = welcomed_hub(now, vec![]);
+    assert_eq!(
+        hub.redirect(vec!["h:1".into()], String::new()),
+        Err(ProtocolError::InvalidCall {
+            call: "redirect",
+            state: "welcomed"
+        })
+    );
+    let mut pair = Pair::new(now, ms(5), Store::default());
+    pair.run_until(Pair::welcomed, 100);
+    let redirect = Frame::Redirect {
+        addresses: vec!["h:1".into()],
+        reason: String::new(),
+    };
+    assert_eq!(
+        pair.agent
+            .handle_frame(pair.now, &Channel::Control, redirect.clone()),
+        Err(ProtocolError::UnexpectedFrame {
+            frame: "Redirect",
+            state: "welcomed"
+        })
+    );
+    // Only on the control channel; and an agent never sends one.
+    let mut agent = AgentConn::new(agent_config(), now);
+    assert!(matches!(
+        agent.handle_frame(now, &Channel::Partition(tp("t", 0)), redirect.clone()),
+        Err(ProtocolError::WrongChannel {
+            frame: "Redirect",
+            ..
+        })
+    ));
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    hub.handle_frame(now, &Channel::Control, hello()).unwrap();
+    assert_eq!(
+        hub.handle_frame(now, &Channel::Control, redirect),
+        Err(ProtocolError::UnexpectedFrame {
+            frame: "Redirect",
+            state: "awaiting welcome from the hub driver"
+        })
+    );
+}

@@ -27,6 +27,9 @@ pub(super) struct Greeted {
     pub(super) early: Option<Vec<Position>>,
 }
 
+/// How long a hub that redirected a site waits for the agent to read the redirect and close.
+const REDIRECT_LINGER: Duration = Duration::from_secs(3);
+
 /// How often a site waiting for its shard's owner looks again.
 const OWNER_POLL: Duration = Duration::from_millis(200);
 
@@ -94,6 +97,11 @@ impl Hub {
             Ok(s) => s,
             Err(end) => {
                 let _ = greeted.writers.flush(&mut greeted.proto).await;
+                if matches!(end, SessionEnd::Redirected(_)) {
+                    // Let the redirect arrive: the agent closes the connection once it read it.
+                    greeted.writers.control.finish();
+                    let _ = tokio::time::timeout(REDIRECT_LINGER, conn.closed()).await;
+                }
                 end.report(&conn);
                 return;
             }
@@ -148,16 +156,13 @@ impl Hub {
                 Owner::Elsewhere { hub_id, addresses } => {
                     info!(shard, owner = %hub_id, ?addresses, "site belongs to another hub; redirecting");
                     crate::metrics::redirected();
-                    greeted.proto.reject(
-                        ErrorCode::Overloaded,
-                        format!(
-                            "shard {shard} of site {alias:?} is served by hub {hub_id:?} at {}",
-                            addresses.join(", ")
-                        ),
-                    );
-                    return Err(SessionEnd::NotOwner(format!(
-                        "redirected to hub {hub_id:?}"
-                    )));
+                    let reason =
+                        format!("shard {shard} of site {alias:?} is served by hub {hub_id:?}");
+                    greeted
+                        .proto
+                        .redirect(addresses, reason)
+                        .map_err(|e| SessionEnd::Internal(format!("cannot redirect: {e}")))?;
+                    return Err(SessionEnd::Redirected(hub_id));
                 }
                 Owner::Unknown => {}
             }

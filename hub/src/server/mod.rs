@@ -57,6 +57,9 @@ pub(crate) enum SessionEnd {
     /// The site belongs to another hub (or nobody owns its shard right now).
     #[error("{0}")]
     NotOwner(String),
+    /// The site was sent to the hub that owns its shard.
+    #[error("redirected to hub {0:?}")]
+    Redirected(String),
     /// A newer connection of the site replaced this one.
     #[error("superseded by a newer connection")]
     Superseded,
@@ -88,6 +91,10 @@ impl SessionEnd {
             }
             SessionEnd::NotOwner(m) => {
                 info!(reason = %m, "closing connection: the site is served elsewhere");
+                close_code::NOT_OWNER
+            }
+            SessionEnd::Redirected(hub) => {
+                info!(owner = %hub, "site sent to the hub that owns its shard");
                 close_code::NOT_OWNER
             }
             SessionEnd::Superseded => {
