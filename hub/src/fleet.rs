@@ -26,6 +26,10 @@ use crate::sites::{Registry, SiteCluster};
 /// empty indexes (older offsets then answer "too old", never a wrong offset).
 pub const DEFAULT_OFFSET_INDEX_REBUILD_TIMEOUT: Duration = Duration::from_secs(45);
 
+/// How long a shard read again waits for its sites' batches to leave the writers (a writer's
+/// transaction may take up to its 60 s timeout).
+const QUIESCE_WAIT: Duration = Duration::from_secs(70);
+
 /// How long a shard load waits for the previous owner's pending transactions.
 const STABLE_WAIT: Duration = Duration::from_secs(60);
 
@@ -228,6 +232,13 @@ impl Fleet {
             if need.is_empty() {
                 continue;
             }
+            // A shard read again (held anew after a lost assignment, or holding a stale site)
+            // must not change under the read: its sessions end and its batches still with the
+            // writers complete (commit or fail) first, so nothing commits after the positions
+            // were read.
+            if !self.quiesce(&need).await {
+                continue;
+            }
             let fleet = self.clone();
             let started = Instant::now();
             let loading = need.clone();
@@ -258,6 +269,32 @@ impl Fleet {
                 Err(e) => warn!(error = %e, "loading owned shards panicked; retrying"),
             }
         }
+    }
+
+    /// Ends the sessions of the loaded ones among `shards` and waits until none of their
+    /// sites has a batch with a writer; false if that took too long (tried again later).
+    async fn quiesce(&self, shards: &BTreeSet<Shard>) -> bool {
+        let loaded = self.registry.loaded();
+        let mut sites = Vec::new();
+        for shard in shards.iter().filter(|s| loaded.contains_key(s)) {
+            let gone = self.registry.drop_shard(*shard);
+            info!(
+                shard,
+                sites = gone.len(),
+                "reading a shard again: its sessions end first"
+            );
+            for s in &gone {
+                s.supersede_session();
+            }
+            sites.extend(gone);
+        }
+        for s in &sites {
+            if !s.drained(QUIESCE_WAIT).await {
+                warn!(site = %s.alias, inflight = s.inflight(), "batches of the site are still with the writers; reading its shard later");
+                return false;
+            }
+        }
+        true
     }
 
     /// Reads `shards` from every cluster, once their previous owner's pending transactions

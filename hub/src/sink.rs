@@ -724,7 +724,12 @@ impl Writer {
     /// fencing offsets in one transaction; returns the records written. Sites learn the new
     /// positions and index entries after the commit.
     fn transaction(&mut self, prepared: &[Prepared]) -> Result<u64, WriteError> {
-        let records: usize = prepared.iter().map(|p| p.dests.len()).sum();
+        // Tracked records: those going to their destination (dead letters are not indexed).
+        let records: usize = prepared
+            .iter()
+            .flat_map(|p| &p.dests)
+            .filter(|d| matches!(d, Dest::Topic(..)))
+            .count();
         if records >= UNTRACKED {
             return Err(WriteError::Kafka {
                 cluster: self.cluster.alias.clone(),

@@ -92,7 +92,10 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
                 &[("site", &site), ("cluster", "central")],
             )
             .is_some_and(|v| v > 0.0)
-            && value(&a, "er_agent_heartbeats_sent_total", &[]).is_some_and(|v| v > 0.0);
+            && value(&a, "er_agent_heartbeats_sent_total", &[]).is_some_and(|v| v > 0.0)
+            // The first RTT sample comes with the first ping's answer, which a fast run can
+            // outpace.
+            && value(&a, "er_agent_rtt_seconds", &[]).is_some();
         if ready || Instant::now() > deadline {
             break (a, h);
         }
