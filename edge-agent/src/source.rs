@@ -180,7 +180,7 @@ pub fn select_topics<'a>(
             // The site's own heartbeats topic is always replicated (MM2 does the same).
             _ if *name == er_protocol::HEARTBEATS_TOPIC => true,
             Some(reason) => {
-                skipped(*name, reason);
+                skipped(name, reason);
                 false
             }
             None => true,

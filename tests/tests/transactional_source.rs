@@ -425,8 +425,17 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
     };
     client::produce_transactional(k.edge(), &topic, &recs("c", 5), true).await?;
     let aborted = client::produce_transactional(k.edge(), &topic, &recs("a", 3), false).await?;
-    // A transaction left open while the agent reads.
-    let open = client::transactional_producer(k.edge(), &unique_name("open-tx")).await?;
+    // A transaction left open while the agent reads (longer than the default 60 s timeout,
+    // after which the broker would abort it itself).
+    let open = client::producer(
+        k.edge(),
+        &[
+            ("transactional.id", &unique_name("open-tx")),
+            ("transaction.timeout.ms", "300000"),
+        ],
+    )?;
+    let o1 = open.clone();
+    tokio::task::spawn_blocking(move || o1.init_transactions(Duration::from_secs(30))).await??;
     open.begin_transaction()?;
     client::send_all(&open, &topic, &recs("o", 4)).await?;
 
@@ -449,6 +458,7 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
         &["--config", cfg.to_str().unwrap()],
         &work.path().join("agent.log"),
     )?;
+    let started = Instant::now();
     let procs = [&hub, &agent];
     let values = |rs: &[Record]| -> Vec<String> {
         rs.iter()
@@ -465,6 +475,10 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
         values(&got),
         want_open,
         "aborted and still-open records are replicated in edge order"
+    );
+    println!(
+        "the open transaction's records arrived {:?} after the agent started",
+        started.elapsed()
     );
 
     // The open transaction aborts at the edge; it stays replicated. More committed records
