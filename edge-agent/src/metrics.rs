@@ -66,6 +66,9 @@ pub const RATE_LIMIT_WAIT_SECONDS: &str = "er_agent_rate_limit_wait_seconds_tota
 pub const RATE_LIMIT_BYTES_PER_SECOND: &str = "er_agent_rate_limit_bytes_per_second";
 /// notAfter of the agent's own client certificate, Unix seconds (alert well before it is near).
 pub const CERTIFICATE_EXPIRY: &str = "er_agent_certificate_expiry_timestamp_seconds";
+/// Edge topics the include patterns select but the agent never replicates (`reason`:
+/// `from_destination`, `from_site`, `internal`); each topic counts once per process.
+pub const TOPICS_SKIPPED: &str = "er_agent_topics_skipped_total";
 /// Always 1; the `version` label carries the agent's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -171,6 +174,10 @@ fn describe() {
         RATE_LIMIT_BYTES_PER_SECOND,
         Unit::Bytes,
         "Configured cap of compressed batch bytes sent per second."
+    );
+    describe_counter!(
+        TOPICS_SKIPPED,
+        "Selected edge topics never replicated (loops, internal names), by reason."
     );
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
 }

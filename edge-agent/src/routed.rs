@@ -141,7 +141,8 @@ pub struct Shape {
 
 /// Runs the held records of `tp` through the route's chain and encodes the outputs into batches
 /// numbered from `*next_seq` (advanced only on success; on error the builder may hold a partial
-/// batch and must be reset). Outputs are checked here (valid, non-internal topic; partition
+/// batch and must be reset). The last batch ends at `skipped_to` when that lies past the last
+/// held record (the consumer skipped control or aborted records after it), else just after it. Outputs are checked here (valid, non-internal topic; partition
 /// within the source topic's partition count); a bad output counts as a plugin failure under the
 /// route's policy.
 #[allow(clippy::too_many_arguments)]
@@ -153,6 +154,7 @@ pub fn run_chain(
     out: &mut OutBatch,
     builder: &mut BatchBuilder,
     shape: Shape,
+    skipped_to: Option<i64>,
     next_seq: &mut u64,
 ) -> Result<(Vec<Batch>, ChainRun), RouteStopped> {
     let (first, last) = match (pending.recs.first(), pending.recs.last()) {
@@ -289,7 +291,7 @@ pub fn run_chain(
         produced[r.source_index as usize] = true;
     }
     run.dropped = produced.iter().filter(|p| !**p).count() as u64;
-    builder.set_next_offset(last.saturating_add(1));
+    builder.set_next_offset(skipped_to.unwrap_or(0).max(last.saturating_add(1)));
     batches.push(
         builder
             .finish_and_reset(seq, shape.codec, shape.zstd_level)

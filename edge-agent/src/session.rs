@@ -338,7 +338,7 @@ impl Session<'_> {
     ) -> anyhow::Result<Exit> {
         // Handshake: wait for the welcome and its resume positions.
         // (`hello` may have handled the hub's answer already: look at the events first.)
-        let (site, positions, max_batch_bytes) = loop {
+        let (site, positions, max_batch_bytes, guard) = loop {
             let mut welcome = None;
             while let Some(ev) = self.proto.poll_event() {
                 match ev {
@@ -350,11 +350,18 @@ impl Session<'_> {
                         heartbeat_target,
                     } => {
                         info!(%site, %hub_id, positions = positions.len(), %heartbeat_target, "welcomed by hub");
+                        // The hub names one destination cluster and not its replication
+                        // policy yet: the guard assumes MM2's default policy.
+                        let guard = source::LoopGuard::new(
+                            er_protocol::ReplicationPolicy::default(),
+                            site.clone(),
+                            vec![heartbeat_target.clone()],
+                        );
                         self.shared.aliases.send_replace(Some(Aliases {
                             site: site.clone(),
                             target: heartbeat_target,
                         }));
-                        welcome = Some((site, positions, max_batch_bytes));
+                        welcome = Some((site, positions, max_batch_bytes, guard));
                     }
                     AgentEvent::Redirected { addresses, reason } => {
                         return Ok(Exit::Redirected { addresses, reason });
@@ -405,7 +412,8 @@ impl Session<'_> {
             .max_bytes_per_sec()
             .map(|rate| TokenBucket::new(rate, max_batch as u64, Instant::now()));
         let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<TopicSet>>(1);
-        let discovery_task = spawn_discovery(self.cfg.clone(), self.discovery.clone(), topics_tx);
+        let discovery_task =
+            spawn_discovery(self.cfg.clone(), self.discovery.clone(), guard, topics_tx);
         let _stop_discovery = AbortOnDrop(discovery_task);
         let mut known = TopicSet::new();
         info!(%site, "replicating");
@@ -725,20 +733,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Looks for selected topics now and then every refresh interval; sends each result.
+/// Looks for selected topics (minus those `guard` refuses) now and then every refresh
+/// interval; sends each result.
 fn spawn_discovery(
     cfg: Validated,
     discovery: Arc<Discovery>,
+    guard: source::LoopGuard,
     tx: mpsc::Sender<anyhow::Result<TopicSet>>,
 ) -> tokio::task::JoinHandle<()> {
+    let guard = Arc::new(guard);
     tokio::spawn(async move {
         let mut last: Option<TopicSet> = None;
         loop {
             let d = discovery.clone();
             let c = cfg.clone();
-            let res = tokio::task::spawn_blocking(move || d.topics(&c, Duration::from_secs(10)))
-                .await
-                .expect("discovery panicked");
+            let g = guard.clone();
+            let res =
+                tokio::task::spawn_blocking(move || d.topics(&c, &g, Duration::from_secs(10)))
+                    .await
+                    .expect("discovery panicked");
             match res {
                 Ok(set) if last.as_ref() != Some(&set) => {
                     last = Some(set.clone());

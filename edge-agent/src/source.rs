@@ -32,9 +32,78 @@ pub(crate) fn base_config(cfg: &Validated) -> ClientConfig {
     c
 }
 
+/// Why discovery leaves out a topic the config selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// Its name says it came from a central cluster the site writes to (`central.x`):
+    /// replicating it back would loop.
+    FromDestination,
+    /// Its name says it already came from this site (`<site>.x`): a two-way flow would
+    /// bring it back and forth.
+    FromSite,
+    /// Internal under the replication policy's separator (MM2 >= 3.1), e.g. `x_internal`
+    /// with separator `_`.
+    Internal,
+}
+
+impl SkipReason {
+    /// The `reason` label of [`crate::metrics::TOPICS_SKIPPED`].
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::FromDestination => "from_destination",
+            SkipReason::FromSite => "from_site",
+            SkipReason::Internal => "internal",
+        }
+    }
+}
+
+/// Loop prevention: which selected topics must not be replicated, judged by their names under
+/// the replication policy, as MM2's `MirrorSourceConnector.shouldReplicateTopic` does
+/// (internal topics and cycles), with this site and every known destination cluster as the
+/// aliases a cycle would pass through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopGuard {
+    policy: er_protocol::ReplicationPolicy,
+    site: String,
+    destinations: Vec<String>,
+}
+
+impl LoopGuard {
+    /// A guard for `site` writing to the central clusters `destinations` under `policy`.
+    pub fn new(
+        policy: er_protocol::ReplicationPolicy,
+        site: impl Into<String>,
+        destinations: Vec<String>,
+    ) -> Self {
+        Self {
+            policy,
+            site: site.into(),
+            destinations,
+        }
+    }
+
+    /// Why `topic` must not be replicated, if it must not. The heartbeats topic of this site
+    /// (`heartbeats`) has no source and always passes.
+    pub fn check(&self, topic: &str) -> Option<SkipReason> {
+        if self.policy.is_internal_topic(topic) {
+            return Some(SkipReason::Internal);
+        }
+        let chain = self.policy.source_chain(topic);
+        if chain.iter().any(|a| self.destinations.contains(a)) {
+            Some(SkipReason::FromDestination)
+        } else if chain.contains(&self.site) {
+            Some(SkipReason::FromSite)
+        } else {
+            None
+        }
+    }
+}
+
 /// Lists the local topics the config selects (blocking: run off the executor).
 pub struct Discovery {
     client: BaseConsumer,
+    /// Topics already reported as skipped (logged and counted once per process).
+    skipped: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -48,19 +117,41 @@ impl Discovery {
     pub fn new(cfg: &Validated) -> Result<Self, KafkaError> {
         Ok(Self {
             client: base_config(cfg).create()?,
+            skipped: Default::default(),
         })
     }
 
-    /// Fetches metadata and returns the selected topics with their partition counts.
-    pub fn topics(&self, cfg: &Validated, timeout: Duration) -> Result<TopicSet, KafkaError> {
+    /// Fetches metadata and returns the selected topics with their partition counts, minus
+    /// those `guard` refuses (each logged at info and counted the first time).
+    pub fn topics(
+        &self,
+        cfg: &Validated,
+        guard: &LoopGuard,
+        timeout: Duration,
+    ) -> Result<TopicSet, KafkaError> {
         let md = self.client.fetch_metadata(None, timeout)?;
-        Ok(md
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .filter(|t| cfg.wants_topic(t.name()))
-            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-            .collect())
+        Ok(select_topics(
+            cfg,
+            guard,
+            md.topics()
+                .iter()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| (t.name(), t.partitions().len() as i32)),
+            |topic, reason| self.skipped(topic, reason),
+        ))
+    }
+
+    fn skipped(&self, topic: &str, reason: SkipReason) {
+        let mut seen = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(topic.to_owned()) {
+            tracing::info!(
+                topic,
+                reason = reason.label(),
+                "topic not replicated: its name says it came from a destination cluster or from this site (replicating it would loop), or it is internal under the replication policy"
+            );
+            ::metrics::counter!(crate::metrics::TOPICS_SKIPPED, "reason" => reason.label())
+                .increment(1);
+        }
     }
 
     /// Low and high watermarks of a partition (blocking: run off the executor).
@@ -74,8 +165,37 @@ impl Discovery {
     }
 }
 
+/// The topics of `listed` (name, partition count) that the config selects and `guard` lets
+/// through; `skipped` hears of each one the guard refuses.
+pub fn select_topics<'a>(
+    cfg: &Validated,
+    guard: &LoopGuard,
+    listed: impl IntoIterator<Item = (&'a str, i32)>,
+    mut skipped: impl FnMut(&str, SkipReason),
+) -> TopicSet {
+    listed
+        .into_iter()
+        .filter(|(name, _)| cfg.wants_topic(name))
+        .filter(|(name, _)| match guard.check(name) {
+            // The site's own heartbeats topic is always replicated (MM2 does the same).
+            _ if *name == er_protocol::HEARTBEATS_TOPIC => true,
+            Some(reason) => {
+                skipped(name, reason);
+                false
+            }
+            None => true,
+        })
+        .map(|(name, n)| (name.to_owned(), n))
+        .collect()
+}
+
 /// How long a watermark request to the edge cluster may take.
 const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a reader looks whether the consumer's position of an idle partition moved past
+/// the records it handed out (transaction markers, aborted records). Such a partition then
+/// sends a batch without records after the linger, unless records come first.
+pub const POSITION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The agent consumer's group id. librdkafka wants one even for a consumer with explicit
 /// assignments; it is never used for commits or rebalancing, and never reported to the hub.
@@ -138,7 +258,16 @@ pub struct BatchLimits {
 }
 
 struct ReadPart {
+    /// Where reading continues: after the last record handed out (or the start position).
     resume: Offset,
+    /// `next_offset` of the last batch handed to the session (at first, the start position):
+    /// the position the hub commits once everything sent is acked.
+    sent: Option<i64>,
+    /// Whether librdkafka's position of this partition may move `sent` past records it never
+    /// handed out (control records, aborted transactions). False after a stopped route rewound
+    /// the partition, until a record of the new assignment was read: until then the position
+    /// may still be the one from before the rewind.
+    trust_position: bool,
     partition_count: i32,
     builder: BatchBuilder,
     opened: Option<Instant>,
@@ -153,6 +282,21 @@ struct ReadPart {
 }
 
 impl ReadPart {
+    /// The consumer's position `position` if it lies past everything handed out and sent: the
+    /// offsets in between were never handed out, so they are control records (transaction
+    /// markers) or records of aborted transactions (under read_committed), and a batch with
+    /// this `next_offset` moves the hub's committed position over them.
+    fn skipped_to(&self, position: Option<i64>) -> Option<i64> {
+        if !self.trust_position || self.stopped_until.is_some() {
+            return None;
+        }
+        let covered = match self.resume {
+            Offset::Offset(o) => self.sent.map_or(o, |s| s.max(o)),
+            _ => self.sent.unwrap_or(-1),
+        };
+        position.filter(|p| *p > covered)
+    }
+
     fn held(&self) -> (usize, usize) {
         match self.route {
             Some(_) => (self.pending.len(), self.pending.bytes()),
@@ -194,6 +338,7 @@ pub fn spawn_reader(
                 out,
                 scratch: OutBatch::new(),
                 records_read: ::metrics::counter!(crate::metrics::RECORDS_READ),
+                positions_checked: Instant::now(),
             };
             if let Err(e) = r.run(&cmds) {
                 let _ = r.out.blocking_send(Err(e));
@@ -211,6 +356,8 @@ struct Reader {
     /// Reused output buffer of plugin chains.
     scratch: OutBatch,
     records_read: ::metrics::Counter,
+    /// When idle partitions were last checked for a position past their records.
+    positions_checked: Instant,
 }
 
 /// The session is gone: stop quietly.
@@ -263,10 +410,12 @@ impl Reader {
                         None => push_message(&mut part.builder, &m),
                     }
                     part.resume = Offset::Offset(m.offset() + 1);
+                    part.trust_position = true;
                     part.opened.get_or_insert_with(Instant::now);
                     let (records, bytes) = part.held();
                     let full = records >= self.limits.max_records || bytes >= self.limits.max_bytes;
-                    if full && self.seal(&tp)?.is_err() {
+                    // More records follow: the position does not matter yet.
+                    if full && self.seal(&tp, None)?.is_err() {
                         return Ok(());
                     }
                 }
@@ -283,16 +432,68 @@ impl Reader {
                 }
             }
             let now = Instant::now();
+            if now >= self.positions_checked + POSITION_CHECK_INTERVAL {
+                self.positions_checked = now;
+                self.open_skipped(now);
+            }
             let due: Vec<TopicPartition> = self
                 .parts
                 .iter()
                 .filter(|(_, p)| p.opened.is_some_and(|o| now >= o + self.limits.linger))
                 .map(|(tp, _)| tp.clone())
                 .collect();
+            if due.is_empty() {
+                continue;
+            }
+            let positions = self.positions();
             for tp in due {
-                if self.seal(&tp)?.is_err() {
+                let position = positions.get(&tp).copied();
+                if self.seal(&tp, position)?.is_err() {
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// The consumer's positions of the assigned partitions that have one: the offset after
+    /// the last record or control record librdkafka handed out (aborted records skipped under
+    /// read_committed included), so it can lie past the last record this reader saw.
+    fn positions(&self) -> HashMap<TopicPartition, i64> {
+        match self.consumer.position() {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => {
+                        Some((TopicPartition::new(e.topic(), e.partition()), o))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "edge consumer positions unknown");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Opens a batch (starts its linger) for every idle partition whose consumer position
+    /// moved past what it handed out, e.g. over the commit marker that ends a transaction: the
+    /// batch is sealed at linger expiry with that position, with the records that arrived
+    /// meanwhile or none. Without it the hub's position would stay before the marker, and a
+    /// consumer group caught up to the end of the topic (whose committed offset is past the
+    /// marker) would never get a checkpoint.
+    fn open_skipped(&mut self, now: Instant) {
+        if self.parts.values().all(|p| p.opened.is_some()) {
+            return;
+        }
+        let positions = self.positions();
+        for (tp, part) in &mut self.parts {
+            if part.opened.is_none()
+                && let Some(to) = part.skipped_to(positions.get(tp).copied())
+            {
+                tracing::debug!(%tp, sent = ?part.sent, position = to, "position moved past control or aborted records");
+                part.opened = Some(now);
             }
         }
     }
@@ -304,10 +505,16 @@ impl Reader {
             if let Some(r) = route {
                 tracing::info!(tp = %s.tp, route = %self.routing.cfg.routes[r].name, "partition takes a plugin route");
             }
+            let sent = match s.offset {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
             self.parts.insert(
                 s.tp.clone(),
                 ReadPart {
                     resume: s.offset,
+                    sent,
+                    trust_position: true,
                     partition_count: s.partition_count,
                     builder: BatchBuilder::new(s.tp, s.partition_count),
                     opened: None,
@@ -418,25 +625,39 @@ impl Reader {
     }
 
     /// Finishes the open batch of `tp` (through its route's chain, if any) and hands it over
-    /// (blocking while the session is busy). The outer error is fatal for the session; the inner
-    /// one means the session is gone.
-    fn seal(&mut self, tp: &TopicPartition) -> anyhow::Result<Result<(), Closed>> {
+    /// (blocking while the session is busy). `position` is the consumer's position of `tp`
+    /// when known: a batch ends there if that lies past its records (see
+    /// [`ReadPart::skipped_to`]), and one without records is sent just for that. The outer
+    /// error is fatal for the session; the inner one means the session is gone.
+    fn seal(
+        &mut self,
+        tp: &TopicPartition,
+        position: Option<i64>,
+    ) -> anyhow::Result<Result<(), Closed>> {
         let part = self.parts.get_mut(tp).expect("sealed partition exists");
         part.opened = None;
-        let Some(route) = part.route else {
-            if part.builder.is_empty() {
-                return Ok(Ok(()));
+        let skipped_to = part.skipped_to(position);
+        let held = match part.route {
+            Some(_) => !part.pending.is_empty(),
+            None => !part.builder.is_empty(),
+        };
+        if !held && skipped_to.is_none() {
+            return Ok(Ok(()));
+        }
+        let Some(route) = part.route.filter(|_| held) else {
+            if let Some(next) = skipped_to {
+                part.builder.set_next_offset(next);
             }
             let batch = part
                 .builder
                 .finish_and_reset(part.next_seq, self.limits.codec, self.limits.zstd_level)
                 .with_context(|| format!("encoding a batch of {tp}"));
             part.next_seq += 1;
+            if let Ok(b) = &batch {
+                part.sent = Some(b.header.next_offset);
+            }
             return Ok(self.out.blocking_send(batch).map_err(|_| Closed));
         };
-        if part.pending.is_empty() {
-            return Ok(Ok(()));
-        }
         let shape = Shape {
             max_records: self.limits.max_records,
             max_bytes: self.limits.max_bytes,
@@ -455,6 +676,7 @@ impl Reader {
                 &mut self.scratch,
                 &mut part.builder,
                 shape,
+                skipped_to,
                 &mut part.next_seq,
             )
         };
@@ -462,6 +684,9 @@ impl Reader {
         match result {
             Ok((batches, run)) => {
                 part.pending.clear();
+                if let Some(last) = batches.last() {
+                    part.sent = Some(last.header.next_offset);
+                }
                 stats
                     .records_dropped_by_plugins
                     .fetch_add(run.dropped, Ordering::Relaxed);
@@ -490,6 +715,9 @@ impl Reader {
                     "route stopped by a plugin failure; its partition waits (nothing is lost) and retries"
                 );
                 part.resume = Offset::Offset(stopped.first);
+                // Until a record of the new assignment arrives, the consumer's position may
+                // still be the one past the held records.
+                part.trust_position = false;
                 part.pending.clear();
                 part.builder.reset(tp.clone(), part.partition_count);
                 part.stopped_until = Some(Instant::now() + retry);
@@ -544,11 +772,9 @@ pub fn partitions(topics: &TopicSet) -> impl Iterator<Item = (TopicPartition, i3
 #[cfg(test)]
 mod tests {
     use super::*;
+    use er_protocol::ReplicationPolicy;
 
-    /// librdkafka checks its settings when a client is created (no broker needed): every
-    /// prefetch a priority lane can get must pass, the smallest included.
-    #[test]
-    fn consumers_accept_every_prefetch_a_lane_gets() {
+    fn config(extra: &str) -> (tempfile::TempDir, Validated) {
         let dir = tempfile::tempdir().unwrap();
         for f in ["ca.pem", "site.pem", "site.key"] {
             std::fs::write(dir.path().join(f), "").unwrap();
@@ -556,12 +782,112 @@ mod tests {
         let path = dir.path().join("agent.toml");
         let cfg = crate::config::parse(
             &path,
-            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[hub]\naddress = \"h:1\"\n\
-             ca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\n",
+            &format!(
+                "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[hub]\naddress = \"h:1\"\n\
+                 ca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\n{extra}"
+            ),
         )
         .unwrap();
+        (dir, cfg)
+    }
+
+    /// librdkafka checks its settings when a client is created (no broker needed): every
+    /// prefetch a priority lane can get must pass, the smallest included.
+    #[test]
+    fn consumers_accept_every_prefetch_a_lane_gets() {
+        let (_dir, cfg) = config("");
         for kbytes in [0, 1024, PREFETCH_KBYTES / 3, PREFETCH_KBYTES] {
             consumer(&cfg, kbytes).unwrap_or_else(|e| panic!("{kbytes} KiB: {e}"));
         }
+    }
+
+    /// Discovery replicates neither topics that came from a destination cluster or from this
+    /// site (at any hop of their name), nor internal ones, and reports each with its reason;
+    /// everything else the patterns select passes, the heartbeats topic included.
+    #[test]
+    fn discovery_leaves_out_loops_and_reports_why() {
+        let (_dir, cfg) = config("[topics]\ninclude = [\".*\"]\nexclude = [\"excluded\"]\n");
+        let guard = LoopGuard::new(
+            ReplicationPolicy::default(),
+            "plant-7",
+            vec!["central".into(), "central2".into()],
+        );
+        let listed = [
+            ("orders", 3),
+            ("sensors.temp", 1),
+            ("plant-8.orders", 1),
+            ("heartbeats", 1),
+            ("central.orders", 2),
+            ("central2.heartbeats", 1),
+            ("plant-8.central.orders", 1),
+            ("plant-7.orders", 1),
+            ("central.plant-7.orders", 1),
+            ("excluded", 1),
+            ("__consumer_offsets", 50),
+            ("plant-7.checkpoints.internal", 1),
+        ];
+        let mut skipped = Vec::new();
+        let got = select_topics(&cfg, &guard, listed, |t, r| skipped.push((t.to_owned(), r)));
+        assert_eq!(
+            got.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["heartbeats", "orders", "plant-8.orders", "sensors.temp"]
+        );
+        assert_eq!(got["orders"], 3);
+        skipped.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            skipped,
+            [
+                ("central.orders".to_owned(), SkipReason::FromDestination),
+                (
+                    "central.plant-7.orders".to_owned(),
+                    SkipReason::FromDestination
+                ),
+                (
+                    "central2.heartbeats".to_owned(),
+                    SkipReason::FromDestination
+                ),
+                ("plant-7.orders".to_owned(), SkipReason::FromSite),
+                (
+                    "plant-8.central.orders".to_owned(),
+                    SkipReason::FromDestination
+                ),
+            ],
+            "internal and excluded topics are not selected in the first place"
+        );
+    }
+
+    /// With a custom separator, names are read with it: `central_orders` loops,
+    /// `central.orders` is an ordinary topic, and `<x>_internal` is internal (MM2 >= 3.1).
+    #[test]
+    fn the_guard_reads_names_with_the_policys_separator() {
+        let guard = LoopGuard::new(
+            ReplicationPolicy::Default {
+                separator: "_".into(),
+            },
+            "plant-7",
+            vec!["central".into()],
+        );
+        assert_eq!(
+            guard.check("central_orders"),
+            Some(SkipReason::FromDestination)
+        );
+        assert_eq!(guard.check("central.orders"), None);
+        assert_eq!(guard.check("orders_internal"), Some(SkipReason::Internal));
+        assert_eq!(guard.check("plant-7_x"), Some(SkipReason::FromSite));
+        assert_eq!(guard.check("heartbeats"), None);
+        let identity = LoopGuard::new(
+            ReplicationPolicy::Identity,
+            "plant-7",
+            vec!["central".into()],
+        );
+        assert_eq!(
+            identity.check("central.orders"),
+            None,
+            "identity names carry no source"
+        );
+        assert_eq!(
+            identity.check("central.heartbeats"),
+            Some(SkipReason::FromDestination)
+        );
     }
 }

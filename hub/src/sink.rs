@@ -522,7 +522,7 @@ impl Writer {
         };
         // The source topic is checked even when the batch holds no record: it names a position.
         er_protocol::validate_topic_name(&h.tp.topic).map_err(|e| bad(e.to_string()))?;
-        if er_protocol::is_internal_topic(&h.tp.topic) {
+        if self.settings.policy.is_internal_topic(&h.tp.topic) {
             return Err(bad(format!(
                 "topic {:?} is internal and is never replicated",
                 h.tp.topic
@@ -620,7 +620,7 @@ impl Writer {
             message,
         };
         er_protocol::validate_topic_name(logical).map_err(|e| bad(e.to_string()))?;
-        if er_protocol::is_internal_topic(logical) {
+        if self.settings.policy.is_internal_topic(logical) {
             return Err(bad(format!(
                 "topic {logical:?} is internal and is never replicated"
             )));

@@ -116,7 +116,8 @@ pub fn validate_site_alias(alias: &str) -> Result<(), PolicyError> {
 }
 
 /// True for topics never replicated: Kafka's (`__*`, `.*`), Connect's and MM2's
-/// (`*.internal`, `*-internal`, `mm2*.internal`) internal topics.
+/// (`*.internal`, `*-internal`, `mm2*.internal`) internal topics. With a custom separator, also
+/// see [`ReplicationPolicy::is_internal_topic`].
 pub fn is_internal_topic(topic: &str) -> bool {
     topic.starts_with("__")
         || topic.starts_with('.')
@@ -169,6 +170,32 @@ impl ReplicationPolicy {
         }
     }
 
+    /// True for topics never replicated under this policy, as MM2 >= 3.1 decides
+    /// (`ReplicationPolicy.isInternalTopic` with `DefaultReplicationPolicy.isMM2InternalTopic`,
+    /// KIP-690): every name [`is_internal_topic`] refuses, plus names ending in
+    /// `<separator>internal`, the suffix of MM2's own topics under a custom separator
+    /// (`<alias>_checkpoints_internal` with `_`).
+    pub fn is_internal_topic(&self, topic: &str) -> bool {
+        is_internal_topic(topic)
+            || topic
+                .strip_suffix("internal")
+                .is_some_and(|rest| rest.ends_with(self.separator()))
+    }
+
+    /// Checkpoints topic of `alias` under this policy, as MM2 >= 3.1 names it:
+    /// `<alias><sep>checkpoints<sep>internal` (`<alias>.checkpoints.internal` by default).
+    pub fn checkpoints_topic(&self, alias: &str) -> String {
+        let sep = self.separator();
+        format!("{alias}{sep}checkpoints{sep}internal")
+    }
+
+    /// Offset-syncs topic of `alias` under this policy, as MM2 >= 3.1 names it:
+    /// `mm2-offset-syncs<sep><alias><sep>internal`.
+    pub fn offset_syncs_topic(&self, alias: &str) -> String {
+        let sep = self.separator();
+        format!("mm2-offset-syncs{sep}{alias}{sep}internal")
+    }
+
     /// Name on the target of `topic` replicated from `source_alias`.
     pub fn remote_topic(&self, source_alias: &str, topic: &str) -> String {
         match self {
@@ -197,24 +224,98 @@ impl ReplicationPolicy {
         Some(topic[source.len() + self.separator().len()..].to_owned())
     }
 
-    /// True if `topic` already came through `target_alias`: replicating it there would loop.
+    /// True if `topic` already came through `target_alias`: replicating it there would loop
+    /// (MM2's `MirrorSourceConnector.isCycle`).
     pub fn is_cycle(&self, topic: &str, target_alias: &str) -> bool {
+        self.source_chain(topic).iter().any(|s| s == target_alias)
+    }
+
+    /// The aliases of the clusters `topic` came through according to its name, nearest first:
+    /// `["b", "a"]` for `b.a.orders` under the default policy; empty for a topic that was not
+    /// replicated (or whose policy keeps names, like [`ReplicationPolicy::Identity`]).
+    pub fn source_chain(&self, topic: &str) -> Vec<String> {
+        let mut chain = Vec::new();
         let mut current = topic.to_owned();
-        loop {
-            let Some(source) = self.topic_source(&current) else {
-                return false;
-            };
-            if source == target_alias {
-                return true;
-            }
+        while let Some(source) = self.topic_source(&current) {
+            chain.push(source);
             match self.upstream_topic(&current) {
+                // MM2 stops where the upstream name does not shrink (identity-like policies).
                 Some(up) if up != current && up.len() < current.len() => current = up,
-                _ => return false,
+                _ => break,
             }
         }
+        chain
     }
 }
 
 fn looks_like_heartbeat(topic: &str) -> bool {
     topic.ends_with(HEARTBEATS_TOPIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sep(s: &str) -> ReplicationPolicy {
+        ReplicationPolicy::Default {
+            separator: s.to_owned(),
+        }
+    }
+
+    /// MM2 >= 3.1 (KIP-690, `replication.policy.internal.topic.separator.enabled` = true):
+    /// its own topics take the custom separator, and `isInternalTopic` refuses any name ending
+    /// in `<separator>internal` besides Kafka's and Connect's.
+    #[test]
+    fn internal_topics_follow_the_separator_as_mm2_3_1() {
+        let under = sep("_");
+        assert_eq!(
+            under.checkpoints_topic("edge1"),
+            "edge1_checkpoints_internal"
+        );
+        assert_eq!(
+            under.offset_syncs_topic("edge1"),
+            "mm2-offset-syncs_edge1_internal"
+        );
+        for t in [
+            "edge1_checkpoints_internal",
+            "mm2-offset-syncs_edge1_internal",
+            "anything_internal",
+            "edge1.checkpoints.internal",
+            "connect-offsets-internal",
+            "__consumer_offsets",
+            ".hidden",
+        ] {
+            assert!(under.is_internal_topic(t), "{t}");
+        }
+        for t in ["orders", "internal", "orders_internals", "heartbeats"] {
+            assert!(!under.is_internal_topic(t), "{t}");
+        }
+        let dot = ReplicationPolicy::default();
+        assert_eq!(dot.checkpoints_topic("e"), checkpoints_topic("e"));
+        assert_eq!(dot.offset_syncs_topic("e"), offset_syncs_topic("e"));
+        assert!(!dot.is_internal_topic("orders_internal"));
+        assert!(dot.is_internal_topic("orders.internal"));
+        assert!(ReplicationPolicy::Identity.is_internal_topic("e.checkpoints.internal"));
+    }
+
+    #[test]
+    fn the_source_chain_names_every_hop_nearest_first() {
+        let p = ReplicationPolicy::default();
+        assert_eq!(p.source_chain("b.a.orders"), ["b", "a"]);
+        assert_eq!(p.source_chain("central.orders"), ["central"]);
+        assert!(p.source_chain("orders").is_empty());
+        assert_eq!(sep("_").source_chain("b_a_orders"), ["b", "a"]);
+        assert!(sep("_").source_chain("b.a.orders").is_empty());
+        assert!(
+            ReplicationPolicy::Identity
+                .source_chain("b.a.orders")
+                .is_empty()
+        );
+        assert_eq!(
+            ReplicationPolicy::Identity.source_chain("central.heartbeats"),
+            ["central"]
+        );
+        assert!(p.is_cycle("edge1.central.orders", "central"));
+        assert!(!p.is_cycle("edge1.orders", "central"));
+    }
 }
