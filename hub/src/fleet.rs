@@ -228,7 +228,11 @@ impl Fleet {
                     }
                 }
             }
-            let need = self.registry.to_load(&ownership.shards);
+            let mut need = self.registry.to_load(&ownership.shards);
+            // Shards held anew after a lost assignment that nobody wrote since this hub did
+            // (their committed fence is this hub's last) are current in memory: kept as they are.
+            let kept = self.still_current(&need, ownership.epoch).await;
+            need.retain(|s| !kept.contains(s));
             if need.is_empty() {
                 continue;
             }
@@ -269,6 +273,53 @@ impl Fleet {
                 Err(e) => warn!(error = %e, "loading owned shards panicked; retrying"),
             }
         }
+    }
+
+    /// The loaded ones among `shards` (with no stale site) whose committed fence on every
+    /// cluster is the last one this hub committed; marks them current under `epoch`.
+    async fn still_current(&self, shards: &BTreeSet<Shard>, epoch: u64) -> BTreeSet<Shard> {
+        let loaded = self.registry.loaded();
+        let candidates: BTreeSet<Shard> = shards
+            .iter()
+            .copied()
+            .filter(|s| loaded.contains_key(s) && !self.registry.has_stale_site(*s))
+            .collect();
+        if candidates.is_empty() {
+            return candidates;
+        }
+        let memberships = self.memberships.clone();
+        let checking = candidates.clone();
+        let marks = tokio::task::spawn_blocking(move || {
+            memberships
+                .iter()
+                .map(|m| {
+                    m.await_stable(&checking, STABLE_WAIT)
+                        .map(|f| (m.clone(), f))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        let Ok(Ok(marks)) = marks else {
+            return BTreeSet::new();
+        };
+        let current: BTreeSet<Shard> = candidates
+            .into_iter()
+            .filter(|s| {
+                marks
+                    .iter()
+                    .all(|(m, f)| m.is_own_last_fence(*s, f.get(s).map_or("", String::as_str)))
+            })
+            .collect();
+        for s in &current {
+            self.registry.revalidate(*s, epoch);
+        }
+        if !current.is_empty() {
+            info!(
+                shards = current.len(),
+                "shards held again that nobody wrote meanwhile: kept in memory"
+            );
+        }
+        current
     }
 
     /// Ends the sessions of the loaded ones among `shards` and waits until none of their

@@ -185,6 +185,11 @@ pub struct Membership {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     shards_topic: String,
+    hub_id: String,
+    /// Sequence of fence marks (unique per transaction of this process).
+    seq: std::sync::atomic::AtomicU64,
+    /// The last fence mark this hub committed per shard.
+    fences: Mutex<std::collections::HashMap<Shard, String>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -271,6 +276,10 @@ impl Membership {
             stop,
             thread: Some(thread),
             shards_topic: shards_topic.to_owned(),
+            // Unique per process start, so a restarted hub never matches its former self.
+            hub_id: format!("{hub_id}@{}", crate::metrics::now_ms()),
+            seq: std::sync::atomic::AtomicU64::new(0),
+            fences: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -318,15 +327,41 @@ impl Membership {
         self.consumer.group_metadata()
     }
 
-    /// The offsets to commit in a transaction that carries data of `shards`: offset 0 of each
-    /// shard's partition (the shards topic holds no records; the commit is the fence).
-    pub fn fence_offsets(&self, shards: impl IntoIterator<Item = Shard>) -> TopicPartitionList {
+    /// The offsets to commit in a transaction that carries data of `shards`, and the fence
+    /// marks they carry. The shards topic holds no records: the commit is the fence, and its
+    /// metadata (`<hub id>:<sequence>`, unique per transaction) tells later who wrote the
+    /// shard last.
+    pub fn fence_offsets(
+        &self,
+        shards: impl IntoIterator<Item = Shard>,
+    ) -> (TopicPartitionList, Vec<(Shard, String)>) {
         let mut tpl = TopicPartitionList::new();
+        let mut marks = Vec::new();
         for s in shards {
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            let mark = format!("{}:{seq}", self.hub_id);
             // Partition numbers come from `Shard`s below the configured count (<= 4096).
-            let _ = tpl.add_partition_offset(&self.shards_topic, s as i32, Offset::Offset(0));
+            let mut e = tpl.add_partition(&self.shards_topic, s as i32);
+            let _ = e.set_offset(Offset::Offset(0));
+            e.set_metadata(mark.clone());
+            marks.push((s, mark));
         }
-        tpl
+        (tpl, marks)
+    }
+
+    /// Records the fence marks of a committed transaction.
+    pub fn fences_committed(&self, marks: Vec<(Shard, String)>) {
+        let mut f = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        for (s, m) in marks {
+            f.insert(s, m);
+        }
+    }
+
+    /// Whether `mark` (a shard's committed fence) is the last one this hub committed for it:
+    /// then nobody wrote the shard since, and what this hub holds of it is current.
+    pub fn is_own_last_fence(&self, shard: Shard, mark: &str) -> bool {
+        let f = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+        f.get(&shard).map_or(mark.is_empty(), |m| m == mark)
     }
 
     /// Waits until no transaction of a previous owner is pending on `shards` (an offset fetch
@@ -335,7 +370,7 @@ impl Membership {
         &self,
         shards: &BTreeSet<Shard>,
         timeout: Duration,
-    ) -> Result<(), KafkaOpError> {
+    ) -> Result<BTreeMap<Shard, String>, KafkaOpError> {
         let deadline = Instant::now() + timeout;
         let mut tpl = TopicPartitionList::new();
         for s in shards {
@@ -347,7 +382,13 @@ impl Membership {
                 .consumer
                 .committed_offsets(tpl.clone(), left.max(Duration::from_millis(100)))
             {
-                Ok(_) => return Ok(()),
+                Ok(tpl) => {
+                    return Ok(tpl
+                        .elements()
+                        .iter()
+                        .map(|e| (e.partition() as Shard, e.metadata().to_owned()))
+                        .collect());
+                }
                 Err(e) if left.is_zero() => {
                     return Err(KafkaOpError::Kafka {
                         cluster: self.shared.cluster.clone(),

@@ -973,7 +973,7 @@ impl Writer {
         // reports that only our polling serves.
         self.drain(TXN_TIMEOUT)?;
         let shards: BTreeSet<Shard> = log.sites.iter().map(|s| s.site.shard).collect();
-        let fence = self.membership.fence_offsets(shards.iter().copied());
+        let (fence, marks) = self.membership.fence_offsets(shards.iter().copied());
         let Some(group) = self.membership.group_metadata() else {
             return Err(WriteError::Fenced {
                 cluster: self.cluster.alias.clone(),
@@ -1010,6 +1010,7 @@ impl Writer {
             return Err(self.txn_error("commit", e));
         }
         let _ = prepared;
+        self.membership.fences_committed(marks);
         for (st, e) in log.sites.into_iter().zip(entries) {
             let c = &st.site.clusters[self.cluster_index];
             {

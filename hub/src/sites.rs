@@ -322,6 +322,21 @@ impl Registry {
         old
     }
 
+    /// Marks a loaded shard's state as current under membership `epoch` (it was checked to
+    /// be unchanged since it was loaded).
+    pub fn revalidate(&self, shard: Shard, epoch: u64) {
+        if let Some(l) = self.lock().get_mut(&shard) {
+            l.epoch = l.epoch.max(epoch);
+        }
+    }
+
+    /// Whether a loaded shard holds a site whose state may be behind Kafka's.
+    pub fn has_stale_site(&self, shard: Shard) -> bool {
+        self.lock()
+            .get(&shard)
+            .is_some_and(|l| l.sites.values().any(|s| s.is_stale()))
+    }
+
     /// Forgets a shard (it moved to another hub); returns its sites.
     pub fn drop_shard(&self, shard: Shard) -> Vec<Arc<Site>> {
         let gone = self.lock().remove(&shard);
