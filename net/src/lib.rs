@@ -1,6 +1,6 @@
 //! QUIC endpoints with mutual TLS shared by `edge-agent` and `hub`, site identity from client
-//! certificates, dev certificate generation, and the Prometheus endpoint both serve
-//! ([`metrics::serve_prometheus`]).
+//! certificates, dev certificate generation, and the HTTP endpoint both serve: Prometheus
+//! metrics, health, readiness and status ([`metrics::serve_prometheus`], [`status`]).
 //!
 //! The hub calls [`server_endpoint`] and learns who connected with [`peer_site_alias`]; the agent
 //! calls [`client_endpoint`] and then `endpoint.connect_with(client_config, addr, server_name)` (or
@@ -15,6 +15,7 @@ mod error;
 mod identity;
 pub mod metrics;
 mod pem;
+pub mod status;
 mod transport;
 pub mod wire;
 
