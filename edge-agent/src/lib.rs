@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod groups;
+pub mod health;
 pub mod heartbeat;
 pub mod metrics;
 pub mod pacing;
@@ -47,6 +48,8 @@ pub struct Stats {
     pub heartbeats_sent: AtomicU64,
     /// Consumer-group offset reports sent to the hub.
     pub group_reports_sent: AtomicU64,
+    /// What the link to the hub is doing (for `/readyz` and `/status`).
+    pub link: health::LinkHealth,
 }
 
 /// Capped exponential backoff with full jitter.
@@ -183,6 +186,15 @@ pub async fn run(
         .metrics_listen
         .is_some()
         .then(|| Arc::new(metrics::LagTracker::default()));
+    if let Some(endpoints) = metrics::endpoints() {
+        health::register(
+            endpoints,
+            &cfg,
+            stats.clone(),
+            discovery.clone(),
+            lag.clone(),
+        );
+    }
     let lag_task = lag.clone().map(|l| {
         tokio::spawn(publish_replication_lag(
             discovery.clone(),
@@ -254,6 +266,7 @@ pub async fn run(
                 }) = r
                 {
                     unreachable.no_answer(waited);
+                    stats.link.probing();
                     if probe_pause(waited, &mut shutdown).await {
                         break;
                     }
@@ -264,6 +277,7 @@ pub async fn run(
             }
             Err(ConnectError::NoAnswer(waited)) => {
                 unreachable.no_answer(waited);
+                stats.link.probing();
                 if probe_pause(waited, &mut shutdown).await {
                     break;
                 }
@@ -281,6 +295,7 @@ pub async fn run(
         match outcome {
             Ok(session::Exit::Shutdown) => break,
             Err(f) => {
+                stats.link.failing(format!("{:#}", f.error));
                 if f.welcomed && started.elapsed() > Duration::from_secs(5) {
                     backoff.reset();
                 }
@@ -351,12 +366,11 @@ async fn publish_replication_lag(
             continue;
         }
         let d = discovery.clone();
+        let l = lag.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for (tp, acked) in parts {
                 match d.watermarks(&tp, Duration::from_secs(5)) {
-                    Ok((low, high)) => {
-                        metrics::set_lag(&tp, metrics::lag_records(low, high, acked))
-                    }
+                    Ok((low, high)) => l.publish_lag(&tp, metrics::lag_records(low, high, acked)),
                     Err(e) => {
                         tracing::debug!(%tp, error = %e, "edge watermarks unknown; lag not updated")
                     }

@@ -6,6 +6,7 @@
 
 pub mod checkpoints;
 pub mod config;
+pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod offsets;
