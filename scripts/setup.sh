@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh machine: Rust target, Java 17 + Maven, Apache Kafka jars.
+# Idempotent setup for a fresh machine: Rust target, Java 17 + Maven, Apache Kafka jars,
+# Prometheus and systemd-analyze.
 # Safe to run again: every step checks first and says what it did or skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,4 +56,18 @@ cargo xtask kafka fetch
 #    the test harness's own code (er_tests::oracle). Instant when that exact version is cached.
 cargo test -q -p er-tests --test mm2_compat -- --exact oracle_builds_with_the_harness_kafka_version
 say "MM2 oracle: ready"
+
+# 5. Operations tooling for tests/tests/prometheus_e2e.rs: a real Prometheus server and promtool
+#    (alert rules and the dashboard against running binaries), systemd-analyze (service files).
+#    Debian's packages; the prometheus package's own service is not started in a container.
+if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+  say "prometheus: $(prometheus --version 2>&1 | head -1)"
+else
+  apt_install --no-install-recommends prometheus
+fi
+if command -v systemd-analyze >/dev/null; then
+  say "systemd-analyze: present"
+else
+  apt_install --no-install-recommends systemd
+fi
 say "done"

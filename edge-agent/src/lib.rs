@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod groups;
+pub mod health;
 pub mod heartbeat;
 pub mod hubs;
 pub mod metrics;
@@ -50,6 +51,8 @@ pub struct Stats {
     pub heartbeats_sent: AtomicU64,
     /// Consumer-group offset reports sent to the hub.
     pub group_reports_sent: AtomicU64,
+    /// What the link to the hub is doing (for `/readyz` and `/status`).
+    pub link: health::LinkHealth,
 }
 
 /// Capped exponential backoff with full jitter.
@@ -185,6 +188,15 @@ pub async fn run(
         .metrics_listen
         .is_some()
         .then(|| Arc::new(metrics::LagTracker::default()));
+    if let Some(endpoints) = metrics::endpoints() {
+        health::register(
+            endpoints,
+            &cfg,
+            stats.clone(),
+            discovery.clone(),
+            lag.clone(),
+        );
+    }
     let lag_task = lag.clone().map(|l| {
         tokio::spawn(publish_replication_lag(
             discovery.clone(),
@@ -272,6 +284,7 @@ pub async fn run(
                     }
                     Attempted::Ended(error) => {
                         hub_list.welcomed(&c);
+                        stats.link.failing(format!("{error:#}"));
                         if started.elapsed() > Duration::from_secs(5) {
                             backoff.reset();
                         }
@@ -292,12 +305,14 @@ pub async fn run(
         }
         // No candidate of the pass got a welcome or a redirect.
         if let (None, Some(waited)) = (&failure, silent) {
+            stats.link.probing();
             if probe_pause(waited, &mut shutdown).await {
                 break;
             }
             continue;
         }
         let error = failure.unwrap_or_else(|| anyhow::anyhow!("no hub address to dial"));
+        stats.link.failing(format!("{error:#}"));
         let delay = backoff.next_delay();
         warn!(
             error = format!("{error:#}"),
@@ -576,12 +591,11 @@ async fn publish_replication_lag(
             continue;
         }
         let d = discovery.clone();
+        let l = lag.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for (tp, acked) in parts {
                 match d.watermarks(&tp, Duration::from_secs(5)) {
-                    Ok((low, high)) => {
-                        metrics::set_lag(&tp, metrics::lag_records(low, high, acked))
-                    }
+                    Ok((low, high)) => l.publish_lag(&tp, metrics::lag_records(low, high, acked)),
                     Err(e) => {
                         tracing::debug!(%tp, error = %e, "edge watermarks unknown; lag not updated")
                     }

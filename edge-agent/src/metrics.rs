@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use er_protocol::TopicPartition;
@@ -79,10 +79,16 @@ pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
 pub use er_net::metrics::MetricsError;
 
-/// Installs the Prometheus recorder with an HTTP listener on `addr` and publishes build info.
-/// Call it once per process, inside a tokio runtime, before the agent runs.
+/// The HTTP endpoints of this process once [`install`] ran; [`crate::run`] registers the
+/// readiness and status answers there (`crate::health`).
+static ENDPOINTS: OnceLock<Arc<er_net::status::Endpoints>> = OnceLock::new();
+
+/// Installs the Prometheus recorder with an HTTP server on `addr` (`/metrics`, `/healthz`,
+/// `/readyz`, `/status`) and publishes build info. Call it once per process, inside a tokio
+/// runtime, before the agent runs.
 pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
-    er_net::metrics::serve_prometheus(addr, &[])?;
+    let endpoints = er_net::metrics::serve_prometheus(addr, &[])?;
+    let _ = ENDPOINTS.set(endpoints);
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(LINK_UP).set(0.0);
@@ -103,6 +109,11 @@ fn unix_seconds(t: std::time::SystemTime) -> f64 {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
     }
+}
+
+/// The endpoints [`install`] started, if it ran.
+pub fn endpoints() -> Option<&'static er_net::status::Endpoints> {
+    ENDPOINTS.get().map(|e| &**e)
 }
 
 fn describe() {
@@ -243,6 +254,8 @@ pub fn lag_records(low: i64, high: i64, acked: Option<i64>) -> i64 {
 #[derive(Debug, Default)]
 pub struct LagTracker {
     acked: Mutex<HashMap<TopicPartition, Option<i64>>>,
+    /// The lag of each partition as last published, for `/status`.
+    lag: Mutex<HashMap<TopicPartition, i64>>,
 }
 
 impl LagTracker {
@@ -267,6 +280,27 @@ impl LagTracker {
     pub fn snapshot(&self) -> Vec<(TopicPartition, Option<i64>)> {
         let a = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
         a.iter().map(|(tp, o)| (tp.clone(), *o)).collect()
+    }
+
+    /// Publishes the lag of `tp`: the gauge, and the value `/status` shows.
+    pub fn publish_lag(&self, tp: &TopicPartition, lag: i64) {
+        set_lag(tp, lag);
+        self.lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tp.clone(), lag);
+    }
+
+    /// Every tracked partition with its committed position and its last published lag.
+    pub fn snapshot_with_lag(&self) -> Vec<(TopicPartition, Option<i64>, Option<i64>)> {
+        let lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        self.snapshot()
+            .into_iter()
+            .map(|(tp, acked)| {
+                let l = lag.get(&tp).copied();
+                (tp, acked, l)
+            })
+            .collect()
     }
 }
 
@@ -370,7 +404,11 @@ mod tests {
         t.track(&b, None);
         let mut s = t.snapshot();
         s.sort();
-        assert_eq!(s, [(a, Some(10)), (b, Some(5))]);
+        assert_eq!(s, [(a.clone(), Some(10)), (b.clone(), Some(5))]);
+        t.publish_lag(&a, 7);
+        let mut s = t.snapshot_with_lag();
+        s.sort();
+        assert_eq!(s, [(a, Some(10), Some(7)), (b, Some(5), None)]);
     }
 
     #[test]

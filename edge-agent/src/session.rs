@@ -382,6 +382,7 @@ impl Session<'_> {
         };
         self.welcomed = true;
         ::metrics::gauge!(m::LINK_UP).set(1.0);
+        self.stats.link.up();
         // Batches are measured before compression; keep a margin for incompressible data.
         let hub_cap = (max_batch_bytes as usize)
             .saturating_sub(FRAME_OVERHEAD as usize)
@@ -530,6 +531,7 @@ impl Session<'_> {
             AgentEvent::RttSample(rtt) => {
                 debug!(rtt_ms = rtt.as_secs_f64() * 1e3, "rtt");
                 ::metrics::gauge!(m::RTT_SECONDS).set(rtt.as_secs_f64());
+                self.stats.link.rtt(rtt);
                 Ok(())
             }
             AgentEvent::GoAway { reason } => bail!("hub is going away: {reason}"),

@@ -145,14 +145,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = er_hub::config::load(&path)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
-                if let Some(addr) = config.metrics_listen {
-                    er_hub::metrics::install(addr)?;
-                    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-                }
+                let health = match config.metrics_listen {
+                    Some(addr) => {
+                        let endpoints = er_hub::metrics::install(addr)?;
+                        let health = er_hub::health::HubHealth::new(&config)?;
+                        health.register(&endpoints);
+                        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
+                        Some(health)
+                    }
+                    None => None,
+                };
                 let bound = er_hub::BoundHub::bind(config)?;
+                if let Some(h) = &health {
+                    h.listening(bound.local_addr()?);
+                }
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
                     shutdown_signal().await;
+                    if let Some(h) = &health {
+                        h.stopping();
+                    }
                     let _ = tx.send(true);
                 });
                 bound.serve(rx).await

@@ -87,17 +87,20 @@ pub const INDEX_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub use er_net::metrics::MetricsError;
 
-/// Installs the Prometheus recorder with an HTTP listener on `addr` and publishes build info.
-/// Call it once per process, inside a tokio runtime, before the hub starts.
-pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
-    er_net::metrics::serve_prometheus(addr, &[(TRANSACTION_SECONDS, TRANSACTION_BUCKETS)])?;
+/// Installs the Prometheus recorder with an HTTP server on `addr` (`/metrics`, `/healthz`,
+/// `/readyz`, `/status`) and publishes build info; the returned endpoints take the readiness and
+/// status callbacks (`crate::health`). Call it once per process, inside a tokio runtime, before
+/// the hub starts.
+pub fn install(addr: SocketAddr) -> Result<Arc<er_net::status::Endpoints>, MetricsError> {
+    let endpoints =
+        er_net::metrics::serve_prometheus(addr, &[(TRANSACTION_SECONDS, TRANSACTION_BUCKETS)])?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(SITES_CONNECTED).set(0.0);
     for reason in REFUSAL_REASONS {
         counter!(CONNECTIONS_REFUSED, "reason" => *reason).absolute(0);
     }
-    Ok(())
+    Ok(endpoints)
 }
 
 fn describe() {
@@ -279,9 +282,18 @@ pub fn transaction_committed(elapsed: Duration) {
     histogram!(TRANSACTION_SECONDS).record(elapsed.as_secs_f64());
 }
 
+/// The connected sites count as last set, for `/status` (a gauge cannot be read back).
+static SITES_CONNECTED_NOW: AtomicU64 = AtomicU64::new(0);
+
 /// Sets the connected sites gauge.
 pub fn set_sites_connected(n: usize) {
+    SITES_CONNECTED_NOW.store(n as u64, Ordering::Relaxed);
     gauge!(SITES_CONNECTED).set(n as f64);
+}
+
+/// Sites with a session, as last set by [`set_sites_connected`].
+pub fn sites_connected() -> u64 {
+    SITES_CONNECTED_NOW.load(Ordering::Relaxed)
 }
 
 /// Counts an accepted session.

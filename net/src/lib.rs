@@ -1,6 +1,6 @@
 //! QUIC endpoints with mutual TLS shared by `edge-agent` and `hub`, site identity from client
-//! certificates, dev certificate generation, and the Prometheus endpoint both serve
-//! ([`metrics::serve_prometheus`]).
+//! certificates, dev certificate generation, and the HTTP endpoint both serve: Prometheus
+//! metrics, health, readiness and status ([`metrics::serve_prometheus`], [`status`]).
 //!
 //! The hub calls [`server_endpoint_with_policy`] and decides who connected, and whether they may
 //! write, with [`admit`] (then [`watch_admission`] for the life of the session); the agent
@@ -17,6 +17,7 @@ mod error;
 mod identity;
 pub mod metrics;
 mod pem;
+pub mod status;
 mod transport;
 mod untrusted;
 pub mod wire;
