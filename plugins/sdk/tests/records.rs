@@ -75,10 +75,11 @@ struct Reading<'a> {
 fn json_as_decodes_typed_values_and_names_what_is_wrong() {
     let out = with(
         |rec| match rec.json_as::<Reading<'_>>() {
-            Ok(r) => Outcome::replace_one(
-                rec.to_new()
-                    .with_value(format!("{}{}", r.temperature, r.unit.unwrap_or("?"))),
-            ),
+            Ok(r) => Outcome::replace_one(rec.to_new().with_value(format!(
+                "{}{}",
+                r.temperature,
+                r.unit.unwrap_or("?")
+            ))),
             Err(e) => Outcome::fail(e),
         },
         &[
@@ -96,7 +97,10 @@ fn json_as_decodes_typed_values_and_names_what_is_wrong() {
         TestOutcome::Fail(m) => m.clone(),
         other => panic!("expected a failure, got {other:?}"),
     };
-    assert!(fail(&out[1]).contains("missing field `temperature`"), "{out:?}");
+    assert!(
+        fail(&out[1]).contains("missing field `temperature`"),
+        "{out:?}"
+    );
     assert!(fail(&out[2]).contains("not the expected JSON"), "{out:?}");
     assert_eq!(fail(&out[3]), "value is null (a tombstone), not JSON");
 }
