@@ -161,6 +161,14 @@ pub struct PluginLimitsConfig {
     /// Most records one input record may turn into.
     #[serde(default = "default_plugin_max_outputs")]
     pub max_outputs_per_input: u32,
+    /// Most bytes of records one input record may turn into (topic, key, value and headers of
+    /// each output, counted also when they alias the input); routes may override it.
+    #[serde(default = "default_plugin_max_output_bytes_per_input")]
+    pub max_output_bytes_per_input: u64,
+    /// Most bytes of records one plugin call may produce by changing records (kept records do
+    /// not count); routes may override it.
+    #[serde(default = "default_plugin_max_output_bytes_per_batch")]
+    pub max_output_bytes_per_batch: u64,
     /// Directory for compiled plugin code (speeds up restarts); none by default.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
@@ -176,6 +184,8 @@ impl Default for PluginLimitsConfig {
             memory_limit_mb: default_plugin_memory_mb(),
             batch_deadline_ms: default_plugin_deadline_ms(),
             max_outputs_per_input: default_plugin_max_outputs(),
+            max_output_bytes_per_input: default_plugin_max_output_bytes_per_input(),
+            max_output_bytes_per_batch: default_plugin_max_output_bytes_per_batch(),
             cache_dir: None,
             stopped_route_retry_ms: default_route_retry_ms(),
         }
@@ -190,6 +200,12 @@ fn default_plugin_deadline_ms() -> u64 {
 }
 fn default_plugin_max_outputs() -> u32 {
     100
+}
+fn default_plugin_max_output_bytes_per_input() -> u64 {
+    er_plugin_host::DEFAULT_MAX_OUTPUT_BYTES_PER_INPUT
+}
+fn default_plugin_max_output_bytes_per_batch() -> u64 {
+    er_plugin_host::DEFAULT_MAX_OUTPUT_BYTES_PER_BATCH
 }
 fn default_route_retry_ms() -> u64 {
     10_000
@@ -221,6 +237,12 @@ pub struct RouteConfig {
     /// that only sets a priority).
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    /// This route's `plugins.max_output_bytes_per_input`; absent takes that default.
+    #[serde(default)]
+    pub max_output_bytes_per_input: Option<u64>,
+    /// This route's `plugins.max_output_bytes_per_batch`; absent takes that default.
+    #[serde(default)]
+    pub max_output_bytes_per_batch: Option<u64>,
 }
 
 fn default_on_error() -> String {
@@ -498,6 +520,8 @@ pub struct Route {
     pub plugins: Vec<er_plugin_host::PluginSpec>,
     /// What a plugin failure does.
     pub policy: er_plugin_host::ErrorPolicy,
+    /// What one plugin of the chain may produce.
+    pub output_limits: er_plugin_host::OutputLimits,
 }
 
 impl Validated {
@@ -601,6 +625,8 @@ impl Validated {
             memory_limit_bytes: (p.memory_limit_mb as usize) << 20,
             batch_deadline: Duration::from_millis(p.batch_deadline_ms),
             max_outputs_per_input: p.max_outputs_per_input,
+            max_output_bytes_per_input: p.max_output_bytes_per_input,
+            max_output_bytes_per_batch: p.max_output_bytes_per_batch,
             cache_dir: p.cache_dir.clone(),
             // Every plugin holds a slot, a reload briefly two; a new session's reader reuses them.
             max_instances: (plugins as u32 * 2 + 2).max(4),
@@ -836,6 +862,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         Fixed(1),
     )?;
     check.at_least(
+        "plugins.max_output_bytes_per_input",
+        p.max_output_bytes_per_input,
+        Fixed(1),
+    )?;
+    check.at_least(
+        "plugins.max_output_bytes_per_batch",
+        p.max_output_bytes_per_batch,
+        Fixed(1),
+    )?;
+    check.at_least(
         "plugins.stopped_route_retry_ms",
         p.stopped_route_retry_ms,
         Fixed(1),
@@ -901,12 +937,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                 config,
             });
         }
+        let mut output_limits = er_plugin_host::OutputLimits {
+            max_outputs_per_input: raw.plugins.max_outputs_per_input,
+            max_bytes_per_input: raw.plugins.max_output_bytes_per_input,
+            max_bytes_per_batch: raw.plugins.max_output_bytes_per_batch,
+        };
+        if let Some(n) = r.max_output_bytes_per_input {
+            check.at_least(&field("max_output_bytes_per_input"), n, Fixed(1))?;
+            output_limits.max_bytes_per_input = n;
+        }
+        if let Some(n) = r.max_output_bytes_per_batch {
+            check.at_least(&field("max_output_bytes_per_batch"), n, Fixed(1))?;
+            output_limits.max_bytes_per_batch = n;
+        }
         routes.push(Route {
             name,
             topics,
             priority: r.priority,
             plugins,
             policy,
+            output_limits,
         });
     }
     let metrics_listen = raw
@@ -1092,6 +1142,42 @@ mod tests {
     }
 
     #[test]
+    fn plugin_output_limits_default_and_routes_override_them() {
+        let (_dir, path, good) = example();
+        let v = parse(&path, &good).unwrap();
+        let defaults = er_plugin_host::OutputLimits {
+            max_outputs_per_input: 100,
+            max_bytes_per_input: er_plugin_host::DEFAULT_MAX_OUTPUT_BYTES_PER_INPUT,
+            max_bytes_per_batch: er_plugin_host::DEFAULT_MAX_OUTPUT_BYTES_PER_BATCH,
+        };
+        assert_eq!(v.routes[0].output_limits, defaults);
+        let host = v.host_config();
+        assert_eq!(
+            er_plugin_host::OutputLimits::from(&host),
+            defaults,
+            "the host's defaults are the [plugins] settings"
+        );
+        let text = good
+            .replace(
+                "max_outputs_per_input = 100",
+                "max_outputs_per_input = 100\nmax_output_bytes_per_batch = 5000000",
+            )
+            .replace(
+                "on_error = \"dead-letter\"",
+                "on_error = \"dead-letter\"\nmax_output_bytes_per_input = 1000",
+            );
+        let v = parse(&path, &text).unwrap();
+        assert_eq!(
+            v.routes[0].output_limits,
+            er_plugin_host::OutputLimits {
+                max_bytes_per_input: 1000,
+                max_bytes_per_batch: 5_000_000,
+                ..defaults
+            }
+        );
+    }
+
+    #[test]
     fn heartbeats_never_take_a_route_and_settings_keep_file_order() {
         let dir = example_dir();
         let path = dir.path().join("agent.toml");
@@ -1271,6 +1357,27 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
                     "stopped_route_retry_ms = 0",
                 ),
                 "plugins.stopped_route_retry_ms",
+            ),
+            (
+                good.replace(
+                    "max_outputs_per_input = 100",
+                    "max_outputs_per_input = 100\nmax_output_bytes_per_input = 0",
+                ),
+                "plugins.max_output_bytes_per_input",
+            ),
+            (
+                good.replace(
+                    "max_outputs_per_input = 100",
+                    "max_outputs_per_input = 100\nmax_output_bytes_per_batch = 0",
+                ),
+                "plugins.max_output_bytes_per_batch",
+            ),
+            (
+                good.replace(
+                    "on_error = \"dead-letter\"",
+                    "on_error = \"dead-letter\"\nmax_output_bytes_per_batch = 0",
+                ),
+                "routes[0].max_output_bytes_per_batch",
             ),
             (
                 good.replace(r#"topics = ["sensors\\..*"]"#, r#"topics = ["(x"]"#),

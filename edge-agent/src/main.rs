@@ -51,13 +51,53 @@ enum PluginCommand {
         /// Records per plugin call.
         #[arg(long, default_value_t = 100)]
         batch_size: usize,
-        /// Error policy: `stop`, `skip` or `dead-letter:<topic>`.
-        #[arg(long, default_value = "stop")]
-        policy: String,
+        /// Error policy: `stop` (the first failure ends the run), `skip`, `dead-letter` (topic
+        /// `dead-letter`) or `dead-letter:<topic>`.
+        #[arg(long, default_value = "stop", value_parser = parse_policy)]
+        policy: er_plugin_host::ErrorPolicy,
         /// CPU deadline per plugin call in milliseconds.
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
     },
+    /// Writes a new plugin crate from the template: builds for wasm32-wasip2 against the SDK of
+    /// this checkout, with unit tests and sample records for `plugin test`.
+    New {
+        /// Crate name (letters, digits, `-`, `_`; starts with a letter); also the directory name.
+        name: String,
+        /// Directory to create the crate in (as `<dir>/<name>`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK crate (`plugins/sdk` of an edge-replicator checkout) the plugin depends on;
+        /// default: the one this agent was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// The accepted spellings of `--policy`, for messages.
+const POLICY_FORMS: &str = "stop, skip, dead-letter or dead-letter:<topic>";
+
+/// Dead-letter topic of `--policy dead-letter` without a topic.
+const DEFAULT_DEAD_LETTER_TOPIC: &str = "dead-letter";
+
+/// Parses `--policy`.
+fn parse_policy(s: &str) -> Result<er_plugin_host::ErrorPolicy, String> {
+    use er_plugin_host::ErrorPolicy;
+    match s {
+        "stop" => Ok(ErrorPolicy::Stop),
+        "skip" => Ok(ErrorPolicy::Skip),
+        "dead-letter" => Ok(ErrorPolicy::DeadLetter {
+            topic: DEFAULT_DEAD_LETTER_TOPIC.to_owned(),
+        }),
+        other => match other.strip_prefix("dead-letter:") {
+            Some(topic) if !topic.is_empty() => Ok(ErrorPolicy::DeadLetter {
+                topic: topic.to_owned(),
+            }),
+            _ => Err(format!(
+                "{other:?} is not a policy; expected {POLICY_FORMS}"
+            )),
+        },
+    }
 }
 
 /// Parses `KEY=VALUE` or `N:KEY=VALUE` into (plugin index, key, value).
@@ -77,9 +117,56 @@ fn parse_setting(s: &str, plugins: usize) -> anyhow::Result<(usize, String, Stri
     Ok((index, k.to_owned(), v.to_owned()))
 }
 
-fn plugin_test(cmd: PluginCommand) -> anyhow::Result<()> {
+fn plugin_command(cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Test {
+            plugins,
+            settings,
+            input,
+            batch_size,
+            policy,
+            deadline_ms,
+        } => plugin_test(PluginTest {
+            plugins,
+            settings,
+            input,
+            batch_size,
+            policy,
+            deadline_ms,
+        }),
+        PluginCommand::New { name, dir, sdk } => {
+            let sdk = match sdk {
+                Some(p) => p,
+                None => er_plugin_host::template::sdk_dir(),
+            };
+            let made = er_plugin_host::template::write(&name, &dir, &sdk)?;
+            let lib = name.replace('-', "_");
+            println!("created plugin crate {name:?} in {}", made.display());
+            println!("next:");
+            println!("  cd {}", made.display());
+            println!("  cargo test");
+            println!("  cargo build --release --target wasm32-wasip2");
+            println!(
+                "  edge-agent plugin test --plugin target/wasm32-wasip2/release/{lib}.wasm --policy skip --input records.jsonl"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The arguments of `plugin test`.
+struct PluginTest {
+    plugins: Vec<PathBuf>,
+    settings: Vec<String>,
+    input: PathBuf,
+    batch_size: usize,
+    policy: er_plugin_host::ErrorPolicy,
+    deadline_ms: u64,
+}
+
+fn plugin_test(cmd: PluginTest) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
-    let PluginCommand::Test {
+    let PluginTest {
         plugins,
         settings,
         input,
@@ -98,16 +185,6 @@ fn plugin_test(cmd: PluginCommand) -> anyhow::Result<()> {
         let (i, k, v) = parse_setting(s, specs.len())?;
         specs[i].config.push((k, v));
     }
-    let policy = match policy.as_str() {
-        "stop" => er_plugin_host::ErrorPolicy::Stop,
-        "skip" => er_plugin_host::ErrorPolicy::Skip,
-        other => match other.strip_prefix("dead-letter:") {
-            Some(topic) if !topic.is_empty() => er_plugin_host::ErrorPolicy::DeadLetter {
-                topic: topic.to_owned(),
-            },
-            _ => anyhow::bail!("--policy {other:?}: expected stop, skip or dead-letter:<topic>"),
-        },
-    };
     let host = er_plugin_host::PluginHost::new(er_plugin_host::HostConfig {
         batch_deadline: std::time::Duration::from_millis(deadline_ms),
         ..Default::default()
@@ -120,15 +197,19 @@ fn plugin_test(cmd: PluginCommand) -> anyhow::Result<()> {
             |e| anyhow::anyhow!("--input {}: {e}", input.display()),
         )?))
     };
-    let summary =
-        er_plugin_host::run_jsonl(&mut chain, reader, std::io::stdout().lock(), batch_size)?;
-    eprintln!(
-        "{} records in, {} out, {} dropped, {} failed",
-        summary.records_in, summary.records_out, summary.dropped, summary.failed
-    );
-    for st in chain.stats() {
-        eprintln!("{st:?}");
+    let result =
+        er_plugin_host::run_jsonl(&mut chain, reader, std::io::stdout().lock(), batch_size);
+    if let Ok(summary) = &result {
+        eprintln!(
+            "{} records in, {} out, {} dropped, {} failed",
+            summary.records_in, summary.records_out, summary.dropped, summary.failed
+        );
     }
+    // Stats also after a stop: they say what ran before it.
+    for st in chain.stats() {
+        eprintln!("plugin {st}");
+    }
+    result?;
     Ok(())
 }
 
@@ -156,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Command::Plugin(cmd)) => plugin_test(cmd),
+        Some(Command::Plugin(cmd)) => plugin_command(cmd),
         None => {
             let Some(path) = cli.config else {
                 anyhow::bail!("--config <agent.toml> is required (see --help)");

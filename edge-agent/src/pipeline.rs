@@ -65,7 +65,7 @@ impl Pipeline {
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in &cfg.routes {
             let chain = host
-                .load_chain(&r.plugins, r.policy.clone())
+                .load_chain_with(&r.plugins, r.policy.clone(), r.output_limits)
                 .with_context(|| format!("route {:?}", r.name))?;
             tracing::info!(
                 route = %r.name,

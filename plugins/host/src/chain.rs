@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::HostInner;
 use crate::abi::{self, BatchArg, Data};
 use crate::bindings::edge_replicator::plugin::types as wit;
-use crate::error::{ChainError, Failure, PluginError};
+use crate::error::{
+    ChainError, FailedAt, Failure, MAX_TEXT_BYTES, PluginError, SourcePosition, cap_text,
+};
 use crate::plugin::{CallError, LoadedPlugin};
 use crate::records::{Entry, InRecord, NewEntry, OutBatch, OutRecord, RecordFailure, Span};
+use crate::{HostInner, OutputLimits};
 
 /// Header naming the error of a dead-lettered record.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "er.error";
@@ -62,12 +64,57 @@ pub struct PluginStats {
     pub last_error: Option<String>,
 }
 
+/// One line for people: `filter.wasm: 2 in, 1 out, 1 dropped, 0 errors; 1 call, 0.412 ms`,
+/// then restarts, reloads, suppressed logs and plugin counters when there are any, and the last
+/// error.
+impl std::fmt::Display for PluginStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.plugin.file_name().map_or_else(
+            || self.plugin.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{name}: {} in, {} out, {} dropped, {} error{}; {} call{}, {:.3} ms",
+            self.records_in,
+            self.records_out,
+            self.records_dropped,
+            self.errors,
+            plural(self.errors),
+            self.calls,
+            plural(self.calls),
+            self.time_ns as f64 / 1e6,
+        )?;
+        for (n, label) in [
+            (self.restarts, "restart"),
+            (self.reloads, "reload"),
+            (self.logs_suppressed, "suppressed log"),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {label}{}", plural(n))?;
+            }
+        }
+        if !self.counters.is_empty() {
+            f.write_str("; counters:")?;
+            for (name, v) in &self.counters {
+                write!(f, " {name}={v}")?;
+            }
+        }
+        if let Some(e) = &self.last_error {
+            write!(f, "; last error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Plugins applied in order to a route's batches. Not shared: one chain per route (or per
 /// worker), moved to the thread that runs it.
 pub struct Chain {
     host: Arc<HostInner>,
     plugins: Vec<LoadedPlugin>,
     policy: ErrorPolicy,
+    limits: OutputLimits,
     stages: [Stage; 2],
     single: Stage,
 }
@@ -84,6 +131,7 @@ impl std::fmt::Debug for Chain {
                     .collect::<Vec<_>>(),
             )
             .field("policy", &self.policy)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -467,6 +515,70 @@ fn push_out(out: &mut OutBatch, input: &[InRecord<'_>], v: &View<'_>) {
     }));
 }
 
+impl View<'_> {
+    /// Bytes of this record as an output (see [`OutputLimits`]).
+    fn bytes(&self) -> u64 {
+        let len = |b: Option<&[u8]>| b.map_or(0, |b| b.len() as u64);
+        let headers: u64 = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() as u64 + len(*v))
+            .sum();
+        self.topic.len() as u64 + len(self.key) + len(self.value) + headers
+    }
+}
+
+/// Bytes of all records a result's `replace` outcomes produce, as their spans claim (before
+/// any span is checked; topics only where the plugin set one): computed without copying or
+/// decoding, to refuse an oversized result before touching it.
+fn claimed_output_bytes(res: &wit::BatchResult) -> u64 {
+    let bytes = |b: &wit::BytesRef| match b {
+        wit::BytesRef::Null => 0,
+        wit::BytesRef::Input(s) | wit::BytesRef::Output(s) => u64::from(s.len),
+    };
+    let text = |t: &wit::TextRef| match t {
+        wit::TextRef::Input(s) | wit::TextRef::Output(s) => u64::from(s.len),
+    };
+    let mut total = 0u64;
+    for o in &res.outcomes {
+        let wit::Outcome::Replace(range) = o else {
+            continue;
+        };
+        let start = range.start as usize;
+        let recs = res
+            .records
+            .get(start..start.saturating_add(range.count as usize))
+            .unwrap_or(&[]);
+        for r in recs {
+            total = total
+                .saturating_add(r.topic.as_ref().map_or(0, text))
+                .saturating_add(bytes(&r.key))
+                .saturating_add(bytes(&r.value));
+            let hs = r.headers.start as usize;
+            for h in res
+                .headers
+                .get(hs..hs.saturating_add(r.headers.count as usize))
+                .unwrap_or(&[])
+            {
+                total = total
+                    .saturating_add(text(&h.name))
+                    .saturating_add(bytes(&h.value));
+            }
+        }
+    }
+    total
+}
+
+/// The source coordinates of input record `source_index`.
+fn position(input: &[InRecord<'_>], source_index: u32) -> SourcePosition {
+    let r = &input[source_index as usize];
+    SourcePosition {
+        topic: r.topic.to_owned(),
+        partition: r.partition,
+        offset: r.offset,
+    }
+}
+
 /// Decodes the records a `replace` outcome produced for input `i` of `stage` (materialized:
 /// `input(..)` spans point into its data).
 fn decode_replacements<'b>(
@@ -545,11 +657,13 @@ impl Chain {
         host: Arc<HostInner>,
         plugins: Vec<LoadedPlugin>,
         policy: ErrorPolicy,
+        limits: OutputLimits,
     ) -> Self {
         Chain {
             host,
             plugins,
             policy,
+            limits,
             stages: Default::default(),
             single: Stage::default(),
         }
@@ -558,6 +672,11 @@ impl Chain {
     /// The route's error policy.
     pub fn policy(&self) -> &ErrorPolicy {
         &self.policy
+    }
+
+    /// The chain's output limits.
+    pub fn limits(&self) -> OutputLimits {
+        self.limits
     }
 
     /// Runs `input` through every plugin and returns owned outputs in input order. Errors only
@@ -620,7 +739,16 @@ impl Chain {
         }
         self.plugins[k].stats.records_in += stage.len() as u64;
         let mut fails: Vec<(usize, Failure)> = Vec::new();
-        match self.call(k, stage.arg(sink.input))? {
+        let result = self.call(k, stage.arg(sink.input))?.and_then(|res| {
+            // Checked before anything is copied: a batch over the bound fails as a whole.
+            let produced = claimed_output_bytes(&res);
+            let limit = self.limits.max_bytes_per_batch;
+            if produced > limit {
+                return Err(Failure::BatchOutputBytes { produced, limit });
+            }
+            Ok(res)
+        });
+        match result {
             Ok(res) => {
                 if res
                     .outcomes
@@ -629,7 +757,7 @@ impl Chain {
                 {
                     stage.materialize(sink.input);
                 }
-                self.apply(k, stage, &res, sink, &mut fails)
+                self.apply(k, stage, &res, sink, &mut fails, &mut 0)
             }
             Err(f) => self.isolate(k, stage, f, sink, &mut fails)?,
         }
@@ -659,7 +787,9 @@ impl Chain {
         }
     }
 
-    /// Applies one successful result. Per-record failures are collected in `fails`.
+    /// Applies one successful result. Per-record failures are collected in `fails`;
+    /// `batch_bytes` counts the bytes of the records produced by this plugin for this stage so
+    /// far (across the one-record calls of [`Chain::isolate`]).
     fn apply(
         &mut self,
         k: usize,
@@ -667,8 +797,9 @@ impl Chain {
         res: &wit::BatchResult,
         sink: &mut Sink<'_, '_>,
         fails: &mut Vec<(usize, Failure)>,
+        batch_bytes: &mut u64,
     ) {
-        let limit = self.host.config.max_outputs_per_input;
+        let limits = self.limits;
         let stats = &mut self.plugins[k].stats;
         for (i, outcome) in res.outcomes.iter().enumerate() {
             match outcome {
@@ -677,27 +808,54 @@ impl Chain {
                     sink.keep(stage, i);
                 }
                 wit::Outcome::Drop => stats.records_dropped += 1,
-                wit::Outcome::Fail(msg) => fails.push((i, Failure::Record(msg.clone()))),
-                wit::Outcome::Replace(range) if range.count > limit => fails.push((
-                    i,
-                    Failure::TooManyOutputs {
-                        produced: range.count,
-                        limit,
-                    },
-                )),
+                wit::Outcome::Fail(msg) => {
+                    fails.push((i, Failure::Record(cap_text(msg.clone(), MAX_TEXT_BYTES))))
+                }
+                wit::Outcome::Replace(range) if range.count > limits.max_outputs_per_input => fails
+                    .push((
+                        i,
+                        Failure::TooManyOutputs {
+                            produced: range.count,
+                            limit: limits.max_outputs_per_input,
+                        },
+                    )),
                 wit::Outcome::Replace(range) => {
-                    match decode_replacements(stage, i, res, *range, sink.input) {
-                        Ok(views) => {
-                            if views.is_empty() {
-                                stats.records_dropped += 1;
-                            }
-                            stats.records_out += views.len() as u64;
-                            let offset = stage.batch.offsets[i];
-                            for v in &views {
-                                sink.push(v, offset);
-                            }
+                    let views = match decode_replacements(stage, i, res, *range, sink.input) {
+                        Ok(views) => views,
+                        Err(f) => {
+                            fails.push((i, f));
+                            continue;
                         }
-                        Err(f) => fails.push((i, f)),
+                    };
+                    let bytes: u64 = views.iter().map(View::bytes).sum();
+                    if bytes > limits.max_bytes_per_input {
+                        fails.push((
+                            i,
+                            Failure::TooManyOutputBytes {
+                                produced: bytes,
+                                limit: limits.max_bytes_per_input,
+                            },
+                        ));
+                        continue;
+                    }
+                    if *batch_bytes + bytes > limits.max_bytes_per_batch {
+                        fails.push((
+                            i,
+                            Failure::BatchOutputBytes {
+                                produced: *batch_bytes + bytes,
+                                limit: limits.max_bytes_per_batch,
+                            },
+                        ));
+                        continue;
+                    }
+                    *batch_bytes += bytes;
+                    if views.is_empty() {
+                        stats.records_dropped += 1;
+                    }
+                    stats.records_out += views.len() as u64;
+                    let offset = stage.batch.offsets[i];
+                    for v in &views {
+                        sink.push(v, offset);
                     }
                 }
             }
@@ -723,7 +881,10 @@ impl Chain {
                 p.stats.last_error = Some(fails[0].1.to_string());
                 return Err(ChainError::Plugin {
                     plugin: path,
-                    source_index: None,
+                    at: FailedAt::Batch {
+                        records: stage.len() as u32,
+                        first: position(sink.input, stage.meta[0].source),
+                    },
                     failure: fails.remove(0).1,
                 });
             }
@@ -731,13 +892,16 @@ impl Chain {
         }
         tracing::warn!(plugin = %path.display(), error = %failure, records = stage.len(), "batch failed; re-running its records one at a time");
         let mut single = std::mem::take(&mut self.single);
+        // The per-batch output bound holds across the one-record calls: records are admitted
+        // in order while their outputs fit.
+        let mut batch_bytes = 0;
         for i in 0..stage.len() {
             single.clear();
             single.push_view(&stage.view(i, sink.input), stage.batch.offsets[i]);
             match self.call(k, single.arg(sink.input)) {
                 Ok(Ok(res)) => {
                     let mut one = Vec::new();
-                    self.apply(k, &single, &res, sink, &mut one);
+                    self.apply(k, &single, &res, sink, &mut one, &mut batch_bytes);
                     fails.extend(one.into_iter().map(|(_, f)| (i, f)));
                 }
                 Ok(Err(f)) => fails.push((i, f)),
@@ -774,7 +938,10 @@ impl Chain {
                 ErrorPolicy::Stop => {
                     return Err(ChainError::Plugin {
                         plugin,
-                        source_index: Some(source_index),
+                        at: FailedAt::Record {
+                            source_index,
+                            position: position(sink.input, source_index),
+                        },
                         failure,
                     });
                 }

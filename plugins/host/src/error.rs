@@ -20,12 +20,14 @@ pub enum PluginError {
     #[error("plugin host: {0}")]
     Engine(String),
     /// The plugin file could not be read.
-    #[error("plugin {}: cannot read the file: {source}", Quoted(path))]
+    // The I/O error is part of the message, not a `source`: error reporters that print the
+    // source chain would print it twice.
+    #[error("plugin {}: cannot read the file: {error}", Quoted(path))]
     Read {
         /// Plugin file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a valid WebAssembly component (a core module, garbage, truncated, or
     /// using features this host does not enable).
@@ -108,10 +110,85 @@ pub enum Failure {
         /// The configured bound.
         limit: u32,
     },
+    /// The records one input turned into (through `replace`) hold more bytes than
+    /// `max_output_bytes_per_input` allows. Bytes are counted per output record (topic, key,
+    /// value, header names and values), also when they alias input bytes.
+    #[error(
+        "produced {produced} bytes of records for one input record, more than max_output_bytes_per_input = {limit}"
+    )]
+    TooManyOutputBytes {
+        /// Bytes the plugin produced for the record.
+        produced: u64,
+        /// The configured bound.
+        limit: u64,
+    },
+    /// The records one plugin call produced through `replace` hold more bytes than
+    /// `max_output_bytes_per_batch` allows (kept records do not count: they are the input).
+    #[error(
+        "produced {produced} bytes of records in one batch call, more than max_output_bytes_per_batch = {limit}"
+    )]
+    BatchOutputBytes {
+        /// Bytes produced by the call (up to and including the record that broke the bound).
+        produced: u64,
+        /// The configured bound.
+        limit: u64,
+    },
     /// The result breaks the contract (wrong number of outcomes, spans out of range, text that
     /// is not UTF-8).
     #[error("returned a malformed result: {0}")]
     Malformed(String),
+}
+
+/// Where a record came from: its source topic, partition and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+impl fmt::Display for SourcePosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "topic \"{}\" partition {} offset {}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
+/// What a stopping failure was about: one record, or a whole batch call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailedAt {
+    /// One input record (the source of the record the plugin failed, after earlier plugins of
+    /// the chain).
+    Record {
+        /// Index into the input slice.
+        source_index: u32,
+        /// Its source coordinates.
+        position: SourcePosition,
+    },
+    /// The whole batch call failed (trap, deadline, memory cap, batch error).
+    Batch {
+        /// Records in the failing call.
+        records: u32,
+        /// Source coordinates of its first record.
+        first: SourcePosition,
+    },
+}
+
+impl fmt::Display for FailedAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailedAt::Record { position, .. } => write!(f, "record at {position}"),
+            FailedAt::Batch { records, first } => {
+                write!(f, "batch of {records} records from {first}")
+            }
+        }
+    }
 }
 
 /// Why [`crate::Chain::process`] gave up on a batch. Only under [`crate::ErrorPolicy::Stop`], or
@@ -120,12 +197,12 @@ pub enum Failure {
 pub enum ChainError {
     /// A plugin failed a record or the batch and the route's policy is `Stop`. Nothing of the
     /// batch was output: the caller should stop the route without moving its position.
-    #[error("plugin {}: {failure}{}", Quoted(plugin), record_suffix(*source_index))]
+    #[error("plugin {}: {failure} ({at})", Quoted(plugin))]
     Plugin {
         /// Plugin file.
         plugin: PathBuf,
-        /// Index (into the input slice) of the failing record; `None` when the whole batch failed.
-        source_index: Option<u32>,
+        /// The failing record, or the failing batch call.
+        at: FailedAt,
         /// What happened.
         failure: Failure,
     },
@@ -139,6 +216,54 @@ pub enum ChainError {
     },
 }
 
-fn record_suffix(index: Option<u32>) -> String {
-    index.map_or_else(String::new, |i| format!(" (input record {i})"))
+impl ChainError {
+    /// Index into the input slice of the record that stopped the chain; `None` for a failed
+    /// batch call or a restart failure.
+    pub fn source_index(&self) -> Option<u32> {
+        match self {
+            ChainError::Plugin {
+                at: FailedAt::Record { source_index, .. },
+                ..
+            } => Some(*source_index),
+            _ => None,
+        }
+    }
+}
+
+/// Most bytes of a text a plugin hands the host that the host keeps: `fail` messages, batch
+/// errors, `init` rejections, panic messages and log messages. They end up in dead-letter
+/// headers, logs and route errors, so a plugin must not be able to make them arbitrarily large.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// Shortens `text` to at most `max` bytes (on a character boundary) plus a marker saying how
+/// long it was: `"aaaa… [truncated: 5000 bytes]"`.
+pub(crate) fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("\u{2026} [truncated: {total} bytes]"));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_text_cuts_on_a_char_boundary_and_says_so() {
+        assert_eq!(cap_text("short".into(), 8), "short");
+        assert_eq!(cap_text("exactly8".into(), 8), "exactly8");
+        assert_eq!(
+            cap_text("abcdefghij".into(), 4),
+            "abcd\u{2026} [truncated: 10 bytes]"
+        );
+        // 'é' is two bytes: a cut at 3 would split it.
+        assert_eq!(cap_text("aéé".into(), 4), "aé\u{2026} [truncated: 5 bytes]");
+    }
 }

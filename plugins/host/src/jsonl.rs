@@ -13,13 +13,15 @@ use crate::{Chain, ChainError, InRecord, OutBatch};
 /// Why a JSON-lines run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonlError {
+    // Inner errors are part of the messages, not `source`s: reporters that print the source
+    // chain (anyhow's `{:#}`) would print them twice.
     /// Reading the input failed.
-    #[error("input line {line}: cannot read: {source}")]
+    #[error("input line {line}: cannot read: {error}")]
     Read {
         /// 1-based line number.
         line: usize,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An input line is not a valid record.
     #[error("input line {line}: {message}")]
@@ -31,14 +33,15 @@ pub enum JsonlError {
     },
     /// Writing the outcomes failed.
     #[error("cannot write outcomes: {0}")]
-    Write(#[from] std::io::Error),
+    Write(std::io::Error),
     /// The chain stopped (policy `Stop`, or a plugin could not restart).
-    #[error("batch ending at input line {line}: {source}")]
+    #[error("input line {line}: {error}")]
     Chain {
-        /// 1-based line number of the batch's last record.
+        /// 1-based line number of the failing record (of the batch's first record when a
+        /// whole batch call failed).
         line: usize,
-        /// The chain's error.
-        source: ChainError,
+        /// The chain's error (it names the plugin and the record's source coordinates).
+        error: ChainError,
     },
 }
 
@@ -103,6 +106,8 @@ struct JsonRecord {
 }
 
 struct Owned {
+    /// 1-based input line.
+    line: usize,
     topic: String,
     partition: i32,
     offset: i64,
@@ -112,7 +117,7 @@ struct Owned {
     headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
-fn parse(line: &str, index: i64) -> Result<Owned, String> {
+fn parse(line: &str, line_no: usize, index: i64) -> Result<Owned, String> {
     let r: JsonRecord = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let bytes = |b: Option<JsonBytes>| b.map(JsonBytes::into_bytes).transpose();
     let headers = match r.headers {
@@ -127,6 +132,7 @@ fn parse(line: &str, index: i64) -> Result<Owned, String> {
             .collect::<Result<_, String>>()?,
     };
     Ok(Owned {
+        line: line_no,
         topic: r.topic.unwrap_or_else(|| "test".into()),
         partition: r.partition,
         offset: r.offset.unwrap_or(index),
@@ -163,13 +169,10 @@ pub fn run_jsonl(
     let mut lines = input.lines().enumerate().peekable();
     let mut index = 0i64;
     while let Some((n, line)) = lines.next() {
-        let line = line.map_err(|source| JsonlError::Read {
-            line: n + 1,
-            source,
-        })?;
+        let line = line.map_err(|error| JsonlError::Read { line: n + 1, error })?;
         let trimmed = line.trim();
         if !trimmed.is_empty() && !trimmed.starts_with('#') {
-            let rec = parse(trimmed, index).map_err(|message| JsonlError::Parse {
+            let rec = parse(trimmed, n + 1, index).map_err(|message| JsonlError::Parse {
                 line: n + 1,
                 message,
             })?;
@@ -178,11 +181,11 @@ pub fn run_jsonl(
         }
         if pending.len() >= batch_size || (lines.peek().is_none() && !pending.is_empty()) {
             run_batch(chain, &pending, &mut out, &mut output, &mut summary)
-                .map_err(|e| e.at_line(n + 1))?;
+                .map_err(|e| e.locate(&pending))?;
             pending.clear();
         }
     }
-    output.flush()?;
+    output.flush().map_err(JsonlError::Write)?;
     Ok(summary)
 }
 
@@ -192,10 +195,15 @@ enum BatchError {
 }
 
 impl BatchError {
-    fn at_line(self, line: usize) -> JsonlError {
+    /// The error with the input line of the record (or batch) it is about.
+    fn locate(self, batch: &[Owned]) -> JsonlError {
         match self {
             BatchError::Write(e) => JsonlError::Write(e),
-            BatchError::Chain(source) => JsonlError::Chain { line, source },
+            BatchError::Chain(error) => {
+                let i = error.source_index().unwrap_or(0) as usize;
+                let line = batch.get(i).map_or(0, |r| r.line);
+                JsonlError::Chain { line, error }
+            }
         }
     }
 }

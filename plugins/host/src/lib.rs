@@ -37,6 +37,7 @@ mod error;
 mod jsonl;
 mod plugin;
 mod records;
+pub mod template;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -49,8 +50,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use chain::{
     Chain, DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_PLUGIN_HEADER, ErrorPolicy, PluginStats,
 };
-pub use error::{ChainError, Failure, PluginError};
+pub use error::{ChainError, FailedAt, Failure, MAX_TEXT_BYTES, PluginError, SourcePosition};
 pub use jsonl::{JsonlError, RunSummary, run_jsonl};
+pub use plugin::{
+    MAX_COUNTER_NAME_BYTES, MAX_COUNTERS, MAX_LOG_FIELD_BYTES, MAX_LOG_FIELDS, OTHER_COUNTERS,
+};
 pub use records::{InRecord, OutBatch, OutHeaders, OutRecord, OutRecordRef, RecordFailure};
 
 use plugin::StoreState;
@@ -78,6 +82,12 @@ pub struct HostConfig {
     /// Most records one input record may turn into (through `replace`); more is an error for
     /// that record.
     pub max_outputs_per_input: u32,
+    /// Most bytes of records one input record may turn into (see [`OutputLimits`]); the
+    /// default for chains loaded without their own limits.
+    pub max_output_bytes_per_input: u64,
+    /// Most bytes of records one plugin call may produce through `replace` (see
+    /// [`OutputLimits`]); the default for chains loaded without their own limits.
+    pub max_output_bytes_per_batch: u64,
     /// Directory for wasmtime's compiled-code cache; `None` compiles every plugin at load.
     pub cache_dir: Option<PathBuf>,
     /// Plugin instances that can be alive at once in this host (pooling allocator slots).
@@ -91,8 +101,45 @@ impl Default for HostConfig {
             memory_limit_bytes: 64 << 20,
             batch_deadline: Duration::from_millis(50),
             max_outputs_per_input: 100,
+            max_output_bytes_per_input: DEFAULT_MAX_OUTPUT_BYTES_PER_INPUT,
+            max_output_bytes_per_batch: DEFAULT_MAX_OUTPUT_BYTES_PER_BATCH,
             cache_dir: None,
             max_instances: 64,
+        }
+    }
+}
+
+/// Default of [`OutputLimits::max_bytes_per_input`]: 8 MiB, a quarter of the hub's default
+/// uncompressed batch limit (the outputs of one source record always travel in one batch).
+pub const DEFAULT_MAX_OUTPUT_BYTES_PER_INPUT: u64 = 8 << 20;
+/// Default of [`OutputLimits::max_bytes_per_batch`]: 32 MiB, the hub's default uncompressed
+/// batch limit.
+pub const DEFAULT_MAX_OUTPUT_BYTES_PER_BATCH: u64 = 32 << 20;
+
+/// Bounds on what one plugin of a chain may produce, so a plugin cannot make the host hold (and
+/// the link carry) far more than it was given. Breaking one fails the record (per input) or the
+/// batch call (per batch), and the route's [`ErrorPolicy`] applies.
+///
+/// Bytes of an output record are its topic, key, value, header names and header values,
+/// counted also when they alias input bytes: a hundred outputs that all point at one
+/// 1 MiB value are 100 MiB to whoever writes them. Records a plugin keeps (`keep`) do not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Most records one input may turn into.
+    pub max_outputs_per_input: u32,
+    /// Most bytes of records one input may turn into.
+    pub max_bytes_per_input: u64,
+    /// Most bytes of records one plugin call may produce (with `skip` or `dead-letter`, a batch
+    /// over it is re-run one record at a time and records are admitted in order while they fit).
+    pub max_bytes_per_batch: u64,
+}
+
+impl From<&HostConfig> for OutputLimits {
+    fn from(c: &HostConfig) -> Self {
+        OutputLimits {
+            max_outputs_per_input: c.max_outputs_per_input,
+            max_bytes_per_input: c.max_output_bytes_per_input,
+            max_bytes_per_batch: c.max_output_bytes_per_batch,
         }
     }
 }
@@ -122,6 +169,14 @@ pub(crate) struct HostInner {
     pub(crate) compiled: Mutex<Vec<(u64, Component)>>,
 }
 
+/// Linear memories one plugin component may have. Rust, C and componentize-py guests have one;
+/// a component with more fails to instantiate with a clear error.
+pub const MEMORIES_PER_COMPONENT: u32 = 1;
+/// Tables one plugin component may have (a Rust guest: its function table and the shims').
+pub const TABLES_PER_COMPONENT: u32 = 4;
+/// Core module instances one plugin component may have (a Rust guest: the module plus shims).
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+
 /// Period of the epoch ticker for a deadline: fine enough to enforce it within about 10%,
 /// coarse enough to cost nothing on a small box.
 fn tick_for(deadline: Duration) -> Duration {
@@ -141,11 +196,17 @@ impl PluginHost {
         let memory = (config.memory_limit_bytes as u64).div_ceil(1 << 16) << 16;
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances.max(1);
+        // Every component instance gets its own bounded share of the pool: the totals are the
+        // per-component maxima times the instances, so no component can take the slots another
+        // one needs (without per-component maxima, one component with many memories could hold
+        // every memory slot). One memory each: the memory cap is then a cap per instance.
         pool.total_component_instances(instances)
-            // A Rust std guest has one memory and a few core instances (the module plus shims).
-            .total_memories(instances * 2)
-            .total_tables(instances * 4)
-            .total_core_instances(instances * 8)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .total_memories(instances * MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_tables(instances * TABLES_PER_COMPONENT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
             .total_stacks(instances)
             .max_memory_size(memory as usize);
         let mut wcfg = Config::new();
@@ -191,11 +252,22 @@ impl PluginHost {
         specs: &[PluginSpec],
         policy: ErrorPolicy,
     ) -> Result<Chain, PluginError> {
+        self.load_chain_with(specs, policy, OutputLimits::from(&self.inner.config))
+    }
+
+    /// [`PluginHost::load_chain`] with output limits of the chain's own (a route's settings)
+    /// instead of the host's defaults.
+    pub fn load_chain_with(
+        &self,
+        specs: &[PluginSpec],
+        policy: ErrorPolicy,
+        limits: OutputLimits,
+    ) -> Result<Chain, PluginError> {
         let plugins = specs
             .iter()
             .map(|s| plugin::LoadedPlugin::load(&self.inner, s.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Chain::new(self.inner.clone(), plugins, policy))
+        Ok(Chain::new(self.inner.clone(), plugins, policy, limits))
     }
 }
 

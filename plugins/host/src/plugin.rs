@@ -14,12 +14,24 @@ use crate::abi::{BatchArg, ProcessBatch};
 use crate::bindings::edge_replicator::plugin::{host as wit_host, types as wit};
 use crate::bindings::{Plugin, PluginPre};
 use crate::chain::PluginStats;
-use crate::error::{Failure, PluginError};
+use crate::error::{Failure, MAX_TEXT_BYTES, PluginError, cap_text};
 use crate::{HostInner, PluginSpec};
 
 /// Most log events a plugin may emit per call; the rest are counted, not logged, so a plugin
 /// logging per record cannot flood an edge box's disk.
 const MAX_LOGS_PER_CALL: u32 = 100;
+/// Most fields of one log event that are logged; the rest are replaced by a count.
+pub const MAX_LOG_FIELDS: usize = 16;
+/// Most bytes of a log field's name or value that are logged.
+pub const MAX_LOG_FIELD_BYTES: usize = 256;
+/// Most bytes of a counter name (longer names are truncated with a marker, so two long names
+/// with the same start add up in one counter).
+pub const MAX_COUNTER_NAME_BYTES: usize = 64;
+/// Most distinct counters a plugin may create; deltas of further names go to
+/// [`OTHER_COUNTERS`].
+pub const MAX_COUNTERS: usize = 64;
+/// The counter that collects deltas of names beyond [`MAX_COUNTERS`].
+pub const OTHER_COUNTERS: &str = "(other counters)";
 
 /// Per-instance state: an empty WASI context, the limiter, and what the host imports collect.
 pub(crate) struct StoreState {
@@ -80,6 +92,7 @@ impl wit::Host for StoreState {}
 
 impl wit_host::Host for StoreState {
     fn log(&mut self, level: wit::Level, message: String, fields: Vec<(String, String)>) {
+        let message = cap_text(message, MAX_TEXT_BYTES);
         if level == wit::Level::Error {
             self.last_error_log = Some(message.clone());
         }
@@ -89,11 +102,20 @@ impl wit_host::Host for StoreState {
         }
         self.logs_in_call += 1;
         let plugin = &*self.plugin;
-        let fields: String = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let extra = fields.len().saturating_sub(MAX_LOG_FIELDS);
+        let mut fields: Vec<String> = fields
+            .into_iter()
+            .take(MAX_LOG_FIELDS)
+            .map(|(k, v)| {
+                let k = cap_text(k, MAX_LOG_FIELD_BYTES);
+                let v = cap_text(v, MAX_LOG_FIELD_BYTES);
+                format!("{k}={v:?}")
+            })
+            .collect();
+        if extra > 0 {
+            fields.push(format!("(+{extra} fields)"));
+        }
+        let fields = fields.join(" ");
         match level {
             wit::Level::Trace => tracing::trace!(plugin, fields, "{message}"),
             wit::Level::Debug => tracing::debug!(plugin, fields, "{message}"),
@@ -104,10 +126,27 @@ impl wit_host::Host for StoreState {
     }
 
     fn counter_add(&mut self, name: String, delta: u64) {
-        match self.counters.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) => *v = v.saturating_add(delta),
-            None => self.counters.push((name, delta)),
-        }
+        let name = cap_text(name, MAX_COUNTER_NAME_BYTES);
+        add_counter(&mut self.counters, name, delta);
+    }
+}
+
+/// Adds `delta` to counter `name` of `counters`, which holds at most [`MAX_COUNTERS`] names:
+/// further names add to [`OTHER_COUNTERS`]. (Used for one call's counters and for the totals.)
+fn add_counter(counters: &mut Vec<(String, u64)>, name: String, delta: u64) {
+    if let Some((_, v)) = counters.iter_mut().find(|(n, _)| *n == name) {
+        *v = v.saturating_add(delta);
+        return;
+    }
+    // The overflow counter itself does not count against the bound.
+    let named = counters.iter().filter(|(n, _)| n != OTHER_COUNTERS).count();
+    if named < MAX_COUNTERS {
+        counters.push((name, delta));
+        return;
+    }
+    match counters.iter_mut().find(|(n, _)| n == OTHER_COUNTERS) {
+        Some((_, v)) => *v = v.saturating_add(delta),
+        None => counters.push((OTHER_COUNTERS.to_owned(), delta)),
     }
 }
 
@@ -222,9 +261,9 @@ impl LoadedPlugin {
     /// broken file already failed); on error the old version keeps running.
     pub(crate) fn reload_if_changed(&mut self, host: &HostInner) -> Result<bool, PluginError> {
         let path = &self.spec.path;
-        let fp = fingerprint(path).map_err(|source| PluginError::Read {
+        let fp = fingerprint(path).map_err(|error| PluginError::Read {
             path: path.clone(),
-            source,
+            error,
         })?;
         if fp == self.current || Some(fp) == self.failed {
             return Ok(false);
@@ -282,14 +321,14 @@ impl LoadedPlugin {
         let state = live.store.data_mut();
         self.stats.logs_suppressed = state.logs_suppressed;
         for (name, delta) in state.counters.drain(..) {
-            match self.stats.counters.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, v)) => *v = v.saturating_add(delta),
-                None => self.stats.counters.push((name, delta)),
-            }
+            add_counter(&mut self.stats.counters, name, delta);
         }
         match result {
             Ok(Ok(res)) => Ok(res),
-            Ok(Err(msg)) => Err(CallError::Failed(Failure::Batch(msg))),
+            Ok(Err(msg)) => Err(CallError::Failed(Failure::Batch(cap_text(
+                msg,
+                MAX_TEXT_BYTES,
+            )))),
             Err(e) => {
                 let failure = classify(host, state, &e);
                 // A trapped component instance cannot be entered again: start afresh next call.
@@ -314,7 +353,8 @@ fn classify(host: &HostInner, state: &StoreState, e: &wasmtime::Error) -> Failur
     if let Some(log) = &state.last_error_log {
         msg = format!("{log} ({msg})");
     }
-    Failure::Trap(msg)
+    // The error log is capped already; wasmtime's text holds the plugin's function names.
+    Failure::Trap(cap_text(msg, 4 * MAX_TEXT_BYTES))
 }
 
 type Prepared = (Fingerprint, u64, PluginPre<StoreState>, Live);
@@ -322,9 +362,9 @@ type Prepared = (Fingerprint, u64, PluginPre<StoreState>, Live);
 /// Everything of loading that can fail, without touching the running version.
 fn prepare(host: &HostInner, spec: &PluginSpec) -> Result<Prepared, PluginError> {
     let path = &spec.path;
-    let read_err = |source| PluginError::Read {
+    let read_err = |error| PluginError::Read {
         path: path.clone(),
-        source,
+        error,
     };
     let fp = fingerprint(path).map_err(read_err)?;
     let bytes = fs::read(path).map_err(read_err)?;
@@ -411,7 +451,7 @@ fn instantiate(
         }),
         Ok(Err(message)) => Err(PluginError::InitRejected {
             path: path.clone(),
-            message,
+            message: cap_text(message, MAX_TEXT_BYTES),
         }),
         Err(e) => Err(PluginError::InitFailed {
             path: path.clone(),

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use er_plugin_host::{
-    Chain, ChainError, ErrorPolicy, Failure, HostConfig, InRecord, OutRecord, PluginError,
-    PluginHost, PluginSpec,
+    Chain, ChainError, ErrorPolicy, Failure, HostConfig, InRecord, OutRecord, OutputLimits,
+    PluginError, PluginHost, PluginSpec,
 };
 
 fn wasm_dir() -> &'static Path {
@@ -29,6 +29,7 @@ fn config() -> HostConfig {
         max_outputs_per_input: 100,
         cache_dir: None,
         max_instances: 32,
+        ..HostConfig::default()
     }
 }
 
@@ -239,7 +240,8 @@ fn infinite_loop_hits_the_deadline_and_each_policy_applies() {
     let msg = err.to_string();
     assert!(
         msg.contains("fixture_hostile.wasm")
-            && msg.contains(&format!("exceeded the {DEADLINE_MS} ms deadline")),
+            && msg.contains(&format!("exceeded the {DEADLINE_MS} ms deadline"))
+            && msg.contains(r#"(batch of 3 records from topic "s" partition 3 offset 1000)"#),
         "{msg}"
     );
     // The route lives on: a fresh instance serves the next batch.
@@ -320,7 +322,7 @@ fn output_bound_is_enforced_with_a_clear_error() {
     let msg = process(&mut c, &three()).unwrap_err().to_string();
     assert!(
         msg.contains("produced 1000 records for one input record, more than the limit of 100")
-            && msg.contains("input record 1"),
+            && msg.contains(r#"(record at topic "s" partition 3 offset 1001)"#),
         "{msg}"
     );
     let mut skip = hostile("flood", ErrorPolicy::Skip);
@@ -439,6 +441,13 @@ fn stats_count_records_and_plugin_counters() {
     assert!(s.time_ns > 0);
     assert_eq!(s.counters, vec![("invalid_json".to_owned(), 2)]);
     assert!(s.plugin.ends_with("transform.wasm"));
+    // What `edge-agent plugin test` prints: one readable line, no Debug dump.
+    let line = s.to_string();
+    assert!(
+        line.starts_with("transform.wasm: 3 in, 1 out, 2 dropped, 0 errors; 1 call, ")
+            && line.ends_with(" ms; counters: invalid_json=2"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -587,4 +596,310 @@ fn jsonl_runner_prints_every_outcome() {
     let err =
         er_plugin_host::run_jsonl(&mut c, r#"{"topic":1}"#.as_bytes(), Vec::new(), 10).unwrap_err();
     assert!(err.to_string().starts_with("input line 1:"), "{err}");
+}
+
+#[test]
+fn jsonl_stop_names_the_failing_line_and_record_once() {
+    let mut c = chain(
+        &[spec(
+            "fixture_hostile",
+            &[("mode", "flood"), ("trigger", "bad")],
+        )],
+        ErrorPolicy::Stop,
+    );
+    let input = concat!(
+        r#"{"topic":"s","partition":2,"offset":40,"value":"ok"}"#,
+        "\n\n",
+        r#"{"topic":"s","partition":2,"offset":41,"value":"bad"}"#,
+        "\n",
+    );
+    let err = er_plugin_host::run_jsonl(&mut c, input.as_bytes(), Vec::new(), 10).unwrap_err();
+    // As the agent's CLI prints it: anyhow's alternate form walks the source chain.
+    let shown = format!("{:#}", anyhow::Error::from(err));
+    assert!(
+        shown.starts_with("input line 3: plugin ")
+            && shown.ends_with(r#"(record at topic "s" partition 2 offset 41)"#),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("produced 1000 records").count(), 1, "{shown}");
+}
+
+/// A chain of one hostile plugin with its own output limits.
+fn limited(config: &[(&str, &str)], policy: ErrorPolicy, limits: OutputLimits) -> Chain {
+    host()
+        .load_chain_with(&[spec("fixture_hostile", config)], policy, limits)
+        .expect("load chain")
+}
+
+const DLQ: fn() -> ErrorPolicy = || ErrorPolicy::DeadLetter {
+    topic: "dlq".into(),
+};
+
+#[test]
+fn output_bytes_per_input_count_aliased_bytes() {
+    // 100 outputs of the 3-byte input "bad" on topic "s": 400 bytes, all of them references
+    // into the input.
+    let limits = OutputLimits {
+        max_outputs_per_input: 100,
+        max_bytes_per_input: 200,
+        max_bytes_per_batch: 1 << 30,
+    };
+    let flood = [("mode", "flood"), ("trigger", "bad"), ("outputs", "100")];
+    let msg = process(&mut limited(&flood, ErrorPolicy::Stop, limits), &three())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("fixture_hostile.wasm")
+            && msg.contains(
+                "produced 400 bytes of records for one input record, more than max_output_bytes_per_input = 200"
+            )
+            && msg.contains("offset 1001"),
+        "{msg}"
+    );
+    let out = process(&mut limited(&flood, DLQ(), limits), &three()).unwrap();
+    assert_eq!(sources(&out), [0, 1, 2]);
+    assert_eq!(out[1].topic.as_deref(), Some("dlq"));
+    assert_eq!(value(&out[1]), "bad");
+    assert!(
+        header(&out[1], "er.error")
+            .unwrap()
+            .contains("max_output_bytes_per_input"),
+        "{out:?}"
+    );
+
+    // With the host's defaults: twenty references to one 1 MiB value are 20 MiB.
+    let mut c = chain(
+        &[spec(
+            "fixture_hostile",
+            &[("mode", "flood"), ("outputs", "20")],
+        )],
+        ErrorPolicy::Skip,
+    );
+    let mut big = rec("s", "");
+    big.value = vec![b'x'; 1 << 20];
+    let mut out = er_plugin_host::OutBatch::new();
+    let input = [InRecord {
+        topic: "s",
+        partition: 0,
+        offset: 5,
+        timestamp: 0,
+        key: None,
+        value: Some(&big.value),
+        headers: &[],
+    }];
+    c.process_into(&input, &mut out).unwrap();
+    assert!(out.is_empty());
+    assert!(
+        matches!(
+            out.failures()[0].failure,
+            Failure::TooManyOutputBytes { produced, limit: er_plugin_host::DEFAULT_MAX_OUTPUT_BYTES_PER_INPUT }
+                if produced == 20 * ((1 << 20) + 1)
+        ),
+        "{:?}",
+        out.failures()
+    );
+}
+
+#[test]
+fn output_bytes_per_batch_fail_the_batch_under_the_policy() {
+    // Each of five records grows into 1000 new bytes (plus its 1-byte topic).
+    let limits = OutputLimits {
+        max_outputs_per_input: 100,
+        max_bytes_per_input: 1 << 30,
+        max_bytes_per_batch: 2500,
+    };
+    let grow = [("mode", "grow"), ("bytes", "1000")];
+    let five: Vec<Rec> = (0..5).map(|i| rec("s", &format!("r{i}"))).collect();
+
+    let err = process(&mut limited(&grow, ErrorPolicy::Stop, limits), &five).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("fixture_hostile.wasm")
+            && msg.contains(
+                "produced 5000 bytes of records in one batch call, more than max_output_bytes_per_batch = 2500"
+            )
+            && msg.contains("batch of 5 records"),
+        "{msg}"
+    );
+
+    // Skip: records are re-run one at a time and admitted in order while they fit.
+    let mut skip = limited(&grow, ErrorPolicy::Skip, limits);
+    let out = process(&mut skip, &five).unwrap();
+    assert_eq!(sources(&out), [0, 1]);
+    assert!(out.iter().all(|o| o.value.as_ref().unwrap().len() == 1000));
+
+    let out = process(&mut limited(&grow, DLQ(), limits), &five).unwrap();
+    assert_eq!(sources(&out), [0, 1, 2, 3, 4]);
+    assert_eq!(out[2].topic.as_deref(), Some("dlq"));
+    assert_eq!(value(&out[2]), "r2");
+    assert!(
+        header(&out[4], "er.error")
+            .unwrap()
+            .contains("more than max_output_bytes_per_batch = 2500"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn texts_from_plugins_are_capped_with_a_marker() {
+    let cap = er_plugin_host::MAX_TEXT_BYTES;
+    let out = process(
+        &mut chain(
+            &[spec(
+                "fixture_hostile",
+                &[("mode", "bigfail"), ("bytes", "100000")],
+            )],
+            DLQ(),
+        ),
+        &[rec("s", "x")],
+    )
+    .unwrap();
+    let error = header(&out[0], "er.error").unwrap();
+    assert!(
+        error.len() < cap + 200 && error.ends_with("\u{2026} [truncated: 100000 bytes]"),
+        "{} bytes: {}",
+        error.len(),
+        &error[error.len().saturating_sub(80)..]
+    );
+
+    // A panic message reaches the route's error through the plugin's error log.
+    let msg = process(
+        &mut chain(
+            &[spec(
+                "fixture_hostile",
+                &[("mode", "bigpanic"), ("bytes", "100000")],
+            )],
+            ErrorPolicy::Stop,
+        ),
+        &[rec("s", "x")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("trapped") && msg.contains("[truncated: ") && msg.len() < cap + 8192,
+        "{} bytes",
+        msg.len()
+    );
+
+    // Counter names are cut, and a plugin cannot create counters without bound.
+    let mut c = chain(
+        &[spec(
+            "fixture_hostile",
+            &[
+                ("mode", "counters"),
+                ("outputs", "100"),
+                ("bytes", "100000"),
+            ],
+        )],
+        ErrorPolicy::Stop,
+    );
+    let logs = capture_logs(|| {
+        process(&mut c, &[rec("s", "x")]).unwrap();
+    });
+    let counters = &c.stats()[0].counters;
+    assert_eq!(
+        counters.len(),
+        er_plugin_host::MAX_COUNTERS + 1,
+        "{counters:?}"
+    );
+    let (long, n) = &counters[0];
+    assert!(
+        *n == 1
+            && long.starts_with("nnnn")
+            && long.ends_with("[truncated: 100000 bytes]")
+            && long.len() <= er_plugin_host::MAX_COUNTER_NAME_BYTES + 40,
+        "{long}"
+    );
+    assert_eq!(counters[1], ("c0".to_owned(), 1));
+    // The long name and c0..c62 are the 64 names; c63..c99 add up in the overflow counter.
+    let other = counters
+        .iter()
+        .find(|(n, _)| n == er_plugin_host::OTHER_COUNTERS);
+    assert_eq!(other.map(|(_, v)| *v), Some(37));
+    // The log line: message, 16 fields of at most 256 bytes each, and a count of the rest.
+    assert!(logs.contains("[truncated: 100000 bytes]"), "{logs}");
+    assert!(logs.contains("(+84 fields)"), "{logs}");
+    assert!(
+        logs.len() < 16 * 400 + cap + 1024,
+        "{} bytes logged",
+        logs.len()
+    );
+}
+
+/// Runs `f` with a tracing subscriber that records what is logged on this thread.
+fn capture_logs(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn a_plugin_at_its_memory_cap_leaves_room_for_another() {
+    // Two pooling slots of 32 MiB each.
+    let small = PluginHost::new(HostConfig {
+        max_instances: 2,
+        ..config()
+    })
+    .unwrap();
+    let mut hog = small
+        .load_chain(
+            &[spec(
+                "fixture_hostile",
+                &[("mode", "hold"), ("bytes", &(28 << 20).to_string())],
+            )],
+            ErrorPolicy::Stop,
+        )
+        .unwrap();
+    assert_eq!(sources(&process(&mut hog, &three()).unwrap()), [0, 1, 2]);
+    // The hog sits near its cap; the other slot is whole.
+    let mut other = small
+        .load_chain(&[spec("identity", &[])], ErrorPolicy::Stop)
+        .unwrap();
+    assert_eq!(sources(&process(&mut other, &three()).unwrap()), [0, 1, 2]);
+    // Two slots, two instances: a third is refused with an error naming the plugin.
+    let err = small
+        .load_chain(&[spec("transform", &[])], ErrorPolicy::Stop)
+        .unwrap_err();
+    assert!(
+        matches!(err, PluginError::Instantiate { .. })
+            && err.to_string().contains("transform.wasm"),
+        "{err}"
+    );
+    // A freed slot is whole again, and a plugin going over its cap there fails alone.
+    drop(hog);
+    let mut bomb = small
+        .load_chain(
+            &[spec("fixture_hostile", &[("mode", "bomb")])],
+            ErrorPolicy::Stop,
+        )
+        .unwrap();
+    let err = process(&mut bomb, &three()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ChainError::Plugin {
+                failure: Failure::Memory { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(sources(&process(&mut other, &three()).unwrap()), [0, 1, 2]);
 }

@@ -58,6 +58,12 @@ use bindings::edge_replicator::plugin::types as wit;
 pub mod json;
 pub mod testing;
 
+/// The plugin guide's Rust examples (`plugins/README.md`), compiled as doctests so they keep
+/// compiling.
+#[cfg(all(doctest, feature = "json"))]
+#[doc = include_str!("../../README.md")]
+pub struct GuideExamples;
+
 /// The plugin's settings from the route config, in config order.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -137,6 +143,10 @@ impl Config {
 
 /// Length marking a null byte range in the contract's batch columns.
 pub const NULL_LEN: u32 = u32::MAX;
+
+/// The error of the JSON accessors for a null value.
+#[cfg(feature = "json")]
+const TOMBSTONE_NOT_JSON: &str = "value is null (a tombstone), not JSON";
 
 /// A borrowed view of one input record.
 #[derive(Clone, Copy)]
@@ -286,11 +296,40 @@ impl<'a> Record<'a> {
         self.header(name).and_then(|b| std::str::from_utf8(b).ok())
     }
 
-    /// The value parsed as JSON.
+    /// Whether the value is null: a tombstone, which deletes its key on a compacted topic.
+    /// Tombstones have no JSON: [`Record::json`] and [`Record::json_as`] fail on them, so a
+    /// plugin that reads JSON decides about tombstones first (usually: keep them, so deletes
+    /// reach the central cluster).
+    pub fn is_tombstone(&self) -> bool {
+        self.value().is_none()
+    }
+
+    /// The value parsed as JSON. Fails for a tombstone ([`Record::is_tombstone`]: "value is
+    /// null (a tombstone), not JSON") and for a value that is not JSON; a plugin that turns
+    /// every error into `Drop` also drops tombstones.
     #[cfg(feature = "json")]
     pub fn json(&self) -> Result<serde_json::Value, String> {
-        let value = self.value().ok_or("value is null, not JSON")?;
+        let value = self.value().ok_or(TOMBSTONE_NOT_JSON)?;
         serde_json::from_slice(value).map_err(|e| format!("value is not JSON: {e}"))
+    }
+
+    /// The value decoded as JSON into `T` (a `#[derive(serde::Deserialize)]` struct naming the
+    /// fields the plugin needs; other fields are skipped without being built). Fails like
+    /// [`Record::json`], and when the JSON does not fit `T`, naming the field.
+    ///
+    /// ```
+    /// # use er_plugin_sdk::{Record, json::serde_json};
+    /// #[derive(serde::Deserialize)]
+    /// struct Reading { temperature: f64 }
+    ///
+    /// fn hot(rec: &Record<'_>) -> Result<bool, String> {
+    ///     Ok(rec.json_as::<Reading>()?.temperature > 30.0)
+    /// }
+    /// ```
+    #[cfg(feature = "json")]
+    pub fn json_as<T: serde::Deserialize<'a>>(&self) -> Result<T, String> {
+        let value = self.value().ok_or(TOMBSTONE_NOT_JSON)?;
+        serde_json::from_slice(value).map_err(|e| format!("value is not the expected JSON: {e}"))
     }
 
     /// The values at some dotted paths of the value parsed as JSON, like
@@ -301,7 +340,7 @@ impl<'a> Record<'a> {
         &self,
         paths: &json::PathSet,
     ) -> Result<Vec<Option<serde_json::Value>>, String> {
-        let value = self.value().ok_or("value is null, not JSON")?;
+        let value = self.value().ok_or(TOMBSTONE_NOT_JSON)?;
         paths
             .extract(value)
             .map_err(|e| format!("value is not JSON: {e}"))
@@ -334,6 +373,81 @@ impl<'a> Record<'a> {
 /// One header of a [`NewRecord`]: name and value (`None` = null value).
 pub type Header<'a> = (Cow<'a, str>, Option<Cow<'a, [u8]>>);
 
+/// Anything that can be a key, value or header value of a [`NewRecord`]: text (`&str`,
+/// `String`) is taken as its UTF-8 bytes, bytes (`&[u8]`, `b"..."`, `Vec<u8>`) as they are.
+/// Borrowed input bytes stay borrowed, so they travel back to the host as references.
+///
+/// ```
+/// # use er_plugin_sdk::{NewRecord, IntoBytes};
+/// let r = NewRecord::default()
+///     .with_header("site", "berlin")            // &str
+///     .with_header("raw", b"\x00\x01")          // byte string
+///     .with_header("n", 7.to_string())          // String
+///     .with_value(vec![1, 2, 3]);               // Vec<u8>
+/// assert_eq!(r.headers[0].1.as_deref(), Some(&b"berlin"[..]));
+/// ```
+pub trait IntoBytes<'a> {
+    /// The bytes, borrowed when possible.
+    fn into_bytes(self) -> Cow<'a, [u8]>;
+}
+
+impl<'a> IntoBytes<'a> for &'a [u8] {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<'a, const N: usize> IntoBytes<'a> for &'a [u8; N] {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<'a> IntoBytes<'a> for Vec<u8> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self)
+    }
+}
+
+impl<'a> IntoBytes<'a> for &'a Vec<u8> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self)
+    }
+}
+
+impl<'a> IntoBytes<'a> for Cow<'a, [u8]> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        self
+    }
+}
+
+impl<'a> IntoBytes<'a> for &'a str {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl<'a> IntoBytes<'a> for String {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Owned(self.into_bytes())
+    }
+}
+
+impl<'a> IntoBytes<'a> for &'a String {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl<'a> IntoBytes<'a> for Cow<'a, str> {
+    fn into_bytes(self) -> Cow<'a, [u8]> {
+        match self {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        }
+    }
+}
+
 /// A record produced by [`Outcome::Replace`]. Borrowed fields that point into the input batch
 /// travel back to the host as references (no copy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -365,21 +479,30 @@ impl<'a> NewRecord<'a> {
         self
     }
 
-    /// Sets the key (`None` for a null key).
-    pub fn with_key(mut self, key: Option<impl Into<Cow<'a, [u8]>>>) -> Self {
-        self.key = key.map(Into::into);
+    /// Sets the key (`None` for a null key): text or bytes, see [`IntoBytes`].
+    pub fn with_key(mut self, key: Option<impl IntoBytes<'a>>) -> Self {
+        self.key = key.map(IntoBytes::into_bytes);
         self
     }
 
-    /// Sets the value.
-    pub fn with_value(mut self, value: impl Into<Cow<'a, [u8]>>) -> Self {
-        self.value = Some(value.into());
+    /// Sets the value: text or bytes, see [`IntoBytes`].
+    pub fn with_value(mut self, value: impl IntoBytes<'a>) -> Self {
+        self.value = Some(value.into_bytes());
         self
     }
 
-    /// Sets the value to JSON text.
+    /// Sets the value to the compact JSON text of `value` (a copy of the text goes back to
+    /// the host). Pair it with [`Record::json`] to edit a JSON value.
+    ///
+    /// ```
+    /// # use er_plugin_sdk::{NewRecord, json::{serde_json, Value}};
+    /// let v: Value = serde_json::json!({"temperature": 31});
+    /// let r = NewRecord::default().with_json(&v);
+    /// assert_eq!(r.value.as_deref(), Some(&br#"{"temperature":31}"#[..]));
+    /// ```
     #[cfg(feature = "json")]
     pub fn with_json(self, value: &serde_json::Value) -> Self {
+        // Writing a `Value` into a Vec cannot fail (object keys are strings).
         self.with_value(serde_json::to_vec(value).unwrap_or_default())
     }
 
@@ -389,15 +512,20 @@ impl<'a> NewRecord<'a> {
         self
     }
 
-    /// Sets header `name` to `value`, replacing every existing header of that name.
-    pub fn with_header(
-        mut self,
-        name: impl Into<Cow<'a, str>>,
-        value: impl Into<Cow<'a, [u8]>>,
-    ) -> Self {
+    /// Sets header `name` to `value` (text or bytes, see [`IntoBytes`]), replacing every
+    /// existing header of that name: `.with_header("site", "b")`.
+    pub fn with_header(mut self, name: impl Into<Cow<'a, str>>, value: impl IntoBytes<'a>) -> Self {
         let name = name.into();
         self.headers.retain(|(n, _)| *n != name);
-        self.headers.push((name, Some(value.into())));
+        self.headers.push((name, Some(value.into_bytes())));
+        self
+    }
+
+    /// Sets header `name` to a null value, replacing every existing header of that name.
+    pub fn with_null_header(mut self, name: impl Into<Cow<'a, str>>) -> Self {
+        let name = name.into();
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, None));
         self
     }
 
