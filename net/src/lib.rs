@@ -23,8 +23,8 @@ pub use identity::{
     MAX_SITE_ALIAS_LEN, peer_site_alias, site_alias_from_cert_der, validate_site_alias,
 };
 pub use transport::{
-    TicketGate, TransportTuning, UDP_SOCKET_BUFFER_BYTES, client_endpoint, client_endpoint_gated,
-    client_endpoint_without_cert, server_endpoint,
+    TicketGate, TransportTuning, UDP_SOCKET_BUFFER_BYTES, client_config, client_endpoint,
+    client_endpoint_gated, client_endpoint_without_cert, client_only_endpoint, server_endpoint,
 };
 
 use std::path::PathBuf;
