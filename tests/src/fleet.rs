@@ -179,7 +179,8 @@ pub struct FleetConfig {
     pub endpoints: usize,
     /// Most records in one batch.
     pub max_batch_records: usize,
-    /// How long a connection attempt waits for any answer before a fresh one replaces it.
+    /// How long a connection attempt waits for any answer before a fresh one replaces it, once
+    /// the site was welcomed before (until then: `connect_timeout`).
     pub probe_interval: Duration,
     /// How long a handshake may take once the hub answered.
     pub connect_timeout: Duration,
@@ -781,11 +782,18 @@ impl SimSite {
         let mut connecting = endpoint
             .connect_with(config.clone(), cfg.hub, &cfg.server_name)
             .map_err(|e| failure("connect refused locally", anyhow!(e)))?;
-        match tokio::time::timeout(cfg.probe_interval, connecting.handshake_data()).await {
+        // As the agent: the whole connect timeout until a connection ever worked (a busy hub
+        // may be slow to answer), then the probe interval.
+        let answer_wait = if self.stats().welcomes.load(Ordering::Relaxed) == 0 {
+            cfg.connect_timeout
+        } else {
+            cfg.probe_interval
+        };
+        match tokio::time::timeout(answer_wait, connecting.handshake_data()).await {
             Err(_) => {
                 return Err(failure(
                     "no answer",
-                    anyhow!("no answer from the hub within {:?}", cfg.probe_interval),
+                    anyhow!("no answer from the hub within {answer_wait:?}"),
                 ));
             }
             Ok(Err(e)) => return Err(failure("handshake failed", anyhow!(e))),
