@@ -3,7 +3,9 @@
 //! killed and started again on the same port in the middle, and every record of every site
 //! must still arrive exactly once, in order per partition.
 //!
-//! `ER_FLEET_SITES` changes the number of sites (default 200).
+//! `ER_FLEET_SITES` changes the number of sites (default 200). The acceptance test of the
+//! fleet-scale hub (issue 11): the per-site hub before it passes with 40 sites and fails with
+//! 200 on a 2-core machine (its per-site writers time out; see BENCHMARKS.md, "Fleet").
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
