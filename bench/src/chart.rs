@@ -1,5 +1,5 @@
-//! The SVG charts: throughput and CPU per record of each system grouped by scenario, and each
-//! system's replication lag over time in one scenario.
+//! The SVG charts: throughput and CPU per record of each system grouped by scenario, each
+//! system's replication lag over time in one scenario, and the hub's cost per site of a fleet.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -196,6 +196,73 @@ pub fn draw_lag(path: &Path, title: &str, series: &[(System, &LagSeries)]) -> Re
     Ok(())
 }
 
+/// A fleet size and what the hub spends per connected site.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FleetPoint {
+    /// Connected sites.
+    pub sites: usize,
+    /// Hub threads per site (over the hub with none).
+    pub threads_per_site: f64,
+    /// Hub resident KiB per site (over the hub with none).
+    pub rss_kib_per_site: f64,
+    /// Hub CPU while every site idles, % of a core, per site.
+    pub idle_cpu_pct_per_site: f64,
+}
+
+/// Picks one cost of a fleet point.
+type FleetValue = fn(&FleetPoint) -> f64;
+
+/// Draws the hub's cost per connected site against the fleet size into an SVG file: three
+/// panels (threads, resident KiB, idle CPU % per site), x the number of sites.
+pub fn draw_fleet(path: &Path, title: &str, points: &[FleetPoint]) -> Result<()> {
+    let color = color(System::Ours);
+    let root = canvas(path, (1200, 420), title)?;
+    let panels = root.split_evenly((1, 3));
+    let metrics: [(&str, FleetValue); 3] = [
+        ("hub threads per site", |p| p.threads_per_site),
+        ("hub resident KiB per site", |p| p.rss_kib_per_site),
+        ("hub CPU % of a core per idle site", |p| {
+            p.idle_cpu_pct_per_site
+        }),
+    ];
+    let max_sites = points.iter().map(|p| p.sites).max().unwrap_or(1).max(1) as f64;
+    for (panel, (desc, value)) in panels.iter().zip(metrics) {
+        let top = points.iter().map(value).fold(0.0_f64, f64::max).max(1e-3);
+        let bottom = points.iter().map(value).fold(0.0_f64, f64::min).min(0.0);
+        let mut chart = ChartBuilder::on(panel)
+            .margin(14)
+            .caption(desc, ("sans-serif", 15))
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max_sites * 1.05, bottom..top * 1.2)
+            .map_err(drawing)?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .x_desc("connected sites")
+            .axis_desc_style(("sans-serif", 13))
+            .x_label_formatter(&|v| tick(*v))
+            .y_label_formatter(&|v| tick(*v))
+            .draw()
+            .map_err(drawing)?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.sites as f64, value(p))),
+                color.stroke_width(2),
+            ))
+            .map_err(drawing)?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new((p.sites as f64, value(p)), 4, color.filled())),
+            )
+            .map_err(drawing)?;
+    }
+    root.present().map_err(drawing)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +294,36 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("MM2") && svg.contains("100b"));
+    }
+
+    #[test]
+    fn fleet_chart_has_a_panel_per_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.svg");
+        let pts = [
+            FleetPoint {
+                sites: 40,
+                threads_per_site: 14.0,
+                rss_kib_per_site: 2300.0,
+                idle_cpu_pct_per_site: 0.65,
+            },
+            FleetPoint {
+                sites: 200,
+                threads_per_site: 13.5,
+                rss_kib_per_site: 2100.0,
+                idle_cpu_pct_per_site: 0.6,
+            },
+        ];
+        draw_fleet(&path, "fleet", &pts).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for text in [
+            "hub threads per site",
+            "hub resident KiB per site",
+            "connected sites",
+        ] {
+            assert!(svg.contains(text), "{text:?} missing");
+        }
+        assert_eq!(polylines(&svg, color(System::Ours)).len(), 3);
     }
 
     /// The `points` of every `<polyline>` stroked in `color`, as pixel pairs.

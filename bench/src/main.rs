@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p er-bench -- [--scenario NAME|all] [--records N] [--quick]
+//! cargo run --release -p er-bench -- fleet --sites 0,40,200 [--rate R] [--duration S] [--restart-hub]
 //! ```
 //! See bench/README.md for the flags, the columns and how each is measured.
 
@@ -10,6 +11,7 @@ mod brokers;
 mod chart;
 mod check;
 mod data;
+mod fleet;
 mod lag;
 mod latency;
 mod mm2;
@@ -46,6 +48,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// One hub and N simulated sites: hub threads, memory, central connections and CPU per
+    /// connected site, the reconnect storm after a hub restart, every record checked exactly
+    /// once (see bench/README.md, "Fleet").
+    Fleet(fleet::FleetArgs),
     /// The baseline pipe (started by er-bench itself).
     #[command(hide = true)]
     Pipe(pipe::PipeArgs),
@@ -135,8 +141,10 @@ struct BenchArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Cmd::Pipe(args)) = cli.cmd {
-        return pipe::run(&args);
+    match cli.cmd {
+        Some(Cmd::Pipe(args)) => return pipe::run(&args),
+        Some(Cmd::Fleet(args)) => return fleet::run(args),
+        None => {}
     }
     bench(cli.bench)
 }

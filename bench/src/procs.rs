@@ -162,6 +162,14 @@ impl Child {
         )
     }
 
+    /// SIGKILL, no chance to clean up (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         let Some(mut c) = self.child.take() else {

@@ -31,8 +31,9 @@ pub use identity::{
 };
 pub use transport::{
     CRL_POLL_INTERVAL, CrlReload, CrlReloader, TicketGate, TransportTuning,
-    UDP_SOCKET_BUFFER_BYTES, client_endpoint, client_endpoint_gated, client_endpoint_without_cert,
-    handshake_refusal_reason, server_endpoint, server_endpoint_with_policy,
+    UDP_SOCKET_BUFFER_BYTES, client_config, client_endpoint, client_endpoint_gated,
+    client_endpoint_without_cert, client_only_endpoint, handshake_refusal_reason, server_endpoint,
+    server_endpoint_with_policy,
 };
 pub use untrusted::{UNTRUSTED_LOG_CHARS, Untrusted};
 

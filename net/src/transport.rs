@@ -423,17 +423,37 @@ pub fn client_endpoint_gated(
     tls: &TlsFiles,
     tuning: &TransportTuning,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig, TicketGate), NetError> {
+    let (config, gate) = client_config(tls, tuning)?;
+    let mut endpoint = bind_endpoint(bind, None)?;
+    endpoint.set_default_client_config(config.clone());
+    Ok((endpoint, config, gate))
+}
+
+/// The client config [`client_endpoint_gated`] sets on its endpoint, without binding a socket:
+/// for one process that connects many identities over a few endpoints (e.g. a fleet
+/// simulator), each connection with `endpoint.connect_with(config, addr, server_name)` on an
+/// endpoint from [`client_only_endpoint`]. Resumption and 0-RTT work as for
+/// [`client_endpoint_gated`], per config.
+pub fn client_config(
+    tls: &TlsFiles,
+    tuning: &TransportTuning,
+) -> Result<(quinn::ClientConfig, TicketGate), NetError> {
     let chain = load_certs("client certificate", &tls.cert)?;
     let key = load_key("client private key", &tls.key)?;
     let gate = TicketGate::default();
-    let (endpoint, config) = client(
-        bind,
+    let config = client_crypto(
         &tls.ca_cert,
         Some((chain, key, files_context(tls))),
         tuning,
         Some(&gate),
     )?;
-    Ok((endpoint, config, gate))
+    Ok((config, gate))
+}
+
+/// A client endpoint bound to `bind` with raised UDP buffers and no default client config:
+/// every connection names its own ([`client_config`]). Must be called inside a tokio runtime.
+pub fn client_only_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    bind_endpoint(bind, None)
 }
 
 /// Whether new connection attempts may spend a TLS session ticket (resume the session and send
@@ -540,6 +560,18 @@ fn client(
     tuning: &TransportTuning,
     gate: Option<&TicketGate>,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), NetError> {
+    let config = client_crypto(ca_cert, identity, tuning, gate)?;
+    let mut endpoint = bind_endpoint(bind, None)?;
+    endpoint.set_default_client_config(config.clone());
+    Ok((endpoint, config))
+}
+
+fn client_crypto(
+    ca_cert: &Path,
+    identity: Option<ClientIdentity>,
+    tuning: &TransportTuning,
+    gate: Option<&TicketGate>,
+) -> Result<quinn::ClientConfig, NetError> {
     let transport = tuning.to_transport_config()?;
     let roots = load_roots(ca_cert)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
@@ -568,9 +600,7 @@ fn client(
         QuicClientConfig::try_from(crypto).map_err(|e| NetError::QuicCrypto(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
-    let mut endpoint = bind_endpoint(bind, None)?;
-    endpoint.set_default_client_config(config.clone());
-    Ok((endpoint, config))
+    Ok(config)
 }
 
 #[cfg(test)]

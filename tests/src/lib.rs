@@ -5,6 +5,8 @@
 //! * [`client`]: small rdkafka helpers (create topics, produce, consume, watermarks).
 //! * [`delivery`]: checking that every produced record arrived exactly once, in order per
 //!   partition.
+//! * [`fleet`]: many simulated sites in one process against a real hub, and the exactly-once
+//!   check of all they sent.
 //! * [`prom`]: scraping and reading the binaries' Prometheus endpoints.
 //! * [`proxied`]: one site replicating through a link proxy, for tests that change the link.
 //! * [`unique_name`]: collision-free topic / group / transactional-id names.
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod delivery;
+pub mod fleet;
 pub mod kafka;
 pub mod oracle;
 pub mod prom;
