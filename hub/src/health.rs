@@ -129,9 +129,7 @@ mod tests {
 
     fn config(bootstrap: &str) -> Validated {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["ca.pem", "hub.pem", "hub.key"] {
-            std::fs::write(dir.path().join(f), "").unwrap();
-        }
+        er_net::devcerts::generate(dir.path(), &[], &["plant-7".into()], false).unwrap();
         let text = format!(
             r#"
 hub_id = "hub-t"
