@@ -19,6 +19,12 @@ use crate::offsets::{self, OffsetIndex};
 /// How long metadata and admin calls may take before the hub gives up on them.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long asking a topic's configs may take (the answer has a safe default).
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Kafka's default `max.message.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 /// A failure talking to a central cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaOpError {
@@ -167,12 +173,20 @@ impl TopicManager {
         {
             return Ok(*n);
         }
-        let res = rt
-            .block_on(self.admin.describe_configs(
-                [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
-                &AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT)),
-            ))
-            .map_err(self.err(format!("describing {topic:?}")))?;
+        let res = rt.block_on(self.admin.describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT)),
+        ));
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                // A cluster that cannot describe topic configs (librdkafka's mock cluster, an
+                // ACL without DescribeConfigs) gets Kafka's default limit: a record above it is
+                // set aside rather than stalling its partition.
+                tracing::warn!(cluster = %self.cluster.alias, topic, error = %e, default = DEFAULT_MAX_MESSAGE_BYTES, "cannot read the topic's max.message.bytes; assuming Kafka's default");
+                Vec::new()
+            }
+        };
         let n = res
             .into_iter()
             .next()
@@ -183,7 +197,7 @@ impl TopicManager {
                     .and_then(|v| v.parse::<usize>().ok())
             })
             // Kafka's default when the broker does not say.
-            .unwrap_or(1_048_588);
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         self.max_bytes
             .lock()
             .expect("limits cache poisoned")
