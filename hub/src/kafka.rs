@@ -464,23 +464,7 @@ fn read_partitions_to_end(
             None => {}
             Some(Ok(m)) => each(&m)?,
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                // An end-of-partition event is only believed once the position reached the
-                // partition's end as the broker answers it now (read_committed: the last
-                // stable offset): state must never be read short.
-                let end = consumer
-                    .fetch_watermarks(topic, p, ADMIN_TIMEOUT)
-                    .map_err(kafka_err(cluster, "reading the end offset of", topic))?
-                    .1;
-                let pos = consumer
-                    .position()
-                    .ok()
-                    .and_then(|tpl| tpl.find_partition(topic, p).map(|e| e.offset()));
-                let done = end <= 0 || matches!(pos, Some(Offset::Offset(o)) if o >= end);
-                if done {
-                    open.remove(&p);
-                } else {
-                    tracing::warn!(cluster = %cluster.alias, topic, partition = p, position = ?pos, end, "end of partition reported before its end; reading on");
-                }
+                open.remove(&p);
             }
             Some(Err(e)) => return Err(kafka_err(cluster, "reading", topic)(e)),
         }
