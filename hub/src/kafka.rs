@@ -248,6 +248,11 @@ impl TopicManager {
                 }
                 None => {
                     created = true;
+                    // A topic the hub creates takes the broker's default limit: no need to ask.
+                    self.max_bytes
+                        .lock()
+                        .expect("limits cache poisoned")
+                        .insert(topic.to_owned(), DEFAULT_MAX_MESSAGE_BYTES);
                     tracing::info!(cluster = %self.cluster.alias, topic, partitions, "creating topic");
                     let mut nt = NewTopic::new(
                         topic,
