@@ -205,10 +205,19 @@ impl Fleet {
             crate::metrics::set_shards_owned(ownership.shards.len());
             if Instant::now() >= status_due {
                 status_due = Instant::now() + crate::metrics::STATUS_INTERVAL;
+                let sites = self.registry.sites();
+                let records: u64 = sites.iter().map(|s| s.metrics.records()).sum();
+                let worst = sites
+                    .iter()
+                    .filter_map(|s| s.metrics.lag_seconds().map(|l| (l, s.alias.as_str())))
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
                 info!(
                     shards_owned = ownership.shards.len(),
-                    sites = self.registry.sites().len(),
+                    sites = sites.len(),
                     sites_connected = self.registry.connected(),
+                    records,
+                    lag_seconds = worst.map(|w| w.0),
+                    worst_site = worst.map(|w| w.1),
                     "fleet status"
                 );
             }

@@ -239,12 +239,12 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
         dump()
     );
 
-    // The status line carries the same lag.
-    hub.wait_for_log("site status", Duration::from_secs(60))?;
+    // The fleet status line carries the worst lag and the records written.
+    hub.wait_for_log("lag_seconds=", Duration::from_secs(60))?;
     let status = hub
         .log_text()
         .lines()
-        .find(|l| l.contains("site status"))
+        .find(|l| l.contains("fleet status") && l.contains("lag_seconds="))
         .map(str::to_owned)
         .unwrap_or_default();
     assert!(
