@@ -566,3 +566,24 @@ pub async fn consume_to_end(
     )
     .await
 }
+
+/// Reads `topic` to its end (read_committed) again and again until it holds at least `total`
+/// records or `timeout` passed; returns what the last read got (a read that fails counts as
+/// empty).
+pub async fn wait_for_count(
+    bootstrap: &str,
+    topic: &str,
+    total: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = consume_to_end(bootstrap, topic, Duration::from_secs(60))
+            .await
+            .unwrap_or_default();
+        if got.len() >= total || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use er_tests::client::{self, NewRecord, Record};
+use er_tests::client::{self, NewRecord};
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::proxied::ProxiedSite;
@@ -91,24 +91,6 @@ fn spawn_producer(
         }
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_count(
-    bootstrap: &str,
-    topic: &str,
-    total: usize,
-    timeout: Duration,
-) -> Vec<Record> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = client::consume_to_end(bootstrap, topic, Duration::from_secs(60))
-            .await
-            .unwrap_or_default();
-        if got.len() >= total || Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -204,7 +186,7 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let got = wait_for_count(
+    let got = client::wait_for_count(
         central.bootstrap(),
         &remote,
         plan.records,
@@ -271,7 +253,7 @@ async fn two_hubs_of_one_group_serve_a_site_from_its_shard_owner_only_and_duplic
         Duration::from_secs(15),
     );
     producing.await??;
-    let got = wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
+    let got = client::wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
     let procs = [&a, &b, &x, &y];
     delivery::assert_exactly_once_in_order(
         &remote,
@@ -302,7 +284,7 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
     let producer = client::producer(k.edge(), &[("linger.ms", "0")])?;
     client::send_all(&producer, topic, &[NewRecord::new("k", "0")]).await?;
     assert_eq!(
-        wait_for_count(k.central(), remote, 1, Duration::from_secs(90))
+        client::wait_for_count(k.central(), remote, 1, Duration::from_secs(90))
             .await
             .len(),
         1

@@ -2,9 +2,9 @@
 //! a killed hub's sites move to the others, and a paused (zombie) hub is fenced by the group
 //! coordinator; every record arrives exactly once, in order per partition.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use er_tests::client::{self, Record};
+use er_tests::client;
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
@@ -81,24 +81,6 @@ fn produce(
     })
 }
 
-async fn wait_for_count(
-    bootstrap: &str,
-    topic: &str,
-    total: usize,
-    timeout: Duration,
-) -> Vec<Record> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = client::consume_to_end(bootstrap, topic, Duration::from_secs(60))
-            .await
-            .unwrap_or_default();
-        if got.len() >= total || Instant::now() > deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 fn signal(p: &Proc, sig: &str) -> anyhow::Result<()> {
     let pid = p
         .pid()
@@ -151,7 +133,8 @@ async fn sites_reach_their_shards_owner_and_move_when_a_hub_dies() -> anyhow::Re
     let all: Vec<&Proc> = procs.iter().chain(agents.iter()).collect();
     for site in &sites {
         let remote = format!("{site}.{site}-events");
-        let got = wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
+        let got =
+            client::wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
         delivery::assert_exactly_once_in_order(
             &remote,
             &delivery::seqs_by_partition(&got, SeqIn::Value)?,
@@ -207,7 +190,7 @@ async fn a_paused_hub_is_fenced_and_its_sites_move_without_duplicates() -> anyho
     producing.await??;
     let all = [&a, &b, &agent];
     let remote = format!("{site}.{topic}");
-    let got = wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
+    let got = client::wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(180)).await;
     delivery::assert_exactly_once_in_order(
         &remote,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
