@@ -100,11 +100,11 @@ pub struct Snapshot {
 pub struct Storm {
     /// How the hub went down.
     pub signal: Option<RestartSignal>,
-    /// From the stop signal until the new hub logged "hub listening".
+    /// From the stop signal until the new hub logged "hub ready".
     pub down_s: f64,
-    /// From "hub listening" until every site was welcomed again.
+    /// From "hub ready" until every site was welcomed again.
     pub all_welcomed_s: f64,
-    /// From "hub listening" until every site was welcomed again and had an ack.
+    /// From "hub ready" until every site was welcomed again and had an ack.
     pub all_flowing_s: f64,
     /// The hub right after the storm.
     pub after: Snapshot,
@@ -377,7 +377,7 @@ impl Rig<'_> {
             &env,
             &self.dir.join(log),
         )?;
-        hub.wait_for_log("hub listening", Duration::from_secs(60))?;
+        hub.wait_for_log("hub ready", Duration::from_secs(60))?;
         Ok(hub)
     }
 
@@ -523,7 +523,7 @@ impl Rig<'_> {
                 Ok(())
             })?;
             let listening = Instant::now();
-            // Counted from the stop: a site may be welcomed before "hub listening" is seen.
+            // Counted from the stop: a site may be welcomed before "hub ready" is seen.
             fleet
                 .wait_until("every site welcomed again", wait, |_| {
                     fleet.welcomed_since(down) == n

@@ -60,7 +60,7 @@ impl OursSetup {
             &env,
             &dir.join(format!("hub-{}.log", self.site)),
         )?;
-        hub.wait_for_log("hub listening", Duration::from_secs(30))?;
+        hub.wait_for_log("hub ready", Duration::from_secs(30))?;
         let hub_addr: SocketAddr = ([127, 0, 0, 1], hub_setup.port).into();
         let relay = self
             .relay

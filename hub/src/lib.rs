@@ -63,17 +63,31 @@ impl BoundHub {
         self.endpoint.local_addr()
     }
 
-    /// Starts the fleet (group topics, membership, writers; retried while the central
-    /// cluster cannot be reached) and serves sites until `shutdown` turns true, reloading CRLs
-    /// when their files change.
+    /// Accepts sites at once (handshake and admission need no Kafka) and starts the fleet
+    /// (group topics, membership, writers; retried while the central cluster cannot be
+    /// reached); admitted sites wait for it. Serves until `shutdown` turns true, reloading CRLs
+    /// when their files change. A fleet that cannot start for good (a layout mismatch) ends
+    /// serving with its error.
     pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let crls = tokio::spawn(self.crl_reloader.run(self.crl_poll_interval));
+        let listen = self.endpoint.local_addr()?;
+        let (hub_tx, hub_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let listener = server::Listener::new(self.config.clone(), hub_rx);
+        let serving = tokio::spawn(listener.serve(self.endpoint, stop_rx));
         let result = match Hub::start(self.config, &mut shutdown).await {
-            Ok(Some(hub)) => hub.serve(self.endpoint, shutdown).await,
+            Ok(Some(hub)) => {
+                tracing::info!(listen = %listen, hub_id = %hub.fleet().config.raw.hub_id, "hub ready");
+                hub_tx.send_replace(Some(hub));
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                Ok(())
+            }
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
+        let _ = stop_tx.send(true);
+        let served = serving.await.map_err(anyhow::Error::from).and_then(|r| r);
         crls.abort();
-        result
+        result.and(served)
     }
 }

@@ -303,7 +303,7 @@ impl HubSetup {
             &["--config", cfg.to_str().expect("utf-8 path")],
             &dir.join(format!("{}.log", self.hub_id)),
         )?;
-        p.wait_for_log("hub listening", Duration::from_secs(30))?;
+        p.wait_for_log("hub ready", Duration::from_secs(30))?;
         Ok(p)
     }
 }

@@ -235,7 +235,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
     if shape == Shape::RenameAcrossHubRestart {
         hub.kill();
         hub.restart()?;
-        hub.wait_for_log("hub listening", Duration::from_secs(30))?;
+        hub.wait_for_log("hub ready", Duration::from_secs(30))?;
     }
 
     // The edge group stops at arbitrary offsets (with the filter, inside dropped runs).

@@ -261,7 +261,7 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
     let seen = wait_for(seen + 4_000).await;
     hub.kill();
     hub.restart()?;
-    hub.wait_for_log("hub listening", Duration::from_secs(30))?;
+    hub.wait_for_log("hub ready", Duration::from_secs(30))?;
     let _ = wait_for(seen + 4_000).await;
     producing.await??;
 

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::streams::StreamWriters;
-use super::{HANDOVER_WAIT, Hub, SessionEnd, same_positions};
+use super::{HANDOVER_WAIT, Hub, SessionEnd, close_code, same_positions};
+use crate::config::Validated;
 use crate::fleet::Owner;
 use crate::sites::{SessionSlot, Site};
 
@@ -33,8 +34,46 @@ const REDIRECT_LINGER: Duration = Duration::from_secs(3);
 /// How often a site waiting for its shard's owner looks again.
 const OWNER_POLL: Duration = Duration::from_millis(200);
 
-impl Hub {
-    pub(super) async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+/// Accepts connections from the moment the endpoint is bound: the TLS handshake and admission
+/// need only the configuration, so a refused site learns why even while the hub's fleet is
+/// still starting (its central cluster unreachable, say). An admitted site waits for the fleet
+/// up to `fleet.shard_wait_ms`, then is told to connect again.
+#[derive(Debug)]
+pub struct Listener {
+    config: Validated,
+    hub: watch::Receiver<Option<Arc<Hub>>>,
+}
+
+impl Listener {
+    /// A listener whose sessions go to the hub `hub` carries once the fleet started.
+    pub fn new(config: Validated, hub: watch::Receiver<Option<Arc<Hub>>>) -> Arc<Self> {
+        Arc::new(Self { config, hub })
+    }
+
+    /// Accepts connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        info!(listen = %endpoint.local_addr()?, hub_id = %self.config.raw.hub_id, "accepting connections");
+        loop {
+            tokio::select! {
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let this = self.clone();
+                    tokio::spawn(async move { this.handle_incoming(incoming).await });
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        info!("hub shutting down");
+        endpoint.close(close_code::SHUTDOWN.into(), b"hub shutting down");
+        endpoint.wait_idle().await;
+        Ok(())
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
         let remote = incoming.remote_address();
         let connecting = match incoming.accept() {
             Ok(c) => c,
@@ -61,33 +100,68 @@ impl Hub {
         }
         // Checked for every connection, a resumed TLS session included (resumption does not
         // run the certificate verifier again): validity now, revocation, allowlist.
-        let policy = self.fleet.config.identity.clone();
+        let policy = self.config.identity.clone();
         let Some(identity) = crate::admission::admit(&conn, &policy, remote) else {
             return;
         };
         let site = identity.alias.clone();
         crate::admission::spawn_watcher(conn.clone(), policy, identity);
         let span = info_span!("site", site = %site, %remote);
+        let Some(hub) = self.started_hub().instrument(span.clone()).await else {
+            let _enter = span.enter();
+            SessionEnd::NotOwner(
+                "the hub's fleet has not started yet (central cluster unreachable?)".into(),
+            )
+            .report(&conn);
+            return;
+        };
+        hub.handle_admitted(conn, handshake, resumed, site)
+            .instrument(span)
+            .await;
+    }
+
+    /// The hub, once its fleet started; `None` after `fleet.shard_wait_ms` without it.
+    async fn started_hub(&self) -> Option<Arc<Hub>> {
+        if let Some(hub) = self.hub.borrow().clone() {
+            return Some(hub);
+        }
+        let wait = Duration::from_millis(self.config.raw.fleet.shard_wait_ms);
+        info!(
+            wait_ms = wait.as_millis() as u64,
+            "waiting for the hub's fleet to start"
+        );
+        let mut rx = self.hub.clone();
+        let started = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        match started {
+            Ok(Ok(hub)) => hub.clone(),
+            _ => None,
+        }
+    }
+}
+
+impl Hub {
+    /// Runs an admitted connection of `site`: its hello, then the session here or a redirect.
+    async fn handle_admitted(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        mut handshake: Option<quinn::ZeroRttAccepted>,
+        resumed: bool,
+        site: String,
+    ) {
         // The hello of a resumed session may be 0-RTT data, which anyone on the path can replay:
         // until the handshake is over, the hub only reads (see `greet`).
-        let greeted = match self
-            .greet(&conn, &site, resumed)
-            .instrument(span.clone())
-            .await
-        {
+        let greeted = match self.greet(&conn, &site, resumed).await {
             Ok(g) => g,
             Err(end) => {
-                let _enter = span.enter();
                 end.report(&conn);
                 return;
             }
         };
         if !finish_handshake(&conn, &mut handshake).await {
-            let _enter = span.enter();
             info!(reason = ?conn.close_reason(), "a resumed connection did not finish its handshake (lost, or a replayed hello); nothing was changed");
             return;
         }
-        self.admit(conn, site, greeted).instrument(span).await;
+        self.admit(conn, site, greeted).await;
     }
 
     /// Sends the site to its shard's owner, or takes over its previous session here and runs

@@ -3,6 +3,8 @@
 //! ([`crate::fleet::Fleet`]).
 
 mod accept;
+
+pub use accept::Listener;
 mod session;
 mod streams;
 
@@ -159,29 +161,6 @@ impl Hub {
     /// The fleet this hub serves.
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet
-    }
-
-    /// Accepts connections until `shutdown` turns true.
-    pub async fn serve(
-        self: Arc<Self>,
-        endpoint: quinn::Endpoint,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        info!(listen = %endpoint.local_addr()?, hub_id = %self.fleet.config.raw.hub_id, "hub listening");
-        loop {
-            tokio::select! {
-                incoming = endpoint.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let hub = self.clone();
-                    tokio::spawn(async move { hub.handle_incoming(incoming).await });
-                }
-                _ = shutdown.changed() => break,
-            }
-        }
-        info!("hub shutting down");
-        endpoint.close(close_code::SHUTDOWN.into(), b"hub shutting down");
-        endpoint.wait_idle().await;
-        Ok(())
     }
 }
 
