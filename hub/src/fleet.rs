@@ -115,6 +115,7 @@ impl Fleet {
                     cluster,
                     topics[i].clone(),
                     memberships[i].clone(),
+                    memberships[0].clone(),
                     WriterSettings::new(&config),
                 )
             })

@@ -205,6 +205,102 @@ impl TopicManager {
         Ok(n)
     }
 
+    /// Whether `topic` is known to exist with at least `partitions` partitions.
+    pub fn is_known(&self, topic: &str, partitions: i32) -> bool {
+        self.known
+            .lock()
+            .expect("topic cache poisoned")
+            .get(topic)
+            .is_some_and(|n| *n >= partitions)
+    }
+
+    /// Creates the missing topics of `wanted` in one request and waits until the metadata
+    /// shows them: a storm of new sites costs one CreateTopics and a few metadata rounds, not
+    /// one of each per site. Topics that exist with too few partitions are left to
+    /// [`TopicManager::ensure`]. Blocking.
+    pub fn ensure_many(
+        &self,
+        rt: &tokio::runtime::Handle,
+        wanted: &[(String, i32)],
+    ) -> Result<(), KafkaOpError> {
+        let started = Instant::now();
+        let mut missing: Vec<&(String, i32)> = wanted
+            .iter()
+            .filter(|(t, n)| !self.is_known(t, *n))
+            .collect();
+        let mut created = false;
+        while !missing.is_empty() {
+            let existing = self.all_partition_counts()?;
+            {
+                let mut known = self.known.lock().expect("topic cache poisoned");
+                for (t, n) in &existing {
+                    known.insert(t.clone(), *n);
+                }
+            }
+            missing.retain(|(t, _)| !existing.contains_key(t));
+            if missing.is_empty() {
+                break;
+            }
+            if !created {
+                created = true;
+                let new: Vec<NewTopic<'_>> = missing
+                    .iter()
+                    .map(|(t, n)| {
+                        NewTopic::new(
+                            t,
+                            *n,
+                            TopicReplication::Fixed(self.cluster.replication_factor),
+                        )
+                    })
+                    .collect();
+                tracing::info!(cluster = %self.cluster.alias, topics = new.len(), "creating topics");
+                {
+                    let mut limits = self.max_bytes.lock().expect("limits cache poisoned");
+                    for (t, _) in &missing {
+                        limits.insert(t.clone(), DEFAULT_MAX_MESSAGE_BYTES);
+                    }
+                }
+                let res = rt
+                    .block_on(self.admin.create_topics(&new, &AdminOptions::new()))
+                    .map_err(self.err(format!("creating {} topics", new.len())))?;
+                for r in res {
+                    match r {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => {
+                            // This topic's batches meet the error again in their writer.
+                            tracing::warn!(cluster = %self.cluster.alias, topic, error = %code, "cannot create topic");
+                            missing.retain(|(t, _)| *t != topic);
+                        }
+                    }
+                }
+                continue;
+            }
+            if started.elapsed() > ADMIN_TIMEOUT {
+                return Err(KafkaOpError::Timeout {
+                    cluster: self.cluster.alias.clone(),
+                    what: format!("waiting for {} created topics", missing.len()),
+                    waited: started.elapsed(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Every topic of the cluster with its partition count (one metadata request).
+    fn all_partition_counts(&self) -> Result<HashMap<String, i32>, KafkaOpError> {
+        let md = self
+            .meta
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map_err(self.err("metadata of all topics"))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
+    }
+
     /// Makes sure `topic` exists with at least `partitions` partitions. Blocking; call it from a
     /// writer thread, never from the async executor.
     pub fn ensure(
@@ -214,13 +310,7 @@ impl TopicManager {
         partitions: i32,
         configs: &[(&str, &str)],
     ) -> Result<(), KafkaOpError> {
-        if self
-            .known
-            .lock()
-            .expect("topic cache poisoned")
-            .get(topic)
-            .is_some_and(|n| *n >= partitions)
-        {
+        if self.is_known(topic, partitions) {
             return Ok(());
         }
         let started = Instant::now();

@@ -162,11 +162,22 @@ impl ConsumerContext for MemberContext {
 
 /// A permit to run one transaction under the current ownership; dropping it ends the
 /// transaction's claim (a revocation waits for all permits).
-#[derive(Debug)]
 pub struct TxnPermit {
     shared: Arc<Shared>,
     /// Ownership when the permit was taken.
     pub ownership: Ownership,
+    /// The member's group metadata (member id, generation) under that ownership: the
+    /// transaction's fence. `None` if the consumer has none (not a member).
+    pub group: Option<ConsumerGroupMetadata>,
+}
+
+impl std::fmt::Debug for TxnPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxnPermit")
+            .field("ownership", &self.ownership)
+            .field("member", &self.group.is_some())
+            .finish()
+    }
 }
 
 impl Drop for TxnPermit {
@@ -302,6 +313,27 @@ impl Membership {
     /// transaction with the ownership it runs under. Blocking.
     pub fn begin(&self, timeout: Duration) -> Option<TxnPermit> {
         let deadline = Instant::now() + timeout;
+        loop {
+            let epoch = self.wait_settled(deadline)?;
+            // Asked without holding the gate's lock (a rebalance callback may hold
+            // librdkafka's while it waits for the gate), then kept only if no assignment came
+            // in between: the metadata then belongs to the ownership the permit carries.
+            let group = self.consumer.group_metadata();
+            let mut st = self.shared.lock();
+            if st.ownership.rebalancing || st.ownership.epoch != epoch {
+                continue;
+            }
+            st.active += 1;
+            return Some(TxnPermit {
+                shared: self.shared.clone(),
+                ownership: st.ownership.clone(),
+                group,
+            });
+        }
+    }
+
+    /// Waits until no rebalance is under way and returns the epoch; `None` at `deadline`.
+    fn wait_settled(&self, deadline: Instant) -> Option<u64> {
         let mut st = self.shared.lock();
         while st.ownership.rebalancing || st.ownership.epoch == 0 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -315,16 +347,7 @@ impl Membership {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        st.active += 1;
-        Some(TxnPermit {
-            shared: self.shared.clone(),
-            ownership: st.ownership.clone(),
-        })
-    }
-
-    /// The group metadata to commit shard offsets with (member id and generation).
-    pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        self.consumer.group_metadata()
+        Some(st.ownership.epoch)
     }
 
     /// The offsets to commit in a transaction that carries data of `shards`, and the fence

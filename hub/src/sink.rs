@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use er_protocol::{Batch, DecodedRecords, ReplicationPolicy, TimestampType, TopicPartition};
 use rdkafka::ClientContext;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -187,13 +188,18 @@ pub struct WriterPool {
 
 impl WriterPool {
     /// Starts `settings.writers` writer threads for the cluster at `cluster_index` (each
-    /// creates its producer and initialises transactions on its own thread).
+    /// creates its producer and initialises transactions on its own thread). `membership` is
+    /// the hub's member of the group on this cluster (it fences the writers' transactions);
+    /// `coordination` the one on the coordination cluster (its ownership decides whether a
+    /// site's state in memory is current).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         rt: tokio::runtime::Handle,
         cluster_index: usize,
         cluster: &ClusterConfig,
         topics: Arc<TopicManager>,
         membership: Arc<Membership>,
+        coordination: Arc<Membership>,
         settings: WriterSettings,
     ) -> Self {
         let mut queues = Vec::new();
@@ -207,6 +213,7 @@ impl WriterPool {
                 cluster: cluster.clone(),
                 topics: topics.clone(),
                 membership: membership.clone(),
+                coordination: coordination.clone(),
                 positions_topic: positions_topic(&settings.group_id),
                 index_topic: offset_index_topic(&settings.group_id),
                 txn_id: transactional_id(&settings.group_id, &settings.hub_id, &cluster.alias, i),
@@ -275,6 +282,42 @@ struct Prepared {
     records: DecodedRecords,
     /// Where each record goes, in record order (destinations resolved and created).
     dests: Vec<Dest>,
+}
+
+/// A job's records, checked, before their destinations are known to exist.
+struct Checked {
+    records: DecodedRecords,
+    /// The distinct remote topics the records go to.
+    topics: Vec<String>,
+    /// Per record, in record order: an index into `topics`, the partition, the size.
+    records_at: Vec<RecordAt>,
+}
+
+struct RecordAt {
+    topic: usize,
+    partition: i32,
+    size: usize,
+}
+
+/// The remote topic of a site's `logical` topic, or why the site may not send it.
+fn remote_topic(policy: &ReplicationPolicy, site: &str, logical: &str) -> Result<String, String> {
+    er_protocol::validate_topic_name(logical).map_err(|e| e.to_string())?;
+    if policy.is_internal_topic(logical) {
+        return Err(format!(
+            "topic {logical:?} is internal and is never replicated"
+        ));
+    }
+    let dest = policy.remote_topic(site, logical);
+    er_protocol::validate_topic_name(&dest).map_err(|e| e.to_string())?;
+    Ok(dest)
+}
+
+/// Completes a job the writer refuses, saying so when the site sent something bad.
+fn refuse(cluster: &str, job: WriteJob, e: WriteError) {
+    if let WriteError::BadBatch { .. } = &e {
+        tracing::warn!(site = %job.site.alias, cluster, error = %e, "refusing a bad batch");
+    }
+    job.complete(Err(e));
 }
 
 /// Where one record goes.
@@ -351,11 +394,12 @@ struct Writer {
     cluster: ClusterConfig,
     topics: Arc<TopicManager>,
     membership: Arc<Membership>,
+    coordination: Arc<Membership>,
     positions_topic: String,
     index_topic: String,
     txn_id: String,
     settings: WriterSettings,
-    /// (site, logical topic) -> remote topic, validated and created.
+    /// (site, logical topic) -> remote topic, validated.
     dest_cache: HashMap<(String, String), String>,
     producer: Option<TxProducer>,
     /// The producer hit a fatal error: the next transaction starts a new one.
@@ -424,10 +468,14 @@ impl Writer {
             }
             return;
         };
-        // Jobs whose shard the rebalance took away are refused before anything is produced.
-        let (prepared, moved): (Vec<_>, Vec<_>) = prepared
-            .into_iter()
-            .partition(|p| permit.ownership.owns(p.job.site.shard));
+        // Jobs whose shard the rebalance took away are refused before anything is produced,
+        // and so are jobs of a site whose state is not current: read before the shard was
+        // last gained, or already replaced by a new read (a session of a hub that was paused
+        // past its group session, say, whose batches arrive after it joined again).
+        let coordination = self.coordination.ownership();
+        let (prepared, moved): (Vec<_>, Vec<_>) = prepared.into_iter().partition(|p| {
+            permit.ownership.owns(p.job.site.shard) && p.job.site.is_current(&coordination)
+        });
         for p in moved {
             let shard = p.job.site.shard;
             p.job.complete(Err(self.not_owner(shard)));
@@ -436,7 +484,7 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        let result = self.transaction(&prepared);
+        let result = self.transaction(&prepared, permit.group.as_ref());
         drop(permit);
         if self.restart.take() {
             self.producer = None;
@@ -488,33 +536,57 @@ impl Writer {
         }
     }
 
-    /// Decodes and checks each job, resolving (and creating) its destination topics; refuses
-    /// jobs of failed sessions and jobs that are bad, without touching the others.
+    /// Decodes and checks each job, then creates the destination topics all of them lack in
+    /// one request (a storm of new sites costs one round trip per writer batch, not one per
+    /// site), then resolves each record's destination. Refuses jobs of failed sessions and jobs
+    /// that are bad, without touching the others.
     fn prepare(&mut self, jobs: Vec<WriteJob>) -> Vec<Prepared> {
-        let mut out = Vec::with_capacity(jobs.len());
+        let mut checked = Vec::with_capacity(jobs.len());
         for job in jobs {
             if job.site.session_failed(job.session) {
                 job.complete(Err(WriteError::SessionFailed));
                 continue;
             }
             match self.check(&job) {
-                Ok((records, dests)) => out.push(Prepared {
+                Ok(c) => checked.push((job, c)),
+                Err(e) => refuse(&self.cluster.alias, job, e),
+            }
+        }
+        let mut wanted: HashMap<&str, i32> = HashMap::new();
+        for (job, c) in &checked {
+            let partitions = job.batch.header.partition_count;
+            for t in &c.topics {
+                if !self.topics.is_known(t, partitions) {
+                    let n = wanted.entry(t).or_default();
+                    *n = (*n).max(partitions);
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            let wanted: Vec<(String, i32)> =
+                wanted.into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
+            if let Err(e) = self.topics.ensure_many(&self.rt, &wanted) {
+                // Each job's topics are tried once more, alone, and fail there with the error.
+                tracing::warn!(cluster = %self.cluster.alias, topics = wanted.len(), error = %e, "cannot create destination topics in one request");
+            }
+        }
+        let mut out = Vec::with_capacity(checked.len());
+        for (job, c) in checked {
+            match self.resolve(&job, &c.topics, c.records_at) {
+                Ok(dests) => out.push(Prepared {
                     job,
-                    records,
+                    records: c.records,
                     dests,
                 }),
-                Err(e) => {
-                    if let WriteError::BadBatch { .. } = &e {
-                        tracing::warn!(site = %job.site.alias, cluster = %self.cluster.alias, error = %e, "refusing a bad batch");
-                    }
-                    job.complete(Err(e));
-                }
+                Err(e) => refuse(&self.cluster.alias, job, e),
             }
         }
         out
     }
 
-    fn check(&mut self, job: &WriteJob) -> Result<(DecodedRecords, Vec<Dest>), WriteError> {
+    /// Decodes the job's records and checks everything the site sent that needs no broker:
+    /// topic names, partitions, the decoded records.
+    fn check(&mut self, job: &WriteJob) -> Result<Checked, WriteError> {
         let h = &job.batch.header;
         let bad = |message: String| WriteError::BadBatch {
             tp: h.tp.clone(),
@@ -541,8 +613,9 @@ impl Writer {
             .decode_records(self.settings.max_uncompressed_bytes)
             .map_err(|e| bad(e.to_string()))?;
         // The declared count is the agent's word: reserve by what is reasonable.
-        let mut dests = Vec::with_capacity((h.record_count as usize).min(4096));
-        let mut last: Option<(String, String, usize)> = None;
+        let mut records_at = Vec::with_capacity((h.record_count as usize).min(4096));
+        let mut topics: Vec<String> = Vec::new();
+        let mut last: Option<(&str, usize)> = None;
         for rec in records.iter() {
             let rec = rec.map_err(|e| bad(e.to_string()))?;
             let partition = rec.partition.unwrap_or(h.tp.partition);
@@ -553,15 +626,20 @@ impl Writer {
                 )));
             }
             let logical = rec.topic.unwrap_or(&h.tp.topic);
-            let (topic, limit) = match &last {
-                Some((l, t, limit)) if l == logical => (t.clone(), *limit),
+            let topic = match last {
+                Some((l, i)) if l == logical => i,
                 _ => {
-                    let t = self.dest_topic(job, logical)?;
-                    let limit = self.record_limit(&t)?;
-                    last = Some((logical.to_owned(), t.clone(), limit));
-                    (t, limit)
+                    let dest = self.dest_topic(job, logical)?;
+                    match topics.iter().position(|t| *t == dest) {
+                        Some(i) => i,
+                        None => {
+                            topics.push(dest);
+                            topics.len() - 1
+                        }
+                    }
                 }
             };
+            last = Some((logical, topic));
             let size = rec.key.map_or(0, <[u8]>::len)
                 + rec.value.map_or(0, <[u8]>::len)
                 + rec
@@ -569,18 +647,56 @@ impl Writer {
                     .iter()
                     .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
                     .sum::<usize>();
-            if size > limit {
-                dests.push(Dest::DeadLetter {
-                    topic,
-                    reason: format!(
-                        "record of {size} bytes is larger than the {limit} bytes the destination accepts"
-                    ),
-                });
-            } else {
-                dests.push(Dest::Topic(topic, partition));
-            }
+            records_at.push(RecordAt {
+                topic,
+                partition,
+                size,
+            });
         }
-        Ok((records, dests))
+        Ok(Checked {
+            records,
+            topics,
+            records_at,
+        })
+    }
+
+    /// Makes sure the job's destination topics exist (created by [`Writer::prepare`] already,
+    /// unless that failed or a topic needs more partitions) and sends each record where it
+    /// belongs: its topic, or the dead letters when the topic cannot take it.
+    fn resolve(
+        &mut self,
+        job: &WriteJob,
+        topics: &[String],
+        records_at: Vec<RecordAt>,
+    ) -> Result<Vec<Dest>, WriteError> {
+        let h = &job.batch.header;
+        let mut limits = Vec::with_capacity(topics.len());
+        for t in topics {
+            self.topics
+                .ensure(&self.rt, t, h.partition_count, &[])
+                .map_err(|e| WriteError::Kafka {
+                    cluster: self.cluster.alias.clone(),
+                    message: format!("destination of {}: {e}", h.tp),
+                })?;
+            limits.push(self.record_limit(t)?);
+        }
+        Ok(records_at
+            .into_iter()
+            .map(|r| {
+                let (topic, limit) = (&topics[r.topic], limits[r.topic]);
+                if r.size > limit {
+                    Dest::DeadLetter {
+                        topic: topic.clone(),
+                        reason: format!(
+                            "record of {} bytes is larger than the {limit} bytes the destination accepts",
+                            r.size
+                        ),
+                    }
+                } else {
+                    Dest::Topic(topic.clone(), r.partition)
+                }
+            })
+            .collect())
     }
 
     /// The largest record (key, value and headers) `topic` takes: the topic's and the
@@ -607,32 +723,19 @@ impl Writer {
             .unwrap_or(1_000_000)
     }
 
-    /// The remote topic of `logical` for the job's site, validated and created with the
-    /// source's partition count.
+    /// The remote topic of `logical` for the job's site, validated (not created).
     fn dest_topic(&mut self, job: &WriteJob, logical: &str) -> Result<String, WriteError> {
         let site = &job.site.alias;
         let h = &job.batch.header;
         if let Some(d) = self.dest_cache.get(&(site.clone(), logical.to_owned())) {
             return Ok(d.clone());
         }
-        let bad = |message: String| WriteError::BadBatch {
-            tp: h.tp.clone(),
-            message,
-        };
-        er_protocol::validate_topic_name(logical).map_err(|e| bad(e.to_string()))?;
-        if self.settings.policy.is_internal_topic(logical) {
-            return Err(bad(format!(
-                "topic {logical:?} is internal and is never replicated"
-            )));
-        }
-        let dest = self.settings.policy.remote_topic(site, logical);
-        er_protocol::validate_topic_name(&dest).map_err(|e| bad(e.to_string()))?;
-        self.topics
-            .ensure(&self.rt, &dest, h.partition_count, &[])
-            .map_err(|e| WriteError::Kafka {
-                cluster: self.cluster.alias.clone(),
-                message: format!("destination of {}: {e}", h.tp),
-            })?;
+        let dest = remote_topic(&self.settings.policy, site, logical).map_err(|message| {
+            WriteError::BadBatch {
+                tp: h.tp.clone(),
+                message,
+            }
+        })?;
         self.dest_cache
             .insert((site.clone(), logical.to_owned()), dest.clone());
         Ok(dest)
@@ -723,7 +826,13 @@ impl Writer {
     /// Writes all prepared jobs, their positions, their offset index entries and the shards'
     /// fencing offsets in one transaction; returns the records written. Sites learn the new
     /// positions and index entries after the commit.
-    fn transaction(&mut self, prepared: &[Prepared]) -> Result<u64, WriteError> {
+    /// Runs one transaction of `prepared`, fenced with `group`: the group metadata of the
+    /// ownership the transaction began under.
+    fn transaction(
+        &mut self,
+        prepared: &[Prepared],
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<u64, WriteError> {
         // Tracked records: those going to their destination (dead letters are not indexed).
         let records: usize = prepared
             .iter()
@@ -744,7 +853,7 @@ impl Writer {
         let producing = Instant::now();
         let result = self.produce_all(prepared, generation).and_then(|log| {
             self.timing.produce = producing.elapsed();
-            self.index_and_commit(prepared, log, generation)
+            self.index_and_commit(prepared, log, generation, group)
         });
         if result.is_err() {
             self.abort();
@@ -913,6 +1022,7 @@ impl Writer {
         prepared: &[Prepared],
         log: TxnLog,
         generation: u32,
+        group: Option<&ConsumerGroupMetadata>,
     ) -> Result<u64, WriteError> {
         let started = Instant::now();
         self.drain(TXN_TIMEOUT)?;
@@ -974,7 +1084,10 @@ impl Writer {
         self.drain(TXN_TIMEOUT)?;
         let shards: BTreeSet<Shard> = log.sites.iter().map(|s| s.site.shard).collect();
         let (fence, marks) = self.membership.fence_offsets(shards.iter().copied());
-        let Some(group) = self.membership.group_metadata() else {
+        // The member's generation when the transaction began, not now: a transaction that
+        // began before a lost assignment must fail its fence even if this hub has joined
+        // again since and holds the shard anew (its data was built on the old state).
+        let Some(group) = group else {
             return Err(WriteError::Fenced {
                 cluster: self.cluster.alias.clone(),
                 message: "not a member of the hubs' group".into(),
@@ -982,7 +1095,7 @@ impl Writer {
         };
         if let Err(e) = self
             .producer()
-            .send_offsets_to_transaction(&fence, &group, TXN_TIMEOUT)
+            .send_offsets_to_transaction(&fence, group, TXN_TIMEOUT)
         {
             return Err(self.txn_error("committing the shards' fencing offsets", e));
         }

@@ -105,6 +105,12 @@ pub struct Site {
     /// A commit's outcome is unknown: the state in memory may be behind Kafka's, and the shard
     /// must be read again before the site resumes.
     stale: std::sync::atomic::AtomicBool,
+    /// The coordination membership's epoch under which this state was read (or found
+    /// unchanged): it is current only while the shard has been held without interruption
+    /// since then.
+    valid_since: AtomicU64,
+    /// The registry no longer holds this state (the shard moved or was read again).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// The live session of a site: its id and how to end it.
@@ -133,7 +139,24 @@ impl Site {
             session: Mutex::new(None),
             topics: Mutex::new(std::collections::HashSet::new()),
             stale: std::sync::atomic::AtomicBool::new(false),
+            valid_since: AtomicU64::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether this state may be written from under `ownership` (of the coordination
+    /// cluster): the registry still holds it and it was read after the shard was last gained.
+    /// A transaction built on anything else could carry positions another hub has overtaken.
+    pub fn is_current(&self, ownership: &crate::membership::Ownership) -> bool {
+        !self.retired.load(Ordering::Acquire)
+            && ownership
+                .shards
+                .get(&self.shard)
+                .is_some_and(|since| self.valid_since.load(Ordering::Acquire) >= *since)
+    }
+
+    fn validate(&self, epoch: u64) {
+        self.valid_since.fetch_max(epoch, Ordering::AcqRel);
     }
 
     /// Admits a source topic of the site: true if it is known or fits within `max` topics.
@@ -232,6 +255,7 @@ impl Site {
     /// Marks the site's indexes as no longer kept up to date (its shard moved or was read
     /// again): they stop answering end offsets, which only an up-to-date index may.
     pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
         for c in &self.clusters {
             c.index
                 .write()
@@ -310,6 +334,7 @@ impl Registry {
             .into_iter()
             .map(|(alias, clusters)| {
                 let site = Arc::new(Site::new(&alias, shard, clusters));
+                site.validate(epoch);
                 (alias, site)
             })
             .collect();
@@ -327,6 +352,7 @@ impl Registry {
     pub fn revalidate(&self, shard: Shard, epoch: u64) {
         if let Some(l) = self.lock().get_mut(&shard) {
             l.epoch = l.epoch.max(epoch);
+            l.sites.values().for_each(|s| s.validate(epoch));
         }
     }
 
@@ -359,6 +385,7 @@ impl Registry {
         let shard = self.shard_of(alias);
         let mut loaded = self.lock();
         let l = loaded.get_mut(&shard)?;
+        let epoch = l.epoch;
         Some(
             l.sites
                 .entry(alias.to_owned())
@@ -368,7 +395,9 @@ impl Registry {
                             SiteCluster::new(Vec::new(), OffsetIndex::new(self.max_index_entries))
                         })
                         .collect();
-                    Arc::new(Site::new(alias, shard, clusters))
+                    let site = Arc::new(Site::new(alias, shard, clusters));
+                    site.validate(epoch);
+                    site
                 })
                 .clone(),
         )
@@ -459,6 +488,37 @@ mod tests {
         r.install(1, 3, ShardContents::new());
         let owned = BTreeMap::from([(0, 2), (1, 5), (2, 5)]);
         assert_eq!(r.to_load(&owned), BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn state_read_before_the_shard_was_last_gained_is_not_current() {
+        let r = Registry::new(4, 1, 10);
+        let shard = r.shard_of("plant-7");
+        r.install(shard, 1, contents("plant-7", 42));
+        let s = r.site("plant-7").unwrap();
+        let held_since = |since| crate::membership::Ownership {
+            epoch: 3,
+            shards: BTreeMap::from([(shard, since)]),
+            rebalancing: false,
+        };
+        // Held without interruption since the read: current.
+        assert!(s.is_current(&held_since(1)));
+        // Lost and gained again at epoch 3 (another hub may have written meanwhile).
+        assert!(!s.is_current(&held_since(3)));
+        assert!(!s.is_current(&crate::membership::Ownership::default()));
+        // Found unchanged at epoch 3: current again.
+        r.revalidate(shard, 3);
+        assert!(s.is_current(&held_since(3)));
+        // A site created empty in a loaded shard is as current as the shard's read.
+        let fresh = (0..100)
+            .map(|i| format!("new-{i}"))
+            .find(|a| r.shard_of(a) == shard)
+            .unwrap();
+        assert!(r.site(&fresh).unwrap().is_current(&held_since(3)));
+        // Read again: the old state is retired and never current again.
+        r.install(shard, 3, contents("plant-7", 50));
+        assert!(!s.is_current(&held_since(3)));
+        assert!(r.site("plant-7").unwrap().is_current(&held_since(3)));
     }
 
     #[tokio::test]

@@ -223,7 +223,12 @@ impl Hub {
         loop {
             match self.fleet.owner_of(shard) {
                 Owner::Here => {
-                    if let Some(site) = registry.site(alias).filter(|s| !s.is_stale()) {
+                    // A shard gained again is current only once the loader read it again.
+                    let ownership = self.fleet.memberships[0].ownership();
+                    if let Some(site) = registry
+                        .site(alias)
+                        .filter(|s| !s.is_stale() && s.is_current(&ownership))
+                    {
                         return Ok(site);
                     }
                 }
@@ -358,7 +363,8 @@ impl Hub {
         let quiet_site = resumed
             .then(|| registry.site(alias))
             .flatten()
-            .filter(|s| !s.has_session() && s.inflight() == 0 && !s.is_stale());
+            .filter(|s| !s.has_session() && s.inflight() == 0 && !s.is_stale())
+            .filter(|s| s.is_current(&self.fleet.memberships[0].ownership()));
         if let Some(site) = quiet_site
             && self.fleet.owner_of(site.shard) == Owner::Here
         {
