@@ -370,9 +370,11 @@ pub struct LimitsConfig {
     /// site are grouped into one commit up to this size).
     #[serde(default = "default_max_transaction_bytes")]
     pub max_transaction_bytes: u64,
-    /// Batches of one site queued for its writer before the hub stops reading from the link.
-    #[serde(default = "default_writer_queue_batches")]
-    pub writer_queue_batches: usize,
+    /// Bytes of batches (as received, compressed) queued for one writer before the hub stops
+    /// reading the links that feed it: the writer's memory budget. Many small batches of many
+    /// sites fit in one transaction; a batch larger than the budget waits for an empty queue.
+    #[serde(default = "default_writer_queue_bytes")]
+    pub writer_queue_bytes: u32,
     /// Entries (runs of consecutive offsets; one per kept record when plugins filter) kept in
     /// memory per (source partition, destination partition) pair of the offset index, about
     /// 1-5 bytes each. Older source offsets then translate as "too old".
@@ -398,7 +400,7 @@ impl Default for LimitsConfig {
             max_batch_bytes: default_max_batch_bytes(),
             max_uncompressed_bytes: default_max_uncompressed_bytes(),
             max_transaction_bytes: default_max_transaction_bytes(),
-            writer_queue_batches: default_writer_queue_batches(),
+            writer_queue_bytes: default_writer_queue_bytes(),
             offset_index_max_entries_per_partition: default_offset_index_max_entries_per_partition(
             ),
             offset_index_retention_ms: default_offset_index_retention_ms(),
@@ -417,8 +419,8 @@ fn default_max_uncompressed_bytes() -> u32 {
 fn default_max_transaction_bytes() -> u64 {
     32 * 1024 * 1024
 }
-fn default_writer_queue_batches() -> usize {
-    64
+fn default_writer_queue_bytes() -> u32 {
+    32 * 1024 * 1024
 }
 fn default_offset_index_max_entries_per_partition() -> usize {
     crate::offsets::DEFAULT_MAX_ENTRIES_PER_PARTITION
@@ -617,7 +619,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         ));
     }
     let l = &raw.limits;
-    if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_batches == 0 {
+    if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_bytes == 0 {
         return Err(invalid("limits", "limits must be greater than zero".into()));
     }
     if l.max_topics_per_site == 0 || l.max_groups_per_site == 0 {
@@ -936,7 +938,7 @@ mod tests {
                 "group_id",
             ),
             (
-                good.replace("writer_queue_batches = 64", "writer_queue_batches = 0"),
+                good.replace("writer_queue_bytes = 33554432", "writer_queue_bytes = 0"),
                 "limits",
             ),
             (

@@ -21,7 +21,7 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{ClusterConfig, Validated};
 use crate::kafka::{KafkaOpError, TopicManager, client_config};
@@ -93,6 +93,21 @@ pub enum WriteError {
     Stopped,
 }
 
+/// A writer's queue: unbounded in batches, bounded in bytes by its budget.
+#[derive(Debug)]
+struct Queue {
+    tx: mpsc::UnboundedSender<Queued>,
+    budget: Arc<Semaphore>,
+    /// The budget's size, in bytes.
+    size: u32,
+}
+
+/// A queued batch with its share of the queue's byte budget.
+type Queued = (WriteJob, OwnedSemaphorePermit);
+
+/// What a queued batch costs beyond its payload (its header and bookkeeping, roughly).
+const QUEUED_JOB_OVERHEAD: u32 = 256;
+
 /// A batch handed to a writer, with the channel its outcome is reported on after commit.
 #[derive(Debug)]
 pub struct WriteJob {
@@ -150,8 +165,8 @@ pub struct WriterSettings {
     pub max_uncompressed_bytes: u32,
     /// Bytes of records grouped into one transaction.
     pub max_transaction_bytes: u64,
-    /// Queue length of each writer, in batches.
-    pub queue_batches: usize,
+    /// Memory budget of each writer's queue, in batch bytes.
+    pub queue_bytes: u32,
     /// Writers in the pool.
     pub writers: usize,
 }
@@ -166,7 +181,7 @@ impl WriterSettings {
             policy: cfg.policy.clone(),
             max_uncompressed_bytes: l.max_uncompressed_bytes,
             max_transaction_bytes: l.max_transaction_bytes,
-            queue_batches: l.writer_queue_batches,
+            queue_bytes: l.writer_queue_bytes,
             writers: cfg.writers_per_cluster,
         }
     }
@@ -182,7 +197,7 @@ pub fn transactional_id(group: &str, hub: &str, cluster: &str, index: usize) -> 
 /// The writers of one cluster.
 #[derive(Debug)]
 pub struct WriterPool {
-    queues: Vec<mpsc::Sender<WriteJob>>,
+    queues: Vec<Queue>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -205,7 +220,12 @@ impl WriterPool {
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         for i in 0..settings.writers.max(1) {
-            let (tx, rx) = mpsc::channel(settings.queue_batches.max(1));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queue = Queue {
+                tx,
+                budget: Arc::new(Semaphore::new(settings.queue_bytes as usize)),
+                size: settings.queue_bytes.max(1),
+            };
             let w = Writer {
                 rt: rt.clone(),
                 index: i,
@@ -223,7 +243,7 @@ impl WriterPool {
                 restart: std::cell::Cell::new(false),
                 timing: TxnTiming::default(),
             };
-            queues.push(tx);
+            queues.push(queue);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{}-{i}", cluster.alias))
@@ -242,13 +262,27 @@ impl WriterPool {
         (h.finish() % self.queues.len() as u64) as usize
     }
 
-    /// Queues a batch; waits while its writer's queue is full (backpressure to the link).
+    /// Queues a batch; waits while its writer's byte budget is spent (backpressure to the
+    /// link). The budget comes back when the batch's transaction ends.
     pub async fn submit(&self, job: WriteJob) -> Result<(), WriteError> {
-        let w = self.writer_for(&job.site.alias, &job.batch.header.tp);
+        let q = &self.queues[self.writer_for(&job.site.alias, &job.batch.header.tp)];
         job.site.batch_started();
-        match self.queues[w].send(job).await {
+        // A batch costs at least a little (many empty batches are not free) and at most the
+        // whole budget (a batch larger than it waits for an empty queue).
+        let cost = u32::try_from(job.batch.payload.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(QUEUED_JOB_OVERHEAD)
+            .min(q.size);
+        let permit = match q.budget.clone().acquire_many_owned(cost).await {
+            Ok(p) => p,
+            Err(_) => {
+                job.complete(Err(WriteError::Stopped));
+                return Err(WriteError::Stopped);
+            }
+        };
+        match q.tx.send((job, permit)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(job)) => {
+            Err(mpsc::error::SendError((job, _))) => {
                 job.complete(Err(WriteError::Stopped));
                 Err(WriteError::Stopped)
             }
@@ -412,13 +446,13 @@ impl Writer {
         &self.cluster.alias
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<WriteJob>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>) {
         loop {
             // The timer must be created inside the runtime, hence the async block.
             let next = self
                 .rt
                 .block_on(async { tokio::time::timeout(IDLE_POLL, rx.recv()).await });
-            let first = match next {
+            let (first, permit) = match next {
                 Ok(Some(j)) => j,
                 Ok(None) => break,
                 Err(_) => {
@@ -430,16 +464,21 @@ impl Writer {
             };
             let mut bytes = u64::from(first.batch.header.uncompressed_len);
             let mut jobs = vec![first];
+            // Held until the transaction ended: the queue's budget covers the batches' bytes
+            // until then.
+            let mut permits = vec![permit];
             while bytes < self.settings.max_transaction_bytes {
                 match rx.try_recv() {
-                    Ok(j) => {
+                    Ok((j, p)) => {
                         bytes += u64::from(j.batch.header.uncompressed_len);
                         jobs.push(j);
+                        permits.push(p);
                     }
                     Err(_) => break,
                 }
             }
             self.write(jobs);
+            drop(permits);
         }
         tracing::debug!(cluster = %self.cluster.alias, writer = self.index, "writer stopped");
     }
