@@ -126,6 +126,9 @@ pub struct Round {
 
 type Key = (String, TopicPartition);
 
+/// The last checkpoint written per (group, destination partition): (upstream, downstream).
+type LastCheckpoints = HashMap<Key, (i64, i64)>;
+
 /// What the checkpointer remembers of one site.
 #[derive(Debug, Default)]
 struct SiteMarks {
@@ -214,23 +217,37 @@ impl Checkpointer {
         })
     }
 
-    /// Creates a site's checkpoints topics (one partition, compacted) and reads what they hold,
-    /// once per site, so the new checkpoints stay monotone. Blocking.
-    fn ready_site(&mut self, rt: &tokio::runtime::Handle, site: &str) -> Result<(), KafkaOpError> {
-        if self.sites.get(site).is_some_and(|m| m.ready) {
+    /// Creates the checkpoints topics (one partition, compacted) of the sites seen for the
+    /// first time and reads what those topics hold, so the new checkpoints stay monotone: one
+    /// CreateTopics request and one reader for all of them, whatever their number. Blocking.
+    fn ready_sites(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        sites: &[&str],
+    ) -> Result<(), KafkaOpError> {
+        let new: Vec<&str> = sites
+            .iter()
+            .copied()
+            .filter(|s| !self.sites.get(*s).is_some_and(|m| m.ready))
+            .collect();
+        if new.is_empty() {
             return Ok(());
         }
-        let checkpoints_topic = er_protocol::checkpoints_topic(site);
-        let compact = [("cleanup.policy", "compact")];
-        self.topics.ensure(rt, &checkpoints_topic, 1, &compact)?;
-        if self.settings.offset_syncs {
-            self.topics
-                .ensure(rt, &er_protocol::offset_syncs_topic(site), 1, &compact)?;
+        let mut wanted: Vec<(String, i32)> = Vec::new();
+        for site in &new {
+            wanted.push((er_protocol::checkpoints_topic(site), 1));
+            if self.settings.offset_syncs {
+                wanted.push((er_protocol::offset_syncs_topic(site), 1));
+            }
         }
-        let last = read_checkpoints(&self.cluster, &checkpoints_topic, site)?;
-        let m = self.sites.entry(site.to_owned()).or_default();
-        m.last = last;
-        m.ready = true;
+        self.topics
+            .ensure_many(rt, &wanted, &[("cleanup.policy", "compact")])?;
+        let mut last = read_checkpoints_of(&self.cluster, &new)?;
+        for site in new {
+            let m = self.sites.entry(site.to_owned()).or_default();
+            m.last = last.remove(site).unwrap_or_default();
+            m.ready = true;
+        }
         Ok(())
     }
 
@@ -254,15 +271,15 @@ impl Checkpointer {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            if groups.is_empty() {
-                continue;
+            if !groups.is_empty() {
+                work.push((site.clone(), groups));
             }
-            if let Err(e) = self.ready_site(rt, &site.alias) {
-                tracing::warn!(site = %site.alias, cluster = %self.cluster.alias, error = %e, "checkpoints topics not ready; retrying next round");
-                continue;
-            }
-            work.push((site.clone(), groups));
         }
+        let aliases: Vec<&str> = work.iter().map(|(s, _)| s.alias.as_str()).collect();
+        if let Err(e) = self.ready_sites(rt, &aliases) {
+            tracing::warn!(cluster = %self.cluster.alias, error = %e, "checkpoints topics of new sites not ready; retrying next round");
+        }
+        work.retain(|(s, _)| self.sites.get(&s.alias).is_some_and(|m| m.ready));
         // Destination partitions of every reported source partition; their end offsets are read
         // (once each) before translating (see OffsetIndex::translate).
         let mut ends: HashMap<TopicPartition, i64> = HashMap::new();
@@ -527,6 +544,67 @@ impl Checkpointer {
             source: Box::new(e),
         }
     }
+}
+
+/// The last checkpoint per (group, destination partition) of each site's checkpoints topic,
+/// read to its end with one reader. Only this hub writes a served site's checkpoints, and not
+/// while it reads them, so each topic reaches its end once.
+fn read_checkpoints_of(
+    cluster: &ClusterConfig,
+    sites: &[&str],
+) -> Result<HashMap<String, LastCheckpoints>, KafkaOpError> {
+    let mut out: HashMap<String, LastCheckpoints> = HashMap::new();
+    let Some(first) = sites.first() else {
+        return Ok(out);
+    };
+    let topics: HashMap<String, &str> = sites
+        .iter()
+        .map(|s| (er_protocol::checkpoints_topic(s), *s))
+        .collect();
+    let names: Vec<&str> = topics.keys().map(String::as_str).collect();
+    let what = || format!("reading the checkpoints topics of {} sites", sites.len());
+    let consumer =
+        crate::kafka::committed_reader_of(cluster, format!("er-hub-checkpoints-{first}"), &names)?;
+    let mut open = topics.len();
+    let started = Instant::now();
+    while open > 0 {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                let Some(site) = topics.get(m.topic()) else {
+                    continue;
+                };
+                match Checkpoint::decode(m.key().unwrap_or(&[]), m.payload().unwrap_or(&[])) {
+                    Ok(c) => {
+                        out.entry((*site).to_owned()).or_default().insert(
+                            (c.consumer_group_id, c.topic_partition),
+                            (c.upstream_offset, c.downstream_offset),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = m.topic(), offset = m.offset(), error = %e, "skipping a checkpoint record this hub cannot decode");
+                    }
+                }
+            }
+            // Every topic has one partition: each end reached is one topic read.
+            Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Some(Err(e)) => {
+                return Err(KafkaOpError::Kafka {
+                    cluster: cluster.alias.clone(),
+                    what: what(),
+                    source: Box::new(e),
+                });
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(KafkaOpError::Timeout {
+                cluster: cluster.alias.clone(),
+                what: what(),
+                waited: started.elapsed(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The last checkpoint per (group, destination partition) in `topic`, read to its end.

@@ -222,6 +222,7 @@ impl TopicManager {
         &self,
         rt: &tokio::runtime::Handle,
         wanted: &[(String, i32)],
+        configs: &[(&str, &str)],
     ) -> Result<(), KafkaOpError> {
         let started = Instant::now();
         let mut missing: Vec<&(String, i32)> = wanted
@@ -246,11 +247,15 @@ impl TopicManager {
                 let new: Vec<NewTopic<'_>> = missing
                     .iter()
                     .map(|(t, n)| {
-                        NewTopic::new(
+                        let mut nt = NewTopic::new(
                             t,
                             *n,
                             TopicReplication::Fixed(self.cluster.replication_factor),
-                        )
+                        );
+                        for (k, v) in configs {
+                            nt = nt.set(k, v);
+                        }
+                        nt
                     })
                     .collect();
                 tracing::info!(cluster = %self.cluster.alias, topics = new.len(), "creating topics");
@@ -431,6 +436,17 @@ pub(crate) fn committed_reader(
     group: String,
     topic: &str,
 ) -> Result<BaseConsumer<QuietEof>, KafkaOpError> {
+    committed_reader_of(cluster, group, &[topic])
+}
+
+/// A read_committed reader assigned to partition 0 of each of `topics`, from the beginning,
+/// reporting each end reached.
+pub(crate) fn committed_reader_of(
+    cluster: &ClusterConfig,
+    group: String,
+    topics: &[&str],
+) -> Result<BaseConsumer<QuietEof>, KafkaOpError> {
+    let topic = topics.first().copied().unwrap_or_default();
     let consumer: BaseConsumer<QuietEof> = client_config(cluster)
         // Required by librdkafka for assign(); nothing is committed.
         .set("group.id", group)
@@ -440,8 +456,10 @@ pub(crate) fn committed_reader(
         .create_with_context(QuietEof)
         .map_err(kafka_err(cluster, "creating a reader for", topic))?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .map_err(kafka_err(cluster, "assigning", topic))?;
+    for t in topics {
+        tpl.add_partition_offset(t, 0, Offset::Beginning)
+            .map_err(kafka_err(cluster, "assigning", t))?;
+    }
     consumer
         .assign(&tpl)
         .map_err(kafka_err(cluster, "assigning", topic))?;

@@ -604,7 +604,7 @@ impl Writer {
         if !wanted.is_empty() {
             let wanted: Vec<(String, i32)> =
                 wanted.into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
-            if let Err(e) = self.topics.ensure_many(&self.rt, &wanted) {
+            if let Err(e) = self.topics.ensure_many(&self.rt, &wanted, &[]) {
                 // Each job's topics are tried once more, alone, and fail there with the error.
                 tracing::warn!(cluster = %self.cluster.alias, topics = wanted.len(), error = %e, "cannot create destination topics in one request");
             }
