@@ -226,6 +226,13 @@ impl WriterPool {
                 budget: Arc::new(Semaphore::new(settings.queue_bytes as usize)),
                 size: settings.queue_bytes.max(1),
             };
+            let preparer = Preparer {
+                rt: rt.clone(),
+                cluster: cluster.clone(),
+                topics: topics.clone(),
+                settings: settings.clone(),
+                dest_cache: HashMap::new(),
+            };
             let w = Writer {
                 rt: rt.clone(),
                 index: i,
@@ -237,8 +244,6 @@ impl WriterPool {
                 positions_topic: positions_topic(&settings.group_id),
                 index_topic: offset_index_topic(&settings.group_id),
                 txn_id: transactional_id(&settings.group_id, &settings.hub_id, &cluster.alias, i),
-                settings: settings.clone(),
-                dest_cache: HashMap::new(),
                 producer: None,
                 restart: std::cell::Cell::new(false),
                 timing: TxnTiming::default(),
@@ -247,7 +252,7 @@ impl WriterPool {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{}-{i}", cluster.alias))
-                    .spawn(move || w.run(rx))
+                    .spawn(move || w.run(rx, preparer))
                     .expect("spawning a writer thread"),
             );
         }
@@ -432,40 +437,38 @@ struct Writer {
     positions_topic: String,
     index_topic: String,
     txn_id: String,
-    settings: WriterSettings,
-    /// (site, logical topic) -> remote topic, validated.
-    dest_cache: HashMap<(String, String), String>,
     producer: Option<TxProducer>,
     /// The producer hit a fatal error: the next transaction starts a new one.
     restart: std::cell::Cell<bool>,
     timing: TxnTiming,
 }
 
-impl Writer {
-    fn alias(&self) -> &str {
-        &self.cluster.alias
-    }
+/// One transaction's worth of prepared batches, with their share of the queue's budget.
+struct PreparedTxn {
+    prepared: Vec<Prepared>,
+    permits: Vec<OwnedSemaphorePermit>,
+}
 
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Queued>) {
-        loop {
-            // The timer must be created inside the runtime, hence the async block.
-            let next = self
-                .rt
-                .block_on(async { tokio::time::timeout(IDLE_POLL, rx.recv()).await });
-            let (first, permit) = match next {
-                Ok(Some(j)) => j,
-                Ok(None) => break,
-                Err(_) => {
-                    if let Some(p) = &self.producer {
-                        p.poll(Duration::ZERO);
-                    }
-                    continue;
-                }
-            };
+/// The first stage of a writer: takes what queued (up to `max_transaction_bytes`), decodes and
+/// checks it, and resolves (creating if need be) every record's destination.
+struct Preparer {
+    rt: tokio::runtime::Handle,
+    cluster: ClusterConfig,
+    topics: Arc<TopicManager>,
+    settings: WriterSettings,
+    /// (site, logical topic) -> remote topic, validated.
+    dest_cache: HashMap<(String, String), String>,
+}
+
+impl Preparer {
+    fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Queued>,
+        out: std::sync::mpsc::SyncSender<PreparedTxn>,
+    ) {
+        while let Some((first, permit)) = rx.blocking_recv() {
             let mut bytes = u64::from(first.batch.header.uncompressed_len);
             let mut jobs = vec![first];
-            // Held until the transaction ended: the queue's budget covers the batches' bytes
-            // until then.
             let mut permits = vec![permit];
             while bytes < self.settings.max_transaction_bytes {
                 match rx.try_recv() {
@@ -477,101 +480,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write(jobs);
-            drop(permits);
-        }
-        tracing::debug!(cluster = %self.cluster.alias, writer = self.index, "writer stopped");
-    }
-
-    /// Writes what can be written of `jobs` in one transaction and completes every job.
-    fn write(&mut self, jobs: Vec<WriteJob>) {
-        let prepared = self.prepare(jobs);
-        if prepared.is_empty() {
-            return;
-        }
-        if let Err(e) = self.ensure_producer() {
-            tracing::warn!(cluster = %self.alias(), writer = self.index, error = %e, "writer has no producer");
-            std::thread::sleep(RESTART_PAUSE);
-            for p in prepared {
-                p.job.complete(Err(WriteError::Kafka {
-                    cluster: self.cluster.alias.clone(),
-                    message: e.to_string(),
-                }));
+            let prepared = self.prepare(jobs);
+            if prepared.is_empty() {
+                continue;
             }
-            return;
-        }
-        let Some(permit) = self.membership.begin(OWNERSHIP_WAIT) else {
-            for p in prepared {
-                let shard = p.job.site.shard;
-                p.job.complete(Err(self.not_owner(shard)));
+            if let Err(std::sync::mpsc::SendError(txn)) =
+                out.send(PreparedTxn { prepared, permits })
+            {
+                for p in txn.prepared {
+                    p.job.complete(Err(WriteError::Stopped));
+                }
+                break;
             }
-            return;
-        };
-        // Jobs whose shard the rebalance took away are refused before anything is produced,
-        // and so are jobs of a site whose state is not current: read before the shard was
-        // last gained, or already replaced by a new read (a session of a hub that was paused
-        // past its group session, say, whose batches arrive after it joined again).
-        let coordination = self.coordination.ownership();
-        let (prepared, moved): (Vec<_>, Vec<_>) = prepared.into_iter().partition(|p| {
-            permit.ownership.owns(p.job.site.shard) && p.job.site.is_current(&coordination)
-        });
-        for p in moved {
-            let shard = p.job.site.shard;
-            p.job.complete(Err(self.not_owner(shard)));
-        }
-        if prepared.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        let result = self.transaction(&prepared, permit.group.as_ref());
-        drop(permit);
-        if self.restart.take() {
-            self.producer = None;
-        }
-        let elapsed = started.elapsed();
-        match &result {
-            Ok(records) => {
-                crate::metrics::transaction_committed(elapsed);
-                let mut per_site: HashMap<&str, (u64, usize, &Arc<Site>)> = HashMap::new();
-                for p in &prepared {
-                    let e =
-                        per_site
-                            .entry(p.job.site.alias.as_str())
-                            .or_insert((0, 0, &p.job.site));
-                    e.0 += p
-                        .dests
-                        .iter()
-                        .filter(|d| matches!(d, Dest::Topic(..)))
-                        .count() as u64;
-                    e.1 += 1;
-                }
-                for (records, batches, site) in per_site.into_values() {
-                    site.metrics.committed(records, batches);
-                }
-                let t = &self.timing;
-                tracing::debug!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), records, elapsed_ms = elapsed.as_millis() as u64, produce_ms = t.produce.as_millis() as u64, flush_ms = t.flush.as_millis() as u64, commit_ms = t.commit.as_millis() as u64, "transaction committed");
-            }
-            Err(e) => {
-                let mut sites: HashMap<&str, &Arc<Site>> = HashMap::new();
-                for p in &prepared {
-                    sites.insert(p.job.site.alias.as_str(), &p.job.site);
-                }
-                for site in sites.values() {
-                    site.metrics.transaction_failed();
-                }
-                tracing::warn!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), sites = sites.len(), error = %e, "transaction failed; nothing of it is visible");
-            }
-        }
-        let outcome = result.map(|_| ());
-        for p in prepared {
-            p.job.complete(outcome.clone());
-        }
-    }
-
-    fn not_owner(&self, shard: Shard) -> WriteError {
-        WriteError::NotOwner {
-            cluster: self.cluster.alias.clone(),
-            shard,
         }
     }
 
@@ -778,6 +698,139 @@ impl Writer {
         self.dest_cache
             .insert((site.clone(), logical.to_owned()), dest.clone());
         Ok(dest)
+    }
+}
+
+impl Writer {
+    fn alias(&self) -> &str {
+        &self.cluster.alias
+    }
+
+    /// Runs the writer's transactions on this thread and their preparation (collecting,
+    /// decoding, checking, topic creation) on a second one, so that the next transaction is
+    /// being prepared while the current one produces and commits.
+    fn run(mut self, rx: mpsc::UnboundedReceiver<Queued>, preparer: Preparer) {
+        let (tx, prepared) = std::sync::mpsc::sync_channel::<PreparedTxn>(1);
+        let name = format!("prepare-{}-{}", self.cluster.alias, self.index);
+        let stage = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || preparer.run(rx, tx))
+            .expect("spawning a preparer thread");
+        loop {
+            match prepared.recv_timeout(IDLE_POLL) {
+                Ok(txn) => {
+                    self.write(txn.prepared);
+                    // The queue's budget covers the batches' bytes until their transaction ended.
+                    drop(txn.permits);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(p) = &self.producer {
+                        p.poll(Duration::ZERO);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let _ = stage.join();
+        tracing::debug!(cluster = %self.cluster.alias, writer = self.index, "writer stopped");
+    }
+
+    /// Writes what can be written of `prepared` in one transaction and completes every job.
+    fn write(&mut self, prepared: Vec<Prepared>) {
+        // A session may have failed while its batch was being prepared.
+        let (prepared, refused): (Vec<_>, Vec<_>) = prepared
+            .into_iter()
+            .partition(|p| !p.job.site.session_failed(p.job.session));
+        for p in refused {
+            p.job.complete(Err(WriteError::SessionFailed));
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ensure_producer() {
+            tracing::warn!(cluster = %self.alias(), writer = self.index, error = %e, "writer has no producer");
+            std::thread::sleep(RESTART_PAUSE);
+            for p in prepared {
+                p.job.complete(Err(WriteError::Kafka {
+                    cluster: self.cluster.alias.clone(),
+                    message: e.to_string(),
+                }));
+            }
+            return;
+        }
+        let Some(permit) = self.membership.begin(OWNERSHIP_WAIT) else {
+            for p in prepared {
+                let shard = p.job.site.shard;
+                p.job.complete(Err(self.not_owner(shard)));
+            }
+            return;
+        };
+        // Jobs whose shard the rebalance took away are refused before anything is produced,
+        // and so are jobs of a site whose state is not current: read before the shard was
+        // last gained, or already replaced by a new read (a session of a hub that was paused
+        // past its group session, say, whose batches arrive after it joined again).
+        let coordination = self.coordination.ownership();
+        let (prepared, moved): (Vec<_>, Vec<_>) = prepared.into_iter().partition(|p| {
+            permit.ownership.owns(p.job.site.shard) && p.job.site.is_current(&coordination)
+        });
+        for p in moved {
+            let shard = p.job.site.shard;
+            p.job.complete(Err(self.not_owner(shard)));
+        }
+        if prepared.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.transaction(&prepared, permit.group.as_ref());
+        drop(permit);
+        if self.restart.take() {
+            self.producer = None;
+        }
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(records) => {
+                crate::metrics::transaction_committed(elapsed);
+                let mut per_site: HashMap<&str, (u64, usize, &Arc<Site>)> = HashMap::new();
+                for p in &prepared {
+                    let e =
+                        per_site
+                            .entry(p.job.site.alias.as_str())
+                            .or_insert((0, 0, &p.job.site));
+                    e.0 += p
+                        .dests
+                        .iter()
+                        .filter(|d| matches!(d, Dest::Topic(..)))
+                        .count() as u64;
+                    e.1 += 1;
+                }
+                for (records, batches, site) in per_site.into_values() {
+                    site.metrics.committed(records, batches);
+                }
+                let t = &self.timing;
+                tracing::debug!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), records, elapsed_ms = elapsed.as_millis() as u64, produce_ms = t.produce.as_millis() as u64, flush_ms = t.flush.as_millis() as u64, commit_ms = t.commit.as_millis() as u64, "transaction committed");
+            }
+            Err(e) => {
+                let mut sites: HashMap<&str, &Arc<Site>> = HashMap::new();
+                for p in &prepared {
+                    sites.insert(p.job.site.alias.as_str(), &p.job.site);
+                }
+                for site in sites.values() {
+                    site.metrics.transaction_failed();
+                }
+                tracing::warn!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), sites = sites.len(), error = %e, "transaction failed; nothing of it is visible");
+            }
+        }
+        let outcome = result.map(|_| ());
+        for p in prepared {
+            p.job.complete(outcome.clone());
+        }
+    }
+
+    fn not_owner(&self, shard: Shard) -> WriteError {
+        WriteError::NotOwner {
+            cluster: self.cluster.alias.clone(),
+            shard,
+        }
     }
 
     /// Creates the producer if there is none (first use, or after a fatal error): this fences
