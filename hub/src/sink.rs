@@ -102,6 +102,28 @@ struct Queue {
     size: u32,
 }
 
+impl Queue {
+    fn new(tx: mpsc::UnboundedSender<Queued>, bytes: u32) -> Self {
+        let size = bytes.max(1);
+        Self {
+            tx,
+            budget: Arc::new(Semaphore::new(size as usize)),
+            size,
+        }
+    }
+
+    /// Waits until the budget has room for a batch of `len` bytes and takes it. A batch costs
+    /// at least a little (many empty batches are not free) and at most the whole budget (a
+    /// batch larger than it waits for an empty queue).
+    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        let cost = u32::try_from(len)
+            .unwrap_or(u32::MAX)
+            .saturating_add(QUEUED_JOB_OVERHEAD)
+            .min(self.size);
+        self.budget.clone().acquire_many_owned(cost).await
+    }
+}
+
 /// A queued batch with its share of the queue's byte budget.
 type Queued = (WriteJob, OwnedSemaphorePermit);
 
@@ -221,11 +243,7 @@ impl WriterPool {
         let mut threads = Vec::new();
         for i in 0..settings.writers.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
-            let queue = Queue {
-                tx,
-                budget: Arc::new(Semaphore::new(settings.queue_bytes as usize)),
-                size: settings.queue_bytes.max(1),
-            };
+            let queue = Queue::new(tx, settings.queue_bytes);
             let preparer = Preparer {
                 rt: rt.clone(),
                 cluster: cluster.clone(),
@@ -272,13 +290,7 @@ impl WriterPool {
     pub async fn submit(&self, job: WriteJob) -> Result<(), WriteError> {
         let q = &self.queues[self.writer_for(&job.site.alias, &job.batch.header.tp)];
         job.site.batch_started();
-        // A batch costs at least a little (many empty batches are not free) and at most the
-        // whole budget (a batch larger than it waits for an empty queue).
-        let cost = u32::try_from(job.batch.payload.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(QUEUED_JOB_OVERHEAD)
-            .min(q.size);
-        let permit = match q.budget.clone().acquire_many_owned(cost).await {
+        let permit = match q.reserve(job.batch.payload.len()).await {
             Ok(p) => p,
             Err(_) => {
                 job.complete(Err(WriteError::Stopped));
@@ -1412,6 +1424,31 @@ impl Deliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_writer_queue_holds_at_most_its_byte_budget() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = Queue::new(tx, 10_000);
+        let first = q.reserve(6_000).await.unwrap();
+        // 6,256 of 10,000 bytes taken: another 6,000-byte batch waits ...
+        let waiting = tokio::time::timeout(Duration::from_millis(50), q.reserve(6_000)).await;
+        assert!(waiting.is_err(), "the budget was overdrawn");
+        // ... small ones still fit ...
+        let small = q.reserve(100).await.unwrap();
+        // ... and it gets in once the first batch's transaction ended.
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), q.reserve(6_000)).await;
+        assert!(second.is_ok());
+        drop((small, second));
+        // A batch larger than the whole budget takes all of it, once the queue is empty.
+        let huge = q.reserve(1 << 30).await.unwrap();
+        assert_eq!(huge.num_permits(), 10_000);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), q.reserve(0))
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn transactional_ids_belong_to_a_hubs_writers() {
