@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use er_protocol::{Checkpoint, GroupOffsets, OffsetSync, TopicPartition};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::ClusterConfig;
+use crate::group_offsets::{self, ErrorCode, GroupOffsetsError, PartitionResult};
 use crate::kafka::{KafkaOpError, TopicManager, client_config};
 use crate::offsets::Translation;
 use crate::sites::Site;
@@ -32,6 +33,7 @@ pub struct CheckpointSettings {
     /// Also commit translated offsets to the central cluster's consumer groups of the same name
     /// (MM2's `sync.group.offsets.enabled`): only forward, and only while the group has no
     /// active members there (the broker refuses commits from outside an active group).
+    /// See [`sync_group`].
     pub sync_group_offsets: bool,
     /// Write MM2 offset syncs for one-to-one partitions.
     pub offset_syncs: bool,
@@ -118,8 +120,10 @@ pub struct Round {
     pub checkpoints: usize,
     /// Offset syncs written.
     pub offset_syncs: usize,
-    /// Central group offsets committed.
+    /// Central group offsets committed (partitions moved forward).
     pub group_commits: usize,
+    /// Central groups left alone because they have active members there.
+    pub groups_active: usize,
     /// (group, partition) pairs not translatable yet or too old.
     pub pending: usize,
 }
@@ -140,12 +144,9 @@ struct SiteMarks {
     last_sync: HashMap<TopicPartition, (i64, i64)>,
 }
 
-/// Most central group clients kept for group offset sync (each is a librdkafka consumer; the
-/// least recently used one is closed beyond this).
-const MAX_GROUP_CLIENTS: usize = 16;
-
 /// Writes the checkpoints of every site on one cluster, with one producer and one end-offset
-/// client whatever the number of sites.
+/// client whatever the number of sites and groups (group offsets go through that client's Admin
+/// API, [`crate::group_offsets`]).
 pub struct Checkpointer {
     settings: CheckpointSettings,
     cluster_index: usize,
@@ -154,8 +155,6 @@ pub struct Checkpointer {
     producer: ThreadedProducer<DefaultProducerContext>,
     ends: BaseConsumer,
     sites: HashMap<String, SiteMarks>,
-    /// Central consumers per group, for group offset sync, with their last use.
-    group_clients: HashMap<String, (BaseConsumer, Instant)>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -213,7 +212,6 @@ impl Checkpointer {
             producer,
             ends,
             sites: HashMap::new(),
-            group_clients: HashMap::new(),
         })
     }
 
@@ -353,11 +351,11 @@ impl Checkpointer {
             let mut round = Round {
                 checkpoints: p.checkpoints.len(),
                 offset_syncs: p.syncs.len(),
-                group_commits: 0,
                 pending: p.pending,
+                ..Round::default()
             };
             if self.settings.sync_group_offsets {
-                round.group_commits = self.sync_groups(&p.site, &groups);
+                self.sync_groups(&p.site, &groups, &mut round);
             }
             out.push((site, round));
         }
@@ -429,94 +427,30 @@ impl Checkpointer {
         p
     }
 
-    /// Commits each of the site's reported groups' latest checkpoints to the central cluster,
-    /// forward only. The broker refuses a commit from outside a group that has active
-    /// members, which is exactly the rule: never move a live consumer.
-    fn sync_groups(&mut self, site: &str, groups: &GroupTable) -> usize {
+    /// Commits each of the site's reported groups' latest checkpoints to the central cluster
+    /// (see [`sync_group`]), through the end-offset client: one Admin API request per group to
+    /// read, one to alter, whatever the number of groups.
+    fn sync_groups(&self, site: &str, groups: &GroupTable, round: &mut Round) {
         let Some(marks) = self.sites.get(site) else {
-            return 0;
+            return;
         };
-        let mut by_group: BTreeMap<String, Vec<(TopicPartition, i64)>> = BTreeMap::new();
-        for ((group, dest), &(_, down)) in &marks.last {
-            if groups.groups.contains_key(group) {
-                by_group
-                    .entry(group.clone())
-                    .or_default()
-                    .push((dest.clone(), down));
-            }
-        }
-        let mut committed = 0;
-        for (group, targets) in by_group {
-            let Some(client) = self.group_client(&group) else {
-                continue;
-            };
-            let mut ask = TopicPartitionList::new();
-            for (tp, _) in &targets {
-                ask.add_partition(&tp.topic, tp.partition);
-            }
-            let current = match client.committed_offsets(ask, TIMEOUT) {
-                Ok(c) => c,
+        for (group, targets) in group_targets(&marks.last, groups) {
+            match sync_group(self.ends.client(), &group, &targets, TIMEOUT) {
+                Ok(s) => {
+                    round.group_commits += s.committed;
+                    if s.active {
+                        round.groups_active += 1;
+                        tracing::debug!(site, cluster = %self.cluster.alias, %group, "central group has active members; its offsets are left alone");
+                    }
+                    for (tp, code) in &s.failed {
+                        tracing::warn!(site, cluster = %self.cluster.alias, %group, %tp, error = %code, "central group offset not synced");
+                    }
+                }
                 Err(e) => {
-                    tracing::debug!(%group, error = %e, "reading central group offsets failed");
-                    continue;
-                }
-            };
-            let mut tpl = TopicPartitionList::new();
-            for (tp, down) in &targets {
-                let now = current
-                    .find_partition(&tp.topic, tp.partition)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-                if now.is_none_or(|o| *down > o) {
-                    let _ =
-                        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*down));
-                }
-            }
-            if tpl.count() == 0 {
-                continue;
-            }
-            match client.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => committed += tpl.count(),
-                Err(e) => {
-                    tracing::debug!(%group, error = %e, "central group not synced (active members, or not reachable)");
+                    tracing::debug!(site, cluster = %self.cluster.alias, %group, error = %e, "central group not synced this round");
                 }
             }
         }
-        committed
-    }
-
-    /// A central client for `group`, from a small least-recently-used set.
-    fn group_client(&mut self, group: &str) -> Option<&BaseConsumer> {
-        if !self.group_clients.contains_key(group) {
-            if self.group_clients.len() >= MAX_GROUP_CLIENTS
-                && let Some(oldest) = self
-                    .group_clients
-                    .iter()
-                    .min_by_key(|(_, (_, used))| *used)
-                    .map(|(g, _)| g.clone())
-            {
-                self.group_clients.remove(&oldest);
-            }
-            match client_config(&self.cluster)
-                .set("group.id", group)
-                .set("enable.auto.commit", "false")
-                .create::<BaseConsumer>()
-            {
-                Ok(c) => {
-                    self.group_clients
-                        .insert(group.to_owned(), (c, Instant::now()));
-                }
-                Err(err) => {
-                    tracing::warn!(%group, error = %err, "cannot create a central group client");
-                    return None;
-                }
-            }
-        }
-        let entry = self.group_clients.get_mut(group)?;
-        entry.1 = Instant::now();
-        Some(&entry.0)
     }
 
     fn send(&self, topic: &str, key: &[u8], value: &[u8]) -> Result<(), KafkaOpError> {
@@ -607,6 +541,79 @@ fn read_checkpoints_of(
     Ok(out)
 }
 
+/// What syncing one central group did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GroupSync {
+    /// Partitions moved forward.
+    pub committed: usize,
+    /// The broker refused the commit because the group has active members on the central
+    /// cluster: nothing of it moved.
+    pub active: bool,
+    /// Partitions refused for another reason, with the broker's error.
+    pub failed: Vec<(TopicPartition, ErrorCode)>,
+}
+
+/// Moves central group `group` forward to `targets` (destination partition -> offset): reads
+/// what the group has committed, then alters, in one request, only the partitions whose target
+/// is ahead of it (or where it has none), so a group never moves backwards. Kafka itself refuses
+/// the alteration while the group has members ([`GroupSync::active`]), which is the other rule:
+/// never move a live consumer. Blocking.
+pub fn sync_group<C: ClientContext>(
+    client: &Client<C>,
+    group: &str,
+    targets: &BTreeMap<TopicPartition, i64>,
+    timeout: Duration,
+) -> Result<GroupSync, GroupOffsetsError> {
+    let asked: Vec<TopicPartition> = targets.keys().cloned().collect();
+    let current = group_offsets::committed(client, group, &asked, timeout)?;
+    let ahead = forward_only(targets, &current);
+    let mut sync = GroupSync::default();
+    for (tp, result) in group_offsets::alter(client, group, &ahead, timeout)? {
+        match result {
+            Ok(()) => sync.committed += 1,
+            Err(code) if code.means_group_active() => sync.active = true,
+            Err(code) => sync.failed.push((tp, code)),
+        }
+    }
+    Ok(sync)
+}
+
+/// The targets ahead of what a group has committed (`current`): where it has no offset, or a
+/// lower one. A partition whose committed offset could not be read is left out: it might be
+/// ahead.
+fn forward_only(
+    targets: &BTreeMap<TopicPartition, i64>,
+    current: &BTreeMap<TopicPartition, PartitionResult<Option<i64>>>,
+) -> BTreeMap<TopicPartition, i64> {
+    targets
+        .iter()
+        .filter(|(tp, target)| match current.get(*tp) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(now))) => *target > now,
+            Some(Err(_)) | None => false,
+        })
+        .map(|(tp, target)| (tp.clone(), *target))
+        .collect()
+}
+
+/// The latest checkpoint (downstream offset) of every destination partition, per group the
+/// site reports: what each central group should be moved to.
+fn group_targets(
+    last: &HashMap<Key, (i64, i64)>,
+    groups: &GroupTable,
+) -> BTreeMap<String, BTreeMap<TopicPartition, i64>> {
+    let mut by_group: BTreeMap<String, BTreeMap<TopicPartition, i64>> = BTreeMap::new();
+    for ((group, dest), &(_, down)) in last {
+        if groups.groups.contains_key(group) {
+            by_group
+                .entry(group.clone())
+                .or_default()
+                .insert(dest.clone(), down);
+        }
+    }
+    by_group
+}
+
 /// The last checkpoint per (group, destination partition) in `topic`, read to its end.
 pub fn read_checkpoints(
     cluster: &ClusterConfig,
@@ -694,5 +701,50 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.groups["a"], BTreeMap::from([(tp(1), 9)]));
         assert_eq!(t.groups["b"], BTreeMap::from([(tp(0), 1)]));
+    }
+    #[test]
+    fn group_sync_only_moves_a_group_forward() {
+        let tp = |p| TopicPartition::new("t", p);
+        let refused = ErrorCode(16); // NOT_COORDINATOR
+        /// What the group has committed, as read (`None`: not answered).
+        type Read = Option<PartitionResult<Option<i64>>>;
+        // (partition, target, what the group has committed) -> committed to it
+        let table: [(i32, i64, Read, Option<i64>); 6] = [
+            (0, 10, Some(Ok(None)), Some(10)),    // no offset yet
+            (1, 10, Some(Ok(Some(4))), Some(10)), // behind
+            (2, 10, Some(Ok(Some(10))), None),    // there already
+            (3, 10, Some(Ok(Some(12))), None),    // ahead: never backwards
+            (4, 10, Some(Err(refused)), None),    // unknown: might be ahead
+            (5, 10, None, None),                  // not answered
+        ];
+        let targets: BTreeMap<_, _> = table.iter().map(|(p, t, _, _)| (tp(*p), *t)).collect();
+        let current: BTreeMap<_, _> = table
+            .iter()
+            .filter_map(|(p, _, c, _)| c.map(|c| (tp(*p), c)))
+            .collect();
+        let want: BTreeMap<_, _> = table
+            .iter()
+            .filter_map(|(p, _, _, w)| w.map(|w| (tp(*p), w)))
+            .collect();
+        assert_eq!(forward_only(&targets, &current), want);
+    }
+
+    #[test]
+    fn group_targets_are_the_last_checkpoints_of_reported_groups_only() {
+        let tp = |p| TopicPartition::new("t", p);
+        let last = HashMap::from([
+            (("a".to_owned(), tp(0)), (5, 50)),
+            (("a".to_owned(), tp(1)), (6, 60)),
+            (("gone".to_owned(), tp(0)), (7, 70)),
+        ]);
+        let mut groups = GroupTable::default();
+        groups.update(vec![GroupOffsets {
+            group: "a".into(),
+            offsets: vec![],
+        }]);
+        assert_eq!(
+            group_targets(&last, &groups),
+            BTreeMap::from([("a".to_owned(), BTreeMap::from([(tp(0), 50), (tp(1), 60)]))])
+        );
     }
 }

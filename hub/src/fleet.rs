@@ -444,9 +444,9 @@ fn checkpoint_loop(
         match c.run_once(rt, &sites) {
             Ok(rounds) => {
                 for (site, r) in rounds {
-                    if r.checkpoints + r.offset_syncs + r.group_commits > 0 {
+                    if r.checkpoints + r.offset_syncs + r.group_commits + r.groups_active > 0 {
                         site.metrics.checkpoint_round(r.checkpoints, r.offset_syncs);
-                        tracing::debug!(site = %site.alias, cluster = alias, checkpoints = r.checkpoints, offset_syncs = r.offset_syncs, group_commits = r.group_commits, pending = r.pending, "checkpoint round");
+                        tracing::debug!(site = %site.alias, cluster = alias, checkpoints = r.checkpoints, offset_syncs = r.offset_syncs, group_commits = r.group_commits, groups_active = r.groups_active, pending = r.pending, "checkpoint round");
                     }
                 }
             }

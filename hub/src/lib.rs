@@ -10,6 +10,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod directory;
 pub mod fleet;
+pub mod group_offsets;
 pub mod health;
 pub mod kafka;
 pub mod membership;
