@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh machine: Rust target, Java 17 + Maven, Apache Kafka jars,
-# Prometheus and systemd-analyze.
+# Prometheus, systemd-analyze and chromium.
 # Safe to run again: every step checks first and says what it did or skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,5 +69,13 @@ if command -v systemd-analyze >/dev/null; then
   say "systemd-analyze: present"
 else
   apt_install --no-install-recommends systemd
+fi
+
+# 6. A real browser for tests/tests/console_e2e.rs: the hub's web console is loaded in headless
+#    chromium (Debian's package; `--dump-dom`, no driver needed).
+if command -v chromium >/dev/null; then
+  say "chromium: $(chromium --version 2>/dev/null | head -1)"
+else
+  apt_install --no-install-recommends chromium
 fi
 say "done"

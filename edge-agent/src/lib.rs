@@ -53,6 +53,8 @@ pub struct Stats {
     pub group_reports_sent: AtomicU64,
     /// What the link to the hub is doing (for `/readyz` and `/status`).
     pub link: health::LinkHealth,
+    /// The plugin counters of every route as last published (for `/status`).
+    pub plugins: std::sync::Mutex<Vec<(String, Vec<er_plugin_host::PluginStats>)>>,
 }
 
 /// Capped exponential backoff with full jitter.
@@ -181,7 +183,13 @@ pub async fn run(
     });
     let plugin_metrics = (cfg.metrics_listen.is_some()
         && !pipeline.lock().expect("pipeline lock").is_empty())
-    .then(|| tokio::spawn(publish_plugin_stats(pipeline.clone(), shutdown.clone())));
+    .then(|| {
+        tokio::spawn(publish_plugin_stats(
+            pipeline.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ))
+    });
     let discovery =
         Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
     let lag = cfg
@@ -553,6 +561,7 @@ impl Link<'_> {
 /// pipeline lock is taken off the executor: the reader thread holds it while a chain runs.
 async fn publish_plugin_stats(
     pipeline: pipeline::SharedPipeline,
+    agent_stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(metrics::PLUGIN_PUBLISH_INTERVAL);
@@ -567,6 +576,10 @@ async fn publish_plugin_stats(
             tokio::task::spawn_blocking(move || p.lock().expect("pipeline lock").stats()).await;
         if let Ok(stats) = stats {
             metrics::publish_plugin_stats(&stats);
+            *agent_stats
+                .plugins
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = stats;
         }
     }
 }

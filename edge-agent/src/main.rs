@@ -28,6 +28,26 @@ enum Command {
         /// Path of agent.toml.
         config: PathBuf,
     },
+    /// Prints a running agent's state: link, alarms, lanes, plugin counters and per-partition
+    /// lag. Reads the agent's `/status`.
+    Status {
+        /// agent.toml: the agent's `[metrics] listen` address is asked (loopback for a
+        /// wildcard).
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// The status endpoint, e.g. `http://gw-7:9464` (path `/status` by default).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the `/status` JSON (schema: README, "Health and status endpoints").
+        #[arg(long)]
+        json: bool,
+        /// Refresh every this many seconds until interrupted.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+        /// Seconds to wait for the agent's answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
+    },
     /// Plugin author tools (no Kafka needed).
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -238,6 +258,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Plugin(cmd)) => plugin_command(cmd),
+        Some(Command::Status {
+            config,
+            url,
+            json,
+            watch,
+            timeout_s,
+        }) => {
+            let url = match (url, config) {
+                (Some(u), _) => u,
+                (None, Some(path)) => {
+                    let cfg = edge_agent::config::load(&path)?;
+                    let addr = cfg.metrics_listen.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "config {}: metrics.listen is not set, so the agent serves no /status; set it or pass --url",
+                            path.display()
+                        )
+                    })?;
+                    er_net::status_client::url_for_listen(addr)
+                }
+                (None, None) => anyhow::bail!("--config <agent.toml> or --url is required"),
+            };
+            let uri = er_net::status_client::parse_url(&url, "/status")?;
+            let options = er_net::status_client::ShowOptions {
+                json,
+                watch: watch.map(std::time::Duration::from_secs),
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(er_net::status_client::show(
+                "agent status",
+                &uri,
+                options,
+                edge_agent::health::render,
+            ))?;
+            Ok(())
+        }
         None => {
             let Some(path) = cli.config else {
                 anyhow::bail!("--config <agent.toml> is required (see --help)");

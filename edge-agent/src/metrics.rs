@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -99,9 +100,28 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
 /// file is logged (the QUIC client setup has already read it, so this is rare).
 pub fn set_certificate_expiry(cert: &std::path::Path) {
     match er_net::certificate_not_after(cert) {
-        Ok(not_after) => gauge!(CERTIFICATE_EXPIRY).set(unix_seconds(not_after)),
+        Ok(not_after) => {
+            let at = unix_seconds(not_after);
+            gauge!(CERTIFICATE_EXPIRY).set(at);
+            CERTIFICATE_NOT_AFTER.store(at as i64, Ordering::Relaxed);
+        }
         Err(e) => tracing::warn!(error = %e, "cannot read the client certificate's expiry"),
     }
+}
+
+/// notAfter of the agent's certificate as last published, Unix seconds; `i64::MIN` until then.
+static CERTIFICATE_NOT_AFTER: AtomicI64 = AtomicI64::new(i64::MIN);
+/// Records lost to edge retention since the process started (for `/status`).
+static RETENTION_GAP_RECORDS_NOW: AtomicU64 = AtomicU64::new(0);
+
+/// notAfter of the agent's certificate, Unix seconds, once [`set_certificate_expiry`] read it.
+pub fn certificate_not_after() -> Option<i64> {
+    Some(CERTIFICATE_NOT_AFTER.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+}
+
+/// Records lost to edge retention since the process started, over all partitions.
+pub fn retention_gap_records() -> u64 {
+    RETENTION_GAP_RECORDS_NOW.load(Ordering::Relaxed)
 }
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {
@@ -363,6 +383,7 @@ pub fn retention_gap(tp: &TopicPartition, news: GapNews) {
     if news.new_gap {
         counter!(RETENTION_GAPS).increment(1);
     }
+    RETENTION_GAP_RECORDS_NOW.fetch_add(news.new_records.max(0) as u64, Ordering::Relaxed);
     counter!(
         RETENTION_GAP_RECORDS,
         "topic" => tp.topic.clone(),

@@ -99,6 +99,10 @@ pub struct Shared {
     pub lag: Option<Arc<crate::metrics::LagTracker>>,
 }
 
+/// How often the agent sends its own figures (edge lag, retention gaps, plugin failures) to
+/// the hub's status; the lag itself is measured every [`crate::metrics::LAG_INTERVAL`].
+pub const SITE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Most offsets in one GroupOffsets frame.
 const GROUP_FRAME_POSITIONS: usize = 4096;
 
@@ -426,6 +430,8 @@ impl Session<'_> {
         );
         groups_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut groups_busy = false;
+        let mut report_tick = tokio::time::interval(SITE_REPORT_INTERVAL);
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
             tokio::select! {
@@ -489,6 +495,10 @@ impl Session<'_> {
                         Err(e) => warn!(error = format!("{e:#}"), "reading edge consumer-group offsets failed"),
                     }
                 }
+                _ = report_tick.tick() => {
+                    let report = self.site_report();
+                    self.proto.send_site_report(report).context("reporting to the hub")?;
+                }
                 _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
                 closed = self.conn.closed() => bail!("connection lost: {closed}"),
             }
@@ -510,6 +520,25 @@ impl Session<'_> {
             Inbound::Closed(ch, Some(e)) => Err(anyhow!("stream {ch:?} failed: {e}")),
             Inbound::Closed(Channel::Control, None) => bail!("hub closed the control stream"),
             Inbound::Closed(_, None) => Ok(()),
+        }
+    }
+
+    /// What only the agent knows, for the hub's status. The lag is known when the agent
+    /// measures it (with `[metrics] listen`) and at least one partition's lag was measured.
+    fn site_report(&self) -> er_protocol::SiteReport {
+        let lag_records = self.shared.lag.as_ref().and_then(|l| {
+            let lags: Vec<i64> = l
+                .snapshot_with_lag()
+                .into_iter()
+                .filter_map(|(_, _, lag)| lag)
+                .collect();
+            (!lags.is_empty()).then(|| lags.iter().sum())
+        });
+        er_protocol::SiteReport {
+            lag_records,
+            retention_gap_records: crate::metrics::retention_gap_records(),
+            plugin_errors: self.stats.plugin_record_failures.load(Ordering::Relaxed),
+            route_stops: self.stats.route_stops.load(Ordering::Relaxed),
         }
     }
 

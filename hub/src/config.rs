@@ -131,12 +131,24 @@ fn default_shard_wait_ms() -> u64 {
 }
 
 /// The Prometheus metrics endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// TCP `ip:port` serving `/metrics`, e.g. `127.0.0.1:9465`; none when unset.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Serve the read-only web console at `/` on the same listener (default true).
+    #[serde(default = "default_true")]
+    pub console: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            console: true,
+        }
+    }
 }
 
 /// Consumer-group offset translation for failover.

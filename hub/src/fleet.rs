@@ -196,11 +196,19 @@ impl Fleet {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_due = Instant::now() + crate::metrics::STATUS_INTERVAL;
+        let mut sample_due = Instant::now();
         loop {
             tokio::select! {
                 _ = own.changed() => {}
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            if Instant::now() >= sample_due {
+                sample_due = Instant::now() + crate::metrics::HISTORY_INTERVAL;
+                let now = crate::metrics::now_ms();
+                for s in self.registry.sites() {
+                    s.metrics.sample(now);
+                }
             }
             let ownership = self.memberships[0].ownership();
             crate::metrics::set_shards_owned(ownership.shards.len());

@@ -1,5 +1,6 @@
-//! The hub's `/readyz` and `/status` answers: listening, every central cluster reachable (a
-//! metadata request cached for [`CLUSTER_CHECK_TTL`]), and a small JSON status.
+//! The hub's `/readyz`, `/status`, `/status/<site>` and console answers: listening, every
+//! central cluster reachable (a metadata request cached for [`CLUSTER_CHECK_TTL`]), the fleet
+//! table ([`crate::fleet_status`]) and the embedded console page ([`CONSOLE_HTML`]).
 //!
 //! A load balancer or Kubernetes sends sites only to a hub that can write them: one that stopped
 //! listening (shutting down) or cannot reach a central cluster would take sessions and fail
@@ -7,13 +8,19 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use er_net::status::{CachedCheck, Check, Endpoints};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::{ClusterConfig, Validated};
+use crate::fleet_status::{self, HubStatus, SiteDetail};
+use crate::sites::Registry;
+
+/// The read-only web console served at `/` on the metrics listener: one page, no external
+/// assets; it polls `/status` and `/status/<site>`.
+pub const CONSOLE_HTML: &str = include_str!("console.html");
 
 /// How long a cluster's metadata answer counts for readiness.
 pub const CLUSTER_CHECK_TTL: Duration = Duration::from_secs(5);
@@ -31,6 +38,7 @@ pub struct HubHealth {
     listening: Mutex<Option<SocketAddr>>,
     stopping: AtomicBool,
     clusters: Vec<CachedCheck>,
+    registry: OnceLock<Arc<Registry>>,
 }
 
 impl HubHealth {
@@ -47,6 +55,7 @@ impl HubHealth {
             listening: Mutex::new(None),
             stopping: AtomicBool::new(false),
             clusters,
+            registry: OnceLock::new(),
         }))
     }
 
@@ -56,6 +65,11 @@ impl HubHealth {
             .listening
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(addr);
+    }
+
+    /// The fleet started: its sites show in `/status` from now on.
+    pub fn fleet_started(&self, registry: Arc<Registry>) {
+        let _ = self.registry.set(registry);
     }
 
     /// Shutdown began: not ready any more, so traffic moves elsewhere first.
@@ -79,28 +93,66 @@ impl HubHealth {
             .collect()
     }
 
-    /// The `/status` document.
-    pub fn status(&self) -> serde_json::Value {
+    /// The `/status` document (see [`HubStatus`]).
+    pub fn status(&self) -> HubStatus {
         let addr = *self
             .listening
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        serde_json::json!({
-            "hub_id": self.hub_id,
-            "version": env!("CARGO_PKG_VERSION"),
-            "listen": addr.map(|a| a.to_string()),
-            "stopping": self.stopping.load(Ordering::Relaxed),
-            "sites_connected": crate::metrics::sites_connected(),
+        let now = crate::metrics::now_ms();
+        let mut sites: Vec<_> = self
+            .registry
+            .get()
+            .map(|r| {
+                r.sites()
+                    .iter()
+                    .map(|s| fleet_status::site_row(s, now))
+                    .collect()
+            })
+            .unwrap_or_default();
+        fleet_status::sort_worst_first(&mut sites);
+        HubStatus {
+            hub_id: self.hub_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen: addr.map(|a| a.to_string()),
+            stopping: self.stopping.load(Ordering::Relaxed),
+            sites_connected: crate::metrics::sites_connected(),
+            generated_ms: now,
+            fleet_started: self.registry.get().is_some(),
+            sites,
+        }
+    }
+
+    /// The `/status/<site>` document, if the site is in a shard this hub owns.
+    pub fn site_detail(&self, alias: &str) -> Option<SiteDetail> {
+        let registry = self.registry.get()?;
+        let site = registry.sites().into_iter().find(|s| s.alias == alias)?;
+        let now = crate::metrics::now_ms();
+        Some(SiteDetail {
+            row: fleet_status::site_row(&site, now),
+            history_interval_seconds: crate::metrics::HISTORY_INTERVAL.as_secs_f64(),
+            history: site.metrics.snapshot(now).history,
         })
     }
 
-    /// Answers `/readyz` and `/status` on `endpoints` from now on.
-    pub fn register(self: &Arc<Self>, endpoints: &Endpoints) {
+    /// Answers `/readyz`, `/status` and `/status/<site>` on `endpoints` from now on, and
+    /// serves the console at `/` when `console` is true.
+    pub fn register(self: &Arc<Self>, endpoints: &Endpoints, console: bool) {
         let me = self.clone();
         endpoints.set_readiness(move || me.checks());
         let me = self.clone();
-        endpoints.set_status(move || me.status());
+        endpoints.set_status(move || to_json(&me.status()));
+        let me = self.clone();
+        endpoints.set_detail(move |site| me.site_detail(site).map(|d| to_json(&d)));
+        if console {
+            endpoints.set_page(CONSOLE_HTML);
+        }
     }
+}
+
+fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v)
+        .unwrap_or_else(|e| serde_json::json!({ "error": format!("cannot serialize: {e}") }))
 }
 
 fn cluster_check(cluster: &ClusterConfig) -> Result<CachedCheck, rdkafka::error::KafkaError> {
@@ -161,8 +213,21 @@ bootstrap_servers = "{bootstrap}"
         h.stopping();
         assert!(!h.checks()[0].ok);
         let s = h.status();
-        assert_eq!(s["hub_id"], "hub-t");
-        assert_eq!(s["listen"], "127.0.0.1:4433");
-        assert!(s["sites_connected"].is_u64(), "{s}");
+        assert_eq!(s.hub_id, "hub-t");
+        assert_eq!(s.listen.as_deref(), Some("127.0.0.1:4433"));
+        assert!(!s.fleet_started && s.sites.is_empty());
+        assert!(h.site_detail("plant-7").is_none());
+        let registry = Arc::new(Registry::new(4, 1, 10));
+        registry.install(registry.shard_of("plant-7"), 1, Default::default());
+        registry.site("plant-7").unwrap();
+        h.fleet_started(registry);
+        let s = h.status();
+        assert!(s.fleet_started);
+        assert_eq!(s.sites.len(), 1);
+        assert_eq!(s.sites[0].site, "plant-7");
+        assert_eq!(s.sites[0].link, fleet_status::LinkState::Down);
+        let d = h.site_detail("plant-7").unwrap();
+        assert_eq!(d.row.site, "plant-7");
+        assert!(h.site_detail("plant-8").is_none());
     }
 }

@@ -10,6 +10,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod directory;
 pub mod fleet;
+pub mod fleet_status;
 pub mod group_offsets;
 pub mod health;
 pub mod kafka;
@@ -33,6 +34,7 @@ pub struct BoundHub {
     endpoint: quinn::Endpoint,
     crl_reloader: er_net::CrlReloader,
     crl_poll_interval: std::time::Duration,
+    health: Option<std::sync::Arc<health::HubHealth>>,
 }
 
 impl BoundHub {
@@ -56,7 +58,14 @@ impl BoundHub {
             endpoint,
             crl_reloader,
             crl_poll_interval,
+            health: None,
         })
+    }
+
+    /// Shows the fleet's sites in `health`'s `/status` once the fleet started.
+    pub fn with_health(mut self, health: std::sync::Arc<health::HubHealth>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// The UDP address the hub listens on.
@@ -79,6 +88,9 @@ impl BoundHub {
         let result = match Hub::start(self.config, &mut shutdown).await {
             Ok(Some(hub)) => {
                 tracing::info!(listen = %listen, hub_id = %hub.fleet().config.raw.hub_id, "hub ready");
+                if let Some(h) = &self.health {
+                    h.fleet_started(hub.fleet().registry.clone());
+                }
                 hub_tx.send_replace(Some(hub));
                 let _ = shutdown.wait_for(|stop| *stop).await;
                 Ok(())

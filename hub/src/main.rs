@@ -41,6 +41,26 @@ enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Prints the fleet a running hub serves, one row per site, worst first: link, RTT,
+    /// records/s, lag (records and seconds), last heartbeat, retention gap, poison records,
+    /// certificate expiry, writer state; then each site's problems. Reads the hub's `/status`.
+    Status {
+        /// hub.toml: the hub's `[metrics] listen` address is asked (loopback for a wildcard).
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// The status endpoint, e.g. `http://hub-1:9465` (path `/status` by default).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the `/status` JSON (schema: README, "Health and status endpoints").
+        #[arg(long)]
+        json: bool,
+        /// Refresh every this many seconds until interrupted.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+        /// Seconds to wait for the hub's answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
+    },
     /// Creates a development PKI: a CA, a hub certificate and one certificate per site.
     Certs {
         /// Directory to write PEM files into.
@@ -114,6 +134,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Status {
+            config,
+            url,
+            json,
+            watch,
+            timeout_s,
+        }) => {
+            let url = match (url, config) {
+                (Some(u), _) => u,
+                (None, Some(path)) => {
+                    let cfg = er_hub::config::load(&path)?;
+                    let addr = cfg.metrics_listen.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "config {}: metrics.listen is not set, so the hub serves no /status; set it or pass --url",
+                            path.display()
+                        )
+                    })?;
+                    er_net::status_client::url_for_listen(addr)
+                }
+                (None, None) => anyhow::bail!("--config <hub.toml> or --url is required"),
+            };
+            let uri = er_net::status_client::parse_url(&url, "/status")?;
+            let options = er_net::status_client::ShowOptions {
+                json,
+                watch: watch.map(std::time::Duration::from_secs),
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(er_net::status_client::show(
+                "hub status",
+                &uri,
+                options,
+                er_hub::fleet_status::render_table,
+            ))?;
+            Ok(())
+        }
         Some(Command::Certs {
             out,
             sites,
@@ -149,15 +207,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(addr) => {
                         let endpoints = er_hub::metrics::install(addr)?;
                         let health = er_hub::health::HubHealth::new(&config)?;
-                        health.register(&endpoints);
-                        tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
+                        let console = config.raw.metrics.console;
+                        health.register(&endpoints, console);
+                        tracing::info!(%addr, console, "serving /metrics, /healthz, /readyz and /status");
                         Some(health)
                     }
                     None => None,
                 };
-                let bound = er_hub::BoundHub::bind(config)?;
+                let mut bound = er_hub::BoundHub::bind(config)?;
                 if let Some(h) = &health {
                     h.listening(bound.local_addr()?);
+                    bound = bound.with_health(h.clone());
                 }
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {

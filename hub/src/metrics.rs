@@ -183,6 +183,86 @@ pub struct SiteMetrics {
     checkpoints: AtomicU64,
     /// Latest lag in seconds as f64 bits; NaN until the first heartbeat committed.
     lag_bits: AtomicU64,
+    /// What `/status` shows beyond the counters.
+    facts: Mutex<SiteFacts>,
+}
+
+/// How often a site's figures are sampled for `/status/<site>` (sparklines) and records/s.
+pub const HISTORY_INTERVAL: Duration = Duration::from_secs(5);
+/// Samples kept per site: 5 minutes at [`HISTORY_INTERVAL`] (60 x 32 bytes per site).
+pub const HISTORY_SAMPLES: usize = 60;
+
+/// One sample of a site's figures.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// Hub time of the sample, epoch milliseconds.
+    pub at_ms: i64,
+    /// Records committed since the hub started.
+    pub records: u64,
+    /// Replication lag from heartbeats, seconds, if known.
+    pub lag_seconds: Option<f64>,
+    /// Records behind at the edge as the agent last reported, if it did.
+    pub lag_records: Option<i64>,
+}
+
+/// What the agent last told the hub about itself (`SiteReport` frames).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentFigures {
+    /// Records behind at the edge, summed over the replicated partitions, if the agent
+    /// measures it.
+    pub lag_records: Option<i64>,
+    /// Records edge retention deleted before they were replicated, since the agent started.
+    pub retention_gap_records: u64,
+    /// Failed plugin calls and records, since the agent started.
+    pub plugin_errors: u64,
+    /// Routes stopped by a plugin failure, since the agent started.
+    pub route_stops: u64,
+}
+
+/// A site's plain-data status beyond its counters.
+#[derive(Debug, Default)]
+struct SiteFacts {
+    poison_records: u64,
+    transactions_failed: u64,
+    last_commit_ms: Option<i64>,
+    last_failure_ms: Option<i64>,
+    heartbeat_ms: Option<i64>,
+    heartbeat_committed_ms: Option<i64>,
+    certificate_not_after_s: Option<i64>,
+    disconnected_ms: Option<i64>,
+    agent: Option<(i64, AgentFigures)>,
+    history: std::collections::VecDeque<Sample>,
+}
+
+/// A copy of a site's status figures (see [`SiteMetrics::snapshot`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteSnapshot {
+    /// Records committed since the hub started.
+    pub records: u64,
+    /// Records per second over the last samples, once two are ten seconds apart or more.
+    pub records_per_second: Option<f64>,
+    /// Latest replication lag from heartbeats, seconds.
+    pub lag_seconds: Option<f64>,
+    /// Records written to the dead-letter topic since the hub started.
+    pub poison_records: u64,
+    /// Failed transactions carrying the site since the hub started.
+    pub transactions_failed: u64,
+    /// Hub time of the latest commit, epoch ms.
+    pub last_commit_ms: Option<i64>,
+    /// Hub time of the latest failed transaction, epoch ms.
+    pub last_failure_ms: Option<i64>,
+    /// Timestamp of the newest committed heartbeat (the site's clock), epoch ms.
+    pub heartbeat_ms: Option<i64>,
+    /// Hub time that heartbeat committed, epoch ms.
+    pub heartbeat_committed_ms: Option<i64>,
+    /// notAfter of the certificate the site last connected with, Unix seconds.
+    pub certificate_not_after_s: Option<i64>,
+    /// Hub time the site's last session ended, epoch ms.
+    pub disconnected_ms: Option<i64>,
+    /// The agent's latest report and the hub time it came, epoch ms.
+    pub agent: Option<(i64, AgentFigures)>,
+    /// Samples, oldest first.
+    pub history: Vec<Sample>,
 }
 
 /// The metrics of `site`, created on first use and kept for the life of the process (one entry
@@ -210,6 +290,7 @@ pub fn site(site: &str) -> Arc<SiteMetrics> {
                 records: AtomicU64::new(0),
                 checkpoints: AtomicU64::new(0),
                 lag_bits: AtomicU64::new(f64::NAN.to_bits()),
+                facts: Mutex::new(SiteFacts::default()),
             })
         })
         .clone()
@@ -221,21 +302,85 @@ impl SiteMetrics {
         self.bytes_received.increment(bytes as u64);
     }
 
+    fn facts(&self) -> std::sync::MutexGuard<'_, SiteFacts> {
+        self.facts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A transaction committed `batches` batches holding `records` records of the site.
     pub fn committed(&self, records: u64, batches: usize) {
         self.records_written.increment(records);
         self.batches_committed.increment(batches as u64);
         self.records.fetch_add(records, Ordering::Relaxed);
+        self.facts().last_commit_ms = Some(now_ms());
     }
 
     /// A transaction failed (nothing of it is visible).
     pub fn transaction_failed(&self) {
         self.transactions_failed.increment(1);
+        let mut f = self.facts();
+        f.transactions_failed += 1;
+        f.last_failure_ms = Some(now_ms());
     }
 
     /// A record went to the site's dead-letter topic.
     pub fn poison_record(&self) {
         self.poison_records.increment(1);
+        self.facts().poison_records += 1;
+    }
+
+    /// The site connected with a certificate valid until `not_after`.
+    pub fn certificate(&self, not_after: std::time::SystemTime) {
+        self.facts().certificate_not_after_s = Some(unix_seconds(not_after) as i64);
+    }
+
+    /// The site's session ended.
+    pub fn disconnected(&self) {
+        self.facts().disconnected_ms = Some(now_ms());
+    }
+
+    /// The agent reported its own figures (a `SiteReport` frame).
+    pub fn agent_report(&self, figures: AgentFigures) {
+        self.facts().agent = Some((now_ms(), figures));
+    }
+
+    /// Takes a sample for the history (every [`HISTORY_INTERVAL`]), keeping the latest
+    /// [`HISTORY_SAMPLES`].
+    pub fn sample(&self, at_ms: i64) {
+        let records = self.records();
+        let lag_seconds = self.lag_seconds();
+        let mut f = self.facts();
+        let lag_records = f.agent.and_then(|(_, a)| a.lag_records);
+        if f.history.len() == HISTORY_SAMPLES {
+            f.history.pop_front();
+        }
+        f.history.push_back(Sample {
+            at_ms,
+            records,
+            lag_seconds,
+            lag_records,
+        });
+    }
+
+    /// The site's figures now (`now_ms`: hub time, epoch ms).
+    pub fn snapshot(&self, now_ms: i64) -> SiteSnapshot {
+        let records = self.records();
+        let lag_seconds = self.lag_seconds();
+        let f = self.facts();
+        SiteSnapshot {
+            records,
+            records_per_second: records_per_second(&f.history, records, now_ms),
+            lag_seconds,
+            poison_records: f.poison_records,
+            transactions_failed: f.transactions_failed,
+            last_commit_ms: f.last_commit_ms,
+            last_failure_ms: f.last_failure_ms,
+            heartbeat_ms: f.heartbeat_ms,
+            heartbeat_committed_ms: f.heartbeat_committed_ms,
+            certificate_not_after_s: f.certificate_not_after_s,
+            disconnected_ms: f.disconnected_ms,
+            agent: f.agent,
+            history: f.history.iter().copied().collect(),
+        }
     }
 
     /// A checkpoint round wrote these.
@@ -252,6 +397,10 @@ impl SiteMetrics {
         let lag = (now_ms - heartbeat_ms) as f64 / 1e3;
         self.replication_lag.set(lag);
         self.lag_bits.store(lag.to_bits(), Ordering::Relaxed);
+        let mut f = self.facts();
+        f.heartbeat_ms = Some(heartbeat_ms);
+        f.heartbeat_committed_ms = Some(now_ms);
+        drop(f);
         tracing::debug!(site = %self.site, lag_seconds = lag, "replication lag from heartbeats");
     }
 
@@ -269,6 +418,23 @@ impl SiteMetrics {
     pub fn checkpoints(&self) -> u64 {
         self.checkpoints.load(Ordering::Relaxed)
     }
+}
+
+/// Records per second from the samples to `records` at `now_ms`: over the newest sample at
+/// least 10 s old (at most 30 s), so a rate needs some history and follows changes within
+/// half a minute. `None` until such a sample exists.
+pub fn records_per_second(
+    history: &std::collections::VecDeque<Sample>,
+    records: u64,
+    now_ms: i64,
+) -> Option<f64> {
+    let base = history
+        .iter()
+        .rev()
+        .find(|s| now_ms - s.at_ms >= 10_000)
+        .filter(|s| now_ms - s.at_ms <= 30_000)?;
+    let secs = (now_ms - base.at_ms) as f64 / 1e3;
+    Some(records.saturating_sub(base.records) as f64 / secs)
 }
 
 /// Sets the offset index gauge of a site on a cluster.
@@ -357,9 +523,10 @@ pub fn set_certificate_expiry(cert: &std::path::Path) {
     }
 }
 
-/// Publishes [`SITE_CERTIFICATE_EXPIRY`] for an admitted site.
-pub fn set_site_certificate_expiry(site: &str, not_after: std::time::SystemTime) {
-    gauge!(SITE_CERTIFICATE_EXPIRY, "site" => site.to_owned()).set(unix_seconds(not_after));
+/// Publishes [`SITE_CERTIFICATE_EXPIRY`] for an admitted site (and keeps it for `/status`).
+pub fn set_site_certificate_expiry(site_alias: &str, not_after: std::time::SystemTime) {
+    gauge!(SITE_CERTIFICATE_EXPIRY, "site" => site_alias.to_owned()).set(unix_seconds(not_after));
+    site(site_alias).certificate(not_after);
 }
 
 /// Counts a refused connection under `reason` (one of [`REFUSAL_REASONS`]).
@@ -452,5 +619,50 @@ mod tests {
         m.committed(7, 2);
         m.checkpoint_round(3, 1);
         assert_eq!((m.records(), m.checkpoints()), (7, 3));
+    }
+
+    #[test]
+    fn records_per_second_needs_a_sample_ten_to_thirty_seconds_old() {
+        let m = site("metrics-unit-test-rate");
+        m.sample(100_000);
+        m.committed(50, 1);
+        assert_eq!(
+            m.snapshot(105_000).records_per_second,
+            None,
+            "5 s of history"
+        );
+        assert_eq!(m.snapshot(110_000).records_per_second, Some(5.0));
+        m.sample(110_000);
+        m.committed(30, 1);
+        assert_eq!(
+            m.snapshot(125_000).records_per_second,
+            Some(2.0),
+            "since the 110 s sample"
+        );
+        assert_eq!(
+            m.snapshot(200_000).records_per_second,
+            None,
+            "history too old"
+        );
+        for i in 0..HISTORY_SAMPLES + 5 {
+            m.sample(200_000 + i as i64 * 5_000);
+        }
+        let h = m.snapshot(0).history;
+        assert_eq!(h.len(), HISTORY_SAMPLES, "bounded");
+        assert_eq!(h.last().unwrap().records, 80);
+        m.poison_record();
+        m.transaction_failed();
+        let s = m.snapshot(0);
+        assert_eq!((s.poison_records, s.transactions_failed), (1, 1));
+        assert!(s.last_failure_ms.is_some());
+        assert_eq!(s.agent, None, "no report yet");
+        m.agent_report(AgentFigures {
+            lag_records: Some(12),
+            ..Default::default()
+        });
+        m.sample(600_000);
+        let s = m.snapshot(600_000);
+        assert_eq!(s.agent.and_then(|a| a.1.lag_records), Some(12));
+        assert_eq!(s.history.last().unwrap().lag_records, Some(12), "sampled");
     }
 }

@@ -113,11 +113,15 @@ pub struct Site {
     retired: std::sync::atomic::AtomicBool,
 }
 
-/// The live session of a site: its id and how to end it.
+/// The live session of a site: its id, its connection and how to end it.
 #[derive(Debug)]
 pub struct SessionSlot {
     /// Session id (unique per hub process).
     pub id: u64,
+    /// The connection (for `/status`: RTT and remote address; nothing is sent through it here).
+    pub conn: quinn::Connection,
+    /// Hub time the session started, epoch ms.
+    pub started_ms: i64,
     /// Set to true to ask the session to end (a newer connection replaces it).
     pub supersede: watch::Sender<bool>,
     /// Turns true once the session ended.
@@ -274,6 +278,15 @@ impl Site {
         {
             let _ = s.supersede.send(true);
         }
+    }
+
+    /// The live session's link, if any: (remote address, RTT, start time in epoch ms).
+    pub fn link(&self) -> Option<(std::net::SocketAddr, Duration, i64)> {
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| (s.conn.remote_address(), s.conn.rtt(), s.started_ms))
     }
 
     /// Whether a session is live.

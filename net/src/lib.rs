@@ -18,6 +18,7 @@ mod identity;
 pub mod metrics;
 mod pem;
 pub mod status;
+pub mod status_client;
 mod transport;
 mod untrusted;
 pub mod wire;

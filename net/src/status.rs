@@ -1,5 +1,7 @@
 //! The small HTTP server both binaries run on `[metrics] listen`: `/metrics` (Prometheus text),
-//! `/healthz` (the process runs), `/readyz` (named readiness checks) and `/status` (JSON).
+//! `/healthz` (the process runs), `/readyz` (named readiness checks), `/status` (JSON),
+//! `/status/<name>` (one item's detail, JSON, when the binary answers it) and `/` (an embedded
+//! HTML page, when the binary has one: the hub's console).
 //!
 //! The readiness and status answers come from callbacks the binary registers on [`Endpoints`]
 //! once it has built what they look at (the recorder must be installed first, so the server
@@ -133,12 +135,19 @@ impl Readiness {
 
 type ReadinessFn = dyn Fn() -> Vec<Check> + Send + Sync;
 type StatusFn = dyn Fn() -> serde_json::Value + Send + Sync;
+type DetailFn = dyn Fn(&str) -> Option<serde_json::Value> + Send + Sync;
 
-/// The callbacks behind `/readyz` and `/status`, registered by the binary once it can answer.
+/// Longest `<name>` of `/status/<name>` looked up; longer names answer 404 without a lookup.
+pub const MAX_DETAIL_NAME_BYTES: usize = 255;
+
+/// The callbacks behind `/readyz`, `/status` and `/status/<name>`, and the page at `/`,
+/// registered by the binary once it can answer.
 #[derive(Default)]
 pub struct Endpoints {
     readiness: RwLock<Option<Arc<ReadinessFn>>>,
     status: RwLock<Option<Arc<StatusFn>>>,
+    detail: RwLock<Option<Arc<DetailFn>>>,
+    page: RwLock<Option<&'static str>>,
 }
 
 impl std::fmt::Debug for Endpoints {
@@ -179,6 +188,35 @@ impl Endpoints {
         *self.status.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(f));
     }
 
+    /// `/status/<name>` answers with the JSON `f` returns for `name` from now on (404 for
+    /// `None`). `name` is percent-decoded, at most [`MAX_DETAIL_NAME_BYTES`].
+    pub fn set_detail(
+        &self,
+        f: impl Fn(&str) -> Option<serde_json::Value> + Send + Sync + 'static,
+    ) {
+        *self.detail.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(f));
+    }
+
+    /// `/` serves this HTML page from now on (404 until set).
+    pub fn set_page(&self, html: &'static str) {
+        *self.page.write().unwrap_or_else(PoisonError::into_inner) = Some(html);
+    }
+
+    /// The detail of `name` now (blocking: runs the callback); `None` when unknown or not
+    /// served.
+    pub fn detail(&self, name: &str) -> Option<serde_json::Value> {
+        let f = self
+            .detail
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        f.and_then(|f| f(name))
+    }
+
+    fn page(&self) -> Option<&'static str> {
+        *self.page.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The readiness now (blocking: runs the callback).
     pub fn readiness(&self) -> Readiness {
         let f = self
@@ -208,12 +246,15 @@ impl Endpoints {
 }
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Route {
     Metrics,
     Healthz,
     Readyz,
     Status,
+    /// `/status/<name>`, the name percent-decoded.
+    Detail(String),
+    Page,
     NotFound,
     MethodNotAllowed,
 }
@@ -223,12 +264,40 @@ fn route(method: &Method, path: &str) -> Route {
         return Route::MethodNotAllowed;
     }
     match path {
+        "/" => Route::Page,
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/status" => Route::Status,
-        _ => Route::NotFound,
+        _ => match path.strip_prefix("/status/").and_then(percent_decode) {
+            Some(name)
+                if !name.is_empty()
+                    && name.len() <= MAX_DETAIL_NAME_BYTES
+                    && !name.contains('/') =>
+            {
+                Route::Detail(name)
+            }
+            _ => Route::NotFound,
+        },
     }
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` for a bad escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Serves the endpoints on `listener` until the runtime shuts down. `metrics` renders `/metrics`.
@@ -306,17 +375,36 @@ async fn respond(
                 &serde_json::json!({ "error": e }),
             ),
         },
-        Route::NotFound => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /metrics, /healthz, /readyz or /status\n",
-        ),
+        Route::Detail(name) => match blocking(move || endpoints.detail(&name)).await {
+            Ok(Some(v)) => json(StatusCode::OK, &v),
+            Ok(None) => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "no such item"}),
+            ),
+            Err(e) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "error": e }),
+            ),
+        },
+        Route::Page => match endpoints.page() {
+            Some(html) => reply(StatusCode::OK, "text/html; charset=utf-8", html),
+            None => not_found(),
+        },
+        Route::NotFound => not_found(),
         Route::MethodNotAllowed => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET and HEAD\n",
         ),
     }
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "not found; try /metrics, /healthz, /readyz or /status\n",
+    )
 }
 
 /// Runs `f` on the blocking pool, at most [`CALLBACK_TIMEOUT`].
@@ -364,14 +452,27 @@ mod tests {
             (Method::GET, "/healthz", Route::Healthz),
             (Method::GET, "/readyz", Route::Readyz),
             (Method::GET, "/status", Route::Status),
-            (Method::GET, "/", Route::NotFound),
+            (Method::GET, "/", Route::Page),
+            (Method::GET, "/console", Route::NotFound),
             (Method::GET, "/metrics/x", Route::NotFound),
+            (
+                Method::GET,
+                "/status/plant-7",
+                Route::Detail("plant-7".into()),
+            ),
+            (Method::GET, "/status/a%20b", Route::Detail("a b".into())),
+            (Method::GET, "/status/", Route::NotFound),
+            (Method::GET, "/status/a/b", Route::NotFound),
+            (Method::GET, "/status/a%2Fb", Route::NotFound),
+            (Method::GET, "/status/%zz", Route::NotFound),
             (Method::POST, "/metrics", Route::MethodNotAllowed),
             (Method::DELETE, "/status", Route::MethodNotAllowed),
         ];
         for (m, p, want) in cases {
             assert_eq!(route(&m, p), want, "{m} {p}");
         }
+        let long = format!("/status/{}", "x".repeat(MAX_DETAIL_NAME_BYTES + 1));
+        assert_eq!(route(&Method::GET, &long), Route::NotFound);
     }
 
     #[test]
@@ -509,7 +610,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["sites_connected"], 2);
 
-        assert_eq!(run("/").await.unwrap().0, 404);
+        assert_eq!(run("/").await.unwrap().0, 404, "no page registered");
+        assert_eq!(
+            run("/status/plant-7").await.unwrap().0,
+            404,
+            "no detail registered"
+        );
+        endpoints.set_page("<!doctype html><title>console</title>");
+        endpoints.set_detail(|name| (name == "plant 7").then(|| serde_json::json!({"site": name})));
+        let (code, body) = run("/").await.unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "<!doctype html><title>console</title>")
+        );
+        let (code, body) = run("/status/plant%207").await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["site"],
+            "plant 7"
+        );
+        assert_eq!(run("/status/plant-8").await.unwrap().0, 404);
         let post = tokio::task::spawn_blocking(move || {
             request(
                 port,

@@ -371,9 +371,10 @@ impl AgentConn {
                     .push_back(AgentEvent::Redirected { addresses, reason });
                 Ok(())
             }
-            Frame::Hello { .. } | Frame::Batch(_) | Frame::GroupOffsets { .. } => {
-                Err(self.unexpected(kind))
-            }
+            Frame::Hello { .. }
+            | Frame::Batch(_)
+            | Frame::GroupOffsets { .. }
+            | Frame::SiteReport(_) => Err(self.unexpected(kind)),
         }
     }
 
@@ -584,6 +585,27 @@ impl AgentConn {
         }
         self.transmit
             .push_back((Channel::Control, Frame::GroupOffsets { groups }));
+        Ok(())
+    }
+
+    /// Queues the agent's own figures for the hub's status on the control channel (after
+    /// Welcome; ignored while draining).
+    pub fn send_site_report(
+        &mut self,
+        report: crate::frame::SiteReport,
+    ) -> Result<(), ProtocolError> {
+        match self.state {
+            State::Welcomed => {}
+            State::Draining => return Ok(()),
+            _ => {
+                return Err(ProtocolError::InvalidCall {
+                    call: "send_site_report",
+                    state: self.state.name(),
+                });
+            }
+        }
+        self.transmit
+            .push_back((Channel::Control, Frame::SiteReport(report)));
         Ok(())
     }
 

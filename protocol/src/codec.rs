@@ -9,7 +9,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES,
     MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, Position,
-    TopicPartition, frame_type,
+    SiteReport, TopicPartition, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -86,6 +86,12 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             put_str(out, message);
         }
         Frame::GoAway { reason } => put_str(out, reason),
+        Frame::SiteReport(r) => {
+            out.put_i64(r.lag_records.map_or(-1, |l| l.max(0)));
+            out.put_u64(r.retention_gap_records);
+            out.put_u64(r.plugin_errors);
+            out.put_u64(r.route_stops);
+        }
         Frame::Redirect { addresses, reason } => {
             let addresses = &addresses[..addresses.len().min(MAX_REDIRECT_ADDRESSES)];
             out.put_u16(addresses.len() as u16);
@@ -155,6 +161,7 @@ pub fn try_encode_frame(
         Frame::Ping { .. } | Frame::Pong { .. } => {}
         Frame::Error { message, .. } => check("message", message)?,
         Frame::GoAway { reason } => check("reason", reason)?,
+        Frame::SiteReport(_) => {}
         Frame::Redirect { addresses, reason } => {
             let over = |field, len, max| {
                 if len > max {
@@ -263,6 +270,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::GO_AWAY => "GoAway",
         frame_type::GROUP_OFFSETS => "GroupOffsets",
         frame_type::REDIRECT => "Redirect",
+        frame_type::SITE_REPORT => "SiteReport",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -372,6 +380,23 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::GO_AWAY => Frame::GoAway {
             reason: r.string("reason")?,
         },
+        frame_type::SITE_REPORT => {
+            // -1 says "unknown"; anything below is malformed.
+            let lag = r.i64("lag_records")?;
+            if lag < -1 {
+                return Err(DecodeError::Negative {
+                    frame,
+                    field: "lag_records",
+                    value: lag,
+                });
+            }
+            Frame::SiteReport(SiteReport {
+                lag_records: (lag >= 0).then_some(lag),
+                retention_gap_records: r.u64("retention_gap_records")?,
+                plugin_errors: r.u64("plugin_errors")?,
+                route_stops: r.u64("route_stops")?,
+            })
+        }
         frame_type::REDIRECT => {
             let count = r.u16("addresses.count")? as usize;
             if count > MAX_REDIRECT_ADDRESSES {

@@ -64,6 +64,21 @@ pub struct GroupOffsets {
     pub offsets: Vec<Position>,
 }
 
+/// What only the agent knows about its site, for the hub's fleet status: sent on the control
+/// channel every few seconds after Welcome. Counts are cumulative since the agent started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteReport {
+    /// Records behind at the edge (high watermarks minus committed positions, summed over the
+    /// replicated partitions); `None` while unknown. Never negative.
+    pub lag_records: Option<i64>,
+    /// Records edge retention deleted before they were replicated.
+    pub retention_gap_records: u64,
+    /// Records a plugin failed (skipped or dead-lettered by the route's policy).
+    pub plugin_errors: u64,
+    /// Times a plugin route stopped on a failure.
+    pub route_stops: u64,
+}
+
 /// Compression applied to a batch's record payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -245,6 +260,9 @@ pub enum Frame {
         /// The groups and their committed offsets.
         groups: Vec<GroupOffsets>,
     },
+    /// Agent -> hub, control channel, after Welcome: the agent's own figures for the hub's
+    /// status (edge lag, retention gaps, plugin failures).
+    SiteReport(SiteReport),
     /// Hub -> agent, control channel, instead of Welcome: this hub does not serve the site;
     /// connect to one of `addresses` (in order) instead. The hub closes after it.
     Redirect {
@@ -310,6 +328,7 @@ pub(crate) mod frame_type {
     pub const GO_AWAY: u8 = 8;
     pub const GROUP_OFFSETS: u8 = 9;
     pub const REDIRECT: u8 = 10;
+    pub const SITE_REPORT: u8 = 11;
 }
 
 impl Frame {
@@ -326,6 +345,7 @@ impl Frame {
             Frame::GoAway { .. } => "GoAway",
             Frame::GroupOffsets { .. } => "GroupOffsets",
             Frame::Redirect { .. } => "Redirect",
+            Frame::SiteReport(_) => "SiteReport",
         }
     }
 
@@ -342,6 +362,7 @@ impl Frame {
             Frame::GoAway { .. } => GO_AWAY,
             Frame::GroupOffsets { .. } => GROUP_OFFSETS,
             Frame::Redirect { .. } => REDIRECT,
+            Frame::SiteReport(_) => SITE_REPORT,
         }
     }
 }
@@ -349,7 +370,7 @@ impl Frame {
 /// Logical stream a frame travels on; drivers map each to a QUIC stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Channel {
-    /// Handshake, pings, errors, go-away, redirects, group reports.
+    /// Handshake, pings, errors, go-away, redirects, group and site reports.
     Control,
     /// Batches and acks of one source partition (ordered).
     Partition(TopicPartition),

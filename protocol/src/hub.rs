@@ -49,6 +49,9 @@ pub enum HubEvent {
     },
     /// Committed offsets of edge consumer groups; each replaces what was known of its group.
     GroupOffsets(Vec<crate::frame::GroupOffsets>),
+    /// The agent's own figures (edge lag, retention gaps, plugin failures); each replaces the
+    /// previous.
+    SiteReport(crate::frame::SiteReport),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,6 +245,14 @@ impl HubConn {
                     return Err(self.unexpected(kind));
                 }
                 self.events.push_back(HubEvent::GroupOffsets(groups));
+                Ok(())
+            }
+            Frame::SiteReport(report) => {
+                expect_control(channel)?;
+                if !matches!(self.state, State::Welcomed { .. }) {
+                    return Err(self.unexpected(kind));
+                }
+                self.events.push_back(HubEvent::SiteReport(report));
                 Ok(())
             }
             Frame::Welcome { .. }

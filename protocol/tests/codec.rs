@@ -103,6 +103,13 @@ fn all_frames() -> Vec<Frame> {
             ],
         },
         Frame::GroupOffsets { groups: vec![] },
+        Frame::SiteReport(SiteReport {
+            lag_records: Some(1_234),
+            retention_gap_records: 7,
+            plugin_errors: u64::MAX,
+            route_stops: 0,
+        }),
+        Frame::SiteReport(SiteReport::default()),
         Frame::Redirect {
             addresses: vec!["hub-2.example.com:4433".into(), "[2001:db8::7]:4433".into()],
             reason: "site plant-7 belongs to shard 12, owned by hub-2".into(),
@@ -389,6 +396,20 @@ fn malformed_frames_give_the_documented_error() {
             },
         ),
         (
+            "site report lag below -1 (unknown)",
+            {
+                let mut v = vec![11u8];
+                v.extend((-2i64).to_be_bytes());
+                v.extend([0u8; 24]);
+                v
+            },
+            DecodeError::Negative {
+                frame: "SiteReport",
+                field: "lag_records",
+                value: -2,
+            },
+        ),
+        (
             "negative offset",
             ack(0, -5),
             DecodeError::Negative {
@@ -609,6 +630,22 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             message
         }),
         arb_string().prop_map(|reason| Frame::GoAway { reason }),
+        (
+            proptest::option::of(0..i64::MAX),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(lag_records, retention_gap_records, plugin_errors, route_stops)| {
+                    Frame::SiteReport(SiteReport {
+                        lag_records,
+                        retention_gap_records,
+                        plugin_errors,
+                        route_stops,
+                    })
+                }
+            ),
         proptest::collection::vec(
             (
                 arb_string(),

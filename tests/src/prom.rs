@@ -22,6 +22,25 @@ pub fn metrics_section(port: u16) -> String {
     format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
 }
 
+/// `GET path` on 127.0.0.1:port over HTTP/1.0: (status code, body).
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP header end in {resp:?}"))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
 /// `GET /metrics` over a plain TCP connection; the response body.
 pub fn scrape(port: u16) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;

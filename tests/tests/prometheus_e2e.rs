@@ -6,15 +6,13 @@
 //! the service files with `systemd-analyze verify` where systemd is installed.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord};
 use er_tests::kafka::shared;
-use er_tests::prom::{free_tcp_port, metrics_section};
+use er_tests::prom::{free_tcp_port, http_get, metrics_section};
 use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
 use er_tests::unique_name;
 
@@ -116,25 +114,6 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// `GET path` on 127.0.0.1:port: (status code, body).
-fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP header end in {resp:?}"))?;
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
-    Ok((code, body.to_owned()))
 }
 
 /// A Prometheus HTTP API call: the `data` of a successful answer.

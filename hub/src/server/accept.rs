@@ -186,6 +186,8 @@ impl Hub {
         let (ended_tx, ended_rx) = watch::channel(false);
         let replaced = site.replace_session(SessionSlot {
             id,
+            conn: conn.clone(),
+            started_ms: crate::metrics::now_ms(),
             supersede: supersede_tx,
             ended: ended_rx,
         });
@@ -203,6 +205,9 @@ impl Hub {
             Err(end) => end.report(&conn),
         }
         site.end_session(id);
+        if !site.has_session() {
+            site.metrics.disconnected();
+        }
         self.publish_connected();
         let _ = ended_tx.send(true);
     }

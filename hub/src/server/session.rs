@@ -170,6 +170,17 @@ impl Session<'_> {
                     SessionEnd::Protocol(m)
                 })
             }
+            HubEvent::SiteReport(r) => {
+                self.site
+                    .metrics
+                    .agent_report(crate::metrics::AgentFigures {
+                        lag_records: r.lag_records,
+                        retention_gap_records: r.retention_gap_records,
+                        plugin_errors: r.plugin_errors,
+                        route_stops: r.route_stops,
+                    });
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
