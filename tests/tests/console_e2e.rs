@@ -210,10 +210,12 @@ async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Resul
             .find(|r| r.site == site)
             .and_then(|r| r.lag_records)
     };
-    assert_eq!(
-        lag_of(&sites[0]),
-        Some(0),
-        "measured by the agent serving metrics"
+    // Caught up, but the site's heartbeats keep coming (one a second): a record or two may be
+    // in flight at the moment the agent measured.
+    let lag = lag_of(&sites[0]);
+    assert!(
+        lag.is_some_and(|l| l <= 5),
+        "measured by the agent serving metrics, and small once caught up: {lag:?}"
     );
     assert_eq!(lag_of(&sites[1]), None, "not measured without [metrics]");
 
