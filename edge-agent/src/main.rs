@@ -265,36 +265,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
             timeout_s,
         }) => {
-            let url = match (url, config) {
-                (Some(u), _) => u,
-                (None, Some(path)) => {
-                    let cfg = edge_agent::config::load(&path)?;
-                    let addr = cfg.metrics_listen.ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "config {}: metrics.listen is not set, so the agent serves no /status; set it or pass --url",
-                            path.display()
-                        )
-                    })?;
-                    er_net::status_client::url_for_listen(addr)
-                }
-                (None, None) => anyhow::bail!("--config <agent.toml> or --url is required"),
+            let listen = match &config {
+                Some(path) => Some(edge_agent::config::load(path)?.metrics_listen),
+                None => None,
             };
-            let uri = er_net::status_client::parse_url(&url, "/status")?;
             let options = er_net::status_client::ShowOptions {
                 json,
                 watch: watch.map(std::time::Duration::from_secs),
                 timeout: std::time::Duration::from_secs(timeout_s),
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(er_net::status_client::show(
+            er_net::status_client::run_status_command(
                 "agent status",
-                &uri,
+                "agent.toml",
+                url,
+                config.as_deref().zip(listen),
                 options,
                 edge_agent::health::render,
-            ))?;
-            Ok(())
+            )
         }
         None => {
             let Some(path) = cli.config else {

@@ -120,6 +120,35 @@ pub fn url_for_listen(addr: std::net::SocketAddr) -> String {
     )
 }
 
+/// `hub status` / `edge-agent status`: resolves the `/status` URL (`url`, or the metrics
+/// listener `listen` of the config file `config` names) and shows the document on a runtime of
+/// its own. `what` names the command and `file` the config kind in messages.
+pub fn run_status_command<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    file: &str,
+    url: Option<String>,
+    config: Option<(&std::path::Path, Option<std::net::SocketAddr>)>,
+    options: ShowOptions,
+    render: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    let url = match (url, config) {
+        (Some(u), _) => u,
+        (None, Some((path, listen))) => url_for_listen(listen.ok_or_else(|| {
+            anyhow::anyhow!(
+                "config {}: metrics.listen is not set, so nothing serves /status; set it or pass --url",
+                path.display()
+            )
+        })?),
+        (None, None) => anyhow::bail!("--config <{file}> or --url is required"),
+    };
+    let uri = parse_url(&url, "/status")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(show(what, &uri, options, render))?;
+    Ok(())
+}
+
 /// How `hub status` / `edge-agent status` show a status document.
 #[derive(Debug, Clone, Copy)]
 pub struct ShowOptions {
