@@ -191,7 +191,8 @@ impl Drop for TxnPermit {
 
 /// The hub's group membership on one cluster, polled by a thread of its own.
 pub struct Membership {
-    consumer: Arc<BaseConsumer<MemberContext>>,
+    /// The group member; replaced by the membership thread when it hits a fatal error.
+    consumer: Arc<Mutex<Member>>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -215,6 +216,105 @@ impl std::fmt::Debug for Membership {
 /// own thread).
 const POLL: Duration = Duration::from_millis(100);
 
+/// A rebalance that has not ended after this long (at least; 10 session timeouts if longer)
+/// is taken as a member stuck outside the group: it is replaced by a new one.
+const REBALANCE_STUCK_MIN: Duration = Duration::from_secs(120);
+
+/// The first wait before a fenced member is replaced; doubles up to `REJOIN_BACKOFF_MAX`
+/// while replacements keep being fenced (two hubs configured with one hub id).
+const REJOIN_BACKOFF: Duration = Duration::from_secs(1);
+const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+type Member = Arc<BaseConsumer<MemberContext>>;
+
+/// The membership thread: serves rebalances by polling, and replaces the member when
+/// librdkafka declares it dead. A static member is fenced for good (a fatal error) when the
+/// coordinator believes another process holds its instance id: after a broker restart that
+/// lost the member's last join, or when two hubs share one `hub_id`. librdkafka then never
+/// rejoins on its own, and without a replacement this hub would sit "rebalancing" forever,
+/// owning nothing.
+fn member_loop(
+    shared: &Shared,
+    slot: &Mutex<Member>,
+    stop: &AtomicBool,
+    stuck_after: Duration,
+    make: impl Fn() -> Result<Member, KafkaOpError>,
+) {
+    let mut backoff = REJOIN_BACKOFF;
+    let mut rebalancing_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let member = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // The shards topic holds no records: poll serves rebalances and errors.
+        if let Some(Err(e)) = member.poll(POLL) {
+            tracing::warn!(cluster = %shared.cluster, error = %e, "group member");
+        }
+        let rebalancing = shared.lock().ownership.rebalancing;
+        let since = match (rebalancing, rebalancing_since) {
+            (false, _) => {
+                rebalancing_since = None;
+                if backoff > REJOIN_BACKOFF && member.assignment().is_ok_and(|a| a.count() > 0) {
+                    backoff = REJOIN_BACKOFF;
+                }
+                None
+            }
+            (true, None) => {
+                rebalancing_since = Some(Instant::now());
+                None
+            }
+            (true, Some(t)) => Some(t),
+        };
+        let fatal = member.client().fatal_error();
+        let stuck = since.filter(|t| t.elapsed() >= stuck_after);
+        if fatal.is_none() && stuck.is_none() {
+            continue;
+        }
+        match &fatal {
+            Some((code, reason)) => tracing::error!(
+                cluster = %shared.cluster,
+                ?code,
+                reason = %reason,
+                rejoin_in_ms = backoff.as_millis() as u64,
+                "the hub's group member was fenced (another process with this hub_id, or a coordinator that lost its last join); it owns nothing until a new member joins"
+            ),
+            None => tracing::error!(
+                cluster = %shared.cluster,
+                stuck_s = stuck_after.as_secs(),
+                "a group rebalance did not end; replacing the group member"
+            ),
+        }
+        {
+            // Nothing held counts as continuous: another hub may own the shards meanwhile.
+            let mut st = shared.lock();
+            st.ownership.rebalancing = true;
+            st.lost = true;
+            shared.publish(&st);
+        }
+        drop(member);
+        let wait_until = Instant::now() + backoff;
+        while Instant::now() < wait_until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(POLL);
+        }
+        if fatal.is_some() {
+            backoff = (backoff * 2).min(REJOIN_BACKOFF_MAX);
+        }
+        match make() {
+            Ok(new) => {
+                tracing::info!(cluster = %shared.cluster, "a new group member joins");
+                let old = std::mem::replace(
+                    &mut *slot.lock().unwrap_or_else(PoisonError::into_inner),
+                    new,
+                );
+                // Closed outside the lock: closing may serve a last revocation.
+                drop(old);
+                rebalancing_since = None;
+            }
+            Err(e) => {
+                tracing::error!(cluster = %shared.cluster, error = %e, "cannot create a new group member; retrying");
+            }
+        }
+    }
+}
+
 impl Membership {
     /// Joins `group` on `cluster` as static member `hub_id`, subscribed to `shards_topic`.
     pub fn join(
@@ -232,53 +332,59 @@ impl Membership {
             tx,
             drain_timeout: session_timeout / 2,
         });
-        let err = |what: &str| {
-            let cluster = cluster.alias.clone();
-            let what = what.to_owned();
-            move |source| KafkaOpError::Kafka {
-                cluster,
-                what,
-                source: Box::new(source),
+        let make = {
+            let (config, group, hub_id, topic) = (
+                cluster.clone(),
+                group.to_owned(),
+                hub_id.to_owned(),
+                shards_topic.to_owned(),
+            );
+            let shared = shared.clone();
+            move || -> Result<Member, KafkaOpError> {
+                let err = |what: &str| {
+                    let cluster = config.alias.clone();
+                    let what = what.to_owned();
+                    move |source| KafkaOpError::Kafka {
+                        cluster,
+                        what,
+                        source: Box::new(source),
+                    }
+                };
+                let consumer: BaseConsumer<MemberContext> = client_config(&config)
+                    .set("group.id", &group)
+                    .set("group.instance.id", &hub_id)
+                    .set("partition.assignment.strategy", "range")
+                    .set(
+                        "session.timeout.ms",
+                        session_timeout.as_millis().to_string(),
+                    )
+                    .set(
+                        "heartbeat.interval.ms",
+                        (session_timeout.as_millis() / 5).max(500).to_string(),
+                    )
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    // require_stable on offset fetches (see the module doc).
+                    .set("isolation.level", "read_committed")
+                    .create_with_context(MemberContext {
+                        shared: shared.clone(),
+                    })
+                    .map_err(err("creating the group member"))?;
+                consumer
+                    .subscribe(&[&topic])
+                    .map_err(err("subscribing to the shards topic"))?;
+                Ok(Arc::new(consumer))
             }
         };
-        let consumer: BaseConsumer<MemberContext> = client_config(cluster)
-            .set("group.id", group)
-            .set("group.instance.id", hub_id)
-            .set("partition.assignment.strategy", "range")
-            .set(
-                "session.timeout.ms",
-                session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (session_timeout.as_millis() / 5).max(500).to_string(),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // require_stable on offset fetches (see the module doc).
-            .set("isolation.level", "read_committed")
-            .create_with_context(MemberContext {
-                shared: shared.clone(),
-            })
-            .map_err(err("creating the group member"))?;
-        consumer
-            .subscribe(&[shards_topic])
-            .map_err(err("subscribing to the shards topic"))?;
-        let consumer = Arc::new(consumer);
+        let consumer = Arc::new(Mutex::new(make()?));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (consumer, stop) = (consumer.clone(), stop.clone());
+            let (consumer, stop, shared) = (consumer.clone(), stop.clone(), shared.clone());
             let name = format!("member-{}", cluster.alias);
+            let stuck_after = (session_timeout * 10).max(REBALANCE_STUCK_MIN);
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        // The shards topic holds no records: poll serves rebalances and errors.
-                        if let Some(Err(e)) = consumer.poll(POLL) {
-                            tracing::warn!(error = %e, "group member");
-                        }
-                    }
-                })
+                .spawn(move || member_loop(&shared, &consumer, &stop, stuck_after, make))
                 .expect("spawning the membership thread")
         };
         Ok(Self {
@@ -292,6 +398,13 @@ impl Membership {
             seq: std::sync::atomic::AtomicU64::new(0),
             fences: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    fn member(&self) -> Member {
+        self.consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The current ownership.
@@ -318,7 +431,7 @@ impl Membership {
             // Asked without holding the gate's lock (a rebalance callback may hold
             // librdkafka's while it waits for the gate), then kept only if no assignment came
             // in between: the metadata then belongs to the ownership the permit carries.
-            let group = self.consumer.group_metadata();
+            let group = self.member().group_metadata();
             let mut st = self.shared.lock();
             if st.ownership.rebalancing || st.ownership.epoch != epoch {
                 continue;
@@ -402,7 +515,7 @@ impl Membership {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self
-                .consumer
+                .member()
                 .committed_offsets(tpl.clone(), left.max(Duration::from_millis(100)))
             {
                 Ok(tpl) => {

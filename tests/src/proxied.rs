@@ -9,7 +9,7 @@ use crate::client::{self, NewRecord};
 use crate::delivery::{self, SeqIn};
 use crate::kafka::shared;
 use crate::proxy::LinkProxy;
-use crate::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
+use crate::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
 use crate::unique_name;
 
 /// A hub, an agent behind a link proxy, and the topic `{prefix}-…-events` they replicate.
@@ -70,8 +70,8 @@ impl ProxiedSite {
     pub fn logs(&self) -> String {
         format!(
             "--- hub log ---\n{}\n--- agent log ---\n{}",
-            tail(&self.hub.log_text(), 60),
-            tail(&self.agent.log_text(), 60)
+            digest(&self.hub.log_text(), 60),
+            digest(&self.agent.log_text(), 60)
         )
     }
 

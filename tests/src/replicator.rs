@@ -223,6 +223,24 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What a failed test shows of a process log: its first warnings and errors (at most 40; the
+/// cause of a stall is often long before the tail), then the last `n` lines.
+pub fn digest(text: &str, n: usize) -> String {
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .take(40)
+        .collect();
+    if warnings.is_empty() {
+        return tail(text, n);
+    }
+    format!(
+        "(warnings and errors)\n{}\n(last {n} lines)\n{}",
+        warnings.join("\n"),
+        tail(text, n)
+    )
+}
+
 /// A central cluster as the hub config names it.
 #[derive(Debug, Clone)]
 pub struct Cluster {

@@ -13,13 +13,13 @@ use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::proxied::ProxiedSite;
 use er_tests::proxy::{Direction, Flap, LinkProxy, Schedule};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
 use er_tests::unique_name;
 
 fn logs(procs: &[&Proc]) -> String {
     procs
         .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 30)))
+        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 30)))
         .collect::<Vec<_>>()
         .join("\n")
 }

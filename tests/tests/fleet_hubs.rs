@@ -206,3 +206,69 @@ async fn a_paused_hub_is_fenced_and_its_sites_move_without_duplicates() -> anyho
         .map_err(|e| anyhow::anyhow!("a learned it lost its shards: {e}\n{}", logs(&all)))?;
     Ok(())
 }
+
+/// A static member is fenced for good when the coordinator believes another process holds its
+/// instance id (a broker restart that lost the member's last join does this; here a client
+/// with the hub's id joins its group). librdkafka never rejoins such a member: the hub must
+/// replace it, or it owns nothing from then on and its sites wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_whose_group_member_was_fenced_rejoins_and_its_sites_flow_again() -> anyhow::Result<()>
+{
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let k = shared();
+    const TOTAL: usize = 2_000;
+    let site = unique_name("fenced");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let setup = hubs(k.central(), 1, 4)?.remove(0);
+    let hub = setup.start(&pki, work.path())?;
+    let topic = format!("{site}-events");
+    client::create_topic(k.edge(), &topic, 2, &[]).await?;
+    let mut a = AgentSetup::new(&site, k.edge(), setup.port, &topic);
+    a.max_records = 100;
+    let agent = a.start(&pki, work.path())?;
+    let remote = format!("{site}.{topic}");
+    er_tests::proxied::produce(k.edge(), &topic, 0, TOTAL / 2, 2).await?;
+    client::wait_for_count(k.central(), &remote, TOTAL / 2, Duration::from_secs(60)).await;
+
+    // The impostor joins with the hub's instance id, which fences the hub's member; it then
+    // goes away without leaving (static members do not leave).
+    let impostor: BaseConsumer = client::config(k.central())
+        .set("group.id", &setup.group_id)
+        .set("group.instance.id", &setup.hub_id)
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
+        .create()?;
+    impostor.subscribe(&[&er_hub::shards::shards_topic(&setup.group_id)])?;
+    let fenced = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let _ = impostor.poll(Duration::from_millis(100));
+            if impostor.assignment().is_ok_and(|a| a.count() > 0) {
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    anyhow::ensure!(
+        fenced,
+        "the impostor never got the hub's shards\n{}",
+        logs(&[&hub, &agent])
+    );
+
+    er_tests::proxied::produce(k.edge(), &topic, TOTAL / 2, TOTAL, 2).await?;
+    let got = client::wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(120)).await;
+    delivery::assert_exactly_once_in_order(
+        &remote,
+        &delivery::seqs_by_partition(&got, SeqIn::Value)?,
+        &delivery::round_robin(TOTAL, 2),
+        &logs(&[&hub, &agent]),
+    );
+    assert!(
+        hub.log_text().contains("group member was fenced"),
+        "the hub said its member was fenced\n{}",
+        logs(&[&hub, &agent])
+    );
+    Ok(())
+}
