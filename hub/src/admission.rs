@@ -22,24 +22,35 @@ pub fn close_code_for(e: &AdmissionError) -> u32 {
     }
 }
 
+/// Why a connection is refused: the close code and the text the agent gets.
+#[derive(Debug)]
+pub struct Refusal {
+    /// QUIC application close code (`crate::server::close_code`).
+    pub code: u32,
+    /// Reason text sent with the close.
+    pub reason: String,
+}
+
 /// Applies the identity policy to a connection whose certificate is known (after the full
-/// handshake, or at once for a resumed session). `None` when refused: the refusal is logged,
-/// counted and the connection closed with the matching close code.
+/// handshake, or at once for a resumed session). A refusal is logged and counted; the caller
+/// closes the connection with it.
 pub fn admit(
     conn: &quinn::Connection,
     policy: &IdentityPolicy,
     remote: SocketAddr,
-) -> Option<SiteIdentity> {
+) -> Result<SiteIdentity, Refusal> {
     match er_net::admit(conn, policy, SystemTime::now()) {
         Ok(identity) => {
             crate::metrics::set_site_certificate_expiry(&identity.alias, identity.not_after);
-            Some(identity)
+            Ok(identity)
         }
         Err(e) => {
             warn!(%remote, reason = e.reason(), error = %e, "refused connection");
             crate::metrics::connection_refused(e.reason());
-            conn.close(close_code_for(&e).into(), e.to_string().as_bytes());
-            None
+            Err(Refusal {
+                code: close_code_for(&e),
+                reason: e.to_string(),
+            })
         }
     }
 }

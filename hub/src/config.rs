@@ -404,6 +404,34 @@ pub struct LimitsConfig {
     /// Edge consumer groups a site may report; reports of more are refused.
     #[serde(default = "default_max_groups_per_site")]
     pub max_groups_per_site: usize,
+    /// Bytes of frames one connection may have read and not yet handed to the writers; a
+    /// stream waits (unread, so QUIC flow control holds the agent back) while they are taken.
+    /// Also the connection's QUIC receive window. At least a batch frame
+    /// (`max_batch_bytes` + 64 KiB).
+    #[serde(default = "default_connection_inbound_bytes")]
+    pub connection_inbound_bytes: u32,
+    /// The same budget for all connections of one site together (at least
+    /// `connection_inbound_bytes`).
+    #[serde(default = "default_site_inbound_bytes")]
+    pub site_inbound_bytes: u32,
+    /// The same budget for the whole hub (at least `site_inbound_bytes`).
+    #[serde(default = "default_inbound_bytes")]
+    pub inbound_bytes: u64,
+    /// A connection that has not sent its hello this long after its TLS handshake is closed.
+    #[serde(default = "default_hello_timeout_ms")]
+    pub hello_timeout_ms: u64,
+    /// Connections one site may hold at once (a reconnecting agent briefly holds two); more
+    /// are refused.
+    #[serde(default = "default_max_connections_per_site")]
+    pub max_connections_per_site: usize,
+    /// Connections the hub holds at once, handshakes included; more are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// With more TLS handshakes under way than this, a client whose address QUIC has not
+    /// validated yet gets a Retry first (one more round trip, and spoofed sources get nowhere).
+    /// 0 retries every new client.
+    #[serde(default = "default_retry_above_handshakes")]
+    pub retry_above_handshakes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -418,8 +446,44 @@ impl Default for LimitsConfig {
             offset_index_retention_ms: default_offset_index_retention_ms(),
             max_topics_per_site: default_max_topics_per_site(),
             max_groups_per_site: default_max_groups_per_site(),
+            connection_inbound_bytes: default_connection_inbound_bytes(),
+            site_inbound_bytes: default_site_inbound_bytes(),
+            inbound_bytes: default_inbound_bytes(),
+            hello_timeout_ms: default_hello_timeout_ms(),
+            max_connections_per_site: default_max_connections_per_site(),
+            max_connections: default_max_connections(),
+            retry_above_handshakes: default_retry_above_handshakes(),
         }
     }
+}
+
+impl LimitsConfig {
+    /// Largest frame a site may send: a batch of the configured limit plus room for its header.
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.max_batch_bytes.saturating_add(64 * 1024)
+    }
+}
+
+fn default_connection_inbound_bytes() -> u32 {
+    32 * 1024 * 1024
+}
+fn default_site_inbound_bytes() -> u32 {
+    64 * 1024 * 1024
+}
+fn default_inbound_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_hello_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_connections_per_site() -> usize {
+    4
+}
+fn default_max_connections() -> usize {
+    20_000
+}
+fn default_retry_above_handshakes() -> usize {
+    64
 }
 
 fn default_max_batch_bytes() -> u32 {
@@ -638,6 +702,48 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         return Err(invalid(
             "limits.max_topics_per_site",
             "limits.max_topics_per_site and limits.max_groups_per_site must be at least 1".into(),
+        ));
+    }
+    let frame = l
+        .max_frame_bytes()
+        .max(er_net::wire::CONTROL_FRAME_MAX_BYTES);
+    if l.connection_inbound_bytes < frame {
+        return Err(invalid(
+            "limits.connection_inbound_bytes",
+            format!(
+                "{} is less than one frame ({frame} bytes: limits.max_batch_bytes + 64 KiB)",
+                l.connection_inbound_bytes
+            ),
+        ));
+    }
+    if l.site_inbound_bytes < l.connection_inbound_bytes {
+        return Err(invalid(
+            "limits.site_inbound_bytes",
+            format!(
+                "{} is less than limits.connection_inbound_bytes ({})",
+                l.site_inbound_bytes, l.connection_inbound_bytes
+            ),
+        ));
+    }
+    if l.inbound_bytes < u64::from(l.site_inbound_bytes) {
+        return Err(invalid(
+            "limits.inbound_bytes",
+            format!(
+                "{} is less than limits.site_inbound_bytes ({})",
+                l.inbound_bytes, l.site_inbound_bytes
+            ),
+        ));
+    }
+    if l.hello_timeout_ms == 0 {
+        return Err(invalid(
+            "limits.hello_timeout_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    if l.max_connections_per_site == 0 || l.max_connections == 0 {
+        return Err(invalid(
+            "limits.max_connections",
+            "limits.max_connections and limits.max_connections_per_site must be at least 1".into(),
         ));
     }
     if l.offset_index_max_entries_per_partition == 0 {
@@ -967,6 +1073,26 @@ mod tests {
             (
                 good.replace("[limits]", "[limits]\noffset_index_retention_ms = 0"),
                 "limits.offset_index_retention_ms",
+            ),
+            (
+                good.replace("[limits]", "[limits]\nconnection_inbound_bytes = 1000000"),
+                "limits.connection_inbound_bytes",
+            ),
+            (
+                good.replace("[limits]", "[limits]\nsite_inbound_bytes = 9000000"),
+                "limits.site_inbound_bytes",
+            ),
+            (
+                good.replace("[limits]", "[limits]\ninbound_bytes = 9000000"),
+                "limits.inbound_bytes",
+            ),
+            (
+                good.replace("[limits]", "[limits]\nhello_timeout_ms = 0"),
+                "limits.hello_timeout_ms",
+            ),
+            (
+                good.replace("[limits]", "[limits]\nmax_connections_per_site = 0"),
+                "limits.max_connections",
             ),
             (good.replace("shards = 64", "shards = 0"), "fleet.shards"),
             (

@@ -45,10 +45,19 @@ impl BoundHub {
             cert: config.raw.tls.cert.clone(),
             key: config.raw.tls.key.clone(),
         };
+        // QUIC buffers at most the connection's inbound budget unread (flow control), on top
+        // of what its frame readers hold of the same budget.
+        let defaults = er_net::TransportTuning::default();
+        let window = u64::from(config.raw.limits.connection_inbound_bytes);
+        let tuning = er_net::TransportTuning {
+            receive_window: window,
+            stream_receive_window: defaults.stream_receive_window.min(window),
+            ..defaults
+        };
         let (endpoint, crl_reloader) = er_net::server_endpoint_with_policy(
             config.listen,
             &tls,
-            &er_net::TransportTuning::default(),
+            &tuning,
             config.identity.clone(),
         )?;
         metrics::set_certificate_expiry(&tls.cert);

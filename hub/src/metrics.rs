@@ -70,7 +70,16 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "revoked",
     "not_allowed",
     "handshake",
+    "too_many_connections",
+    "hub_full",
+    "no_hello",
 ];
+/// Bytes of frames read from sites and not yet handed to the writers, hub-wide (bounded by
+/// `limits.inbound_bytes`).
+pub const INBOUND_BUFFERED_BYTES: &str = "er_hub_inbound_buffered_bytes";
+/// Connection attempts asked for a QUIC Retry (address validation) while many handshakes
+/// were under way.
+pub const QUIC_RETRIES: &str = "er_hub_quic_retries_total";
 /// Always 1; the `version` label carries the hub's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -163,6 +172,15 @@ fn describe() {
         "Runs of consecutive offsets held in a site's offset index."
     );
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
+    describe_gauge!(
+        INBOUND_BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes of frames read from sites and not yet handed to the writers (limits.inbound_bytes bounds them)."
+    );
+    describe_counter!(
+        QUIC_RETRIES,
+        "Connection attempts asked for a QUIC Retry while many handshakes were under way."
+    );
 }
 
 /// Metric handles and status figures of one site, shared by its sessions and writers.
@@ -527,6 +545,16 @@ pub fn set_certificate_expiry(cert: &std::path::Path) {
 pub fn set_site_certificate_expiry(site_alias: &str, not_after: std::time::SystemTime) {
     gauge!(SITE_CERTIFICATE_EXPIRY, "site" => site_alias.to_owned()).set(unix_seconds(not_after));
     site(site_alias).certificate(not_after);
+}
+
+/// Sets the hub-wide bytes of frames read and not yet handed on.
+pub fn set_inbound_buffered_bytes(bytes: u64) {
+    gauge!(INBOUND_BUFFERED_BYTES).set(bytes as f64);
+}
+
+/// Counts a connection attempt sent a QUIC Retry.
+pub fn quic_retry() {
+    counter!(QUIC_RETRIES).increment(1);
 }
 
 /// Counts a refused connection under `reason` (one of [`REFUSAL_REASONS`]).

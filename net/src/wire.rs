@@ -1,7 +1,10 @@
 //! Moving protocol frames over QUIC streams: a frame reader and a frame writer.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use er_protocol::{DecodeError, Frame, decode_frame_bytes, encode_frame};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why reading frames from a stream stopped.
 #[derive(Debug, thiserror::Error)]
@@ -27,19 +30,78 @@ pub enum StreamError {
 /// control stream, instead of a batch's worth.
 pub const CONTROL_FRAME_MAX_BYTES: u32 = 2 * 1024 * 1024;
 
+/// Byte budgets that frame readers draw from before they take a frame's body from QUIC: the
+/// memory a peer can make us hold in frames read but not yet handed on. Each level (say: the
+/// connection, its site, the whole process) is a semaphore of bytes; a frame takes its length
+/// from every level, in order, and gives it back when its [`Held`] is dropped. While a level is
+/// exhausted the reader waits without reading, so QUIC flow control holds the sender back. A
+/// budget with no levels is unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct InboundBudget {
+    levels: Vec<Arc<Semaphore>>,
+}
+
+/// Bytes a frame holds of an [`InboundBudget`], returned on drop.
+#[derive(Debug, Default)]
+#[must_use = "the bytes return to the budget when this is dropped"]
+pub struct Held {
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    /// Bytes held (per level).
+    pub fn bytes(&self) -> usize {
+        self.permits
+            .first()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+impl InboundBudget {
+    /// No limit.
+    pub fn unlimited() -> Self {
+        Self::default()
+    }
+
+    /// This budget with one more level, drawn from after the existing ones.
+    pub fn and(mut self, level: Arc<Semaphore>) -> Self {
+        self.levels.push(level);
+        self
+    }
+
+    /// Takes `bytes` from every level, waiting while one lacks them. Cancel-safe: a cancelled
+    /// call holds nothing. Levels are always taken in the same order, so readers sharing levels
+    /// cannot wait on each other in a cycle; a frame larger than a level's whole size would wait
+    /// forever, which the limits' validation rules out.
+    pub async fn take(&self, bytes: u32) -> Held {
+        let mut permits = Vec::with_capacity(self.levels.len());
+        for level in &self.levels {
+            match level.clone().acquire_many_owned(bytes).await {
+                Ok(p) => permits.push(p),
+                // A closed level no longer limits anything.
+                Err(_) => continue,
+            }
+        }
+        Held { permits }
+    }
+}
+
 /// Reads whole frames from one QUIC receive stream, never ahead of the current frame: the
-/// 4-byte length prefix is read first and checked against the stream's limit before any byte
-/// of the body is taken from QUIC, then exactly that many bytes are read. Bytes not yet read stay
-/// in QUIC's receive window, whose flow control holds the sender back, so a peer cannot make
-/// this reader buffer more than one frame (and never a refused one). Memory grows with the body
-/// bytes received, not with the length the peer announced. `next` is cancel-safe: a partial
-/// frame stays in the reader.
+/// 4-byte length prefix is read first and checked against the stream's limit, then the frame's
+/// length is taken from the reader's [`InboundBudget`], and only then is the body taken from
+/// QUIC, exactly that many bytes. Bytes not yet read stay in QUIC's receive window, whose flow
+/// control holds the sender back, so a peer cannot make this reader buffer more than one frame
+/// (never a refused one, never beyond the budget). `next` is cancel-safe: a partial frame stays
+/// in the reader.
 #[derive(Debug)]
 pub struct FrameReader {
     recv: quinn::RecvStream,
     max_frame_bytes: u32,
+    budget: InboundBudget,
     prefix: [u8; 4],
     prefix_len: usize,
+    /// The current frame's share of the budget, once taken.
+    held: Option<Held>,
     /// The body of the current frame so far, once its prefix was accepted.
     body: Option<(usize, BytesMut)>,
 }
@@ -48,11 +110,23 @@ impl FrameReader {
     /// Wraps a stream; frames longer than `max_frame_bytes` (type byte + body) are refused from
     /// their length prefix.
     pub fn new(recv: quinn::RecvStream, max_frame_bytes: u32) -> Self {
+        Self::with_budget(recv, max_frame_bytes, InboundBudget::unlimited())
+    }
+
+    /// Like [`FrameReader::new`], holding each frame's bytes of `budget` from before its body
+    /// is read until the caller drops the frame's [`Held`] (see [`FrameReader::next_held`]).
+    pub fn with_budget(
+        recv: quinn::RecvStream,
+        max_frame_bytes: u32,
+        budget: InboundBudget,
+    ) -> Self {
         Self {
             recv,
             max_frame_bytes,
+            budget,
             prefix: [0; 4],
             prefix_len: 0,
+            held: None,
             body: None,
         }
     }
@@ -68,8 +142,15 @@ impl FrameReader {
         self.recv
     }
 
-    /// The next frame, or `None` when the peer finished the stream cleanly.
+    /// The next frame, or `None` when the peer finished the stream cleanly. The frame's share
+    /// of the budget returns at once: for readers without a budget, or frames consumed on the
+    /// spot.
     pub async fn next(&mut self) -> Result<Option<Frame>, StreamError> {
+        Ok(self.next_held().await?.map(|(frame, _)| frame))
+    }
+
+    /// The next frame with its share of the budget, which returns when the caller drops it.
+    pub async fn next_held(&mut self) -> Result<Option<(Frame, Held)>, StreamError> {
         while self.prefix_len < 4 {
             match self.recv.read_chunk(4 - self.prefix_len, true).await? {
                 Some(chunk) => {
@@ -99,22 +180,31 @@ impl FrameReader {
             }
         };
         let len = *len;
+        if self.held.is_none() {
+            // `len` <= max_frame_bytes, a u32.
+            self.held = Some(self.budget.take(len as u32).await);
+        }
         while body.len() < len {
             match self.recv.read_chunk(len - body.len(), true).await? {
                 // The common case: the whole body in one chunk, taken without a copy.
                 Some(chunk) if body.is_empty() && chunk.bytes.len() == len => {
-                    self.prefix_len = 0;
-                    self.body = None;
-                    return Ok(Some(decode_frame_bytes(chunk.bytes)?));
+                    let held = self.frame_done();
+                    return Ok(Some((decode_frame_bytes(chunk.bytes)?, held)));
                 }
                 Some(chunk) => body.extend_from_slice(&chunk.bytes),
                 None => return Err(StreamError::Truncated(4 + body.len())),
             }
         }
         let body = std::mem::take(body).freeze();
+        let held = self.frame_done();
+        Ok(Some((decode_frame_bytes(body)?, held)))
+    }
+
+    /// Resets the reader for the next frame; the finished frame's share of the budget.
+    fn frame_done(&mut self) -> Held {
         self.prefix_len = 0;
         self.body = None;
-        Ok(Some(decode_frame_bytes(body)?))
+        self.held.take().unwrap_or_default()
     }
 }
 

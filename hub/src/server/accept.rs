@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use er_net::wire::{FrameReader, FrameWriter};
+use er_net::wire::{FrameReader, FrameWriter, InboundBudget};
 use er_protocol::{Channel, ErrorCode, HubConn, HubEvent, Position};
 use tokio::sync::watch;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::budget::{Arrival, Budgets, ConnectionSlot};
 use super::streams::StreamWriters;
 use super::{HANDOVER_WAIT, Hub, SessionEnd, close_code, same_positions};
 use crate::config::Validated;
@@ -26,6 +27,8 @@ pub(super) struct Greeted {
     pub(super) proto: HubConn,
     /// The positions an early (0.5-RTT) welcome gave the agent.
     pub(super) early: Option<Vec<Position>>,
+    /// What the connection's frames may hold (connection, site and hub levels).
+    pub(super) budget: InboundBudget,
 }
 
 /// How long a hub that redirected a site waits for the agent to read the redirect and close.
@@ -42,12 +45,21 @@ const OWNER_POLL: Duration = Duration::from_millis(200);
 pub struct Listener {
     config: Validated,
     hub: watch::Receiver<Option<Arc<Hub>>>,
+    budgets: Arc<Budgets>,
 }
+
+/// How often the hub-wide inbound bytes gauge is refreshed.
+const BUDGET_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Listener {
     /// A listener whose sessions go to the hub `hub` carries once the fleet started.
     pub fn new(config: Validated, hub: watch::Receiver<Option<Arc<Hub>>>) -> Arc<Self> {
-        Arc::new(Self { config, hub })
+        let budgets = Budgets::new(&config.raw.limits);
+        Arc::new(Self {
+            config,
+            hub,
+            budgets,
+        })
     }
 
     /// Accepts connections until `shutdown` turns true.
@@ -57,12 +69,15 @@ impl Listener {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         info!(listen = %endpoint.local_addr()?, hub_id = %self.config.raw.hub_id, "accepting connections");
+        let mut gauge = tokio::time::interval(BUDGET_GAUGE_INTERVAL);
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let this = self.clone();
-                    tokio::spawn(async move { this.handle_incoming(incoming).await });
+                    self.arrive(incoming);
+                }
+                _ = gauge.tick() => {
+                    crate::metrics::set_inbound_buffered_bytes(self.budgets.buffered_bytes());
                 }
                 _ = shutdown.changed() => break,
             }
@@ -73,7 +88,31 @@ impl Listener {
         Ok(())
     }
 
-    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+    /// Handshakes a connection attempt, asks it for a Retry first while many handshakes are
+    /// under way, or refuses it while the hub holds `limits.max_connections`.
+    fn arrive(self: &Arc<Self>, incoming: quinn::Incoming) {
+        match self.budgets.arrival(incoming.remote_address_validated()) {
+            Arrival::Accept => {
+                let slot = self.budgets.connection();
+                let this = self.clone();
+                tokio::spawn(async move { this.handle_incoming(incoming, slot).await });
+            }
+            Arrival::Retry => {
+                crate::metrics::quic_retry();
+                if let Err(e) = incoming.retry() {
+                    // Only an already validated address cannot be retried; it was accepted.
+                    debug!(error = %e, "QUIC retry refused");
+                }
+            }
+            Arrival::Full => {
+                crate::metrics::connection_refused("hub_full");
+                debug!(remote = %incoming.remote_address(), max = self.config.raw.limits.max_connections, "refused connection: the hub holds limits.max_connections");
+                incoming.refuse();
+            }
+        }
+    }
+
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming, mut slot: ConnectionSlot) {
         let remote = incoming.remote_address();
         let connecting = match incoming.accept() {
             Ok(c) => c,
@@ -98,15 +137,32 @@ impl Listener {
             warn!(%remote, reason, error = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing, revoked, expired or not issued by the configured CA?)");
             return;
         }
+        slot.handshake_done();
         // Checked for every connection, a resumed TLS session included (resumption does not
         // run the certificate verifier again): validity now, revocation, allowlist.
         let policy = self.config.identity.clone();
-        let Some(identity) = crate::admission::admit(&conn, &policy, remote) else {
-            return;
+        let identity = match crate::admission::admit(&conn, &policy, remote) {
+            Ok(identity) => identity,
+            Err(refusal) => return refuse(&conn, &mut handshake, refusal).await,
         };
         let site = identity.alias.clone();
-        crate::admission::spawn_watcher(conn.clone(), policy, identity);
         let span = info_span!("site", site = %site, %remote);
+        let site_slot = match self.budgets.site(&site) {
+            Ok(s) => s,
+            Err(held) => {
+                let max = self.config.raw.limits.max_connections_per_site;
+                crate::metrics::connection_refused("too_many_connections");
+                warn!(parent: &span, held, max, "refused connection: the site holds limits.max_connections_per_site connections already");
+                let refusal = crate::admission::Refusal {
+                    code: super::close_code::TOO_MANY_CONNECTIONS,
+                    reason: format!(
+                        "the site holds {held} connections already (limits.max_connections_per_site = {max})"
+                    ),
+                };
+                return refuse(&conn, &mut handshake, refusal).await;
+            }
+        };
+        crate::admission::spawn_watcher(conn.clone(), policy, identity);
         let Some(hub) = self.started_hub().instrument(span.clone()).await else {
             let _enter = span.enter();
             SessionEnd::NotOwner(
@@ -115,9 +171,10 @@ impl Listener {
             .report(&conn);
             return;
         };
-        hub.handle_admitted(conn, handshake, resumed, site)
+        hub.handle_admitted(conn, handshake, resumed, site, site_slot.budget.clone())
             .instrument(span)
             .await;
+        drop((site_slot, slot));
     }
 
     /// The hub, once its fleet started; `None` after `fleet.shard_wait_ms` without it.
@@ -147,10 +204,11 @@ impl Hub {
         mut handshake: Option<quinn::ZeroRttAccepted>,
         resumed: bool,
         site: String,
+        budget: InboundBudget,
     ) {
         // The hello of a resumed session may be 0-RTT data, which anyone on the path can replay:
         // until the handshake is over, the hub only reads (see `greet`).
-        let greeted = match self.greet(&conn, &site, resumed).await {
+        let greeted = match self.greet(&conn, &site, resumed, budget).await {
             Ok(g) => g,
             Err(end) => {
                 end.report(&conn);
@@ -315,13 +373,25 @@ impl Hub {
         conn: &quinn::Connection,
         alias: &str,
         resumed: bool,
+        budget: InboundBudget,
     ) -> Result<Greeted, SessionEnd> {
         let cfg = &self.fleet.config;
-        let (ctl_send, ctl_recv) = conn
-            .accept_bi()
+        let hello_timeout = Duration::from_millis(cfg.raw.limits.hello_timeout_ms);
+        let no_hello = || {
+            crate::metrics::connection_refused("no_hello");
+            SessionEnd::Protocol(format!(
+                "no hello within {hello_timeout:?} of the handshake (limits.hello_timeout_ms)"
+            ))
+        };
+        let (ctl_send, ctl_recv) = tokio::time::timeout(hello_timeout, conn.accept_bi())
             .await
+            .map_err(|_| no_hello())?
             .map_err(|e| SessionEnd::Link(e.to_string()))?;
-        let mut ctl_reader = FrameReader::new(ctl_recv, er_net::wire::CONTROL_FRAME_MAX_BYTES);
+        let mut ctl_reader = FrameReader::with_budget(
+            ctl_recv,
+            er_net::wire::CONTROL_FRAME_MAX_BYTES,
+            budget.clone(),
+        );
         let mut writers = StreamWriters {
             control: FrameWriter::new(ctl_send),
             partitions: HashMap::new(),
@@ -335,9 +405,9 @@ impl Hub {
             alias.to_owned(),
             Instant::now(),
         );
-        let first = ctl_reader
-            .next()
+        let first = tokio::time::timeout(hello_timeout, ctl_reader.next())
             .await
+            .map_err(|_| no_hello())?
             .map_err(SessionEnd::from_stream)?
             .ok_or_else(|| SessionEnd::Link("control stream closed before hello".into()))?;
         proto
@@ -390,6 +460,7 @@ impl Hub {
             writers,
             proto,
             early,
+            budget,
         })
     }
 
@@ -398,16 +469,6 @@ impl Hub {
     pub(super) fn welcome_positions(&self, site: &Site) -> Vec<Position> {
         let cfg = &self.fleet.config;
         site.positions(|cluster, tp| cfg.cluster_for(&site.alias, &tp.topic) == cluster)
-    }
-
-    /// Largest frame a site may send: a batch of the configured limit plus room for its header.
-    pub(super) fn max_frame(&self) -> u32 {
-        self.fleet
-            .config
-            .raw
-            .limits
-            .max_batch_bytes
-            .saturating_add(64 * 1024)
     }
 
     /// The alias of the cluster that receives the site's heartbeats.
@@ -442,6 +503,21 @@ impl Hub {
             }
         }
     }
+}
+
+/// How long a refused connection may take to finish its handshake before it is closed.
+const REFUSAL_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes a refused connection with its code and reason once its handshake is over: a close
+/// sent while a resumed connection is still in its handshake travels as a bare transport
+/// error, and the agent would not learn why.
+async fn refuse(
+    conn: &quinn::Connection,
+    handshake: &mut Option<quinn::ZeroRttAccepted>,
+    refusal: crate::admission::Refusal,
+) {
+    let _ = tokio::time::timeout(REFUSAL_HANDSHAKE_WAIT, finish_handshake(conn, handshake)).await;
+    conn.close(refusal.code.into(), refusal.reason.as_bytes());
 }
 
 /// Waits for the end of the handshake (once); false if it failed.

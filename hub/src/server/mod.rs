@@ -5,6 +5,7 @@
 mod accept;
 
 pub use accept::Listener;
+mod budget;
 mod session;
 mod streams;
 
@@ -38,6 +39,9 @@ pub mod close_code {
     /// Another hub of the group serves the site (a redirect was sent), or the site's shard
     /// moved away; the agent should connect again.
     pub const NOT_OWNER: u32 = 7;
+    /// The site holds `limits.max_connections_per_site` connections already; the agent should
+    /// try again later.
+    pub const TOO_MANY_CONNECTIONS: u32 = 8;
 }
 
 /// How long a new connection of a site waits for the session it replaces to end and for that

@@ -44,6 +44,7 @@ impl Hub {
             mut writers,
             mut proto,
             early,
+            budget,
         } = greeted;
         self.welcome(site, &mut writers, &mut proto, early).await?;
         let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
@@ -57,12 +58,13 @@ impl Hub {
         };
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
         spawn_reader(ctl_reader, None, in_tx.clone());
-        let max_frame = self.max_frame();
+        let max_frame = self.fleet.config.raw.limits.max_frame_bytes();
         loop {
             let step = tokio::select! {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
-                        spawn_reader(FrameReader::new(recv, max_frame), Some(send), in_tx.clone());
+                        let reader = FrameReader::with_budget(recv, max_frame, budget.clone());
+                        spawn_reader(reader, Some(send), in_tx.clone());
                         Ok(false)
                     }
                     Err(e) => Err(SessionEnd::Link(e.to_string())),
@@ -98,7 +100,11 @@ impl Session<'_> {
                 channel,
                 frame,
                 send,
+                held,
             } => {
+                // The frame's bytes return to the connection's budget once it is handed on (a
+                // batch to its writer's queue, which has a byte budget of its own).
+                let _held = held;
                 if let (Channel::Partition(tp), Some(send)) = (&channel, send) {
                     self.writers
                         .partitions

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use er_net::wire::{FrameReader, FrameWriter, StreamError};
+use er_net::wire::{FrameReader, FrameWriter, Held, StreamError};
 use er_protocol::{Channel, Frame, HubConn, TopicPartition};
 use tokio::sync::mpsc;
 
@@ -16,6 +16,8 @@ pub(super) enum Inbound {
         frame: Frame,
         /// The send half of a partition stream, handed over with its first frame.
         send: Option<quinn::SendStream>,
+        /// The frame's share of the connection's inbound budget.
+        held: Held,
     },
     Closed {
         channel: Channel,
@@ -37,8 +39,8 @@ pub(super) fn spawn_reader(
     };
     tokio::spawn(async move {
         loop {
-            match reader.next().await {
-                Ok(Some(frame)) => {
+            match reader.next_held().await {
+                Ok(Some((frame, held))) => {
                     let ch = match &channel {
                         Some(c) => c.clone(),
                         None => {
@@ -60,6 +62,7 @@ pub(super) fn spawn_reader(
                             channel: ch,
                             frame,
                             send: send.take(),
+                            held,
                         })
                         .await
                         .is_err()

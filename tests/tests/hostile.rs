@@ -1,0 +1,222 @@
+//! A hostile agent: real QUIC, a valid site certificate, crafted frames. Each attack is refused
+//! or held to its budget, the hub's memory stays bounded (RSS measured), and a well-behaved
+//! site on the same hub keeps flowing and loses nothing.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use er_net::wire::FrameReader;
+use er_protocol::{Frame, PROTOCOL_VERSION, encode_frame};
+use er_tests::client;
+use er_tests::delivery::{self, SeqIn};
+use er_tests::kafka::shared;
+use er_tests::proxied::produce;
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
+use er_tests::unique_name;
+
+/// Small budgets, so that what an attack could pile up without them (tens of MiB) stands far
+/// above what they allow (a few MiB) in the hub's RSS.
+const LIMITS: &str = "[limits]
+max_batch_bytes = 1048576
+connection_inbound_bytes = 2097152
+site_inbound_bytes = 3145728
+inbound_bytes = 67108864
+max_connections_per_site = 2
+hello_timeout_ms = 2000
+";
+
+/// Close codes of the hub (`er_hub::server::close_code`).
+const PROTOCOL: u64 = 1;
+const TOO_MANY_CONNECTIONS: u64 = 8;
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 40)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+fn frame_bytes(frame: &Frame) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_frame(frame, &mut out);
+    out.to_vec()
+}
+
+/// A QUIC client holding `site`'s certificate.
+fn endpoint(pki: &Pki, site: &str) -> anyhow::Result<(quinn::Endpoint, quinn::ClientConfig)> {
+    let tls = er_net::TlsFiles {
+        ca_cert: pki.file("ca.pem"),
+        cert: pki.file(&format!("{site}.pem")),
+        key: pki.file(&format!("{site}.key")),
+    };
+    Ok(er_net::client_endpoint(
+        "127.0.0.1:0".parse()?,
+        &tls,
+        &er_net::TransportTuning::default(),
+    )?)
+}
+
+async fn connect(
+    ep: &(quinn::Endpoint, quinn::ClientConfig),
+    hub: SocketAddr,
+) -> anyhow::Result<quinn::Connection> {
+    Ok(ep.0.connect_with(ep.1.clone(), hub, "localhost")?.await?)
+}
+
+/// Says hello on a new control stream and waits for the welcome; returns the control stream.
+async fn hello(
+    conn: &quinn::Connection,
+    site: &str,
+) -> anyhow::Result<(quinn::SendStream, FrameReader)> {
+    let (mut send, recv) = conn.open_bi().await?;
+    let hello = Frame::Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        agent_version: "hostile/0".into(),
+        site_claim: site.into(),
+    };
+    send.write_all(&frame_bytes(&hello)).await?;
+    let mut reader = FrameReader::new(recv, 16 * 1024 * 1024);
+    let first = tokio::time::timeout(Duration::from_secs(60), reader.next()).await??;
+    anyhow::ensure!(
+        matches!(first, Some(Frame::Welcome { .. })),
+        "expected a welcome, got {first:?}"
+    );
+    Ok((send, reader))
+}
+
+/// How the hub closed a connection: its application close code.
+async fn close_code(conn: &quinn::Connection, within: Duration) -> anyhow::Result<u64> {
+    match tokio::time::timeout(within, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => Ok(c.error_code.into_inner()),
+        Ok(other) => anyhow::bail!("closed otherwise: {other}"),
+        Err(_) => anyhow::bail!("still open after {within:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
+-> anyhow::Result<()> {
+    let k = shared();
+    const TOTAL: usize = 4_000;
+    let good = unique_name("good");
+    let bad = unique_name("bad");
+    let mute = unique_name("mute");
+    let pki = Pki::new(&[&good, &bad, &mute])?;
+    let work = tempfile::tempdir()?;
+    let mut setup = HubSetup::new(k.central())?;
+    setup.extra = LIMITS.into();
+    let hub = setup.start(&pki, work.path())?;
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", setup.port).parse()?;
+    let topic = format!("{good}-events");
+    client::create_topic(k.edge(), &topic, 2, &[]).await?;
+    let mut a = AgentSetup::new(&good, k.edge(), setup.port, &topic);
+    a.max_records = 200;
+    let agent = a.start(&pki, work.path())?;
+    let remote = format!("{good}.{topic}");
+    produce(k.edge(), &topic, 0, TOTAL / 2, 2).await?;
+    client::wait_for_count(k.central(), &remote, TOTAL / 2, Duration::from_secs(60)).await;
+    let pid = hub
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("hub not running"))?;
+    let baseline = rss(pid)?;
+
+    // 1. Connections that never say hello: a site holds at most
+    //    limits.max_connections_per_site of them, and each is closed after
+    //    limits.hello_timeout_ms.
+    let mute_ep = endpoint(&pki, &mute)?;
+    let started = Instant::now();
+    let mute1 = connect(&mute_ep, hub_addr).await?;
+    let mute2 = connect(&mute_ep, hub_addr).await?;
+    let mute3 = connect(&mute_ep, hub_addr).await?;
+    assert_eq!(
+        close_code(&mute3, Duration::from_secs(20)).await?,
+        TOO_MANY_CONNECTIONS,
+        "a site over limits.max_connections_per_site is refused"
+    );
+    for conn in [&mute1, &mute2] {
+        assert_eq!(
+            close_code(conn, Duration::from_secs(20)).await?,
+            PROTOCOL,
+            "a connection without hello is a protocol violation"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "closed after {:?}, the deadline is 2 s",
+        started.elapsed()
+    );
+
+    // 2. One connection of the bad site opens 64 partition streams, each announcing an almost
+    //    full frame (1 MiB) and sending all of it but the last byte, then holds: 64 MiB
+    //    offered, of which the hub may hold the connection's 2 MiB read plus its 2 MiB QUIC
+    //    window.
+    let bad_ep = endpoint(&pki, &bad)?;
+    let conn = connect(&bad_ep, hub_addr).await?;
+    let _ctl = hello(&conn, &bad).await?;
+    let mut writers = Vec::new();
+    for _ in 0..64 {
+        let conn = conn.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut send, _recv) = conn.open_bi().await?;
+            let len: u32 = 1024 * 1024;
+            let mut bytes = len.to_be_bytes().to_vec();
+            bytes.resize(4 + len as usize - 1, 7);
+            send.write_all(&bytes).await?;
+            // Hold the stream open with the frame incomplete.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            anyhow::Ok(())
+        }));
+    }
+
+    // The good site keeps flowing while the attack holds, and the hub's memory stays put.
+    produce(k.edge(), &topic, TOTAL / 2, TOTAL, 2).await?;
+    let mut peak = baseline;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        peak = peak.max(rss(pid)?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = client::wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(60)).await;
+    delivery::assert_exactly_once_in_order(
+        &remote,
+        &delivery::seqs_by_partition(&got, SeqIn::Value)?,
+        &delivery::round_robin(TOTAL, 2),
+        &logs(&[&hub, &agent]),
+    );
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "hub RSS {} MiB before the attack, peak {} MiB during it (+{} MiB; 64 MiB offered)",
+        baseline >> 20,
+        peak >> 20,
+        growth >> 20
+    );
+    assert!(
+        growth < 24 << 20,
+        "the hub's RSS grew by {} MiB under an attack its budgets cap at about 7 MiB\n{}",
+        growth >> 20,
+        logs(&[&hub, &agent])
+    );
+    assert!(
+        conn.close_reason().is_none(),
+        "a site waiting at its budget is slowed, not disconnected: {:?}",
+        conn.close_reason()
+    );
+    for w in writers {
+        w.abort();
+    }
+    Ok(())
+}
