@@ -10,6 +10,8 @@ pub mod agent;
 pub mod codec;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod mm2;
 pub mod policy;
