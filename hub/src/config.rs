@@ -622,6 +622,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                     format!("{sep:?} must be one or more of '.', '_', '-'"),
                 ));
             }
+            // Site aliases hold '_' and '-' but never '.': only a separator with a '.' keeps
+            // `a` + `b-x` and `a-b` + `x` apart.
+            if !sep.contains('.') {
+                return Err(invalid(
+                    "replication.separator",
+                    format!(
+                        "{sep:?} must contain a '.': site aliases may contain '_' and '-', so with this separator two sites could name the same topic (site \"a\" + topic \"b{sep}x\" and site \"a{sep}b\" + topic \"x\")"
+                    ),
+                ));
+            }
             ReplicationPolicy::Default {
                 separator: sep.clone(),
             }
@@ -1022,6 +1032,14 @@ mod tests {
             ),
             (
                 good.replace("separator = \".\"", "separator = \"/\""),
+                "replication.separator",
+            ),
+            (
+                good.replace("separator = \".\"", "separator = \"_\""),
+                "replication.separator",
+            ),
+            (
+                good.replace("separator = \".\"", "separator = \"--\""),
                 "replication.separator",
             ),
             (
