@@ -387,6 +387,12 @@ pub struct LimitsConfig {
     /// sites fit in one transaction; a batch larger than the budget waits for an empty queue.
     #[serde(default = "default_writer_queue_bytes")]
     pub writer_queue_bytes: u32,
+    /// Bytes of one site's batches the writers' queues may hold at once, all writers
+    /// together: one busy site cannot fill the queues the others share (it waits, unread,
+    /// while the others' batches get in). A batch larger than this waits until none of the
+    /// site's batches is queued.
+    #[serde(default = "default_site_writer_queue_bytes")]
+    pub site_writer_queue_bytes: u32,
     /// Entries (runs of consecutive offsets; one per kept record when plugins filter) kept in
     /// memory per (source partition, destination partition) pair of the offset index, about
     /// 1-5 bytes each. Older source offsets then translate as "too old".
@@ -441,6 +447,7 @@ impl Default for LimitsConfig {
             max_uncompressed_bytes: default_max_uncompressed_bytes(),
             max_transaction_bytes: default_max_transaction_bytes(),
             writer_queue_bytes: default_writer_queue_bytes(),
+            site_writer_queue_bytes: default_site_writer_queue_bytes(),
             offset_index_max_entries_per_partition: default_offset_index_max_entries_per_partition(
             ),
             offset_index_retention_ms: default_offset_index_retention_ms(),
@@ -497,6 +504,9 @@ fn default_max_transaction_bytes() -> u64 {
 }
 fn default_writer_queue_bytes() -> u32 {
     32 * 1024 * 1024
+}
+fn default_site_writer_queue_bytes() -> u32 {
+    16 * 1024 * 1024
 }
 fn default_offset_index_max_entries_per_partition() -> usize {
     crate::offsets::DEFAULT_MAX_ENTRIES_PER_PARTITION
@@ -705,7 +715,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         ));
     }
     let l = &raw.limits;
-    if l.max_batch_bytes == 0 || l.max_uncompressed_bytes == 0 || l.writer_queue_bytes == 0 {
+    if l.max_batch_bytes == 0
+        || l.max_uncompressed_bytes == 0
+        || l.writer_queue_bytes == 0
+        || l.site_writer_queue_bytes == 0
+    {
         return Err(invalid("limits", "limits must be greater than zero".into()));
     }
     if l.max_topics_per_site == 0 || l.max_groups_per_site == 0 {

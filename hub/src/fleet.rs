@@ -120,11 +120,14 @@ impl Fleet {
                 )
             })
             .collect();
-        let registry = Arc::new(Registry::new(
-            raw.fleet.shards,
-            raw.clusters.len(),
-            raw.limits.offset_index_max_entries_per_partition,
-        ));
+        let registry = Arc::new(
+            Registry::new(
+                raw.fleet.shards,
+                raw.clusters.len(),
+                raw.limits.offset_index_max_entries_per_partition,
+            )
+            .with_site_queue_bytes(raw.limits.site_writer_queue_bytes),
+        );
         if config.advertised.is_empty() {
             warn!(listen = %config.listen, "this hub listens on a wildcard address and has no fleet.advertised_addresses: other hubs cannot send sites here");
         }

@@ -112,20 +112,40 @@ impl Queue {
         }
     }
 
-    /// Waits until the budget has room for a batch of `len` bytes and takes it. A batch costs
-    /// at least a little (many empty batches are not free) and at most the whole budget (a
-    /// batch larger than it waits for an empty queue).
-    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    /// Waits until the site's share of the queues and then this queue's budget have room for
+    /// a batch of `len` bytes, and takes both. A batch costs at least a little (many empty
+    /// batches are not free) and at most a whole budget (a batch larger than it waits for an
+    /// empty queue).
+    async fn reserve(
+        &self,
+        site: &Site,
+        len: usize,
+    ) -> Result<Reserved, tokio::sync::AcquireError> {
         let cost = u32::try_from(len)
             .unwrap_or(u32::MAX)
-            .saturating_add(QUEUED_JOB_OVERHEAD)
-            .min(self.size);
-        self.budget.clone().acquire_many_owned(cost).await
+            .saturating_add(QUEUED_JOB_OVERHEAD);
+        let site = site.reserve_queue(cost).await?;
+        let queue = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost.min(self.size))
+            .await?;
+        Ok(Reserved {
+            _queue: queue,
+            _site: site,
+        })
     }
 }
 
-/// A queued batch with its share of the queue's byte budget.
-type Queued = (WriteJob, OwnedSemaphorePermit);
+/// A queued batch's share of its queue's and its site's byte budgets, returned on drop.
+#[derive(Debug)]
+struct Reserved {
+    _queue: OwnedSemaphorePermit,
+    _site: OwnedSemaphorePermit,
+}
+
+/// A queued batch with its share of the byte budgets.
+type Queued = (WriteJob, Reserved);
 
 /// What a queued batch costs beyond its payload (its header and bookkeeping, roughly).
 const QUEUED_JOB_OVERHEAD: u32 = 256;
@@ -290,7 +310,7 @@ impl WriterPool {
     pub async fn submit(&self, job: WriteJob) -> Result<(), WriteError> {
         let q = &self.queues[self.writer_for(&job.site.alias, &job.batch.header.tp)];
         job.site.batch_started();
-        let permit = match q.reserve(job.batch.payload.len()).await {
+        let permit = match q.reserve(&job.site, job.batch.payload.len()).await {
             Ok(p) => p,
             Err(_) => {
                 job.complete(Err(WriteError::Stopped));
@@ -458,7 +478,7 @@ struct Writer {
 /// One transaction's worth of prepared batches, with their share of the queue's budget.
 struct PreparedTxn {
     prepared: Vec<Prepared>,
-    permits: Vec<OwnedSemaphorePermit>,
+    permits: Vec<Reserved>,
 }
 
 /// The first stage of a writer: takes what queued (up to `max_transaction_bytes`), decodes and
@@ -1429,25 +1449,50 @@ mod tests {
     async fn a_writer_queue_holds_at_most_its_byte_budget() {
         let (tx, _rx) = mpsc::unbounded_channel();
         let q = Queue::new(tx, 10_000);
-        let first = q.reserve(6_000).await.unwrap();
+        let site = Site::new("a", 0, vec![]);
+        let first = q.reserve(&site, 6_000).await.unwrap();
         // 6,256 of 10,000 bytes taken: another 6,000-byte batch waits ...
-        let waiting = tokio::time::timeout(Duration::from_millis(50), q.reserve(6_000)).await;
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), q.reserve(&site, 6_000)).await;
         assert!(waiting.is_err(), "the budget was overdrawn");
         // ... small ones still fit ...
-        let small = q.reserve(100).await.unwrap();
+        let small = q.reserve(&site, 100).await.unwrap();
         // ... and it gets in once the first batch's transaction ended.
         drop(first);
-        let second = tokio::time::timeout(Duration::from_secs(1), q.reserve(6_000)).await;
+        let second = tokio::time::timeout(Duration::from_secs(1), q.reserve(&site, 6_000)).await;
         assert!(second.is_ok());
         drop((small, second));
         // A batch larger than the whole budget takes all of it, once the queue is empty.
-        let huge = q.reserve(1 << 30).await.unwrap();
-        assert_eq!(huge.num_permits(), 10_000);
+        let huge = q.reserve(&site, 1 << 30).await.unwrap();
+        assert_eq!(huge._queue.num_permits(), 10_000);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), q.reserve(0))
+            tokio::time::timeout(Duration::from_millis(50), q.reserve(&site, 0))
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn one_site_holds_at_most_its_share_of_the_queues_and_others_still_get_in() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = Queue::new(tx, 100_000);
+        let busy = Site::new("busy", 0, vec![]).with_queue_budget(10_000);
+        let quiet = Site::new("quiet", 0, vec![]).with_queue_budget(10_000);
+        let held = q.reserve(&busy, 9_000).await.unwrap();
+        // The queue has room, the busy site's share has not.
+        let more = tokio::time::timeout(Duration::from_millis(50), q.reserve(&busy, 2_000)).await;
+        assert!(more.is_err(), "the busy site overdrew its share");
+        let other = tokio::time::timeout(Duration::from_millis(50), q.reserve(&quiet, 2_000)).await;
+        assert!(other.is_ok(), "another site waited behind the busy one");
+        drop(held);
+        let more = tokio::time::timeout(Duration::from_secs(1), q.reserve(&busy, 2_000)).await;
+        assert!(
+            more.is_ok(),
+            "the share came back when the batch's transaction ended"
+        );
+        // A batch larger than the share waits until none of the site's batches is queued.
+        let big = tokio::time::timeout(Duration::from_millis(50), q.reserve(&busy, 50_000)).await;
+        assert!(big.is_err());
     }
 
     #[test]

@@ -111,6 +111,11 @@ pub struct Site {
     valid_since: AtomicU64,
     /// The registry no longer holds this state (the shard moved or was read again).
     retired: std::sync::atomic::AtomicBool,
+    /// Bytes of this site's batches the writers' queues may hold at once, all writers together
+    /// (`limits.site_writer_queue_bytes`): one busy site cannot fill the queues other sites
+    /// share.
+    queue_budget: Arc<tokio::sync::Semaphore>,
+    queue_budget_size: u32,
 }
 
 /// The live session of a site: its id, its connection and how to end it.
@@ -145,7 +150,30 @@ impl Site {
             stale: std::sync::atomic::AtomicBool::new(false),
             valid_since: AtomicU64::new(0),
             retired: std::sync::atomic::AtomicBool::new(false),
+            queue_budget: Arc::new(tokio::sync::Semaphore::new(u32::MAX as usize)),
+            queue_budget_size: u32::MAX,
         }
+    }
+
+    /// This site with a budget of `bytes` in the writers' queues.
+    pub fn with_queue_budget(mut self, bytes: u32) -> Self {
+        let bytes = bytes.max(1);
+        self.queue_budget = Arc::new(tokio::sync::Semaphore::new(bytes as usize));
+        self.queue_budget_size = bytes;
+        self
+    }
+
+    /// Waits until the site's share of the writers' queues has room for `cost` bytes (at most
+    /// the whole share: a larger batch waits until none of the site's batches is queued) and
+    /// takes it; it returns when the permit is dropped.
+    pub async fn reserve_queue(
+        &self,
+        cost: u32,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        self.queue_budget
+            .clone()
+            .acquire_many_owned(cost.min(self.queue_budget_size))
+            .await
     }
 
     /// Whether this state may be written from under `ownership` (of the coordination
@@ -315,6 +343,7 @@ pub struct Registry {
     shards: u32,
     clusters: usize,
     max_index_entries: usize,
+    site_queue_bytes: u32,
     loaded: Mutex<HashMap<Shard, LoadedShard>>,
     changed: watch::Sender<u64>,
 }
@@ -326,9 +355,16 @@ impl Registry {
             shards,
             clusters,
             max_index_entries,
+            site_queue_bytes: u32::MAX,
             loaded: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
         }
+    }
+
+    /// Gives every site of this registry a budget of `bytes` in the writers' queues.
+    pub fn with_site_queue_bytes(mut self, bytes: u32) -> Self {
+        self.site_queue_bytes = bytes;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Shard, LoadedShard>> {
@@ -346,7 +382,9 @@ impl Registry {
         let sites = contents
             .into_iter()
             .map(|(alias, clusters)| {
-                let site = Arc::new(Site::new(&alias, shard, clusters));
+                let site = Arc::new(
+                    Site::new(&alias, shard, clusters).with_queue_budget(self.site_queue_bytes),
+                );
                 site.validate(epoch);
                 (alias, site)
             })
@@ -408,7 +446,9 @@ impl Registry {
                             SiteCluster::new(Vec::new(), OffsetIndex::new(self.max_index_entries))
                         })
                         .collect();
-                    let site = Arc::new(Site::new(alias, shard, clusters));
+                    let site = Arc::new(
+                        Site::new(alias, shard, clusters).with_queue_budget(self.site_queue_bytes),
+                    );
                     site.validate(epoch);
                     site
                 })
