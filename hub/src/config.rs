@@ -311,6 +311,21 @@ pub struct ReplicationConfig {
     /// Separator of the default policy.
     #[serde(default = "default_separator")]
     pub separator: String,
+    /// Under the identity policy, the central topics each site may write (required: without
+    /// it any site could write into any topic). Internal, Connect and Schema Registry topics
+    /// are never allowed.
+    #[serde(default)]
+    pub identity_allow: Vec<IdentityAllow>,
+}
+
+/// Central topics some sites may write under the identity policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityAllow {
+    /// Whole-name regex of the site aliases this entry is for.
+    pub sites: String,
+    /// Whole-name regex of the topics they may write.
+    pub topics: String,
 }
 
 impl Default for ReplicationConfig {
@@ -318,9 +333,22 @@ impl Default for ReplicationConfig {
         Self {
             policy: default_policy(),
             separator: default_separator(),
+            identity_allow: Vec::new(),
         }
     }
 }
+
+/// Central topics no site may write under the identity policy, whatever the allowlist says:
+/// Kafka Connect's and Schema Registry's state, and MM2's heartbeats (the hub writes each
+/// site's own, prefixed). Internal names (`__*`, `.*`, `*.internal`, `*-internal`) are refused
+/// too.
+pub const PROTECTED_TOPICS: &[&str] = &[
+    "connect-configs",
+    "connect-offsets",
+    "connect-status",
+    "_schemas",
+    "heartbeats",
+];
 
 fn default_policy() -> String {
     "default".to_owned()
@@ -543,6 +571,8 @@ pub struct Validated {
     pub identity: std::sync::Arc<er_net::IdentityPolicy>,
     /// `tls.crl_poll_interval_ms`.
     pub crl_poll_interval: std::time::Duration,
+    /// `replication.identity_allow`, compiled: (sites, topics).
+    pub identity_allow: std::sync::Arc<Vec<(Regex, Regex)>>,
 }
 
 /// A route ready to match.
@@ -646,7 +676,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                 separator: sep.clone(),
             }
         }
-        "identity" => ReplicationPolicy::Identity,
+        "identity" => {
+            if raw.replication.identity_allow.is_empty() {
+                return Err(invalid(
+                    "replication.identity_allow",
+                    "the identity policy needs an explicit allowlist of the central topics each site may write ([[replication.identity_allow]] sites = \"...\", topics = \"...\"): without it any site could write into any topic".into(),
+                ));
+            }
+            ReplicationPolicy::Identity
+        }
         other => {
             return Err(invalid(
                 "replication.policy",
@@ -681,6 +719,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                 format!("{} must be at least 1", c.replication_factor),
             ));
         }
+    }
+    let mut identity_allow = Vec::with_capacity(raw.replication.identity_allow.len());
+    for (i, a) in raw.replication.identity_allow.iter().enumerate() {
+        let field = |f: &str| format!("replication.identity_allow[{i}].{f}");
+        let sites = whole_match(&a.sites).map_err(|e| invalid(&field("sites"), e))?;
+        let topics = whole_match(&a.topics).map_err(|e| invalid(&field("topics"), e))?;
+        identity_allow.push((sites, topics));
     }
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
@@ -856,6 +901,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         advertised,
         identity,
         crl_poll_interval,
+        identity_allow: std::sync::Arc::new(identity_allow),
     })
 }
 
@@ -1043,6 +1089,10 @@ mod tests {
             (
                 good.replace("policy = \"default\"", "policy = \"mirror\""),
                 "replication.policy",
+            ),
+            (
+                good.replace("policy = \"default\"", "policy = \"identity\""),
+                "replication.identity_allow",
             ),
             (
                 good.replace("separator = \".\"", "separator = \"/\""),

@@ -203,6 +203,8 @@ pub struct WriterSettings {
     pub hub_id: String,
     /// Remote topic naming.
     pub policy: ReplicationPolicy,
+    /// `replication.identity_allow`: (sites, topics) under the identity policy.
+    pub identity_allow: Arc<Vec<(regex::Regex, regex::Regex)>>,
     /// Upper bound of uncompressed batch bytes.
     pub max_uncompressed_bytes: u32,
     /// Bytes of records grouped into one transaction.
@@ -221,6 +223,7 @@ impl WriterSettings {
             group_id: cfg.raw.group_id.clone(),
             hub_id: cfg.raw.hub_id.clone(),
             policy: cfg.policy.clone(),
+            identity_allow: cfg.identity_allow.clone(),
             max_uncompressed_bytes: l.max_uncompressed_bytes,
             max_transaction_bytes: l.max_transaction_bytes,
             queue_bytes: l.writer_queue_bytes,
@@ -370,8 +373,15 @@ struct RecordAt {
     size: usize,
 }
 
-/// The remote topic of a site's `logical` topic, or why the site may not send it.
-fn remote_topic(policy: &ReplicationPolicy, site: &str, logical: &str) -> Result<String, String> {
+/// The remote topic of a site's `logical` topic, or why the site may not send it. Under the
+/// identity policy the site writes a shared namespace: only topics `identity_allow` lists for
+/// it, never a protected or internal one.
+fn remote_topic(
+    policy: &ReplicationPolicy,
+    identity_allow: &[(regex::Regex, regex::Regex)],
+    site: &str,
+    logical: &str,
+) -> Result<String, String> {
     er_protocol::validate_topic_name(logical).map_err(|e| e.to_string())?;
     if policy.is_internal_topic(logical) {
         return Err(format!(
@@ -380,6 +390,23 @@ fn remote_topic(policy: &ReplicationPolicy, site: &str, logical: &str) -> Result
     }
     let dest = policy.remote_topic(site, logical);
     er_protocol::validate_topic_name(&dest).map_err(|e| e.to_string())?;
+    if matches!(policy, ReplicationPolicy::Identity) {
+        if crate::config::PROTECTED_TOPICS.contains(&dest.as_str())
+            || er_protocol::is_internal_topic(&dest)
+        {
+            return Err(format!(
+                "topic {dest:?} is protected (internal, Kafka Connect, Schema Registry or heartbeats): no site writes it under the identity policy"
+            ));
+        }
+        if !identity_allow
+            .iter()
+            .any(|(sites, topics)| sites.is_match(site) && topics.is_match(&dest))
+        {
+            return Err(format!(
+                "topic {dest:?} is not in replication.identity_allow for site {site:?} (the identity policy writes only listed topics)"
+            ));
+        }
+    }
     Ok(dest)
 }
 
@@ -721,11 +748,15 @@ impl Preparer {
         if let Some(d) = self.dest_cache.get(&(site.clone(), logical.to_owned())) {
             return Ok(d.clone());
         }
-        let dest = remote_topic(&self.settings.policy, site, logical).map_err(|message| {
-            WriteError::BadBatch {
-                tp: h.tp.clone(),
-                message,
-            }
+        let dest = remote_topic(
+            &self.settings.policy,
+            &self.settings.identity_allow,
+            site,
+            logical,
+        )
+        .map_err(|message| WriteError::BadBatch {
+            tp: h.tp.clone(),
+            message,
         })?;
         self.dest_cache
             .insert((site.clone(), logical.to_owned()), dest.clone());
@@ -1493,6 +1524,34 @@ mod tests {
         // A batch larger than the share waits until none of the site's batches is queued.
         let big = tokio::time::timeout(Duration::from_millis(50), q.reserve(&busy, 50_000)).await;
         assert!(big.is_err());
+    }
+
+    #[test]
+    fn the_identity_policy_writes_only_allowlisted_unprotected_topics() {
+        let allow = vec![(
+            crate::config::whole_match("plant-.*").unwrap(),
+            crate::config::whole_match("plant-alarms|_schemas|connect-offsets").unwrap(),
+        )];
+        let id = ReplicationPolicy::Identity;
+        assert_eq!(
+            remote_topic(&id, &allow, "plant-7", "plant-alarms").as_deref(),
+            Ok("plant-alarms")
+        );
+        let refused = |site: &str, topic: &str| remote_topic(&id, &allow, site, topic).unwrap_err();
+        assert!(refused("shop-1", "plant-alarms").contains("not in replication.identity_allow"));
+        assert!(refused("plant-7", "orders").contains("not in replication.identity_allow"));
+        // Listed or not, Connect's and Schema Registry's topics are never written.
+        assert!(refused("plant-7", "_schemas").contains("protected"));
+        assert!(refused("plant-7", "connect-offsets").contains("protected"));
+        assert!(refused("plant-7", "__consumer_offsets").contains("internal"));
+        // The default policy prefixes: the allowlist does not apply.
+        let default = ReplicationPolicy::Default {
+            separator: ".".into(),
+        };
+        assert_eq!(
+            remote_topic(&default, &[], "shop-1", "connect-offsets").as_deref(),
+            Ok("shop-1.connect-offsets")
+        );
     }
 
     #[test]
