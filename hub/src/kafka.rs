@@ -214,6 +214,19 @@ impl TopicManager {
             .is_some_and(|n| *n >= partitions)
     }
 
+    /// An existing topic of the cluster that `topic` (not existing itself) collides with in
+    /// Kafka's eyes: Kafka treats `.` and `_` as the same character in topic names and refuses
+    /// to create a topic whose name differs from an existing one only there. One metadata
+    /// request; ask only for a topic about to be created. Blocking.
+    pub fn collision(&self, topic: &str) -> Result<Option<String>, KafkaOpError> {
+        let existing = self.all_partition_counts()?;
+        if existing.contains_key(topic) {
+            return Ok(None);
+        }
+        let key = collision_key(topic);
+        Ok(existing.into_keys().find(|t| collision_key(t) == key))
+    }
+
     /// Creates the missing topics of `wanted` in one request and waits until the metadata
     /// shows them: a storm of new sites costs one CreateTopics and a few metadata rounds, not
     /// one of each per site. Topics that exist with too few partitions are left to
@@ -395,6 +408,11 @@ fn check_admin(
         }
     }
     Ok(())
+}
+
+/// A topic name as Kafka compares names for collisions: `.` and `_` are one character.
+pub fn collision_key(topic: &str) -> String {
+    topic.replace('.', "_")
 }
 
 /// Client context that treats reaching the end of a partition as the normal event it is here,

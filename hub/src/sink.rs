@@ -690,6 +690,21 @@ impl Preparer {
         let h = &job.batch.header;
         let mut limits = Vec::with_capacity(topics.len());
         for t in topics {
+            if !self.topics.is_known(t, 1) {
+                let collision = self.topics.collision(t).map_err(|e| WriteError::Kafka {
+                    cluster: self.cluster.alias.clone(),
+                    message: format!("destination of {}: {e}", h.tp),
+                })?;
+                if let Some(other) = collision {
+                    return Err(WriteError::BadBatch {
+                        tp: h.tp.clone(),
+                        message: format!(
+                            "its central topic {t:?} collides with the existing topic {other:?} on cluster {:?} (Kafka treats '.' and '_' alike in topic names, so {t:?} cannot be created); rename the source topic or route it elsewhere",
+                            self.cluster.alias
+                        ),
+                    });
+                }
+            }
             self.topics
                 .ensure(&self.rt, t, h.partition_count, &[])
                 .map_err(|e| WriteError::Kafka {

@@ -220,3 +220,46 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     }
     Ok(())
 }
+
+/// Kafka treats `.` and `_` alike in topic names: a site topic whose central name collides
+/// with an existing topic is refused with both names, and nothing is written to either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_central_name_colliding_with_an_existing_topic_is_refused_naming_both()
+-> anyhow::Result<()> {
+    let k = shared();
+    let site = unique_name("coll");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let setup = HubSetup::new(k.central())?;
+    let hub = setup.start(&pki, work.path())?;
+    let source = format!("{site}-in.x");
+    client::create_topic(k.edge(), &source, 1, &[]).await?;
+    // Another tenant's topic, in the way of `<site>.<site>-in.x`.
+    let existing = format!("{site}.{site}-in_x");
+    client::create_topic(k.central(), &existing, 1, &[]).await?;
+    let agent = AgentSetup::new(&site, k.edge(), setup.port, &source).start(&pki, work.path())?;
+    produce(k.edge(), &source, 0, 10, 1).await?;
+    let refused = hub.wait_for_log("collides with the existing topic", Duration::from_secs(60));
+    assert!(
+        refused.is_ok(),
+        "the hub did not refuse the colliding topic\n{}",
+        logs(&[&hub, &agent])
+    );
+    let log = hub.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("collides with the existing topic"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("{site}.{source}")) && line.contains(&existing),
+        "the refusal names both topics: {line}"
+    );
+    let topics = client::list_topics(k.central()).await?;
+    assert!(!topics.contains(&format!("{site}.{source}")));
+    let marks = client::end_offsets(k.central(), &existing).await?;
+    assert!(
+        marks.iter().all(|(_, end)| *end == 0),
+        "nothing was written to the existing topic: {marks:?}"
+    );
+    Ok(())
+}
