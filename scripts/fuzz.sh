@@ -4,7 +4,8 @@
 # runs the same entry points briefly on stable (protocol/tests/fuzz_short.rs); this is the long
 # run whose figures SECURITY.md quotes.
 #
-#   scripts/fuzz.sh [RUNS]     # executions per target, default 10,000,000
+#   scripts/fuzz.sh [RUNS [TARGET...]]   # executions per target (default 10,000,000); targets
+#                                        # (default: frame_decoder hub_session)
 #
 # Needs a nightly toolchain (rustup) and cargo-fuzz (installed here from crates.io if missing).
 # Corpora stay in ${ER_CACHE_DIR:-~/.cache/edge-replicator}/fuzz-corpus, outside the clone; a
@@ -12,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-10000000}"
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(frame_decoder hub_session)
 cache="${ER_CACHE_DIR:-$HOME/.cache/edge-replicator}"
 export CARGO_TARGET_DIR="$cache/fuzz-target"
 
@@ -25,7 +29,7 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 cd protocol
-for target in frame_decoder hub_session; do
+for target in "${targets[@]}"; do
     corpus="$cache/fuzz-corpus/$target"
     mkdir -p "$corpus"
     echo "fuzz: $target, $runs executions (corpus $corpus)" >&2

@@ -20,6 +20,23 @@ pub const MAX_REDIRECT_ADDRESSES: usize = 16;
 pub const MAX_REDIRECT_ADDRESS_BYTES: usize = 255;
 /// Longest reason (in bytes) a [`Frame::Redirect`] may carry.
 pub const MAX_REDIRECT_REASON_BYTES: usize = 1024;
+/// Longest message of an Error or GoAway frame the hub sends, in bytes: the text may quote what
+/// the peer sent (a topic name of 65,535 bytes, say), and is cut to this.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a char boundary, marked with "..." when cut.
+pub fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str("...");
+    text
+}
 
 /// A source (edge) topic partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]

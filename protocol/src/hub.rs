@@ -455,7 +455,9 @@ impl HubConn {
     }
 
     /// Refuses or ends the connection: queues an Error on the control channel and closes.
+    /// The message is cut to [`crate::frame::MAX_ERROR_MESSAGE_BYTES`] (it may quote the peer).
     pub fn reject(&mut self, code: ErrorCode, message: String) {
+        let message = crate::frame::cap_text(message, crate::frame::MAX_ERROR_MESSAGE_BYTES);
         self.transmit
             .push_back((Channel::Control, Frame::Error { code, message }));
         self.state = State::Closed {
@@ -465,6 +467,7 @@ impl HubConn {
 
     /// Asks the agent to finish and reconnect later (e.g. on shutdown); acks still go out.
     pub fn go_away(&mut self, reason: String) {
+        let reason = crate::frame::cap_text(reason, crate::frame::MAX_ERROR_MESSAGE_BYTES);
         self.transmit
             .push_back((Channel::Control, Frame::GoAway { reason }));
     }

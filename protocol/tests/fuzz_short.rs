@@ -31,3 +31,24 @@ fn a_well_formed_session_program_runs() {
     }
     er_protocol::fuzzing::hub_session(&p);
 }
+
+/// Inputs the long runs found crashing, kept so they stay fixed (`protocol/fuzz/regressions`).
+#[test]
+fn inputs_that_once_crashed_run_clean() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
+    let targets: [(&str, fn(&[u8])); 2] = [
+        ("frame_decoder", er_protocol::fuzzing::frame_decoder),
+        ("hub_session", er_protocol::fuzzing::hub_session),
+    ];
+    for (name, run) in targets {
+        let Ok(dir) = std::fs::read_dir(format!("{root}/{name}")) else {
+            continue;
+        };
+        for entry in dir {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            eprintln!("{name}: {}", path.display());
+            run(&data);
+        }
+    }
+}
