@@ -438,6 +438,10 @@ pub struct LimitsConfig {
     /// Edge consumer groups a site may report; reports of more are refused.
     #[serde(default = "default_max_groups_per_site")]
     pub max_groups_per_site: usize,
+    /// Largest partition count a site may claim for a source topic: the hub creates (or grows)
+    /// the central topic to the count a batch names, so a batch claiming more is refused.
+    #[serde(default = "default_max_partitions_per_topic")]
+    pub max_partitions_per_topic: i32,
     /// Bytes of frames one connection may have read and not yet handed to the writers; a
     /// stream waits (unread, so QUIC flow control holds the agent back) while they are taken.
     /// Also the connection's QUIC receive window. At least a batch frame
@@ -481,6 +485,7 @@ impl Default for LimitsConfig {
             offset_index_retention_ms: default_offset_index_retention_ms(),
             max_topics_per_site: default_max_topics_per_site(),
             max_groups_per_site: default_max_groups_per_site(),
+            max_partitions_per_topic: default_max_partitions_per_topic(),
             connection_inbound_bytes: default_connection_inbound_bytes(),
             site_inbound_bytes: default_site_inbound_bytes(),
             inbound_bytes: default_inbound_bytes(),
@@ -499,6 +504,9 @@ impl LimitsConfig {
     }
 }
 
+fn default_max_partitions_per_topic() -> i32 {
+    1_024
+}
 fn default_connection_inbound_bytes() -> u32 {
     32 * 1024 * 1024
 }
@@ -771,6 +779,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         return Err(invalid(
             "limits.max_topics_per_site",
             "limits.max_topics_per_site and limits.max_groups_per_site must be at least 1".into(),
+        ));
+    }
+    if !(1..=crate::sink::MAX_SOURCE_PARTITIONS).contains(&l.max_partitions_per_topic) {
+        return Err(invalid(
+            "limits.max_partitions_per_topic",
+            format!(
+                "{} must be between 1 and {}",
+                l.max_partitions_per_topic,
+                crate::sink::MAX_SOURCE_PARTITIONS
+            ),
         ));
     }
     let frame = l
@@ -1171,6 +1189,10 @@ mod tests {
             (
                 good.replace("[limits]", "[limits]\nhello_timeout_ms = 0"),
                 "limits.hello_timeout_ms",
+            ),
+            (
+                good.replace("[limits]", "[limits]\nmax_partitions_per_topic = 20000"),
+                "limits.max_partitions_per_topic",
             ),
             (
                 good.replace("[limits]", "[limits]\nmax_connections_per_site = 0"),

@@ -45,7 +45,7 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 const OWNERSHIP_WAIT: Duration = Duration::from_secs(30);
 /// Pause before a writer whose producer failed creates a new one.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
-/// Largest partition count of a source topic the hub creates destinations for.
+/// Largest `limits.max_partitions_per_topic`: a source topic with more partitions is never replicated.
 pub const MAX_SOURCE_PARTITIONS: i32 = 10_000;
 
 /// Why a batch was not written.
@@ -207,6 +207,8 @@ pub struct WriterSettings {
     pub identity_allow: Arc<Vec<(regex::Regex, regex::Regex)>>,
     /// Upper bound of uncompressed batch bytes.
     pub max_uncompressed_bytes: u32,
+    /// Largest partition count a site may claim for a source topic (the hub creates that many).
+    pub max_partitions_per_topic: i32,
     /// Bytes of records grouped into one transaction.
     pub max_transaction_bytes: u64,
     /// Memory budget of each writer's queue, in batch bytes.
@@ -225,6 +227,7 @@ impl WriterSettings {
             policy: cfg.policy.clone(),
             identity_allow: cfg.identity_allow.clone(),
             max_uncompressed_bytes: l.max_uncompressed_bytes,
+            max_partitions_per_topic: l.max_partitions_per_topic,
             max_transaction_bytes: l.max_transaction_bytes,
             queue_bytes: l.writer_queue_bytes,
             writers: cfg.writers_per_cluster,
@@ -618,11 +621,12 @@ impl Preparer {
                 h.tp.topic
             )));
         }
-        if !(1..=MAX_SOURCE_PARTITIONS).contains(&h.partition_count)
+        let max_partitions = self.settings.max_partitions_per_topic;
+        if !(1..=max_partitions).contains(&h.partition_count)
             || !(0..h.partition_count).contains(&h.tp.partition)
         {
             return Err(bad(format!(
-                "partition {} of a topic with {} partitions (at most {MAX_SOURCE_PARTITIONS})",
+                "partition {} of a topic with {} partitions (at most {max_partitions}: limits.max_partitions_per_topic)",
                 h.tp.partition, h.partition_count
             )));
         }

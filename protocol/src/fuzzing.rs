@@ -165,7 +165,7 @@ pub fn hub_session(data: &[u8]) {
                 let bytes = src.bytes(n).to_vec();
                 let channel = channel(&mut src);
                 if let Ok(frame) = decode_frame(&bytes) {
-                    let _ = hub.handle_frame(now, &channel, frame);
+                    feed(&mut hub, now, &channel, frame);
                 }
             }
             1 => {
@@ -175,7 +175,7 @@ pub fn hub_session(data: &[u8]) {
                     agent_version: src.string(),
                     site_claim: src.string(),
                 };
-                let _ = hub.handle_frame(now, &Channel::Control, frame);
+                feed(&mut hub, now, &Channel::Control, frame);
             }
             2..=4 => {
                 let tp = src.tp();
@@ -203,14 +203,14 @@ pub fn hub_session(data: &[u8]) {
                     Channel::Partition(tp)
                 };
                 let frame = Frame::Batch(Batch { header, payload });
-                let _ = hub.handle_frame(now, &channel, frame);
+                feed(&mut hub, now, &channel, frame);
             }
             5 => {
                 let frame = Frame::Ping {
                     nonce: src.u64(),
                     sent_at_micros: src.u64(),
                 };
-                let _ = hub.handle_frame(now, &Channel::Control, frame);
+                feed(&mut hub, now, &Channel::Control, frame);
             }
             6 => {
                 let groups = (0..src.u8() % 4)
@@ -220,7 +220,7 @@ pub fn hub_session(data: &[u8]) {
                     })
                     .collect();
                 let frame = Frame::GroupOffsets { groups };
-                let _ = hub.handle_frame(now, &Channel::Control, frame);
+                feed(&mut hub, now, &Channel::Control, frame);
             }
             7 => {
                 let frame = Frame::SiteReport(SiteReport {
@@ -229,7 +229,7 @@ pub fn hub_session(data: &[u8]) {
                     plugin_errors: src.u64(),
                     route_stops: src.u64(),
                 });
-                let _ = hub.handle_frame(now, &Channel::Control, frame);
+                feed(&mut hub, now, &Channel::Control, frame);
             }
             // Frames only a hub sends, or an agent's goodbye.
             8 => {
@@ -256,7 +256,7 @@ pub fn hub_session(data: &[u8]) {
                     },
                 };
                 let channel = channel(&mut src);
-                let _ = hub.handle_frame(now, &channel, frame);
+                feed(&mut hub, now, &channel, frame);
             }
             // The driver: welcome, acks of what it was handed (or made up), refusals.
             9 => {
@@ -306,6 +306,16 @@ pub fn hub_session(data: &[u8]) {
             );
             assert!(later.is_err(), "a closed connection took another frame");
         }
+    }
+}
+
+/// Hands `frame` to the hub as the wire would: encoded and decoded first, so only frames an
+/// agent can actually send arrive (the decoder refuses negative partitions, long strings...).
+fn feed(hub: &mut HubConn, now: Instant, channel: &Channel, frame: Frame) {
+    let mut buf = BytesMut::new();
+    encode_frame(&frame, &mut buf);
+    if let Ok(frame) = decode_frame(&buf[4..]) {
+        let _ = hub.handle_frame(now, channel, frame);
     }
 }
 

@@ -36,7 +36,8 @@ fn a_well_formed_session_program_runs() {
 #[test]
 fn inputs_that_once_crashed_run_clean() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/regressions");
-    let targets: [(&str, fn(&[u8])); 2] = [
+    type Target = fn(&[u8]);
+    let targets: [(&str, Target); 2] = [
         ("frame_decoder", er_protocol::fuzzing::frame_decoder),
         ("hub_session", er_protocol::fuzzing::hub_session),
     ];

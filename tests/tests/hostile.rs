@@ -263,3 +263,166 @@ async fn a_central_name_colliding_with_an_existing_topic_is_refused_naming_both(
     );
     Ok(())
 }
+
+/// Sends `frame` on a new partition stream (or the control stream) of a fresh welcomed
+/// connection of `site` and returns the reason the hub closed the connection with.
+async fn refused_reason(
+    ep: &(quinn::Endpoint, quinn::ClientConfig),
+    hub: SocketAddr,
+    site: &str,
+    frame: Frame,
+    on_control: bool,
+) -> anyhow::Result<String> {
+    let conn = connect(ep, hub).await?;
+    let (mut ctl, _ctl_reader) = hello(&conn, site).await?;
+    let bytes = frame_bytes(&frame);
+    if on_control {
+        ctl.write_all(&bytes).await?;
+    } else {
+        let (mut send, _recv) = conn.open_bi().await?;
+        send.write_all(&bytes).await?;
+        let _ = send.finish();
+    }
+    match tokio::time::timeout(Duration::from_secs(30), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => {
+            anyhow::ensure!(
+                c.error_code.into_inner() == PROTOCOL,
+                "closed with code {} ({:?}), not as a protocol violation",
+                c.error_code,
+                String::from_utf8_lossy(&c.reason)
+            );
+            Ok(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        Ok(other) => anyhow::bail!("closed otherwise: {other}"),
+        Err(_) => anyhow::bail!("the hub kept the connection open after a crafted {frame:?}"),
+    }
+}
+
+fn batch(
+    topic: &str,
+    partition: i32,
+    partition_count: i32,
+    records: u32,
+    payload: Vec<u8>,
+) -> Frame {
+    Frame::Batch(er_protocol::Batch {
+        header: er_protocol::BatchHeader {
+            seq: 0,
+            tp: er_protocol::TopicPartition::new(topic, partition),
+            partition_count,
+            first_offset: 0,
+            next_offset: i64::from(records),
+            record_count: records,
+            codec: er_protocol::Codec::Zstd,
+            uncompressed_len: 1 << 20,
+        },
+        payload: payload.into(),
+    })
+}
+
+/// Crafted frames of a site with a valid certificate: each is refused (the connection closed
+/// as a protocol violation naming what was wrong), nothing of it reaches Kafka, and a good site
+/// on the same hub keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowing()
+-> anyhow::Result<()> {
+    let k = shared();
+    const TOTAL: usize = 2_000;
+    let good = unique_name("good");
+    let bad = unique_name("craft");
+    let pki = Pki::new(&[&good, &bad])?;
+    let work = tempfile::tempdir()?;
+    let mut setup = HubSetup::new(k.central())?;
+    setup.extra = "[limits]\nmax_groups_per_site = 100\nmax_partitions_per_topic = 64\n".into();
+    let hub = setup.start(&pki, work.path())?;
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", setup.port).parse()?;
+    let topic = format!("{good}-events");
+    client::create_topic(k.edge(), &topic, 2, &[]).await?;
+    let agent = AgentSetup::new(&good, k.edge(), setup.port, &topic).start(&pki, work.path())?;
+    let remote = format!("{good}.{topic}");
+    produce(k.edge(), &topic, 0, TOTAL / 2, 2).await?;
+
+    let ep = endpoint(&pki, &bad)?;
+    let craft_topic = format!("{bad}-t");
+    // 1 KiB of zstd that inflates to zeros: not the records it claims.
+    let zeros = zstd::encode_all(&vec![0u8; 1 << 20][..], 19)?;
+    let cases: Vec<(&str, Frame, bool, &str)> = vec![
+        (
+            "a partition count beyond limits.max_partitions_per_topic (the hub would create them)",
+            batch(&craft_topic, 0, 9_000, 1, Vec::new()),
+            false,
+            "max_partitions_per_topic",
+        ),
+        (
+            "a partition outside the count it claims",
+            batch(&craft_topic, 5, 2, 1, Vec::new()),
+            false,
+            "partition 5",
+        ),
+        (
+            "8 M records declared in a small zstd payload",
+            batch(&craft_topic, 0, 1, 8_000_000, zeros),
+            false,
+            "",
+        ),
+        (
+            "an internal topic",
+            batch("__consumer_offsets", 0, 1, 0, Vec::new()),
+            false,
+            "internal",
+        ),
+        (
+            "a 40 KiB group name",
+            Frame::GroupOffsets {
+                groups: vec![er_protocol::GroupOffsets {
+                    group: "g".repeat(40 * 1024),
+                    offsets: Vec::new(),
+                }],
+            },
+            true,
+            "",
+        ),
+        (
+            "more groups than limits.max_groups_per_site",
+            Frame::GroupOffsets {
+                groups: (0..101)
+                    .map(|i| er_protocol::GroupOffsets {
+                        group: format!("g{i}"),
+                        offsets: Vec::new(),
+                    })
+                    .collect(),
+            },
+            true,
+            "100",
+        ),
+    ];
+    for (what, frame, on_control, names) in cases {
+        let reason = refused_reason(&ep, hub_addr, &bad, frame, on_control)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", logs(&[&hub, &agent])))?;
+        eprintln!("{what}: refused: {reason}");
+        assert!(
+            reason.contains(names),
+            "{what}: the refusal names {names:?}: {reason}"
+        );
+    }
+    let topics = client::list_topics(k.central()).await?;
+    assert!(
+        !topics.iter().any(|t| t.contains(&bad)),
+        "a crafted batch reached Kafka: {:?}",
+        topics
+            .iter()
+            .filter(|t| t.contains(&bad))
+            .collect::<Vec<_>>()
+    );
+
+    produce(k.edge(), &topic, TOTAL / 2, TOTAL, 2).await?;
+    let got = client::wait_for_count(k.central(), &remote, TOTAL, Duration::from_secs(60)).await;
+    delivery::assert_exactly_once_in_order(
+        &remote,
+        &delivery::seqs_by_partition(&got, SeqIn::Value)?,
+        &delivery::round_robin(TOTAL, 2),
+        &logs(&[&hub, &agent]),
+    );
+    Ok(())
+}
