@@ -147,6 +147,85 @@ impl Unreachable {
     }
 }
 
+/// Runs the agent until `shutdown` turns true, reading its configuration again from `path` on
+/// every message of `reload` (SIGHUP in the binary). A new configuration is validated in full
+/// first, its plugins compiled included; an invalid one is refused (logged at error naming the
+/// file and the field) and the running agent goes on untouched. A valid one ends the running
+/// session (its unacknowledged batches are simply sent again: the hub resumes the agent from the
+/// committed positions, in 0-RTT when it can) and starts the agent anew with it, so topics,
+/// routes, plugins, batching, groups, heartbeats and the hub's address all change without a
+/// restart of the process. `metrics.listen` is the one setting that needs a restart.
+pub async fn run_reloading(
+    path: std::path::PathBuf,
+    mut cfg: Validated,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+    mut reload: tokio::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    loop {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut running = tokio::spawn(run(cfg.clone(), stats.clone(), stop_rx));
+        let next = loop {
+            tokio::select! {
+                ended = &mut running => return ended.context("the agent task failed")?,
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        let _ = stop_tx.send(true);
+                        return running.await.context("the agent task failed")?;
+                    }
+                }
+                Some(()) = reload.recv() => {
+                    if let Some(new) = validated_reload(&path, &cfg).await {
+                        break new;
+                    }
+                }
+            }
+        };
+        let _ = stop_tx.send(true);
+        running.await.context("the agent task failed")??;
+        info!(config = %path.display(), "configuration reloaded; the agent resumes with it");
+        metrics::config_reloaded(true);
+        cfg = next;
+    }
+}
+
+/// The configuration at `path` if it is valid (plugins compiled), else `None` with the reason
+/// logged; `running` is the configuration in force.
+async fn validated_reload(path: &std::path::Path, running: &Validated) -> Option<Validated> {
+    info!(config = %path.display(), "reloading the configuration");
+    let loaded = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Validated> {
+            let cfg = config::load(&path)?;
+            pipeline::Pipeline::load(&cfg)?;
+            Ok(cfg)
+        })
+        .await
+    };
+    match loaded {
+        Ok(Ok(new)) => {
+            if new.metrics_listen != running.metrics_listen {
+                warn!(
+                    running = ?running.metrics_listen,
+                    configured = ?new.metrics_listen,
+                    "metrics.listen changes only with a restart; the endpoint stays where it is"
+                );
+            }
+            Some(new)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(config = %path.display(), error = format!("{e:#}"), "configuration reload refused; the running configuration stays in force");
+            metrics::config_reloaded(false);
+            None
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), error = %e, "configuration reload failed; the running configuration stays in force");
+            metrics::config_reloaded(false);
+            None
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` turns true: connect, replicate, reconnect with backoff.
 ///
 /// Each pass over the hub candidates ([`hubs::HubList`]) dials them in turn until one welcomes

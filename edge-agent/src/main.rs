@@ -299,7 +299,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown_signal().await;
                     let _ = tx.send(true);
                 });
-                edge_agent::run(config, Arc::default(), rx).await
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        // One pending reload is enough: it reads the file as it is then.
+                        let _ = reload_tx.try_send(());
+                    }
+                });
+                edge_agent::run_reloading(path, config, Arc::default(), rx, reload_rx).await
             })
         }
     }

@@ -70,6 +70,9 @@ pub const CERTIFICATE_EXPIRY: &str = "er_agent_certificate_expiry_timestamp_seco
 /// Edge topics the include patterns select but the agent never replicates (`reason`:
 /// `from_destination`, `from_site`, `internal`); each topic counts once per process.
 pub const TOPICS_SKIPPED: &str = "er_agent_topics_skipped_total";
+/// Configuration reloads (SIGHUP) by `result`: `applied` or `refused` (invalid; the running
+/// configuration stayed).
+pub const CONFIG_RELOADS: &str = "er_agent_config_reloads_total";
 /// Always 1; the `version` label carries the agent's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -211,6 +214,10 @@ fn describe() {
         "Selected edge topics never replicated (loops, internal names), by reason."
     );
     describe_gauge!(BUILD_INFO, "Build information; always 1.");
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP) by result: applied, or refused (the running configuration stayed)."
+    );
 }
 
 /// Publishes the configured rate limit, if any.
@@ -218,6 +225,12 @@ pub fn rate_limit(bytes_per_sec: Option<u64>) {
     if let Some(rate) = bytes_per_sec {
         gauge!(RATE_LIMIT_BYTES_PER_SECOND).set(rate as f64);
     }
+}
+
+/// Counts a configuration reload, applied or refused.
+pub fn config_reloaded(applied: bool) {
+    let result = if applied { "applied" } else { "refused" };
+    counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }
 
 /// Publishes the cumulative plugin counters of every route (from `Pipeline::stats`).
