@@ -425,6 +425,22 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Once more after a settle period: a duplicate committed just after the last record counts.
+    tokio::time::sleep(client::SETTLE).await;
+    let ins = client::consume_to_end(
+        k.central(),
+        &format!("{site}.{topic_in}"),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or(ins);
+    let outs = client::consume_to_end(
+        k.central(),
+        &format!("{site}.{topic_out}"),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or(outs);
     let seq = |r: &Record| -> usize {
         std::str::from_utf8(r.value.as_deref().unwrap())
             .unwrap()
