@@ -7,7 +7,7 @@
 //! calls [`client_endpoint`] and then `endpoint.connect_with(client_config, addr, server_name)` (or
 //! `endpoint.connect(addr, server_name)`, the returned config is also the endpoint's default).
 //! The site alias is taken from the certificate the hub verified, never from what the agent says
-//! (DESIGN.md invariant 6).
+//! (ARCHITECTURE.md, design invariant 6: site isolation).
 
 #![forbid(unsafe_code)]
 

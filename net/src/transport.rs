@@ -29,7 +29,7 @@ pub const UDP_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// sender can have at most one window in flight per round trip, so for a faster or longer link
 /// raise the windows to the bandwidth-delay product (bandwidth in bytes/s times RTT in
 /// seconds): 1 Gbit/s at 100 ms wants about 12.5 MB. The receive windows also bound how much
-/// memory a peer can make us buffer (DESIGN.md invariant 7): at most `receive_window` per
+/// memory a peer can make us buffer (ARCHITECTURE.md, design invariant 7): at most `receive_window` per
 /// connection, and `stream_receive_window` per stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportTuning {

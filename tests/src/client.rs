@@ -463,10 +463,19 @@ pub enum Isolation {
     ReadUncommitted,
 }
 
+/// How long a count check keeps reading after it saw the records it expected and reached the end
+/// of every partition, so that a duplicate committed just after them is counted too. A replicator
+/// that resends a batch after a reconnect commits the copy within a transaction or two (well
+/// under a second on loopback); a check that stopped at the expected count would pass with the
+/// duplicate in place of a missing record, or with it just behind the end.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
 /// When [`consume`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
-    /// Once this many records were read (or at the timeout).
+    /// Once at least this many records were read, every partition reached its end and nothing
+    /// more arrived for [`SETTLE`] (or at the timeout). So a duplicate shows as one record too
+    /// many: compare the length with exactly what you expected.
     Count(usize),
     /// Once every partition reached its end (the last stable offset under read_committed), or
     /// at the timeout.
@@ -505,18 +514,26 @@ pub async fn consume(
     consumer.assign(&tpl)?;
     let mut at_end = vec![false; ids.len()];
     let mut out = Vec::new();
+    // Under `Count`, the end of the settle period once the count was reached at the end of every
+    // partition; a record arriving after that restarts it (a topic that keeps growing still ends
+    // at the timeout plus one settle period).
+    let mut settle_until: Option<tokio::time::Instant> = None;
     loop {
-        match until {
-            Until::Count(n) if out.len() >= n => break,
-            Until::End if at_end.iter().all(|&e| e) => break,
-            _ => {}
-        }
-        let msg = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+        let all_at_end = at_end.iter().all(|&e| e);
+        let wait_until = match until {
+            Until::Count(n) if out.len() >= n && all_at_end => (*settle_until
+                .get_or_insert_with(|| tokio::time::Instant::now() + SETTLE))
+            .min(deadline + SETTLE),
+            Until::End if all_at_end => break,
+            _ => deadline,
+        };
+        let msg = match tokio::time::timeout_at(wait_until, consumer.recv()).await {
             Err(_) => break,
             Ok(m) => m,
         };
         match msg {
             Ok(m) => {
+                settle_until = None;
                 if let Some(i) = ids.iter().position(|&p| p == m.partition()) {
                     at_end[i] = false;
                 }
@@ -534,7 +551,9 @@ pub async fn consume(
     Ok(out)
 }
 
-/// [`consume`] with read_committed until `expected` records or `timeout`.
+/// [`consume`] with read_committed until at least `expected` records, the end of every
+/// partition and [`SETTLE`] without more (or `timeout`). Returns everything read, duplicates
+/// included: assert the exact count.
 pub async fn consume_all(
     bootstrap: &str,
     topic: &str,
@@ -568,8 +587,9 @@ pub async fn consume_to_end(
 }
 
 /// Reads `topic` to its end (read_committed) again and again until it holds at least `total`
-/// records or `timeout` passed; returns what the last read got (a read that fails counts as
-/// empty).
+/// records or `timeout` passed; once it does, waits [`SETTLE`] and reads it once more, so a
+/// duplicate committed just after the last expected record is in the result too. Returns what
+/// the last read got (a read that fails counts as empty): assert the exact count.
 pub async fn wait_for_count(
     bootstrap: &str,
     topic: &str,
@@ -581,7 +601,13 @@ pub async fn wait_for_count(
         let got = consume_to_end(bootstrap, topic, Duration::from_secs(60))
             .await
             .unwrap_or_default();
-        if got.len() >= total || std::time::Instant::now() > deadline {
+        if got.len() >= total {
+            tokio::time::sleep(SETTLE).await;
+            return consume_to_end(bootstrap, topic, Duration::from_secs(60))
+                .await
+                .unwrap_or(got);
+        }
+        if std::time::Instant::now() > deadline {
             return got;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -3,7 +3,7 @@
 //! tests that change the link under a running replicator.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::client::{self, NewRecord};
 use crate::delivery::{self, SeqIn};
@@ -81,20 +81,12 @@ impl ProxiedSite {
         produce(shared().edge(), &self.topic, from, to, self.partitions).await
     }
 
-    /// Waits until the replica holds at least `count` records (or `timeout` passed), then
-    /// asserts it holds sequences `0..count` exactly once, in order per partition.
+    /// Waits until the replica holds at least `count` records (or `timeout` passed) and then
+    /// [`client::SETTLE`], so a late duplicate is counted, then asserts it holds sequences
+    /// `0..count` exactly once, in order per partition.
     pub async fn assert_delivered(&self, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let records = loop {
-            let got =
-                client::consume_to_end(shared().central(), &self.remote, Duration::from_secs(30))
-                    .await
-                    .unwrap_or_default();
-            if got.len() >= count || Instant::now() > deadline {
-                break got;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let records =
+            client::wait_for_count(shared().central(), &self.remote, count, timeout).await;
         let got = delivery::seqs_by_partition(&records, SeqIn::Value)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
         delivery::assert_exactly_once_in_order(

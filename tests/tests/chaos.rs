@@ -193,7 +193,8 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
         Duration::from_secs(300),
     )
     .await;
-    let elapsed = started.elapsed();
+    // Without the settle period the read waited for after the last record.
+    let elapsed = started.elapsed().saturating_sub(client::SETTLE);
     delivery::assert_exactly_once_in_order(
         &remote,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
@@ -363,8 +364,21 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
         "the hub kept the site's state in memory\n{}",
         logs(&[hub, agent])
     );
-    // Performance is reported, not asserted; this bound only catches a replicator that never
-    // comes back on its own.
-    assert!(delays.iter().all(|d| *d < Duration::from_secs(30)));
+    // README promises that the first record after a 30 s outage lands "within about half a
+    // second": while the hub is silent the agent probes every `hub.probe_interval_ms` (500 ms
+    // by default), resumes its TLS session with a 0-RTT hello, and the hub welcomes it in
+    // 0.5-RTT from memory. On top of that come the new session's edge consumers (assignment,
+    // first fetch), one hub transaction and this reader's 5 ms polls: about 1 s at worst in a
+    // release build. The bound allows three times that for the debug build of our crates on a
+    // shared 2-core machine; it still fails an agent that waits out QUIC's backed-off Initial
+    // retransmits (seconds) or its reconnect backoff instead of probing.
+    const PROMISED: Duration = Duration::from_millis(500);
+    const BOUND: Duration = Duration::from_secs(3);
+    assert!(
+        delays.iter().all(|d| *d < BOUND),
+        "first record after a {outage} s blackhole: {delays:?}; README promises about \
+         {PROMISED:?}, this test allows {BOUND:?}\n{}",
+        logs(&[hub, agent])
+    );
     Ok(())
 }

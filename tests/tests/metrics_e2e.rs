@@ -2,6 +2,8 @@
 //! known records, scrape both `/metrics` endpoints over plain HTTP and check the series a user
 //! would graph.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord};
@@ -53,6 +55,26 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
     let hub = hub_setup.start(&pki, work.path())?;
     let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
     agent_setup.extra.push_str(&metrics_section(agent_metrics));
+    // The in-flight gauge, sampled from before the agent starts until everything is checked: the
+    // first batches wait for the hub to create their destination topic and every heartbeat batch
+    // waits for a transaction, so a gauge that follows sends and acks is seen above 0.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let inflight_max = tokio::task::spawn_blocking({
+        let sampling = sampling.clone();
+        move || {
+            let mut max: Option<f64> = None;
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(v) = scrape(agent_metrics)
+                    .ok()
+                    .and_then(|text| value(&parse(&text), "er_agent_inflight_bytes", &[]))
+                {
+                    max = Some(max.map_or(v, |m| m.max(v)));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            max
+        }
+    });
     let agent = agent_setup.start(&pki, work.path())?;
 
     let remote = format!("{site}.{topic}");
@@ -148,9 +170,40 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
         "{}",
         dump()
     );
+    // In flight: compressed bytes sent and not yet acknowledged. It rose while batches waited
+    // for their commit, never above what was sent at all, and once everything is acknowledged it
+    // is back at 0 (heartbeat batches keep coming, each acked within a transaction, so poll).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled = loop {
+        let now = value(
+            &parse(&scrape(agent_metrics)?),
+            "er_agent_inflight_bytes",
+            &[],
+        );
+        if now == Some(0.0) || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    sampling.store(false, Ordering::Relaxed);
+    let inflight_max = inflight_max.await?;
+    let bytes_sent = value(
+        &parse(&scrape(agent_metrics)?),
+        "er_agent_bytes_sent_total",
+        &[],
+    )
+    .unwrap_or(0.0);
+    eprintln!("in-flight bytes peaked at {inflight_max:?} of {bytes_sent} bytes sent");
     assert!(
-        value(&a, "er_agent_inflight_bytes", &[]).is_some_and(|v| v >= 0.0),
-        "{}",
+        inflight_max.is_some_and(|m| m > 0.0 && m <= bytes_sent),
+        "in-flight bytes peaked at {inflight_max:?}: want above 0 and at most the {bytes_sent} \
+         bytes sent\n{}",
+        dump()
+    );
+    assert_eq!(
+        settled,
+        Some(0.0),
+        "nothing in flight once everything is acknowledged\n{}",
         dump()
     );
     assert!(

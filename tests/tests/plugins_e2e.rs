@@ -156,7 +156,8 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
     let agent = agent_setup.start(&pki, work.path())?;
     let remote = format!("{site}.{renamed}");
     let got = read(k.central(), &remote, kept, &[&hub, &agent]).await;
-    let elapsed = started.elapsed();
+    // Without the settle period the read went on for after the last record.
+    let elapsed = started.elapsed().saturating_sub(client::SETTLE);
     assert_eq!(got.len(), kept, "kept records\n{}", logs(&[&hub, &agent]));
     for (p, want) in &want {
         let have: Vec<&Record> = got.iter().filter(|r| r.partition == *p).collect();
@@ -425,6 +426,22 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Once more after a settle period: a duplicate committed just after the last record counts.
+    tokio::time::sleep(client::SETTLE).await;
+    let ins = client::consume_to_end(
+        k.central(),
+        &format!("{site}.{topic_in}"),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or(ins);
+    let outs = client::consume_to_end(
+        k.central(),
+        &format!("{site}.{topic_out}"),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap_or(outs);
     let seq = |r: &Record| -> usize {
         std::str::from_utf8(r.value.as_deref().unwrap())
             .unwrap()

@@ -75,13 +75,15 @@ async fn checkpoints(central: &str, site: &str) -> BTreeMap<(String, i32), (i64,
     out
 }
 
-/// Waits until `dest` on the central cluster holds at least `n` records; returns them all.
+/// Waits until `dest` on the central cluster holds at least `n` records, then for
+/// [`client::SETTLE`], and returns all it holds then (a duplicate committed just after the `n`th
+/// record is in it too) with the moment it first held `n`.
 async fn wait_for_records(
     central: &str,
     dest: &str,
     n: usize,
     procs: &[&Proc],
-) -> anyhow::Result<Vec<Record>> {
+) -> anyhow::Result<(Vec<Record>, Instant)> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let got = if client::partition_ids(central, dest).await.is_ok() {
@@ -90,7 +92,10 @@ async fn wait_for_records(
             Vec::new()
         };
         if got.len() >= n {
-            return Ok(got);
+            let reached = Instant::now();
+            tokio::time::sleep(client::SETTLE).await;
+            let got = client::consume_to_end(central, dest, Duration::from_secs(20)).await?;
+            return Ok((got, reached));
         }
         assert!(
             Instant::now() < deadline,
@@ -238,7 +243,7 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
     let procs = [&hub, &agent];
 
     // Every committed record exactly once, in order; no aborted record.
-    let got = wait_for_records(k.central(), &dest, edge.committed.len(), &procs).await?;
+    let (got, _) = wait_for_records(k.central(), &dest, edge.committed.len(), &procs).await?;
     let aborted: Vec<&Record> = got
         .iter()
         .filter(|r| {
@@ -470,7 +475,7 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
         .map(String::from)
         .chain((0..4).map(|i| format!("o{i}")))
         .collect();
-    let got = wait_for_records(k.central(), &dest, want_open.len(), &procs).await?;
+    let (got, arrived) = wait_for_records(k.central(), &dest, want_open.len(), &procs).await?;
     assert_eq!(
         values(&got),
         want_open,
@@ -478,7 +483,7 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
     );
     println!(
         "the open transaction's records arrived {:?} after the agent started",
-        started.elapsed()
+        arrived - started
     );
 
     // The open transaction aborts at the edge; it stays replicated. More committed records
@@ -488,7 +493,7 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
     client::produce_transactional(k.edge(), &topic, &recs("d", 2), true).await?;
     let mut want_all = want_open.clone();
     want_all.extend(["d0".to_owned(), "d1".to_owned()]);
-    let got = wait_for_records(k.central(), &dest, want_all.len(), &procs).await?;
+    let (got, _) = wait_for_records(k.central(), &dest, want_all.len(), &procs).await?;
     assert_eq!(values(&got), want_all);
 
     let edge_end = client::end_offsets(k.edge(), &topic).await?[0].1;

@@ -18,6 +18,9 @@ use anyhow::{Context, Result, bail};
 use er_tests::kafka::{self, DetachedNode, KafkaNode, NodeOptions};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+mod tidy;
+
 const USAGE: &str = "usage: cargo xtask kafka <fetch | up [--with-central2] | status | down>";
 
 /// `${ER_CACHE_DIR:-~/.cache/edge-replicator}/kafka-up.json`.
