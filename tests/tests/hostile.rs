@@ -23,7 +23,7 @@ connection_inbound_bytes = 2097152
 site_inbound_bytes = 3145728
 inbound_bytes = 67108864
 max_connections_per_site = 2
-hello_timeout_ms = 2000
+hello_timeout_ms = 8000
 ";
 
 /// Close codes of the hub (`er_hub::server::close_code`).
@@ -149,14 +149,16 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     );
     for conn in [&mute1, &mute2] {
         assert_eq!(
-            close_code(conn, Duration::from_secs(20)).await?,
+            close_code(conn, Duration::from_secs(30)).await?,
             PROTOCOL,
             "a connection without hello is a protocol violation"
         );
     }
+    // The deadline is long enough that the three connections surely overlap on a loaded
+    // machine (else the third would find a slot freed by the deadline), short enough to wait.
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "closed after {:?}, the deadline is 2 s",
+        started.elapsed() < Duration::from_secs(25),
+        "closed after {:?}, the deadline is 8 s",
         started.elapsed()
     );
 
