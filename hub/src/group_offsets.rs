@@ -54,6 +54,20 @@ impl ErrorCode {
             )
         )
     }
+
+    /// Whether the group's coordinator is moving or still loading (right after a broker start,
+    /// or while `__consumer_offsets` leadership changes): the same request succeeds once the
+    /// client has found the new coordinator. librdkafka's Admin API does not retry these itself.
+    pub fn means_coordinator_moving(self) -> bool {
+        matches!(
+            self.known(),
+            Some(
+                RDKafkaErrorCode::NotCoordinator
+                    | RDKafkaErrorCode::CoordinatorLoadInProgress
+                    | RDKafkaErrorCode::CoordinatorNotAvailable
+            )
+        )
+    }
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -122,9 +136,63 @@ pub enum GroupOffsetsError {
     },
 }
 
+impl GroupOffsetsError {
+    /// The request failed because the group's coordinator is moving or loading: worth asking
+    /// again (see [`ErrorCode::means_coordinator_moving`]).
+    fn coordinator_moving(&self) -> bool {
+        matches!(self, Self::Request { code, .. } if code.means_coordinator_moving())
+    }
+}
+
+/// First wait before asking again while a coordinator moves; doubled up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Runs `attempt` with the time left of `timeout` until its answer is not "the coordinator is
+/// moving" (as a whole, or for any partition), or the time is spent; the last answer is returned.
+/// Both requests are safe to repeat: one reads, the other sets absolute offsets.
+fn retrying<T>(
+    timeout: Duration,
+    mut attempt: impl FnMut(
+        Duration,
+    )
+        -> Result<BTreeMap<TopicPartition, PartitionResult<T>>, GroupOffsetsError>,
+) -> Result<BTreeMap<TopicPartition, PartitionResult<T>>, GroupOffsetsError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = RETRY_FIRST;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let answer = attempt(left);
+        let moving = match &answer {
+            Err(e) => e.coordinator_moving(),
+            Ok(rows) => rows
+                .values()
+                .any(|r| matches!(r, Err(code) if code.means_coordinator_moving())),
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !moving || left <= pause {
+            return answer;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
 /// The committed offset of each of `partitions` in `group` (`None` where the group has none),
-/// or the broker's error for that partition. Blocking, up to about `timeout`.
+/// or the broker's error for that partition. Blocking, up to about `timeout`; asks again while
+/// the group's coordinator moves.
 pub fn committed<C: ClientContext>(
+    client: &Client<C>,
+    group: &str,
+    partitions: &[TopicPartition],
+    timeout: Duration,
+) -> Result<BTreeMap<TopicPartition, PartitionResult<Option<i64>>>, GroupOffsetsError> {
+    retrying(timeout, |left| {
+        committed_once(client, group, partitions, left)
+    })
+}
+
+fn committed_once<C: ClientContext>(
     client: &Client<C>,
     group: &str,
     partitions: &[TopicPartition],
@@ -178,8 +246,18 @@ pub fn committed<C: ClientContext>(
 
 /// Sets `group`'s committed offsets to `offsets` (every one `>= 0`), in one request; returns
 /// the broker's answer per partition. Kafka accepts it only while the group has no active
-/// member (see [`ErrorCode::means_group_active`]). Blocking, up to about `timeout`.
+/// member (see [`ErrorCode::means_group_active`]). Blocking, up to about `timeout`; asks again
+/// while the group's coordinator moves.
 pub fn alter<C: ClientContext>(
+    client: &Client<C>,
+    group: &str,
+    offsets: &BTreeMap<TopicPartition, i64>,
+    timeout: Duration,
+) -> Result<BTreeMap<TopicPartition, PartitionResult<()>>, GroupOffsetsError> {
+    retrying(timeout, |left| alter_once(client, group, offsets, left))
+}
+
+fn alter_once<C: ClientContext>(
     client: &Client<C>,
     group: &str,
     offsets: &BTreeMap<TopicPartition, i64>,
@@ -579,6 +657,67 @@ mod tests {
         for (code, active) in table {
             assert_eq!(ErrorCode(code).means_group_active(), active, "code {code}");
         }
+    }
+
+    fn moving(group: &str) -> GroupOffsetsError {
+        GroupOffsetsError::Request {
+            group: group.into(),
+            what: "ListConsumerGroupOffsets",
+            code: ErrorCode(16), // NOT_COORDINATOR
+            message: "Broker: Not coordinator".into(),
+        }
+    }
+
+    #[test]
+    fn a_moving_coordinator_is_asked_again_until_it_answers() {
+        let tp = TopicPartition::new("t", 0);
+        let mut calls = 0;
+        let got = retrying(Duration::from_secs(10), |_| {
+            calls += 1;
+            match calls {
+                1 => Err(moving("g")),
+                // Per partition: COORDINATOR_LOAD_IN_PROGRESS.
+                2 => Ok(BTreeMap::from([(tp.clone(), Err(ErrorCode(14)))])),
+                _ => Ok(BTreeMap::from([(tp.clone(), Ok(Some(7)))])),
+            }
+        })
+        .expect("answered on the third call");
+        assert_eq!(calls, 3);
+        assert_eq!(got[&tp], Ok(Some(7)));
+    }
+
+    #[test]
+    fn other_errors_are_not_retried_and_a_moving_one_stops_at_the_timeout() {
+        let mut calls = 0;
+        let err = retrying::<()>(Duration::from_secs(10), |_| {
+            calls += 1;
+            Err(GroupOffsetsError::Request {
+                group: "g".into(),
+                what: "AlterConsumerGroupOffsets",
+                code: ErrorCode(30), // GROUP_AUTHORIZATION_FAILED
+                message: "denied".into(),
+            })
+        })
+        .expect_err("not retried");
+        assert_eq!(calls, 1, "{err}");
+
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let err = retrying::<()>(Duration::from_millis(400), |left| {
+            calls += 1;
+            assert!(left <= Duration::from_millis(400));
+            Err(moving("g"))
+        })
+        .expect_err("never answered");
+        assert!(
+            err.coordinator_moving(),
+            "the last answer is returned: {err}"
+        );
+        assert!(calls >= 2, "asked again before the timeout: {calls}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "bounded by the timeout"
+        );
     }
 
     #[test]
