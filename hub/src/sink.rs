@@ -364,10 +364,20 @@ struct Prepared {
 /// A job's records, checked, before their destinations are known to exist.
 struct Checked {
     records: DecodedRecords,
-    /// The distinct remote topics the records go to.
-    topics: Vec<String>,
+    /// The distinct remote topics the records are meant for.
+    topics: Vec<Target>,
     /// Per record, in record order: an index into `topics`, the partition, the size.
     records_at: Vec<RecordAt>,
+}
+
+/// A remote topic records of a batch are meant for.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Its name (for a refused one: the name it would have, for the dead-letter headers).
+    name: String,
+    /// Why no record can ever be written there (a name Kafka refuses, a topic the site may not
+    /// write, a '.'/'_' collision): its records go to the site's dead-letter topic, value kept.
+    refused: Option<String>,
 }
 
 struct RecordAt {
@@ -427,14 +437,79 @@ enum Dest {
     /// Its remote topic and partition.
     Topic(String, i32),
     /// The site's dead-letter topic: the record can never be written where it belongs (it is
-    /// larger than the destination accepts). Its key and source coordinates go there instead,
-    /// so one poison record never stalls its partition.
+    /// larger than the destination accepts, or the destination cannot or may not exist). Its
+    /// source coordinates go there instead, with its key, and its value and headers when they
+    /// fit, so one poison record (or topic) never stalls its partition.
     DeadLetter {
         /// The remote topic it was meant for.
         topic: String,
         /// Why it cannot go there.
         reason: String,
+        /// Whether the record's value and headers go along (it fits the dead-letter topic).
+        whole: bool,
     },
+}
+
+/// Creates `site`'s dead-letter topic on `cluster` when it does not exist yet.
+fn ensure_dead_letter_topic(
+    topics: &TopicManager,
+    rt: &tokio::runtime::Handle,
+    cluster: &str,
+    site: &str,
+) -> Result<(), WriteError> {
+    topics
+        .ensure(rt, &dead_letter_topic(site), 1, &[])
+        .map_err(|e| WriteError::Kafka {
+            cluster: cluster.to_owned(),
+            message: format!("creating the dead-letter topic of site {site:?}: {e}"),
+        })
+}
+
+/// One record on its way to the dead letters: where it came from, where it was meant to go,
+/// and why it cannot.
+struct DeadLetter<'a> {
+    source: &'a TopicPartition,
+    destination: &'a str,
+    reason: &'a str,
+    whole: bool,
+}
+
+/// The dead letters of one batch, logged once per batch (a topic that cannot be created sends
+/// every record of it there; one warning per record would flood the log).
+#[derive(Default)]
+struct DeadLetters {
+    /// Count, first offset, destination and reason of the first one.
+    seen: Option<(u64, i64, String, String)>,
+}
+
+impl DeadLetters {
+    fn note(&mut self, rec: &er_protocol::RecordView<'_>, letter: &DeadLetter<'_>) {
+        match &mut self.seen {
+            Some((n, ..)) => *n += 1,
+            None => {
+                self.seen = Some((
+                    1,
+                    rec.offset,
+                    letter.destination.to_owned(),
+                    letter.reason.to_owned(),
+                ));
+            }
+        }
+    }
+
+    fn log(self, site: &str, cluster: &str) {
+        if let Some((records, first_offset, destination, reason)) = self.seen {
+            tracing::warn!(
+                site,
+                cluster,
+                records,
+                first_offset,
+                destination,
+                reason,
+                "poison records: written to the site's dead-letter topic instead (er_hub_poison_records_total)"
+            );
+        }
+    }
 }
 
 /// Bytes a record's encoding may add to its key, value and headers inside a record batch
@@ -459,7 +534,8 @@ pub mod dead_letter_header {
     pub const DESTINATION: &str = "er.destination.topic";
     /// Why it was not written there.
     pub const REASON: &str = "er.reason";
-    /// Size of the original value in bytes (the value itself is not kept).
+    /// Size of the original value in bytes (the value itself is kept only when the whole
+    /// record fits the dead-letter topic; the record's own headers then follow these).
     pub const VALUE_BYTES: &str = "er.value.bytes";
 }
 
@@ -519,7 +595,7 @@ struct Preparer {
     topics: Arc<TopicManager>,
     settings: WriterSettings,
     /// (site, logical topic) -> remote topic, validated.
-    dest_cache: HashMap<(String, String), String>,
+    dest_cache: HashMap<(String, String), Target>,
 }
 
 impl Preparer {
@@ -576,9 +652,9 @@ impl Preparer {
         let mut wanted: HashMap<&str, i32> = HashMap::new();
         for (job, c) in &checked {
             let partitions = job.batch.header.partition_count;
-            for t in &c.topics {
-                if !self.topics.is_known(t, partitions) {
-                    let n = wanted.entry(t).or_default();
+            for t in c.topics.iter().filter(|t| t.refused.is_none()) {
+                if !self.topics.is_known(&t.name, partitions) {
+                    let n = wanted.entry(&t.name).or_default();
                     *n = (*n).max(partitions);
                 }
             }
@@ -593,7 +669,7 @@ impl Preparer {
         }
         let mut out = Vec::with_capacity(checked.len());
         for (job, c) in checked {
-            match self.resolve(&job, &c.topics, c.records_at) {
+            match self.resolve(&job, c.topics, c.records_at) {
                 Ok(dests) => out.push(Prepared {
                     job,
                     records: c.records,
@@ -636,7 +712,7 @@ impl Preparer {
             .map_err(|e| bad(e.to_string()))?;
         // The declared count is the agent's word: reserve by what is reasonable.
         let mut records_at = Vec::with_capacity((h.record_count as usize).min(4096));
-        let mut topics: Vec<String> = Vec::new();
+        let mut topics: Vec<Target> = Vec::new();
         let mut last: Option<(&str, usize)> = None;
         for rec in records.iter() {
             let rec = rec.map_err(|e| bad(e.to_string()))?;
@@ -651,11 +727,11 @@ impl Preparer {
             let topic = match last {
                 Some((l, i)) if l == logical => i,
                 _ => {
-                    let dest = self.dest_topic(job, logical)?;
-                    match topics.iter().position(|t| *t == dest) {
+                    let target = self.dest_topic(&job.site.alias, logical);
+                    match topics.iter().position(|t| t.name == target.name) {
                         Some(i) => i,
                         None => {
-                            topics.push(dest);
+                            topics.push(target);
                             topics.len() - 1
                         }
                     }
@@ -688,49 +764,62 @@ impl Preparer {
     fn resolve(
         &mut self,
         job: &WriteJob,
-        topics: &[String],
+        mut topics: Vec<Target>,
         records_at: Vec<RecordAt>,
     ) -> Result<Vec<Dest>, WriteError> {
         let h = &job.batch.header;
+        let kafka = |e: String| WriteError::Kafka {
+            cluster: self.cluster.alias.clone(),
+            message: format!("destination of {}: {e}", h.tp),
+        };
         let mut limits = Vec::with_capacity(topics.len());
-        for t in topics {
-            if !self.topics.is_known(t, 1) {
-                let collision = self.topics.collision(t).map_err(|e| WriteError::Kafka {
-                    cluster: self.cluster.alias.clone(),
-                    message: format!("destination of {}: {e}", h.tp),
-                })?;
-                if let Some(other) = collision {
-                    return Err(WriteError::BadBatch {
-                        tp: h.tp.clone(),
-                        message: format!(
-                            "its central topic {t:?} collides with the existing topic {other:?} on cluster {:?} (Kafka treats '.' and '_' alike in topic names, so {t:?} cannot be created); rename the source topic or route it elsewhere",
-                            self.cluster.alias
-                        ),
-                    });
-                }
+        for t in &mut topics {
+            let unknown = t.refused.is_none() && !self.topics.is_known(&t.name, 1);
+            if unknown
+                && let Some(other) = self
+                    .topics
+                    .collision(&t.name)
+                    .map_err(|e| kafka(e.to_string()))?
+            {
+                t.refused = Some(format!(
+                    "the topic collides with the existing topic {other:?} on cluster {:?} (Kafka treats '.' and '_' alike in topic names, so it cannot be created); rename the source topic or route it elsewhere",
+                    self.cluster.alias
+                ));
+            }
+            if t.refused.is_some() {
+                limits.push(0);
+                continue;
             }
             self.topics
-                .ensure(&self.rt, t, h.partition_count, &[])
-                .map_err(|e| WriteError::Kafka {
-                    cluster: self.cluster.alias.clone(),
-                    message: format!("destination of {}: {e}", h.tp),
-                })?;
-            limits.push(self.record_limit(t)?);
+                .ensure(&self.rt, &t.name, h.partition_count, &[])
+                .map_err(|e| kafka(e.to_string()))?;
+            limits.push(self.record_limit(&t.name)?);
         }
+        let dead_letter_limit = if topics.iter().any(|t| t.refused.is_some()) {
+            ensure_dead_letter_topic(&self.topics, &self.rt, &self.cluster.alias, &job.site.alias)?;
+            self.record_limit(&dead_letter_topic(&job.site.alias))?
+        } else {
+            0
+        };
         Ok(records_at
             .into_iter()
             .map(|r| {
-                let (topic, limit) = (&topics[r.topic], limits[r.topic]);
-                if r.size > limit {
-                    Dest::DeadLetter {
-                        topic: topic.clone(),
+                let (t, limit) = (&topics[r.topic], limits[r.topic]);
+                match &t.refused {
+                    Some(reason) => Dest::DeadLetter {
+                        topic: t.name.clone(),
+                        reason: reason.clone(),
+                        whole: r.size <= dead_letter_limit,
+                    },
+                    None if r.size > limit => Dest::DeadLetter {
+                        topic: t.name.clone(),
                         reason: format!(
                             "record of {} bytes is larger than the {limit} bytes the destination accepts",
                             r.size
                         ),
-                    }
-                } else {
-                    Dest::Topic(topic.clone(), r.partition)
+                        whole: false,
+                    },
+                    None => Dest::Topic(t.name.clone(), r.partition),
                 }
             })
             .collect())
@@ -760,26 +849,30 @@ impl Preparer {
             .unwrap_or(1_000_000)
     }
 
-    /// The remote topic of `logical` for the job's site, validated (not created).
-    fn dest_topic(&mut self, job: &WriteJob, logical: &str) -> Result<String, WriteError> {
-        let site = &job.site.alias;
-        let h = &job.batch.header;
-        if let Some(d) = self.dest_cache.get(&(site.clone(), logical.to_owned())) {
-            return Ok(d.clone());
+    /// The remote topic of `logical` for `site`, validated (not created): refused when the
+    /// name is one Kafka does not take or the site may not write.
+    fn dest_topic(&mut self, site: &str, logical: &str) -> Target {
+        let key = (site.to_owned(), logical.to_owned());
+        if let Some(t) = self.dest_cache.get(&key) {
+            return t.clone();
         }
-        let dest = remote_topic(
+        let target = match remote_topic(
             &self.settings.policy,
             &self.settings.identity_allow,
             site,
             logical,
-        )
-        .map_err(|message| WriteError::BadBatch {
-            tp: h.tp.clone(),
-            message,
-        })?;
-        self.dest_cache
-            .insert((site.clone(), logical.to_owned()), dest.clone());
-        Ok(dest)
+        ) {
+            Ok(name) => Target {
+                name,
+                refused: None,
+            },
+            Err(reason) => Target {
+                name: self.settings.policy.remote_topic(site, logical),
+                refused: Some(reason),
+            },
+        };
+        self.dest_cache.insert(key, target.clone());
+        target
     }
 }
 
@@ -1071,6 +1164,7 @@ impl Writer {
         for p in prepared {
             let h = &p.job.batch.header;
             let site = &p.job.site;
+            let mut dead = DeadLetters::default();
             let sid = *site_ids.entry(site.alias.as_str()).or_insert_with(|| {
                 log.sites.push(SiteTxn {
                     site: site.clone(),
@@ -1093,8 +1187,19 @@ impl Writer {
                 })?;
                 let (topic, partition) = match dest {
                     Dest::Topic(topic, partition) => (topic, partition),
-                    Dest::DeadLetter { topic, reason } => {
-                        self.dead_letter(site, &h.tp, &rec, topic, reason, generation)?;
+                    Dest::DeadLetter {
+                        topic,
+                        reason,
+                        whole,
+                    } => {
+                        let letter = DeadLetter {
+                            source: &h.tp,
+                            destination: topic,
+                            reason,
+                            whole: *whole,
+                        };
+                        self.dead_letter(site, &rec, &letter, generation)?;
+                        dead.note(&rec, &letter);
                         continue;
                     }
                 };
@@ -1127,6 +1232,7 @@ impl Writer {
                 self.send(r)?;
                 log.sent.push((sid, src, did, rec.offset));
             }
+            dead.log(&site.alias, self.alias());
         }
         for st in &log.sites {
             let shard = st.site.shard as i32;
@@ -1149,42 +1255,46 @@ impl Writer {
         Ok(log)
     }
 
-    /// Writes a record that cannot go where it belongs into the site's dead-letter topic:
-    /// its key (when small enough) and its source coordinates, never its value.
+    /// Writes a record that cannot go where it belongs into the site's dead-letter topic: its
+    /// source coordinates and key (when small enough), and its value and headers when the letter
+    /// says the whole record fits.
     fn dead_letter(
         &self,
         site: &Site,
-        source: &TopicPartition,
         rec: &er_protocol::RecordView<'_>,
-        destination: &str,
-        reason: &str,
+        letter: &DeadLetter<'_>,
         generation: u32,
     ) -> Result<(), WriteError> {
         use dead_letter_header as dl;
         let topic = dead_letter_topic(&site.alias);
-        self.topics
-            .ensure(&self.rt, &topic, 1, &[])
-            .map_err(|e| WriteError::Kafka {
-                cluster: self.cluster.alias.clone(),
-                message: format!("creating the dead-letter topic: {e}"),
-            })?;
-        tracing::warn!(site = %site.alias, cluster = %self.cluster.alias, source = %source, offset = rec.offset, destination, reason, "poison record: written to the site's dead-letter topic instead");
+        ensure_dead_letter_topic(&self.topics, &self.rt, &self.cluster.alias, &site.alias)?;
         site.metrics.poison_record();
-        let (partition, offset) = (source.partition.to_string(), rec.offset.to_string());
+        let (partition, offset) = (letter.source.partition.to_string(), rec.offset.to_string());
         let value_bytes = rec.value.map_or(0, <[u8]>::len).to_string();
-        let headers = OwnedHeaders::new_with_capacity(6)
-            .insert(header(dl::TOPIC, &source.topic))
+        let mut headers = OwnedHeaders::new_with_capacity(6 + rec.headers.len())
+            .insert(header(dl::TOPIC, &letter.source.topic))
             .insert(header(dl::PARTITION, &partition))
             .insert(header(dl::OFFSET, &offset))
-            .insert(header(dl::DESTINATION, destination))
-            .insert(header(dl::REASON, reason))
+            .insert(header(dl::DESTINATION, letter.destination))
+            .insert(header(dl::REASON, letter.reason))
             .insert(header(dl::VALUE_BYTES, &value_bytes));
+        if letter.whole {
+            for (k, v) in rec.headers.iter() {
+                headers = headers.insert(Header { key: k, value: v });
+            }
+        }
         let mut r: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&topic, opaque(generation, UNTRACKED))
                 .partition(0)
                 .headers(headers);
-        if let Some(k) = rec.key.filter(|k| k.len() <= 64 * 1024) {
+        if let Some(k) = rec.key.filter(|k| letter.whole || k.len() <= 64 * 1024) {
             r = r.key(k);
+        }
+        if let Some(v) = rec.value.filter(|_| letter.whole) {
+            r = r.payload(v);
+        }
+        if letter.whole && rec.timestamp_type != TimestampType::NotAvailable {
+            r = r.timestamp(rec.timestamp);
         }
         self.send(r)
     }

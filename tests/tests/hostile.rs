@@ -223,10 +223,14 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     Ok(())
 }
 
-/// Kafka treats `.` and `_` alike in topic names: a site topic whose central name collides
-/// with an existing topic is refused with both names, and nothing is written to either.
+/// Topics whose central names can never exist: one collides with an existing topic (Kafka
+/// treats `.` and `_` alike), one is over Kafka's 249 bytes once prefixed with the site. Their
+/// records go to the site's dead-letter topic, whole, with their source coordinates and a
+/// reason naming both colliding topics (or the length); nothing reaches the existing topic; the
+/// site's third topic flows exactly once meanwhile, and the session never ends over it (no
+/// reconnect loop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_central_name_colliding_with_an_existing_topic_is_refused_naming_both()
+async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
 -> anyhow::Result<()> {
     let k = shared();
     let site = unique_name("coll");
@@ -234,34 +238,96 @@ async fn a_central_name_colliding_with_an_existing_topic_is_refused_naming_both(
     let work = tempfile::tempdir()?;
     let setup = HubSetup::new(k.central())?;
     let hub = setup.start(&pki, work.path())?;
-    let source = format!("{site}-in.x");
-    client::create_topic(k.edge(), &source, 1, &[]).await?;
+    let colliding = format!("{site}-in.x");
+    // 249 bytes at the edge (Kafka's limit), so `<site>.<name>` is too long centrally.
+    let long = format!("{site}-in-{}", "l".repeat(249 - site.len() - 4));
+    let good = format!("{site}-in-good");
+    for t in [&colliding, &long, &good] {
+        client::create_topic(k.edge(), t, 1, &[]).await?;
+    }
     // Another tenant's topic, in the way of `<site>.<site>-in.x`.
     let existing = format!("{site}.{site}-in_x");
     client::create_topic(k.central(), &existing, 1, &[]).await?;
-    let agent = AgentSetup::new(&site, k.edge(), setup.port, &source).start(&pki, work.path())?;
-    produce(k.edge(), &source, 0, 10, 1).await?;
-    let refused = hub.wait_for_log("collides with the existing topic", Duration::from_secs(60));
-    assert!(
-        refused.is_ok(),
-        "the hub did not refuse the colliding topic\n{}",
-        logs(&[&hub, &agent])
+    let agent = AgentSetup::new(&site, k.edge(), setup.port, &format!("{site}-in.*"))
+        .start(&pki, work.path())?;
+    let procs = [&hub, &agent];
+    for t in [&colliding, &long, &good] {
+        produce(k.edge(), t, 0, 10, 1).await?;
+    }
+
+    let remote_good = format!("{site}.{good}");
+    let got = client::wait_for_count(k.central(), &remote_good, 10, Duration::from_secs(90)).await;
+    let seqs = delivery::seqs_by_partition(&got, SeqIn::Value)?;
+    delivery::assert_exactly_once_in_order(
+        &remote_good,
+        &seqs,
+        &delivery::round_robin(10, 1),
+        &logs(&procs),
     );
-    let log = hub.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("collides with the existing topic"))
-        .unwrap_or_default();
-    assert!(
-        line.contains(&format!("{site}.{source}")) && line.contains(&existing),
-        "the refusal names both topics: {line}"
+    let dead_topic = format!("er-dead-letter.{site}.internal");
+    let dead = client::wait_for_count(k.central(), &dead_topic, 20, Duration::from_secs(60)).await;
+    assert_eq!(
+        dead.len(),
+        20,
+        "every record of both topics once\n{}",
+        logs(&procs)
     );
+    let header = |r: &client::Record, name: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    };
+    for (source, destination, reason) in [
+        (&colliding, format!("{site}.{colliding}"), existing.as_str()),
+        (&long, format!("{site}.{long}"), "must be 1..=249"),
+    ] {
+        let letters: Vec<&client::Record> = dead
+            .iter()
+            .filter(|r| header(r, "er.source.topic") == *source)
+            .collect();
+        let offsets: Vec<String> = letters
+            .iter()
+            .map(|r| header(r, "er.source.offset"))
+            .collect();
+        let values: Vec<String> = letters
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..10).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "{source}: every source offset once, in order"
+        );
+        assert_eq!(
+            values,
+            (0..10).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "{source}: the values are kept"
+        );
+        for r in letters {
+            assert_eq!(header(r, "er.source.partition"), "0");
+            assert_eq!(header(r, "er.destination.topic"), destination);
+            let why = header(r, "er.reason");
+            assert!(
+                why.contains(reason),
+                "{source}: the reason names {reason:?}: {why}"
+            );
+        }
+    }
     let topics = client::list_topics(k.central()).await?;
-    assert!(!topics.contains(&format!("{site}.{source}")));
+    assert!(!topics.contains(&format!("{site}.{colliding}")));
     let marks = client::end_offsets(k.central(), &existing).await?;
     assert!(
         marks.iter().all(|(_, end)| *end == 0),
         "nothing was written to the existing topic: {marks:?}"
+    );
+    assert_eq!(
+        hub.log_text().matches("welcoming site").count(),
+        1,
+        "the session never ended over the unwritable topics\n{}",
+        logs(&procs)
     );
     Ok(())
 }
