@@ -904,6 +904,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                         format!("{t:?} is an internal topic name and would never be replicated"),
                     ));
                 }
+                if er_protocol::policy::PROTECTED_TOPICS.contains(&t.as_str()) {
+                    return Err(invalid(
+                        &field("dead_letter_topic"),
+                        format!(
+                            "{t:?} belongs to MM2 heartbeats, Kafka Connect or Schema Registry; failed records must not land there"
+                        ),
+                    ));
+                }
                 er_plugin_host::ErrorPolicy::DeadLetter { topic: t.clone() }
             }
             ("dead-letter", None) => {
@@ -1399,6 +1407,20 @@ config = { "rule.2" = "a => b", "rule.10" = "c => d", "rule.1" = "e => f", n = 3
                 good.replace(
                     "dead_letter_topic = \"sensors-dlq\"",
                     "dead_letter_topic = \"dlq.internal\"",
+                ),
+                "routes[0].dead_letter_topic",
+            ),
+            (
+                good.replace(
+                    "dead_letter_topic = \"sensors-dlq\"",
+                    "dead_letter_topic = \"heartbeats\"",
+                ),
+                "routes[0].dead_letter_topic",
+            ),
+            (
+                good.replace(
+                    "dead_letter_topic = \"sensors-dlq\"",
+                    "dead_letter_topic = \"connect-offsets\"",
                 ),
                 "routes[0].dead_letter_topic",
             ),

@@ -338,17 +338,9 @@ impl Default for ReplicationConfig {
     }
 }
 
-/// Central topics no site may write under the identity policy, whatever the allowlist says:
-/// Kafka Connect's and Schema Registry's state, and MM2's heartbeats (the hub writes each
-/// site's own, prefixed). Internal names (`__*`, `.*`, `*.internal`, `*-internal`) are refused
-/// too.
-pub const PROTECTED_TOPICS: &[&str] = &[
-    "connect-configs",
-    "connect-offsets",
-    "connect-status",
-    "_schemas",
-    "heartbeats",
-];
+/// Central topics no site may write under the identity policy, whatever the allowlist says
+/// (internal names are refused too): see [`er_protocol::policy::PROTECTED_TOPICS`].
+pub use er_protocol::policy::PROTECTED_TOPICS;
 
 fn default_policy() -> String {
     "default".to_owned()

@@ -527,29 +527,48 @@ fn write_files(
     Ok(written)
 }
 
+/// Writes one file. A forced overwrite writes a new file next to it and renames it over the
+/// old one, so a symlink planted where a file is expected is replaced, never followed (a root
+/// `hub certs --force` must not write through a link into some other file).
 fn write_file(path: &Path, contents: &str, private: bool, force: bool) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
+    let target = path;
+    let staged;
+    let path = if force {
+        let name = path.file_name().map_or_else(
+            || std::ffi::OsString::from("file"),
+            std::ffi::OsStr::to_os_string,
+        );
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(&name);
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        staged = path.with_file_name(tmp);
+        // A leftover of an interrupted run (never a file of ours otherwise).
+        let _ = std::fs::remove_file(&staged);
+        staged.as_path()
     } else {
-        // Also catches a file that appeared since the up-front check.
-        options.create_new(true);
-    }
+        path
+    };
+    let mut options = std::fs::OpenOptions::new();
+    // Never an existing file or link: a forced write goes to a fresh staging file; otherwise
+    // this also catches a file that appeared since the up-front check.
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    if private {
-        // `mode` applies only when the file is created; a forced overwrite keeps the old mode.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
     #[cfg(not(unix))]
     let _ = private;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
+    let mut file = options.open(path)?;
+    let written = file
+        .write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all());
+    if force {
+        if let Err(e) = written.and_then(|()| std::fs::rename(path, target)) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        return Ok(());
+    }
+    written
 }

@@ -20,6 +20,19 @@ pub enum NetError {
         source: std::io::Error,
     },
 
+    /// A private key file others may read or anyone but its owner may change.
+    #[error(
+        "{what} {path:?}: permissions {mode:04o} let other users read or change it; make it readable by the service user only (chmod 600, or 640 with a dedicated group)"
+    )]
+    KeyPermissions {
+        /// What the file should contain, e.g. "server private key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
     /// A PEM file was read but holds nothing usable (no PEM section of the expected kind, or
     /// malformed PEM).
     #[error("reading {what} {path:?}: {problem}")]

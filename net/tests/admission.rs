@@ -244,7 +244,13 @@ fn site_pem<'a>(pem: &'a DevPkiPem, alias: &str) -> &'a str {
 fn write_site(pki: &DevPki, name: &str, (cert, key): (String, String)) -> Result<TlsFiles> {
     let dir = pki.dir();
     std::fs::write(dir.join(format!("{name}.pem")), cert)?;
-    std::fs::write(dir.join(format!("{name}.key")), key)?;
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&key_path, key)?;
+    // Private keys are for their owner only (the hub and agent refuse others).
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     Ok(pki.site_tls(name))
 }
 

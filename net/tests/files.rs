@@ -77,6 +77,39 @@ fn generate_refuses_to_overwrite_unless_forced() -> Result<()> {
     Ok(())
 }
 
+/// `hub certs --force` often runs as root: a symlink planted where a key goes must be replaced
+/// by the new file, never written through (here it points at a file outside the directory).
+#[cfg(unix)]
+#[test]
+fn a_forced_overwrite_replaces_a_planted_symlink_instead_of_following_it() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let outside = tempfile::tempdir()?;
+    let victim = outside.path().join("passwd");
+    std::fs::write(&victim, "root:x:0:0\n")?;
+    let dir = tempfile::tempdir()?;
+    devcerts::generate(dir.path(), &[], &names(&["shop-1"]), false)?;
+    let key = dir.path().join("shop-1.key");
+    std::fs::remove_file(&key)?;
+    std::os::unix::fs::symlink(&victim, &key)?;
+
+    devcerts::generate(dir.path(), &[], &names(&["shop-1"]), true)?;
+    assert_eq!(
+        std::fs::read_to_string(&victim)?,
+        "root:x:0:0\n",
+        "written through the link"
+    );
+    let meta = std::fs::symlink_metadata(&key)?;
+    assert!(meta.file_type().is_file(), "the link is replaced by a file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key)?.contains("PRIVATE KEY"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging files left: {leftovers:?}");
+    Ok(())
+}
+
 #[test]
 fn bad_site_names_are_refused_before_anything_is_written() {
     let cases: &[(&[&str], &str)] = &[
@@ -154,7 +187,20 @@ async fn missing_or_garbage_pem_files_are_named_in_the_error() -> Result<()> {
     let missing = dir.path().join("missing.pem");
     let garbage = write("garbage.pem", "this is not PEM\n");
     let truncated = write("truncated.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
-    let cert_as_key = pki.site_tls("shop-1").cert;
+    // A certificate where the key should be, readable by its owner only (past the check of a
+    // key's permissions), and a real key others may read.
+    let cert_as_key = dir.path().join("cert-as.key");
+    std::fs::copy(pki.site_tls("shop-1").cert, &cert_as_key)?;
+    std::fs::set_permissions(
+        &cert_as_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(pki.site_tls("shop-1").key, &open_key)?;
+    std::fs::set_permissions(
+        &open_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     let other_key = {
         let other = devcerts::generate_in_memory(&[], &[])?;
         write("other.key", &other.hub_key_pem)
@@ -217,6 +263,17 @@ async fn missing_or_garbage_pem_files_are_named_in_the_error() -> Result<()> {
                     ..hub.clone()
                 },
                 format!("reading server private key {cert_as_key:?}: no PEM private key found"),
+            ),
+        ),
+        (
+            false,
+            (
+                "key others may read",
+                TlsFiles {
+                    key: open_key.clone(),
+                    ..site.clone()
+                },
+                format!("client private key {open_key:?}: permissions 0644 let other users read"),
             ),
         ),
         (

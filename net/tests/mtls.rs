@@ -196,6 +196,11 @@ async fn ca_signed_cert_with_invalid_cn_gets_in_but_has_no_site_alias() -> Resul
     };
     std::fs::write(&tls.cert, cert)?;
     std::fs::write(&tls.key, key)?;
+    // Private keys are for their owner only (the hub and agent refuse others).
+    std::fs::set_permissions(
+        &tls.key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let out = handshake(&pki.hub_tls(), site_client(&tls)?).await?;
     let server = out.server.context("CA-signed certificate must pass TLS")?;
     let err = peer_site_alias(&server).unwrap_err();

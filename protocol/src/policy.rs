@@ -115,6 +115,18 @@ pub fn validate_site_alias(alias: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Topics that belong to other systems sharing a cluster and that no replicated record may
+/// land in, whatever a configuration says: Kafka Connect's and Schema Registry's state, and
+/// MM2's heartbeats (written only by the heartbeat emitters). Internal names (see
+/// [`is_internal_topic`]) are refused as well, wherever this list is.
+pub const PROTECTED_TOPICS: &[&str] = &[
+    "connect-configs",
+    "connect-offsets",
+    "connect-status",
+    "_schemas",
+    "heartbeats",
+];
+
 /// True for topics never replicated: Kafka's (`__*`, `.*`), Connect's and MM2's
 /// (`*.internal`, `*-internal`, `mm2*.internal`) internal topics. With a custom separator, also
 /// see [`ReplicationPolicy::is_internal_topic`].

@@ -19,6 +19,15 @@ pub enum PluginError {
     /// or an unsupported platform).
     #[error("plugin host: {0}")]
     Engine(String),
+    /// `plugins.cache_dir` is unsafe or unusable: wasmtime loads native code from it, so only
+    /// this user (or root) may own and write it.
+    #[error("plugins.cache_dir {}: {problem}", Quoted(path))]
+    CacheDir {
+        /// The cache directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The plugin file could not be read.
     // The I/O error is part of the message, not a `source`: error reporters that print the
     // source chain would print it twice.

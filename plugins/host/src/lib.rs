@@ -220,6 +220,7 @@ impl PluginHost {
             .memory_guard_size(2 << 30)
             .memory_reservation_for_growth(0);
         if let Some(dir) = &config.cache_dir {
+            check_cache_dir(dir)?;
             let mut cc = wasmtime::CacheConfig::new();
             cc.with_directory(dir);
             let cache = wasmtime::Cache::new(cc).map_err(engine_err)?;
@@ -296,4 +297,45 @@ pub struct PluginSpec {
     pub path: PathBuf,
     /// Settings passed to the plugin's `init`, in config order.
     pub config: Vec<(String, String)>,
+}
+
+/// Makes sure the compiled-code cache is a directory only this user (or root) owns and only
+/// its owner may write: wasmtime maps the native code it finds there, so anyone else who can
+/// write it could make the agent run their code. A missing directory is created, mode 0700.
+fn check_cache_dir(dir: &std::path::Path) -> Result<(), PluginError> {
+    let problem = |problem: String| PluginError::CacheDir {
+        path: dir.to_owned(),
+        problem,
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| problem(format!("cannot create it: {e}")))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| problem(format!("cannot restrict it to its owner: {e}")))?;
+        }
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| problem(format!("cannot read it: {e}")))?;
+    if !meta.is_dir() {
+        return Err(problem("is not a directory".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(problem(format!(
+                "permissions {mode:04o} let other users write it, and the agent loads native code from it; make it writable by the agent's user only (chmod 700)"
+            )));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(problem(format!(
+                "is owned by user {} (the agent runs as {me}), and the agent loads native code from it; use a directory the agent's user owns",
+                meta.uid()
+            )));
+        }
+    }
+    Ok(())
 }

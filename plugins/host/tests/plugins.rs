@@ -541,6 +541,44 @@ fn compiled_code_cache_directory_is_used() {
     assert!(entries > 0, "cache directory stays empty");
 }
 
+/// wasmtime loads native code from the cache: a directory others may write is refused naming
+/// the setting; a missing one is created for its owner only.
+#[cfg(unix)]
+#[test]
+fn a_cache_directory_others_may_write_is_refused_and_a_missing_one_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let with = |path: &Path| HostConfig {
+        cache_dir: Some(path.to_path_buf()),
+        ..config()
+    };
+    let Err(err) = PluginHost::new(with(&shared)) else {
+        panic!("a cache others may write was accepted")
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("plugins.cache_dir") && text.contains("shared") && text.contains("0777"),
+        "{text}"
+    );
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    PluginHost::new(with(&shared)).expect("owner-writable only is fine");
+
+    let fresh = dir.path().join("new/cache");
+    PluginHost::new(with(&fresh)).expect("created");
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let Err(err) = PluginHost::new(with(&file)) else {
+        panic!("a file was accepted as the cache")
+    };
+    assert!(err.to_string().contains("not a directory"), "{err}");
+}
+
 fn walk(p: &Path) -> usize {
     std::fs::read_dir(p)
         .map(|d| {
