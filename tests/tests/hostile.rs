@@ -409,6 +409,12 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
     let agent = AgentSetup::new(&good, k.edge(), setup.port, &topic).start(&pki, work.path())?;
     let remote = format!("{good}.{topic}");
     produce(k.edge(), &topic, 0, TOTAL / 2, 2).await?;
+    client::wait_for_count(k.central(), &remote, TOTAL / 2, Duration::from_secs(60)).await;
+    let pid = hub
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("hub not running"))?;
+    let baseline = rss(pid)?;
+    let mut peak = baseline;
 
     let ep = endpoint(&pki, &bad)?;
     let craft_topic = format!("{bad}-t");
@@ -464,16 +470,33 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
             "100",
         ),
     ];
+    // Each attack a few times over: what a refusal leaves behind would add up.
     for (what, frame, on_control, names) in cases {
-        let reason = refused_reason(&ep, hub_addr, &bad, frame, on_control)
-            .await
-            .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", logs(&[&hub, &agent])))?;
-        eprintln!("{what}: refused: {reason}");
-        assert!(
-            reason.contains(names),
-            "{what}: the refusal names {names:?}: {reason}"
-        );
+        for _ in 0..4 {
+            let reason = refused_reason(&ep, hub_addr, &bad, frame.clone(), on_control)
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", logs(&[&hub, &agent])))?;
+            assert!(
+                reason.contains(names),
+                "{what}: the refusal names {names:?}: {reason}"
+            );
+            peak = peak.max(rss(pid)?);
+        }
+        eprintln!("{what}: refused 4 times; hub RSS peak {} MiB", peak >> 20);
     }
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "hub RSS {} MiB before the crafted frames, peak {} MiB (+{} MiB)",
+        baseline >> 20,
+        peak >> 20,
+        growth >> 20
+    );
+    assert!(
+        growth < 24 << 20,
+        "the hub's RSS grew by {} MiB under refused frames (each under 2 MiB)\n{}",
+        growth >> 20,
+        logs(&[&hub, &agent])
+    );
     let topics = client::list_topics(k.central()).await?;
     assert!(
         !topics.iter().any(|t| t.contains(&bad)),
