@@ -163,7 +163,12 @@ impl Listener {
             }
         };
         crate::admission::spawn_watcher(conn.clone(), policy, identity);
-        let Some(hub) = self.started_hub().instrument(span.clone()).await else {
+        // A connection that closes while the fleet starts frees its slots at once.
+        let started = tokio::select! {
+            hub = self.started_hub().instrument(span.clone()) => hub,
+            _ = conn.closed() => return,
+        };
+        let Some(hub) = started else {
             let _enter = span.enter();
             SessionEnd::NotOwner(
                 "the hub's fleet has not started yet (central cluster unreachable?)".into(),
