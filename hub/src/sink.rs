@@ -403,7 +403,9 @@ fn remote_topic(
     }
     let dest = policy.remote_topic(site, logical);
     er_protocol::validate_topic_name(&dest).map_err(|e| e.to_string())?;
-    if matches!(policy, ReplicationPolicy::Identity) {
+    // Under the identity policy a topic keeps its name, except MM2 heartbeats, which stay
+    // prefixed with the site: those are in the site's own namespace and need no listing.
+    if matches!(policy, ReplicationPolicy::Identity) && dest == logical {
         if crate::config::PROTECTED_TOPICS.contains(&dest.as_str())
             || er_protocol::is_internal_topic(&dest)
         {
@@ -1673,6 +1675,11 @@ mod tests {
         assert!(refused("plant-7", "_schemas").contains("protected"));
         assert!(refused("plant-7", "connect-offsets").contains("protected"));
         assert!(refused("plant-7", "__consumer_offsets").contains("internal"));
+        // MM2 heartbeats stay prefixed with the site (its own namespace): no listing needed.
+        assert_eq!(
+            remote_topic(&id, &allow, "shop-1", "heartbeats").as_deref(),
+            Ok("shop-1.heartbeats")
+        );
         // The default policy prefixes: the allowlist does not apply.
         let default = ReplicationPolicy::Default {
             separator: ".".into(),

@@ -517,3 +517,96 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
     );
     Ok(())
 }
+
+/// Under the identity policy every site writes one shared namespace, so a site writes only the
+/// central topics `replication.identity_allow` lists for it: its own allowed topic arrives
+/// under its own name; a topic listed only for another site, and a topic named like Kafka
+/// Connect's state, never reach those central topics (their records go to the site's dead
+/// letters, naming the setting); the other site's topic gets nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_identity_policy_a_site_writes_only_its_allowlisted_topics() -> anyhow::Result<()>
+{
+    let k = shared();
+    let site = unique_name("idn");
+    let other = unique_name("idn-other");
+    let pki = Pki::new(&[&site, &other])?;
+    let work = tempfile::tempdir()?;
+    let mine = format!("{site}-mine");
+    let theirs = format!("{other}-data");
+    let mut setup = HubSetup::new(k.central())?;
+    setup.extra = format!(
+        "[replication]\npolicy = \"identity\"\n\n[[replication.identity_allow]]\nsites = {site:?}\ntopics = {:?}\n\n[[replication.identity_allow]]\nsites = {other:?}\ntopics = {:?}\n",
+        format!("{site}-mine"),
+        format!("{other}-data"),
+    );
+    let hub = setup.start(&pki, work.path())?;
+    // The site's edge has its own topic and one named like the other site's (protected names
+    // such as `connect-offsets` take the same path; unit: `sink::tests`).
+    for t in [&mine, &theirs] {
+        client::create_topic(k.edge(), t, 1, &[]).await?;
+    }
+    client::create_topic(k.central(), &theirs, 1, &[]).await?;
+    let agent = AgentSetup::new(
+        &site,
+        k.edge(),
+        setup.port,
+        &format!("({site}-mine|{other}-data)"),
+    )
+    .start(&pki, work.path())?;
+    let procs = [&hub, &agent];
+    produce(k.edge(), &mine, 0, 10, 1).await?;
+    produce(k.edge(), &theirs, 0, 10, 1).await?;
+
+    let got = client::wait_for_count(k.central(), &mine, 10, Duration::from_secs(90)).await;
+    delivery::assert_exactly_once_in_order(
+        &mine,
+        &delivery::seqs_by_partition(&got, SeqIn::Value)?,
+        &delivery::round_robin(10, 1),
+        &logs(&procs),
+    );
+    // MM2 heartbeats stay prefixed with the site under the identity policy: they need no
+    // listing (found by this test: they went to the dead letters).
+    let beats = client::wait_for_count(
+        k.central(),
+        &format!("{site}.heartbeats"),
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        !beats.is_empty(),
+        "no heartbeats centrally\n{}",
+        logs(&procs)
+    );
+    let dead_topic = format!("er-dead-letter.{site}.internal");
+    let dead = client::wait_for_count(k.central(), &dead_topic, 10, Duration::from_secs(60)).await;
+    assert_eq!(
+        dead.len(),
+        10,
+        "the other site's topic, to the dead letters\n{}",
+        logs(&procs)
+    );
+    for r in &dead {
+        let h = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default()
+        };
+        assert_eq!(h("er.source.topic"), theirs);
+        assert_eq!(h("er.destination.topic"), theirs);
+        assert!(
+            h("er.reason").contains("replication.identity_allow"),
+            "the reason names the setting: {}",
+            h("er.reason")
+        );
+    }
+    let marks = client::end_offsets(k.central(), &theirs).await?;
+    assert!(
+        marks.iter().all(|(_, end)| *end == 0),
+        "the site wrote into another site's topic: {marks:?}"
+    );
+    Ok(())
+}
