@@ -391,14 +391,19 @@ impl Session<'_> {
         let hub_cap = (max_batch_bytes as usize)
             .saturating_sub(FRAME_OVERHEAD as usize)
             .max(1024);
-        if self.cfg.raw.batching.max_bytes > hub_cap {
+        if self.cfg.raw.batching.max_bytes > hub_cap / 2 {
             warn!(
                 agent_max_bytes = self.cfg.raw.batching.max_bytes,
                 hub_max_batch_bytes = max_batch_bytes,
-                "batching.max_bytes is larger than the hub accepts; batches are capped at the hub's limit"
+                "batching.max_bytes is larger than half of what the hub accepts in a batch; batches are capped at half the hub's limit (the other half is room for one large record)"
             );
         }
-        let max_batch = self.cfg.raw.batching.max_bytes.min(hub_cap);
+        // A batch closes once it holds `max_batch` bytes, so it is at most `max_batch` plus
+        // one record: records over `hub_cap - max_batch` are sent as poison stubs (the hub
+        // writes them to the site's dead letters), never as a batch the hub refuses on every
+        // reconnect. Half the hub's limit each keeps both useful.
+        let max_batch = self.cfg.raw.batching.max_bytes.min(hub_cap / 2);
+        let max_record = hub_cap - max_batch;
         let positions: HashMap<TopicPartition, i64> = positions
             .into_iter()
             .map(|p| (p.tp, p.next_offset))
@@ -407,6 +412,7 @@ impl Session<'_> {
         let limits = source::BatchLimits {
             max_records: self.cfg.raw.batching.max_records,
             max_bytes: max_batch,
+            max_record_bytes: max_record,
             linger: self.cfg.linger(),
             codec: self.cfg.codec,
             zstd_level: self.cfg.raw.batching.zstd_level,

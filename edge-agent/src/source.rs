@@ -249,6 +249,9 @@ pub struct BatchLimits {
     pub max_records: usize,
     /// Encoded bytes per batch.
     pub max_bytes: usize,
+    /// Largest encoded record sent as is; a larger one goes as a poison stub
+    /// (`er_protocol::POISON_REASON_HEADER`), which the hub writes to the site's dead letters.
+    pub max_record_bytes: usize,
     /// Longest wait after a batch's first record.
     pub linger: Duration,
     /// Compression.
@@ -516,7 +519,8 @@ impl Reader {
                     sent,
                     trust_position: true,
                     partition_count: s.partition_count,
-                    builder: BatchBuilder::new(s.tp, s.partition_count),
+                    builder: BatchBuilder::new(s.tp, s.partition_count)
+                        .with_max_record_bytes(self.limits.max_record_bytes),
                     opened: None,
                     next_seq: 0,
                     route,

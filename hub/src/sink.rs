@@ -384,7 +384,13 @@ struct RecordAt {
     topic: usize,
     partition: i32,
     size: usize,
+    /// The agent sent a stub in place of a record it could never send, saying why (its
+    /// text, cut to [`POISON_REASON_MAX_BYTES`]).
+    poison: Option<String>,
 }
+
+/// Longest reason of an agent's poison stub the hub keeps (the text is the site's).
+const POISON_REASON_MAX_BYTES: usize = 512;
 
 /// The remote topic of a site's `logical` topic, or why the site may not send it. Under the
 /// identity policy the site writes a shared namespace: only topics `identity_allow` lists for
@@ -747,10 +753,15 @@ impl Preparer {
                     .iter()
                     .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
                     .sum::<usize>();
+            let poison = rec.poison_reason().map(|r| {
+                let r = &r[..r.len().min(POISON_REASON_MAX_BYTES)];
+                String::from_utf8_lossy(r).into_owned()
+            });
             records_at.push(RecordAt {
                 topic,
                 partition,
                 size,
+                poison,
             });
         }
         Ok(Checked {
@@ -807,6 +818,13 @@ impl Preparer {
             .into_iter()
             .map(|r| {
                 let (t, limit) = (&topics[r.topic], limits[r.topic]);
+                if let Some(why) = r.poison {
+                    return Dest::DeadLetter {
+                        topic: t.name.clone(),
+                        reason: format!("the agent could not send it: {why}"),
+                        whole: false,
+                    };
+                }
                 match &t.refused {
                     Some(reason) => Dest::DeadLetter {
                         topic: t.name.clone(),

@@ -36,6 +36,6 @@ pub use policy::{
     offset_syncs_topic, validate_site_alias, validate_topic_name,
 };
 pub use records::{
-    BatchBuilder, DecodedRecords, Headers, HeadersIter, RecordIter, RecordRef, RecordView,
-    TimestampType,
+    BatchBuilder, DecodedRecords, Headers, HeadersIter, POISON_KEY_MAX_BYTES, POISON_REASON_HEADER,
+    RecordIter, RecordRef, RecordView, TimestampType,
 };

@@ -90,7 +90,19 @@ pub struct BatchBuilder {
     next_offset: Option<i64>,
     error: Option<EncodeError>,
     compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    /// Largest encoded record pushed as is; a larger one becomes a [`POISON_REASON_HEADER`] stub.
+    max_record_bytes: usize,
 }
+
+/// The only header of a stub record an agent sends in place of a record it can never send (one
+/// larger than the hub takes in a batch): no value, the key when at most
+/// [`POISON_KEY_MAX_BYTES`], this header saying why. The hub writes such a stub to the site's
+/// dead letters, never to the destination. Reserved: an edge record with no value whose only
+/// header has this name is taken for a stub.
+pub const POISON_REASON_HEADER: &str = "er.poison.reason";
+
+/// Largest key a poison stub keeps.
+pub const POISON_KEY_MAX_BYTES: usize = 64 * 1024;
 
 impl fmt::Debug for BatchBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,9 +133,18 @@ impl BatchBuilder {
             next_offset: None,
             error: None,
             compressor: None,
+            max_record_bytes: usize::MAX,
         };
         b.check_partition();
         b
+    }
+
+    /// Records whose encoding is larger than `bytes` are pushed as poison stubs (see
+    /// [`POISON_REASON_HEADER`]): the agent sets the hub's batch limit here, so one record can
+    /// never make a batch the hub refuses again and again.
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
     }
 
     fn check_partition(&mut self) {
@@ -223,6 +244,7 @@ impl BatchBuilder {
             return;
         };
         let first = *self.first_offset.get_or_insert(r.offset);
+        let start = self.buf.len();
 
         let mut flags = r.timestamp_type.bits() << TS_SHIFT;
         if r.key.is_some() {
@@ -265,6 +287,27 @@ impl BatchBuilder {
         }
         if let Some(p) = r.partition {
             put_uvarint(buf, p as u64);
+        }
+        let size = buf.len() - start;
+        if size > self.max_record_bytes {
+            buf.truncate(start);
+            if self.count == 0 {
+                self.first_offset = None;
+            }
+            let reason = format!(
+                "record of {size} bytes (encoded) is larger than the {} bytes the hub takes in one batch (hub limits.max_batch_bytes)",
+                self.max_record_bytes
+            );
+            let stub = RecordRef {
+                key: r.key.filter(|k| k.len() <= POISON_KEY_MAX_BYTES),
+                value: None,
+                headers: &[],
+                ..*r
+            };
+            let max = std::mem::replace(&mut self.max_record_bytes, usize::MAX);
+            self.push_with_headers(&stub, [(POISON_REASON_HEADER, Some(reason.as_bytes()))]);
+            self.max_record_bytes = max;
+            return;
         }
         self.count = count;
         self.last_offset = Some(r.offset);
@@ -503,6 +546,20 @@ pub struct RecordView<'a> {
 pub struct Headers<'a> {
     raw: &'a [u8],
     count: u32,
+}
+
+impl<'a> RecordView<'a> {
+    /// Why the agent sent this record as a poison stub (see [`POISON_REASON_HEADER`]), if it
+    /// is one: no value and that header alone.
+    pub fn poison_reason(&self) -> Option<&'a [u8]> {
+        if self.value.is_some() || self.headers.len() != 1 {
+            return None;
+        }
+        match self.headers.iter().next() {
+            Some((name, Some(reason))) if name == POISON_REASON_HEADER => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> Headers<'a> {

@@ -506,3 +506,65 @@ mod props {
         }
     }
 }
+
+/// A record larger than the builder's limit (the hub's batch limit, set by the agent) is sent
+/// as a stub in its place: same offset, timestamp, key and destination, no value, one header
+/// saying why; records around it are kept whole, and a record only looking like a stub (a
+/// value, or more headers) is not one.
+#[test]
+fn a_record_over_the_limit_becomes_a_poison_stub_in_its_place() {
+    let big = vec![7u8; 10_000];
+    let mut b = BatchBuilder::new(tp(), 2).with_max_record_bytes(1_000);
+    b.push(&rec(10, &[]));
+    b.push(&RecordRef {
+        offset: 11,
+        timestamp: 42,
+        timestamp_type: TimestampType::CreateTime,
+        key: Some(b"k11"),
+        value: Some(&big),
+        headers: &[("h", Some(b"v"))],
+        topic: Some("renamed"),
+        partition: Some(1),
+    });
+    b.push(&rec(12, &[]));
+    // Looks like a stub but carries a value: an ordinary record.
+    b.push(&RecordRef {
+        value: Some(b"x"),
+        ..rec(13, &[(POISON_REASON_HEADER, Some(b"no"))])
+    });
+    let batch = b.finish(0, Codec::Zstd, 3).expect("encodes");
+    assert_eq!(batch.header.record_count, 4);
+    assert_eq!(batch.header.first_offset, 10);
+    let decoded = batch.decode_records(1 << 20).expect("decodes");
+    let recs: Vec<RecordView<'_>> = decoded.iter().map(|r| r.expect("record")).collect();
+    assert_eq!(recs[0].poison_reason(), None);
+    let stub = &recs[1];
+    assert_eq!(stub.offset, 11);
+    assert_eq!(stub.timestamp, 42);
+    assert_eq!(stub.key, Some(&b"k11"[..]));
+    assert_eq!(stub.value, None);
+    assert_eq!(stub.topic, Some("renamed"));
+    assert_eq!(stub.partition, Some(1));
+    let reason = String::from_utf8_lossy(stub.poison_reason().expect("a stub"));
+    assert!(
+        reason.contains("1000 bytes") && reason.contains("max_batch_bytes"),
+        "{reason}"
+    );
+    assert_eq!(recs[2].offset, 12);
+    assert_eq!(recs[2].poison_reason(), None);
+    assert_eq!(recs[3].poison_reason(), None);
+
+    // The first record of a batch too, and the key is dropped when it alone is too large.
+    let huge_key = vec![1u8; POISON_KEY_MAX_BYTES + 1];
+    let mut b = BatchBuilder::new(tp(), 2).with_max_record_bytes(1_000);
+    b.push(&RecordRef {
+        key: Some(&huge_key),
+        ..rec(5, &[])
+    });
+    let batch = b.finish(0, Codec::None, 0).expect("encodes");
+    assert_eq!(batch.header.first_offset, 5);
+    let decoded = batch.decode_records(1 << 20).expect("decodes");
+    let only = decoded.iter().next().expect("one").expect("record");
+    assert_eq!((only.offset, only.key), (5, None));
+    assert!(only.poison_reason().is_some());
+}

@@ -669,3 +669,76 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     );
     Ok(())
 }
+
+/// A record larger than the hub takes in one batch (`limits.max_batch_bytes`, here 1 MiB) can
+/// never cross the link: the agent sends a stub in its place and the hub writes the stub to the
+/// site's dead letters with the source coordinates and the reason. Before, the hub refused the
+/// batch on every reconnect and the partition never moved again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_as_a_stub()
+-> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("stub");
+    let site = site_name("stub");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-big");
+    client::create_topic(k.edge(), &topic, 2, &[("max.message.bytes", "4194304")]).await?;
+    let mut recs: Vec<NewRecord> = (0..40)
+        .map(|i| NewRecord::new(format!("{i}"), format!("small-{i}")).partition(i % 2))
+        .collect();
+    // Partition 0's 11th record: 2 MiB that zstd cannot shrink.
+    let mut noise = Vec::with_capacity(2 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 2 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    recs.insert(20, NewRecord::new("big", noise).partition(0));
+    let producer = client::producer(k.edge(), &[("message.max.bytes", "5000000")])?;
+    client::send_all(&producer, &topic, &recs).await?;
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.extra = "[limits]\nmax_batch_bytes = 1048576\n".into();
+    let hub = hub_setup.start(&pki, work.path())?;
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
+        .start(&pki, work.path())?;
+    let procs = [&hub, &agent];
+    let remote = format!("{site}.{topic}");
+    let got = consume_remote(k.central(), &remote, 40, &procs).await?;
+    assert_eq!(
+        got.len(),
+        40,
+        "every small record once\n{}",
+        dump_logs(&procs)
+    );
+    let dead_topic = format!("er-dead-letter.{site}.internal");
+    let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
+    assert_eq!(dead.len(), 1, "one dead letter\n{}", dump_logs(&procs));
+    let h = |name: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
+    assert_eq!(h("er.source.partition").as_deref(), Some("0"));
+    assert_eq!(h("er.source.offset").as_deref(), Some("10"));
+    assert_eq!(h("er.destination.topic").as_deref(), Some(remote.as_str()));
+    let reason = h("er.reason").unwrap_or_default();
+    assert!(
+        reason.contains("the agent could not send it") && reason.contains("max_batch_bytes"),
+        "{reason}"
+    );
+    assert_eq!(dead[0].key.as_deref(), Some(&b"big"[..]));
+    assert_eq!(
+        hub.log_text().matches("welcoming site").count(),
+        1,
+        "the session never failed over it\n{}",
+        dump_logs(&procs)
+    );
+    Ok(())
+}
