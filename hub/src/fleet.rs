@@ -378,6 +378,9 @@ impl Fleet {
         let raw = &self.config.raw;
         let mut per_cluster = Vec::new();
         for (i, cluster) in raw.clusters.iter().enumerate() {
+            if !self.pools[i].wait_initialised(STABLE_WAIT) {
+                tracing::warn!(cluster = %cluster.alias, "the writers did not initialise transactions in time; reading shards anyway (a commit of this hub's previous run may still be under way)");
+            }
             self.memberships[i].await_stable(shards, STABLE_WAIT)?;
             let (read, _) = crate::kafka::read_shards(
                 cluster,

@@ -581,6 +581,10 @@ fn read_partitions_to_end(
         .set("isolation.level", "read_committed")
         .create_with_context(QuietEof)
         .map_err(kafka_err(cluster, "creating a reader for", topic))?;
+    // Transactions still open after that belong to a dead or fenced owner (never committed:
+    // their producer's successor aborts them) and are read past, as before.
+    let settle_by = stop_at.min(Instant::now() + MARKER_WAIT);
+    no_open_transactions(cluster, group, topic, partitions, &consumer, settle_by)?;
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition_offset(topic, *p as i32, Offset::Beginning)
@@ -604,6 +608,76 @@ fn read_partitions_to_end(
         }
     }
     Ok(true)
+}
+
+/// How long a shard read waits for transactions open on its partitions to end: long enough
+/// for the markers of a transaction whose commit is under way to land, not for a dead owner's
+/// open transaction (only its producer's successor or `transaction.timeout.ms` ends that).
+const MARKER_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits until no transaction that was open when it was called is open on `partitions` of
+/// `topic` any more: the last stable offset (what `committed`, a read_committed client, is
+/// told) has reached the high watermark a read_uncommitted client was told at the start.
+/// `false` at `stop_at`.
+///
+/// A read_committed reader's end is the last stable offset, so without this wait a shard read
+/// while the previous owner's committed transaction still has its markers on the way (the
+/// coordinator writes them partition by partition; the group offsets that `await_stable` waits
+/// for may be settled first) stops before that transaction's positions: the site would resume
+/// from an older position and its last batch would be written twice.
+fn no_open_transactions(
+    cluster: &ClusterConfig,
+    group: &str,
+    topic: &str,
+    partitions: &std::collections::BTreeSet<crate::shards::Shard>,
+    committed: &BaseConsumer<QuietEof>,
+    stop_at: Instant,
+) -> Result<bool, KafkaOpError> {
+    let uncommitted: BaseConsumer<QuietEof> = client_config(cluster)
+        .set("group.id", format!("{group}-shard-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(QuietEof)
+        .map_err(kafka_err(cluster, "creating a watermark client for", topic))?;
+    let wait = || {
+        stop_at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(500))
+    };
+    // Transactions opened after this look (other sites of a shard keep writing to it while one
+    // site's state is read again) begin past these marks and are not waited for.
+    let mut open: Vec<(i32, i64)> = Vec::with_capacity(partitions.len());
+    for p in partitions.iter().map(|p| *p as i32) {
+        let (_, high) = uncommitted
+            .fetch_watermarks(topic, p, wait())
+            .map_err(kafka_err(cluster, "reading the high watermark of", topic))?;
+        open.push((p, high));
+    }
+    loop {
+        let mut still = Vec::new();
+        for &(p, high) in &open {
+            let (_, stable) = committed
+                .fetch_watermarks(topic, p, wait())
+                .map_err(kafka_err(
+                    cluster,
+                    "reading the last stable offset of",
+                    topic,
+                ))?;
+            if stable < high {
+                still.push((p, high));
+            }
+        }
+        if still.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() >= stop_at {
+            tracing::info!(cluster = %cluster.alias, topic, partitions = ?still, "transactions still open on shard partitions (a dead owner's, to be aborted); reading the committed ones");
+            return Ok(false);
+        }
+        tracing::debug!(cluster = %cluster.alias, topic, partitions = ?still, "waiting for open transactions on shard partitions");
+        open = still;
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Reads the committed positions and the offset index of every site of `shards` on this

@@ -247,6 +247,44 @@ pub fn transactional_id(group: &str, hub: &str, cluster: &str, index: usize) -> 
 pub struct WriterPool {
     queues: Vec<Queue>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Writers whose first `init_transactions` ended (well or not).
+    initialised: Arc<Initialised>,
+}
+
+/// Counts writers whose first attempt to initialise transactions ended.
+///
+/// Initialising a transactional id fences its previous incarnation and waits until that
+/// incarnation's last transaction is complete: a commit under way has its markers written, an
+/// open transaction is aborted. A hub restarted with the same id must let that happen before it
+/// reads its shards' positions, or it reads them short of a commit still under way (its
+/// markers can take seconds) and the sites resend, and the hub writes, their last batch again.
+#[derive(Debug, Default)]
+struct Initialised {
+    count: Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Initialised {
+    fn one_more(&self) {
+        *self
+            .count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `n` writers are counted, at most `timeout`; whether they are.
+    fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let count = self
+            .count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, timeout, |c| *c < n)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *count >= n
+    }
 }
 
 impl WriterPool {
@@ -267,6 +305,7 @@ impl WriterPool {
     ) -> Self {
         let mut queues = Vec::new();
         let mut threads = Vec::new();
+        let initialised = Arc::new(Initialised::default());
         for i in 0..settings.writers.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
             let queue = Queue::new(tx, settings.queue_bytes);
@@ -293,14 +332,26 @@ impl WriterPool {
                 timing: TxnTiming::default(),
             };
             queues.push(queue);
+            let ready = initialised.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("writer-{}-{i}", cluster.alias))
-                    .spawn(move || w.run(rx, preparer))
+                    .spawn(move || w.run(rx, preparer, &ready))
                     .expect("spawning a writer thread"),
             );
         }
-        Self { queues, threads }
+        Self {
+            queues,
+            threads,
+            initialised,
+        }
+    }
+
+    /// Waits (blocking, at most `timeout`) until every writer's first attempt to initialise
+    /// transactions ended, so that no transaction of this hub's previous incarnation is still
+    /// under way; whether they all did. Read shards only after this (see [`Initialised`]).
+    pub fn wait_initialised(&self, timeout: Duration) -> bool {
+        self.initialised.wait_for(self.queues.len(), timeout)
     }
 
     /// The writer of a source partition of a site.
@@ -904,7 +955,12 @@ impl Writer {
     /// Runs the writer's transactions on this thread and their preparation (collecting,
     /// decoding, checking, topic creation) on a second one, so that the next transaction is
     /// being prepared while the current one produces and commits.
-    fn run(mut self, rx: mpsc::UnboundedReceiver<Queued>, preparer: Preparer) {
+    fn run(mut self, rx: mpsc::UnboundedReceiver<Queued>, preparer: Preparer, ready: &Initialised) {
+        // At once, not at the first batch: see `Initialised`.
+        if let Err(e) = self.ensure_producer() {
+            tracing::warn!(cluster = %self.cluster.alias, writer = self.index, error = %e, "cannot initialise transactions yet; retried at the first batch");
+        }
+        ready.one_more();
         let (tx, prepared) = std::sync::mpsc::sync_channel::<PreparedTxn>(1);
         let name = format!("prepare-{}-{}", self.cluster.alias, self.index);
         let stage = std::thread::Builder::new()
@@ -1706,6 +1762,30 @@ mod tests {
             remote_topic(&default, &[], "shop-1", "connect-offsets").as_deref(),
             Ok("shop-1.connect-offsets")
         );
+    }
+
+    #[test]
+    fn shard_reads_wait_for_every_writer_to_have_initialised_once() {
+        let ready = Arc::new(Initialised::default());
+        assert!(
+            ready.wait_for(0, Duration::ZERO),
+            "no writer: nothing to wait for"
+        );
+        assert!(
+            !ready.wait_for(2, Duration::from_millis(20)),
+            "none initialised yet"
+        );
+        ready.one_more();
+        let other = ready.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            other.one_more();
+        });
+        assert!(
+            ready.wait_for(2, Duration::from_secs(10)),
+            "woken by the second"
+        );
+        t.join().expect("thread");
     }
 
     #[test]
