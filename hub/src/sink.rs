@@ -315,6 +315,7 @@ impl WriterPool {
                 topics: topics.clone(),
                 settings: settings.clone(),
                 dest_cache: HashMap::new(),
+                collided: HashMap::new(),
             };
             let w = Writer {
                 rt: rt.clone(),
@@ -655,7 +656,14 @@ struct Preparer {
     settings: WriterSettings,
     /// (site, logical topic) -> remote topic, validated.
     dest_cache: HashMap<(String, String), Target>,
+    /// Remote topics found colliding with an existing topic, with the refusal and when it was
+    /// found: their batches skip creating and looking again (a metadata request each) until
+    /// [`COLLISION_RECHECK`] passed, in case the other topic was deleted.
+    collided: HashMap<String, (String, Instant)>,
 }
+
+/// How long a '.'/'_' collision is taken as known before the topic list is read again.
+const COLLISION_RECHECK: Duration = Duration::from_secs(60);
 
 impl Preparer {
     fn run(
@@ -845,10 +853,13 @@ impl Preparer {
                     .collision(&t.name)
                     .map_err(|e| kafka(e.to_string()))?
             {
-                t.refused = Some(format!(
+                let reason = format!(
                     "the topic collides with the existing topic {other:?} on cluster {:?} (Kafka treats '.' and '_' alike in topic names, so it cannot be created); rename the source topic or route it elsewhere",
                     self.cluster.alias
-                ));
+                );
+                self.collided
+                    .insert(t.name.clone(), (reason.clone(), Instant::now()));
+                t.refused = Some(reason);
             }
             if t.refused.is_some() {
                 limits.push(0);
@@ -925,7 +936,17 @@ impl Preparer {
     fn dest_topic(&mut self, site: &str, logical: &str) -> Target {
         let key = (site.to_owned(), logical.to_owned());
         if let Some(t) = self.dest_cache.get(&key) {
-            return t.clone();
+            let mut t = t.clone();
+            if t.refused.is_none()
+                && let Some((reason, found)) = self.collided.get(&t.name)
+            {
+                if found.elapsed() < COLLISION_RECHECK {
+                    t.refused = Some(reason.clone());
+                } else {
+                    self.collided.remove(&t.name);
+                }
+            }
+            return t;
         }
         let target = match remote_topic(
             &self.settings.policy,
