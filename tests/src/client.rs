@@ -428,6 +428,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// The value of the first header named `name`, as text (lossy), if it has one.
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
     fn from_message<M: Message>(m: &M) -> Record {
         let headers = m
             .headers()

@@ -644,14 +644,7 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
     assert_eq!(dead.len(), 1, "one dead letter\n{}", dump_logs(&procs));
-    let h = |name: &str| {
-        dead[0]
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-    };
+    let h = |name: &str| dead[0].header_text(name);
     assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
     assert_eq!(h("er.source.partition").as_deref(), Some("0"));
     assert_eq!(h("er.source.offset").as_deref(), Some("10"));
@@ -716,14 +709,7 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
     assert_eq!(dead.len(), 1, "one dead letter\n{}", dump_logs(&procs));
-    let h = |name: &str| {
-        dead[0]
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-    };
+    let h = |name: &str| dead[0].header_text(name);
     assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
     assert_eq!(h("er.source.partition").as_deref(), Some("0"));
     assert_eq!(h("er.source.offset").as_deref(), Some("10"));

@@ -272,14 +272,7 @@ async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
         "every record of both topics once\n{}",
         logs(&procs)
     );
-    let header = |r: &client::Record, name: &str| {
-        r.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_default()
-    };
+    let header = |r: &client::Record, name: &str| r.header_text(name).unwrap_or_default();
     for (source, destination, reason) in [
         (&colliding, format!("{site}.{colliding}"), existing.as_str()),
         (&long, format!("{site}.{long}"), "must be 1..=249"),
@@ -587,14 +580,7 @@ async fn under_the_identity_policy_a_site_writes_only_its_allowlisted_topics() -
         logs(&procs)
     );
     for r in &dead {
-        let h = |name: &str| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| v.clone())
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .unwrap_or_default()
-        };
+        let h = |name: &str| r.header_text(name).unwrap_or_default();
         assert_eq!(h("er.source.topic"), theirs);
         assert_eq!(h("er.destination.topic"), theirs);
         assert!(
