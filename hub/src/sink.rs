@@ -209,6 +209,9 @@ pub struct WriterSettings {
     pub max_uncompressed_bytes: u32,
     /// Largest partition count a site may claim for a source topic (the hub creates that many).
     pub max_partitions_per_topic: i32,
+    /// Distinct topics (source topics and the topics plugins route records to) a site may
+    /// write: `limits.max_topics_per_site`.
+    pub max_topics_per_site: usize,
     /// Bytes of records grouped into one transaction.
     pub max_transaction_bytes: u64,
     /// Memory budget of each writer's queue, in batch bytes.
@@ -228,6 +231,7 @@ impl WriterSettings {
             identity_allow: cfg.identity_allow.clone(),
             max_uncompressed_bytes: l.max_uncompressed_bytes,
             max_partitions_per_topic: l.max_partitions_per_topic,
+            max_topics_per_site: l.max_topics_per_site,
             max_transaction_bytes: l.max_transaction_bytes,
             queue_bytes: l.writer_queue_bytes,
             writers: cfg.writers_per_cluster,
@@ -794,7 +798,7 @@ impl Preparer {
             let topic = match last {
                 Some((l, i)) if l == logical => i,
                 _ => {
-                    let target = self.dest_topic(&job.site.alias, logical);
+                    let target = self.admitted_dest_topic(&job.site, logical);
                     match topics.iter().position(|t| t.name == target.name) {
                         Some(i) => i,
                         None => {
@@ -929,6 +933,33 @@ impl Preparer {
             .get("message.max.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1_000_000)
+    }
+
+    /// [`Writer::dest_topic`], once `logical` counts among the site's topics: a topic beyond
+    /// `limits.max_topics_per_site` (a plugin may route records to any name) is refused, so
+    /// its records go to the dead letters and the topic is never created. The refusal is not
+    /// cached: the site's count is the hub's, and the limit may be raised.
+    fn admitted_dest_topic(&mut self, site: &Site, logical: &str) -> Target {
+        // A name Kafka refuses is neither counted nor cached (a site could send any number).
+        if er_protocol::validate_topic_name(logical).is_err() {
+            let shown = er_net::Untrusted(logical).to_string();
+            return Target {
+                refused: Some(format!(
+                    "topic name \"{shown}\" is not one Kafka takes (1..=249 bytes of [a-zA-Z0-9._-], not '.' or '..')"
+                )),
+                name: shown,
+            };
+        }
+        let max = self.settings.max_topics_per_site;
+        if !site.admit_topic(logical, max) {
+            return Target {
+                name: self.settings.policy.remote_topic(&site.alias, logical),
+                refused: Some(format!(
+                    "the site already writes {max} topics (limits.max_topics_per_site); records routed to one more go to the dead letters"
+                )),
+            };
+        }
+        self.dest_topic(&site.alias, logical)
     }
 
     /// The remote topic of `logical` for `site`, validated (not created): refused when the

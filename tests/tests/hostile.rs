@@ -596,3 +596,105 @@ async fn under_the_identity_policy_a_site_writes_only_its_allowlisted_topics() -
     );
     Ok(())
 }
+
+/// A batch may route each record to a topic of its own (plugins rename): those count towards
+/// `limits.max_topics_per_site` like source topics. Records routed beyond it, or to names Kafka
+/// does not take, go to the site's dead letters (the topic is never created), the batch is
+/// acked, and the session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_routed_to_more_topics_than_the_site_may_write_go_to_the_dead_letters()
+-> anyhow::Result<()> {
+    let k = shared();
+    let site = unique_name("spray");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let mut setup = HubSetup::new(k.central())?;
+    setup.extra = "[limits]\nmax_topics_per_site = 3\n".into();
+    let hub = setup.start(&pki, work.path())?;
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", setup.port).parse()?;
+    let ep = endpoint(&pki, &site)?;
+    let conn = connect(&ep, hub_addr).await?;
+    let (_ctl, _ctl_reader) = hello(&conn, &site).await?;
+
+    // Source topic s, records routed to r0..r5 and to an invalid name: s, r0 and r1 make three.
+    let source = er_protocol::TopicPartition::new("s", 0);
+    let mut builder = er_protocol::BatchBuilder::new(source.clone(), 1);
+    let routed: Vec<String> = (0..6)
+        .map(|i| format!("r{i}"))
+        .chain(["bad name!".to_owned()])
+        .collect();
+    for (offset, topic) in (0..).zip(
+        ["s"]
+            .iter()
+            .copied()
+            .chain(routed.iter().map(String::as_str)),
+    ) {
+        let value = offset.to_string();
+        builder.push(&er_protocol::RecordRef {
+            offset,
+            timestamp: 1,
+            timestamp_type: er_protocol::TimestampType::CreateTime,
+            key: None,
+            value: Some(value.as_bytes()),
+            headers: &[],
+            topic: (topic != "s").then_some(topic),
+            partition: None,
+        });
+    }
+    builder.set_next_offset(routed.len() as i64 + 1);
+    let frame = Frame::Batch(builder.finish_and_reset(0, er_protocol::Codec::Zstd, 3)?);
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&frame_bytes(&frame)).await?;
+    let mut reader = FrameReader::new(recv, 1 << 20);
+    let answer = tokio::time::timeout(Duration::from_secs(60), reader.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer\n{}", logs(&[&hub])))??;
+    anyhow::ensure!(
+        matches!(answer, Some(Frame::Ack { next_offset: 8, .. })),
+        "the batch is acked whole: {answer:?}\n{}",
+        logs(&[&hub])
+    );
+
+    let topics = client::list_topics(k.central()).await?;
+    let mine: std::collections::BTreeSet<&str> = topics
+        .iter()
+        .filter_map(|t| t.strip_prefix(&format!("{site}.")))
+        .collect();
+    assert_eq!(
+        mine,
+        ["r0", "r1", "s"].into_iter().collect(),
+        "three topics at most for the site"
+    );
+    for t in ["s", "r0", "r1"] {
+        let got = client::wait_for_count(
+            k.central(),
+            &format!("{site}.{t}"),
+            1,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(got.len(), 1, "{t} got its record");
+    }
+    let dead_topic = format!("er-dead-letter.{site}.internal");
+    let dead = client::wait_for_count(k.central(), &dead_topic, 5, Duration::from_secs(30)).await;
+    let offsets: Vec<String> = dead
+        .iter()
+        .map(|r| r.header_text("er.source.offset").unwrap_or_default())
+        .collect();
+    assert_eq!(
+        offsets,
+        ["3", "4", "5", "6", "7"],
+        "every refused record once"
+    );
+    for r in &dead[..4] {
+        let why = r.header_text("er.reason").unwrap_or_default();
+        assert!(why.contains("max_topics_per_site"), "{why}");
+    }
+    let why = dead[4].header_text("er.reason").unwrap_or_default();
+    assert!(
+        why.contains("bad name!") && why.contains("not one Kafka takes"),
+        "{why}"
+    );
+    assert_eq!(dead[4].header_text("er.source.topic").as_deref(), Some("s"));
+    Ok(())
+}
