@@ -10,6 +10,7 @@ use std::ops::Range;
 
 use er_plugin_host::{
     DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_PLUGIN_HEADER, ErrorPolicy, InRecord, OutBatch,
+    OutRecordRef,
 };
 use er_protocol::{Batch, BatchBuilder, RecordRef, TimestampType, TopicPartition};
 use rdkafka::message::{Headers, Message};
@@ -137,6 +138,23 @@ pub struct Shape {
     pub codec: er_protocol::Codec,
     /// zstd level.
     pub zstd_level: i32,
+    /// Encoded bytes the outputs of one source record may take together: they travel in one
+    /// batch (batches end only between source records), on top of up to `max_bytes` of
+    /// earlier records, and the hub takes at most `max_bytes + max_source_bytes` in a batch.
+    pub max_source_bytes: usize,
+}
+
+/// Encoded bytes of an output record, at most (varint lengths counted at their widest).
+fn encoded_bound(r: &OutRecordRef<'_>) -> usize {
+    const FIELD: usize = 10;
+    1 + 3 * FIELD
+        + r.key.map_or(0, |k| k.len() + FIELD)
+        + r.value.map_or(0, |v| v.len() + FIELD)
+        + r.headers
+            .iter()
+            .map(|(k, v)| 2 * FIELD + 1 + k.len() + v.map_or(0, <[u8]>::len))
+            .sum::<usize>()
+        + r.topic.map_or(0, |t| t.len() + FIELD)
 }
 
 /// Runs the held records of `tp` through the route's chain and encodes the outputs into batches
@@ -209,8 +227,13 @@ pub fn run_chain(
     let mut produced = vec![false; input.len()];
     let mut last_source: Option<u32> = None;
     let encode_err = |e: er_protocol::EncodeError| stopped(format!("encoding a batch: {e}"));
+    let mut source_bytes = vec![0usize; input.len()];
+    for r in out.iter(&input) {
+        source_bytes[r.source_index as usize] += encoded_bound(&r);
+    }
     for r in out.iter(&input) {
         let src = &pending.recs[r.source_index as usize];
+        let first_of_source = last_source != Some(r.source_index);
         // Split only between source records.
         if last_source != Some(r.source_index)
             && !builder.is_empty()
@@ -226,7 +249,20 @@ pub fn run_chain(
         }
         last_source = Some(r.source_index);
         let topic = r.topic.filter(|t| *t != tp.topic);
-        if let Err(problem) = check_output(topic, r.partition, partition_count) {
+        let too_big = source_bytes[r.source_index as usize] > shape.max_source_bytes;
+        if too_big && !first_of_source {
+            // The source record's policy was applied at its first output.
+            continue;
+        }
+        let problem = if too_big {
+            Err(format!(
+                "the outputs of one source record take {} bytes, more than the {} bytes a batch has room for (hub limits.max_batch_bytes)",
+                source_bytes[r.source_index as usize], shape.max_source_bytes
+            ))
+        } else {
+            check_output(topic, r.partition, partition_count)
+        };
+        if let Err(problem) = problem {
             match &policy {
                 ErrorPolicy::Stop => {
                     return Err(stopped(format!(

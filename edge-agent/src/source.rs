@@ -667,6 +667,7 @@ impl Reader {
             max_bytes: self.limits.max_bytes,
             codec: self.limits.codec,
             zstd_level: self.limits.zstd_level,
+            max_source_bytes: self.limits.max_record_bytes,
         };
         let result = {
             let mut pipeline = self.routing.pipeline.lock().expect("pipeline lock");

@@ -623,3 +623,70 @@ fn plugin_test_command_runs_a_chain_over_json_lines() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("filter.wasm"));
     Ok(())
 }
+
+/// One source record's outputs travel in one batch, so together they must fit the room the
+/// hub's batch limit leaves: a plugin expanding a record beyond it fails that record under the
+/// route's policy (here: to the dead-letter topic), and never makes a batch the hub refuses on
+/// every reconnect. The records around it flow, in one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_expanded_beyond_the_batch_room_fails_under_its_route_policy() -> anyhow::Result<()>
+{
+    let k = shared();
+    let p = unique_name("fan");
+    let site = unique_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let hostile = plugin("fixture_hostile");
+    let (topic, dlq) = (format!("{p}-in"), format!("{p}-dlq"));
+    client::create_topic(k.edge(), &topic, 1, &[]).await?;
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.extra = "[limits]\nmax_batch_bytes = 1048576\n".into();
+    let hub = hub_setup.start(&pki, work.path())?;
+    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &topic);
+    // 12 outputs of 100 kB: 1.2 MB for one record, more than half the hub's 1 MiB batch.
+    agent_setup.extra.push_str(&route(
+        "fan",
+        &topic,
+        &format!("on_error = \"dead-letter\"\ndead_letter_topic = {dlq:?}"),
+        &[(
+            &hostile,
+            r#"mode = "fan", trigger = "boom", outputs = "12", bytes = "100000""#,
+        )],
+    ));
+    let agent = agent_setup.start(&pki, work.path())?;
+    let procs = [&hub, &agent];
+    client::produce(
+        k.edge(),
+        &topic,
+        &[
+            NewRecord::new("k", "a"),
+            NewRecord::new("k", "boom"),
+            NewRecord::new("k", "b"),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        values(&read(k.central(), &format!("{site}.{topic}"), 2, &procs).await),
+        ["a", "b"],
+        "{}",
+        logs(&procs)
+    );
+    let dead = read(k.central(), &format!("{site}.{dlq}"), 1, &procs).await;
+    assert_eq!(
+        values(&dead),
+        ["boom"],
+        "the expanded record is dead-lettered"
+    );
+    let error = dead[0].header_text("er.error").expect("er.error header");
+    assert!(
+        error.contains("room for") && error.contains("max_batch_bytes"),
+        "the error names the limit: {error}"
+    );
+    assert_eq!(
+        hub.log_text().matches("welcoming site").count(),
+        1,
+        "one session throughout\n{}",
+        logs(&procs)
+    );
+    Ok(())
+}
