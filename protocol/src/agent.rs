@@ -51,6 +51,20 @@ pub enum AgentEvent {
         /// The committed position.
         next_offset: i64,
     },
+    /// The hub stopped a partition at a record it can never write (instead of acking batch
+    /// `seq`): the batch's records before `offset` are committed, later batches are dropped.
+    /// Stop reading the partition and send none of its batches until the next connection,
+    /// which resumes at `offset`.
+    Stopped {
+        /// The partition.
+        tp: TopicPartition,
+        /// The seq of the batch holding the record.
+        seq: u64,
+        /// The record's source offset: the committed position.
+        offset: i64,
+        /// The hub's reason.
+        reason: String,
+    },
     /// A ping round trip completed.
     RttSample(Duration),
     /// The hub is going away: send no new batches, reconnect later.
@@ -118,6 +132,9 @@ struct PartitionState {
     next_offset: Option<i64>,
     inflight: VecDeque<InFlight>,
     inflight_bytes: u64,
+    /// The hub stopped the partition ([`AgentEvent::Stopped`]): no more batches of it on
+    /// this connection.
+    stopped: bool,
 }
 
 /// The agent's end of one connection to a hub.
@@ -307,6 +324,50 @@ impl AgentConn {
                 });
                 Ok(())
             }
+            Frame::Stopped {
+                seq,
+                tp,
+                offset,
+                reason,
+            } => {
+                if !matches!(self.state, State::Welcomed | State::Draining) {
+                    return Err(self.unexpected(kind));
+                }
+                if *channel != Channel::Partition(tp.clone()) {
+                    return Err(ProtocolError::WrongChannel {
+                        frame: kind,
+                        expected: Channel::Partition(tp).to_string(),
+                        got: channel.to_string(),
+                    });
+                }
+                let part = self.partitions.get_mut(&tp);
+                let oldest = part.as_ref().and_then(|p| p.inflight.front());
+                match oldest {
+                    Some(f) if f.seq == seq && offset <= f.next_offset => {}
+                    other => {
+                        return Err(ProtocolError::AckMismatch {
+                            expected: other.map(|f| (f.seq, f.next_offset)),
+                            tp,
+                            seq,
+                            next_offset: offset,
+                        });
+                    }
+                }
+                if let Some(p) = part {
+                    // Nothing sent after it is acked: the hub drops those batches.
+                    self.inflight_total -= p.inflight_bytes;
+                    p.inflight_bytes = 0;
+                    p.inflight.clear();
+                    p.stopped = true;
+                }
+                self.events.push_back(AgentEvent::Stopped {
+                    tp,
+                    seq,
+                    offset,
+                    reason,
+                });
+                Ok(())
+            }
             Frame::Ping {
                 nonce,
                 sent_at_micros,
@@ -457,6 +518,11 @@ impl AgentConn {
         self.max_batch_bytes
     }
 
+    /// Whether the hub stopped `tp` on this connection ([`AgentEvent::Stopped`]).
+    pub fn is_stopped(&self, tp: &TopicPartition) -> bool {
+        self.partitions.get(tp).is_some_and(|p| p.stopped)
+    }
+
     /// Whether a batch of `bytes` payload bytes for `tp` fits the in-flight budgets. A batch
     /// larger than a budget still fits when nothing is in flight there, so nothing deadlocks.
     pub fn can_send(&self, tp: &TopicPartition, bytes: u64) -> bool {
@@ -513,6 +579,9 @@ impl AgentConn {
                 len: bytes,
                 max: self.max_batch_bytes.into(),
             });
+        }
+        if self.is_stopped(&h.tp) {
+            return Err(ProtocolError::PartitionStopped { tp: h.tp.clone() });
         }
         let expected_seq = self.next_seq(&h.tp);
         if h.seq != expected_seq {

@@ -8,8 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES,
-    MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, Position,
-    SiteReport, TopicPartition, frame_type,
+    MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
+    MAX_STOPPED_REASON_BYTES, Position, SiteReport, TopicPartition, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -69,6 +69,17 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             out.put_u64(*seq);
             put_tp(out, tp);
             out.put_i64(*next_offset);
+        }
+        Frame::Stopped {
+            seq,
+            tp,
+            offset,
+            reason,
+        } => {
+            out.put_u64(*seq);
+            put_tp(out, tp);
+            out.put_i64(*offset);
+            put_str_max(out, reason, MAX_STOPPED_REASON_BYTES);
         }
         Frame::Ping {
             nonce,
@@ -158,6 +169,17 @@ pub fn try_encode_frame(
         }
         Frame::Batch(b) => check("topic", &b.header.tp.topic)?,
         Frame::Ack { tp, .. } => check("topic", &tp.topic)?,
+        Frame::Stopped { tp, reason, .. } => {
+            check("topic", &tp.topic)?;
+            if reason.len() > MAX_STOPPED_REASON_BYTES {
+                return Err(EncodeError::OverLimit {
+                    frame: kind,
+                    field: "reason",
+                    len: reason.len(),
+                    max: MAX_STOPPED_REASON_BYTES,
+                });
+            }
+        }
         Frame::Ping { .. } | Frame::Pong { .. } => {}
         Frame::Error { message, .. } => check("message", message)?,
         Frame::GoAway { reason } => check("reason", reason)?,
@@ -271,6 +293,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::GROUP_OFFSETS => "GroupOffsets",
         frame_type::REDIRECT => "Redirect",
         frame_type::SITE_REPORT => "SiteReport",
+        frame_type::STOPPED => "Stopped",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -364,6 +387,12 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
             seq: r.u64("seq")?,
             tp: r.tp("topic", "partition")?,
             next_offset: r.non_negative_i64("next_offset")?,
+        },
+        frame_type::STOPPED => Frame::Stopped {
+            seq: r.u64("seq")?,
+            tp: r.tp("topic", "partition")?,
+            offset: r.non_negative_i64("offset")?,
+            reason: r.bounded_string("reason", MAX_STOPPED_REASON_BYTES)?,
         },
         frame_type::PING => Frame::Ping {
             nonce: r.u64("nonce")?,

@@ -388,6 +388,14 @@ pub enum ProtocolError {
         /// Position the partition is at.
         expected: i64,
     },
+    /// A batch of a partition the hub stopped on this connection.
+    #[error(
+        "partition {tp} was stopped by the hub on this connection; its batches wait for the next one"
+    )]
+    PartitionStopped {
+        /// The partition.
+        tp: TopicPartition,
+    },
     /// A batch's payload or uncompressed length exceeds the negotiated limit.
     #[error("batch for {tp}: {what} is {len} bytes, more than the limit of {max}")]
     BatchTooLarge {

@@ -5,9 +5,10 @@ use std::fmt;
 use bytes::Bytes;
 
 /// Highest (and current) protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Lowest protocol version this crate still accepts (version 2 added the heartbeat target to
-/// Welcome and the GroupOffsets frame).
+/// Welcome and the GroupOffsets frame; version 3 the Stopped frame, which a hub sends only to
+/// agents of version 3 or later).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Longest `agent_version` or `site_claim` a Hello may carry, in bytes. Both are free text from
 /// an unauthenticated-as-yet peer that ends up in logs; a site alias is at most 64 bytes.
@@ -20,6 +21,10 @@ pub const MAX_REDIRECT_ADDRESSES: usize = 16;
 pub const MAX_REDIRECT_ADDRESS_BYTES: usize = 255;
 /// Longest reason (in bytes) a [`Frame::Redirect`] may carry.
 pub const MAX_REDIRECT_REASON_BYTES: usize = 1024;
+/// First protocol version whose agents understand [`Frame::Stopped`].
+pub const STOPPED_VERSION: u16 = 3;
+/// Longest reason (in bytes) a [`Frame::Stopped`] may carry.
+pub const MAX_STOPPED_REASON_BYTES: usize = 1024;
 /// Longest message of an Error or GoAway frame the hub sends, in bytes: the text may quote what
 /// the peer sent (a topic name of 65,535 bytes, say), and is cut to this.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
@@ -244,6 +249,21 @@ pub enum Frame {
         /// Committed source position (the batch's next_offset).
         next_offset: i64,
     },
+    /// Hub -> agent, on the partition's channel, instead of the Ack of batch `seq` (protocol
+    /// version 3): the record at `offset` can never be written centrally, and the hub is set
+    /// to stop the partition rather than dead-letter such a record. The batch's records before
+    /// `offset` are committed (the hub's position is `offset`); the hub drops every later batch
+    /// of the partition in this session, and the agent stops reading it until it reconnects.
+    Stopped {
+        /// Sequence number of the batch holding the record.
+        seq: u64,
+        /// The source partition.
+        tp: TopicPartition,
+        /// Source offset of the record: the committed position, where a next session resumes.
+        offset: i64,
+        /// Why the record cannot be written (at most [`MAX_STOPPED_REASON_BYTES`]).
+        reason: String,
+    },
     /// Liveness and RTT probe; the peer answers with Pong.
     Ping {
         /// Echoed back in the Pong.
@@ -346,6 +366,7 @@ pub(crate) mod frame_type {
     pub const GROUP_OFFSETS: u8 = 9;
     pub const REDIRECT: u8 = 10;
     pub const SITE_REPORT: u8 = 11;
+    pub const STOPPED: u8 = 12;
 }
 
 impl Frame {
@@ -363,6 +384,7 @@ impl Frame {
             Frame::GroupOffsets { .. } => "GroupOffsets",
             Frame::Redirect { .. } => "Redirect",
             Frame::SiteReport(_) => "SiteReport",
+            Frame::Stopped { .. } => "Stopped",
         }
     }
 
@@ -380,6 +402,7 @@ impl Frame {
             Frame::GroupOffsets { .. } => GROUP_OFFSETS,
             Frame::Redirect { .. } => REDIRECT,
             Frame::SiteReport(_) => SITE_REPORT,
+            Frame::Stopped { .. } => STOPPED,
         }
     }
 }

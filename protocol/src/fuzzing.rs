@@ -233,11 +233,17 @@ pub fn hub_session(data: &[u8]) {
             }
             // Frames only a hub sends, or an agent's goodbye.
             8 => {
-                let frame = match src.u8() % 5 {
+                let frame = match src.u8() % 6 {
                     0 => Frame::Ack {
                         seq: src.u64(),
                         tp: src.tp(),
                         next_offset: src.i64(),
+                    },
+                    5 => Frame::Stopped {
+                        seq: src.u64(),
+                        tp: src.tp(),
+                        offset: src.i64(),
+                        reason: src.string(),
                     },
                     1 => Frame::Pong {
                         nonce: src.u64(),
@@ -258,7 +264,7 @@ pub fn hub_session(data: &[u8]) {
                 let channel = channel(&mut src);
                 feed(&mut hub, now, &channel, frame);
             }
-            // The driver: welcome, acks of what it was handed (or made up), refusals.
+            // The driver: welcome, acks and stops of what it was handed (or made up), refusals.
             9 => {
                 let positions = src.positions();
                 let _ = hub.welcome(positions, src.string());
@@ -269,7 +275,18 @@ pub fn hub_session(data: &[u8]) {
                     Some(b) if !src.u8().is_multiple_of(4) => b.clone(),
                     _ => (src.tp(), u64::from(src.u8() % 8), src.i64()),
                 };
-                let _ = hub.ack(&tp, seq, next);
+                match src.u8() % 4 {
+                    // A record of the batch cannot be written: the partition stops there.
+                    0 => {
+                        let offset = next.saturating_sub(i64::from(src.u8()));
+                        let _ = hub.stop(&tp, seq, offset, src.string());
+                    }
+                    // A later batch of a stopped partition, dropped by the writer.
+                    1 => hub.skip(&tp, seq),
+                    _ => {
+                        let _ = hub.ack(&tp, seq, next);
+                    }
+                }
             }
             _ => match src.u8() % 3 {
                 0 => hub.reject(ErrorCode::BadBatch, src.string()),

@@ -79,6 +79,9 @@ struct PartitionState {
     next_offset: Option<i64>,
     /// Received, not yet acked: (seq, next_offset).
     pending: VecDeque<(u64, i64)>,
+    /// The partition was stopped at a record it cannot write ([`HubConn::stop`]): later
+    /// batches are dropped, not handed on.
+    stopped: bool,
 }
 
 /// The hub's end of one agent connection.
@@ -208,6 +211,10 @@ impl HubConn {
                 let part = self.partitions.entry(h.tp.clone()).or_default();
                 part.last_seq = Some(h.seq);
                 part.next_offset = Some(h.next_offset);
+                if part.stopped {
+                    // Sent before the agent learnt of the stop: dropped unwritten.
+                    return Ok(());
+                }
                 part.pending.push_back((h.seq, h.next_offset));
                 self.events.push_back(HubEvent::Batch(batch));
                 Ok(())
@@ -257,6 +264,7 @@ impl HubConn {
             }
             Frame::Welcome { .. }
             | Frame::Ack { .. }
+            | Frame::Stopped { .. }
             | Frame::Pong { .. }
             | Frame::Redirect { .. } => Err(self.unexpected(kind)),
         }
@@ -417,6 +425,71 @@ impl HubConn {
             },
         ));
         Ok(())
+    }
+
+    /// Stops `tp` at the record at `offset` of batch `seq`, the oldest unacked batch of the
+    /// partition, whose records before it are committed: queues a Stopped frame on the
+    /// partition's channel instead of an Ack. Later batches of the partition, pending or still
+    /// to come, are never acked: the driver drops them unwritten ([`HubConn::skip`] for those
+    /// already handed on). Only for agents of [`crate::STOPPED_VERSION`] or later.
+    pub fn stop(
+        &mut self,
+        tp: &TopicPartition,
+        seq: u64,
+        offset: i64,
+        reason: String,
+    ) -> Result<(), ProtocolError> {
+        match self.state {
+            State::Welcomed { version } if version >= crate::STOPPED_VERSION => {}
+            State::Closed { reason } => return Err(ProtocolError::Closed { reason }),
+            other => {
+                return Err(ProtocolError::InvalidCall {
+                    call: "stop",
+                    state: other.name(),
+                });
+            }
+        }
+        let part = self.partitions.get_mut(tp);
+        match part.as_ref().and_then(|p| p.pending.front()) {
+            Some(&(s, n)) if s == seq && offset <= n => {}
+            other => {
+                return Err(ProtocolError::AckMismatch {
+                    tp: tp.clone(),
+                    seq,
+                    next_offset: offset,
+                    expected: other.copied(),
+                });
+            }
+        }
+        if let Some(p) = part {
+            p.pending.clear();
+            p.stopped = true;
+        }
+        let reason = crate::frame::cap_text(reason, crate::frame::MAX_STOPPED_REASON_BYTES);
+        self.transmit.push_back((
+            Channel::Partition(tp.clone()),
+            Frame::Stopped {
+                seq,
+                tp: tp.clone(),
+                offset,
+                reason,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Forgets batch `seq` of `tp`, which the driver dropped unwritten because the partition
+    /// stopped at an earlier batch (whose [`HubConn::stop`] may come before or after this):
+    /// it is never acked.
+    pub fn skip(&mut self, tp: &TopicPartition, seq: u64) {
+        if let Some(p) = self.partitions.get_mut(tp) {
+            p.pending.retain(|&(s, _)| s != seq);
+        }
+    }
+
+    /// Whether `tp` was stopped in this connection.
+    pub fn is_stopped(&self, tp: &TopicPartition) -> bool {
+        self.partitions.get(tp).is_some_and(|p| p.stopped)
     }
 
     /// Sends the agent to other hubs instead of welcoming it (this hub does not serve its

@@ -62,6 +62,12 @@ fn all_frames() -> Vec<Frame> {
             tp: tp("orders", 2),
             next_offset: 11,
         },
+        Frame::Stopped {
+            seq: 4,
+            tp: tp("orders", 1),
+            offset: 7,
+            reason: "record of 2097152 bytes is larger than the 1048488 bytes".into(),
+        },
         Frame::Ping {
             nonce: 1,
             sent_at_micros: 2,
@@ -617,6 +623,14 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             tp,
             next_offset
         }),
+        (any::<u64>(), arb_tp(), 0..i64::MAX, arb_string()).prop_map(
+            |(seq, tp, offset, reason)| Frame::Stopped {
+                seq,
+                tp,
+                offset,
+                reason,
+            }
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(nonce, sent_at_micros)| Frame::Ping {
             nonce,
             sent_at_micros

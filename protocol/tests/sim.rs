@@ -496,8 +496,8 @@ fn version_mismatch_is_reported_to_the_agent() {
     assert!(matches!(
         err,
         ProtocolError::VersionMismatch {
-            peer_min: 3,
-            peer_max: 7,
+            peer_min: 4,
+            peer_max: 8,
             ..
         }
     ));
@@ -507,7 +507,7 @@ fn version_mismatch_is_reported_to_the_agent() {
         panic!("expected Error, got {frame:?}")
     };
     assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(message.contains("3..=7"), "{message}");
+    assert!(message.contains("4..=8"), "{message}");
     assert!(hub.is_closed());
     assert!(hub.poll_event().is_none());
 
@@ -1024,4 +1024,160 @@ fn redirects_follow_the_rules_on_both_sides() {
             state: "awaiting welcome from the hub driver"
         })
     );
+}
+
+/// Moves every frame one side queued to the other, through the codec.
+fn shuttle(from: &mut dyn FnMut() -> Option<(Channel, Frame)>) -> Vec<(Channel, Frame)> {
+    let mut out = Vec::new();
+    while let Some((ch, frame)) = from() {
+        let mut buf = BytesMut::new();
+        encode_frame(&frame, &mut buf);
+        out.push((ch, decode_frame(&buf[4..]).expect("a queued frame decodes")));
+    }
+    out
+}
+
+/// The hub stops a partition at a record it cannot write: the batch's earlier records are
+/// committed (an Ack for the batch before it, a Stopped naming the offset), the agent frees the
+/// partition's in-flight budget and sends it no more on this connection, and the hub drops the
+/// partition's later batches (pending or still arriving) without handing them on. Other
+/// partitions carry on.
+#[test]
+fn a_stopped_partition_frees_the_agents_budget_and_its_later_batches_are_dropped() {
+    let now = Instant::now();
+    let mut agent = AgentConn::new(agent_config(), now);
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    for (ch, f) in shuttle(&mut || agent.poll_transmit()) {
+        hub.handle_frame(now, &ch, f).unwrap();
+    }
+    while hub.poll_event().is_some() {}
+    hub.welcome(Vec::new(), "central".into()).unwrap();
+    for (ch, f) in shuttle(&mut || hub.poll_transmit()) {
+        agent.handle_frame(now, &ch, f).unwrap();
+    }
+    while agent.poll_event().is_some() {}
+    let (a, b) = (tp("t", 0), tp("t", 1));
+    let batch = |agent: &AgentConn, tp: &TopicPartition, offset: i64| {
+        let mut bb = BatchBuilder::new(tp.clone(), 2);
+        for o in offset..offset + 2 {
+            bb.push(&RecordRef {
+                offset: o,
+                timestamp: 0,
+                timestamp_type: TimestampType::CreateTime,
+                key: None,
+                value: Some(b"v"),
+                headers: &[],
+                topic: None,
+                partition: None,
+            });
+        }
+        bb.finish(agent.next_seq(tp), Codec::None, 0).unwrap()
+    };
+    // a: offsets 0..2, 2..4 (holds the poison record 3), 4..6; b: 0..2.
+    for (tp, offset) in [(&a, 0), (&a, 2), (&a, 4), (&b, 0)] {
+        let bt = batch(&agent, tp, offset);
+        agent.send_batch(bt).unwrap();
+    }
+    for (ch, f) in shuttle(&mut || agent.poll_transmit()) {
+        hub.handle_frame(now, &ch, f).unwrap();
+    }
+    let mut handed = Vec::new();
+    while let Some(ev) = hub.poll_event() {
+        if let HubEvent::Batch(b) = ev {
+            handed.push((b.header.tp.clone(), b.header.seq));
+        }
+    }
+    assert_eq!(handed.len(), 4);
+    // The writer drops a's third batch first (it saw the stop while preparing), then
+    // completes the first, stops the second at offset 3, and commits b's.
+    hub.skip(&a, 2);
+    hub.ack(&a, 0, 2).unwrap();
+    hub.stop(
+        &a,
+        1,
+        3,
+        "record of 2 MB is larger than the 1 MB the destination accepts".into(),
+    )
+    .unwrap();
+    assert!(hub.is_stopped(&a));
+    assert!(hub.ack(&a, 2, 6).is_err(), "a dropped batch is never acked");
+    hub.ack(&b, 0, 2).unwrap();
+    for (ch, f) in shuttle(&mut || hub.poll_transmit()) {
+        agent.handle_frame(now, &ch, f).unwrap();
+    }
+    let events: Vec<AgentEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    assert!(matches!(
+        &events[0],
+        AgentEvent::Acked {
+            seq: 0,
+            next_offset: 2,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&events[1], AgentEvent::Stopped { seq: 1, offset: 3, reason, .. } if reason.contains("1 MB")),
+        "{events:?}"
+    );
+    assert!(matches!(&events[2], AgentEvent::Acked { seq: 0, next_offset: 2, tp } if *tp == b));
+    assert_eq!(
+        agent.inflight_bytes(),
+        0,
+        "the stopped partition's budget is free"
+    );
+    assert!(agent.is_stopped(&a) && !agent.is_stopped(&b));
+    assert!(matches!(
+        agent.send_batch(batch(&agent, &a, 6)),
+        Err(ProtocolError::PartitionStopped { .. })
+    ));
+    agent.send_batch(batch(&agent, &b, 2)).unwrap();
+    // A batch of the stopped partition that crossed the Stopped on the wire is dropped.
+    let late = Frame::Batch(batch(&agent, &a, 6));
+    hub.handle_frame(now, &Channel::Partition(a.clone()), late)
+        .unwrap();
+    for (ch, f) in shuttle(&mut || agent.poll_transmit()) {
+        hub.handle_frame(now, &ch, f).unwrap();
+    }
+    let later: Vec<HubEvent> = std::iter::from_fn(|| hub.poll_event()).collect();
+    assert_eq!(later.len(), 1, "only b's batch is handed on: {later:?}");
+    assert!(matches!(&later[0], HubEvent::Batch(bt) if bt.header.tp == b));
+}
+
+/// An agent of protocol version 2 does not know the Stopped frame: the hub refuses to stop
+/// its partitions (the driver dead-letters instead).
+#[test]
+fn a_version_2_agent_is_never_sent_a_stop() {
+    let now = Instant::now();
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    hub.handle_frame(
+        now,
+        &Channel::Control,
+        Frame::Hello {
+            min_version: 2,
+            max_version: 2,
+            agent_version: "old".into(),
+            site_claim: "edge1".into(),
+        },
+    )
+    .unwrap();
+    hub.welcome(Vec::new(), "central".into()).unwrap();
+    assert_eq!(hub.version(), Some(2));
+    let a = tp("t", 0);
+    let mut bb = BatchBuilder::new(a.clone(), 1);
+    bb.push(&RecordRef {
+        offset: 0,
+        timestamp: 0,
+        timestamp_type: TimestampType::CreateTime,
+        key: None,
+        value: Some(b"v"),
+        headers: &[],
+        topic: None,
+        partition: None,
+    });
+    let bt = bb.finish(0, Codec::None, 0).unwrap();
+    hub.handle_frame(now, &Channel::Partition(a.clone()), Frame::Batch(bt))
+        .unwrap();
+    assert!(matches!(
+        hub.stop(&a, 0, 0, "x".into()),
+        Err(ProtocolError::InvalidCall { call: "stop", .. })
+    ));
 }
