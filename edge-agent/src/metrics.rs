@@ -50,6 +50,9 @@ pub const PLUGIN_ERRORS: &str = "er_agent_plugin_errors_total";
 pub const PLUGIN_SECONDS: &str = "er_agent_plugin_seconds_total";
 /// Times a route stopped on a plugin failure (`route`).
 pub const ROUTE_STOPS: &str = "er_agent_route_stops_total";
+/// Partitions the hub stopped at a record it cannot write (`topic`); each waits for the next
+/// connection.
+pub const PARTITIONS_STOPPED: &str = "er_agent_partitions_stopped_total";
 /// Heartbeat records written to the edge cluster.
 pub const HEARTBEATS_SENT: &str = "er_agent_heartbeats_sent_total";
 /// Consumer-group offset reports sent to the hub.
@@ -185,6 +188,10 @@ fn describe() {
         "Time spent in plugin calls (monotone)."
     );
     describe_counter!(ROUTE_STOPS, "Times a route stopped on a plugin failure.");
+    describe_counter!(
+        PARTITIONS_STOPPED,
+        "Partitions the hub stopped at a record it cannot write; each waits for the next connection."
+    );
     describe_counter!(HEARTBEATS_SENT, "Heartbeats written to the edge cluster.");
     describe_counter!(GROUP_REPORTS_SENT, "Consumer-group offset reports sent.");
     describe_gauge!(

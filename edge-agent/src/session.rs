@@ -11,7 +11,7 @@ use er_net::wire::{FrameReader, FrameWriter, StreamError};
 use er_protocol::{AgentConn, AgentEvent, Batch, Channel, Frame, GroupOffsets, TopicPartition};
 use rdkafka::Offset;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::Stats;
 use crate::config::{Priority, Validated};
@@ -474,7 +474,10 @@ impl Session<'_> {
                 // stops polling Kafka.
                 (lane, b) = next_batch(&mut self.lanes) => {
                     let batch = b.ok_or_else(|| anyhow!("edge reader stopped"))??;
-                    self.lanes[lane].head = Some(batch);
+                    // Read before the hub stopped its partition: never sent on this connection.
+                    if !self.proto.is_stopped(&batch.header.tp) {
+                        self.lanes[lane].head = Some(batch);
+                    }
                 }
                 _ = sleep_until(self.tokens_at) => {}
                 _ = groups_tick.tick(), if self.shared.groups.is_some() && !groups_busy && !known.is_empty() => {
@@ -560,6 +563,25 @@ impl Session<'_> {
                 ::metrics::counter!(m::BATCHES_ACKED).increment(1);
                 if let Some(lag) = &self.shared.lag {
                     lag.acked(&tp, next_offset);
+                }
+                Ok(())
+            }
+            AgentEvent::Stopped {
+                tp,
+                seq,
+                offset,
+                reason,
+            } => {
+                error!(%tp, seq, offset, %reason, "the hub stopped the partition at a record it cannot write; it is read again from there on the next connection");
+                ::metrics::counter!(m::PARTITIONS_STOPPED, "topic" => tp.topic.clone())
+                    .increment(1);
+                let priority = self.cfg.priority_for(&tp.topic);
+                if let Some(lane) = self.lanes.iter_mut().find(|l| l.priority == priority) {
+                    if lane.head.as_ref().is_some_and(|b| b.header.tp == tp) {
+                        lane.head = None;
+                    }
+                    // The reader may be gone already: then the session ends anyway.
+                    let _ = lane.cmds.send(source::ReaderCmd::Stop(tp));
                 }
                 Ok(())
             }

@@ -240,6 +240,8 @@ pub struct StartPartition {
 pub enum ReaderCmd {
     /// Start reading these partitions too.
     Add(Vec<StartPartition>),
+    /// Stop reading this partition (the hub stopped it) and forget what is held of it.
+    Stop(TopicPartition),
 }
 
 /// Batch shape settings for the reader.
@@ -372,6 +374,11 @@ impl Reader {
             loop {
                 match cmds.try_recv() {
                     Ok(ReaderCmd::Add(list)) => self.add(list)?,
+                    Ok(ReaderCmd::Stop(tp)) => {
+                        if self.parts.remove(&tp).is_some() {
+                            self.assign()?;
+                        }
+                    }
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
                 }

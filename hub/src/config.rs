@@ -316,6 +316,25 @@ pub struct ReplicationConfig {
     /// are never allowed.
     #[serde(default)]
     pub identity_allow: Vec<IdentityAllow>,
+    /// What becomes of a record the hub can never write where it belongs (larger than the
+    /// destination takes, a topic name Kafka refuses or the site may not write, a record the
+    /// agent could not send): `dead-letter` (the default) writes it to the site's dead-letter
+    /// topic and the partition flows on; `stop` stops its partition there with an alarm
+    /// (`er_hub_stopped_partitions`) until the agent reconnects, for data where a gap is
+    /// worse than a halt. Agents older than protocol version 3 are always dead-lettered.
+    #[serde(default)]
+    pub on_unwritable: OnUnwritable,
+}
+
+/// `replication.on_unwritable`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUnwritable {
+    /// To the site's dead-letter topic, with its source coordinates and the reason.
+    #[default]
+    DeadLetter,
+    /// Stop the partition at the record (committed up to it) until the agent reconnects.
+    Stop,
 }
 
 /// Central topics some sites may write under the identity policy.
@@ -334,6 +353,7 @@ impl Default for ReplicationConfig {
             policy: default_policy(),
             separator: default_separator(),
             identity_allow: Vec::new(),
+            on_unwritable: OnUnwritable::default(),
         }
     }
 }

@@ -99,6 +99,9 @@ pub struct SiteRow {
     pub retention_gap_records: Option<u64>,
     /// Records set aside in `er-dead-letter.<site>.internal` since the hub started.
     pub poison_records: u64,
+    /// Partitions stopped at a record the hub cannot write, in the current session
+    /// (`replication.on_unwritable = "stop"`).
+    pub stopped_partitions: usize,
     /// Failed plugin calls and records, as the agent last reported.
     pub plugin_errors: Option<u64>,
     /// Routes stopped by a plugin failure, as the agent last reported.
@@ -216,6 +219,7 @@ pub fn row(
         last_heartbeat_age_seconds: age_seconds(now_ms, snap.heartbeat_committed_ms),
         retention_gap_records: agent.map(|a| a.1.retention_gap_records),
         poison_records: snap.poison_records,
+        stopped_partitions: snap.stopped_partitions,
         plugin_errors: agent.map(|a| a.1.plugin_errors),
         route_stops: agent.map(|a| a.1.route_stops),
         agent_report_age_seconds: age_seconds(now_ms, agent.map(|a| a.0)),
@@ -269,6 +273,15 @@ fn judge(r: &mut SiteRow) {
             .is_some_and(|a| a > HEARTBEAT_STALE_SECONDS)
     {
         add(Health::Warning, "no heartbeat for over a minute".into());
+    }
+    if r.stopped_partitions > 0 {
+        add(
+            Health::Critical,
+            format!(
+                "{} partitions stopped at a record the hub cannot write",
+                r.stopped_partitions
+            ),
+        );
     }
     if r.poison_records > 0 {
         add(
@@ -421,6 +434,7 @@ mod tests {
             records_per_second: Some(12.5),
             lag_seconds: Some(0.4),
             poison_records: 0,
+            stopped_partitions: 0,
             transactions_failed: 0,
             last_commit_ms: Some(NOW - 1_000),
             last_failure_ms: None,
@@ -529,6 +543,14 @@ mod tests {
                 true,
                 Health::Warning,
                 "2 poison records",
+            ),
+            (
+                "stopped",
+                |s| s.stopped_partitions = 1,
+                0,
+                true,
+                Health::Critical,
+                "1 partitions stopped at a record the hub cannot write",
             ),
             (
                 "plugin",

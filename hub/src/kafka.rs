@@ -21,6 +21,8 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long asking a topic's configs may take (the answer has a safe default).
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a topic's `max.message.bytes` is trusted before it is asked again.
+pub const LIMITS_TTL: Duration = Duration::from_secs(30);
 
 /// Kafka's default `max.message.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
@@ -91,8 +93,9 @@ pub struct TopicManager {
     admin: AdminClient<DefaultClientContext>,
     meta: BaseConsumer,
     known: Mutex<HashMap<String, i32>>,
-    /// `max.message.bytes` per topic, asked once.
-    max_bytes: Mutex<HashMap<String, usize>>,
+    /// `max.message.bytes` per topic and when it was learnt: asked again after
+    /// [`LIMITS_TTL`], so an operator raising a topic's limit unblocks its records.
+    max_bytes: Mutex<HashMap<String, (usize, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for TopicManager {
@@ -159,7 +162,7 @@ impl TopicManager {
     }
 
     /// The topic's `max.message.bytes` (the largest record batch the broker accepts for it),
-    /// asked once per topic. Blocking.
+    /// asked once per topic and [`LIMITS_TTL`]. Blocking.
     pub fn max_message_bytes(
         &self,
         rt: &tokio::runtime::Handle,
@@ -170,8 +173,9 @@ impl TopicManager {
             .lock()
             .expect("limits cache poisoned")
             .get(topic)
+            .filter(|(_, at)| at.elapsed() < LIMITS_TTL)
         {
-            return Ok(*n);
+            return Ok(n.0);
         }
         let res = rt.block_on(self.admin.describe_configs(
             [&rdkafka::admin::ResourceSpecifier::Topic(topic)],
@@ -201,7 +205,7 @@ impl TopicManager {
         self.max_bytes
             .lock()
             .expect("limits cache poisoned")
-            .insert(topic.to_owned(), n);
+            .insert(topic.to_owned(), (n, std::time::Instant::now()));
         Ok(n)
     }
 
@@ -275,7 +279,10 @@ impl TopicManager {
                 {
                     let mut limits = self.max_bytes.lock().expect("limits cache poisoned");
                     for (t, _) in &missing {
-                        limits.insert(t.clone(), DEFAULT_MAX_MESSAGE_BYTES);
+                        limits.insert(
+                            t.clone(),
+                            (DEFAULT_MAX_MESSAGE_BYTES, std::time::Instant::now()),
+                        );
                     }
                 }
                 let res = rt
@@ -360,7 +367,10 @@ impl TopicManager {
                     self.max_bytes
                         .lock()
                         .expect("limits cache poisoned")
-                        .insert(topic.to_owned(), DEFAULT_MAX_MESSAGE_BYTES);
+                        .insert(
+                            topic.to_owned(),
+                            (DEFAULT_MAX_MESSAGE_BYTES, std::time::Instant::now()),
+                        );
                     tracing::info!(cluster = %self.cluster.alias, topic, partitions, "creating topic");
                     let mut nt = NewTopic::new(
                         topic,

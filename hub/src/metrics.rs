@@ -28,6 +28,9 @@ pub const SHARD_LOADS: &str = "er_hub_shard_loads_total";
 pub const SHARD_LOAD_SECONDS: &str = "er_hub_shard_load_seconds_total";
 /// Records written to a site's dead-letter topic instead of their destination.
 pub const POISON_RECORDS: &str = "er_hub_poison_records_total";
+/// Partitions of a site stopped at a record the hub can never write
+/// (`replication.on_unwritable = "stop"`), in its current session: an alarm.
+pub const STOPPED_PARTITIONS: &str = "er_hub_stopped_partitions";
 /// Sites sent to another hub of the group.
 pub const REDIRECTS: &str = "er_hub_redirects_total";
 /// Welcomes sent in 0.5-RTT to a site resuming its TLS session (one round trip saved).
@@ -139,6 +142,10 @@ fn describe() {
         Unit::Seconds,
         "Time spent loading newly owned shards; monotone."
     );
+    describe_gauge!(
+        STOPPED_PARTITIONS,
+        "Partitions of a site stopped at a record the hub can never write (replication.on_unwritable = stop); an alarm."
+    );
     describe_counter!(
         REDIRECTS,
         "Sites sent to the hub of the group that owns their shard."
@@ -192,6 +199,7 @@ pub struct SiteMetrics {
     batches_committed: Counter,
     transactions_failed: Counter,
     poison_records: Counter,
+    stopped_partitions: Gauge,
     checkpoints_written: Counter,
     offset_syncs_written: Counter,
     replication_lag: Gauge,
@@ -241,6 +249,7 @@ pub struct AgentFigures {
 #[derive(Debug, Default)]
 struct SiteFacts {
     poison_records: u64,
+    stopped_partitions: usize,
     transactions_failed: u64,
     last_commit_ms: Option<i64>,
     last_failure_ms: Option<i64>,
@@ -263,6 +272,8 @@ pub struct SiteSnapshot {
     pub lag_seconds: Option<f64>,
     /// Records written to the dead-letter topic since the hub started.
     pub poison_records: u64,
+    /// Partitions stopped at a record that can never be written, in the current session.
+    pub stopped_partitions: usize,
     /// Failed transactions carrying the site since the hub started.
     pub transactions_failed: u64,
     /// Hub time of the latest commit, epoch ms.
@@ -302,6 +313,7 @@ pub fn site(site: &str) -> Arc<SiteMetrics> {
                 batches_committed: counter!(BATCHES_COMMITTED, &l),
                 transactions_failed: counter!(TRANSACTIONS_FAILED, &l),
                 poison_records: counter!(POISON_RECORDS, &l),
+                stopped_partitions: gauge!(STOPPED_PARTITIONS, &l),
                 checkpoints_written: counter!(CHECKPOINTS_WRITTEN, &l),
                 offset_syncs_written: counter!(OFFSET_SYNCS_WRITTEN, &l),
                 replication_lag: gauge!(REPLICATION_LAG_SECONDS, &l),
@@ -344,6 +356,12 @@ impl SiteMetrics {
     pub fn poison_record(&self) {
         self.poison_records.increment(1);
         self.facts().poison_records += 1;
+    }
+
+    /// `n` partitions of the site are stopped in its current session.
+    pub fn stopped_partitions(&self, n: usize) {
+        self.stopped_partitions.set(n as f64);
+        self.facts().stopped_partitions = n;
     }
 
     /// The site connected with a certificate valid until `not_after`.
@@ -389,6 +407,7 @@ impl SiteMetrics {
             records_per_second: records_per_second(&f.history, records, now_ms),
             lag_seconds,
             poison_records: f.poison_records,
+            stopped_partitions: f.stopped_partitions,
             transactions_failed: f.transactions_failed,
             last_commit_ms: f.last_commit_ms,
             last_failure_ms: f.last_failure_ms,

@@ -159,6 +159,10 @@ pub struct WriteJob {
     pub session: u64,
     /// The batch as received from the agent.
     pub batch: Batch,
+    /// A record that can never be written stops the partition there (`replication.
+    /// on_unwritable = "stop"`, and the agent understands Stopped) instead of going to the
+    /// site's dead letters.
+    pub stop_on_unwritable: bool,
     /// Receives the outcome after the transaction holding the batch committed or failed.
     /// Outcomes of one source partition arrive in submission order.
     pub reply: mpsc::UnboundedSender<Completion>,
@@ -173,12 +177,29 @@ pub struct Completion {
     pub seq: u64,
     /// Position after the batch.
     pub next_offset: i64,
-    /// Ok once committed.
-    pub result: Result<(), WriteError>,
+    /// Ok once committed (or dropped unwritten, for a stopped partition).
+    pub result: Result<Written, WriteError>,
+}
+
+/// What became of a batch that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Committed whole.
+    Committed,
+    /// Committed up to the record at `offset`, which can never be written; the partition is
+    /// stopped there for the rest of the session (`replication.on_unwritable = "stop"`).
+    Stopped {
+        /// Source offset of the record: the committed position.
+        offset: i64,
+        /// Why it cannot be written.
+        reason: String,
+    },
+    /// Not written: its partition stopped at an earlier batch of the session.
+    Dropped,
 }
 
 impl WriteJob {
-    fn complete(self, result: Result<(), WriteError>) {
+    fn complete(self, result: Result<Written, WriteError>) {
         if result.is_err() {
             self.site.fail_session(self.session);
         }
@@ -413,8 +434,11 @@ impl Drop for WriterPool {
 struct Prepared {
     job: WriteJob,
     records: DecodedRecords,
-    /// Where each record goes, in record order (destinations resolved and created).
+    /// Where each record goes, in record order (destinations resolved and created); only
+    /// the records before the stop when the partition stops.
     dests: Vec<Dest>,
+    /// The source offset the partition stops at, and why (`replication.on_unwritable`).
+    stopped: Option<(i64, String)>,
 }
 
 /// A job's records, checked, before their destinations are known to exist.
@@ -512,6 +536,33 @@ enum Dest {
         /// Whether the record's value and headers go along (it fits the dead-letter topic).
         whole: bool,
     },
+}
+
+/// Under `replication.on_unwritable = "stop"`: finds the first record bound for the dead
+/// letters and cuts `dests` before the first record of its source offset (records of one
+/// offset, a plugin's outputs, are committed all or none, so the partition resumes at it
+/// whole). Returns that offset and why its record cannot be written.
+fn stop_at_first_unwritable(
+    records: &DecodedRecords,
+    dests: &mut Vec<Dest>,
+) -> Option<(i64, String)> {
+    let at = dests
+        .iter()
+        .position(|d| matches!(d, Dest::DeadLetter { .. }))?;
+    let Dest::DeadLetter { topic, reason, .. } = &dests[at] else {
+        unreachable!("found above")
+    };
+    let reason = format!("record for {topic:?}: {reason}");
+    // Records decoded once in `check` already: they decode again.
+    let offsets: Vec<i64> = records
+        .iter()
+        .take(at + 1)
+        .map(|r| r.map_or(i64::MAX, |r| r.offset))
+        .collect();
+    let offset = offsets[at];
+    let cut = offsets.partition_point(|o| *o < offset);
+    dests.truncate(cut);
+    Some((offset, reason))
 }
 
 /// Creates `site`'s dead-letter topic on `cluster` when it does not exist yet.
@@ -715,6 +766,10 @@ impl Preparer {
                 job.complete(Err(WriteError::SessionFailed));
                 continue;
             }
+            if job.site.is_stopped(job.session, &job.batch.header.tp) {
+                job.complete(Ok(Written::Dropped));
+                continue;
+            }
             match self.check(&job) {
                 Ok(c) => checked.push((job, c)),
                 Err(e) => refuse(&self.cluster.alias, job, e),
@@ -740,12 +795,28 @@ impl Preparer {
         }
         let mut out = Vec::with_capacity(checked.len());
         for (job, c) in checked {
+            // An earlier job of this round may have stopped the partition.
+            if job.site.is_stopped(job.session, &job.batch.header.tp) {
+                job.complete(Ok(Written::Dropped));
+                continue;
+            }
             match self.resolve(&job, c.topics, c.records_at) {
-                Ok(dests) => out.push(Prepared {
-                    job,
-                    records: c.records,
-                    dests,
-                }),
+                Ok(mut dests) => {
+                    let stopped = if job.stop_on_unwritable {
+                        stop_at_first_unwritable(&c.records, &mut dests)
+                    } else {
+                        None
+                    };
+                    if stopped.is_some() {
+                        job.site.stop_partition(job.session, &job.batch.header.tp);
+                    }
+                    out.push(Prepared {
+                        job,
+                        records: c.records,
+                        dests,
+                        stopped,
+                    });
+                }
                 Err(e) => refuse(&self.cluster.alias, job, e),
             }
         }
@@ -1125,7 +1196,11 @@ impl Writer {
         }
         let outcome = result.map(|_| ());
         for p in prepared {
-            p.job.complete(outcome.clone());
+            let written = match p.stopped {
+                Some((offset, reason)) => Written::Stopped { offset, reason },
+                None => Written::Committed,
+            };
+            p.job.complete(outcome.clone().map(|()| written));
         }
     }
 
@@ -1307,7 +1382,7 @@ impl Writer {
                 st.sources.push((h.tp.clone(), prev, h.next_offset));
                 (st.sources.len() - 1) as u32
             });
-            st.sources[src as usize].2 = h.next_offset;
+            st.sources[src as usize].2 = p.stopped.as_ref().map_or(h.next_offset, |s| s.0);
             for (rec, dest) in p.records.iter().zip(&p.dests) {
                 let rec = rec.map_err(|e| WriteError::BadBatch {
                     tp: h.tp.clone(),

@@ -102,6 +102,9 @@ pub struct Site {
     session: Mutex<Option<SessionSlot>>,
     /// Source topics the site has sent (bounded by `limits.max_topics_per_site`).
     topics: Mutex<std::collections::HashSet<String>>,
+    /// Partitions stopped at a record that can never be written, with the session they were
+    /// stopped in (`replication.on_unwritable = "stop"`); a new session starts them again.
+    stopped: Mutex<HashMap<TopicPartition, u64>>,
     /// A commit's outcome is unknown: the state in memory may be behind Kafka's, and the shard
     /// must be read again before the site resumes.
     stale: std::sync::atomic::AtomicBool,
@@ -147,6 +150,7 @@ impl Site {
             failed_session: AtomicU64::new(0),
             session: Mutex::new(None),
             topics: Mutex::new(std::collections::HashSet::new()),
+            stopped: Mutex::new(HashMap::new()),
             stale: std::sync::atomic::AtomicBool::new(false),
             valid_since: AtomicU64::new(0),
             retired: std::sync::atomic::AtomicBool::new(false),
@@ -248,6 +252,23 @@ impl Site {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
+    /// Stops `tp` for the rest of `session`: its later batches are dropped unwritten.
+    pub fn stop_partition(&self, session: u64, tp: &TopicPartition) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        stopped.insert(tp.clone(), session);
+        let n = stopped.values().filter(|s| **s == session).count();
+        self.metrics.stopped_partitions(n);
+    }
+
+    /// Whether `tp` was stopped in `session`.
+    pub fn is_stopped(&self, session: u64, tp: &TopicPartition) -> bool {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tp)
+            == Some(&session)
+    }
+
     /// Marks `session`'s remaining batches as refused.
     pub fn fail_session(&self, session: u64) {
         self.failed_session.fetch_max(session, Ordering::AcqRel);
@@ -266,6 +287,16 @@ impl Site {
             out.extend(c.positions().into_iter().filter(|p| keep(i, &p.tp)));
         }
         out
+    }
+
+    /// Forgets the partitions stopped in earlier sessions, once none of their batches is
+    /// being written any more: a new session tries them again.
+    pub fn restart_stopped(&self) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.metrics.stopped_partitions(0);
     }
 
     /// Installs a new live session, returning the one it replaces.

@@ -104,6 +104,30 @@ pub async fn delete_topics(bootstrap: &str, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Sets `configs` of `topic` (Kafka's AlterConfigs: the topic's other overrides return to the
+/// broker's defaults).
+pub async fn alter_topic_config(
+    bootstrap: &str,
+    topic: &str,
+    configs: &[(&str, &str)],
+) -> Result<()> {
+    let admin = admin(bootstrap)?;
+    let mut change =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        change = change.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
+    for r in admin
+        .alter_configs([&change], &opts)
+        .await
+        .context("AlterConfigs")?
+    {
+        r.map_err(|(_, code)| anyhow!("altering the config of {topic} on {bootstrap}: {code}"))?;
+    }
+    Ok(())
+}
+
 /// Deletes the records of `topic` before the given offset of each partition (Kafka's
 /// DeleteRecords, what retention does, but exact and now): `(partition, before)`. Returns the
 /// new log start offset (low watermark) of each partition, in input order.

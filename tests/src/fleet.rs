@@ -947,6 +947,16 @@ impl SimSite {
                         self.stats().last_ack.store(now, Ordering::Relaxed);
                     }
                     AgentEvent::RttSample(_) => {}
+                    // Simulated records are small and hubs dead-letter by default: a stop is
+                    // a failure of the run.
+                    AgentEvent::Stopped {
+                        tp, offset, reason, ..
+                    } => {
+                        return Err(failure(
+                            "partition stopped",
+                            anyhow!("the hub stopped {tp} at {offset}: {reason}"),
+                        ));
+                    }
                     AgentEvent::GoAway { reason } => {
                         return Err(failure(
                             "go away",

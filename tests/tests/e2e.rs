@@ -728,3 +728,130 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
     );
     Ok(())
 }
+
+/// `replication.on_unwritable = "stop"`: a record larger than its central topic takes stops its
+/// partition there instead of going to the dead letters. The records before it are committed,
+/// nothing after it moves (across an agent restart too), the other partition flows, the hub
+/// raises its alarm gauge, and no dead letter is written. Once the topic's limit is raised, the
+/// agent's next session resumes at the record: every record once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_fixed()
+-> anyhow::Result<()> {
+    use er_tests::prom;
+    let k = shared();
+    let prefix = unique_name("halt");
+    let site = site_name("halt");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-t");
+    let remote = format!("{site}.{topic}");
+    client::create_topic(k.edge(), &topic, 2, &[]).await?;
+    client::create_topic(k.central(), &remote, 2, &[("max.message.bytes", "20000")]).await?;
+    let value = |i: usize| {
+        if i == 10 {
+            "x".repeat(50_000)
+        } else {
+            format!("p0-{i}")
+        }
+    };
+    let mut recs: Vec<NewRecord> = (0..21)
+        .map(|i| NewRecord::new(format!("{i}"), value(i)).partition(0))
+        .collect();
+    recs.extend((0..20).map(|i| NewRecord::new(format!("{i}"), format!("p1-{i}")).partition(1)));
+    client::produce(k.edge(), &topic, &recs).await?;
+    let metrics_port = prom::free_tcp_port();
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.extra = format!(
+        "[replication]\non_unwritable = \"stop\"\n{}",
+        prom::metrics_section(metrics_port)
+    );
+    let hub = hub_setup.start(&pki, work.path())?;
+    let mut agent =
+        AgentSetup::new(&site, k.edge(), hub_setup.port, &topic).start(&pki, work.path())?;
+    agent.wait_for_log("the hub stopped the partition", Duration::from_secs(90))?;
+    let by_partition = |got: &[Record]| {
+        let mut m: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for r in got {
+            m.entry(r.partition)
+                .or_default()
+                .push(String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned());
+        }
+        m
+    };
+    let p0_before: Vec<String> = (0..10).map(value).collect();
+    let p1: Vec<String> = (0..20).map(|i| format!("p1-{i}")).collect();
+    let got = client::consume_all(k.central(), &remote, 30, Duration::from_secs(60)).await?;
+    let m = by_partition(&got);
+    assert_eq!(
+        m.get(&0),
+        Some(&p0_before),
+        "partition 0 up to the record\n{}",
+        dump_logs(&[&hub, &agent])
+    );
+    assert_eq!(m.get(&1), Some(&p1), "partition 1 flows");
+    let scraped = prom::parse(&prom::scrape(metrics_port)?);
+    assert_eq!(
+        prom::value(
+            &scraped,
+            "er_hub_stopped_partitions",
+            &[("site", site.as_str())]
+        ),
+        Some(1.0),
+        "the alarm gauge"
+    );
+    assert!(hub.log_text().contains("partition stopped"));
+
+    // A restart of the agent stops it at the same record: nothing is written twice or skipped.
+    agent.restart()?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while agent
+        .log_text()
+        .matches("the hub stopped the partition")
+        .count()
+        < 2
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restarted agent was not stopped again\n{}",
+            dump_logs(&[&hub, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = client::consume_to_end(k.central(), &remote, Duration::from_secs(10)).await?;
+    assert_eq!(
+        got.len(),
+        30,
+        "still nothing past the record\n{}",
+        dump_logs(&[&hub, &agent])
+    );
+    let dead = client::list_topics(k.central()).await?;
+    assert!(
+        !dead.contains(&format!("er-dead-letter.{site}.internal")),
+        "no dead letters under the stop setting"
+    );
+
+    // The operator raises the destination's limit; the next session writes the rest.
+    client::alter_topic_config(k.central(), &remote, &[("max.message.bytes", "1000000")]).await?;
+    tokio::time::sleep(er_hub::kafka::LIMITS_TTL).await;
+    agent.restart()?;
+    let got = client::consume_all(k.central(), &remote, 41, Duration::from_secs(90)).await?;
+    let m = by_partition(&got);
+    assert_eq!(
+        m.get(&0),
+        Some(&(0..21).map(value).collect::<Vec<_>>()),
+        "partition 0 whole, each record once\n{}",
+        dump_logs(&[&hub, &agent])
+    );
+    assert_eq!(m.get(&1), Some(&p1));
+    let scraped = prom::parse(&prom::scrape(metrics_port)?);
+    assert_eq!(
+        prom::value(
+            &scraped,
+            "er_hub_stopped_partitions",
+            &[("site", site.as_str())]
+        ),
+        Some(0.0),
+        "the alarm clears in the new session"
+    );
+    Ok(())
+}

@@ -155,6 +155,7 @@ async fn write(run: &Running, batches: Vec<Batch>) -> Result<()> {
                 site: run.site.clone(),
                 session: 1,
                 batch,
+                stop_on_unwritable: false,
                 reply: tx.clone(),
             })
             .await?;

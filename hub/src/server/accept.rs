@@ -365,6 +365,7 @@ impl Hub {
                 "the site's state is being read again after an uncertain commit; reconnect".into(),
             ));
         }
+        site.restart_stopped();
         Ok(())
     }
 

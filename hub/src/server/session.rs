@@ -12,7 +12,7 @@ use tracing::debug;
 use super::accept::Greeted;
 use super::streams::{Inbound, StreamWriters, spawn_reader};
 use super::{Hub, SessionEnd};
-use crate::sink::{Completion, WriteError, WriteJob};
+use crate::sink::{Completion, WriteError, WriteJob, Written};
 use crate::sites::Site;
 
 /// Inbound frames queued between the stream readers and the session.
@@ -150,10 +150,17 @@ impl Session<'_> {
                     .cluster_for(&self.site.alias, &batch.header.tp.topic);
                 debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
                 self.site.metrics.batch_received(batch.payload.len());
+                let stop_on_unwritable = fleet.config.raw.replication.on_unwritable
+                    == crate::config::OnUnwritable::Stop
+                    && self
+                        .proto
+                        .version()
+                        .is_some_and(|v| v >= er_protocol::STOPPED_VERSION);
                 let job = WriteJob {
                     site: self.site.clone(),
                     session: self.id,
                     batch,
+                    stop_on_unwritable,
                     reply: self.completions_tx.clone(),
                 };
                 fleet.pools[cluster]
@@ -191,15 +198,28 @@ impl Session<'_> {
         }
     }
 
-    /// A batch committed (ack it) or failed (end the session: the agent resumes from the
+    /// A batch committed (ack it), stopped its partition (tell the agent), was dropped
+    /// after such a stop (forget it) or failed (end the session: the agent resumes from the
     /// committed positions).
     fn on_completion(&mut self, done: Completion) -> Result<(), SessionEnd> {
+        let protocol = |e: er_protocol::ProtocolError| SessionEnd::Protocol(e.to_string());
         let e = match done.result {
-            Ok(()) => {
+            Ok(Written::Committed) => {
                 return self
                     .proto
                     .ack(&done.tp, done.seq, done.next_offset)
-                    .map_err(|e| SessionEnd::Protocol(e.to_string()));
+                    .map_err(protocol);
+            }
+            Ok(Written::Stopped { offset, reason }) => {
+                tracing::error!(tp = %done.tp, offset, %reason, "partition stopped at a record the hub cannot write (replication.on_unwritable = \"stop\"); it moves again in the agent's next session");
+                return self
+                    .proto
+                    .stop(&done.tp, done.seq, offset, reason)
+                    .map_err(protocol);
+            }
+            Ok(Written::Dropped) => {
+                self.proto.skip(&done.tp, done.seq);
+                return Ok(());
             }
             Err(e) => e,
         };
