@@ -435,6 +435,7 @@ impl AgentConn {
             Frame::Hello { .. }
             | Frame::Batch(_)
             | Frame::GroupOffsets { .. }
+            | Frame::TopicMetadata { .. }
             | Frame::SiteReport(_) => Err(self.unexpected(kind)),
         }
     }
@@ -655,6 +656,49 @@ impl AgentConn {
         self.transmit
             .push_back((Channel::Control, Frame::GroupOffsets { groups }));
         Ok(())
+    }
+
+    /// Queues edge topics' partition counts and configs on the control channel, split into
+    /// frames of at most `topics_per_frame` topics (after Welcome; ignored while draining).
+    /// Returns `false`, queuing nothing, when the hub speaks a version older than
+    /// [`crate::TOPIC_METADATA_VERSION`] and cannot read them.
+    pub fn send_topic_metadata(
+        &mut self,
+        topics: Vec<crate::frame::TopicMetadata>,
+        topics_per_frame: usize,
+    ) -> Result<bool, ProtocolError> {
+        match self.state {
+            State::Welcomed => {}
+            State::Draining => return Ok(false),
+            _ => {
+                return Err(ProtocolError::InvalidCall {
+                    call: "send_topic_metadata",
+                    state: self.state.name(),
+                });
+            }
+        }
+        if self
+            .version
+            .is_none_or(|v| v < crate::TOPIC_METADATA_VERSION)
+        {
+            return Ok(false);
+        }
+        for t in &topics {
+            crate::frame::check_topic_metadata(t).map_err(|(field, reason)| {
+                ProtocolError::InvalidTopicMetadata {
+                    topic: t.topic.clone(),
+                    field,
+                    reason,
+                }
+            })?;
+        }
+        let mut topics = topics.into_iter().peekable();
+        while topics.peek().is_some() {
+            let chunk: Vec<_> = topics.by_ref().take(topics_per_frame.max(1)).collect();
+            self.transmit
+                .push_back((Channel::Control, Frame::TopicMetadata { topics: chunk }));
+        }
+        Ok(true)
     }
 
     /// Queues the agent's own figures for the hub's status on the control channel (after

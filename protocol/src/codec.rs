@@ -9,7 +9,8 @@ use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES,
     MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
-    MAX_STOPPED_REASON_BYTES, Position, SiteReport, TopicPartition, frame_type,
+    MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
+    Position, SiteReport, TopicMetadata, TopicPartition, check_topic_metadata, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -55,6 +56,19 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             for g in groups.iter().take(u32::MAX as usize) {
                 put_str(out, &g.group);
                 put_positions(out, &g.offsets);
+            }
+        }
+        Frame::TopicMetadata { topics } => {
+            out.put_u32(u32::try_from(topics.len()).unwrap_or(u32::MAX));
+            for t in topics.iter().take(u32::MAX as usize) {
+                put_str(out, &t.topic);
+                out.put_i32(t.partitions);
+                let configs = &t.configs[..t.configs.len().min(MAX_TOPIC_CONFIGS)];
+                out.put_u16(configs.len() as u16);
+                for (name, value) in configs {
+                    put_str_max(out, name, MAX_CONFIG_NAME_BYTES);
+                    put_str_max(out, value, MAX_CONFIG_VALUE_BYTES);
+                }
             }
         }
         Frame::Batch(batch) => {
@@ -165,6 +179,16 @@ pub fn try_encode_frame(
                 for p in &g.offsets {
                     check("offsets.topic", &p.tp.topic)?;
                 }
+            }
+        }
+        Frame::TopicMetadata { topics } => {
+            for t in topics {
+                check("topics.topic", &t.topic)?;
+                check_topic_metadata(t).map_err(|(field, reason)| EncodeError::InvalidField {
+                    frame: kind,
+                    field,
+                    reason,
+                })?;
             }
         }
         Frame::Batch(b) => check("topic", &b.header.tp.topic)?,
@@ -294,6 +318,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::REDIRECT => "Redirect",
         frame_type::SITE_REPORT => "SiteReport",
         frame_type::STOPPED => "Stopped",
+        frame_type::TOPIC_METADATA => "TopicMetadata",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -341,6 +366,51 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
                 groups.push(GroupOffsets { group, offsets });
             }
             Frame::GroupOffsets { groups }
+        }
+        frame_type::TOPIC_METADATA => {
+            let count = r.u32("topics.count")? as usize;
+            // Smallest encoded topic: empty name (2) + partitions (4) + no configs (2).
+            let mut topics = Vec::with_capacity(count.min(r.buf.len() / 8));
+            for _ in 0..count {
+                let topic = r.string("topics.topic")?;
+                let partitions = r.i32("topics.partitions")?;
+                if partitions < 1 {
+                    return Err(DecodeError::InvalidField {
+                        frame,
+                        field: "topics.partitions",
+                        reason: format!("is {partitions}, less than 1"),
+                    });
+                }
+                let n = r.u16("topics.configs.count")? as usize;
+                if n > MAX_TOPIC_CONFIGS {
+                    return Err(DecodeError::OverLimit {
+                        frame,
+                        field: "topics.configs.count",
+                        len: n,
+                        max: MAX_TOPIC_CONFIGS,
+                    });
+                }
+                let mut configs = Vec::with_capacity(n.min(r.buf.len() / 4));
+                for _ in 0..n {
+                    let name = r.bounded_string("topics.configs.name", MAX_CONFIG_NAME_BYTES)?;
+                    if name.is_empty() {
+                        return Err(DecodeError::InvalidField {
+                            frame,
+                            field: "topics.configs.name",
+                            reason: "is empty".into(),
+                        });
+                    }
+                    let value =
+                        r.bounded_string("topics.configs.value", MAX_CONFIG_VALUE_BYTES)?;
+                    configs.push((name, value));
+                }
+                topics.push(TopicMetadata {
+                    topic,
+                    partitions,
+                    configs,
+                });
+            }
+            Frame::TopicMetadata { topics }
         }
         frame_type::BATCH => {
             let seq = r.u64("seq")?;

@@ -70,6 +70,16 @@ pub enum DecodeError {
         /// Value received.
         value: i64,
     },
+    /// A field's value breaks the protocol's rules for it.
+    #[error("{frame} frame: field `{field}` {reason}")]
+    InvalidField {
+        /// Frame kind.
+        frame: &'static str,
+        /// Offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A batch header's next_offset was below its first_offset.
     #[error("{frame} frame: next_offset {next_offset} is below first_offset {first_offset}")]
     OffsetsReversed {
@@ -232,6 +242,16 @@ pub enum EncodeError {
         len: usize,
         /// The protocol's cap.
         max: usize,
+    },
+    /// A field's value breaks the protocol's rules for it.
+    #[error("{frame} frame: field `{field}` {reason}")]
+    InvalidField {
+        /// Frame kind.
+        frame: &'static str,
+        /// Offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The encoded frame exceeds the given limit.
     #[error("{frame} frame encodes to {len} bytes, more than the limit of {max}")]
@@ -453,6 +473,16 @@ pub enum ProtocolError {
     InvalidRedirect {
         /// The field at fault, e.g. `addresses[2]`.
         field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Topic metadata given to `send_topic_metadata` breaks the protocol's caps.
+    #[error("topic metadata of {topic:?}: `{field}` {reason}")]
+    InvalidTopicMetadata {
+        /// The topic.
+        topic: String,
+        /// The field at fault.
+        field: &'static str,
         /// What is wrong with it.
         reason: String,
     },

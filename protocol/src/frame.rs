@@ -25,6 +25,14 @@ pub const MAX_REDIRECT_REASON_BYTES: usize = 1024;
 pub const STOPPED_VERSION: u16 = 3;
 /// Longest reason (in bytes) a [`Frame::Stopped`] may carry.
 pub const MAX_STOPPED_REASON_BYTES: usize = 1024;
+/// First protocol version whose hubs take [`Frame::TopicMetadata`].
+pub const TOPIC_METADATA_VERSION: u16 = 3;
+/// Most configs one topic of a [`Frame::TopicMetadata`] may carry.
+pub const MAX_TOPIC_CONFIGS: usize = 128;
+/// Longest config name (in bytes) a [`Frame::TopicMetadata`] may carry.
+pub const MAX_CONFIG_NAME_BYTES: usize = 255;
+/// Longest config value (in bytes) a [`Frame::TopicMetadata`] may carry.
+pub const MAX_CONFIG_VALUE_BYTES: usize = 4096;
 /// Longest message of an Error or GoAway frame the hub sends, in bytes: the text may quote what
 /// the peer sent (a topic name of 65,535 bytes, say), and is cut to this.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
@@ -84,6 +92,20 @@ pub struct GroupOffsets {
     pub group: String,
     /// Committed offset per replicated source partition (never negative).
     pub offsets: Vec<Position>,
+}
+
+/// An edge topic as the agent found it at discovery: its partition count and the configs set on
+/// it (neither Kafka's defaults nor the edge brokers' static settings).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TopicMetadata {
+    /// Topic name at the edge.
+    pub topic: String,
+    /// Partition count at the edge (at least 1).
+    pub partitions: i32,
+    /// `(name, value)` of each config set on the topic or by the edge brokers' dynamic
+    /// settings (at most [`MAX_TOPIC_CONFIGS`], names of at most [`MAX_CONFIG_NAME_BYTES`],
+    /// values of at most [`MAX_CONFIG_VALUE_BYTES`]).
+    pub configs: Vec<(String, String)>,
 }
 
 /// What only the agent knows about its site, for the hub's fleet status: sent on the control
@@ -297,6 +319,14 @@ pub enum Frame {
         /// The groups and their committed offsets.
         groups: Vec<GroupOffsets>,
     },
+    /// Agent -> hub, control channel, after Welcome (protocol version 3): edge topics with
+    /// their partition counts and configs, so the hub creates and grows their remote topics and
+    /// keeps their configs in step before and without records. Each frame replaces what the
+    /// hub knew of the topics it names (a long list spans several frames).
+    TopicMetadata {
+        /// The topics.
+        topics: Vec<TopicMetadata>,
+    },
     /// Agent -> hub, control channel, after Welcome: the agent's own figures for the hub's
     /// status (edge lag, retention gaps, plugin failures).
     SiteReport(SiteReport),
@@ -309,6 +339,43 @@ pub enum Frame {
         /// Why, for logs (at most [`MAX_REDIRECT_REASON_BYTES`]).
         reason: String,
     },
+}
+
+/// Checks topic metadata against the protocol's caps (the decoder's, so a frame the agent
+/// sends is one the hub reads): a partition count of at least 1, at most [`MAX_TOPIC_CONFIGS`]
+/// configs per topic, names and values within [`MAX_CONFIG_NAME_BYTES`] and
+/// [`MAX_CONFIG_VALUE_BYTES`]. On error, returns the field at fault and what is wrong.
+pub(crate) fn check_topic_metadata(t: &TopicMetadata) -> Result<(), (&'static str, String)> {
+    if t.partitions < 1 {
+        return Err(("partitions", format!("is {}, less than 1", t.partitions)));
+    }
+    if t.configs.len() > MAX_TOPIC_CONFIGS {
+        return Err((
+            "configs.count",
+            format!(
+                "is {}, more than the limit of {MAX_TOPIC_CONFIGS}",
+                t.configs.len()
+            ),
+        ));
+    }
+    for (name, value) in &t.configs {
+        if name.is_empty() || name.len() > MAX_CONFIG_NAME_BYTES {
+            return Err((
+                "configs.name",
+                format!("is {} bytes, not 1..={MAX_CONFIG_NAME_BYTES}", name.len()),
+            ));
+        }
+        if value.len() > MAX_CONFIG_VALUE_BYTES {
+            return Err((
+                "configs.value",
+                format!(
+                    "of {name:?} is {} bytes, more than the limit of {MAX_CONFIG_VALUE_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a redirect against the protocol's rules: 1 to [`MAX_REDIRECT_ADDRESSES`] addresses,
@@ -367,6 +434,7 @@ pub(crate) mod frame_type {
     pub const REDIRECT: u8 = 10;
     pub const SITE_REPORT: u8 = 11;
     pub const STOPPED: u8 = 12;
+    pub const TOPIC_METADATA: u8 = 13;
 }
 
 impl Frame {
@@ -385,6 +453,7 @@ impl Frame {
             Frame::Redirect { .. } => "Redirect",
             Frame::SiteReport(_) => "SiteReport",
             Frame::Stopped { .. } => "Stopped",
+            Frame::TopicMetadata { .. } => "TopicMetadata",
         }
     }
 
@@ -403,6 +472,7 @@ impl Frame {
             Frame::Redirect { .. } => REDIRECT,
             Frame::SiteReport(_) => SITE_REPORT,
             Frame::Stopped { .. } => STOPPED,
+            Frame::TopicMetadata { .. } => TOPIC_METADATA,
         }
     }
 }

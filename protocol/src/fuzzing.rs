@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use crate::{
     Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, FrameDecoder,
     GroupOffsets, HubConfig, HubConn, HubEvent, PROTOCOL_VERSION, Position, SiteReport,
+    TopicMetadata,
     TopicPartition, decode_frame, encode_frame,
 };
 
@@ -212,7 +213,7 @@ pub fn hub_session(data: &[u8]) {
                 };
                 feed(&mut hub, now, &Channel::Control, frame);
             }
-            6 => {
+            6 if src.u8() & 1 == 0 => {
                 let groups = (0..src.u8() % 4)
                     .map(|_| GroupOffsets {
                         group: src.string(),
@@ -220,6 +221,19 @@ pub fn hub_session(data: &[u8]) {
                     })
                     .collect();
                 let frame = Frame::GroupOffsets { groups };
+                feed(&mut hub, now, &Channel::Control, frame);
+            }
+            6 => {
+                let topics = (0..src.u8() % 4)
+                    .map(|_| TopicMetadata {
+                        topic: src.string(),
+                        partitions: src.i64() as i32,
+                        configs: (0..src.u8() % 4)
+                            .map(|_| (src.string(), src.string()))
+                            .collect(),
+                    })
+                    .collect();
+                let frame = Frame::TopicMetadata { topics };
                 feed(&mut hub, now, &Channel::Control, frame);
             }
             7 => {

@@ -52,6 +52,9 @@ pub enum HubEvent {
     /// The agent's own figures (edge lag, retention gaps, plugin failures); each replaces the
     /// previous.
     SiteReport(crate::frame::SiteReport),
+    /// Edge topics with their partition counts and configs (protocol version 3); each replaces
+    /// what was known of its topic. Untrusted: check names and counts against the site's limits.
+    TopicMetadata(Vec<crate::frame::TopicMetadata>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +263,15 @@ impl HubConn {
                     return Err(self.unexpected(kind));
                 }
                 self.events.push_back(HubEvent::SiteReport(report));
+                Ok(())
+            }
+            Frame::TopicMetadata { topics } => {
+                expect_control(channel)?;
+                match self.state {
+                    State::Welcomed { version } if version >= crate::TOPIC_METADATA_VERSION => {}
+                    _ => return Err(self.unexpected(kind)),
+                }
+                self.events.push_back(HubEvent::TopicMetadata(topics));
                 Ok(())
             }
             Frame::Welcome { .. }

@@ -27,7 +27,8 @@ pub use frame::{
     Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, GroupOffsets,
     MAX_HELLO_FIELD_BYTES, MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES,
     MAX_REDIRECT_REASON_BYTES, MAX_STOPPED_REASON_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    Position, STOPPED_VERSION, SiteReport, TopicPartition,
+    MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_TOPIC_CONFIGS, Position, STOPPED_VERSION,
+    SiteReport, TOPIC_METADATA_VERSION, TopicMetadata, TopicPartition,
 };
 pub use hub::{HubConfig, HubConn, HubEvent};
 pub use mm2::{Checkpoint, Heartbeat, Mm2Error, OffsetSync};

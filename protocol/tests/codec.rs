@@ -109,6 +109,33 @@ fn all_frames() -> Vec<Frame> {
             ],
         },
         Frame::GroupOffsets { groups: vec![] },
+        Frame::TopicMetadata {
+            topics: vec![
+                TopicMetadata {
+                    topic: "orders".into(),
+                    partitions: 12,
+                    configs: vec![
+                        ("cleanup.policy".into(), "compact".into()),
+                        ("retention.ms".into(), "604800000".into()),
+                        ("note".into(), String::new()),
+                    ],
+                },
+                // At the caps exactly.
+                TopicMetadata {
+                    topic: "t".into(),
+                    partitions: i32::MAX,
+                    configs: (0..MAX_TOPIC_CONFIGS)
+                        .map(|i| {
+                            (
+                                format!("{i:n>width$}", width = MAX_CONFIG_NAME_BYTES),
+                                "v".repeat(MAX_CONFIG_VALUE_BYTES),
+                            )
+                        })
+                        .collect(),
+                },
+            ],
+        },
+        Frame::TopicMetadata { topics: vec![] },
         Frame::SiteReport(SiteReport {
             lag_records: Some(1_234),
             retention_gap_records: 7,
@@ -679,6 +706,30 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 })
                 .collect(),
         }),
+        proptest::collection::vec(
+            (
+                arb_string(),
+                1..i32::MAX,
+                proptest::collection::vec(
+                    (proptest::string::string_regex(".{1,40}").unwrap(), arb_string()),
+                    0..4
+                )
+            ),
+            0..4
+        )
+        .prop_map(|ts| Frame::TopicMetadata {
+            topics: ts
+                .into_iter()
+                .map(|(topic, partitions, configs)| TopicMetadata {
+                    topic,
+                    partitions,
+                    configs: configs
+                        .into_iter()
+                        .map(|(n, v)| (n, v.chars().take(MAX_CONFIG_VALUE_BYTES / 4).collect()))
+                        .collect(),
+                })
+                .collect(),
+        }),
         (
             proptest::collection::vec(
                 proptest::string::string_regex(".{1,40}").unwrap(),
@@ -751,6 +802,63 @@ fn display_and_error_codes() {
         .kind(),
         "GoAway"
     );
+}
+
+#[test]
+fn topic_metadata_is_capped_from_its_length_prefixes() {
+    let body = |t: TopicMetadata| {
+        let mut buf = BytesMut::new();
+        encode_frame(&Frame::TopicMetadata { topics: vec![t] }, &mut buf);
+        buf[4..].to_vec()
+    };
+    let topic = |partitions, configs: Vec<(String, String)>| TopicMetadata {
+        topic: "orders".into(),
+        partitions,
+        configs,
+    };
+    // The encoder cuts what it cannot send, so craft over-cap frames by hand.
+    let mut too_many = body(topic(1, vec![]));
+    let n = too_many.len();
+    too_many[n - 2..].copy_from_slice(&((MAX_TOPIC_CONFIGS as u16) + 1).to_be_bytes());
+    let mut long_value = body(topic(1, vec![("retention.ms".into(), "1".into())]));
+    let n = long_value.len();
+    long_value.truncate(n - 3);
+    long_value.extend_from_slice(&((MAX_CONFIG_VALUE_BYTES as u16) + 1).to_be_bytes());
+    long_value.extend(std::iter::repeat_n(b'9', MAX_CONFIG_VALUE_BYTES + 1));
+    for (bytes, field) in [
+        (too_many, "topics.configs.count"),
+        (long_value, "topics.configs.value"),
+    ] {
+        let e = decode_frame(&bytes).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::OverLimit { frame: "TopicMetadata", field: f, .. } if f == field),
+            "{field}: {e:?}"
+        );
+    }
+    for (t, field) in [
+        (topic(0, vec![]), "topics.partitions"),
+        (topic(-3, vec![]), "topics.partitions"),
+        (topic(1, vec![(String::new(), "x".into())]), "topics.configs.name"),
+    ] {
+        let e = decode_frame(&body(t)).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::InvalidField { frame: "TopicMetadata", field: f, .. } if f == field),
+            "{field}: {e:?}"
+        );
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    // try_encode refuses what the decoder would.
+    let mut out = BytesMut::new();
+    let e = try_encode_frame(
+        &Frame::TopicMetadata {
+            topics: vec![topic(0, vec![])],
+        },
+        &mut out,
+        DEFAULT_MAX_FRAME_BYTES,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("partitions"), "{e}");
+    assert!(out.is_empty());
 }
 
 #[test]

@@ -1181,3 +1181,98 @@ fn a_version_2_agent_is_never_sent_a_stop() {
         Err(ProtocolError::InvalidCall { call: "stop", .. })
     ));
 }
+
+#[test]
+fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() {
+    let now = Instant::now();
+    let topic = |name: &str| TopicMetadata {
+        topic: name.into(),
+        partitions: 3,
+        configs: vec![("cleanup.policy".into(), "compact".into())],
+    };
+    let welcome = |version| Frame::Welcome {
+        version,
+        site: "edge1".into(),
+        hub_id: "h".into(),
+        positions: vec![],
+        max_batch_bytes: 1 << 20,
+        heartbeat_target: "central".into(),
+    };
+    let welcomed_agent = |version| {
+        let mut agent = AgentConn::new(agent_config(), now);
+        while agent.poll_transmit().is_some() {}
+        agent
+            .handle_frame(now, &Channel::Control, welcome(version))
+            .unwrap();
+        agent
+    };
+
+    // Version 3: five topics, two per frame, in order; the hub hands each frame on.
+    let mut agent = welcomed_agent(3);
+    assert!(matches!(
+        agent.send_topic_metadata(vec![], 2),
+        Ok(true)
+    ));
+    let names = ["a", "b", "c", "d", "e"];
+    assert!(
+        agent
+            .send_topic_metadata(names.iter().map(|n| topic(n)).collect(), 2)
+            .unwrap()
+    );
+    let mut hub = welcomed_hub(now, vec![]);
+    let mut seen = Vec::new();
+    while let Some((ch, frame)) = agent.poll_transmit() {
+        assert_eq!(ch, Channel::Control);
+        let Frame::TopicMetadata { topics } = &frame else {
+            continue;
+        };
+        assert!(topics.len() <= 2, "{topics:?}");
+        hub.handle_frame(now, &ch, frame.clone()).unwrap();
+        while let Some(ev) = hub.poll_event() {
+            if let HubEvent::TopicMetadata(ts) = ev {
+                seen.extend(ts.into_iter().map(|t| t.topic));
+            }
+        }
+    }
+    assert_eq!(seen, names);
+
+    // Caps are the caller's error, before anything is queued.
+    let mut bad = topic("f");
+    bad.partitions = 0;
+    assert!(matches!(
+        agent.send_topic_metadata(vec![bad], 2),
+        Err(ProtocolError::InvalidTopicMetadata { field: "partitions", .. })
+    ));
+    assert!(agent.poll_transmit().is_none());
+
+    // Version 2: the agent queues nothing, and a hub refuses the frame on such a session.
+    let mut agent = welcomed_agent(2);
+    assert!(!agent.send_topic_metadata(vec![topic("a")], 2).unwrap());
+    assert!(agent.poll_transmit().is_none());
+    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
+    hub.handle_frame(
+        now,
+        &Channel::Control,
+        Frame::Hello {
+            min_version: 2,
+            max_version: 2,
+            agent_version: "old".into(),
+            site_claim: "edge1".into(),
+        },
+    )
+    .unwrap();
+    hub.welcome(Vec::new(), "central".into()).unwrap();
+    let e = hub
+        .handle_frame(
+            now,
+            &Channel::Control,
+            Frame::TopicMetadata {
+                topics: vec![topic("a")],
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::UnexpectedFrame { frame: "TopicMetadata", .. }),
+        "{e:?}"
+    );
+}
