@@ -475,7 +475,7 @@ const POISON_REASON_MAX_BYTES: usize = 512;
 /// The remote topic of a site's `logical` topic, or why the site may not send it. Under the
 /// identity policy the site writes a shared namespace: only topics `identity_allow` lists for
 /// it, never a protected or internal one.
-fn remote_topic(
+pub(crate) fn remote_topic(
     policy: &ReplicationPolicy,
     identity_allow: &[(regex::Regex, regex::Regex)],
     site: &str,
@@ -788,7 +788,8 @@ impl Preparer {
         if !wanted.is_empty() {
             let wanted: Vec<(String, i32)> =
                 wanted.into_iter().map(|(t, n)| (t.to_owned(), n)).collect();
-            if let Err(e) = self.topics.ensure_many(&self.rt, &wanted, &[]) {
+            let configs = self.topics.remote_topic_configs();
+            if let Err(e) = self.topics.ensure_many(&self.rt, &wanted, &configs) {
                 // Each job's topics are tried once more, alone, and fail there with the error.
                 tracing::warn!(cluster = %self.cluster.alias, topics = wanted.len(), error = %e, "cannot create destination topics in one request");
             }
@@ -940,8 +941,9 @@ impl Preparer {
                 limits.push(0);
                 continue;
             }
+            let configs = self.topics.remote_topic_configs();
             self.topics
-                .ensure(&self.rt, &t.name, h.partition_count, &[])
+                .ensure(&self.rt, &t.name, h.partition_count, &configs)
                 .map_err(|e| kafka(e.to_string()))?;
             limits.push(self.record_limit(&t.name)?);
         }
@@ -1668,12 +1670,32 @@ impl Writer {
     }
 
     fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
+        let mut refreshed = false;
         loop {
             match self.producer().send(r) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The local queue is bounded; wait for deliveries to free room.
                     self.serve_reports();
+                    r = back;
+                }
+                // The topic grew (the hub grew it to follow the edge) after the producer
+                // cached its metadata, which it refreshes only every few minutes on its own:
+                // ask once for the topic's metadata, which updates the cache, and try again.
+                Err((
+                    e @ KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition),
+                    back,
+                )) if !refreshed => {
+                    refreshed = true;
+                    tracing::debug!(cluster = %self.alias(), topic = back.topic, partition = ?back.partition, "partition unknown to the producer; refreshing its metadata");
+                    if let Err(m) = self
+                        .producer()
+                        .client()
+                        .fetch_metadata(Some(back.topic), Duration::from_secs(10))
+                    {
+                        tracing::warn!(cluster = %self.alias(), topic = back.topic, error = %m, "refreshing the producer's metadata failed");
+                        return Err(self.txn_error("produce", e));
+                    }
                     r = back;
                 }
                 Err((e, _)) => return Err(self.txn_error("produce", e)),
