@@ -293,6 +293,17 @@ pub struct TopicsConfig {
     /// How often the agent looks for new topics and partitions, in milliseconds.
     #[serde(default = "default_refresh_interval_ms")]
     pub refresh_interval_ms: u64,
+    /// Report each replicated topic's partition count and configs to the hub, which creates
+    /// its remote topic at once (also when empty), grows it and keeps its configs in step
+    /// (the hub's `topic_sync` decides what it applies). Topics whose route has plugins are
+    /// not reported: their records may land anywhere.
+    #[serde(default = "default_true")]
+    pub sync_metadata: bool,
+    /// Besides at every change discovery sees, the agent reports its topics again this
+    /// often (milliseconds), so a central change to a synced config is undone (MM2's
+    /// `sync.topic.configs.interval.seconds`).
+    #[serde(default = "default_metadata_interval_ms")]
+    pub metadata_interval_ms: u64,
 }
 
 impl Default for TopicsConfig {
@@ -301,8 +312,14 @@ impl Default for TopicsConfig {
             include: default_include(),
             exclude: Vec::new(),
             refresh_interval_ms: default_refresh_interval_ms(),
+            sync_metadata: true,
+            metadata_interval_ms: default_metadata_interval_ms(),
         }
     }
+}
+
+fn default_metadata_interval_ms() -> u64 {
+    600_000
 }
 
 fn default_include() -> Vec<String> {
@@ -559,6 +576,17 @@ impl Validated {
         Duration::from_millis(self.raw.topics.refresh_interval_ms)
     }
 
+    /// How often the topics are reported to the hub even when nothing changed.
+    pub fn metadata_interval(&self) -> Duration {
+        Duration::from_millis(self.raw.topics.metadata_interval_ms)
+    }
+
+    /// Whether `topic`'s partition count and configs are reported to the hub: reporting is
+    /// on and no plugin chain takes the topic (its records may go to other topics).
+    pub fn reports_metadata(&self, topic: &str) -> bool {
+        self.raw.topics.sync_metadata && self.route_for(topic).is_none()
+    }
+
     /// Linger of batches.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.raw.batching.linger_ms)
@@ -773,6 +801,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         "topics.refresh_interval_ms",
         raw.topics.refresh_interval_ms,
         Fixed(1),
+    )?;
+    check.at_least(
+        "topics.metadata_interval_ms",
+        raw.topics.metadata_interval_ms,
+        Fixed(1000),
     )?;
     let address_fields = raw.hub.address.fields();
     if address_fields.is_empty() {

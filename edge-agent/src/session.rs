@@ -422,7 +422,7 @@ impl Session<'_> {
             .cfg
             .max_bytes_per_sec()
             .map(|rate| TokenBucket::new(rate, max_batch as u64, Instant::now()));
-        let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<TopicSet>>(1);
+        let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<Discovered>>(1);
         let discovery_task =
             spawn_discovery(self.cfg.clone(), self.discovery.clone(), guard, topics_tx);
         let _stop_discovery = AbortOnDrop(discovery_task);
@@ -448,7 +448,13 @@ impl Session<'_> {
                 }
                 m = self.inbound.1.recv() => self.handle_inbound(m)?,
                 t = topics_rx.recv() => {
-                    let set = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
+                    let Discovered { set, metadata } = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
+                    if let Some(m) = metadata {
+                        let n = m.len();
+                        if self.proto.send_topic_metadata(m, METADATA_FRAME_BYTES)? {
+                            debug!(topics = n, "topic metadata reported to the hub");
+                        }
+                    }
                     let added: Vec<source::StartPartition> = source::partitions(&set)
                         .filter(|(tp, _)| known.get(&tp.topic).is_none_or(|n| tp.partition >= *n))
                         .map(|(tp, partition_count)| {
@@ -792,17 +798,30 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Largest TopicMetadata frame the agent sends: well under any frame limit a hub sets (a
+/// batch's), and a topic at the protocol's caps (128 configs of 4 KiB) fits.
+const METADATA_FRAME_BYTES: usize = 1024 * 1024;
+
+/// What discovery found: the selected topics and, when it changed or is due again, what
+/// the hub should know of them.
+struct Discovered {
+    set: TopicSet,
+    metadata: Option<Vec<er_protocol::TopicMetadata>>,
+}
+
 /// Looks for selected topics (minus those `guard` refuses) now and then every refresh
-/// interval; sends each result.
+/// interval; sends each result that differs from the last, and the topics' metadata when it
+/// changed or `topics.metadata_interval_ms` passed.
 fn spawn_discovery(
     cfg: Validated,
     discovery: Arc<Discovery>,
     guard: source::LoopGuard,
-    tx: mpsc::Sender<anyhow::Result<TopicSet>>,
+    tx: mpsc::Sender<anyhow::Result<Discovered>>,
 ) -> tokio::task::JoinHandle<()> {
     let guard = Arc::new(guard);
     tokio::spawn(async move {
         let mut last: Option<TopicSet> = None;
+        let mut last_metadata: Option<(Vec<er_protocol::TopicMetadata>, Instant)> = None;
         loop {
             let d = discovery.clone();
             let c = cfg.clone();
@@ -812,13 +831,28 @@ fn spawn_discovery(
                     .await
                     .expect("discovery panicked");
             match res {
-                Ok(set) if last.as_ref() != Some(&set) => {
-                    last = Some(set.clone());
-                    if tx.send(Ok(set)).await.is_err() {
-                        return;
+                Ok(set) => {
+                    let metadata = if cfg.raw.topics.sync_metadata {
+                        let m = discovery
+                            .topic_metadata(&cfg, &set, Duration::from_secs(10))
+                            .await;
+                        let due = last_metadata.as_ref().is_none_or(|(old, at)| {
+                            *old != m || at.elapsed() >= cfg.metadata_interval()
+                        });
+                        due.then(|| {
+                            last_metadata = Some((m.clone(), Instant::now()));
+                            m
+                        })
+                    } else {
+                        None
+                    };
+                    if last.as_ref() != Some(&set) || metadata.is_some() {
+                        last = Some(set.clone());
+                        if tx.send(Ok(Discovered { set, metadata })).await.is_err() {
+                            return;
+                        }
                     }
                 }
-                Ok(_) => {}
                 Err(e) if last.is_none() => {
                     let _ = tx
                         .send(Err(anyhow!(e).context("listing topics of the edge cluster")))

@@ -102,6 +102,9 @@ impl LoopGuard {
 /// Lists the local topics the config selects (blocking: run off the executor).
 pub struct Discovery {
     client: BaseConsumer,
+    admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    /// Whether describing configs failed once (logged once per process).
+    describe_failed: std::sync::atomic::AtomicBool,
     /// Topics already reported as skipped (logged and counted once per process).
     skipped: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -117,8 +120,82 @@ impl Discovery {
     pub fn new(cfg: &Validated) -> Result<Self, KafkaError> {
         Ok(Self {
             client: base_config(cfg).create()?,
+            admin: base_config(cfg).create()?,
+            describe_failed: Default::default(),
             skipped: Default::default(),
         })
+    }
+
+    /// The partition count and configs of each topic of `set` that `cfg` reports to the hub.
+    /// Configs are those set on the topic or by the edge brokers' dynamic settings (MM2 sends
+    /// the same): neither Kafka's defaults nor static broker settings, nothing read-only or
+    /// sensitive. When the edge cluster cannot describe configs, topics go without them.
+    pub async fn topic_metadata(
+        &self,
+        cfg: &Validated,
+        set: &TopicSet,
+        timeout: Duration,
+    ) -> Vec<er_protocol::TopicMetadata> {
+        use rdkafka::admin::{AdminOptions, ConfigSource, ResourceSpecifier};
+        let topics: Vec<(&String, i32)> = set
+            .iter()
+            .filter(|(t, _)| cfg.reports_metadata(t))
+            .map(|(t, n)| (t, *n))
+            .collect();
+        if topics.is_empty() {
+            return Vec::new();
+        }
+        let specs: Vec<_> = topics
+            .iter()
+            .map(|(t, _)| ResourceSpecifier::Topic(t))
+            .collect();
+        let described = self
+            .admin
+            .describe_configs(&specs, &AdminOptions::new().request_timeout(Some(timeout)))
+            .await
+            .inspect_err(|e| {
+                if !self.describe_failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot describe the edge topics' configs; reporting their partition counts only (logged once)");
+                }
+            })
+            .unwrap_or_default();
+        let mut described = described.into_iter();
+        topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let configs = match described.next() {
+                    Some(Ok(c)) => c
+                        .entries
+                        .into_iter()
+                        .filter(|e| {
+                            matches!(
+                                e.source,
+                                ConfigSource::DynamicTopic
+                                    | ConfigSource::DynamicBroker
+                                    | ConfigSource::DynamicDefaultBroker
+                            ) && !e.is_read_only
+                                && !e.is_sensitive
+                                && e.name.len() <= er_protocol::MAX_CONFIG_NAME_BYTES
+                        })
+                        .filter_map(|e| {
+                            let v = e.value?;
+                            (v.len() <= er_protocol::MAX_CONFIG_VALUE_BYTES).then_some((e.name, v))
+                        })
+                        .take(er_protocol::MAX_TOPIC_CONFIGS)
+                        .collect(),
+                    Some(Err(code)) => {
+                        tracing::warn!(topic = %topic, error = %code, "cannot describe the edge topic's configs");
+                        Vec::new()
+                    }
+                    None => Vec::new(),
+                };
+                er_protocol::TopicMetadata {
+                    topic: topic.clone(),
+                    partitions,
+                    configs,
+                }
+            })
+            .collect()
     }
 
     /// Fetches metadata and returns the selected topics with their partition counts, minus

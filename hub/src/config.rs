@@ -70,6 +70,9 @@ pub struct HubConfig {
     /// MM2 checkpoints, offset syncs and group offset sync.
     #[serde(default)]
     pub checkpoints: CheckpointsConfig,
+    /// Remote topics shaped after the edge's (as MM2's `sync.topic.configs.*`).
+    #[serde(default)]
+    pub topic_sync: TopicSyncConfig,
     /// The Prometheus endpoint; absent (or `listen` unset) serves none.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -149,6 +152,79 @@ impl Default for MetricsConfig {
             console: true,
         }
     }
+}
+
+/// Remote topics created, grown and configured after the edge topics the agents report at
+/// discovery (MM2's `sync.topic.configs.enabled` and `config.properties.exclude`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSyncConfig {
+    /// Create remote topics at discovery with the source's partition count and configs (also
+    /// when empty), add partitions when the edge does, and keep synced configs in step.
+    /// Off: remote topics appear with the broker's defaults when their first record arrives.
+    /// Never under the identity policy (shared topics belong to the operator).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Whole-name regexes of the topic configs a site may set on its remote topics. The
+    /// default keeps to what shapes the data (cleanup, retention, compaction, record size,
+    /// compression); settings that cost the central brokers (segment sizes, flushing,
+    /// indexes, throttles) stay the operator's. `[".*"]` syncs what MM2 does.
+    #[serde(default = "default_sync_include")]
+    pub include: Vec<String>,
+    /// Whole-name regexes of configs never synced, whatever `include` says (MM2's
+    /// `config.properties.exclude` defaults).
+    #[serde(default = "default_sync_exclude")]
+    pub exclude: Vec<String>,
+    /// A site's reports are applied at most this often (milliseconds); later ones wait and
+    /// are merged, so a site cannot make the hub hammer the central cluster's admin API.
+    #[serde(default = "default_sync_min_interval_ms")]
+    pub min_interval_ms: u64,
+}
+
+impl Default for TopicSyncConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            include: default_sync_include(),
+            exclude: default_sync_exclude(),
+            min_interval_ms: default_sync_min_interval_ms(),
+        }
+    }
+}
+
+fn default_sync_include() -> Vec<String> {
+    [
+        "cleanup\\.policy",
+        "retention\\.(ms|bytes)",
+        "delete\\.retention\\.ms",
+        "(min|max)\\.compaction\\.lag\\.ms",
+        "min\\.cleanable\\.dirty\\.ratio",
+        "max\\.message\\.bytes",
+        "compression\\.type",
+        "compression\\.[a-z0-9]+\\.level",
+        "message\\.timestamp\\..*",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_sync_exclude() -> Vec<String> {
+    [
+        "follower\\.replication\\.throttled\\.replicas",
+        "leader\\.replication\\.throttled\\.replicas",
+        "message\\.timestamp\\.difference\\.max\\.ms",
+        "message\\.timestamp\\.before\\.max\\.ms",
+        "message\\.timestamp\\.after\\.max\\.ms",
+        "log\\.message\\.timestamp\\.before\\.max\\.ms",
+        "log\\.message\\.timestamp\\.after\\.max\\.ms",
+        "message\\.timestamp\\.type",
+        "unclean\\.leader\\.election\\.enable",
+        "min\\.insync\\.replicas",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_sync_min_interval_ms() -> u64 {
+    10_000
 }
 
 /// Consumer-group offset translation for failover.
@@ -386,6 +462,10 @@ pub struct ClusterConfig {
     /// Extra librdkafka properties for the producer and consumers of this cluster.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Topic configs set on every remote topic the hub creates or syncs on this cluster, over
+    /// what the edge reports (e.g. a longer `retention.ms` centrally).
+    #[serde(default)]
+    pub topic_configs: BTreeMap<String, String>,
 }
 
 fn default_replication_factor() -> i32 {
@@ -593,6 +673,8 @@ pub struct Validated {
     pub crl_poll_interval: std::time::Duration,
     /// `replication.identity_allow`, compiled: (sites, topics).
     pub identity_allow: std::sync::Arc<Vec<(Regex, Regex)>>,
+    /// `topic_sync.include` / `exclude`, compiled.
+    pub topic_config_filter: std::sync::Arc<crate::topic_sync::ConfigFilter>,
 }
 
 /// A route ready to match.
@@ -921,6 +1003,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         .map(parse_metrics_listen)
         .transpose()
         .map_err(|m| invalid("metrics.listen", m))?;
+    let compile = |field: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| whole_match(p).map_err(|m| invalid(&format!("{field}[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let topic_config_filter = crate::topic_sync::ConfigFilter::new(
+        compile("topic_sync.include", &raw.topic_sync.include)?,
+        compile("topic_sync.exclude", &raw.topic_sync.exclude)?,
+    );
+    if raw.topic_sync.min_interval_ms == 0 {
+        return Err(invalid(
+            "topic_sync.min_interval_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    for c in &raw.clusters {
+        for (k, v) in &c.topic_configs {
+            if k.is_empty() || v.is_empty() {
+                return Err(invalid(
+                    &format!("clusters.{}.topic_configs", c.alias),
+                    format!("{k:?} = {v:?}: names and values must not be empty"),
+                ));
+            }
+        }
+    }
     Ok(Validated {
         raw,
         listen,
@@ -932,6 +1040,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         identity,
         crl_poll_interval,
         identity_allow: std::sync::Arc::new(identity_allow),
+        topic_config_filter: std::sync::Arc::new(topic_config_filter),
     })
 }
 

@@ -56,6 +56,8 @@ pub struct Fleet {
     pub config: Validated,
     /// Topic creation per cluster.
     pub topics: Vec<Arc<TopicManager>>,
+    /// Remote topics shaped after the edge's (`topic_sync`).
+    pub topic_sync: crate::topic_sync::TopicSync,
     /// Group membership per cluster; the first is the coordination cluster, whose assignment
     /// decides which sites this hub accepts.
     pub memberships: Vec<Arc<Membership>>,
@@ -164,9 +166,16 @@ impl Fleet {
             );
         }
         info!(hub_id = %raw.hub_id, group = %group, shards = raw.fleet.shards, clusters = raw.clusters.len(), writers_per_cluster = config.writers_per_cluster, "fleet started; waiting for the group to assign shards");
+        let topic_sync = crate::topic_sync::TopicSync::start(
+            &rt,
+            topics.clone(),
+            config.topic_config_filter.clone(),
+            std::time::Duration::from_millis(raw.topic_sync.min_interval_ms),
+        );
         Ok(Self {
             config,
             topics,
+            topic_sync,
             memberships,
             pools,
             registry,

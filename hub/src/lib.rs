@@ -21,6 +21,7 @@ pub mod server;
 pub mod shards;
 pub mod sink;
 pub mod sites;
+pub mod topic_sync;
 
 use std::net::SocketAddr;
 

@@ -83,6 +83,12 @@ pub const INBOUND_BUFFERED_BYTES: &str = "er_hub_inbound_buffered_bytes";
 /// Connection attempts asked for a QUIC Retry (address validation) while many handshakes
 /// were under way.
 pub const QUIC_RETRIES: &str = "er_hub_quic_retries_total";
+/// Remote topics created at discovery from the topics a site reported (`topic_sync`).
+pub const TOPICS_CREATED: &str = "er_hub_topics_created_total";
+/// Remote topic configs set or removed to follow the edge (`topic_sync`).
+pub const TOPIC_CONFIG_CHANGES: &str = "er_hub_topic_config_changes_total";
+/// Topic reports of sites dropped because the topic syncer's queue was full.
+pub const TOPIC_REPORTS_DROPPED: &str = "er_hub_topic_reports_dropped_total";
 /// Always 1; the `version` label carries the hub's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -187,6 +193,18 @@ fn describe() {
     describe_counter!(
         QUIC_RETRIES,
         "Connection attempts asked for a QUIC Retry while many handshakes were under way."
+    );
+    describe_counter!(
+        TOPICS_CREATED,
+        "Remote topics created at discovery from the topics a site reported."
+    );
+    describe_counter!(
+        TOPIC_CONFIG_CHANGES,
+        "Remote topic configs set or removed to follow the edge."
+    );
+    describe_counter!(
+        TOPIC_REPORTS_DROPPED,
+        "Topic reports of sites dropped because the topic syncer's queue was full."
     );
 }
 
@@ -569,6 +587,23 @@ pub fn set_site_certificate_expiry(site_alias: &str, not_after: std::time::Syste
 /// Sets the hub-wide bytes of frames read and not yet handed on.
 pub fn set_inbound_buffered_bytes(bytes: u64) {
     gauge!(INBOUND_BUFFERED_BYTES).set(bytes as f64);
+}
+
+/// Counts remote topics created at discovery for `site`.
+pub fn topics_synced(site: &str, created: usize) {
+    if created > 0 {
+        counter!(TOPICS_CREATED, "site" => site.to_owned()).increment(created as u64);
+    }
+}
+
+/// Counts remote topic configs changed for `site`.
+pub fn topic_configs_changed(site: &str, changes: usize) {
+    counter!(TOPIC_CONFIG_CHANGES, "site" => site.to_owned()).increment(changes as u64);
+}
+
+/// Counts a site's topic report dropped at a full syncer queue.
+pub fn topic_report_dropped() {
+    counter!(TOPIC_REPORTS_DROPPED).increment(1);
 }
 
 /// Counts a connection attempt sent a QUIC Retry.

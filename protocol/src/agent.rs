@@ -658,14 +658,15 @@ impl AgentConn {
         Ok(())
     }
 
-    /// Queues edge topics' partition counts and configs on the control channel, split into
-    /// frames of at most `topics_per_frame` topics (after Welcome; ignored while draining).
-    /// Returns `false`, queuing nothing, when the hub speaks a version older than
+    /// Queues edge topics' partition counts and configs on the control channel, in frames of
+    /// at most `max_frame_bytes` encoded (after Welcome; ignored while draining). A topic too
+    /// large for a frame alone goes with its first configs that fit. Returns `false`,
+    /// queuing nothing, when the hub speaks a version older than
     /// [`crate::TOPIC_METADATA_VERSION`] and cannot read them.
     pub fn send_topic_metadata(
         &mut self,
         topics: Vec<crate::frame::TopicMetadata>,
-        topics_per_frame: usize,
+        max_frame_bytes: usize,
     ) -> Result<bool, ProtocolError> {
         match self.state {
             State::Welcomed => {}
@@ -692,9 +693,24 @@ impl AgentConn {
                 }
             })?;
         }
-        let mut topics = topics.into_iter().peekable();
-        while topics.peek().is_some() {
-            let chunk: Vec<_> = topics.by_ref().take(topics_per_frame.max(1)).collect();
+        // Frame overhead: length prefix, type byte, topic count.
+        const FRAME: usize = 4 + 1 + 4;
+        let budget = max_frame_bytes.saturating_sub(FRAME).max(1);
+        let mut chunk: Vec<crate::frame::TopicMetadata> = Vec::new();
+        let mut used = 0;
+        for mut t in topics {
+            while t.encoded_len() > budget && t.configs.pop().is_some() {}
+            let n = t.encoded_len();
+            if used + n > budget && !chunk.is_empty() {
+                let topics = std::mem::take(&mut chunk);
+                self.transmit
+                    .push_back((Channel::Control, Frame::TopicMetadata { topics }));
+                used = 0;
+            }
+            used += n;
+            chunk.push(t);
+        }
+        if !chunk.is_empty() {
             self.transmit
                 .push_back((Channel::Control, Frame::TopicMetadata { topics: chunk }));
         }

@@ -7,9 +7,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
-    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_HELLO_FIELD_BYTES,
-    MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
-    MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
+    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_CONFIG_NAME_BYTES,
+    MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES, MAX_REDIRECT_ADDRESS_BYTES,
+    MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
     Position, SiteReport, TopicMetadata, TopicPartition, check_topic_metadata, frame_type,
 };
 
@@ -400,8 +400,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
                             reason: "is empty".into(),
                         });
                     }
-                    let value =
-                        r.bounded_string("topics.configs.value", MAX_CONFIG_VALUE_BYTES)?;
+                    let value = r.bounded_string("topics.configs.value", MAX_CONFIG_VALUE_BYTES)?;
                     configs.push((name, value));
                 }
                 topics.push(TopicMetadata {

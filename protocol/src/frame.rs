@@ -108,6 +108,20 @@ pub struct TopicMetadata {
     pub configs: Vec<(String, String)>,
 }
 
+impl TopicMetadata {
+    /// Bytes this topic takes in a [`Frame::TopicMetadata`].
+    pub fn encoded_len(&self) -> usize {
+        2 + self.topic.len()
+            + 4
+            + 2
+            + self
+                .configs
+                .iter()
+                .map(|(n, v)| 4 + n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// What only the agent knows about its site, for the hub's fleet status: sent on the control
 /// channel every few seconds after Welcome. Counts are cumulative since the agent started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

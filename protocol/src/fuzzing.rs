@@ -14,8 +14,7 @@ use bytes::{Bytes, BytesMut};
 use crate::{
     Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, FrameDecoder,
     GroupOffsets, HubConfig, HubConn, HubEvent, PROTOCOL_VERSION, Position, SiteReport,
-    TopicMetadata,
-    TopicPartition, decode_frame, encode_frame,
+    TopicMetadata, TopicPartition, decode_frame, encode_frame,
 };
 
 /// The frame decoder (pushed in chunks of the size the first byte picks) and record decoding

@@ -711,7 +711,10 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 arb_string(),
                 1..i32::MAX,
                 proptest::collection::vec(
-                    (proptest::string::string_regex(".{1,40}").unwrap(), arb_string()),
+                    (
+                        proptest::string::string_regex(".{1,40}").unwrap(),
+                        arb_string()
+                    ),
                     0..4
                 )
             ),
@@ -838,7 +841,10 @@ fn topic_metadata_is_capped_from_its_length_prefixes() {
     for (t, field) in [
         (topic(0, vec![]), "topics.partitions"),
         (topic(-3, vec![]), "topics.partitions"),
-        (topic(1, vec![(String::new(), "x".into())]), "topics.configs.name"),
+        (
+            topic(1, vec![(String::new(), "x".into())]),
+            "topics.configs.name",
+        ),
     ] {
         let e = decode_frame(&body(t)).unwrap_err();
         assert!(

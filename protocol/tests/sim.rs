@@ -1207,16 +1207,15 @@ fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() 
         agent
     };
 
-    // Version 3: five topics, two per frame, in order; the hub hands each frame on.
+    // Version 3: five topics, two per frame (by size), in order; the hub hands each frame on.
     let mut agent = welcomed_agent(3);
-    assert!(matches!(
-        agent.send_topic_metadata(vec![], 2),
-        Ok(true)
-    ));
+    assert!(matches!(agent.send_topic_metadata(vec![], 100), Ok(true)));
+    assert!(agent.poll_transmit().is_none());
     let names = ["a", "b", "c", "d", "e"];
+    let two = 9 + 2 * topic("a").encoded_len();
     assert!(
         agent
-            .send_topic_metadata(names.iter().map(|n| topic(n)).collect(), 2)
+            .send_topic_metadata(names.iter().map(|n| topic(n)).collect(), two)
             .unwrap()
     );
     let mut hub = welcomed_hub(now, vec![]);
@@ -1227,6 +1226,9 @@ fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() 
             continue;
         };
         assert!(topics.len() <= 2, "{topics:?}");
+        let mut b = BytesMut::new();
+        encode_frame(&frame, &mut b);
+        assert!(b.len() <= two, "{} > {two}", b.len());
         hub.handle_frame(now, &ch, frame.clone()).unwrap();
         while let Some(ev) = hub.poll_event() {
             if let HubEvent::TopicMetadata(ts) = ev {
@@ -1236,18 +1238,33 @@ fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() 
     }
     assert_eq!(seen, names);
 
+    // A topic too large for a frame alone keeps the configs that fit.
+    let mut big = topic("big");
+    big.configs = (0..10)
+        .map(|i| (format!("k{i}"), "v".repeat(100)))
+        .collect();
+    agent.send_topic_metadata(vec![big], 9 + 300).unwrap();
+    let Some((_, Frame::TopicMetadata { topics })) = agent.poll_transmit() else {
+        panic!("a frame")
+    };
+    assert_eq!(topics[0].configs.len(), 2, "{:?}", topics[0].configs);
+    assert!(topics[0].encoded_len() <= 300);
+
     // Caps are the caller's error, before anything is queued.
     let mut bad = topic("f");
     bad.partitions = 0;
     assert!(matches!(
-        agent.send_topic_metadata(vec![bad], 2),
-        Err(ProtocolError::InvalidTopicMetadata { field: "partitions", .. })
+        agent.send_topic_metadata(vec![bad], two),
+        Err(ProtocolError::InvalidTopicMetadata {
+            field: "partitions",
+            ..
+        })
     ));
     assert!(agent.poll_transmit().is_none());
 
     // Version 2: the agent queues nothing, and a hub refuses the frame on such a session.
     let mut agent = welcomed_agent(2);
-    assert!(!agent.send_topic_metadata(vec![topic("a")], 2).unwrap());
+    assert!(!agent.send_topic_metadata(vec![topic("a")], two).unwrap());
     assert!(agent.poll_transmit().is_none());
     let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
     hub.handle_frame(
@@ -1272,7 +1289,13 @@ fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() 
         )
         .unwrap_err();
     assert!(
-        matches!(e, ProtocolError::UnexpectedFrame { frame: "TopicMetadata", .. }),
+        matches!(
+            e,
+            ProtocolError::UnexpectedFrame {
+                frame: "TopicMetadata",
+                ..
+            }
+        ),
         "{e:?}"
     );
 }

@@ -128,6 +128,46 @@ pub async fn alter_topic_config(
     Ok(())
 }
 
+/// The configs set on `topic` itself (not broker defaults), by name.
+pub async fn topic_configs(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let admin = admin(bootstrap)?;
+    let opts = AdminOptions::new().request_timeout(Some(OP_TIMEOUT));
+    let res = admin
+        .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .context("DescribeConfigs")?;
+    let c = res
+        .into_iter()
+        .next()
+        .context("no DescribeConfigs result")?
+        .map_err(|code| anyhow!("describing the configs of {topic} on {bootstrap}: {code}"))?;
+    Ok(c.entries
+        .into_iter()
+        .filter(|e| e.source == rdkafka::admin::ConfigSource::DynamicTopic)
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect())
+}
+
+/// Grows `topic` to `partitions` partitions.
+pub async fn create_partitions(bootstrap: &str, topic: &str, partitions: usize) -> Result<()> {
+    let admin = admin(bootstrap)?;
+    let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
+    for r in admin
+        .create_partitions(
+            [&rdkafka::admin::NewPartitions::new(topic, partitions)],
+            &opts,
+        )
+        .await
+        .context("CreatePartitions")?
+    {
+        r.map_err(|(_, code)| anyhow!("adding partitions to {topic} on {bootstrap}: {code}"))?;
+    }
+    Ok(())
+}
+
 /// Deletes the records of `topic` before the given offset of each partition (Kafka's
 /// DeleteRecords, what retention does, but exact and now): `(partition, before)`. Returns the
 /// new log start offset (low watermark) of each partition, in input order.

@@ -762,7 +762,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
     let metrics_port = prom::free_tcp_port();
     let mut hub_setup = HubSetup::new(k.central())?;
     hub_setup.extra = format!(
-        "[replication]\non_unwritable = \"stop\"\n{}",
+        "[replication]\non_unwritable = \"stop\"\n[topic_sync]\nenabled = false\n{}",
         prom::metrics_section(metrics_port)
     );
     let hub = hub_setup.start(&pki, work.path())?;
@@ -852,6 +852,128 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         ),
         Some(0.0),
         "the alarm clears in the new session"
+    );
+    Ok(())
+}
+
+/// Topic sync (MM2's `sync.topic.configs`): an empty edge topic appears centrally at
+/// discovery with its partition count and the configs it sets that `topic_sync` lets through
+/// (a segment size does not pass); partitions added at the edge mid-stream appear centrally and
+/// their records arrive once, in order; a config changed at the edge follows, and one no longer
+/// set there is removed centrally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("tsync");
+    let site = site_name("tsync");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let topic = format!("{prefix}-t");
+    let remote = format!("{site}.{topic}");
+    client::create_topic(
+        k.edge(),
+        &topic,
+        3,
+        &[
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "1234567"),
+            ("segment.bytes", "1048576"),
+        ],
+    )
+    .await?;
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.extra = "[topic_sync]\nmin_interval_ms = 500\n".into();
+    let hub = hub_setup.start(&pki, work.path())?;
+    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &topic);
+    agent_setup.refresh_interval_ms = 1_000;
+    let agent = agent_setup.start(&pki, work.path())?;
+    let procs = [&hub, &agent];
+
+    // Created at discovery, before any record, with the edge's shape.
+    let wait_for = async |what: &str, ok: &dyn Fn(usize, &BTreeMap<String, String>) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let parts = client::partition_ids(k.central(), &remote)
+                .await
+                .unwrap_or_default()
+                .len();
+            let configs = client::topic_configs(k.central(), &remote)
+                .await
+                .unwrap_or_default();
+            if ok(parts, &configs) {
+                return Ok::<_, anyhow::Error>(configs);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{what}: {parts} partitions, configs {configs:?}\n{}",
+                dump_logs(&procs)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let configs = wait_for("created at discovery", &|n, c| {
+        n == 3 && c.get("retention.ms").is_some_and(|v| v == "1234567")
+    })
+    .await?;
+    assert_eq!(
+        configs.get("cleanup.policy").map(String::as_str),
+        Some("compact")
+    );
+    assert_eq!(
+        configs.get("segment.bytes"),
+        None,
+        "segment sizes are not synced by default"
+    );
+
+    // Partitions grow at the edge mid-stream; records of every partition arrive once, in order.
+    let recs = |from: usize, parts: i32| -> Vec<NewRecord> {
+        (from..from + 30)
+            .map(|i| NewRecord::new(format!("k{i}"), format!("v{i}")).partition(i as i32 % parts))
+            .collect()
+    };
+    client::produce(k.edge(), &topic, &recs(0, 3)).await?;
+    client::create_partitions(k.edge(), &topic, 5).await?;
+    client::alter_topic_config(
+        k.edge(),
+        &topic,
+        &[("cleanup.policy", "compact"), ("retention.ms", "7654321")],
+    )
+    .await?;
+    client::produce(k.edge(), &topic, &recs(30, 5)).await?;
+    wait_for("grown and re-configured", &|n, c| {
+        n == 5 && c.get("retention.ms").is_some_and(|v| v == "7654321")
+    })
+    .await?;
+    let got = consume_remote(k.central(), &remote, 60, &procs).await?;
+    let mut by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for r in &got {
+        by_partition
+            .entry(r.partition)
+            .or_default()
+            .push(String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned());
+    }
+    let mut want: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for (i, parts) in (0..30).map(|i| (i, 3)).chain((30..60).map(|i| (i, 5))) {
+        want.entry(i % parts).or_default().push(format!("v{i}"));
+    }
+    assert_eq!(
+        by_partition,
+        want,
+        "every record once, in order, in its partition\n{}",
+        dump_logs(&procs)
+    );
+
+    // A synced config no longer set at the edge is removed centrally.
+    client::alter_topic_config(k.edge(), &topic, &[("cleanup.policy", "compact")]).await?;
+    wait_for("retention.ms removed", &|_, c| {
+        !c.contains_key("retention.ms")
+    })
+    .await?;
+    assert!(
+        hub.log_text()
+            .contains("remote topic configs synced from the edge"),
+        "{}",
+        dump_logs(&procs)
     );
     Ok(())
 }

@@ -194,8 +194,83 @@ impl Session<'_> {
                     });
                 Ok(())
             }
+            HubEvent::TopicMetadata(topics) => self.on_topic_metadata(topics),
             _ => Ok(()),
         }
+    }
+
+    /// The agent's edge topics (untrusted): each is counted against the site's topic limit
+    /// and checked against the partition limit, as a batch of it would be; what passes goes
+    /// to the topic syncer with only the configs `topic_sync` lets a site set.
+    fn on_topic_metadata(
+        &mut self,
+        topics: Vec<er_protocol::TopicMetadata>,
+    ) -> Result<(), SessionEnd> {
+        let config = &self.hub.fleet.config;
+        if !config.raw.topic_sync.enabled
+            || matches!(config.policy, er_protocol::ReplicationPolicy::Identity)
+        {
+            return Ok(());
+        }
+        let limits = &config.raw.limits;
+        let mut wanted = Vec::with_capacity(topics.len());
+        for t in topics {
+            let refuse = |proto: &mut HubConn, m: String| {
+                proto.reject(ErrorCode::Protocol, m.clone());
+                Err(SessionEnd::Protocol(m))
+            };
+            if t.partitions > limits.max_partitions_per_topic {
+                let m = format!(
+                    "topic metadata of {}: {} partitions, more than limits.max_partitions_per_topic ({})",
+                    er_net::Untrusted(&t.topic),
+                    t.partitions,
+                    limits.max_partitions_per_topic
+                );
+                return refuse(&mut self.proto, m);
+            }
+            let Ok(remote) = crate::sink::remote_topic(
+                &config.policy,
+                &config.identity_allow,
+                &self.site.alias,
+                &t.topic,
+            ) else {
+                // Its records, if any, go to the dead letters with the reason.
+                debug!(topic = %er_net::Untrusted(&t.topic), "no remote topic for a reported topic");
+                continue;
+            };
+            if !self.site.admit_topic(&t.topic, limits.max_topics_per_site) {
+                let m = format!(
+                    "topic metadata of {}: the site already sends {} topics (limits.max_topics_per_site)",
+                    er_net::Untrusted(&t.topic),
+                    limits.max_topics_per_site
+                );
+                return refuse(&mut self.proto, m);
+            }
+            let cluster = config.cluster_for(&self.site.alias, &t.topic);
+            let configs = crate::topic_sync::wanted_configs(
+                &config.topic_config_filter,
+                &t.configs,
+                &config.raw.clusters[cluster].topic_configs,
+            );
+            wanted.push(crate::topic_sync::Wanted {
+                cluster,
+                topic: remote,
+                partitions: t.partitions,
+                configs,
+            });
+        }
+        debug!(topics = wanted.len(), "topic metadata reported");
+        let report = crate::topic_sync::SiteTopics {
+            site: self.site.alias.clone(),
+            topics: wanted,
+        };
+        if !self.hub.fleet.topic_sync.report(report) {
+            crate::metrics::topic_report_dropped();
+            tracing::warn!(
+                "the topic syncer's queue is full; this report of the site's topics is dropped (the agent sends them again)"
+            );
+        }
+        Ok(())
     }
 
     /// A batch committed (ack it), stopped its partition (tell the agent), was dropped

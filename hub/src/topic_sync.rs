@@ -1,0 +1,341 @@
+//! Remote topics shaped after the edge's: created at discovery with the source's partition
+//! count and configs, grown when the edge grows, and kept in step with the configs the
+//! agents report (as MM2's `sync.topic.configs.*`), by incremental alter only.
+//!
+//! A site's reports are untrusted: the session has checked names and counts against the
+//! site's limits, only configs `topic_sync.include` lists (and `exclude` does not) are kept,
+//! and a site's reports are applied at most once per `topic_sync.min_interval_ms`, merged in
+//! between, so the memory and the admin requests a site can cause are bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use tokio::sync::mpsc;
+
+use crate::kafka::{KafkaOpError, TopicManager};
+
+/// Longest config value the hub syncs; longer ones are left out (every value a synced key
+/// takes is a number or a short word).
+pub const MAX_SYNCED_VALUE_BYTES: usize = 1024;
+
+/// Reports waiting for the syncer, over all sites; more are dropped (the agent sends its
+/// topics again at its next discovery change, and every few minutes).
+const QUEUE: usize = 1024;
+
+/// Which topic configs follow the edge.
+#[derive(Debug)]
+pub struct ConfigFilter {
+    include: Vec<Regex>,
+    exclude: Vec<Regex>,
+}
+
+impl ConfigFilter {
+    /// A filter keeping what matches one of `include` and none of `exclude` (whole names).
+    pub fn new(include: Vec<Regex>, exclude: Vec<Regex>) -> Self {
+        Self { include, exclude }
+    }
+
+    /// Whether config `name` follows the edge.
+    pub fn syncs(&self, name: &str) -> bool {
+        self.include.iter().any(|r| r.is_match(name))
+            && !self.exclude.iter().any(|r| r.is_match(name))
+    }
+}
+
+/// What a site wants of one remote topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Index of the central cluster.
+    pub cluster: usize,
+    /// The remote topic.
+    pub topic: String,
+    /// The source's partition count.
+    pub partitions: i32,
+    /// Configs it should have: the edge's synced ones, then the cluster's `topic_configs`.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The configs of an edge topic that follow it, with the cluster's overrides on top.
+pub fn wanted_configs(
+    filter: &ConfigFilter,
+    edge: &[(String, String)],
+    overrides: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = edge
+        .iter()
+        .filter(|(k, v)| filter.syncs(k) && v.len() <= MAX_SYNCED_VALUE_BYTES)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+/// One change of an incremental alter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    /// Set the config on the topic.
+    Set(String, String),
+    /// Remove the topic's own value (back to the broker's default).
+    Delete(String),
+}
+
+/// A config of a remote topic as the central cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// Config name.
+    pub name: String,
+    /// Its value, if the broker tells it.
+    pub value: Option<String>,
+    /// Whether the value is set on the topic itself (not a broker default).
+    pub on_topic: bool,
+}
+
+/// The changes that bring a remote topic from `current` to `wanted`: a wanted config whose
+/// value differs is set; a synced config set on the topic that the edge no longer sets (and
+/// no override names) is deleted, as MM2 does. Configs neither synced nor wanted are left
+/// alone, so an operator's own settings stay.
+pub fn config_ops(
+    filter: &ConfigFilter,
+    wanted: &BTreeMap<String, String>,
+    current: &[Current],
+) -> Vec<ConfigOp> {
+    let now: HashMap<&str, &Current> = current.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut ops: Vec<ConfigOp> = wanted
+        .iter()
+        .filter(|(k, v)| {
+            now.get(k.as_str())
+                .is_none_or(|c| c.value.as_deref() != Some(v))
+        })
+        .map(|(k, v)| ConfigOp::Set(k.clone(), v.clone()))
+        .collect();
+    ops.extend(
+        current
+            .iter()
+            .filter(|c| c.on_topic && filter.syncs(&c.name) && !wanted.contains_key(&c.name))
+            .map(|c| ConfigOp::Delete(c.name.clone())),
+    );
+    ops
+}
+
+/// One site's report of its topics, checked by its session.
+#[derive(Debug)]
+pub struct SiteTopics {
+    /// The site.
+    pub site: String,
+    /// Its topics; each replaces what was pending for the same remote topic.
+    pub topics: Vec<Wanted>,
+}
+
+/// The hub's handle to its topic syncer.
+#[derive(Debug, Clone)]
+pub struct TopicSync {
+    tx: mpsc::Sender<SiteTopics>,
+}
+
+impl TopicSync {
+    /// Starts the syncer on `rt`: it applies each site's reports to the
+    /// clusters of `managers`, at most once per `min_interval` per site.
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        managers: Vec<Arc<TopicManager>>,
+        filter: Arc<ConfigFilter>,
+        min_interval: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        rt.spawn(run(managers, filter, min_interval, rx));
+        Self { tx }
+    }
+
+    /// Hands a site's report on; `false` when the queue is full (the report is dropped).
+    pub fn report(&self, topics: SiteTopics) -> bool {
+        self.tx.try_send(topics).is_ok()
+    }
+}
+
+async fn run(
+    managers: Vec<Arc<TopicManager>>,
+    filter: Arc<ConfigFilter>,
+    min_interval: Duration,
+    mut rx: mpsc::Receiver<SiteTopics>,
+) {
+    let mut pending: HashMap<String, HashMap<(usize, String), Wanted>> = HashMap::new();
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let Some(report) = r else { return };
+                let site = pending.entry(report.site).or_default();
+                for w in report.topics {
+                    site.insert((w.cluster, w.topic.clone()), w);
+                }
+            }
+            _ = tick.tick() => {
+                let due: Vec<String> = pending
+                    .keys()
+                    .filter(|s| last.get(*s).is_none_or(|t| t.elapsed() >= min_interval))
+                    .cloned()
+                    .collect();
+                for site in due {
+                    let Some(topics) = pending.remove(&site) else { continue };
+                    last.insert(site.clone(), Instant::now());
+                    let managers = managers.clone();
+                    let filter = filter.clone();
+                    let rt = tokio::runtime::Handle::current();
+                    let s = site.clone();
+                    let res = tokio::task::spawn_blocking(move || {
+                        apply(&rt, &managers, &filter, &s, topics.into_values().collect())
+                    })
+                    .await;
+                    if let Err(e) = res {
+                        tracing::error!(site, error = %e, "topic sync panicked");
+                    }
+                }
+                last.retain(|_, t| t.elapsed() < min_interval);
+            }
+        }
+    }
+}
+
+/// Creates, grows and configures one site's remote topics. Blocking.
+fn apply(
+    rt: &tokio::runtime::Handle,
+    managers: &[Arc<TopicManager>],
+    filter: &ConfigFilter,
+    site: &str,
+    topics: Vec<Wanted>,
+) {
+    let mut by_cluster: BTreeMap<usize, Vec<Wanted>> = BTreeMap::new();
+    for w in topics {
+        by_cluster.entry(w.cluster).or_default().push(w);
+    }
+    for (cluster, wanted) in by_cluster {
+        let Some(tm) = managers.get(cluster) else {
+            continue;
+        };
+        if let Err(e) = apply_on(rt, tm, filter, site, &wanted) {
+            tracing::warn!(site, cluster = tm.alias(), error = %e, "topic sync failed; the agent's next report tries again");
+        }
+    }
+}
+
+fn apply_on(
+    rt: &tokio::runtime::Handle,
+    tm: &TopicManager,
+    filter: &ConfigFilter,
+    site: &str,
+    wanted: &[Wanted],
+) -> Result<(), KafkaOpError> {
+    let existed = tm.create_or_grow(rt, wanted)?;
+    crate::metrics::topics_synced(site, wanted.len().saturating_sub(existed.len()));
+    if existed.is_empty() {
+        return Ok(());
+    }
+    let current = tm.describe_topic_configs(rt, &existed)?;
+    let mut changes = Vec::new();
+    for w in wanted.iter().filter(|w| existed.contains(&w.topic)) {
+        let Some(now) = current.get(&w.topic) else {
+            continue;
+        };
+        let ops = config_ops(filter, &w.configs, now);
+        if !ops.is_empty() {
+            changes.push((w.topic.clone(), ops));
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    for (topic, res) in tm.incremental_alter_topic_configs(&changes)? {
+        let ops = changes
+            .iter()
+            .find(|(t, _)| *t == topic)
+            .map(|(_, o)| o.as_slice())
+            .unwrap_or_default();
+        match res {
+            Ok(()) => {
+                tracing::info!(site, cluster = tm.alias(), topic, changes = ?ops, "remote topic configs synced from the edge");
+                crate::metrics::topic_configs_changed(site, ops.len());
+            }
+            Err(e) => {
+                tracing::warn!(site, cluster = tm.alias(), topic, changes = ?ops, error = %e, "the central cluster refused the remote topic's configs");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter() -> ConfigFilter {
+        let re = |p: &str| crate::config::whole_match(p).unwrap();
+        ConfigFilter::new(
+            vec![re("cleanup\\.policy"), re("retention\\.(ms|bytes)")],
+            vec![re("retention\\.bytes")],
+        )
+    }
+
+    fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_included_configs_follow_the_edge_and_overrides_win() {
+        let edge = [
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "1000"),
+            ("retention.bytes", "5"),
+            ("segment.bytes", "1024"),
+            ("cleanup.policy.x", "y"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let long = [(
+            "retention.ms".to_string(),
+            "9".repeat(MAX_SYNCED_VALUE_BYTES + 1),
+        )];
+        assert_eq!(
+            wanted_configs(&filter(), &edge, &map(&[("retention.ms", "86400000")])),
+            map(&[("cleanup.policy", "compact"), ("retention.ms", "86400000")])
+        );
+        assert!(wanted_configs(&filter(), &long, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn ops_set_what_differs_and_delete_only_synced_topic_overrides() {
+        let cur = |name: &str, value: &str, on_topic| Current {
+            name: name.into(),
+            value: Some(value.into()),
+            on_topic,
+        };
+        let current = [
+            cur("cleanup.policy", "delete", false),
+            cur("retention.ms", "604800000", true),
+            cur("retention.bytes", "100", true),
+            cur("segment.bytes", "1024", true),
+        ];
+        // The edge compacts and no longer sets retention.ms: set the one, delete the other;
+        // an excluded and an unsynced topic override stay.
+        assert_eq!(
+            config_ops(&filter(), &map(&[("cleanup.policy", "compact")]), &current),
+            vec![
+                ConfigOp::Set("cleanup.policy".into(), "compact".into()),
+                ConfigOp::Delete("retention.ms".into()),
+            ]
+        );
+        // In step: nothing to do.
+        assert!(
+            config_ops(
+                &filter(),
+                &map(&[("cleanup.policy", "delete"), ("retention.ms", "604800000")]),
+                &current
+            )
+            .is_empty()
+        );
+    }
+}
