@@ -43,6 +43,9 @@ pub const BYTES_RECEIVED: &str = "er_hub_bytes_received_total";
 pub const BATCHES_COMMITTED: &str = "er_hub_batches_committed_total";
 /// Duration of a site writer's transaction, from begin to commit (histogram).
 pub const TRANSACTION_SECONDS: &str = "er_hub_transaction_seconds";
+/// Commit time minus the record timestamp of the oldest record of each committed batch
+/// (histogram, `cluster`): end-to-end replication latency, MM2's `replication-latency-ms`.
+pub const REPLICATION_LATENCY_SECONDS: &str = "er_hub_replication_latency_seconds";
 /// Transactions that failed or were aborted (`site`).
 pub const TRANSACTIONS_FAILED: &str = "er_hub_transactions_failed_total";
 /// MM2 checkpoints written (`site`).
@@ -98,6 +101,12 @@ pub const TRANSACTION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Bucket bounds of [`REPLICATION_LATENCY_SECONDS`]: a few milliseconds on a good link up to
+/// an hour of backlog (older records fall in `+Inf`).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// How often each session logs its `site status` line.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the offset index gauges are refreshed.
@@ -110,8 +119,13 @@ pub use er_net::metrics::MetricsError;
 /// status callbacks (`crate::health`). Call it once per process, inside a tokio runtime, before
 /// the hub starts.
 pub fn install(addr: SocketAddr) -> Result<Arc<er_net::status::Endpoints>, MetricsError> {
-    let endpoints =
-        er_net::metrics::serve_prometheus(addr, &[(TRANSACTION_SECONDS, TRANSACTION_BUCKETS)])?;
+    let endpoints = er_net::metrics::serve_prometheus(
+        addr,
+        &[
+            (TRANSACTION_SECONDS, TRANSACTION_BUCKETS),
+            (REPLICATION_LATENCY_SECONDS, LATENCY_BUCKETS),
+        ],
+    )?;
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(SITES_CONNECTED).set(0.0);
@@ -173,6 +187,11 @@ fn describe() {
         "Duration of a site writer's transaction, begin to commit."
     );
     describe_counter!(TRANSACTIONS_FAILED, "Transactions that failed or aborted.");
+    describe_histogram!(
+        REPLICATION_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Commit time minus the timestamp of the oldest record of each committed batch (the edge clock; clamped at 0)."
+    );
     describe_counter!(CHECKPOINTS_WRITTEN, "MM2 checkpoints written.");
     describe_counter!(OFFSET_SYNCS_WRITTEN, "MM2 offset syncs written.");
     describe_gauge!(
@@ -501,6 +520,14 @@ pub fn set_offset_index_entries(site: &str, cluster: &str, runs: usize) {
 /// A writer's transaction committed after `elapsed`.
 pub fn transaction_committed(elapsed: Duration) {
     histogram!(TRANSACTION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// Replication latencies of the batches one transaction committed to `cluster`, seconds.
+pub fn batches_committed_after(cluster: &str, latencies: impl IntoIterator<Item = f64>) {
+    let h = histogram!(REPLICATION_LATENCY_SECONDS, "cluster" => cluster.to_owned());
+    for l in latencies {
+        h.record(l);
+    }
 }
 
 /// The connected sites count as last set, for `/status` (a gauge cannot be read back).

@@ -1331,6 +1331,7 @@ impl Writer {
             self.abort();
         } else {
             self.record_heartbeats(prepared);
+            crate::metrics::batches_committed_after(self.alias(), replication_latencies(prepared));
         }
         result
     }
@@ -1723,6 +1724,26 @@ struct DeliveryState {
     offsets: Vec<i64>,
     missing: usize,
     error: Option<String>,
+}
+
+/// Per committed batch that wrote records to their destination: now minus the timestamp of
+/// its oldest such record, in seconds, clamped at 0 (an edge clock ahead of the hub's shows in
+/// `er_hub_replication_lag_seconds`, not here). Records without a timestamp are left out.
+fn replication_latencies(prepared: &[Prepared]) -> impl Iterator<Item = f64> + '_ {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    prepared.iter().filter_map(move |p| {
+        p.records
+            .iter()
+            .zip(&p.dests)
+            .filter(|(_, d)| matches!(d, Dest::Topic(..)))
+            .filter_map(|(r, _)| r.ok())
+            .filter(|r| r.timestamp_type != TimestampType::NotAvailable)
+            .map(|r| r.timestamp)
+            .min()
+            .map(|oldest| (now_ms.saturating_sub(oldest)).max(0) as f64 / 1e3)
+    })
 }
 
 /// Index of records whose offset is not needed (positions, index records).

@@ -673,7 +673,7 @@ async fn records_routed_to_more_topics_than_the_site_may_write_go_to_the_dead_le
             Duration::from_secs(30),
         )
         .await;
-        assert_eq!(got.len(), 1, "{t} got its record");
+        assert_eq!(got.len(), 1, "{t} got its record\n{}", logs(&[&hub]));
     }
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::wait_for_count(k.central(), &dead_topic, 5, Duration::from_secs(30)).await;

@@ -269,6 +269,30 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
         "a histogram, not a summary\n{}",
         dump()
     );
+    // One latency observation per committed batch; the records were produced moments ago,
+    // so every one is under an hour old and none is negative.
+    let central = [("cluster", "central")];
+    let latencies = value(&h, "er_hub_replication_latency_seconds_count", &central);
+    assert!(
+        latencies.is_some_and(|v| v >= 1.0),
+        "latency histogram\n{}",
+        dump()
+    );
+    assert_eq!(
+        value(
+            &h,
+            "er_hub_replication_latency_seconds_bucket",
+            &[("cluster", "central"), ("le", "3600")]
+        ),
+        latencies,
+        "{}",
+        dump()
+    );
+    assert!(
+        value(&h, "er_hub_replication_latency_seconds_sum", &central).is_some_and(|v| v >= 0.0),
+        "{}",
+        dump()
+    );
     assert_eq!(
         value(&h, "er_hub_transactions_failed_total", &site_l),
         Some(0.0),
