@@ -1142,11 +1142,8 @@ fn a_stopped_partition_frees_the_agents_budget_and_its_later_batches_are_dropped
     assert!(matches!(&later[0], HubEvent::Batch(bt) if bt.header.tp == b));
 }
 
-/// An agent of protocol version 2 does not know the Stopped frame: the hub refuses to stop
-/// its partitions (the driver dead-letters instead).
-#[test]
-fn a_version_2_agent_is_never_sent_a_stop() {
-    let now = Instant::now();
+/// A hub that welcomed an agent speaking only protocol version 2.
+fn version_2_hub(now: Instant) -> HubConn {
     let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
     hub.handle_frame(
         now,
@@ -1160,6 +1157,15 @@ fn a_version_2_agent_is_never_sent_a_stop() {
     )
     .unwrap();
     hub.welcome(Vec::new(), "central".into()).unwrap();
+    hub
+}
+
+/// An agent of protocol version 2 does not know the Stopped frame: the hub refuses to stop
+/// its partitions (the driver dead-letters instead).
+#[test]
+fn a_version_2_agent_is_never_sent_a_stop() {
+    let now = Instant::now();
+    let mut hub = version_2_hub(now);
     assert_eq!(hub.version(), Some(2));
     let a = tp("t", 0);
     let mut bb = BatchBuilder::new(a.clone(), 1);
@@ -1266,19 +1272,7 @@ fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() 
     let mut agent = welcomed_agent(2);
     assert!(!agent.send_topic_metadata(vec![topic("a")], two).unwrap());
     assert!(agent.poll_transmit().is_none());
-    let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
-    hub.handle_frame(
-        now,
-        &Channel::Control,
-        Frame::Hello {
-            min_version: 2,
-            max_version: 2,
-            agent_version: "old".into(),
-            site_claim: "edge1".into(),
-        },
-    )
-    .unwrap();
-    hub.welcome(Vec::new(), "central".into()).unwrap();
+    let mut hub = version_2_hub(now);
     let e = hub
         .handle_frame(
             now,
