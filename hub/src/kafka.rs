@@ -24,8 +24,7 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a topic's `max.message.bytes` is trusted before it is asked again.
 pub const LIMITS_TTL: Duration = Duration::from_secs(30);
 
-/// Each topic of an incremental alter with its result (the broker's message on refusal).
-pub type AlterResults = Vec<(String, Result<(), String>)>;
+pub use er_kafka_admin::AlterResults;
 
 /// Kafka's default `max.message.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
@@ -451,12 +450,11 @@ impl TopicManager {
         &self,
         changes: &[(String, Vec<crate::topic_sync::ConfigOp>)],
     ) -> Result<AlterResults, KafkaOpError> {
-        incremental_alter::run(self.admin.inner().native_ptr(), changes, ADMIN_TIMEOUT).map_err(
-            |message| KafkaOpError::Layout {
+        er_kafka_admin::incremental_alter_topic_configs(&self.admin, changes, ADMIN_TIMEOUT)
+            .map_err(|e| KafkaOpError::Layout {
                 cluster: self.cluster.alias.clone(),
-                message: format!("altering topic configs: {message}"),
-            },
-        )
+                message: e.to_string(),
+            })
     }
 
     /// Every topic of the cluster with its partition count (one metadata request).
@@ -945,167 +943,4 @@ pub fn read_shards(
     }
     tracing::info!(cluster = %cluster.alias, shards = shards.len(), positions = stats.positions, index_records = stats.records, index_bytes = stats.bytes, unreadable = stats.unreadable, elapsed_ms = started.elapsed().as_millis() as u64, "shards read");
     Ok((out, stats))
-}
-
-/// Kafka's IncrementalAlterConfigs through librdkafka's C API: the Rust client wraps only the
-/// legacy AlterConfigs, which replaces a topic's whole set of configs and would drop settings
-/// an operator made centrally.
-#[allow(unsafe_code)]
-mod incremental_alter {
-    use std::ffi::{CStr, CString};
-    use std::time::Duration;
-
-    use rdkafka::bindings as rd;
-
-    use crate::topic_sync::ConfigOp;
-
-    /// Owns the C objects of one request, freed on every path.
-    struct Request {
-        queue: *mut rd::rd_kafka_queue_t,
-        options: *mut rd::rd_kafka_AdminOptions_t,
-        resources: Vec<*mut rd::rd_kafka_ConfigResource_t>,
-        event: *mut rd::rd_kafka_event_t,
-    }
-
-    impl Drop for Request {
-        fn drop(&mut self) {
-            // SAFETY: each pointer is null or was returned by its librdkafka constructor and is
-            // freed exactly once, here.
-            unsafe {
-                for r in self.resources.drain(..) {
-                    rd::rd_kafka_ConfigResource_destroy(r);
-                }
-                if !self.event.is_null() {
-                    rd::rd_kafka_event_destroy(self.event);
-                }
-                if !self.options.is_null() {
-                    rd::rd_kafka_AdminOptions_destroy(self.options);
-                }
-                if !self.queue.is_null() {
-                    rd::rd_kafka_queue_destroy(self.queue);
-                }
-            }
-        }
-    }
-
-    fn cstring(s: &str) -> Result<CString, String> {
-        CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"))
-    }
-
-    /// # Safety (of the callers' contract)
-    /// `client` is the live handle of an `AdminClient` that outlives the call.
-    pub(super) fn run(
-        client: *mut rd::rd_kafka_t,
-        changes: &[(String, Vec<ConfigOp>)],
-        timeout: Duration,
-    ) -> Result<super::AlterResults, String> {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `client` is a live rd_kafka_t (the AdminClient this is called through holds
-        // it). Every string passed in is a CString that lives until after the call that
-        // reads it (librdkafka copies what it keeps); the resources are copied by
-        // rd_kafka_IncrementalAlterConfigs and freed by `Request`; the result's resources
-        // belong to the event and are read before it is destroyed.
-        unsafe {
-            let mut req = Request {
-                queue: rd::rd_kafka_queue_new(client),
-                options: rd::rd_kafka_AdminOptions_new(
-                    client,
-                    rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS,
-                ),
-                resources: Vec::with_capacity(changes.len()),
-                event: std::ptr::null_mut(),
-            };
-            if req.queue.is_null() || req.options.is_null() {
-                return Err("librdkafka could not allocate the request".into());
-            }
-            let mut errstr = [0 as std::ffi::c_char; 512];
-            rd::rd_kafka_AdminOptions_set_request_timeout(
-                req.options,
-                ms,
-                errstr.as_mut_ptr(),
-                errstr.len(),
-            );
-            for (topic, ops) in changes {
-                let name = cstring(topic)?;
-                let res = rd::rd_kafka_ConfigResource_new(
-                    rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_TOPIC,
-                    name.as_ptr(),
-                );
-                if res.is_null() {
-                    return Err(format!("cannot describe topic {topic:?} to librdkafka"));
-                }
-                req.resources.push(res);
-                for op in ops {
-                    let (key, value, kind) = match op {
-                        ConfigOp::Set(k, v) => (
-                            cstring(k)?,
-                            Some(cstring(v)?),
-                            rd::rd_kafka_AlterConfigOpType_t::RD_KAFKA_ALTER_CONFIG_OP_TYPE_SET,
-                        ),
-                        ConfigOp::Delete(k) => (
-                            cstring(k)?,
-                            None,
-                            rd::rd_kafka_AlterConfigOpType_t::RD_KAFKA_ALTER_CONFIG_OP_TYPE_DELETE,
-                        ),
-                    };
-                    let err = rd::rd_kafka_ConfigResource_add_incremental_config(
-                        res,
-                        key.as_ptr(),
-                        kind,
-                        value.as_ref().map_or(std::ptr::null(), |v| v.as_ptr()),
-                    );
-                    if !err.is_null() {
-                        let m = CStr::from_ptr(rd::rd_kafka_error_string(err))
-                            .to_string_lossy()
-                            .into_owned();
-                        rd::rd_kafka_error_destroy(err);
-                        return Err(format!("topic {topic:?}: {m}"));
-                    }
-                }
-            }
-            rd::rd_kafka_IncrementalAlterConfigs(
-                client,
-                req.resources.as_mut_ptr(),
-                req.resources.len(),
-                req.options,
-                req.queue,
-            );
-            req.event = rd::rd_kafka_queue_poll(req.queue, ms.saturating_add(5_000));
-            if req.event.is_null() {
-                return Err(format!("no answer within {timeout:?}"));
-            }
-            if rd::rd_kafka_event_error(req.event)
-                != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-            {
-                let m = CStr::from_ptr(rd::rd_kafka_event_error_string(req.event));
-                return Err(m.to_string_lossy().into_owned());
-            }
-            let result = rd::rd_kafka_event_IncrementalAlterConfigs_result(req.event);
-            if result.is_null() {
-                return Err("librdkafka answered with another kind of event".into());
-            }
-            let mut n = 0usize;
-            let arr = rd::rd_kafka_IncrementalAlterConfigs_result_resources(result, &mut n);
-            let mut out = Vec::with_capacity(n);
-            for i in 0..n {
-                let r = *arr.add(i);
-                let name = CStr::from_ptr(rd::rd_kafka_ConfigResource_name(r))
-                    .to_string_lossy()
-                    .into_owned();
-                let code = rd::rd_kafka_ConfigResource_error(r);
-                let res = if code == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    Ok(())
-                } else {
-                    let text = rd::rd_kafka_ConfigResource_error_string(r);
-                    Err(if text.is_null() {
-                        format!("{code:?}")
-                    } else {
-                        CStr::from_ptr(text).to_string_lossy().into_owned()
-                    })
-                };
-                out.push((name, res));
-            }
-            Ok(out)
-        }
-    }
 }

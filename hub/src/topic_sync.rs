@@ -72,14 +72,8 @@ pub fn wanted_configs(
     out
 }
 
-/// One change of an incremental alter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigOp {
-    /// Set the config on the topic.
-    Set(String, String),
-    /// Remove the topic's own value (back to the broker's default).
-    Delete(String),
-}
+/// One change of an incremental alter (defined with the call that applies it).
+pub use er_kafka_admin::ConfigOp;
 
 /// A config of a remote topic as the central cluster describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,12 @@ pub struct NodeOptions {
     /// Spawn the JVM in its own session, NOT dying with this process (for `cargo xtask kafka up`).
     /// Use [`KafkaNode::detach`] afterwards to let go of it.
     pub detached: bool,
+    /// SASL/PLAIN users (name, password). Empty (the default): a PLAINTEXT client listener and
+    /// no authorizer. Otherwise the client listener is SASL_PLAINTEXT with these users, brokers
+    /// talk to each other as the first one, and Kafka's `StandardAuthorizer` denies whatever no
+    /// ACL allows; the first user is a super user. Names and passwords: `[A-Za-z0-9._-]+`.
+    /// Clients connect with [`KafkaNode::sasl_client_properties`].
+    pub sasl_users: Vec<(String, String)>,
 }
 
 impl Default for NodeOptions {
@@ -42,8 +48,62 @@ impl Default for NodeOptions {
                     .unwrap_or(60),
             ),
             detached: false,
+            sasl_users: Vec::new(),
         }
     }
+}
+
+/// Name of the client listener of a node with [`NodeOptions::sasl_users`].
+const SASL_LISTENER: &str = "SASL_PLAINTEXT";
+
+/// The `server.properties` entries that put the client listener behind SASL/PLAIN and turn the
+/// authorizer on (see [`NodeOptions::sasl_users`]); `None` for a plaintext node.
+fn sasl_config(users: &[(String, String)]) -> Result<Option<Vec<(String, String)>>> {
+    let Some((admin, admin_password)) = users.first() else {
+        return Ok(None);
+    };
+    for (user, password) in users {
+        // Both go unescaped into a JAAS option (`user_<name>="<password>"`) in a properties file.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if !plain(user) || !plain(password) {
+            bail!(
+                "NodeOptions::sasl_users: user {user:?} or its password holds a character \
+                 outside [A-Za-z0-9._-]"
+            );
+        }
+    }
+    let mut jaas = format!(
+        "org.apache.kafka.common.security.plain.PlainLoginModule required \
+         username=\"{admin}\" password=\"{admin_password}\""
+    );
+    for (user, password) in users {
+        jaas.push_str(&format!(" user_{user}=\"{password}\""));
+    }
+    jaas.push(';');
+    let listener = SASL_LISTENER.to_ascii_lowercase();
+    Ok(Some(vec![
+        ("sasl.enabled.mechanisms".into(), "PLAIN".into()),
+        (
+            "sasl.mechanism.inter.broker.protocol".into(),
+            "PLAIN".into(),
+        ),
+        (
+            format!("listener.name.{listener}.plain.sasl.jaas.config"),
+            jaas,
+        ),
+        (
+            "authorizer.class.name".into(),
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer".into(),
+        ),
+        // The controller listener stays PLAINTEXT: the broker reaches the controller (itself)
+        // as ANONYMOUS, which must be allowed everything the broker asks of it.
+        ("super.users".into(), format!("User:{admin};User:ANONYMOUS")),
+        ("allow.everyone.if.no.acl.found".into(), "false".into()),
+    ]))
 }
 
 /// A running (or stopped) single-node Kafka cluster owned by this process.
@@ -180,13 +240,17 @@ fn log_contains_since(path: &Path, offset: u64, needle: &str) -> bool {
     String::from_utf8_lossy(&buf).contains(needle)
 }
 
-/// One metadata round trip through librdkafka: the broker is registered and answering.
-fn metadata_ok(bootstrap: &str) -> bool {
-    let consumer: BaseConsumer = match ClientConfig::new()
+/// One metadata round trip through librdkafka (with the client `properties`): the broker is
+/// registered and answering.
+fn metadata_ok(bootstrap: &str, properties: &[(String, String)]) -> bool {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("socket.connection.setup.timeout.ms", "2000")
-        .create()
-    {
+        .set("socket.connection.setup.timeout.ms", "2000");
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = match config.create() {
         Ok(c) => c,
         Err(_) => return false,
     };
@@ -311,7 +375,7 @@ impl KafkaNode {
         &self.bootstrap
     }
 
-    /// Broker (PLAINTEXT) port.
+    /// Broker port (PLAINTEXT, or SASL_PLAINTEXT with [`NodeOptions::sasl_users`]).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -319,6 +383,27 @@ impl KafkaNode {
     /// KRaft controller port.
     pub fn controller_port(&self) -> u16 {
         self.controller_port
+    }
+
+    /// The librdkafka properties that log `user` in on a node with [`NodeOptions::sasl_users`],
+    /// to set next to `bootstrap.servers`.
+    pub fn sasl_client_properties(user: &str, password: &str) -> Vec<(String, String)> {
+        vec![
+            ("security.protocol".into(), "SASL_PLAINTEXT".into()),
+            ("sasl.mechanisms".into(), "PLAIN".into()),
+            ("sasl.username".into(), user.into()),
+            ("sasl.password".into(), password.into()),
+        ]
+    }
+
+    /// The librdkafka properties (besides `bootstrap.servers`) a client needs to reach this
+    /// node: none for a plaintext node, the first (super) user's login with
+    /// [`NodeOptions::sasl_users`].
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        match self.opts.sasl_users.first() {
+            Some((user, password)) => Self::sasl_client_properties(user, password),
+            None => Vec::new(),
+        }
     }
 
     /// The node's directory: `server.properties`, `data/` (log.dirs), `broker.log`, `stdout.log`.
@@ -413,6 +498,12 @@ impl KafkaNode {
 
     fn write_config(&self) -> Result<()> {
         let dir = self.dir.display();
+        let sasl = sasl_config(&self.opts.sasl_users)?;
+        let client = if sasl.is_some() {
+            SASL_LISTENER
+        } else {
+            "PLAINTEXT"
+        };
         let mut props = vec![
             ("process.roles".to_string(), "broker,controller".to_string()),
             ("node.id".into(), "1".into()),
@@ -423,19 +514,19 @@ impl KafkaNode {
             (
                 "listeners".into(),
                 format!(
-                    "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                    "{client}://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
                     self.port, self.controller_port
                 ),
             ),
             (
                 "advertised.listeners".into(),
-                format!("PLAINTEXT://127.0.0.1:{}", self.port),
+                format!("{client}://127.0.0.1:{}", self.port),
             ),
             ("controller.listener.names".into(), "CONTROLLER".into()),
-            ("inter.broker.listener.name".into(), "PLAINTEXT".into()),
+            ("inter.broker.listener.name".into(), client.into()),
             (
                 "listener.security.protocol.map".into(),
-                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
+                format!("{client}:{client},CONTROLLER:PLAINTEXT"),
             ),
             ("log.dirs".into(), format!("{dir}/data")),
             // Single node: every internal topic has RF 1 (transactions need the txn ones).
@@ -474,6 +565,7 @@ impl KafkaNode {
             ("num.recovery.threads.per.data.dir".into(), "1".into()),
             ("num.replica.fetchers".into(), "1".into()),
         ];
+        props.extend(sasl.unwrap_or_default());
         for (k, v) in &self.opts.extra_config {
             props.retain(|(pk, _)| pk != k);
             props.push((k.clone(), v.clone()));
@@ -643,7 +735,7 @@ impl KafkaNode {
             }
             if log_contains_since(&log, log_offset, "Kafka Server started")
                 && tcp_ok(self.port)
-                && metadata_ok(&self.bootstrap)
+                && metadata_ok(&self.bootstrap, &self.client_properties())
             {
                 return Ok(());
             }
