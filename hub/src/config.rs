@@ -1062,19 +1062,19 @@ pub fn whole_match(pattern: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
 
+/// The shipped example next to dev certificates in a temp dir, for tests of any module.
+#[cfg(test)]
+pub(crate) fn example_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    er_net::devcerts::generate(&dir.path().join("certs"), &[], &["plant-7".into()], false).unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/hub.toml");
+    std::fs::copy(example, dir.path().join("hub.toml")).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The shipped example next to dev certificates in a temp dir: parsed by every test run.
-    fn example_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        er_net::devcerts::generate(&dir.path().join("certs"), &[], &["plant-7".into()], false)
-            .unwrap();
-        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config/hub.toml");
-        std::fs::copy(example, dir.path().join("hub.toml")).unwrap();
-        dir
-    }
 
     #[test]
     fn the_example_config_is_valid_and_routes_as_documented() {

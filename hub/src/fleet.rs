@@ -165,6 +165,19 @@ impl Fleet {
                     .expect("spawning a checkpointer thread"),
             );
         }
+        // Heartbeats on every other cluster a site writes to: only with more than one.
+        if raw.clusters.len() > 1 {
+            for (i, cluster) in raw.clusters.iter().enumerate() {
+                let relay = crate::heartbeats::Relay::start(i, &config, topics[i].clone())?;
+                let (registry, stop, rt) = (registry.clone(), stop.clone(), rt.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("heartbeats-{}", cluster.alias))
+                        .spawn(move || crate::heartbeats::relay_loop(relay, &registry, &rt, &stop))
+                        .expect("spawning a heartbeat relay thread"),
+                );
+            }
+        }
         info!(hub_id = %raw.hub_id, group = %group, shards = raw.fleet.shards, clusters = raw.clusters.len(), writers_per_cluster = config.writers_per_cluster, "fleet started; waiting for the group to assign shards");
         let topic_sync = crate::topic_sync::TopicSync::start(
             &rt,

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod fleet_status;
 pub mod group_offsets;
 pub mod health;
+pub mod heartbeats;
 pub mod kafka;
 pub mod membership;
 pub mod metrics;

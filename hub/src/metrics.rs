@@ -92,6 +92,9 @@ pub const TOPICS_CREATED: &str = "er_hub_topics_created_total";
 pub const TOPIC_CONFIG_CHANGES: &str = "er_hub_topic_config_changes_total";
 /// Topic reports of sites dropped because the topic syncer's queue was full.
 pub const TOPIC_REPORTS_DROPPED: &str = "er_hub_topic_reports_dropped_total";
+/// Heartbeats the hub wrote on a destination cluster other than the one the site's
+/// `heartbeats` topic is replicated to ([`crate::heartbeats`]).
+pub const HEARTBEATS_RELAYED: &str = "er_hub_heartbeats_relayed_total";
 /// Always 1; the `version` label carries the hub's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -193,6 +196,10 @@ fn describe() {
         "Commit time minus the timestamp of the oldest record of each committed batch (the edge clock; clamped at 0)."
     );
     describe_counter!(CHECKPOINTS_WRITTEN, "MM2 checkpoints written.");
+    describe_counter!(
+        HEARTBEATS_RELAYED,
+        "MM2 heartbeats written on a destination cluster other than the one a site's heartbeats topic replicates to."
+    );
     describe_counter!(OFFSET_SYNCS_WRITTEN, "MM2 offset syncs written.");
     describe_gauge!(
         REPLICATION_LAG_SECONDS,
@@ -478,6 +485,11 @@ impl SiteMetrics {
         tracing::debug!(site = %self.site, lag_seconds = lag, "replication lag from heartbeats");
     }
 
+    /// Timestamp (the site's clock, epoch ms) of the newest heartbeat committed, if any.
+    pub fn heartbeat_ms(&self) -> Option<i64> {
+        self.facts().heartbeat_ms
+    }
+
     /// The latest replication lag in seconds, once a heartbeat committed.
     pub fn lag_seconds(&self) -> Option<f64> {
         Some(f64::from_bits(self.lag_bits.load(Ordering::Relaxed))).filter(|l| !l.is_nan())
@@ -588,6 +600,11 @@ pub fn newest_heartbeat_ms<'a>(
         .filter(|h| h.source_cluster_alias == site)
         .map(|h| h.timestamp)
         .max()
+}
+
+/// Counts a heartbeat relayed to `cluster` ([`HEARTBEATS_RELAYED`]).
+pub fn heartbeat_relayed(cluster: &str) {
+    counter!(HEARTBEATS_RELAYED, "cluster" => cluster.to_owned()).increment(1);
 }
 
 /// Milliseconds since the epoch on the hub's clock.

@@ -208,6 +208,12 @@ impl Site {
         true
     }
 
+    /// The source topics the site has sent, in no particular order.
+    pub fn topics(&self) -> Vec<String> {
+        let t = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        t.iter().cloned().collect()
+    }
+
     /// Marks the site's state as possibly behind what Kafka holds.
     pub fn mark_stale(&self) {
         self.stale.store(true, Ordering::Release);

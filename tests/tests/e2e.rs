@@ -409,6 +409,100 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
     Ok(())
 }
 
+/// This site's heartbeats in `topic` on the cluster at `bootstrap`, stamped `since` or later.
+async fn heartbeats_of(
+    bootstrap: &str,
+    topic: &str,
+    site: &str,
+    since: i64,
+) -> Vec<(er_protocol::Heartbeat, i64)> {
+    let records = client::consume_to_end(bootstrap, topic, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    records
+        .iter()
+        .filter_map(|r| {
+            let h = er_protocol::Heartbeat::decode(r.key.as_deref()?, r.value.as_deref()?).ok()?;
+            Some((h, ts(r)))
+        })
+        .filter(|(h, _)| h.source_cluster_alias == site && h.timestamp >= since)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_reach_every_cluster_the_site_writes_to() -> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("hbflows");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let b = format!("{prefix}-b");
+    client::create_topic(k.edge(), &b, 1, &[]).await?;
+    client::produce(k.edge(), &b, &[NewRecord::new("k", "v")]).await?;
+    let mut hub_setup = HubSetup::new(k.central())?;
+    hub_setup.clusters.push(Cluster {
+        alias: "central2".into(),
+        bootstrap: k.central2().to_owned(),
+    });
+    hub_setup.routes.push((b.clone(), "central2".into()));
+    let hub = hub_setup.start(&pki, work.path())?;
+    let since = now_ms();
+    let mut agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    agent.extra.push_str("\n[heartbeats]\ninterval_ms = 300\n");
+    let agent = agent.start(&pki, work.path())?;
+
+    // The heartbeats topic routes to `central` (the default): there it is replicated; on
+    // `central2`, where the site's other topic goes, the hub writes heartbeats naming it.
+    let hb = format!("{site}.heartbeats");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (primary, relayed) = loop {
+        let primary = heartbeats_of(k.central(), &hb, &site, since).await;
+        let relayed = heartbeats_of(k.central2(), &hb, &site, since).await;
+        let stamps: HashSet<i64> = relayed.iter().map(|(h, _)| h.timestamp).collect();
+        if primary.len() >= 3 && stamps.len() >= 3 {
+            break (primary, relayed);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "central has {} and central2 {} heartbeats of the site\n{}",
+            primary.len(),
+            relayed.len(),
+            dump_logs(&[&hub, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        primary
+            .iter()
+            .all(|(h, _)| h.target_cluster_alias == "central"),
+        "{primary:?}"
+    );
+    assert!(
+        relayed
+            .iter()
+            .all(|(h, ts)| h.target_cluster_alias == "central2" && *ts == h.timestamp),
+        "relayed heartbeats name central2 and carry the heartbeat's time: {relayed:?}"
+    );
+    // Never ahead of what the primary committed: the newest relayed, read first, is at most
+    // the newest replicated, read after.
+    let newest = |hbs: Vec<(er_protocol::Heartbeat, i64)>| {
+        hbs.iter().map(|(h, _)| h.timestamp).max().unwrap_or(0)
+    };
+    let relayed_now = newest(heartbeats_of(k.central2(), &hb, &site, since).await);
+    let primary_now = newest(heartbeats_of(k.central(), &hb, &site, since).await);
+    assert!(
+        relayed_now <= primary_now,
+        "relayed {relayed_now} is ahead of the primary's {primary_now}"
+    );
+    let config = client::topic_configs(k.central2(), &hb).await?;
+    assert_eq!(
+        config.get("cleanup.policy").map(String::as_str),
+        Some("compact"),
+        "as MM2's heartbeats topics"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_written()
 -> anyhow::Result<()> {
