@@ -436,6 +436,7 @@ impl AgentConn {
             | Frame::Batch(_)
             | Frame::GroupOffsets { .. }
             | Frame::TopicMetadata { .. }
+            | Frame::TopicAcls { .. }
             | Frame::SiteReport(_) => Err(self.unexpected(kind)),
         }
     }
@@ -713,6 +714,75 @@ impl AgentConn {
         if !chunk.is_empty() {
             self.transmit
                 .push_back((Channel::Control, Frame::TopicMetadata { topics: chunk }));
+        }
+        Ok(true)
+    }
+
+    /// Queues the literal ACL bindings of replicated edge topics on the control channel, in
+    /// frames of at most `max_frame_bytes` encoded, each holding every binding of the topics
+    /// it names (after Welcome; ignored while draining). Returns `false`, queuing nothing,
+    /// when the hub speaks a version older than [`crate::TOPIC_ACLS_VERSION`].
+    pub fn send_topic_acls(
+        &mut self,
+        mut acls: Vec<crate::frame::TopicAcl>,
+        max_frame_bytes: usize,
+    ) -> Result<bool, ProtocolError> {
+        match self.state {
+            State::Welcomed => {}
+            State::Draining => return Ok(false),
+            _ => {
+                return Err(ProtocolError::InvalidCall {
+                    call: "send_topic_acls",
+                    state: self.state.name(),
+                });
+            }
+        }
+        if self.version.is_none_or(|v| v < crate::TOPIC_ACLS_VERSION) {
+            return Ok(false);
+        }
+        for a in &acls {
+            crate::frame::check_topic_acl(a).map_err(|(field, reason)| {
+                ProtocolError::InvalidTopicAcl {
+                    topic: a.topic.clone(),
+                    field,
+                    reason,
+                }
+            })?;
+        }
+        acls.sort();
+        // Frame overhead: length prefix, type byte, binding count.
+        const FRAME: usize = 4 + 1 + 4;
+        let budget = max_frame_bytes.saturating_sub(FRAME).max(1);
+        let mut frame: Vec<crate::frame::TopicAcl> = Vec::new();
+        let mut used = 0;
+        let mut rest = acls.as_slice();
+        while let Some(first) = rest.first() {
+            // One topic's bindings stay together: a frame replaces what the hub knew of the
+            // topics it names. A topic whose bindings exceed a frame alone sends what fits.
+            let n = rest.iter().take_while(|a| a.topic == first.topic).count();
+            let (topic, tail) = rest.split_at(n);
+            rest = tail;
+            let mut size = 0;
+            let fitting = topic
+                .iter()
+                .take_while(|a| {
+                    size += a.encoded_len();
+                    size <= budget
+                })
+                .count();
+            let size: usize = topic[..fitting].iter().map(|a| a.encoded_len()).sum();
+            if used + size > budget && !frame.is_empty() {
+                let acls = std::mem::take(&mut frame);
+                self.transmit
+                    .push_back((Channel::Control, Frame::TopicAcls { acls }));
+                used = 0;
+            }
+            used += size;
+            frame.extend_from_slice(&topic[..fitting]);
+        }
+        if !frame.is_empty() {
+            self.transmit
+                .push_back((Channel::Control, Frame::TopicAcls { acls: frame }));
         }
         Ok(true)
     }

@@ -7,10 +7,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
-    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_CONFIG_NAME_BYTES,
-    MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES, MAX_REDIRECT_ADDRESS_BYTES,
-    MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
-    Position, SiteReport, TopicMetadata, TopicPartition, check_topic_metadata, frame_type,
+    Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_ACL_HOST_BYTES,
+    MAX_ACL_PRINCIPAL_BYTES, MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES,
+    MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
+    MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS, Position, SiteReport, TopicAcl, TopicMetadata,
+    TopicPartition, check_topic_acl, check_topic_metadata, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -69,6 +70,16 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
                     put_str_max(out, name, MAX_CONFIG_NAME_BYTES);
                     put_str_max(out, value, MAX_CONFIG_VALUE_BYTES);
                 }
+            }
+        }
+        Frame::TopicAcls { acls } => {
+            out.put_u32(u32::try_from(acls.len()).unwrap_or(u32::MAX));
+            for a in acls.iter().take(u32::MAX as usize) {
+                put_str(out, &a.topic);
+                put_str_max(out, &a.principal, MAX_ACL_PRINCIPAL_BYTES);
+                put_str_max(out, &a.host, MAX_ACL_HOST_BYTES);
+                out.put_u8(a.operation);
+                out.put_u8(a.permission);
             }
         }
         Frame::Batch(batch) => {
@@ -185,6 +196,16 @@ pub fn try_encode_frame(
             for t in topics {
                 check("topics.topic", &t.topic)?;
                 check_topic_metadata(t).map_err(|(field, reason)| EncodeError::InvalidField {
+                    frame: kind,
+                    field,
+                    reason,
+                })?;
+            }
+        }
+        Frame::TopicAcls { acls } => {
+            for a in acls {
+                check("acls.topic", &a.topic)?;
+                check_topic_acl(a).map_err(|(field, reason)| EncodeError::InvalidField {
                     frame: kind,
                     field,
                     reason,
@@ -319,6 +340,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::SITE_REPORT => "SiteReport",
         frame_type::STOPPED => "Stopped",
         frame_type::TOPIC_METADATA => "TopicMetadata",
+        frame_type::TOPIC_ACLS => "TopicAcls",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -410,6 +432,27 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
                 });
             }
             Frame::TopicMetadata { topics }
+        }
+        frame_type::TOPIC_ACLS => {
+            let count = r.u32("acls.count")? as usize;
+            // Smallest encoded binding: three empty strings (6) + two codes (2).
+            let mut acls = Vec::with_capacity(count.min(r.buf.len() / 8));
+            for _ in 0..count {
+                let acl = TopicAcl {
+                    topic: r.string("acls.topic")?,
+                    principal: r.bounded_string("acls.principal", MAX_ACL_PRINCIPAL_BYTES)?,
+                    host: r.bounded_string("acls.host", MAX_ACL_HOST_BYTES)?,
+                    operation: r.u8("acls.operation")?,
+                    permission: r.u8("acls.permission")?,
+                };
+                check_topic_acl(&acl).map_err(|(field, reason)| DecodeError::InvalidField {
+                    frame,
+                    field,
+                    reason,
+                })?;
+                acls.push(acl);
+            }
+            Frame::TopicAcls { acls }
         }
         frame_type::BATCH => {
             let seq = r.u64("seq")?;

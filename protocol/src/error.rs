@@ -486,6 +486,16 @@ pub enum ProtocolError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An ACL binding given to `send_topic_acls` breaks the protocol's caps.
+    #[error("ACL binding on {topic:?}: `{field}` {reason}")]
+    InvalidTopicAcl {
+        /// The topic.
+        topic: String,
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A Pong answered a Ping that was never sent.
     #[error("pong with nonce {nonce} answers no ping sent (last nonce sent: {last_sent:?})")]
     UnexpectedPong {

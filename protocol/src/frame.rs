@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 
 /// Highest (and current) protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Lowest protocol version this crate still accepts (version 2 added the heartbeat target to
 /// Welcome and the GroupOffsets frame; version 3 the Stopped frame, which a hub sends only to
 /// agents of version 3 or later).
@@ -33,6 +33,12 @@ pub const MAX_TOPIC_CONFIGS: usize = 128;
 pub const MAX_CONFIG_NAME_BYTES: usize = 255;
 /// Longest config value (in bytes) a [`Frame::TopicMetadata`] may carry.
 pub const MAX_CONFIG_VALUE_BYTES: usize = 4096;
+/// First protocol version whose hubs take [`Frame::TopicAcls`].
+pub const TOPIC_ACLS_VERSION: u16 = 4;
+/// Longest principal (`User:alice`, in bytes) a [`Frame::TopicAcls`] may carry.
+pub const MAX_ACL_PRINCIPAL_BYTES: usize = 255;
+/// Longest host (in bytes) a [`Frame::TopicAcls`] may carry.
+pub const MAX_ACL_HOST_BYTES: usize = 255;
 /// Longest message of an Error or GoAway frame the hub sends, in bytes: the text may quote what
 /// the peer sent (a topic name of 65,535 bytes, say), and is cut to this.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
@@ -120,6 +126,64 @@ impl TopicMetadata {
                 .map(|(n, v)| 4 + n.len() + v.len())
                 .sum::<usize>()
     }
+}
+
+/// An ACL binding on an edge topic as the agent reports it: literal on one topic's name, with
+/// Kafka's wire codes for the operation and permission (`AclOperation.code()`: 2 ALL, 3 READ,
+/// 4 WRITE, 5 CREATE, 6 DELETE, 7 ALTER, 8 DESCRIBE, 9 CLUSTER_ACTION, 10 DESCRIBE_CONFIGS,
+/// 11 ALTER_CONFIGS, 12 IDEMPOTENT_WRITE; `AclPermissionType.code()`: 2 DENY, 3 ALLOW).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicAcl {
+    /// Topic name at the edge.
+    pub topic: String,
+    /// Who it applies to, e.g. `User:alice` (1 to [`MAX_ACL_PRINCIPAL_BYTES`]).
+    pub principal: String,
+    /// Client host, `*` for any (1 to [`MAX_ACL_HOST_BYTES`]).
+    pub host: String,
+    /// Kafka's operation code (2..=12).
+    pub operation: u8,
+    /// Kafka's permission code (2 deny, 3 allow).
+    pub permission: u8,
+}
+
+impl TopicAcl {
+    /// Bytes this binding takes in a [`Frame::TopicAcls`].
+    pub fn encoded_len(&self) -> usize {
+        2 + self.topic.len() + 2 + self.principal.len() + 2 + self.host.len() + 2
+    }
+}
+
+/// Checks an ACL binding against the protocol's caps (the decoder's, so a frame the agent
+/// sends is one the hub reads). On error, returns the field at fault and what is wrong.
+pub(crate) fn check_topic_acl(a: &TopicAcl) -> Result<(), (&'static str, String)> {
+    if a.principal.is_empty() || a.principal.len() > MAX_ACL_PRINCIPAL_BYTES {
+        return Err((
+            "acls.principal",
+            format!(
+                "is {} bytes, not 1..={MAX_ACL_PRINCIPAL_BYTES}",
+                a.principal.len()
+            ),
+        ));
+    }
+    if a.host.is_empty() || a.host.len() > MAX_ACL_HOST_BYTES {
+        return Err((
+            "acls.host",
+            format!("is {} bytes, not 1..={MAX_ACL_HOST_BYTES}", a.host.len()),
+        ));
+    }
+    if !(2..=12).contains(&a.operation) {
+        return Err((
+            "acls.operation",
+            format!("is {}, not a Kafka operation code (2..=12)", a.operation),
+        ));
+    }
+    if !(2..=3).contains(&a.permission) {
+        return Err((
+            "acls.permission",
+            format!("is {}, not 2 (deny) or 3 (allow)", a.permission),
+        ));
+    }
+    Ok(())
 }
 
 /// What only the agent knows about its site, for the hub's fleet status: sent on the control
@@ -341,6 +405,14 @@ pub enum Frame {
         /// The topics.
         topics: Vec<TopicMetadata>,
     },
+    /// Agent -> hub, control channel, after Welcome (protocol version 4): the literal ACL
+    /// bindings on edge topics the agent replicates, for MM2-style ACL sync. Each frame
+    /// carries every binding of the topics it names (a long list spans several frames, each
+    /// holding whole topics).
+    TopicAcls {
+        /// The bindings.
+        acls: Vec<TopicAcl>,
+    },
     /// Agent -> hub, control channel, after Welcome: the agent's own figures for the hub's
     /// status (edge lag, retention gaps, plugin failures).
     SiteReport(SiteReport),
@@ -449,6 +521,7 @@ pub(crate) mod frame_type {
     pub const SITE_REPORT: u8 = 11;
     pub const STOPPED: u8 = 12;
     pub const TOPIC_METADATA: u8 = 13;
+    pub const TOPIC_ACLS: u8 = 14;
 }
 
 impl Frame {
@@ -468,6 +541,7 @@ impl Frame {
             Frame::SiteReport(_) => "SiteReport",
             Frame::Stopped { .. } => "Stopped",
             Frame::TopicMetadata { .. } => "TopicMetadata",
+            Frame::TopicAcls { .. } => "TopicAcls",
         }
     }
 
@@ -487,6 +561,7 @@ impl Frame {
             Frame::SiteReport(_) => SITE_REPORT,
             Frame::Stopped { .. } => STOPPED,
             Frame::TopicMetadata { .. } => TOPIC_METADATA,
+            Frame::TopicAcls { .. } => TOPIC_ACLS,
         }
     }
 }

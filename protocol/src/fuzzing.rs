@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, FrameDecoder,
-    GroupOffsets, HubConfig, HubConn, HubEvent, PROTOCOL_VERSION, Position, SiteReport,
+    GroupOffsets, HubConfig, HubConn, HubEvent, PROTOCOL_VERSION, Position, SiteReport, TopicAcl,
     TopicMetadata, TopicPartition, decode_frame, encode_frame,
 };
 
@@ -234,6 +234,18 @@ pub fn hub_session(data: &[u8]) {
                     .collect();
                 let frame = Frame::TopicMetadata { topics };
                 feed(&mut hub, now, &Channel::Control, frame);
+            }
+            7 if src.u8() & 1 == 0 => {
+                let acls = (0..src.u8() % 4)
+                    .map(|_| TopicAcl {
+                        topic: src.string(),
+                        principal: src.string(),
+                        host: src.string(),
+                        operation: src.u8() % 16,
+                        permission: src.u8() % 4,
+                    })
+                    .collect();
+                feed(&mut hub, now, &Channel::Control, Frame::TopicAcls { acls });
             }
             7 => {
                 let frame = Frame::SiteReport(SiteReport {

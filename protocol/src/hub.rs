@@ -55,6 +55,9 @@ pub enum HubEvent {
     /// Edge topics with their partition counts and configs (protocol version 3); each replaces
     /// what was known of its topic. Untrusted: check names and counts against the site's limits.
     TopicMetadata(Vec<crate::frame::TopicMetadata>),
+    /// Literal ACL bindings of edge topics (protocol version 4), every binding of each topic
+    /// named. Untrusted: a site may only ever ask for what the hub's ACL policy allows.
+    TopicAcls(Vec<crate::frame::TopicAcl>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,6 +275,15 @@ impl HubConn {
                     _ => return Err(self.unexpected(kind)),
                 }
                 self.events.push_back(HubEvent::TopicMetadata(topics));
+                Ok(())
+            }
+            Frame::TopicAcls { acls } => {
+                expect_control(channel)?;
+                match self.state {
+                    State::Welcomed { version } if version >= crate::TOPIC_ACLS_VERSION => {}
+                    _ => return Err(self.unexpected(kind)),
+                }
+                self.events.push_back(HubEvent::TopicAcls(acls));
                 Ok(())
             }
             Frame::Welcome { .. }

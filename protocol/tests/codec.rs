@@ -136,6 +136,26 @@ fn all_frames() -> Vec<Frame> {
             ],
         },
         Frame::TopicMetadata { topics: vec![] },
+        Frame::TopicAcls {
+            acls: vec![
+                TopicAcl {
+                    topic: "orders".into(),
+                    principal: "User:alice".into(),
+                    host: "*".into(),
+                    operation: 3,
+                    permission: 3,
+                },
+                // At the caps exactly.
+                TopicAcl {
+                    topic: "t".into(),
+                    principal: "p".repeat(MAX_ACL_PRINCIPAL_BYTES),
+                    host: "h".repeat(MAX_ACL_HOST_BYTES),
+                    operation: 12,
+                    permission: 2,
+                },
+            ],
+        },
+        Frame::TopicAcls { acls: vec![] },
         Frame::SiteReport(SiteReport {
             lag_records: Some(1_234),
             retention_gap_records: 7,
@@ -733,6 +753,28 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 })
                 .collect(),
         }),
+        proptest::collection::vec(
+            (
+                arb_string(),
+                proptest::string::string_regex(".{1,40}").unwrap(),
+                proptest::string::string_regex(".{1,40}").unwrap(),
+                2u8..=12,
+                2u8..=3
+            ),
+            0..4
+        )
+        .prop_map(|acls| Frame::TopicAcls {
+            acls: acls
+                .into_iter()
+                .map(|(topic, principal, host, operation, permission)| TopicAcl {
+                    topic,
+                    principal,
+                    host,
+                    operation,
+                    permission,
+                })
+                .collect(),
+        }),
         (
             proptest::collection::vec(
                 proptest::string::string_regex(".{1,40}").unwrap(),
@@ -899,4 +941,42 @@ fn hello_strings_are_capped_from_their_length_prefix() {
         );
         assert!(e.to_string().contains(field), "{e}");
     }
+}
+
+#[test]
+fn topic_acls_with_unknown_codes_or_empty_names_are_refused_naming_the_field() {
+    let frame = |principal: &str, host: &str, operation: u8, permission: u8| {
+        let mut b = vec![14u8];
+        b.extend_from_slice(&1u32.to_be_bytes());
+        for s in ["t", principal, host] {
+            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            b.extend_from_slice(s.as_bytes());
+        }
+        b.extend_from_slice(&[operation, permission]);
+        decode_frame_bytes(Bytes::from(b))
+    };
+    assert!(matches!(
+        frame("User:a", "*", 3, 3),
+        Ok(Frame::TopicAcls { acls }) if acls.len() == 1
+    ));
+    for (got, field) in [
+        (frame("User:a", "*", 1, 3), "acls.operation"),
+        (frame("User:a", "*", 13, 3), "acls.operation"),
+        (frame("User:a", "*", 3, 1), "acls.permission"),
+        (frame("", "*", 3, 3), "acls.principal"),
+        (frame("User:a", "", 3, 3), "acls.host"),
+    ] {
+        assert!(
+            matches!(&got, Err(DecodeError::InvalidField { frame: "TopicAcls", field: f, .. }) if *f == field),
+            "{field}: {got:?}"
+        );
+    }
+    let long = "p".repeat(MAX_ACL_PRINCIPAL_BYTES + 1);
+    assert!(matches!(
+        frame(&long, "*", 3, 3),
+        Err(DecodeError::OverLimit {
+            field: "acls.principal",
+            ..
+        })
+    ));
 }

@@ -496,8 +496,8 @@ fn version_mismatch_is_reported_to_the_agent() {
     assert!(matches!(
         err,
         ProtocolError::VersionMismatch {
-            peer_min: 4,
-            peer_max: 8,
+            peer_min: 5,
+            peer_max: 9,
             ..
         }
     ));
@@ -507,7 +507,7 @@ fn version_mismatch_is_reported_to_the_agent() {
         panic!("expected Error, got {frame:?}")
     };
     assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(message.contains("4..=8"), "{message}");
+    assert!(message.contains("5..=9"), "{message}");
     assert!(hub.is_closed());
     assert!(hub.poll_event().is_none());
 
@@ -1144,13 +1144,18 @@ fn a_stopped_partition_frees_the_agents_budget_and_its_later_batches_are_dropped
 
 /// A hub that welcomed an agent speaking only protocol version 2.
 fn version_2_hub(now: Instant) -> HubConn {
+    hub_at_version(now, 2)
+}
+
+/// A hub welcomed by an agent that speaks only protocol `version`.
+fn hub_at_version(now: Instant, version: u16) -> HubConn {
     let mut hub = HubConn::new(hub_config(), "edge1".into(), now);
     hub.handle_frame(
         now,
         &Channel::Control,
         Frame::Hello {
-            min_version: 2,
-            max_version: 2,
+            min_version: version,
+            max_version: version,
             agent_version: "old".into(),
             site_claim: "edge1".into(),
         },
@@ -1287,6 +1292,97 @@ fn topic_metadata_reaches_a_version_3_hub_in_frames_and_never_a_version_2_one() 
             e,
             ProtocolError::UnexpectedFrame {
                 frame: "TopicMetadata",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn topic_acls_reach_a_version_4_hub_whole_topics_per_frame_and_never_an_older_one() {
+    let now = Instant::now();
+    let acl = |topic: &str, principal: &str| TopicAcl {
+        topic: topic.into(),
+        principal: format!("User:{principal}"),
+        host: "*".into(),
+        operation: 3,
+        permission: 3,
+    };
+    let welcomed_agent = |version| {
+        let mut agent = AgentConn::new(agent_config(), now);
+        while agent.poll_transmit().is_some() {}
+        agent
+            .handle_frame(
+                now,
+                &Channel::Control,
+                Frame::Welcome {
+                    version,
+                    site: "edge1".into(),
+                    hub_id: "h".into(),
+                    positions: vec![],
+                    max_batch_bytes: 1 << 20,
+                    heartbeat_target: "central".into(),
+                },
+            )
+            .unwrap();
+        agent
+    };
+
+    // Version 4: three bindings of `a`, one of `b`; a frame fits three bindings, so `a`'s go
+    // together and `b`'s in the next frame.
+    let mut agent = welcomed_agent(4);
+    let all = vec![acl("b", "x"), acl("a", "x"), acl("a", "y"), acl("a", "z")];
+    let three = 9 + 3 * acl("a", "x").encoded_len();
+    assert!(agent.send_topic_acls(all.clone(), three).unwrap());
+    let mut hub = welcomed_hub(now, vec![]);
+    let mut frames = Vec::new();
+    while let Some((ch, frame)) = agent.poll_transmit() {
+        let Frame::TopicAcls { acls } = &frame else {
+            continue;
+        };
+        let mut b = BytesMut::new();
+        encode_frame(&frame, &mut b);
+        assert!(b.len() <= three, "{} > {three}", b.len());
+        hub.handle_frame(now, &ch, frame.clone()).unwrap();
+        while let Some(ev) = hub.poll_event() {
+            if let HubEvent::TopicAcls(got) = ev {
+                assert_eq!(&got, acls);
+                frames.push(got);
+            }
+        }
+    }
+    let topics: Vec<Vec<&str>> = frames
+        .iter()
+        .map(|f| f.iter().map(|a| a.topic.as_str()).collect())
+        .collect();
+    assert_eq!(topics, [vec!["a", "a", "a"], vec!["b"]]);
+
+    // Caps are the caller's error, before anything is queued.
+    let mut bad = acl("c", "x");
+    bad.permission = 1;
+    assert!(matches!(
+        agent.send_topic_acls(vec![bad], three),
+        Err(ProtocolError::InvalidTopicAcl {
+            field: "acls.permission",
+            ..
+        })
+    ));
+    assert!(agent.poll_transmit().is_none());
+
+    // Version 3: the agent queues nothing, and a hub refuses the frame on such a session.
+    let mut agent = welcomed_agent(3);
+    assert!(!agent.send_topic_acls(all.clone(), three).unwrap());
+    assert!(agent.poll_transmit().is_none());
+    let mut hub = hub_at_version(now, 3);
+    let e = hub
+        .handle_frame(now, &Channel::Control, Frame::TopicAcls { acls: all })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProtocolError::UnexpectedFrame {
+                frame: "TopicAcls",
                 ..
             }
         ),
