@@ -304,6 +304,11 @@ pub struct TopicsConfig {
     /// `sync.topic.configs.interval.seconds`).
     #[serde(default = "default_metadata_interval_ms")]
     pub metadata_interval_ms: u64,
+    /// Report the literal ACL bindings of replicated topics to the hub, with their metadata
+    /// (MM2's `sync.topic.acls.enabled`; the hub's `acl_sync` decides what it creates). Needs
+    /// DESCRIBE on the edge cluster; an edge without an authorizer has none to report.
+    #[serde(default = "default_true")]
+    pub sync_acls: bool,
 }
 
 impl Default for TopicsConfig {
@@ -314,6 +319,7 @@ impl Default for TopicsConfig {
             refresh_interval_ms: default_refresh_interval_ms(),
             sync_metadata: true,
             metadata_interval_ms: default_metadata_interval_ms(),
+            sync_acls: true,
         }
     }
 }
@@ -585,6 +591,12 @@ impl Validated {
     /// on and no plugin chain takes the topic (its records may go to other topics).
     pub fn reports_metadata(&self, topic: &str) -> bool {
         self.raw.topics.sync_metadata && self.route_for(topic).is_none()
+    }
+
+    /// Whether `topic`'s ACL bindings are reported to the hub: reporting is on and no plugin
+    /// chain takes the topic (its records may land in topics of other names).
+    pub fn reports_acls(&self, topic: &str) -> bool {
+        self.raw.topics.sync_acls && self.route_for(topic).is_none()
     }
 
     /// Linger of batches.

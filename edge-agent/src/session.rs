@@ -448,11 +448,17 @@ impl Session<'_> {
                 }
                 m = self.inbound.1.recv() => self.handle_inbound(m)?,
                 t = topics_rx.recv() => {
-                    let Discovered { set, metadata } = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
+                    let Discovered { set, metadata, acls } = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
                     if let Some(m) = metadata {
                         let n = m.len();
                         if self.proto.send_topic_metadata(m, METADATA_FRAME_BYTES)? {
                             debug!(topics = n, "topic metadata reported to the hub");
+                        }
+                    }
+                    if let Some(a) = acls {
+                        let n = a.len();
+                        if self.proto.send_topic_acls(a, METADATA_FRAME_BYTES)? {
+                            debug!(bindings = n, "topic ACLs reported to the hub");
                         }
                     }
                     let added: Vec<source::StartPartition> = source::partitions(&set)
@@ -807,11 +813,12 @@ const METADATA_FRAME_BYTES: usize = 1024 * 1024;
 struct Discovered {
     set: TopicSet,
     metadata: Option<Vec<er_protocol::TopicMetadata>>,
+    acls: Option<Vec<er_protocol::TopicAcl>>,
 }
 
 /// Looks for selected topics (minus those `guard` refuses) now and then every refresh
-/// interval; sends each result that differs from the last, and the topics' metadata when it
-/// changed or `topics.metadata_interval_ms` passed.
+/// interval; sends each result that differs from the last, and the topics' metadata and ACL
+/// bindings when they changed or `topics.metadata_interval_ms` passed.
 fn spawn_discovery(
     cfg: Validated,
     discovery: Arc<Discovery>,
@@ -822,6 +829,7 @@ fn spawn_discovery(
     tokio::spawn(async move {
         let mut last: Option<TopicSet> = None;
         let mut last_metadata: Option<(Vec<er_protocol::TopicMetadata>, Instant)> = None;
+        let mut last_acls: Option<(Vec<er_protocol::TopicAcl>, Instant)> = None;
         loop {
             let d = discovery.clone();
             let c = cfg.clone();
@@ -846,9 +854,34 @@ fn spawn_discovery(
                     } else {
                         None
                     };
-                    if last.as_ref() != Some(&set) || metadata.is_some() {
+                    let acls = if cfg.raw.topics.sync_acls {
+                        let (d, c, s) = (discovery.clone(), cfg.clone(), set.clone());
+                        let listed = tokio::task::spawn_blocking(move || {
+                            d.topic_acls(&c, &s, Duration::from_secs(10))
+                        })
+                        .await
+                        .expect("listing ACLs panicked");
+                        listed
+                            .filter(|a| {
+                                last_acls.as_ref().is_none_or(|(old, at)| {
+                                    old != a || at.elapsed() >= cfg.metadata_interval()
+                                })
+                            })
+                            .inspect(|a| last_acls = Some((a.clone(), Instant::now())))
+                    } else {
+                        None
+                    };
+                    if last.as_ref() != Some(&set) || metadata.is_some() || acls.is_some() {
                         last = Some(set.clone());
-                        if tx.send(Ok(Discovered { set, metadata })).await.is_err() {
+                        if tx
+                            .send(Ok(Discovered {
+                                set,
+                                metadata,
+                                acls,
+                            }))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

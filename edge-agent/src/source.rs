@@ -105,6 +105,8 @@ pub struct Discovery {
     admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     /// Whether describing configs failed once (logged once per process).
     describe_failed: std::sync::atomic::AtomicBool,
+    /// Whether listing ACLs failed once (logged once per process).
+    acls_failed: std::sync::atomic::AtomicBool,
     /// Topics already reported as skipped (logged and counted once per process).
     skipped: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -122,6 +124,7 @@ impl Discovery {
             client: base_config(cfg).create()?,
             admin: base_config(cfg).create()?,
             describe_failed: Default::default(),
+            acls_failed: Default::default(),
             skipped: Default::default(),
         })
     }
@@ -196,6 +199,37 @@ impl Discovery {
                 }
             })
             .collect()
+    }
+
+    /// The ACL bindings of the topics of `set` that `cfg` reports, as MM2 syncs them (see
+    /// [`mm2_topic_acls`]); `None` when they cannot be listed (an edge without an authorizer,
+    /// or a principal without DESCRIBE on the cluster: logged once). Blocking.
+    pub fn topic_acls(
+        &self,
+        cfg: &Validated,
+        set: &TopicSet,
+        timeout: Duration,
+    ) -> Option<Vec<er_protocol::TopicAcl>> {
+        match er_kafka_admin::describe_topic_acls(&self.admin, timeout) {
+            Ok(all) => Some(mm2_topic_acls(all, |t| {
+                set.contains_key(t) && cfg.reports_acls(t)
+            })),
+            Err(e) => {
+                if !self
+                    .acls_failed
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    if e.is_security_disabled() {
+                        tracing::info!(
+                            "the edge cluster has no authorizer: no topic ACLs to sync (logged once)"
+                        );
+                    } else {
+                        tracing::warn!(error = %e, "cannot list the edge topics' ACLs; none are synced (logged once)");
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// Fetches metadata and returns the selected topics with their partition counts, minus
@@ -858,6 +892,42 @@ pub fn partitions(topics: &TopicSet) -> impl Iterator<Item = (TopicPartition, i3
         .flat_map(|(t, n)| (0..*n).map(move |p| (TopicPartition::new(t.clone(), p), *n)))
 }
 
+/// The bindings MM2 syncs (`MirrorSourceConnector.syncTopicAcls`): literal ones on topics
+/// `replicated` keeps, except ALLOW WRITE (only the replicator writes remote topics), with
+/// ALLOW ALL narrowed to READ; sorted, each once, within the protocol's caps.
+pub fn mm2_topic_acls(
+    all: Vec<er_kafka_admin::TopicAcl>,
+    replicated: impl Fn(&str) -> bool,
+) -> Vec<er_protocol::TopicAcl> {
+    use er_kafka_admin::{AclOperation, AclPermission, PatternType};
+    let mut out: Vec<er_protocol::TopicAcl> = all
+        .into_iter()
+        .filter(|a| a.pattern == PatternType::Literal && replicated(&a.topic))
+        .filter(|a| !(a.permission == AclPermission::Allow && a.operation == AclOperation::Write))
+        .filter(|a| {
+            (1..=er_protocol::MAX_ACL_PRINCIPAL_BYTES).contains(&a.principal.len())
+                && (1..=er_protocol::MAX_ACL_HOST_BYTES).contains(&a.host.len())
+                && (2..=12).contains(&a.operation.code())
+        })
+        .map(|a| {
+            let operation = match (a.permission, a.operation) {
+                (AclPermission::Allow, AclOperation::All) => AclOperation::Read,
+                (_, op) => op,
+            };
+            er_protocol::TopicAcl {
+                topic: a.topic,
+                principal: a.principal,
+                host: a.host,
+                operation: operation.code(),
+                permission: a.permission.code(),
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -978,5 +1048,37 @@ mod tests {
             identity.check("central.heartbeats"),
             Some(SkipReason::FromDestination)
         );
+    }
+
+    #[test]
+    fn acls_are_synced_as_mm2_does() {
+        use er_kafka_admin::{AclOperation as Op, AclPermission as Perm, PatternType, TopicAcl};
+        let acl = |topic: &str, pattern, principal: &str, operation, permission| TopicAcl {
+            topic: topic.into(),
+            pattern,
+            principal: principal.into(),
+            host: "*".into(),
+            operation,
+            permission,
+        };
+        let got = mm2_topic_acls(
+            vec![
+                acl("t", PatternType::Literal, "User:a", Op::Read, Perm::Allow),
+                acl("t", PatternType::Literal, "User:b", Op::Write, Perm::Allow),
+                acl("t", PatternType::Literal, "User:c", Op::All, Perm::Allow),
+                acl("t", PatternType::Literal, "User:d", Op::Write, Perm::Deny),
+                acl("t", PatternType::Prefixed, "User:e", Op::Read, Perm::Allow),
+                acl("u", PatternType::Literal, "User:f", Op::Read, Perm::Allow),
+                acl("t", PatternType::Literal, "User:c", Op::Read, Perm::Allow),
+            ],
+            |t| t == "t",
+        );
+        let got: Vec<(&str, u8, u8)> = got
+            .iter()
+            .map(|a| (a.principal.as_str(), a.operation, a.permission))
+            .collect();
+        // READ 3, WRITE 4; ALLOW 3, DENY 2. ALL narrowed to READ, and then the same as c's
+        // own READ binding: once.
+        assert_eq!(got, [("User:a", 3, 3), ("User:c", 3, 3), ("User:d", 4, 2)]);
     }
 }

@@ -73,6 +73,9 @@ pub struct HubConfig {
     /// Remote topics shaped after the edge's (as MM2's `sync.topic.configs.*`).
     #[serde(default)]
     pub topic_sync: TopicSyncConfig,
+    /// Edge topics' READ ACLs mirrored onto remote topics (as MM2's `sync.topic.acls.*`).
+    #[serde(default)]
+    pub acl_sync: AclSyncConfig,
     /// The Prometheus endpoint; absent (or `listen` unset) serves none.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -225,6 +228,46 @@ fn default_sync_exclude() -> Vec<String> {
 }
 fn default_sync_min_interval_ms() -> u64 {
     10_000
+}
+
+/// Edge topics' ACLs mirrored onto their remote topics (MM2's `sync.topic.acls.enabled`): the
+/// agent reports the literal bindings of its replicated topics; the hub creates, on the
+/// remote topic, the ALLOW READ and ALLOW DESCRIBE ones (ALL counts as READ) of principals
+/// `principals` matches. A site is not trusted with more: no WRITE (MM2 never syncs it), no
+/// DENY (one could lock the hub out of a topic its shared transactions write), nothing on
+/// topics that are not the site's own. Bindings are only added, never removed (as MM2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclSyncConfig {
+    /// Off by default: an edge ACL decides who reads central data, so the central operator
+    /// opts in. Needs ALTER on the central cluster for the hub's principal, and DESCRIBE on
+    /// the edge cluster for the agent's. Never under the identity policy (remote topics are
+    /// shared).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Whole-name regex of the principals a site may grant access to.
+    #[serde(default = "default_acl_principals")]
+    pub principals: String,
+    /// Most bindings of one site the hub creates per report; more are dropped and logged.
+    #[serde(default = "default_max_acls_per_site")]
+    pub max_per_site: usize,
+}
+
+impl Default for AclSyncConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            principals: default_acl_principals(),
+            max_per_site: default_max_acls_per_site(),
+        }
+    }
+}
+
+fn default_acl_principals() -> String {
+    "User:.+".to_owned()
+}
+fn default_max_acls_per_site() -> usize {
+    1_000
 }
 
 /// Consumer-group offset translation for failover.
@@ -675,6 +718,8 @@ pub struct Validated {
     pub identity_allow: std::sync::Arc<Vec<(Regex, Regex)>>,
     /// `topic_sync.include` / `exclude`, compiled.
     pub topic_config_filter: std::sync::Arc<crate::topic_sync::ConfigFilter>,
+    /// `acl_sync.principals`, compiled.
+    pub acl_principals: Regex,
 }
 
 /// A route ready to match.
@@ -1019,6 +1064,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             "must be greater than 0".into(),
         ));
     }
+    let acl_principals =
+        whole_match(&raw.acl_sync.principals).map_err(|m| invalid("acl_sync.principals", m))?;
     for c in &raw.clusters {
         for (k, v) in &c.topic_configs {
             if k.is_empty() || v.is_empty() {
@@ -1041,6 +1088,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         crl_poll_interval,
         identity_allow: std::sync::Arc::new(identity_allow),
         topic_config_filter: std::sync::Arc::new(topic_config_filter),
+        acl_principals,
     })
 }
 

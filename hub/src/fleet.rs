@@ -184,6 +184,7 @@ impl Fleet {
             topics.clone(),
             config.topic_config_filter.clone(),
             std::time::Duration::from_millis(raw.topic_sync.min_interval_ms),
+            raw.acl_sync.max_per_site,
         );
         Ok(Self {
             config,

@@ -457,6 +457,20 @@ impl TopicManager {
             })
     }
 
+    /// Creates ACL bindings (CreateAcls; one that exists already is no error). One request;
+    /// each binding's result, in order. Blocking.
+    pub fn create_topic_acls(
+        &self,
+        acls: &[er_kafka_admin::TopicAcl],
+    ) -> Result<Vec<Result<(), String>>, KafkaOpError> {
+        er_kafka_admin::create_topic_acls(&self.admin, acls, ADMIN_TIMEOUT).map_err(|e| {
+            KafkaOpError::Layout {
+                cluster: self.cluster.alias.clone(),
+                message: e.to_string(),
+            }
+        })
+    }
+
     /// Every topic of the cluster with its partition count (one metadata request).
     fn all_partition_counts(&self) -> Result<HashMap<String, i32>, KafkaOpError> {
         let md = self

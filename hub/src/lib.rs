@@ -5,6 +5,7 @@
 //! The binary (`hub --config hub.toml`) is a thin wrapper over [`Hub`]; the quickstart and the
 //! tests run the same code in-process.
 
+pub mod acl_sync;
 pub mod admission;
 pub mod checkpoints;
 pub mod config;

@@ -95,6 +95,10 @@ pub const TOPIC_REPORTS_DROPPED: &str = "er_hub_topic_reports_dropped_total";
 /// Heartbeats the hub wrote on a destination cluster other than the one the site's
 /// `heartbeats` topic is replicated to ([`crate::heartbeats`]).
 pub const HEARTBEATS_RELAYED: &str = "er_hub_heartbeats_relayed_total";
+/// ACL bindings created on remote topics to follow the edge's (`acl_sync`).
+pub const TOPIC_ACLS_CREATED: &str = "er_hub_topic_acls_created_total";
+/// Edge ACL bindings a site reported that the hub does not create (`acl_sync` rules).
+pub const TOPIC_ACLS_REFUSED: &str = "er_hub_topic_acls_refused_total";
 /// Always 1; the `version` label carries the hub's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -196,6 +200,14 @@ fn describe() {
         "Commit time minus the timestamp of the oldest record of each committed batch (the edge clock; clamped at 0)."
     );
     describe_counter!(CHECKPOINTS_WRITTEN, "MM2 checkpoints written.");
+    describe_counter!(
+        TOPIC_ACLS_CREATED,
+        "ACL bindings created on remote topics to follow the edge's (acl_sync)."
+    );
+    describe_counter!(
+        TOPIC_ACLS_REFUSED,
+        "Edge ACL bindings a site reported that the hub does not create: not ALLOW READ/DESCRIBE, a principal acl_sync.principals refuses, no topic of the site's own, or over acl_sync.max_per_site."
+    );
     describe_counter!(
         HEARTBEATS_RELAYED,
         "MM2 heartbeats written on a destination cluster other than the one a site's heartbeats topic replicates to."
@@ -643,6 +655,18 @@ pub fn topics_synced(site: &str, created: usize) {
 /// Counts remote topic configs changed for `site`.
 pub fn topic_configs_changed(site: &str, changes: usize) {
     counter!(TOPIC_CONFIG_CHANGES, "site" => site.to_owned()).increment(changes as u64);
+}
+
+/// Counts ACL bindings created on `site`'s remote topics.
+pub fn topic_acls_created(site: &str, created: usize) {
+    counter!(TOPIC_ACLS_CREATED, "site" => site.to_owned()).increment(created as u64);
+}
+
+/// Counts edge ACL bindings of `site` the hub refused.
+pub fn topic_acls_refused(site: &str, refused: usize) {
+    if refused > 0 {
+        counter!(TOPIC_ACLS_REFUSED, "site" => site.to_owned()).increment(refused as u64);
+    }
 }
 
 /// Counts a site's topic report dropped at a full syncer queue.

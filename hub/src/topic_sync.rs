@@ -6,8 +6,12 @@
 //! site's limits, only configs `topic_sync.include` lists (and `exclude` does not) are kept,
 //! and a site's reports are applied at most once per `topic_sync.min_interval_ms`, merged in
 //! between, so the memory and the admin requests a site can cause are bounded.
+//!
+//! The same worker creates the ACL bindings [`crate::acl_sync`] admitted, at the same pace:
+//! each binding once per hub process (creating one that exists is no error, so a restarted
+//! hub creates them again harmlessly), at most `acl_sync.max_per_site` remembered per site.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,10 +126,26 @@ pub struct SiteTopics {
     pub topics: Vec<Wanted>,
 }
 
+/// ACL bindings a site's report asks for, admitted by [`crate::acl_sync::admit`].
+#[derive(Debug)]
+pub struct SiteAcls {
+    /// The site.
+    pub site: String,
+    /// The bindings to create.
+    pub grants: Vec<crate::acl_sync::Grant>,
+}
+
+/// What the syncer is handed.
+#[derive(Debug)]
+enum Report {
+    Topics(SiteTopics),
+    Acls(SiteAcls),
+}
+
 /// The hub's handle to its topic syncer.
 #[derive(Debug, Clone)]
 pub struct TopicSync {
-    tx: mpsc::Sender<SiteTopics>,
+    tx: mpsc::Sender<Report>,
 }
 
 impl TopicSync {
@@ -136,35 +156,66 @@ impl TopicSync {
         managers: Vec<Arc<TopicManager>>,
         filter: Arc<ConfigFilter>,
         min_interval: Duration,
+        max_acls_per_site: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        rt.spawn(run(managers, filter, min_interval, rx));
+        rt.spawn(run(managers, filter, min_interval, max_acls_per_site, rx));
         Self { tx }
     }
 
     /// Hands a site's report on; `false` when the queue is full (the report is dropped).
     pub fn report(&self, topics: SiteTopics) -> bool {
-        self.tx.try_send(topics).is_ok()
+        self.tx.try_send(Report::Topics(topics)).is_ok()
     }
+
+    /// Hands a site's admitted ACL bindings on; `false` when the queue is full (dropped: the
+    /// agent reports them again).
+    pub fn report_acls(&self, acls: SiteAcls) -> bool {
+        self.tx.try_send(Report::Acls(acls)).is_ok()
+    }
+}
+
+/// A site's ACL bindings waiting, and those created by this process.
+#[derive(Debug, Default)]
+struct SiteAclState {
+    pending: BTreeSet<crate::acl_sync::Grant>,
+    created: HashSet<crate::acl_sync::Grant>,
 }
 
 async fn run(
     managers: Vec<Arc<TopicManager>>,
     filter: Arc<ConfigFilter>,
     min_interval: Duration,
-    mut rx: mpsc::Receiver<SiteTopics>,
+    max_acls_per_site: usize,
+    mut rx: mpsc::Receiver<Report>,
 ) {
     let mut pending: HashMap<String, HashMap<(usize, String), Wanted>> = HashMap::new();
+    let mut acls: HashMap<String, SiteAclState> = HashMap::new();
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = rx.recv() => {
-                let Some(report) = r else { return };
-                let site = pending.entry(report.site).or_default();
-                for w in report.topics {
-                    site.insert((w.cluster, w.topic.clone()), w);
+                match r {
+                    None => return,
+                    Some(Report::Topics(report)) => {
+                        let site = pending.entry(report.site).or_default();
+                        for w in report.topics {
+                            site.insert((w.cluster, w.topic.clone()), w);
+                        }
+                    }
+                    Some(Report::Acls(report)) => {
+                        let site = acls.entry(report.site).or_default();
+                        for g in report.grants {
+                            if site.pending.len() + site.created.len() >= max_acls_per_site {
+                                break;
+                            }
+                            if !site.created.contains(&g) {
+                                site.pending.insert(g);
+                            }
+                        }
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -188,10 +239,79 @@ async fn run(
                         tracing::error!(site, error = %e, "topic sync panicked");
                     }
                 }
+                let due: Vec<String> = acls
+                    .iter()
+                    .filter(|(s, a)| {
+                        !a.pending.is_empty()
+                            && last.get(*s).is_none_or(|t| t.elapsed() >= min_interval)
+                    })
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for site in due {
+                    let Some(state) = acls.get_mut(&site) else { continue };
+                    let grants: Vec<_> = std::mem::take(&mut state.pending).into_iter().collect();
+                    last.insert(site.clone(), Instant::now());
+                    let managers = managers.clone();
+                    let s = site.clone();
+                    let created = tokio::task::spawn_blocking(move || {
+                        create_acls(&managers, &s, grants)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    state.created.extend(created);
+                }
                 last.retain(|_, t| t.elapsed() < min_interval);
             }
         }
     }
+}
+
+/// Creates one site's admitted ACL bindings, per cluster; returns those created. Blocking.
+fn create_acls(
+    managers: &[Arc<TopicManager>],
+    site: &str,
+    grants: Vec<crate::acl_sync::Grant>,
+) -> Vec<crate::acl_sync::Grant> {
+    let mut by_cluster: BTreeMap<usize, Vec<crate::acl_sync::Grant>> = BTreeMap::new();
+    for g in grants {
+        by_cluster.entry(g.cluster).or_default().push(g);
+    }
+    let mut created = Vec::new();
+    for (cluster, grants) in by_cluster {
+        let Some(tm) = managers.get(cluster) else {
+            continue;
+        };
+        let bindings: Vec<_> = grants.iter().map(|g| g.acl.clone()).collect();
+        match tm.create_topic_acls(&bindings) {
+            Ok(results) => {
+                let mut n = 0;
+                for (g, res) in grants.into_iter().zip(results) {
+                    match res {
+                        Ok(()) => {
+                            n += 1;
+                            created.push(g);
+                        }
+                        Err(e) => {
+                            tracing::warn!(site, cluster = tm.alias(), acl = %g.acl, error = %e, "the central cluster refused an ACL binding; the agent's next report tries again");
+                        }
+                    }
+                }
+                if n > 0 {
+                    tracing::info!(
+                        site,
+                        cluster = tm.alias(),
+                        bindings = n,
+                        "remote topic ACLs synced from the edge"
+                    );
+                    crate::metrics::topic_acls_created(site, n);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(site, cluster = tm.alias(), error = %e, "cannot create remote topic ACLs; the agent's next report tries again");
+            }
+        }
+    }
+    created
 }
 
 /// Creates, grows and configures one site's remote topics. Blocking.

@@ -141,6 +141,39 @@ trait Named: Sized + Copy + PartialEq + 'static {
     }
 }
 
+impl AclOperation {
+    /// Kafka's wire code (`AclOperation.code()`): 0 UNKNOWN, 1 ANY, 2 ALL, 3 READ, 4 WRITE,
+    /// 5 CREATE, 6 DELETE, 7 ALTER, 8 DESCRIBE, 9 CLUSTER_ACTION, 10 DESCRIBE_CONFIGS,
+    /// 11 ALTER_CONFIGS, 12 IDEMPOTENT_WRITE.
+    pub fn code(self) -> u8 {
+        match self {
+            AclOperation::Unknown => 0,
+            AclOperation::Any => 1,
+            AclOperation::All => 2,
+            AclOperation::Read => 3,
+            AclOperation::Write => 4,
+            AclOperation::Create => 5,
+            AclOperation::Delete => 6,
+            AclOperation::Alter => 7,
+            AclOperation::Describe => 8,
+            AclOperation::ClusterAction => 9,
+            AclOperation::DescribeConfigs => 10,
+            AclOperation::AlterConfigs => 11,
+            AclOperation::IdempotentWrite => 12,
+        }
+    }
+}
+
+impl AclPermission {
+    /// Kafka's wire code (`AclPermissionType.code()`): 2 DENY, 3 ALLOW.
+    pub fn code(self) -> u8 {
+        match self {
+            AclPermission::Deny => 2,
+            AclPermission::Allow => 3,
+        }
+    }
+}
+
 impl Named for AclOperation {
     const KIND: &'static str = "ACL operation";
     const NAMES: &'static [(Self, &'static str)] = &[

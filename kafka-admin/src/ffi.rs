@@ -884,6 +884,8 @@ mod tests {
             let name = unsafe { text(rd::rd_kafka_AclOperation_name(rd_operation(op))) };
             assert_eq!(name, op.to_string());
             assert_eq!(operation(rd_operation(op)), op);
+            // librdkafka's values are Kafka's wire codes.
+            assert_eq!(rd_operation(op) as u8, op.code(), "{op}");
         }
         for p in PATTERNS {
             // SAFETY: as above.
@@ -896,6 +898,7 @@ mod tests {
             let name = unsafe { text(rd::rd_kafka_AclPermissionType_name(rd_permission(p))) };
             assert_eq!(name, p.to_string());
             assert_eq!(permission(rd_permission(p)), Some(p));
+            assert_eq!(rd_permission(p) as u8, p.code(), "{p}");
         }
     }
 

@@ -195,6 +195,10 @@ impl Session<'_> {
                 Ok(())
             }
             HubEvent::TopicMetadata(topics) => self.on_topic_metadata(topics),
+            HubEvent::TopicAcls(acls) => {
+                self.on_topic_acls(&acls);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -202,6 +206,45 @@ impl Session<'_> {
     /// The agent's edge topics (untrusted): each is counted against the site's topic limit
     /// and checked against the partition limit, as a batch of it would be; what passes goes
     /// to the topic syncer with only the configs `topic_sync` lets a site set.
+    /// Edge ACL bindings: those [`crate::acl_sync::admit`] keeps go to the topic syncer.
+    fn on_topic_acls(&mut self, acls: &[er_protocol::TopicAcl]) {
+        let config = &self.hub.fleet.config;
+        if !config.raw.acl_sync.enabled {
+            return;
+        }
+        let admitted = crate::acl_sync::admit(config, &self.site.alias, acls);
+        crate::metrics::topic_acls_refused(
+            &self.site.alias,
+            admitted.refused + admitted.over_limit,
+        );
+        if admitted.over_limit > 0 {
+            tracing::warn!(
+                over = admitted.over_limit,
+                max = config.raw.acl_sync.max_per_site,
+                "the site reports more ACL bindings than acl_sync.max_per_site; the rest are not created"
+            );
+        }
+        debug!(
+            reported = acls.len(),
+            admitted = admitted.grants.len(),
+            refused = admitted.refused,
+            "topic ACLs reported"
+        );
+        if admitted.grants.is_empty() {
+            return;
+        }
+        let report = crate::topic_sync::SiteAcls {
+            site: self.site.alias.clone(),
+            grants: admitted.grants,
+        };
+        if !self.hub.fleet.topic_sync.report_acls(report) {
+            crate::metrics::topic_report_dropped();
+            tracing::warn!(
+                "the topic syncer's queue is full; this report of the site's ACLs is dropped (the agent sends them again)"
+            );
+        }
+    }
+
     fn on_topic_metadata(
         &mut self,
         topics: Vec<er_protocol::TopicMetadata>,
