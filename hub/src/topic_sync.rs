@@ -191,6 +191,8 @@ async fn run(
 ) {
     let mut pending: HashMap<String, HashMap<(usize, String), Wanted>> = HashMap::new();
     let mut acls: HashMap<String, SiteAclState> = HashMap::new();
+    // ACLs keep their own pace: a site reporting topics often must not starve its ACLs.
+    let mut last_acls: HashMap<String, Instant> = HashMap::new();
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,14 +245,14 @@ async fn run(
                     .iter()
                     .filter(|(s, a)| {
                         !a.pending.is_empty()
-                            && last.get(*s).is_none_or(|t| t.elapsed() >= min_interval)
+                            && last_acls.get(*s).is_none_or(|t| t.elapsed() >= min_interval)
                     })
                     .map(|(s, _)| s.clone())
                     .collect();
                 for site in due {
                     let Some(state) = acls.get_mut(&site) else { continue };
                     let grants: Vec<_> = std::mem::take(&mut state.pending).into_iter().collect();
-                    last.insert(site.clone(), Instant::now());
+                    last_acls.insert(site.clone(), Instant::now());
                     let managers = managers.clone();
                     let s = site.clone();
                     let created = tokio::task::spawn_blocking(move || {
@@ -261,6 +263,7 @@ async fn run(
                     state.created.extend(created);
                 }
                 last.retain(|_, t| t.elapsed() < min_interval);
+                last_acls.retain(|_, t| t.elapsed() < min_interval);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Runs the real `hub` and `edge-agent` binaries for end-to-end tests: configs, PKI, processes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -241,6 +242,16 @@ pub fn digest(text: &str, n: usize) -> String {
     )
 }
 
+/// `key = value` TOML pairs of string `properties`, joined by `separator` (`", "` for an
+/// inline table, `"\n"` for a table's lines). Keys are quoted: librdkafka's hold dots.
+pub fn toml_pairs(properties: &[(String, String)], separator: &str) -> String {
+    properties
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}"))
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
 /// A central cluster as the hub config names it.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -263,6 +274,9 @@ pub struct HubSetup {
     pub clusters: Vec<Cluster>,
     /// `(topic regex, cluster alias)` routes.
     pub routes: Vec<(String, String)>,
+    /// Extra librdkafka properties (`[[clusters]] properties`) by cluster alias, e.g. a SASL
+    /// login for a secured central cluster. Kept out of [`Cluster`] so its literals stay valid.
+    pub cluster_properties: BTreeMap<String, Vec<(String, String)>>,
     /// Extra TOML appended verbatim.
     pub extra: String,
 }
@@ -279,6 +293,7 @@ impl HubSetup {
                 bootstrap: central.into(),
             }],
             routes: Vec::new(),
+            cluster_properties: BTreeMap::new(),
             extra: String::new(),
         })
     }
@@ -297,9 +312,13 @@ impl HubSetup {
         for c in &self.clusters {
             let _ = write!(
                 s,
-                "[[clusters]]\nalias = {:?}\nbootstrap_servers = {:?}\nreplication_factor = 1\n\n",
+                "[[clusters]]\nalias = {:?}\nbootstrap_servers = {:?}\nreplication_factor = 1\n",
                 c.alias, c.bootstrap
             );
+            if let Some(properties) = self.cluster_properties.get(&c.alias) {
+                let _ = writeln!(s, "properties = {{ {} }}", toml_pairs(properties, ", "));
+            }
+            s.push('\n');
         }
         for (topics, cluster) in &self.routes {
             let _ = write!(
@@ -341,6 +360,8 @@ pub struct AgentSetup {
     pub include: Vec<String>,
     /// Discovery interval.
     pub refresh_interval_ms: u64,
+    /// Extra TOML lines inside the [topics] table (e.g. `metadata_interval_ms = 1000`).
+    pub topics_extra: String,
     /// Records per batch.
     pub max_records: usize,
     /// Extra TOML appended verbatim (after the [batching] table).
@@ -359,6 +380,7 @@ impl AgentSetup {
             more_hub_ports: Vec::new(),
             include: vec![include.to_owned()],
             refresh_interval_ms: 2_000,
+            topics_extra: String::new(),
             max_records: 2_000,
             extra: std::env::var("ER_AGENT_EXTRA_TOML").unwrap_or_default(),
             cert_name: None,
@@ -378,11 +400,12 @@ impl AgentSetup {
             format!("{all:?}")
         };
         format!(
-            "site = {:?}\n\n[kafka]\nbootstrap_servers = {:?}\n\n[topics]\ninclude = {:?}\nrefresh_interval_ms = {}\n\n[hub]\naddress = {}\nserver_name = \"localhost\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nreconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 2000\n\n[batching]\nmax_records = {}\nlinger_ms = 10\n{}",
+            "site = {:?}\n\n[kafka]\nbootstrap_servers = {:?}\n\n[topics]\ninclude = {:?}\nrefresh_interval_ms = {}\n{}\n[hub]\naddress = {}\nserver_name = \"localhost\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nreconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 2000\n\n[batching]\nmax_records = {}\nlinger_ms = 10\n{}",
             self.site,
             self.edge,
             self.include,
             self.refresh_interval_ms,
+            self.topics_extra,
             address,
             pki.file("ca.pem"),
             pki.file(&format!("{cert}.pem")),
