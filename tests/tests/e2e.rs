@@ -409,6 +409,70 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
     Ok(())
 }
 
+/// Loop prevention (MM2's `ReplicationPolicy` cycle check): an edge topic whose name says it
+/// came from the destination cluster (`central.x`) or from this very site (`<site>.x`) is never
+/// replicated, so a two-way flow cannot ping-pong; a topic from another source
+/// (`other.x`) is, as `<site>.other.x`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_replicated()
+-> anyhow::Result<()> {
+    let k = shared();
+    let prefix = unique_name("loops");
+    let site = site_name("site");
+    let pki = Pki::new(&[&site])?;
+    let work = tempfile::tempdir()?;
+    let plain = format!("{prefix}-plain");
+    let hop = format!("other.{prefix}-hop");
+    let back = format!("central.{prefix}-back");
+    let echo = format!("{site}.{prefix}-echo");
+    for t in [&plain, &hop, &back, &echo] {
+        client::create_topic(k.edge(), t, 1, &[]).await?;
+        let recs: Vec<NewRecord> = (0..10)
+            .map(|i| NewRecord::new(format!("{i}"), t.as_str()))
+            .collect();
+        client::produce(k.edge(), t, &recs).await?;
+    }
+    let hub_setup = HubSetup::new(k.central())?;
+    let hub = hub_setup.start(&pki, work.path())?;
+    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!(".*{prefix}-.*"))
+        .start(&pki, work.path())?;
+
+    for t in [&plain, &hop] {
+        let remote = format!("{site}.{t}");
+        let got = consume_remote(k.central(), &remote, 10, &[&hub, &agent]).await?;
+        assert_eq!(got.len(), 10, "{remote}\n{}", dump_logs(&[&hub, &agent]));
+    }
+    // Discovery saw all four topics at once; the two that would loop were left out, each
+    // logged with its reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(agent.log_text().contains(&back) && agent.log_text().contains(&echo)) {
+        assert!(
+            Instant::now() < deadline,
+            "no word of the skipped topics\n{}",
+            dump_logs(&[&hub, &agent])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = agent.log_text();
+    for (t, reason) in [(&back, "from_destination"), (&echo, "from_site")] {
+        assert!(
+            log.lines().any(|l| l.contains("topic not replicated")
+                && l.contains(t.as_str())
+                && l.contains(reason)),
+            "{t}: {reason}\n{}",
+            dump_logs(&[&hub, &agent])
+        );
+    }
+    // Two more discovery rounds, and still nothing of them centrally.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let central = client::list_topics(k.central()).await?;
+    for t in [&back, &echo] {
+        let remote = format!("{site}.{t}");
+        assert!(!central.contains(&remote), "{remote} was replicated");
+    }
+    Ok(())
+}
+
 /// This site's heartbeats in `topic` on the cluster at `bootstrap`, stamped `since` or later.
 async fn heartbeats_of(
     bootstrap: &str,

@@ -142,18 +142,18 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     let mute1 = connect(&mute_ep, hub_addr).await?;
     let mute2 = connect(&mute_ep, hub_addr).await?;
     let mute3 = connect(&mute_ep, hub_addr).await?;
-    assert_eq!(
-        close_code(&mute3, Duration::from_secs(20)).await?,
-        TOO_MANY_CONNECTIONS,
-        "a site over limits.max_connections_per_site is refused"
-    );
-    for conn in [&mute1, &mute2] {
-        assert_eq!(
-            close_code(conn, Duration::from_secs(30)).await?,
-            PROTOCOL,
-            "a connection without hello is a protocol violation"
-        );
+    // The client's handshake ends before the hub has admitted it, so the hub may take the
+    // three in any order: exactly one is refused, the other two are closed at the deadline.
+    let mut codes = Vec::new();
+    for conn in [&mute1, &mute2, &mute3] {
+        codes.push(close_code(conn, Duration::from_secs(30)).await?);
     }
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        [PROTOCOL, PROTOCOL, TOO_MANY_CONNECTIONS],
+        "a site over limits.max_connections_per_site is refused; a connection without hello is a protocol violation"
+    );
     // The deadline is long enough that the three connections surely overlap on a loaded
     // machine (else the third would find a slot freed by the deadline), short enough to wait.
     assert!(
