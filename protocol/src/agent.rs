@@ -659,6 +659,20 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Whether a report frame of protocol version `since` may be queued now: after Welcome,
+    /// to a hub that reads it (`false` while draining or to an older hub; an error before
+    /// Welcome, naming `call`).
+    fn may_report(&self, call: &'static str, since: u16) -> Result<bool, ProtocolError> {
+        match self.state {
+            State::Welcomed => Ok(self.version.is_some_and(|v| v >= since)),
+            State::Draining => Ok(false),
+            _ => Err(ProtocolError::InvalidCall {
+                call,
+                state: self.state.name(),
+            }),
+        }
+    }
+
     /// Queues edge topics' partition counts and configs on the control channel, in frames of
     /// at most `max_frame_bytes` encoded (after Welcome; ignored while draining). A topic too
     /// large for a frame alone goes with its first configs that fit. Returns `false`,
@@ -669,20 +683,7 @@ impl AgentConn {
         topics: Vec<crate::frame::TopicMetadata>,
         max_frame_bytes: usize,
     ) -> Result<bool, ProtocolError> {
-        match self.state {
-            State::Welcomed => {}
-            State::Draining => return Ok(false),
-            _ => {
-                return Err(ProtocolError::InvalidCall {
-                    call: "send_topic_metadata",
-                    state: self.state.name(),
-                });
-            }
-        }
-        if self
-            .version
-            .is_none_or(|v| v < crate::TOPIC_METADATA_VERSION)
-        {
+        if !self.may_report("send_topic_metadata", crate::TOPIC_METADATA_VERSION)? {
             return Ok(false);
         }
         for t in &topics {
@@ -727,17 +728,7 @@ impl AgentConn {
         mut acls: Vec<crate::frame::TopicAcl>,
         max_frame_bytes: usize,
     ) -> Result<bool, ProtocolError> {
-        match self.state {
-            State::Welcomed => {}
-            State::Draining => return Ok(false),
-            _ => {
-                return Err(ProtocolError::InvalidCall {
-                    call: "send_topic_acls",
-                    state: self.state.name(),
-                });
-            }
-        }
-        if self.version.is_none_or(|v| v < crate::TOPIC_ACLS_VERSION) {
+        if !self.may_report("send_topic_acls", crate::TOPIC_ACLS_VERSION)? {
             return Ok(false);
         }
         for a in &acls {
