@@ -12,12 +12,12 @@ use er_protocol::{GroupOffsets, Position, TopicPartition};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::config::Validated;
+use crate::config::Settings;
 use crate::source::TopicSet;
 
 /// Reads the committed offsets of the configured groups (blocking: run off the executor).
 pub struct GroupReader {
-    cfg: Validated,
+    cfg: Settings,
     lister: BaseConsumer,
     consumers: HashMap<String, BaseConsumer>,
 }
@@ -32,7 +32,7 @@ impl std::fmt::Debug for GroupReader {
 
 impl GroupReader {
     /// Creates the group-listing client.
-    pub fn new(cfg: &Validated) -> anyhow::Result<Self> {
+    pub fn new(cfg: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             cfg: cfg.clone(),
             lister: crate::source::base_config(cfg)
@@ -57,7 +57,7 @@ impl GroupReader {
             .groups()
             .iter()
             .map(|g| g.name().to_owned())
-            .filter(|g| self.cfg.wants_group(g))
+            .filter(|g| self.cfg.groups.wants(g))
             .collect();
         names.sort();
         names.dedup();

@@ -14,7 +14,7 @@ use er_net::status::{CachedCheck, Check, Endpoints};
 use serde::{Deserialize, Serialize};
 
 use crate::Stats;
-use crate::config::Validated;
+use crate::config::Settings;
 use crate::metrics::LagTracker;
 use crate::source::Discovery;
 
@@ -239,14 +239,14 @@ pub const CERT_ALARM_DAYS: f64 = 14.0;
 pub const LINK_ALARM_SECONDS: f64 = 60.0;
 
 /// The `/status` document: link, counters, lanes, plugins, alarms and per-partition lag.
-pub fn status(cfg: &Validated, stats: &Stats, lag: Option<&LagTracker>) -> AgentStatus {
+pub fn status(cfg: &Settings, stats: &Stats, lag: Option<&LagTracker>) -> AgentStatus {
     use std::sync::atomic::Ordering::Relaxed;
     let mut partitions: Vec<PartitionStatus> = lag
         .map(|l| {
             l.snapshot_with_lag()
                 .into_iter()
                 .map(|(tp, committed_offset, lag_records)| PartitionStatus {
-                    lane: cfg.priority_for(&tp.topic).to_string(),
+                    lane: cfg.routes.priority_for(&tp.topic).to_string(),
                     topic: tp.topic,
                     partition: tp.partition,
                     committed_offset,
@@ -301,8 +301,8 @@ pub fn status(cfg: &Validated, stats: &Stats, lag: Option<&LagTracker>) -> Agent
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     AgentStatus {
-        site: cfg.raw.site.clone(),
-        hub: cfg.hub_addresses.iter().map(ToString::to_string).collect(),
+        site: cfg.site.clone(),
+        hub: cfg.hub.addresses.iter().map(ToString::to_string).collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         alarms: alarms(
             &link,
@@ -539,7 +539,7 @@ pub fn render(s: &AgentStatus) -> String {
 /// Answers `/readyz` (`edge-kafka`, `hub-session`) and `/status` on `endpoints` from now on.
 pub fn register(
     endpoints: &Endpoints,
-    cfg: &Validated,
+    cfg: &Settings,
     stats: Arc<Stats>,
     discovery: Arc<Discovery>,
     lag: Option<Arc<LagTracker>>,
@@ -549,7 +549,7 @@ pub fn register(
     // more than the session's own does.
     let guard = crate::source::LoopGuard::new(
         er_protocol::ReplicationPolicy::default(),
-        cfg.raw.site.clone().unwrap_or_default(),
+        cfg.site.clone().unwrap_or_default(),
         Vec::new(),
     );
     let edge = CachedCheck::new("edge-kafka", EDGE_CHECK_TTL, move || {
@@ -559,7 +559,7 @@ pub fn register(
             .map_err(|e| {
                 format!(
                     "edge cluster {}: metadata request failed: {e}",
-                    probe_cfg.raw.kafka.bootstrap_servers
+                    probe_cfg.kafka.bootstrap_servers
                 )
             })
     });

@@ -15,7 +15,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::watch;
 
 use crate::Stats;
-use crate::config::Validated;
+use crate::config::Settings;
 
 /// Who the heartbeats are from and for, learned from the hub's Welcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,9 +26,11 @@ pub struct Aliases {
     pub target: String,
 }
 
-/// Writes heartbeats until `shutdown`, once the first Welcome told the aliases.
+/// Writes a heartbeat every `interval` until `shutdown`, once the first Welcome told the
+/// aliases.
 pub async fn run(
-    cfg: Validated,
+    cfg: Settings,
+    interval: std::time::Duration,
     mut aliases: watch::Receiver<Option<Aliases>>,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
@@ -45,7 +47,7 @@ pub async fn run(
         }
     };
     let mut topic_ready = false;
-    let mut tick = tokio::time::interval(cfg.heartbeat_interval());
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
@@ -103,7 +105,7 @@ pub async fn run(
 }
 
 /// Creates the edge `heartbeats` topic as MM2 does (one partition, compacted) unless it exists.
-async fn ensure_topic(cfg: &Validated) -> anyhow::Result<()> {
+async fn ensure_topic(cfg: &Settings) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = crate::source::base_config(cfg).create()?;
     let topic = NewTopic::new(HEARTBEATS_TOPIC, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact");

@@ -21,7 +21,7 @@ pub struct HubAddress {
 impl HubAddress {
     /// Parses `host:port` (IPv6 literals as `[addr]:port`); the error says what is wrong.
     pub fn parse(address: &str) -> Result<Self, String> {
-        let (host, port) = crate::config::split_host_port(address)?;
+        let (host, port) = split_host_port(address)?;
         Ok(Self { host, port })
     }
 
@@ -29,6 +29,37 @@ impl HubAddress {
     pub fn is_ipv4_literal(&self) -> bool {
         self.host.parse::<std::net::Ipv4Addr>().is_ok()
     }
+}
+
+/// Splits `host:port` (IPv6 literals in brackets) into host and port.
+fn split_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("{address:?} is not `[ipv6]:port`"))?;
+        (h, p)
+    } else {
+        address
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{address:?} is not `host:port`"))?
+    };
+    if host.is_empty() || host.contains(':') && !address.starts_with('[') {
+        return Err(format!(
+            "{address:?} is not `host:port` (write IPv6 addresses as `[addr]:port`)"
+        ));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(format!(
+            "{address:?}: {host:?} is not a host name or IP address"
+        ));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{address:?}: port {port:?} is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(format!("{address:?}: port 0 cannot be connected to"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 impl fmt::Display for HubAddress {
@@ -169,6 +200,26 @@ impl Pass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("[::1]:4433").unwrap(), ("::1".into(), 4433));
+        assert_eq!(
+            split_host_port("10.0.0.1:1").unwrap(),
+            ("10.0.0.1".into(), 1)
+        );
+        for bad in [
+            "",
+            ":4433",
+            "host",
+            "host:",
+            "host:99999",
+            "a b:1",
+            "::1:4433",
+        ] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
 
     fn a(s: &str) -> HubAddress {
         HubAddress::parse(s).unwrap()

@@ -9,7 +9,7 @@ pub mod hubs;
 pub mod metrics;
 pub mod pacing;
 pub mod pipeline;
-pub mod routed;
+pub mod routes;
 pub mod session;
 pub mod source;
 
@@ -23,7 +23,7 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::Validated;
+use crate::config::Settings;
 
 /// Counters of one agent process (read by the quickstart; the Prometheus metrics in
 /// [`metrics`] count the same events).
@@ -157,7 +157,7 @@ impl Unreachable {
 /// restart of the process. `metrics.listen` is the one setting that needs a restart.
 pub async fn run_reloading(
     path: std::path::PathBuf,
-    mut cfg: Validated,
+    mut cfg: Settings,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
     mut reload: tokio::sync::mpsc::Receiver<()>,
@@ -191,11 +191,11 @@ pub async fn run_reloading(
 
 /// The configuration at `path` if it is valid (plugins compiled), else `None` with the reason
 /// logged; `running` is the configuration in force.
-async fn validated_reload(path: &std::path::Path, running: &Validated) -> Option<Validated> {
+async fn validated_reload(path: &std::path::Path, running: &Settings) -> Option<Settings> {
     info!(config = %path.display(), "reloading the configuration");
     let loaded = {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Validated> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Settings> {
             let cfg = config::load(&path)?;
             pipeline::Pipeline::load(&cfg)?;
             Ok(cfg)
@@ -233,28 +233,29 @@ async fn validated_reload(path: &std::path::Path, running: &Validated) -> Option
 /// welcomed session ended), and a pass in which no hub answered at all is followed by the next
 /// probe instead.
 pub async fn run(
-    cfg: Validated,
+    cfg: Settings,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let tls = er_net::TlsFiles {
-        ca_cert: cfg.raw.hub.ca_cert.clone(),
-        cert: cfg.raw.hub.cert.clone(),
-        key: cfg.raw.hub.key.clone(),
+        ca_cert: cfg.hub.tls.ca_cert.clone(),
+        cert: cfg.hub.tls.cert.clone(),
+        key: cfg.hub.tls.key.clone(),
     };
     let (endpoint, client_cfg, tickets, ipv6) = client_endpoint(&cfg, &tls)?;
     metrics::set_certificate_expiry(&tls.cert);
     let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
-    let groups = match cfg.groups_interval() {
+    let groups = match cfg.groups.interval {
         Some(_) => Some(Arc::new(std::sync::Mutex::new(groups::GroupReader::new(
             &cfg,
         )?))),
         None => None,
     };
     let (aliases_tx, aliases_rx) = watch::channel(None);
-    let heartbeats = cfg.raw.heartbeats.enabled.then(|| {
+    let heartbeats = cfg.heartbeats.map(|interval| {
         tokio::spawn(heartbeat::run(
             cfg.clone(),
+            interval,
             aliases_rx,
             stats.clone(),
             shutdown.clone(),
@@ -307,11 +308,8 @@ pub async fn run(
         unreachable: Unreachable::new(tickets),
         last_rtt: None,
     };
-    let mut hub_list = hubs::HubList::new(cfg.hub_addresses.clone());
-    let mut backoff = Backoff::new(
-        Duration::from_millis(cfg.raw.hub.reconnect_backoff_min_ms),
-        Duration::from_millis(cfg.raw.hub.reconnect_backoff_max_ms),
-    );
+    let mut hub_list = hubs::HubList::new(cfg.hub.addresses.clone());
+    let mut backoff = Backoff::new(cfg.hub.reconnect_backoff_min, cfg.hub.reconnect_backoff_max);
     'passes: loop {
         if *shutdown.borrow() {
             break;
@@ -426,7 +424,7 @@ pub async fn run(
 /// addresses are all IPv4 literals uses an IPv4 socket; any other gets a dual-stack socket
 /// (IPv4 too, as IPv4-mapped addresses), or an IPv4 one where the host has no IPv6.
 fn client_endpoint(
-    cfg: &Validated,
+    cfg: &Settings,
     tls: &er_net::TlsFiles,
 ) -> anyhow::Result<(
     quinn::Endpoint,
@@ -438,7 +436,8 @@ fn client_endpoint(
     let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
     let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
     if !cfg
-        .hub_addresses
+        .hub
+        .addresses
         .iter()
         .all(hubs::HubAddress::is_ipv4_literal)
     {
@@ -505,7 +504,7 @@ enum Attempted {
 
 /// What every connection attempt of the agent uses.
 struct Link<'a> {
-    cfg: &'a Validated,
+    cfg: &'a Settings,
     endpoint: quinn::Endpoint,
     client_cfg: quinn::ClientConfig,
     /// Whether the endpoint can dial IPv6 addresses.
@@ -520,7 +519,7 @@ struct Link<'a> {
 impl Link<'_> {
     /// Every address `entry` resolves to that the endpoint can dial, in the resolver's order.
     async fn resolve(&self, entry: &hubs::HubAddress) -> anyhow::Result<Vec<SocketAddr>> {
-        let timeout = Duration::from_millis(self.cfg.raw.hub.connect_timeout_ms);
+        let timeout = self.cfg.hub.connect_timeout;
         let all: Vec<SocketAddr> = tokio::time::timeout(
             timeout,
             tokio::net::lookup_host((entry.host.as_str(), entry.port)),
@@ -554,7 +553,7 @@ impl Link<'_> {
     ) -> Attempted {
         let cfg = self.cfg;
         let wait = answer_wait(cfg, self.last_rtt);
-        let server_name = cfg.server_name_for(&c.entry);
+        let server_name = cfg.hub.server_name_for(&c.entry);
         let attempt = match connect(
             &self.endpoint,
             &self.client_cfg,
@@ -582,7 +581,7 @@ impl Link<'_> {
                 Some(session::Early {
                     accepted,
                     answer_wait: wait,
-                    connect_timeout: Duration::from_millis(cfg.raw.hub.connect_timeout_ms),
+                    connect_timeout: cfg.hub.connect_timeout,
                 }),
             ),
         };
@@ -737,20 +736,18 @@ impl std::fmt::Display for ConnectError {
 /// How long an attempt waits for the hub's first answer before a fresh attempt replaces it:
 /// the probe interval, but never less than three round trips of the last connection (a long
 /// link must be able to answer), and the full connect timeout before any connection worked.
-fn answer_wait(cfg: &Validated, last_rtt: Option<Duration>) -> Duration {
-    let full = Duration::from_millis(cfg.raw.hub.connect_timeout_ms);
+fn answer_wait(cfg: &Settings, last_rtt: Option<Duration>) -> Duration {
+    let full = cfg.hub.connect_timeout;
     match last_rtt {
         None => full,
-        Some(rtt) => Duration::from_millis(cfg.raw.hub.probe_interval_ms)
-            .max(rtt.saturating_mul(3))
-            .min(full),
+        Some(rtt) => cfg.hub.probe_interval.max(rtt.saturating_mul(3)).min(full),
     }
 }
 
 async fn connect(
     endpoint: &quinn::Endpoint,
     client_cfg: &quinn::ClientConfig,
-    cfg: &Validated,
+    cfg: &Settings,
     addr: SocketAddr,
     server_name: &str,
     wait_for_answer: Duration,
@@ -776,7 +773,7 @@ async fn connect(
         }
         Ok(Ok(_)) => {}
     }
-    let timeout = Duration::from_millis(cfg.raw.hub.connect_timeout_ms);
+    let timeout = cfg.hub.connect_timeout;
     tokio::time::timeout(timeout.saturating_sub(started.elapsed()), connecting)
         .await
         .with_context(|| format!("connecting to hub {addr}: handshake not done within {timeout:?}"))

@@ -4,7 +4,7 @@
 //! Plugins run at the edge, so dropped records never cross the link. Every output record keeps
 //! the source offset of the record it came from (several outputs may share one), which is what
 //! lets the hub translate consumer-group offsets exactly. Internal records never reach a plugin:
-//! the heartbeats topic takes no route (see [`Validated::route_for`]).
+//! the heartbeats topic takes no route (see [`Settings::route_for`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use er_plugin_host::{Chain, ErrorPolicy, PluginHost, PluginStats};
 
-use crate::config::Validated;
+use crate::config::Settings;
 
 /// The routes of one agent process with their loaded chains. Shared by the reader threads of
 /// successive sessions and of their priority lanes (they take turns through the lock), so
@@ -53,7 +53,7 @@ pub type SharedPipeline = Arc<Mutex<Pipeline>>;
 impl Pipeline {
     /// Compiles, instantiates and initialises every route's plugins. Fails on the first plugin
     /// that cannot load; the error names the route and the plugin file.
-    pub fn load(cfg: &Validated) -> anyhow::Result<Self> {
+    pub fn load(cfg: &Settings) -> anyhow::Result<Self> {
         // Routes without plugins only set a priority: no chain ever runs, so no host is needed.
         if cfg.routes.iter().all(|r| r.plugins.is_empty()) {
             return Ok(Pipeline {
@@ -61,9 +61,9 @@ impl Pipeline {
                 routes: Vec::new(),
             });
         }
-        let host = PluginHost::new(cfg.host_config()).context("starting the plugin host")?;
+        let host = PluginHost::new(cfg.plugins.host.clone()).context("starting the plugin host")?;
         let mut routes = Vec::with_capacity(cfg.routes.len());
-        for r in &cfg.routes {
+        for r in cfg.routes.iter() {
             let chain = host
                 .load_chain_with(&r.plugins, r.policy.clone(), r.output_limits)
                 .with_context(|| format!("route {:?}", r.name))?;
@@ -98,7 +98,7 @@ impl Pipeline {
         Arc::new(Mutex::new(self))
     }
 
-    /// The route at `index` (as returned by [`Validated::route_for`]).
+    /// The route at `index` (as returned by [`Settings::route_for`]).
     pub fn route(&mut self, index: usize) -> &mut RouteRuntime {
         &mut self.routes[index]
     }

@@ -14,12 +14,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::Stats;
-use crate::config::{Priority, Validated};
+use crate::config::Settings;
 use crate::groups::GroupReader;
 use crate::heartbeat::Aliases;
 use crate::metrics as m;
 use crate::pacing::{self, Next, Room, TokenBucket};
 use crate::pipeline::SharedPipeline;
+use crate::routes::Priority;
 use crate::source::{self, Discovery, TopicSet};
 
 /// Room for a frame header around the largest batch.
@@ -109,7 +110,7 @@ const GROUP_FRAME_POSITIONS: usize = 4096;
 /// Runs one session over a connection: an established one, or one still handshaking after
 /// resuming a TLS session (`early`). `answered(zero_rtt)` is called once the hub answered.
 pub async fn run(
-    cfg: &Validated,
+    cfg: &Settings,
     shared: Shared,
     conn: quinn::Connection,
     early: Option<Early>,
@@ -153,15 +154,15 @@ pub async fn run(
 }
 
 /// The protocol state of a new session; its hello is the first frame it transmits.
-fn new_proto(cfg: &Validated) -> AgentConn {
+fn new_proto(cfg: &Settings) -> AgentConn {
     AgentConn::new(
         er_protocol::AgentConfig {
             agent_version: format!("edge-agent/{}", env!("CARGO_PKG_VERSION")),
-            site_claim: cfg.raw.site.clone().unwrap_or_default(),
+            site_claim: cfg.site.clone().unwrap_or_default(),
             ping_interval: Duration::from_secs(5),
             welcome_timeout: Duration::from_secs(90),
-            max_inflight_bytes_per_partition: cfg.raw.batching.max_inflight_bytes_per_partition,
-            max_inflight_bytes_total: cfg.raw.batching.max_inflight_bytes_total,
+            max_inflight_bytes_per_partition: cfg.batching.max_inflight_bytes_per_partition,
+            max_inflight_bytes_total: cfg.batching.max_inflight_bytes_total,
         },
         Instant::now(),
     )
@@ -180,7 +181,7 @@ impl std::fmt::Display for NoAnswer {
 impl std::error::Error for NoAnswer {}
 
 struct Session<'a> {
-    cfg: &'a Validated,
+    cfg: &'a Settings,
     discovery: Arc<Discovery>,
     pipeline: SharedPipeline,
     shared: Shared,
@@ -391,9 +392,9 @@ impl Session<'_> {
         let hub_cap = (max_batch_bytes as usize)
             .saturating_sub(FRAME_OVERHEAD as usize)
             .max(1024);
-        if self.cfg.raw.batching.max_bytes > hub_cap / 2 {
+        if self.cfg.batching.max_bytes > hub_cap / 2 {
             warn!(
-                agent_max_bytes = self.cfg.raw.batching.max_bytes,
+                agent_max_bytes = self.cfg.batching.max_bytes,
                 hub_max_batch_bytes = max_batch_bytes,
                 "batching.max_bytes is larger than half of what the hub accepts in a batch; batches are capped at half the hub's limit (the other half is room for one large record)"
             );
@@ -402,7 +403,7 @@ impl Session<'_> {
         // one record: records over `hub_cap - max_batch` are sent as poison stubs (the hub
         // writes them to the site's dead letters), never as a batch the hub refuses on every
         // reconnect. Half the hub's limit each keeps both useful.
-        let max_batch = self.cfg.raw.batching.max_bytes.min(hub_cap / 2);
+        let max_batch = self.cfg.batching.max_bytes.min(hub_cap / 2);
         let max_record = hub_cap - max_batch;
         let positions: HashMap<TopicPartition, i64> = positions
             .into_iter()
@@ -410,17 +411,18 @@ impl Session<'_> {
             .collect();
 
         let limits = source::BatchLimits {
-            max_records: self.cfg.raw.batching.max_records,
+            max_records: self.cfg.batching.max_records,
             max_bytes: max_batch,
             max_record_bytes: max_record,
-            linger: self.cfg.linger(),
-            codec: self.cfg.codec,
-            zstd_level: self.cfg.raw.batching.zstd_level,
+            linger: self.cfg.batching.linger,
+            codec: self.cfg.batching.codec,
+            zstd_level: self.cfg.batching.zstd_level,
         };
-        m::rate_limit(self.cfg.max_bytes_per_sec());
+        m::rate_limit(self.cfg.hub.max_bytes_per_sec);
         self.bucket = self
             .cfg
-            .max_bytes_per_sec()
+            .hub
+            .max_bytes_per_sec
             .map(|rate| TokenBucket::new(rate, max_batch as u64, Instant::now()));
         let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<Discovered>>(1);
         let discovery_task =
@@ -431,7 +433,8 @@ impl Session<'_> {
         let (groups_tx, mut groups_rx) = mpsc::channel::<anyhow::Result<Vec<GroupOffsets>>>(1);
         let mut groups_tick = tokio::time::interval(
             self.cfg
-                .groups_interval()
+                .groups
+                .interval
                 .unwrap_or(Duration::from_secs(3600)),
         );
         groups_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -474,7 +477,7 @@ impl Session<'_> {
                         .collect();
                     let mut by_priority: BTreeMap<Priority, Vec<source::StartPartition>> = BTreeMap::new();
                     for s in added {
-                        by_priority.entry(self.cfg.priority_for(&s.tp.topic)).or_default().push(s);
+                        by_priority.entry(self.cfg.routes.priority_for(&s.tp.topic)).or_default().push(s);
                     }
                     for (priority, list) in by_priority {
                         let lane = self.lane(priority, &limits)?;
@@ -587,7 +590,7 @@ impl Session<'_> {
                 error!(%tp, seq, offset, %reason, "the hub stopped the partition at a record it cannot write; it is read again from there on the next connection");
                 ::metrics::counter!(m::PARTITIONS_STOPPED, "topic" => tp.topic.clone())
                     .increment(1);
-                let priority = self.cfg.priority_for(&tp.topic);
+                let priority = self.cfg.routes.priority_for(&tp.topic);
                 if let Some(lane) = self.lanes.iter_mut().find(|l| l.priority == priority) {
                     if lane.head.as_ref().is_some_and(|b| b.header.tp == tp) {
                         lane.head = None;
@@ -629,6 +632,7 @@ impl Session<'_> {
                     Priority::Route(_) => {
                         let route_lanes = self
                             .cfg
+                            .routes
                             .priorities()
                             .iter()
                             .filter(|p| matches!(p, Priority::Route(_)))
@@ -746,8 +750,10 @@ impl Session<'_> {
                             .with_context(|| format!("opening the stream of {tp}"))?;
                         // Batches already handed to QUIC still go in priority order when the
                         // link itself is narrower than the rate limit.
-                        send.set_priority(self.cfg.priority_for(&tp.topic).stream_priority())
-                            .with_context(|| format!("prioritising the stream of {tp}"))?;
+                        send.set_priority(
+                            self.cfg.routes.priority_for(&tp.topic).stream_priority(),
+                        )
+                        .with_context(|| format!("prioritising the stream of {tp}"))?;
                         let (tx, rx) = mpsc::unbounded_channel();
                         spawn_writer(
                             FrameWriter::new(send),
@@ -820,7 +826,7 @@ struct Discovered {
 /// interval; sends each result that differs from the last, and the topics' metadata and ACL
 /// bindings when they changed or `topics.metadata_interval_ms` passed.
 fn spawn_discovery(
-    cfg: Validated,
+    cfg: Settings,
     discovery: Arc<Discovery>,
     guard: source::LoopGuard,
     tx: mpsc::Sender<anyhow::Result<Discovered>>,
@@ -840,12 +846,12 @@ fn spawn_discovery(
                     .expect("discovery panicked");
             match res {
                 Ok(set) => {
-                    let metadata = if cfg.raw.topics.sync_metadata {
+                    let metadata = if cfg.topics.sync_metadata {
                         let m = discovery
                             .topic_metadata(&cfg, &set, Duration::from_secs(10))
                             .await;
                         let due = last_metadata.as_ref().is_none_or(|(old, at)| {
-                            *old != m || at.elapsed() >= cfg.metadata_interval()
+                            *old != m || at.elapsed() >= cfg.topics.metadata_interval
                         });
                         due.then(|| {
                             last_metadata = Some((m.clone(), Instant::now()));
@@ -854,7 +860,7 @@ fn spawn_discovery(
                     } else {
                         None
                     };
-                    let acls = if cfg.raw.topics.sync_acls {
+                    let acls = if cfg.topics.sync_acls {
                         let (d, c, s) = (discovery.clone(), cfg.clone(), set.clone());
                         let listed = tokio::task::spawn_blocking(move || {
                             d.topic_acls(&c, &s, Duration::from_secs(10))
@@ -864,7 +870,7 @@ fn spawn_discovery(
                         listed
                             .filter(|a| {
                                 last_acls.as_ref().is_none_or(|(old, at)| {
-                                    old != a || at.elapsed() >= cfg.metadata_interval()
+                                    old != a || at.elapsed() >= cfg.topics.metadata_interval
                                 })
                             })
                             .inspect(|a| last_acls = Some((a.clone(), Instant::now())))
@@ -894,7 +900,7 @@ fn spawn_discovery(
                 }
                 Err(e) => warn!(error = %e, "topic discovery failed; keeping the known topics"),
             }
-            tokio::time::sleep(cfg.refresh_interval()).await;
+            tokio::time::sleep(cfg.topics.refresh_interval).await;
         }
     })
 }

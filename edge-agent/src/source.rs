@@ -16,17 +16,17 @@ use rdkafka::{Offset, TopicPartitionList};
 use er_plugin_host::OutBatch;
 
 use crate::Stats;
-use crate::config::Validated;
+use crate::config::Settings;
 use crate::pipeline::SharedPipeline;
-use crate::routed::{Pending, Shape, run_chain};
+use crate::routes::chain::{Pending, Shape, run_chain};
 
 /// Partition counts of the replicated topics, by topic name.
 pub type TopicSet = BTreeMap<String, i32>;
 
-pub(crate) fn base_config(cfg: &Validated) -> ClientConfig {
+pub(crate) fn base_config(cfg: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.raw.kafka.bootstrap_servers);
-    for (k, v) in &cfg.raw.kafka.properties {
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
+    for (k, v) in &cfg.kafka.properties {
         c.set(k, v);
     }
     c
@@ -119,7 +119,7 @@ impl std::fmt::Debug for Discovery {
 
 impl Discovery {
     /// Creates the metadata client (no broker round trip yet).
-    pub fn new(cfg: &Validated) -> Result<Self, KafkaError> {
+    pub fn new(cfg: &Settings) -> Result<Self, KafkaError> {
         Ok(Self {
             client: base_config(cfg).create()?,
             admin: base_config(cfg).create()?,
@@ -135,7 +135,7 @@ impl Discovery {
     /// sensitive. When the edge cluster cannot describe configs, topics go without them.
     pub async fn topic_metadata(
         &self,
-        cfg: &Validated,
+        cfg: &Settings,
         set: &TopicSet,
         timeout: Duration,
     ) -> Vec<er_protocol::TopicMetadata> {
@@ -206,7 +206,7 @@ impl Discovery {
     /// or a principal without DESCRIBE on the cluster: logged once). Blocking.
     pub fn topic_acls(
         &self,
-        cfg: &Validated,
+        cfg: &Settings,
         set: &TopicSet,
         timeout: Duration,
     ) -> Option<Vec<er_protocol::TopicAcl>> {
@@ -236,7 +236,7 @@ impl Discovery {
     /// those `guard` refuses (each logged at info and counted the first time).
     pub fn topics(
         &self,
-        cfg: &Validated,
+        cfg: &Settings,
         guard: &LoopGuard,
         timeout: Duration,
     ) -> Result<TopicSet, KafkaError> {
@@ -279,7 +279,7 @@ impl Discovery {
 /// The topics of `listed` (name, partition count) that the config selects and `guard` lets
 /// through; `skipped` hears of each one the guard refuses.
 pub fn select_topics<'a>(
-    cfg: &Validated,
+    cfg: &Settings,
     guard: &LoopGuard,
     listed: impl IntoIterator<Item = (&'a str, i32)>,
     mut skipped: impl FnMut(&str, SkipReason),
@@ -317,7 +317,7 @@ pub const PREFETCH_KBYTES: usize = 16 * 1024;
 
 /// Creates a consumer of one session that prefetches at most `prefetch_kbytes` KiB (at least
 /// 1024). It never commits: the hub keeps the positions.
-pub fn consumer(cfg: &Validated, prefetch_kbytes: usize) -> Result<BaseConsumer, KafkaError> {
+pub fn consumer(cfg: &Settings, prefetch_kbytes: usize) -> Result<BaseConsumer, KafkaError> {
     let prefetch_kbytes = prefetch_kbytes.max(1024);
     base_config(cfg)
         .set("group.id", AGENT_GROUP_ID)
@@ -327,7 +327,7 @@ pub fn consumer(cfg: &Validated, prefetch_kbytes: usize) -> Result<BaseConsumer,
         // that edge retention deleted before they were replicated show up (see
         // `Reader::skip_retention_gaps`). New partitions start at `Offset::Beginning`.
         .set("auto.offset.reset", "error")
-        .set("isolation.level", &cfg.raw.kafka.isolation_level)
+        .set("isolation.level", cfg.kafka.isolation_level.as_librdkafka())
         // Bounds the records prefetched in memory (with the in-flight limits, the agent's memory).
         .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
         .set("fetch.max.bytes", (prefetch_kbytes * 1024).to_string())
@@ -425,7 +425,7 @@ impl ReadPart {
 #[derive(Debug, Clone)]
 pub struct Routing {
     /// The config (its routes decide which topic takes which chain).
-    pub cfg: Validated,
+    pub cfg: Settings,
     /// The loaded chains, shared with later sessions.
     pub pipeline: SharedPipeline,
     /// Counters.
@@ -622,7 +622,7 @@ impl Reader {
     fn add(&mut self, list: Vec<StartPartition>) -> anyhow::Result<()> {
         let added: Vec<TopicPartition> = list.iter().map(|s| s.tp.clone()).collect();
         for s in list {
-            let route = self.routing.cfg.route_for(&s.tp.topic);
+            let route = self.routing.cfg.routes.route_for(&s.tp.topic);
             if let Some(r) = route {
                 tracing::info!(tp = %s.tp, route = %self.routing.cfg.routes[r].name, "partition takes a plugin route");
             }
@@ -830,8 +830,7 @@ impl Reader {
                     "route" => self.routing.cfg.routes[route].name.clone()
                 )
                 .increment(1);
-                let retry =
-                    Duration::from_millis(self.routing.cfg.raw.plugins.stopped_route_retry_ms);
+                let retry = self.routing.cfg.plugins.stopped_route_retry;
                 tracing::error!(
                     error = %stopped,
                     retry_in_ms = retry.as_millis() as u64,
@@ -933,7 +932,7 @@ mod tests {
     use super::*;
     use er_protocol::ReplicationPolicy;
 
-    fn config(extra: &str) -> (tempfile::TempDir, Validated) {
+    fn config(extra: &str) -> (tempfile::TempDir, Settings) {
         let dir = tempfile::tempdir().unwrap();
         for f in ["ca.pem", "site.pem", "site.key"] {
             std::fs::write(dir.path().join(f), "").unwrap();

@@ -130,7 +130,7 @@ async fn serve(
 
 /// An agent config dialling `addresses` (TOML array items), with dev certificates in `dir`
 /// and no Kafka work before the welcome.
-fn agent_config(dir: &Path, addresses: &[String]) -> Result<edge_agent::config::Validated> {
+fn agent_config(dir: &Path, addresses: &[String]) -> Result<edge_agent::config::Settings> {
     let list: Vec<String> = addresses.iter().map(|a| format!("{a:?}")).collect();
     let text = format!(
         "site = \"{SITE}\"\n\
@@ -191,7 +191,7 @@ fn run_test(test: impl Future<Output = Result<()>>) -> Result<()> {
 }
 
 /// Runs the agent until `check` is done, then shuts it down and checks it stopped cleanly.
-async fn with_agent<F, Fut>(cfg: edge_agent::config::Validated, check: F) -> Result<()>
+async fn with_agent<F, Fut>(cfg: edge_agent::config::Settings, check: F) -> Result<()>
 where
     F: FnOnce(Arc<Stats>) -> Fut,
     Fut: Future<Output = Result<()>>,

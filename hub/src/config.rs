@@ -8,36 +8,7 @@ use er_protocol::ReplicationPolicy;
 use regex::Regex;
 use serde::Deserialize;
 
-/// A configuration problem, always naming the file and the field at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path:?}: cannot read: {source}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or does not match the schema (unknown field, wrong type).
-    #[error("config {path:?}: {message}")]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// toml's message, which names the field and line.
-        message: String,
-    },
-    /// A field has a value the hub cannot use.
-    #[error("config {path:?}: {field}: {message}")]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// Dotted path of the field, e.g. `clusters[1].alias`.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
+pub use er_service::config::{ConfigError, parse_metrics_listen, whole_match};
 
 /// Top level of `hub.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -745,19 +716,12 @@ impl Validated {
 
 /// Reads, parses and validates a hub config file.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(path, &text)
+    parse(path, &er_service::config::read(path)?)
 }
 
 /// Parses and validates config text; `path` is used for messages and to resolve relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
-    let mut raw: HubConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    })?;
+    let mut raw: HubConfig = er_service::config::from_toml(path, text)?;
     let invalid = |field: &str, message: String| ConfigError::Invalid {
         path: path.to_owned(),
         field: field.to_owned(),
@@ -1041,22 +1005,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     } else {
         vec![listen.to_string()]
     };
-    let metrics_listen = raw
-        .metrics
-        .listen
-        .as_deref()
-        .map(parse_metrics_listen)
-        .transpose()
-        .map_err(|m| invalid("metrics.listen", m))?;
-    let compile = |field: &str, list: &[String]| {
-        list.iter()
-            .enumerate()
-            .map(|(i, p)| whole_match(p).map_err(|m| invalid(&format!("{field}[{i}]"), m)))
-            .collect::<Result<Vec<_>, _>>()
-    };
+    let checks = er_service::config::Checks::new(path);
+    let metrics_listen = checks.metrics_listen("metrics.listen", raw.metrics.listen.as_deref())?;
     let topic_config_filter = crate::topic_sync::ConfigFilter::new(
-        compile("topic_sync.include", &raw.topic_sync.include)?,
-        compile("topic_sync.exclude", &raw.topic_sync.exclude)?,
+        checks.whole_matches("topic_sync.include", &raw.topic_sync.include)?,
+        checks.whole_matches("topic_sync.exclude", &raw.topic_sync.exclude)?,
     );
     if raw.topic_sync.min_interval_ms == 0 {
         return Err(invalid(
@@ -1090,24 +1043,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         topic_config_filter: std::sync::Arc::new(topic_config_filter),
         acl_principals,
     })
-}
-
-/// Parses the metrics endpoint address: an `ip:port` socket address with a port other than 0.
-pub fn parse_metrics_listen(listen: &str) -> Result<SocketAddr, String> {
-    let addr: SocketAddr = listen.parse().map_err(|e| {
-        format!("{listen:?} is not an `ip:port` socket address (e.g. \"127.0.0.1:9465\"): {e}")
-    })?;
-    if addr.port() == 0 {
-        return Err(format!(
-            "{listen:?}: port 0 would pick a random port that no scraper knows"
-        ));
-    }
-    Ok(addr)
-}
-
-/// Compiles a regex that must match the whole name, with a message naming the pattern.
-pub fn whole_match(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
 
 /// The shipped example next to dev certificates in a temp dir, for tests of any module.

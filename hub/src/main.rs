@@ -14,8 +14,8 @@ struct Cli {
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Log format: `text` or `json`.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, value_enum, default_value_t)]
+    log_format: er_service::logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -87,7 +87,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    er_service::logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -208,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(async move {
-                    shutdown_signal().await;
+                    er_service::shutdown::signal().await;
                     if let Some(h) = &health {
                         h.stopping();
                     }
@@ -217,28 +217,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bound.serve(rx).await
             })
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
     }
 }

@@ -439,7 +439,7 @@ fn check_config_table(config_rs: &str, root_struct: &str, heading: &str) {
 #[test]
 fn readme_agent_config_table_lists_exactly_the_accepted_keys() {
     check_config_table(
-        "edge-agent/src/config.rs",
+        "edge-agent/src/config/schema.rs",
         "AgentConfig",
         "### `agent.toml`",
     );
