@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::session::SessionOutcome;
 
 /// Counters of one agent process (read by the quickstart; the Prometheus metrics in
 /// [`metrics`] count the same events).
@@ -334,16 +335,16 @@ pub async fn run(
                 }
                 let started = Instant::now();
                 match link.attempt(&c, &mut shutdown).await {
-                    Attempted::Shutdown => break 'passes,
-                    Attempted::NoAnswer(waited) => {
+                    SessionOutcome::Shutdown => break 'passes,
+                    SessionOutcome::NoAnswer(waited) => {
                         silent = Some(silent.map_or(waited, |s| s.max(waited)));
                     }
-                    Attempted::Failed(error) => {
+                    SessionOutcome::Failed(error) => {
                         info!(hub = %c.entry, addr = %c.addr, error = format!("{error:#}"),
                             "connection attempt failed");
                         failure = Some(error);
                     }
-                    Attempted::Redirected { addresses, reason } => {
+                    SessionOutcome::Redirected { addresses, reason } => {
                         let Some(targets) = redirect_targets(&link, &c, &addresses, &reason) else {
                             failure = Some(anyhow::anyhow!(
                                 "hub {} redirected us to no usable address: {addresses:?}",
@@ -367,7 +368,7 @@ pub async fn run(
                             }
                         }
                     }
-                    Attempted::Ended(error) => {
+                    SessionOutcome::Ended(error) => {
                         hub_list.welcomed(&c);
                         stats.link.failing(format!("{error:#}"));
                         if started.elapsed() > Duration::from_secs(5) {
@@ -483,25 +484,6 @@ async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-/// How one attempt at one hub candidate ended.
-enum Attempted {
-    /// Shutdown was requested.
-    Shutdown,
-    /// Not a single packet came back within this wait.
-    NoAnswer(Duration),
-    /// The hub answered but no session came of it (or the attempt failed before sending).
-    Failed(anyhow::Error),
-    /// The hub sent us elsewhere.
-    Redirected {
-        /// As the hub sent them.
-        addresses: Vec<String>,
-        /// The hub's reason.
-        reason: String,
-    },
-    /// The hub welcomed us, then the session failed.
-    Ended(anyhow::Error),
-}
-
 /// What every connection attempt of the agent uses.
 struct Link<'a> {
     cfg: &'a Settings,
@@ -550,7 +532,7 @@ impl Link<'_> {
         &mut self,
         c: &hubs::Candidate,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Attempted {
+    ) -> SessionOutcome {
         let cfg = self.cfg;
         let wait = answer_wait(cfg, self.last_rtt);
         let server_name = cfg.hub.server_name_for(&c.entry);
@@ -564,14 +546,14 @@ impl Link<'_> {
         )
         .await
         {
-            Ok(attempt) => attempt,
-            Err(ConnectError::NoAnswer(waited)) => {
+            Ok(Ok(attempt)) => attempt,
+            Err(Unanswered(waited)) => {
                 self.unreachable.no_answer(waited);
-                return Attempted::NoAnswer(waited);
+                return SessionOutcome::NoAnswer(waited);
             }
-            Err(ConnectError::Failed(error)) => {
+            Ok(Err(error)) => {
                 self.unreachable.answered();
-                return Attempted::Failed(error);
+                return SessionOutcome::Failed(error);
             }
         };
         let (conn, early) = match attempt {
@@ -611,27 +593,12 @@ impl Link<'_> {
         ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
         ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
         conn.close(0u32.into(), b"session over");
-        if let Err(session::Failure {
-            no_answer: Some(waited),
-            ..
-        }) = r
-        {
+        if let SessionOutcome::NoAnswer(waited) = r {
             self.unreachable.no_answer(waited);
-            return Attempted::NoAnswer(waited);
+        } else {
+            self.last_rtt = Some(conn.rtt());
         }
-        self.last_rtt = Some(conn.rtt());
-        match r {
-            Ok(session::Exit::Shutdown) => Attempted::Shutdown,
-            Ok(session::Exit::Redirected { addresses, reason }) => {
-                Attempted::Redirected { addresses, reason }
-            }
-            Err(session::Failure {
-                welcomed: true,
-                error,
-                ..
-            }) => Attempted::Ended(error),
-            Err(session::Failure { error, .. }) => Attempted::Failed(error),
-        }
+        r
     }
 }
 
@@ -715,23 +682,9 @@ enum Attempt {
     Early(quinn::Connection, quinn::ZeroRttAccepted),
 }
 
-/// Why a connection attempt failed.
+/// Not a single packet came back within this wait: the link or the hub host is down.
 #[derive(Debug)]
-enum ConnectError {
-    /// Not a single packet came back within the wait: the link or the hub host is down.
-    NoAnswer(Duration),
-    /// Anything else: TLS, refusal, a handshake that stalled after the hub answered.
-    Failed(anyhow::Error),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::NoAnswer(d) => write!(f, "no answer from the hub within {d:?}"),
-            ConnectError::Failed(e) => write!(f, "{e:#}"),
-        }
-    }
-}
+struct Unanswered(Duration);
 
 /// How long an attempt waits for the hub's first answer before a fresh attempt replaces it:
 /// the probe interval, but never less than three round trips of the last connection (a long
@@ -744,6 +697,10 @@ fn answer_wait(cfg: &Settings, last_rtt: Option<Duration>) -> Duration {
     }
 }
 
+/// Dials `addr`: a resumed TLS session comes back at once as [`Attempt::Early`] (its
+/// handshake finishes while the hello goes out as 0-RTT data), a full handshake once done.
+/// `Err` when not a single packet came back within `wait_for_answer`; `Ok(Err)` when the hub
+/// answered but the handshake failed or stalled.
 async fn connect(
     endpoint: &quinn::Endpoint,
     client_cfg: &quinn::ClientConfig,
@@ -751,13 +708,16 @@ async fn connect(
     addr: SocketAddr,
     server_name: &str,
     wait_for_answer: Duration,
-) -> Result<Attempt, ConnectError> {
-    let connecting = endpoint
+) -> Result<anyhow::Result<Attempt>, Unanswered> {
+    let connecting = match endpoint
         .connect_with(client_cfg.clone(), addr, server_name)
         .with_context(|| format!("connecting to {addr} as {server_name:?}"))
-        .map_err(ConnectError::Failed)?;
+    {
+        Ok(connecting) => connecting,
+        Err(e) => return Ok(Err(e)),
+    };
     let mut connecting = match connecting.into_0rtt() {
-        Ok((conn, accepted)) => return Ok(Attempt::Early(conn, accepted)),
+        Ok((conn, accepted)) => return Ok(Ok(Attempt::Early(conn, accepted))),
         Err(connecting) => connecting,
     };
     let started = Instant::now();
@@ -765,22 +725,24 @@ async fn connect(
     // link that returns in the middle of a long attempt would wait for the next retransmit.
     // Giving up early and starting afresh keeps the probe cadence flat instead.
     match tokio::time::timeout(wait_for_answer, connecting.handshake_data()).await {
-        Err(_) => return Err(ConnectError::NoAnswer(wait_for_answer)),
+        Err(_) => return Err(Unanswered(wait_for_answer)),
         Ok(Err(e)) => {
-            return Err(ConnectError::Failed(
-                anyhow::Error::new(e).context(format!("connecting to hub {addr}")),
+            return Ok(Err(
+                anyhow::Error::new(e).context(format!("connecting to hub {addr}"))
             ));
         }
         Ok(Ok(_)) => {}
     }
     let timeout = cfg.hub.connect_timeout;
-    tokio::time::timeout(timeout.saturating_sub(started.elapsed()), connecting)
-        .await
-        .with_context(|| format!("connecting to hub {addr}: handshake not done within {timeout:?}"))
-        .map_err(ConnectError::Failed)?
-        .with_context(|| format!("connecting to hub {addr}"))
-        .map(Attempt::Ready)
-        .map_err(ConnectError::Failed)
+    Ok(
+        tokio::time::timeout(timeout.saturating_sub(started.elapsed()), connecting)
+            .await
+            .with_context(|| {
+                format!("connecting to hub {addr}: handshake not done within {timeout:?}")
+            })
+            .and_then(|connected| connected.with_context(|| format!("connecting to hub {addr}")))
+            .map(Attempt::Ready),
+    )
 }
 
 #[cfg(test)]

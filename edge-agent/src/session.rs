@@ -1,6 +1,7 @@
 //! One connection's lifetime: handshake, resume from the hub's positions, read, batch, send, ack.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -34,11 +35,16 @@ const LANE_BATCHES: usize = 8;
 /// second, the rest of [`source::PREFETCH_KBYTES`] goes to the route lanes.
 const HEARTBEATS_PREFETCH_KBYTES: usize = 1024;
 
-/// How a session ended without error.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
+/// How one attempt at a hub ended: its connection, and the session over it if one began.
+#[derive(Debug)]
+pub enum SessionOutcome {
     /// Shutdown was requested.
     Shutdown,
+    /// Not a single packet came back within this wait: the link or the hub host is down, probe
+    /// again.
+    NoAnswer(Duration),
+    /// The hub answered but no session came of it (or the attempt failed before sending).
+    Failed(anyhow::Error),
     /// The hub does not serve this site and sent us to other hubs instead of welcoming us.
     Redirected {
         /// `host:port` of the hubs to try, best first (as the hub sent them, not yet parsed).
@@ -46,18 +52,8 @@ pub enum Exit {
         /// The hub's reason.
         reason: String,
     },
-}
-
-/// What the caller learns from a failed session.
-#[derive(Debug)]
-pub struct Failure {
-    /// The hub welcomed us before the failure (resets the reconnect backoff).
-    pub welcomed: bool,
-    /// Set when a 0-RTT attempt got no answer at all within this wait: the link or the hub
-    /// host is down, probe again.
-    pub no_answer: Option<Duration>,
-    /// What went wrong.
-    pub error: anyhow::Error,
+    /// The hub welcomed us, then the session failed (resets the reconnect backoff).
+    Ended(anyhow::Error),
 }
 
 /// A connection that resumed a TLS session and is still handshaking: its hello goes out as
@@ -117,7 +113,7 @@ pub async fn run(
     answered: &mut (dyn FnMut(bool) + Send),
     stats: Arc<Stats>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Exit, Failure> {
+) -> SessionOutcome {
     let mut s = Session {
         cfg,
         discovery: shared.discovery.clone(),
@@ -135,22 +131,23 @@ pub async fn run(
         inbound: mpsc::channel(1024),
     };
     let control = match s.hello(early, answered).await {
-        Ok(control) => control,
-        Err(error) => {
-            let no_answer = error.downcast_ref::<NoAnswer>().map(|n| n.0);
-            return Err(Failure {
-                welcomed: false,
-                no_answer,
-                error,
-            });
-        }
+        Ok(Hello::Sent(control)) => control,
+        Ok(Hello::NoAnswer(waited)) => return SessionOutcome::NoAnswer(waited),
+        Err(error) => return SessionOutcome::Failed(error),
     };
-    let result = s.run(control, shutdown).await;
-    result.map_err(|error| Failure {
-        welcomed: s.welcomed,
-        no_answer: None,
-        error,
-    })
+    match s.run(control, shutdown).await {
+        Ok(outcome) => outcome,
+        Err(error) if s.welcomed => SessionOutcome::Ended(error),
+        Err(error) => SessionOutcome::Failed(error),
+    }
+}
+
+/// How the hello went.
+enum Hello {
+    /// It went out on this control stream.
+    Sent(FrameWriter),
+    /// A 0-RTT attempt got no answer at all within this wait.
+    NoAnswer(Duration),
 }
 
 /// The protocol state of a new session; its hello is the first frame it transmits.
@@ -167,18 +164,6 @@ fn new_proto(cfg: &Settings) -> AgentConn {
         Instant::now(),
     )
 }
-
-/// A 0-RTT attempt that got no answer within the wait.
-#[derive(Debug)]
-struct NoAnswer(Duration);
-
-impl std::fmt::Display for NoAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no answer from the hub within {:?}", self.0)
-    }
-}
-
-impl std::error::Error for NoAnswer {}
 
 struct Session<'a> {
     cfg: &'a Settings,
@@ -214,6 +199,42 @@ struct Lane {
     head: Option<Batch>,
 }
 
+/// What the welcome told: who we are to the hub, where to resume, how large a batch may be.
+struct Welcome {
+    site: String,
+    positions: Vec<er_protocol::Position>,
+    max_batch_bytes: u32,
+    /// The central cluster the site's heartbeats go to (whose topics are never replicated
+    /// back).
+    heartbeat_target: String,
+}
+
+/// The state of a welcomed session besides the protocol's: what discovery found, where each
+/// partition resumes, and the report timers.
+struct Replicating {
+    /// The welcome's resume positions.
+    positions: HashMap<TopicPartition, i64>,
+    limits: source::BatchLimits,
+    /// The topics (and partition counts) handed to the readers so far.
+    known: TopicSet,
+    topics: mpsc::Receiver<anyhow::Result<Discovered>>,
+    _discovery: AbortOnDrop,
+    groups_tx: mpsc::Sender<anyhow::Result<Vec<GroupOffsets>>>,
+    groups: mpsc::Receiver<anyhow::Result<Vec<GroupOffsets>>>,
+    groups_tick: tokio::time::Interval,
+    /// A group read is running (one at a time).
+    groups_busy: bool,
+    report_tick: tokio::time::Interval,
+}
+
+impl Replicating {
+    /// Whether a group report is due to be read: reporting is on, none is running, and there
+    /// are topics to report for.
+    fn may_read_groups(&self, shared: &Shared) -> bool {
+        shared.groups.is_some() && !self.groups_busy && !self.known.is_empty()
+    }
+}
+
 impl Session<'_> {
     /// Opens the control stream and sends the hello. On a resumed connection the hello is
     /// 0-RTT data (replaying it changes nothing at the hub); this then waits for the handshake
@@ -222,15 +243,15 @@ impl Session<'_> {
         &mut self,
         early: Option<Early>,
         answered: &mut (dyn FnMut(bool) + Send),
-    ) -> anyhow::Result<FrameWriter> {
+    ) -> anyhow::Result<Hello> {
         let opened = self.open_control().await;
         let Some(mut early) = early else {
-            return opened.map(|(control, _)| control);
+            return opened.map(|(control, _)| Hello::Sent(control));
         };
         let accepted = match tokio::time::timeout(early.answer_wait, &mut early.accepted).await {
             Ok(accepted) => accepted,
             Err(_) if self.conn.handshake_data().is_none() => {
-                return Err(NoAnswer(early.answer_wait).into());
+                return Ok(Hello::NoAnswer(early.answer_wait));
             }
             // The hub answered; let the handshake finish within the connect timeout.
             Err(_) => tokio::time::timeout(
@@ -252,7 +273,7 @@ impl Session<'_> {
         let rejected = match opened {
             Ok((control, _)) if accepted => {
                 debug!("the hub took the 0-RTT hello");
-                return Ok(control);
+                return Ok(Hello::Sent(control));
             }
             Ok(opened) => opened,
             // The handshake ended, refusing the early data, between opening the stream and
@@ -262,7 +283,7 @@ impl Session<'_> {
                     error = format!("{e:#}"),
                     "the 0-RTT control stream was refused before the hello went out"
                 );
-                return self.hello_again().await;
+                return self.hello_again().await.map(Hello::Sent);
             }
             Err(e) => return Err(e),
         };
@@ -282,13 +303,13 @@ impl Session<'_> {
                     "the control stream opened after the handshake; its hello was not early data"
                 );
                 self.handle_inbound(m)?;
-                return Ok(control);
+                return Ok(Hello::Sent(control));
             }
             Err(_) => {
                 debug!(
                     "the control stream opened after the handshake; its hello was not early data"
                 );
-                return Ok(control);
+                return Ok(Hello::Sent(control));
             }
         }
         // The rejected stream's handles must be gone first: quinn numbers the streams afresh
@@ -300,7 +321,7 @@ impl Session<'_> {
             .await
             .context("the rejected 0-RTT control stream's reader did not end")?
             .context("the rejected 0-RTT control stream's reader failed")?;
-        self.hello_again().await
+        self.hello_again().await.map(Hello::Sent)
     }
 
     /// After the hub refused the early data (restarted, or another hub: it no longer knows the
@@ -336,14 +357,67 @@ impl Session<'_> {
         Ok((control, reader))
     }
 
+    /// The session after the hello: the welcome, then replication until shutdown, a redirect
+    /// or an error.
     async fn run(
         &mut self,
         mut control: FrameWriter,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<Exit> {
-        // Handshake: wait for the welcome and its resume positions.
-        // (`hello` may have handled the hub's answer already: look at the events first.)
-        let (site, positions, max_batch_bytes, guard) = loop {
+    ) -> anyhow::Result<SessionOutcome> {
+        let welcome = match self.await_welcome(&mut control, shutdown).await? {
+            ControlFlow::Continue(welcome) => welcome,
+            ControlFlow::Break(outcome) => return Ok(outcome),
+        };
+        let mut r = self.start_replicating(welcome);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.conn.close(0u32.into(), b"agent shutting down");
+                    return Ok(SessionOutcome::Shutdown);
+                }
+                m = self.inbound.1.recv() => self.handle_inbound(m)?,
+                t = r.topics.recv() => {
+                    self.on_topics(&mut r, t.ok_or_else(|| anyhow!("topic discovery stopped"))??)?;
+                }
+                // A lane whose batch waits for the link takes no more: its reader blocks and
+                // stops polling Kafka.
+                (lane, b) = next_batch(&mut self.lanes) => {
+                    self.on_batch(lane, b.ok_or_else(|| anyhow!("edge reader stopped"))??);
+                }
+                _ = sleep_until(self.tokens_at) => {}
+                _ = r.groups_tick.tick(), if r.may_read_groups(&self.shared) => {
+                    self.read_groups(&mut r);
+                }
+                g = r.groups.recv() => {
+                    r.groups_busy = false;
+                    self.on_groups(g.ok_or_else(|| anyhow!("group reader stopped"))?)?;
+                }
+                _ = r.report_tick.tick() => {
+                    let report = self.site_report();
+                    self.proto.send_site_report(report).context("reporting to the hub")?;
+                }
+                _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
+                closed = self.conn.closed() => bail!("connection lost: {closed}"),
+            }
+            while let Some(ev) = self.proto.poll_event() {
+                self.handle_event(ev)?;
+            }
+            self.pump()?;
+            self.flush(&mut control).await?;
+            ::metrics::gauge!(m::INFLIGHT_BYTES).set(self.proto.inflight_bytes() as f64);
+        }
+    }
+
+    /// Waits for the welcome and its resume positions (`hello` may have handled the hub's
+    /// answer already: the events are looked at first). Breaks with the session's outcome on
+    /// a redirect or shutdown.
+    async fn await_welcome(
+        &mut self,
+        control: &mut FrameWriter,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<ControlFlow<SessionOutcome, Welcome>> {
+        loop {
             let mut welcome = None;
             while let Some(ev) = self.proto.poll_event() {
                 match ev {
@@ -355,39 +429,51 @@ impl Session<'_> {
                         heartbeat_target,
                     } => {
                         info!(%site, %hub_id, positions = positions.len(), %heartbeat_target, "welcomed by hub");
-                        // The hub names one destination cluster and not its replication
-                        // policy yet: the guard assumes MM2's default policy.
-                        let guard = source::LoopGuard::new(
-                            er_protocol::ReplicationPolicy::default(),
-                            site.clone(),
-                            vec![heartbeat_target.clone()],
-                        );
                         self.shared.aliases.send_replace(Some(Aliases {
                             site: site.clone(),
-                            target: heartbeat_target,
+                            target: heartbeat_target.clone(),
                         }));
-                        welcome = Some((site, positions, max_batch_bytes, guard));
+                        welcome = Some(Welcome {
+                            site,
+                            positions,
+                            max_batch_bytes,
+                            heartbeat_target,
+                        });
                     }
                     AgentEvent::Redirected { addresses, reason } => {
-                        return Ok(Exit::Redirected { addresses, reason });
+                        return Ok(ControlFlow::Break(SessionOutcome::Redirected {
+                            addresses,
+                            reason,
+                        }));
                     }
                     other => self.handle_event(other)?,
                 }
             }
-            self.flush(&mut control).await?;
+            self.flush(control).await?;
             if let Some(w) = welcome {
-                break w;
+                self.welcomed = true;
+                ::metrics::gauge!(m::LINK_UP).set(1.0);
+                self.stats.link.up();
+                return Ok(ControlFlow::Continue(w));
             }
             let deadline = self.proto.poll_timeout();
             tokio::select! {
                 m = self.inbound.1.recv() => self.handle_inbound(m)?,
                 _ = sleep_until(deadline) => self.proto.handle_timeout(Instant::now()),
-                _ = shutdown.changed() => return Ok(Exit::Shutdown),
+                _ = shutdown.changed() => return Ok(ControlFlow::Break(SessionOutcome::Shutdown)),
             }
-        };
-        self.welcomed = true;
-        ::metrics::gauge!(m::LINK_UP).set(1.0);
-        self.stats.link.up();
+        }
+    }
+
+    /// Sizes batches to the hub's limit, sets up the rate limit and starts topic discovery and
+    /// the report timers.
+    fn start_replicating(&mut self, welcome: Welcome) -> Replicating {
+        let Welcome {
+            site,
+            positions,
+            max_batch_bytes,
+            heartbeat_target,
+        } = welcome;
         // Batches are measured before compression; keep a margin for incompressible data.
         let hub_cap = (max_batch_bytes as usize)
             .saturating_sub(FRAME_OVERHEAD as usize)
@@ -404,16 +490,10 @@ impl Session<'_> {
         // writes them to the site's dead letters), never as a batch the hub refuses on every
         // reconnect. Half the hub's limit each keeps both useful.
         let max_batch = self.cfg.batching.max_bytes.min(hub_cap / 2);
-        let max_record = hub_cap - max_batch;
-        let positions: HashMap<TopicPartition, i64> = positions
-            .into_iter()
-            .map(|p| (p.tp, p.next_offset))
-            .collect();
-
         let limits = source::BatchLimits {
             max_records: self.cfg.batching.max_records,
             max_bytes: max_batch,
-            max_record_bytes: max_record,
+            max_record_bytes: hub_cap - max_batch,
             linger: self.cfg.batching.linger,
             codec: self.cfg.batching.codec,
             zstd_level: self.cfg.batching.zstd_level,
@@ -424,115 +504,142 @@ impl Session<'_> {
             .hub
             .max_bytes_per_sec
             .map(|rate| TokenBucket::new(rate, max_batch as u64, Instant::now()));
-        let (topics_tx, mut topics_rx) = mpsc::channel::<anyhow::Result<Discovered>>(1);
-        let discovery_task =
-            spawn_discovery(self.cfg.clone(), self.discovery.clone(), guard, topics_tx);
-        let _stop_discovery = AbortOnDrop(discovery_task);
-        let mut known = TopicSet::new();
-        info!(%site, "replicating");
-        let (groups_tx, mut groups_rx) = mpsc::channel::<anyhow::Result<Vec<GroupOffsets>>>(1);
-        let mut groups_tick = tokio::time::interval(
-            self.cfg
-                .groups
-                .interval
-                .unwrap_or(Duration::from_secs(3600)),
+        // The hub names one destination cluster and not its replication policy yet: the guard
+        // assumes MM2's default policy.
+        let guard = source::LoopGuard::new(
+            er_protocol::ReplicationPolicy::default(),
+            site.clone(),
+            vec![heartbeat_target],
         );
-        groups_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut groups_busy = false;
-        let mut report_tick = tokio::time::interval(SITE_REPORT_INTERVAL);
-        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    self.conn.close(0u32.into(), b"agent shutting down");
-                    return Ok(Exit::Shutdown);
-                }
-                m = self.inbound.1.recv() => self.handle_inbound(m)?,
-                t = topics_rx.recv() => {
-                    let Discovered { set, metadata, acls } = t.ok_or_else(|| anyhow!("topic discovery stopped"))??;
-                    if let Some(m) = metadata {
-                        let n = m.len();
-                        if self.proto.send_topic_metadata(m, METADATA_FRAME_BYTES)? {
-                            debug!(topics = n, "topic metadata reported to the hub");
-                        }
-                    }
-                    if let Some(a) = acls {
-                        let n = a.len();
-                        if self.proto.send_topic_acls(a, METADATA_FRAME_BYTES)? {
-                            debug!(bindings = n, "topic ACLs reported to the hub");
-                        }
-                    }
-                    let added: Vec<source::StartPartition> = source::partitions(&set)
-                        .filter(|(tp, _)| known.get(&tp.topic).is_none_or(|n| tp.partition >= *n))
-                        .map(|(tp, partition_count)| {
-                            let offset = positions.get(&tp).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-                            info!(%tp, ?offset, "replicating partition");
-                            if let Some(lag) = &self.shared.lag {
-                                lag.track(&tp, positions.get(&tp).copied());
-                            }
-                            source::StartPartition { tp, partition_count, offset }
-                        })
-                        .collect();
-                    let mut by_priority: BTreeMap<Priority, Vec<source::StartPartition>> = BTreeMap::new();
-                    for s in added {
-                        by_priority.entry(self.cfg.routes.priority_for(&s.tp.topic)).or_default().push(s);
-                    }
-                    for (priority, list) in by_priority {
-                        let lane = self.lane(priority, &limits)?;
-                        lane.cmds.send(source::ReaderCmd::Add(list)).map_err(|_| anyhow!("edge reader stopped"))?;
-                    }
-                    known = set;
-                }
-                // A lane whose batch waits for the link takes no more: its reader blocks and
-                // stops polling Kafka.
-                (lane, b) = next_batch(&mut self.lanes) => {
-                    let batch = b.ok_or_else(|| anyhow!("edge reader stopped"))??;
-                    // Read before the hub stopped its partition: never sent on this connection.
-                    if !self.proto.is_stopped(&batch.header.tp) {
-                        self.lanes[lane].head = Some(batch);
-                    }
-                }
-                _ = sleep_until(self.tokens_at) => {}
-                _ = groups_tick.tick(), if self.shared.groups.is_some() && !groups_busy && !known.is_empty() => {
-                    groups_busy = true;
-                    let reader = self.shared.groups.clone().expect("checked in the guard");
-                    let topics = known.clone();
-                    let tx = groups_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = reader.lock().expect("group reader lock").read(&topics, Duration::from_secs(10));
-                        let _ = tx.blocking_send(r);
-                    });
-                }
-                r = groups_rx.recv() => {
-                    groups_busy = false;
-                    match r.ok_or_else(|| anyhow!("group reader stopped"))? {
-                        Ok(groups) => {
-                            debug!(groups = groups.len(), "reporting consumer-group offsets");
-                            for frame in crate::groups::chunk(groups, GROUP_FRAME_POSITIONS) {
-                                self.proto.send_group_offsets(frame).context("reporting group offsets")?;
-                            }
-                            self.stats.group_reports_sent.fetch_add(1, Ordering::Relaxed);
-                            ::metrics::counter!(m::GROUP_REPORTS_SENT).increment(1);
-                        }
-                        Err(e) => warn!(error = format!("{e:#}"), "reading edge consumer-group offsets failed"),
-                    }
-                }
-                _ = report_tick.tick() => {
-                    let report = self.site_report();
-                    self.proto.send_site_report(report).context("reporting to the hub")?;
-                }
-                _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
-                closed = self.conn.closed() => bail!("connection lost: {closed}"),
-            }
-            while let Some(ev) = self.proto.poll_event() {
-                self.handle_event(ev)?;
-            }
-            self.pump()?;
-            self.flush(&mut control).await?;
-            ::metrics::gauge!(m::INFLIGHT_BYTES).set(self.proto.inflight_bytes() as f64);
+        let (topics_tx, topics) = mpsc::channel(1);
+        let discovery = spawn_discovery(self.cfg.clone(), self.discovery.clone(), guard, topics_tx);
+        info!(%site, "replicating");
+        let (groups_tx, groups) = mpsc::channel(1);
+        let every = |d: Duration| {
+            let mut t = tokio::time::interval(d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        Replicating {
+            positions: positions
+                .into_iter()
+                .map(|p| (p.tp, p.next_offset))
+                .collect(),
+            limits,
+            known: TopicSet::new(),
+            topics,
+            _discovery: AbortOnDrop(discovery),
+            groups_tx,
+            groups,
+            groups_tick: every(
+                self.cfg
+                    .groups
+                    .interval
+                    .unwrap_or(Duration::from_secs(3600)),
+            ),
+            groups_busy: false,
+            report_tick: every(SITE_REPORT_INTERVAL),
         }
+    }
+
+    /// Discovery's latest view: topic metadata and ACLs go to the hub, new partitions to the
+    /// reader of their priority's lane, from the hub's position (the beginning without one).
+    fn on_topics(&mut self, r: &mut Replicating, d: Discovered) -> anyhow::Result<()> {
+        let Discovered {
+            set,
+            metadata,
+            acls,
+        } = d;
+        if let Some(m) = metadata {
+            let n = m.len();
+            if self.proto.send_topic_metadata(m, METADATA_FRAME_BYTES)? {
+                debug!(topics = n, "topic metadata reported to the hub");
+            }
+        }
+        if let Some(a) = acls {
+            let n = a.len();
+            if self.proto.send_topic_acls(a, METADATA_FRAME_BYTES)? {
+                debug!(bindings = n, "topic ACLs reported to the hub");
+            }
+        }
+        let mut by_priority: BTreeMap<Priority, Vec<source::StartPartition>> = BTreeMap::new();
+        for (tp, partition_count) in source::partitions(&set) {
+            if r.known.get(&tp.topic).is_some_and(|n| tp.partition < *n) {
+                continue;
+            }
+            let position = r.positions.get(&tp).copied();
+            let offset = position.map_or(Offset::Beginning, Offset::Offset);
+            info!(%tp, ?offset, "replicating partition");
+            if let Some(lag) = &self.shared.lag {
+                lag.track(&tp, position);
+            }
+            by_priority
+                .entry(self.cfg.routes.priority_for(&tp.topic))
+                .or_default()
+                .push(source::StartPartition {
+                    tp,
+                    partition_count,
+                    offset,
+                });
+        }
+        for (priority, list) in by_priority {
+            let lane = self.lane(priority, &r.limits)?;
+            lane.cmds
+                .send(source::ReaderCmd::Add(list))
+                .map_err(|_| anyhow!("edge reader stopped"))?;
+        }
+        r.known = set;
+        Ok(())
+    }
+
+    /// A lane's next batch waits for the link, unless the hub stopped its partition meanwhile
+    /// (read before the stop: never sent on this connection).
+    fn on_batch(&mut self, lane: usize, batch: Batch) {
+        if !self.proto.is_stopped(&batch.header.tp) {
+            self.lanes[lane].head = Some(batch);
+        }
+    }
+
+    /// Reads the edge groups' committed offsets off the executor; the answer arrives on
+    /// `r.groups`.
+    fn read_groups(&self, r: &mut Replicating) {
+        r.groups_busy = true;
+        let reader = self
+            .shared
+            .groups
+            .clone()
+            .expect("checked by may_read_groups");
+        let topics = r.known.clone();
+        let tx = r.groups_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let read = reader
+                .lock()
+                .expect("group reader lock")
+                .read(&topics, Duration::from_secs(10));
+            let _ = tx.blocking_send(read);
+        });
+    }
+
+    fn on_groups(&mut self, read: anyhow::Result<Vec<GroupOffsets>>) -> anyhow::Result<()> {
+        match read {
+            Ok(groups) => {
+                debug!(groups = groups.len(), "reporting consumer-group offsets");
+                for frame in crate::groups::chunk(groups, GROUP_FRAME_POSITIONS) {
+                    self.proto
+                        .send_group_offsets(frame)
+                        .context("reporting group offsets")?;
+                }
+                self.stats
+                    .group_reports_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                ::metrics::counter!(m::GROUP_REPORTS_SENT).increment(1);
+            }
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "reading edge consumer-group offsets failed"
+            ),
+        }
+        Ok(())
     }
 
     fn handle_inbound(&mut self, m: Option<Inbound>) -> anyhow::Result<()> {
