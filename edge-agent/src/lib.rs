@@ -238,12 +238,8 @@ pub async fn run(
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let tls = er_net::TlsFiles {
-        ca_cert: cfg.hub.tls.ca_cert.clone(),
-        cert: cfg.hub.tls.cert.clone(),
-        key: cfg.hub.tls.key.clone(),
-    };
-    let (endpoint, client_cfg, tickets, ipv6) = client_endpoint(&cfg, &tls)?;
+    let tls = &cfg.hub.tls;
+    let (endpoint, client_cfg, tickets, ipv6) = client_endpoint(&cfg, tls)?;
     metrics::set_certificate_expiry(&tls.cert);
     let pipeline = pipeline::Pipeline::load(&cfg)?.shared();
     let groups = match cfg.groups.interval {
@@ -309,106 +305,7 @@ pub async fn run(
         unreachable: Unreachable::new(tickets),
         last_rtt: None,
     };
-    let mut hub_list = hubs::HubList::new(cfg.hub.addresses.clone());
-    let mut backoff = Backoff::new(cfg.hub.reconnect_backoff_min, cfg.hub.reconnect_backoff_max);
-    'passes: loop {
-        if *shutdown.borrow() {
-            break;
-        }
-        let mut pass = hub_list.pass();
-        // While every attempt of the pass went unanswered: the longest wait.
-        let mut silent: Option<Duration> = None;
-        // The latest failure that was not silence (the hub answered, or resolution failed).
-        let mut failure: Option<anyhow::Error> = None;
-        while let Some(entry) = pass.next_entry() {
-            let candidates = match link.resolve(&entry).await {
-                Ok(addrs) => pass.dial_order(&entry, addrs),
-                Err(e) => {
-                    info!(hub = %entry, error = format!("{e:#}"), "hub address not dialled");
-                    failure = Some(e);
-                    continue;
-                }
-            };
-            for c in candidates {
-                if *shutdown.borrow() {
-                    break 'passes;
-                }
-                let started = Instant::now();
-                match link.attempt(&c, &mut shutdown).await {
-                    SessionOutcome::Shutdown => break 'passes,
-                    SessionOutcome::NoAnswer(waited) => {
-                        silent = Some(silent.map_or(waited, |s| s.max(waited)));
-                    }
-                    SessionOutcome::Failed(error) => {
-                        info!(hub = %c.entry, addr = %c.addr, error = format!("{error:#}"),
-                            "connection attempt failed");
-                        failure = Some(error);
-                    }
-                    SessionOutcome::Redirected { addresses, reason } => {
-                        let Some(targets) = redirect_targets(&link, &c, &addresses, &reason) else {
-                            failure = Some(anyhow::anyhow!(
-                                "hub {} redirected us to no usable address: {addresses:?}",
-                                c.entry
-                            ));
-                            continue;
-                        };
-                        match hub_list.redirected(targets) {
-                            hubs::AfterRedirect::Follow => continue 'passes,
-                            hubs::AfterRedirect::BackOff { in_a_row } => {
-                                let delay = backoff.next_delay();
-                                warn!(
-                                    redirects_in_a_row = in_a_row,
-                                    retry_in_ms = delay.as_millis() as u64,
-                                    "redirected again and again without a welcome; following after a pause"
-                                );
-                                if pause(delay, &mut shutdown).await {
-                                    break 'passes;
-                                }
-                                continue 'passes;
-                            }
-                        }
-                    }
-                    SessionOutcome::Ended(error) => {
-                        hub_list.welcomed(&c);
-                        stats.link.failing(format!("{error:#}"));
-                        if started.elapsed() > Duration::from_secs(5) {
-                            backoff.reset();
-                        }
-                        let delay = backoff.next_delay();
-                        warn!(
-                            hub = %c.entry,
-                            error = format!("{error:#}"),
-                            retry_in_ms = delay.as_millis() as u64,
-                            "link to hub down; will reconnect and resume"
-                        );
-                        if pause(delay, &mut shutdown).await {
-                            break 'passes;
-                        }
-                        continue 'passes;
-                    }
-                }
-            }
-        }
-        // No candidate of the pass got a welcome or a redirect.
-        if let (None, Some(waited)) = (&failure, silent) {
-            stats.link.probing();
-            if probe_pause(waited, &mut shutdown).await {
-                break;
-            }
-            continue;
-        }
-        let error = failure.unwrap_or_else(|| anyhow::anyhow!("no hub address to dial"));
-        stats.link.failing(format!("{error:#}"));
-        let delay = backoff.next_delay();
-        warn!(
-            error = format!("{error:#}"),
-            retry_in_ms = delay.as_millis() as u64,
-            "link to hub down: no hub address worked; will reconnect and resume"
-        );
-        if pause(delay, &mut shutdown).await {
-            break;
-        }
-    }
+    link.dial_until_shutdown(&mut shutdown).await;
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
     if let Some(h) = heartbeats {
@@ -484,6 +381,43 @@ async fn pause(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// The dialling loop's state: the hub candidates, the reconnect backoff and the current pass.
+struct Dialing {
+    hubs: hubs::HubList,
+    backoff: Backoff,
+    pass: Pass,
+}
+
+/// What one pass over the hub candidates saw so far.
+#[derive(Default)]
+struct Pass {
+    /// While every attempt of the pass went unanswered: the longest wait.
+    silent: Option<Duration>,
+    /// The latest failure that was not silence (the hub answered, or resolution failed).
+    failure: Option<anyhow::Error>,
+}
+
+/// What the dialling loop does next.
+enum Step {
+    /// Dial the pass's next candidate.
+    NextCandidate,
+    /// Start a new pass.
+    NextPass,
+    /// Shutdown was requested.
+    Stop,
+}
+
+impl Step {
+    /// A new pass after a pause, unless shutdown came during it.
+    fn after_pause(shutdown_requested: bool) -> Step {
+        if shutdown_requested {
+            Step::Stop
+        } else {
+            Step::NextPass
+        }
+    }
+}
+
 /// What every connection attempt of the agent uses.
 struct Link<'a> {
     cfg: &'a Settings,
@@ -499,6 +433,139 @@ struct Link<'a> {
 }
 
 impl Link<'_> {
+    /// Passes over the hub candidates until shutdown: each dials the candidates in turn until
+    /// one welcomes the agent or redirects it.
+    async fn dial_until_shutdown(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let mut d = Dialing {
+            hubs: hubs::HubList::new(self.cfg.hub.addresses.clone()),
+            backoff: Backoff::new(
+                self.cfg.hub.reconnect_backoff_min,
+                self.cfg.hub.reconnect_backoff_max,
+            ),
+            pass: Pass::default(),
+        };
+        while !*shutdown.borrow() {
+            d.pass = Pass::default();
+            let mut entries = d.hubs.pass();
+            let next = 'entries: loop {
+                let Some(entry) = entries.next_entry() else {
+                    break self.after_pass(&mut d, shutdown).await;
+                };
+                let candidates = match self.resolve(&entry).await {
+                    Ok(addrs) => entries.dial_order(&entry, addrs),
+                    Err(e) => {
+                        info!(hub = %entry, error = format!("{e:#}"), "hub address not dialled");
+                        d.pass.failure = Some(e);
+                        continue;
+                    }
+                };
+                for c in candidates {
+                    if *shutdown.borrow() {
+                        break 'entries Step::Stop;
+                    }
+                    let started = Instant::now();
+                    let outcome = self.attempt(&c, shutdown).await;
+                    let step = self
+                        .after_attempt(outcome, &c, started, &mut d, shutdown)
+                        .await;
+                    if !matches!(step, Step::NextCandidate) {
+                        break 'entries step;
+                    }
+                }
+            };
+            if matches!(next, Step::Stop) {
+                return;
+            }
+        }
+    }
+
+    /// What an attempt's outcome means for the pass: go on with the next candidate, start a
+    /// new pass (after a welcome, or to follow a redirect), or stop.
+    async fn after_attempt(
+        &mut self,
+        outcome: SessionOutcome,
+        c: &hubs::Candidate,
+        started: Instant,
+        d: &mut Dialing,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Step {
+        let Dialing {
+            hubs,
+            backoff,
+            pass,
+        } = d;
+        match outcome {
+            SessionOutcome::Shutdown => Step::Stop,
+            SessionOutcome::NoAnswer(waited) => {
+                pass.silent = Some(pass.silent.map_or(waited, |s| s.max(waited)));
+                Step::NextCandidate
+            }
+            SessionOutcome::Failed(error) => {
+                info!(hub = %c.entry, addr = %c.addr, error = format!("{error:#}"),
+                    "connection attempt failed");
+                pass.failure = Some(error);
+                Step::NextCandidate
+            }
+            SessionOutcome::Redirected { addresses, reason } => {
+                let Some(targets) = redirect_targets(self, c, &addresses, &reason) else {
+                    pass.failure = Some(anyhow::anyhow!(
+                        "hub {} redirected us to no usable address: {addresses:?}",
+                        c.entry
+                    ));
+                    return Step::NextCandidate;
+                };
+                match hubs.redirected(targets) {
+                    hubs::AfterRedirect::Follow => Step::NextPass,
+                    hubs::AfterRedirect::BackOff { in_a_row } => {
+                        let delay = backoff.next_delay();
+                        warn!(
+                            redirects_in_a_row = in_a_row,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "redirected again and again without a welcome; following after a pause"
+                        );
+                        Step::after_pause(pause(delay, shutdown).await)
+                    }
+                }
+            }
+            SessionOutcome::Ended(error) => {
+                hubs.welcomed(c);
+                self.stats.link.failing(format!("{error:#}"));
+                if started.elapsed() > Duration::from_secs(5) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(
+                    hub = %c.entry,
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "link to hub down; will reconnect and resume"
+                );
+                Step::after_pause(pause(delay, shutdown).await)
+            }
+        }
+    }
+
+    /// After a pass in which no candidate got a welcome or a redirect: probe again soon when
+    /// no hub answered at all, else back off.
+    async fn after_pass(&self, d: &mut Dialing, shutdown: &mut watch::Receiver<bool>) -> Step {
+        let pass = std::mem::take(&mut d.pass);
+        if let (None, Some(waited)) = (&pass.failure, pass.silent) {
+            self.stats.link.probing();
+            return Step::after_pause(probe_pause(waited, shutdown).await);
+        }
+        let error = pass
+            .failure
+            .unwrap_or_else(|| anyhow::anyhow!("no hub address to dial"));
+        self.stats.link.failing(format!("{error:#}"));
+        let delay = d.backoff.next_delay();
+        warn!(
+            error = format!("{error:#}"),
+            retry_in_ms = delay.as_millis() as u64,
+            "link to hub down: no hub address worked; will reconnect and resume"
+        );
+        Step::after_pause(pause(delay, shutdown).await)
+    }
+
     /// Every address `entry` resolves to that the endpoint can dial, in the resolver's order.
     async fn resolve(&self, entry: &hubs::HubAddress) -> anyhow::Result<Vec<SocketAddr>> {
         let timeout = self.cfg.hub.connect_timeout;
