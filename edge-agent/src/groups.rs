@@ -35,7 +35,7 @@ impl GroupReader {
     pub fn new(cfg: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             cfg: cfg.clone(),
-            lister: crate::source::base_config(cfg)
+            lister: crate::kafka::base_config(&cfg.kafka)
                 .create()
                 .context("creating the consumer-group client")?,
             consumers: HashMap::new(),
@@ -57,7 +57,7 @@ impl GroupReader {
             .groups()
             .iter()
             .map(|g| g.name().to_owned())
-            .filter(|g| self.cfg.groups.wants(g))
+            .filter(|g| reported(&self.cfg.groups, g))
             .collect();
         names.sort();
         names.dedup();
@@ -74,7 +74,7 @@ impl GroupReader {
             let consumer = match self.consumers.entry(group.clone()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                    crate::source::base_config(&self.cfg)
+                    crate::kafka::base_config(&self.cfg.kafka)
                         .set("group.id", &group)
                         .set("enable.auto.commit", "false")
                         .create()
@@ -107,6 +107,12 @@ impl GroupReader {
     }
 }
 
+/// Whether an edge group's offsets are reported: the patterns select it, and it is not the
+/// agent's own group (whose consumers never commit).
+fn reported(groups: &crate::config::GroupSettings, group: &str) -> bool {
+    group != crate::kafka::AGENT_GROUP_ID && groups.wants(group)
+}
+
 /// Splits a report into frames of at most `max_positions` offsets, keeping each group whole
 /// (a group larger than that gets a frame of its own).
 pub fn chunk(groups: Vec<GroupOffsets>, max_positions: usize) -> Vec<Vec<GroupOffsets>> {
@@ -127,6 +133,23 @@ pub fn chunk(groups: Vec<GroupOffsets>, max_positions: usize) -> Vec<Vec<GroupOf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agents_own_group_is_never_reported_even_when_selected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.pem"), "").unwrap();
+        let cfg = crate::config::parse(
+            &dir.path().join("agent.toml"),
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[hub]\naddress = \"h:1\"\n\
+             ca_cert = \"x.pem\"\ncert = \"x.pem\"\nkey = \"x.pem\"\n\
+             [groups]\ninclude = [\".*\"]\nexclude = [\"tmp-.*\"]\n",
+        )
+        .unwrap();
+        assert!(reported(&cfg.groups, "orders-app"));
+        assert!(!reported(&cfg.groups, "tmp-1"), "excluded");
+        assert!(cfg.groups.wants(crate::kafka::AGENT_GROUP_ID));
+        assert!(!reported(&cfg.groups, crate::kafka::AGENT_GROUP_ID));
+    }
 
     fn g(name: &str, n: usize) -> GroupOffsets {
         GroupOffsets {

@@ -35,7 +35,7 @@ pub async fn run(
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let producer: FutureProducer = match crate::source::base_config(&cfg)
+    let producer: FutureProducer = match crate::kafka::base_config(&cfg.kafka)
         .set("linger.ms", "0")
         .set("message.timeout.ms", "30000")
         .create()
@@ -106,7 +106,8 @@ pub async fn run(
 
 /// Creates the edge `heartbeats` topic as MM2 does (one partition, compacted) unless it exists.
 async fn ensure_topic(cfg: &Settings) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = crate::source::base_config(cfg).create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        crate::kafka::base_config(&cfg.kafka).create()?;
     let topic = NewTopic::new(HEARTBEATS_TOPIC, 1, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact");
     let res = admin

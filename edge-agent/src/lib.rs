@@ -6,6 +6,7 @@ pub mod groups;
 pub mod health;
 pub mod heartbeat;
 pub mod hubs;
+pub mod kafka;
 pub mod metrics;
 pub mod pacing;
 pub mod pipeline;

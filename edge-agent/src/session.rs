@@ -32,7 +32,7 @@ const FRAME_OVERHEAD: u32 = 64 * 1024;
 const LANE_BATCHES: usize = 8;
 
 /// Prefetch of the heartbeats lane's consumer, in KiB: heartbeats are a few hundred bytes a
-/// second, the rest of [`source::PREFETCH_KBYTES`] goes to the route lanes.
+/// second, the rest of [`crate::kafka::PREFETCH_KBYTES`] goes to the route lanes.
 const HEARTBEATS_PREFETCH_KBYTES: usize = 1024;
 
 /// How one attempt at a hub ended: its connection, and the session over it if one began.
@@ -746,12 +746,12 @@ impl Session<'_> {
                             .count()
                             .max(1);
                         (
-                            source::PREFETCH_KBYTES / route_lanes,
+                            crate::kafka::PREFETCH_KBYTES / route_lanes,
                             (LANE_BATCHES / route_lanes).max(2),
                         )
                     }
                 };
-                let consumer = source::consumer(self.cfg, prefetch_kbytes)
+                let consumer = crate::kafka::consumer(&self.cfg.kafka, prefetch_kbytes)
                     .context("creating the edge consumer")?;
                 let (batch_tx, batches) = mpsc::channel(queued_batches);
                 let (cmds, cmd_rx) = std::sync::mpsc::channel();

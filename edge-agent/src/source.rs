@@ -6,11 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use er_protocol::{Batch, BatchBuilder, RecordRef, TimestampType, TopicPartition};
-use rdkafka::ClientConfig;
+use er_protocol::{Batch, BatchBuilder, TopicPartition};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use er_plugin_host::OutBatch;
@@ -18,19 +17,10 @@ use er_plugin_host::OutBatch;
 use crate::Stats;
 use crate::config::Settings;
 use crate::pipeline::SharedPipeline;
-use crate::routes::chain::{Pending, Shape, run_chain};
+use crate::routes::chain::{ChainInput, ChainOutput, Pending, Shape, run_chain};
 
 /// Partition counts of the replicated topics, by topic name.
 pub type TopicSet = BTreeMap<String, i32>;
-
-pub(crate) fn base_config(cfg: &Settings) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
-    for (k, v) in &cfg.kafka.properties {
-        c.set(k, v);
-    }
-    c
-}
 
 /// Why discovery leaves out a topic the config selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,8 +111,8 @@ impl Discovery {
     /// Creates the metadata client (no broker round trip yet).
     pub fn new(cfg: &Settings) -> Result<Self, KafkaError> {
         Ok(Self {
-            client: base_config(cfg).create()?,
-            admin: base_config(cfg).create()?,
+            client: crate::kafka::base_config(&cfg.kafka).create()?,
+            admin: crate::kafka::base_config(&cfg.kafka).create()?,
             describe_failed: Default::default(),
             acls_failed: Default::default(),
             skipped: Default::default(),
@@ -307,33 +297,6 @@ const WATERMARKS_TIMEOUT: Duration = Duration::from_secs(10);
 /// the records it handed out (transaction markers, aborted records). Such a partition then
 /// sends a batch without records after the linger, unless records come first.
 pub const POSITION_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The agent consumer's group id. librdkafka wants one even for a consumer with explicit
-/// assignments; it is never used for commits or rebalancing, and never reported to the hub.
-pub const AGENT_GROUP_ID: &str = "edge-replicator-agent";
-
-/// Records prefetched by the consumers of one session, in KiB, shared by its priority lanes.
-pub const PREFETCH_KBYTES: usize = 16 * 1024;
-
-/// Creates a consumer of one session that prefetches at most `prefetch_kbytes` KiB (at least
-/// 1024). It never commits: the hub keeps the positions.
-pub fn consumer(cfg: &Settings, prefetch_kbytes: usize) -> Result<BaseConsumer, KafkaError> {
-    let prefetch_kbytes = prefetch_kbytes.max(1024);
-    base_config(cfg)
-        .set("group.id", AGENT_GROUP_ID)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // An out-of-range position is reported rather than silently reset: it is how records
-        // that edge retention deleted before they were replicated show up (see
-        // `Reader::skip_retention_gaps`). New partitions start at `Offset::Beginning`.
-        .set("auto.offset.reset", "error")
-        .set("isolation.level", cfg.kafka.isolation_level.as_librdkafka())
-        // Bounds the records prefetched in memory (with the in-flight limits, the agent's memory).
-        .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
-        .set("fetch.max.bytes", (prefetch_kbytes * 1024).to_string())
-        .set("enable.partition.eof", "false")
-        .create()
-}
 
 /// A partition to start reading, with the position to read from.
 #[derive(Debug, Clone)]
@@ -528,7 +491,7 @@ impl Reader {
                     self.records_read.increment(1);
                     match part.route {
                         Some(_) => part.pending.push(&m),
-                        None => push_message(&mut part.builder, &m),
+                        None => crate::kafka::push_message(&mut part.builder, &m),
                     }
                     part.resume = Offset::Offset(m.offset() + 1);
                     part.trust_position = true;
@@ -793,14 +756,18 @@ impl Reader {
             rt.maybe_reload();
             run_chain(
                 rt,
-                tp,
-                part.partition_count,
-                &part.pending,
-                &mut self.scratch,
-                &mut part.builder,
+                ChainInput {
+                    tp,
+                    partition_count: part.partition_count,
+                    pending: &part.pending,
+                    skipped_to,
+                },
+                ChainOutput {
+                    scratch: &mut self.scratch,
+                    builder: &mut part.builder,
+                    next_seq: &mut part.next_seq,
+                },
                 shape,
-                skipped_to,
-                &mut part.next_seq,
             )
         };
         let stats = &self.routing.stats;
@@ -847,40 +814,6 @@ impl Reader {
                 Ok(Ok(()))
             }
         }
-    }
-}
-
-/// Kafka's timestamp of a message, as the batch encoding spells it.
-pub(crate) fn timestamp_of(m: &rdkafka::message::BorrowedMessage<'_>) -> (TimestampType, i64) {
-    match m.timestamp() {
-        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
-        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
-        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
-    }
-}
-
-/// Appends one Kafka message to a batch, borrowing its bytes.
-fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
-    let (timestamp_type, timestamp) = timestamp_of(m);
-    let rec = RecordRef {
-        offset: m.offset(),
-        timestamp,
-        timestamp_type,
-        key: m.key(),
-        value: m.payload(),
-        headers: &[],
-        topic: None,
-        partition: None,
-    };
-    match m.headers() {
-        None => builder.push(&rec),
-        Some(h) => builder.push_with_headers(
-            &rec,
-            (0..h.count()).map(|i| {
-                let h = h.get(i);
-                (h.key, h.value)
-            }),
-        ),
     }
 }
 
@@ -947,16 +880,6 @@ mod tests {
         )
         .unwrap();
         (dir, cfg)
-    }
-
-    /// librdkafka checks its settings when a client is created (no broker needed): every
-    /// prefetch a priority lane can get must pass, the smallest included.
-    #[test]
-    fn consumers_accept_every_prefetch_a_lane_gets() {
-        let (_dir, cfg) = config("");
-        for kbytes in [0, 1024, PREFETCH_KBYTES / 3, PREFETCH_KBYTES] {
-            consumer(&cfg, kbytes).unwrap_or_else(|e| panic!("{kbytes} KiB: {e}"));
-        }
     }
 
     /// Discovery replicates neither topics that came from a destination cluster or from this

@@ -130,10 +130,9 @@ pub struct GroupSettings {
 }
 
 impl GroupSettings {
-    /// Whether an edge consumer group's offsets are reported. The agent's own group never is.
+    /// Whether the patterns select an edge consumer group for reporting.
     pub fn wants(&self, group: &str) -> bool {
-        group != crate::source::AGENT_GROUP_ID
-            && self.include.iter().any(|r| r.is_match(group))
+        self.include.iter().any(|r| r.is_match(group))
             && !self.exclude.iter().any(|r| r.is_match(group))
     }
 }

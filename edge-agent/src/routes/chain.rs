@@ -39,7 +39,7 @@ pub struct Pending {
 impl Pending {
     /// Copies one Kafka message in.
     pub fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let (timestamp_type, timestamp) = crate::source::timestamp_of(m);
+        let (timestamp_type, timestamp) = crate::kafka::timestamp_of(m);
         let key = m.key().map(|k| self.copy(k));
         let value = m.payload().map(|v| self.copy(v));
         let start = self.headers.len();
@@ -127,6 +127,31 @@ pub struct RouteStopped {
     pub message: String,
 }
 
+/// What one chain run takes: a routed partition's held records.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainInput<'a> {
+    /// The source partition.
+    pub tp: &'a TopicPartition,
+    /// Its topic's partition count (outputs must name a partition below it).
+    pub partition_count: i32,
+    /// The held records.
+    pub pending: &'a Pending,
+    /// Where the consumer is past the last held record, when it skipped control or aborted
+    /// records after it.
+    pub skipped_to: Option<i64>,
+}
+
+/// Where one chain run's outputs go.
+#[derive(Debug)]
+pub struct ChainOutput<'a> {
+    /// The plugin host's reusable output buffer.
+    pub scratch: &'a mut OutBatch,
+    /// The partition's batch builder.
+    pub builder: &'a mut BatchBuilder,
+    /// The partition's next batch sequence number.
+    pub next_seq: &'a mut u64,
+}
+
 /// Batch shape for [`run_chain`].
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
@@ -163,18 +188,23 @@ fn encoded_bound(r: &OutRecordRef<'_>) -> usize {
 /// held record (the consumer skipped control or aborted records after it), else just after it. Outputs are checked here (valid, non-internal topic; partition
 /// within the source topic's partition count); a bad output counts as a plugin failure under the
 /// route's policy.
-#[allow(clippy::too_many_arguments)]
 pub fn run_chain(
     route: &mut RouteRuntime,
-    tp: &TopicPartition,
-    partition_count: i32,
-    pending: &Pending,
-    out: &mut OutBatch,
-    builder: &mut BatchBuilder,
+    held: ChainInput<'_>,
+    into: ChainOutput<'_>,
     shape: Shape,
-    skipped_to: Option<i64>,
-    next_seq: &mut u64,
 ) -> Result<(Vec<Batch>, ChainRun), RouteStopped> {
+    let ChainInput {
+        tp,
+        partition_count,
+        pending,
+        skipped_to,
+    } = held;
+    let ChainOutput {
+        scratch: out,
+        builder,
+        next_seq,
+    } = into;
     let (first, last) = match (pending.recs.first(), pending.recs.last()) {
         (Some(f), Some(l)) => (f.offset, l.offset),
         _ => return Ok((Vec::new(), ChainRun::default())),
