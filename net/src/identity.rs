@@ -21,28 +21,26 @@ pub const MAX_SITE_ALIAS_LEN: usize = 64;
 /// only `A-Z a-z 0-9 _ -`. The alias becomes a Kafka topic prefix (`<site>.t`), a
 /// transactional.id part and a file name, so dots, slashes and spaces are refused.
 pub fn validate_site_alias(alias: &str) -> Result<(), NetError> {
-    let invalid = |problem: String| NetError::InvalidSiteAlias {
-        alias: alias.to_owned(),
-        problem,
-    };
-    if alias.is_empty() {
-        return Err(invalid("must not be empty".into()));
-    }
-    if alias.len() > MAX_SITE_ALIAS_LEN {
-        return Err(invalid(format!(
-            "{} bytes long, at most {MAX_SITE_ALIAS_LEN} allowed",
-            alias.len()
-        )));
-    }
-    if let Some((i, c)) = alias
-        .char_indices()
-        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    {
-        return Err(invalid(format!(
-            "character {c:?} at byte {i} not allowed (only A-Z a-z 0-9 _ -)"
-        )));
-    }
-    Ok(())
+    use er_protocol::policy::PolicyError;
+    // The rule is the protocol's (one definition for config, certificates and the wire); this
+    // only says what is wrong in the words a certificate's owner needs.
+    er_protocol::validate_site_alias(alias).map_err(|e| {
+        let problem = match e {
+            PolicyError::SiteAliasLength { len: 0, .. } => "must not be empty".to_owned(),
+            PolicyError::SiteAliasLength { len, .. } => {
+                format!("{len} bytes long, at most {MAX_SITE_ALIAS_LEN} allowed")
+            }
+            PolicyError::SiteAliasChar { ch, .. } => format!(
+                "character {ch:?} at byte {} not allowed (only A-Z a-z 0-9 _ -)",
+                alias.find(ch).unwrap_or_default()
+            ),
+            other => other.to_string(),
+        };
+        NetError::InvalidSiteAlias {
+            alias: alias.to_owned(),
+            problem,
+        }
+    })
 }
 
 /// The site alias in a DER certificate: its subject CN, which must be the only CN and a valid
