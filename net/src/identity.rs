@@ -15,7 +15,7 @@ use crate::NetError;
 use crate::crl::CrlSet;
 
 /// Longest accepted site alias, in bytes (all accepted characters are ASCII).
-pub const MAX_SITE_ALIAS_LEN: usize = 64;
+pub const MAX_SITE_ALIAS_LEN: usize = er_protocol::policy::MAX_SITE_ALIAS_LEN;
 
 /// Checks that `alias` can name a site: non-empty, at most [`MAX_SITE_ALIAS_LEN`] characters,
 /// only `A-Z a-z 0-9 _ -`. The alias becomes a Kafka topic prefix (`<site>.t`), a
