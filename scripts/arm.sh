@@ -117,9 +117,9 @@ fi
 start=$(date +%s)
 # The test harness itself is native; ER_ARM_TEST_TARGET_DIR lets it reuse a debug build elsewhere.
 test_env=(ER_BIN_DIR="$wrap" CARGO_TARGET_DIR="${ER_ARM_TEST_TARGET_DIR:-$CARGO_TARGET_DIR}")
-env "${test_env[@]}" "${nice[@]}" cargo test -q -p er-tests --test e2e -- --exact \
-  replicates_100k_records_byte_exact_and_in_order --test-threads=1
-env "${test_env[@]}" "${nice[@]}" cargo test -q -p er-tests --test metrics_e2e -- --test-threads=1
+env "${test_env[@]}" "${nice[@]}" cargo test -q -p er-tests --test it -- --exact \
+  e2e::replicates_100k_records_byte_exact_and_in_order --test-threads=1
+env "${test_env[@]}" "${nice[@]}" cargo test -q -p er-tests --test it -- metrics_e2e:: --test-threads=1
 say "replication under qemu: $(( $(date +%s) - start ))s"
 say "stripped sizes (for README):"
 sizes

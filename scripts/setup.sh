@@ -54,10 +54,10 @@ cargo xtask kafka fetch
 # 4. The MM2 compatibility oracle (tools/mm2-oracle: Kafka's own MirrorMaker 2 classes behind a
 #    small Java CLI) into ${ER_CACHE_DIR:-$HOME/.cache/edge-replicator}/mm2-oracle/<hash>, built by
 #    the test harness's own code (er_tests::oracle). Instant when that exact version is cached.
-cargo test -q -p er-tests --test mm2_compat -- --exact oracle_builds_with_the_harness_kafka_version
+cargo test -q -p er-tests --test it -- --exact mm2_compat::oracle_builds_with_the_harness_kafka_version
 say "MM2 oracle: ready"
 
-# 5. Operations tooling for tests/tests/prometheus_e2e.rs: a real Prometheus server and promtool
+# 5. Operations tooling for tests/tests/it/prometheus_e2e.rs: a real Prometheus server and promtool
 #    (alert rules and the dashboard against running binaries), systemd-analyze (service files).
 #    Debian's packages; the prometheus package's own service is not started in a container.
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
@@ -71,7 +71,7 @@ else
   apt_install --no-install-recommends systemd
 fi
 
-# 6. A real browser for tests/tests/console_e2e.rs: the hub's web console is loaded in headless
+# 6. A real browser for tests/tests/it/console_e2e.rs: the hub's web console is loaded in headless
 #    chromium (Debian's package; `--dump-dom`, no driver needed).
 if command -v chromium >/dev/null; then
   say "chromium: $(chromium --version 2>/dev/null | head -1)"

@@ -2,16 +2,16 @@
 //! calls run on `spawn_blocking` so they never stall a test's runtime.
 //!
 //! Conventions: null and empty are distinct (`None` vs `Some(vec![])`) for keys, values and
-//! header values, as far as librdkafka keeps them apart (see `tests/tests/harness.rs`).
+//! header values, as far as librdkafka keeps them apart (see `tests/tests/it/harness.rs`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -27,6 +27,31 @@ pub fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     c
+}
+
+/// Now as Kafka timestamps count it: milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// Commits `offsets` (partition -> next offset to read) of `topic` for consumer group `group`,
+/// as an application at the edge would before failing over. Panics if the commit fails.
+pub fn commit_group(bootstrap: &str, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let c: BaseConsumer = config(bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("group client");
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+    }
+    c.commit(&tpl, CommitMode::Sync)
+        .expect("commit at the edge");
 }
 
 /// An admin client for `bootstrap`.

@@ -56,6 +56,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::client::now_ms;
+
 /// Room for a frame header around the largest batch (as the agent keeps).
 const FRAME_OVERHEAD: usize = 64 * 1024;
 
@@ -1235,12 +1237,6 @@ impl SessionIo<'_> {
         }
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Capped exponential backoff with full jitter, as the agent's.

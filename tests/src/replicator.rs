@@ -242,6 +242,26 @@ pub fn digest(text: &str, n: usize) -> String {
     )
 }
 
+/// What a failed test shows of its processes: each one's log path and [`digest`] (the first
+/// warnings and errors, then the last 40 lines).
+pub fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 40)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The path of the example plugin `name` (`plugins/examples`, e.g. `"filter"`), the examples
+/// built once per test process.
+pub fn example_plugin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        er_plugin_host::build::build_examples().expect("building the example plugins")
+    })
+    .join(format!("{name}.wasm"))
+}
+
 /// `key = value` TOML pairs of string `properties`, joined by `separator` (`", "` for an
 /// inline table, `"\n"` for a table's lines). Keys are quoted: librdkafka's hold dots.
 pub fn toml_pairs(properties: &[(String, String)], separator: &str) -> String {

@@ -7,32 +7,8 @@ use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, example_plugin, logs};
 use er_tests::unique_name;
-
-/// The example plugins and fixtures, built once per test process.
-fn plugin(name: &str) -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        er_plugin_host::build::build_examples().expect("building the example plugins")
-    })
-    .join(format!("{name}.wasm"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// One `[[routes]]` table.
 fn route(name: &str, topic: &str, on_error: &str, plugins: &[(&Path, &str)]) -> String {
@@ -109,7 +85,7 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
     const PARTITIONS: i32 = 4;
     client::create_topic(k.edge(), &source, PARTITIONS, &[]).await?;
     // About 10% are hot, in irregular runs so batches start and end inside dropped runs.
-    let base_ts = now_ms() - 600_000;
+    let base_ts = client::now_ms() - 600_000;
     let hot = |i: usize| (i * 7919) % 100 < 10;
     let recs: Vec<NewRecord> = (0..TOTAL)
         .map(|i| {
@@ -142,9 +118,12 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
         &source,
         "on_error = \"stop\"",
         &[
-            (&plugin("filter"), r#"condition = ["temperature > 30"]"#),
             (
-                &plugin("rename"),
+                &example_plugin("filter"),
+                r#"condition = ["temperature > 30"]"#,
+            ),
+            (
+                &example_plugin("rename"),
                 &format!(
                     r#""rule.1" = "{} => {renamed}""#,
                     regex_escape(&source).replace('\\', "\\\\")
@@ -201,7 +180,7 @@ async fn hostile_plugins_are_contained_and_other_routes_keep_flowing() -> anyhow
     let site = unique_name("site");
     let pki = Pki::new(&[&site])?;
     let work = tempfile::tempdir()?;
-    let hostile = plugin("fixture_hostile");
+    let hostile = example_plugin("fixture_hostile");
     let t = |s: &str| format!("{p}-{s}");
     for name in ["loop", "bomb", "panic", "flood", "escape", "good"] {
         client::create_topic(k.edge(), &t(name), 1, &[]).await?;
@@ -360,7 +339,7 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
     // The route's plugin file starts as identity (which ignores settings) and is replaced by
     // rename (which honours the same settings) while records flow.
     let live = work.path().join("live.wasm");
-    std::fs::copy(plugin("identity"), &live)?;
+    std::fs::copy(example_plugin("identity"), &live)?;
     let hub_setup = HubSetup::new(k.central())?;
     let hub = hub_setup.start(&pki, work.path())?;
     let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{p}-.*"));
@@ -417,7 +396,7 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let staged = work.path().join("live.wasm.new");
-    std::fs::copy(plugin("rename"), &staged)?;
+    std::fs::copy(example_plugin("rename"), &staged)?;
     std::fs::rename(&staged, &live)?;
     producing.await??;
 
@@ -520,17 +499,17 @@ fn broken_plugins_fail_at_startup_naming_the_file() -> anyhow::Result<()> {
         (garbage.clone(), "", "garbage.wasm"),
         (missing.clone(), "", "missing.wasm"),
         (
-            plugin("fixture_wrong_world"),
+            example_plugin("fixture_wrong_world"),
             "",
             "fixture_wrong_world.wasm",
         ),
         (
-            plugin("fixture_wrong_version"),
+            example_plugin("fixture_wrong_version"),
             "",
             "fixture_wrong_version.wasm",
         ),
         (
-            plugin("filter"),
+            example_plugin("filter"),
             r#"condition = "temperature >>> hot""#,
             "filter.wasm",
         ),
@@ -551,14 +530,19 @@ fn broken_plugins_fail_at_startup_naming_the_file() -> anyhow::Result<()> {
         dir.path(),
         &pki,
         &site,
-        &plugin("filter"),
+        &example_plugin("filter"),
         r#"condition = "temperature > 3""#,
     );
     assert!(ok, "a good plugin passes: {stderr}");
 
     // The agent itself refuses to start, before touching Kafka or the hub.
     let mut setup = AgentSetup::new(&site, "127.0.0.1:1", 1, "x");
-    setup.extra = route("r", "x", "", &[(&plugin("fixture_wrong_world"), "")]);
+    setup.extra = route(
+        "r",
+        "x",
+        "",
+        &[(&example_plugin("fixture_wrong_world"), "")],
+    );
     let path = dir.path().join("agent-run.toml");
     std::fs::write(&path, setup.toml(&pki))?;
     let out = std::process::Command::new(bin("edge-agent")?)
@@ -586,9 +570,9 @@ fn plugin_test_command_runs_a_chain_over_json_lines() -> anyhow::Result<()> {
     )?;
     let out = std::process::Command::new(bin("edge-agent")?)
         .args(["plugin", "test", "--plugin"])
-        .arg(plugin("filter"))
+        .arg(example_plugin("filter"))
         .arg("--plugin")
-        .arg(plugin("rename"))
+        .arg(example_plugin("rename"))
         .args(["--set", "0:condition=temperature > 30"])
         .args(["--set", r"1:rule=sensors\.(.*) => hot.$1"])
         .arg("--input")
@@ -615,7 +599,7 @@ fn plugin_test_command_runs_a_chain_over_json_lines() -> anyhow::Result<()> {
     // A bad setting is a clear error naming the plugin.
     let out = std::process::Command::new(bin("edge-agent")?)
         .args(["plugin", "test", "--plugin"])
-        .arg(plugin("filter"))
+        .arg(example_plugin("filter"))
         .args(["--set", "condition=nonsense", "--input"])
         .arg(&input)
         .output()?;
@@ -636,7 +620,7 @@ async fn a_record_expanded_beyond_the_batch_room_fails_under_its_route_policy() 
     let site = unique_name("site");
     let pki = Pki::new(&[&site])?;
     let work = tempfile::tempdir()?;
-    let hostile = plugin("fixture_hostile");
+    let hostile = example_plugin("fixture_hostile");
     let (topic, dlq) = (format!("{p}-in"), format!("{p}-dlq"));
     client::create_topic(k.edge(), &topic, 1, &[]).await?;
     let mut hub_setup = HubSetup::new(k.central())?;

@@ -13,8 +13,8 @@ use er_kafka_admin::{
     AclOperation, AclPermission, PatternType, TopicAcl, create_topic_acls, describe_topic_acls,
 };
 use er_tests::kafka::{KafkaNode, NodeOptions};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, digest, toml_pairs};
-use er_tests::unique_name;
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs, toml_pairs};
+use er_tests::{client, unique_name};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -22,7 +22,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+
+use crate::common::blocking;
 
 /// A SASL/PLAIN login: user name and password.
 type User = (&'static str, &'static str);
@@ -81,13 +83,6 @@ fn admin(node: &KafkaNode) -> Result<Arc<AdminClient<DefaultClientContext>>> {
     ))
 }
 
-/// Runs a blocking librdkafka call (the ACL calls block their thread) off the test's runtime.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow!("blocking task failed: {e}"))?
-}
-
 /// A binding for every host, as ACL sync makes them.
 fn acl(
     topic: &str,
@@ -135,7 +130,7 @@ async fn produce(node: &KafkaNode, topic: &str, values: &[String]) -> Result<()>
 /// Creates `acls`, each of which must succeed.
 async fn grant(admin: &Arc<AdminClient<DefaultClientContext>>, acls: Vec<TopicAcl>) -> Result<()> {
     let admin = Arc::clone(admin);
-    let results = blocking(move || Ok(create_topic_acls(&admin, &acls, TIMEOUT)?)).await?;
+    let results = blocking(move || create_topic_acls(&admin, &acls, TIMEOUT)).await?;
     if results.iter().any(Result::is_err) {
         bail!("creating ACLs: {results:?}");
     }
@@ -148,20 +143,11 @@ async fn acls_naming(
     needle: &str,
 ) -> Result<BTreeSet<TopicAcl>> {
     let admin = Arc::clone(admin);
-    let all = blocking(move || Ok(describe_topic_acls(&admin, TIMEOUT)?)).await?;
+    let all = blocking(move || describe_topic_acls(&admin, TIMEOUT)).await?;
     Ok(all
         .into_iter()
         .filter(|a| a.topic.contains(needle))
         .collect())
-}
-
-/// What a failed test shows of the hub's and agent's logs.
-fn dump_logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 30)))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Waits until the ACLs on exactly `topic` are `want`; on timeout fails with what is there.
@@ -186,7 +172,7 @@ async fn wait_for_acls(
                 "ACLs on {topic} after {SYNC_DEADLINE:?}:\n{}\nwanted:\n{}\n{}",
                 lines(&got),
                 lines(want),
-                dump_logs(procs)
+                logs(procs)
             );
         }
         sleep(Duration::from_millis(500)).await;
@@ -219,8 +205,10 @@ fn reader(node: &KafkaNode, user: User, topic: &str) -> Result<StreamConsumer> {
     Ok(consumer)
 }
 
-/// The first `n` values `user` reads from `topic`. Errors are retried until the deadline: the
-/// grant may reach the broker's authorizer, and the records the topic, a moment later.
+/// The values `user` reads from `topic` once it read `n` and nothing more came for
+/// [`client::SETTLE`] (so a duplicate shows as a value too many). Errors are retried until the
+/// deadline: the grant may reach the broker's authorizer, and the records the topic, a moment
+/// later.
 async fn read_values(node: &KafkaNode, user: User, topic: &str, n: usize) -> Result<Vec<String>> {
     let consumer = reader(node, user, topic)?;
     let deadline = Instant::now() + READ_DEADLINE;
@@ -235,6 +223,11 @@ async fn read_values(node: &KafkaNode, user: User, topic: &str, n: usize) -> Res
                  last error: {last_error:?}",
                 user.0
             ),
+        }
+    }
+    while let Ok(next) = timeout(client::SETTLE, consumer.recv()).await {
+        if let Ok(m) = next {
+            values.push(String::from_utf8_lossy(m.payload().unwrap_or(b"")).into());
         }
     }
     Ok(values)

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use er_hub::fleet::Fleet;
@@ -21,19 +21,10 @@ use er_tests::unique_name;
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use tokio::sync::mpsc;
 
+use crate::common::tp;
+
 /// Header carrying a record's source partition and offset, to map destination records back.
 const SRC_HEADER: &str = "er-test-src";
-
-fn tp(topic: &str, partition: i32) -> TopicPartition {
-    TopicPartition::new(topic, partition)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 /// One output record of a source offset: optional topic and partition overrides.
 type Out = (Option<&'static str>, Option<i32>);
@@ -48,7 +39,7 @@ fn batch(
     plan: impl Fn(i64) -> Vec<Out>,
 ) -> Result<Batch> {
     let mut b = BatchBuilder::new(source.clone(), partitions);
-    let ts = now_ms();
+    let ts = client::now_ms();
     for o in offsets {
         for (copy, (topic, partition)) in plan(o).into_iter().enumerate() {
             let id = format!("{}/{}/{o}", source.topic, source.partition);

@@ -7,25 +7,11 @@ use std::time::Duration;
 use er_tests::client;
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs};
 use er_tests::unique_name;
 
 /// Session timeout of the hubs' group membership in these tests (the broker's minimum is 6 s).
 const SESSION_TIMEOUT_MS: u64 = 6_000;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| {
-            format!(
-                "--- {}\n{}",
-                p.log_path().display(),
-                tail(&p.log_text(), 60)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// A site alias whose shard (of `shards`) is in `range`.
 fn site_in(prefix: &str, shards: u32, range: std::ops::Range<u32>) -> String {

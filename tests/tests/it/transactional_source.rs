@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::delivery::{self, SeqIn, Seqs};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, logs};
 use er_tests::unique_name;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 2;
 const ROUNDS: usize = 6;
@@ -26,30 +24,6 @@ const ROUNDS: usize = 6;
 /// apart, so markers also arrive after their records were batched.
 const ROUNDS_BEFORE_START: usize = 3;
 const ABORTED_PER_ROUND: usize = 5;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Commits `offsets` for `group` on `bootstrap` from outside the group (it has no members).
-fn commit_group(bootstrap: &str, group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
-    let c: BaseConsumer = client::config(bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("group client");
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
-            .unwrap();
-    }
-    c.commit(&tpl, CommitMode::Sync)
-        .expect("commit at the edge");
-}
 
 /// The latest checkpoint per (group, destination partition): (upstream, downstream).
 async fn checkpoints(central: &str, site: &str) -> BTreeMap<(String, i32), (i64, i64)> {
@@ -326,7 +300,7 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
         (format!("{p}-before-abort"), before_abort),
     ];
     for (g, offsets) in &groups {
-        commit_group(k.edge(), g, &topic, offsets);
+        client::commit_group(k.edge(), g, &topic, offsets);
     }
     let want_upstream: BTreeMap<(String, i32), i64> = groups
         .iter()
@@ -500,13 +474,13 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
     let central_end = client::end_offsets(k.central(), &dest).await?[0].1;
     let caught_up = format!("{p}-caught-up");
     let before_abort = format!("{p}-before-abort");
-    commit_group(
+    client::commit_group(
         k.edge(),
         &caught_up,
         &topic,
         &BTreeMap::from([(0, edge_end)]),
     );
-    commit_group(
+    client::commit_group(
         k.edge(),
         &before_abort,
         &topic,

@@ -19,18 +19,13 @@ use er_tests::oracle::{self, Jvm, Kind};
 use er_tests::{kafka, unique_name};
 use serde_json::{Value, json};
 
+use crate::common::{blocking, tp};
+
 /// Longest string Kafka's STRING type (int16 length) holds.
 const MAX_STRING: usize = i16::MAX as usize;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn tp(topic: &str, partition: i32) -> TopicPartition {
-    TopicPartition {
-        topic: topic.to_owned(),
-        partition,
-    }
 }
 
 fn heartbeats() -> Vec<Heartbeat> {
@@ -472,12 +467,6 @@ fn malformed_records_truth_table() {
 
 fn checkpoint_record(c: &Checkpoint) -> NewRecord {
     NewRecord::new(c.encode_key().unwrap(), c.encode_value().unwrap()).partition(0)
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
 }
 
 /// A fresh site alias and its `<site>.checkpoints.internal` (1 partition, compacted) on central.

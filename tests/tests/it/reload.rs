@@ -8,16 +8,8 @@ use er_tests::client;
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::proxied::produce;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs};
 use er_tests::unique_name;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn hangup(p: &Proc) -> anyhow::Result<()> {
     let pid = p.pid().ok_or_else(|| anyhow::anyhow!("not running"))?;

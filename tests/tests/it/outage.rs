@@ -5,10 +5,11 @@
 //! the edge and during the catch-up.
 //!
 //! The memory test runs a short outage by default; the acceptance run of issue 5 (2 minutes):
-//! `ER_OUTAGE_FULL=1 cargo test -p er-tests --test outage -- --nocapture memory`.
+//! `ER_OUTAGE_FULL=1 cargo test -p er-tests --test it -- --nocapture outage::memory`.
 //!
 //! The tests take a lock so they run one after another: they move tens of megabytes through
-//! shared brokers, and the memory figures should not depend on what else runs in this binary.
+//! shared brokers, and the memory figures should not depend on another outage test's traffic
+//! (tests of the binary's other modules may still run alongside).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use er_tests::delivery;
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::prom::{free_tcp_port, metrics_section, parse, scrape, value};
 use er_tests::proxy::{Direction, LinkProxy};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs};
 use er_tests::unique_name;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -29,14 +30,6 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Record `seq` of partition `partition`: key = the sequence number, value = the sequence
 /// number followed by `pad` random (incompressible) bytes.
@@ -68,8 +61,9 @@ async fn produce_seqs(
 }
 
 /// Sequence numbers (record keys) per partition of `topic`, read_committed from the beginning,
-/// once at least `expected` records are there and every partition was read to its end (so
-/// duplicates show), or at the timeout. Keeps only the keys: the values may be large.
+/// once at least `expected` records are there, every partition was read to its end and nothing
+/// more arrived for [`client::SETTLE`] (so a duplicate committed just after the last expected
+/// record shows too), or at the timeout. Keeps only the keys: the values may be large.
 async fn read_seqs(
     bootstrap: &str,
     topic: &str,
@@ -100,8 +94,17 @@ async fn read_seqs(
         let mut at_end: BTreeMap<i32, bool> = ids.iter().map(|&p| (p, false)).collect();
         let mut out: BTreeMap<i32, Vec<i64>> = ids.iter().map(|&p| (p, Vec::new())).collect();
         let mut total = 0;
-        while Instant::now() < deadline {
+        // Once the count is reached at the end of every partition: the end of the settle
+        // period, restarted by any record that still arrives.
+        let mut settle_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
             if total >= expected && at_end.values().all(|&e| e) {
+                let until = *settle_until.get_or_insert(now + client::SETTLE);
+                if now >= until.min(deadline + client::SETTLE) {
+                    break;
+                }
+            } else if now >= deadline {
                 break;
             }
             match c.poll(Duration::from_millis(200)) {
@@ -110,6 +113,7 @@ async fn read_seqs(
                     let key = std::str::from_utf8(m.key().unwrap_or_default())?;
                     out.entry(m.partition()).or_default().push(key.parse()?);
                     at_end.insert(m.partition(), false);
+                    settle_until = None;
                     total += 1;
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {

@@ -11,7 +11,7 @@ use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::prom;
 use er_tests::proxy::LinkProxy;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, logs};
 use er_tests::unique_name;
 
 /// The rate limit of both tests, bytes per second.
@@ -20,21 +20,6 @@ const LIMIT: u64 = 200_000;
 const BATCH_BYTES: u64 = 64 * 1024;
 /// Value size of the bulk records: random bytes, so zstd cannot shrink them.
 const VALUE_BYTES: usize = 1_000;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 30)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 /// `count` records keyed by their sequence number, values of incompressible bytes.
 fn incompressible(count: usize, partitions: i32) -> Vec<NewRecord> {
@@ -246,7 +231,7 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // ...when alarms are raised at the edge.
-    let raised = now_ms();
+    let raised = client::now_ms();
     let recs: Vec<NewRecord> = (0..ALARMS)
         .map(|i| NewRecord::new(i.to_string(), format!("alarm {i}")))
         .collect();

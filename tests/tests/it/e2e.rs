@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, Cluster, HubSetup, Pki, Proc, tail};
+use er_tests::replicator::{AgentSetup, Cluster, HubSetup, Pki, Proc, logs, tail};
 use er_tests::unique_name;
 
 type Rec = (
@@ -14,13 +14,6 @@ type Rec = (
     Vec<(String, Option<Vec<u8>>)>,
     i64,
 );
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
 
 fn ts(r: &Record) -> i64 {
     match r.timestamp {
@@ -85,14 +78,6 @@ fn expected_by_partition(records: &[NewRecord]) -> BTreeMap<i32, Vec<Rec>> {
     m
 }
 
-fn dump_logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 30)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Waits until `topic` exists on `bootstrap`; on timeout fails with the processes' logs.
 async fn wait_for_topic(bootstrap: &str, topic: &str, procs: &[&Proc]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -108,7 +93,7 @@ async fn wait_for_topic(bootstrap: &str, topic: &str, procs: &[&Proc]) -> anyhow
     }
     anyhow::bail!(
         "topic {topic} never appeared on {bootstrap}\n{}",
-        dump_logs(procs)
+        logs(procs)
     )
 }
 
@@ -136,7 +121,7 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
     let pki = Pki::new(&[&site])?;
     let work = tempfile::tempdir()?;
     // Recent timestamps: older ones would fall to the broker's time-based retention.
-    let base_ts = now_ms() - 3_600_000;
+    let base_ts = client::now_ms() - 3_600_000;
     let topics: Vec<String> = (0..3).map(|i| format!("{prefix}-t{i}")).collect();
     let mut expected = BTreeMap::new();
     let producer = client::producer(k.edge(), &[])?;
@@ -164,7 +149,7 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
             want,
             "{remote}: got {} of {want} records\n{}",
             got.len(),
-            dump_logs(&[&hub, &agent])
+            logs(&[&hub, &agent])
         );
         let got = by_partition(&got);
         for (p, want) in &expected[t] {
@@ -257,7 +242,7 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
     assert!(
         seen >= 4_000,
         "no progress before the agent kill\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     agent.kill();
     agent.restart()?;
@@ -283,13 +268,13 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
         unique.len(),
         values.len(),
         "duplicates in the central cluster\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     assert_eq!(
         unique,
         (0..TOTAL).collect(),
         "missing records\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     for p in 0..4 {
         let seq: Vec<usize> = got
@@ -332,7 +317,7 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
         got.len(),
         1,
         "first topic not replicated\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
 
     let late = format!("{prefix}-late");
@@ -353,7 +338,7 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
         got.len(),
         10,
         "late topic not replicated\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     // One refresh interval plus the remote topic creation and a transaction on a busy machine.
     assert!(took < Duration::from_secs(15), "took {took:?}");
@@ -394,7 +379,7 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
         (got_a.len(), got_b.len()),
         (100, 100),
         "{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     let central = client::list_topics(k.central()).await?;
     let central2 = client::list_topics(k.central2()).await?;
@@ -440,7 +425,7 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
     for t in [&plain, &hop] {
         let remote = format!("{site}.{t}");
         let got = consume_remote(k.central(), &remote, 10, &[&hub, &agent]).await?;
-        assert_eq!(got.len(), 10, "{remote}\n{}", dump_logs(&[&hub, &agent]));
+        assert_eq!(got.len(), 10, "{remote}\n{}", logs(&[&hub, &agent]));
     }
     // Discovery saw all four topics at once; the two that would loop were left out, each
     // logged with its reason.
@@ -449,7 +434,7 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
         assert!(
             Instant::now() < deadline,
             "no word of the skipped topics\n{}",
-            dump_logs(&[&hub, &agent])
+            logs(&[&hub, &agent])
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -460,7 +445,7 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
                 && l.contains(t.as_str())
                 && l.contains(reason)),
             "{t}: {reason}\n{}",
-            dump_logs(&[&hub, &agent])
+            logs(&[&hub, &agent])
         );
     }
     // Two more discovery rounds, and still nothing of them centrally.
@@ -510,7 +495,7 @@ async fn heartbeats_reach_every_cluster_the_site_writes_to() -> anyhow::Result<(
     });
     hub_setup.routes.push((b.clone(), "central2".into()));
     let hub = hub_setup.start(&pki, work.path())?;
-    let since = now_ms();
+    let since = client::now_ms();
     let mut agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
     agent.extra.push_str("\n[heartbeats]\ninterval_ms = 300\n");
     let agent = agent.start(&pki, work.path())?;
@@ -531,7 +516,7 @@ async fn heartbeats_reach_every_cluster_the_site_writes_to() -> anyhow::Result<(
             "central has {} and central2 {} heartbeats of the site\n{}",
             primary.len(),
             relayed.len(),
-            dump_logs(&[&hub, &agent])
+            logs(&[&hub, &agent])
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -632,7 +617,7 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
     assert!(
         !topics.iter().any(|t| t.contains(&site)),
         "something was written for the refused site: {topics:?}\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     Ok(())
 }
@@ -754,7 +739,7 @@ async fn two_sites_on_one_hub_each_write_only_their_own_namespace() -> anyhow::R
     let procs = [&hub, &a1, &a2];
     for s in [&s1, &s2] {
         let got = consume_remote(k.central(), &format!("{s}.{topic}"), 200, &procs).await?;
-        assert_eq!(got.len(), 200, "{s}\n{}", dump_logs(&procs));
+        assert_eq!(got.len(), 200, "{s}\n{}", logs(&procs));
     }
     let topics = client::list_topics(k.central()).await?;
     let ours: Vec<&String> = topics.iter().filter(|t| t.contains(&prefix)).collect();
@@ -788,20 +773,15 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     let remote = format!("{site}.{topic}");
     let got = consume_remote(k.central(), &remote, 40, &procs).await?;
     let values: HashSet<Vec<u8>> = got.iter().filter_map(|r| r.value.clone()).collect();
-    assert_eq!(
-        got.len(),
-        40,
-        "every small record once\n{}",
-        dump_logs(&procs)
-    );
+    assert_eq!(got.len(), 40, "every small record once\n{}", logs(&procs));
     assert!(
         (0..40).all(|i| values.contains(format!("small-{i}").as_bytes())),
         "{}",
-        dump_logs(&procs)
+        logs(&procs)
     );
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
-    assert_eq!(dead.len(), 1, "one dead letter\n{}", dump_logs(&procs));
+    assert_eq!(dead.len(), 1, "one dead letter\n{}", logs(&procs));
     let h = |name: &str| dead[0].header_text(name);
     assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
     assert_eq!(h("er.source.partition").as_deref(), Some("0"));
@@ -816,7 +796,7 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
         hub.log_text().matches("welcoming site").count(),
         1,
         "{}",
-        dump_logs(&procs)
+        logs(&procs)
     );
     Ok(())
 }
@@ -858,15 +838,10 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
     let procs = [&hub, &agent];
     let remote = format!("{site}.{topic}");
     let got = consume_remote(k.central(), &remote, 40, &procs).await?;
-    assert_eq!(
-        got.len(),
-        40,
-        "every small record once\n{}",
-        dump_logs(&procs)
-    );
+    assert_eq!(got.len(), 40, "every small record once\n{}", logs(&procs));
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
-    assert_eq!(dead.len(), 1, "one dead letter\n{}", dump_logs(&procs));
+    assert_eq!(dead.len(), 1, "one dead letter\n{}", logs(&procs));
     let h = |name: &str| dead[0].header_text(name);
     assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
     assert_eq!(h("er.source.partition").as_deref(), Some("0"));
@@ -882,7 +857,7 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
         hub.log_text().matches("welcoming site").count(),
         1,
         "the session never failed over it\n{}",
-        dump_logs(&procs)
+        logs(&procs)
     );
     Ok(())
 }
@@ -944,7 +919,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         m.get(&0),
         Some(&p0_before),
         "partition 0 up to the record\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     assert_eq!(m.get(&1), Some(&p1), "partition 1 flows");
     let scraped = prom::parse(&prom::scrape(metrics_port)?);
@@ -971,7 +946,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         anyhow::ensure!(
             Instant::now() < deadline,
             "the restarted agent was not stopped again\n{}",
-            dump_logs(&[&hub, &agent])
+            logs(&[&hub, &agent])
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -980,7 +955,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         got.len(),
         30,
         "still nothing past the record\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     let dead = client::list_topics(k.central()).await?;
     assert!(
@@ -998,7 +973,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         m.get(&0),
         Some(&(0..21).map(value).collect::<Vec<_>>()),
         "partition 0 whole, each record once\n{}",
-        dump_logs(&[&hub, &agent])
+        logs(&[&hub, &agent])
     );
     assert_eq!(m.get(&1), Some(&p1));
     let scraped = prom::parse(&prom::scrape(metrics_port)?);
@@ -1064,7 +1039,7 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{what}: {parts} partitions, configs {configs:?}\n{}",
-                dump_logs(&procs)
+                logs(&procs)
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -1118,7 +1093,7 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
         by_partition,
         want,
         "every record once, in order, in its partition\n{}",
-        dump_logs(&procs)
+        logs(&procs)
     );
 
     // A synced config no longer set at the edge is removed centrally.
@@ -1131,7 +1106,7 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
         hub.log_text()
             .contains("remote topic configs synced from the edge"),
         "{}",
-        dump_logs(&procs)
+        logs(&procs)
     );
     Ok(())
 }

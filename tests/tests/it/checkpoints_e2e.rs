@@ -4,32 +4,16 @@
 //! the remaining kept records: no gap, no replay. Kafka's own `RemoteClusterUtils` must agree.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, bin, example_plugin, logs};
 use er_tests::unique_name;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-
-fn plugin(name: &str) -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        er_plugin_host::build::build_examples().expect("building the example plugins")
-    })
-    .join(format!("{name}.wasm"))
-}
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -46,22 +30,6 @@ const TOTAL: usize = 4_000;
 
 fn hot(i: usize) -> bool {
     (i * 7919) % 100 < 10
-}
-
-/// Commits `offsets` for `group` on `bootstrap` from outside the group (it has no members).
-fn commit_group(bootstrap: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
-    let c: BaseConsumer = client::config(bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("group client");
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in offsets {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
-            .unwrap();
-    }
-    c.commit(&tpl, CommitMode::Sync)
-        .expect("commit at the edge");
 }
 
 /// Reads `topic` from the given offsets to the end of every partition (read_committed).
@@ -144,9 +112,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let topic = format!("{p}-orders");
     client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = client::now_ms();
     let recs: Vec<NewRecord> = (0..TOTAL)
         .map(|i| {
             let t = if hot(i) { 35 } else { 20 };
@@ -190,11 +156,11 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
             agent_setup.extra.push_str(&format!(
                 "\n[[routes]]\ntopics = [{:?}]\non_error = \"stop\"\n[[routes.plugins]]\npath = {:?}\nconfig = {{ condition = \"temperature > 30\" }}\n",
                 topic,
-                plugin("filter")
+                example_plugin("filter")
             ));
             agent_setup.extra.push_str(&format!(
                 "\n[[routes]]\ntopics = [\"{p}-trap\"]\non_error = \"stop\"\n[[routes.plugins]]\npath = {:?}\nconfig = {{ mode = \"panic\" }}\n",
-                plugin("fixture_hostile")
+                example_plugin("fixture_hostile")
             ));
             client::create_topic(k.edge(), &format!("{p}-trap"), 1, &[]).await?;
             client::produce(k.edge(), &format!("{p}-trap"), &[NewRecord::new("k", "x")]).await?;
@@ -203,7 +169,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
             agent_setup.extra.push_str(&format!(
                 "\n[[routes]]\ntopics = [{:?}]\non_error = \"stop\"\n[[routes.plugins]]\npath = {:?}\nconfig = {{ \"rule.1\" = \"{topic} => {p}-renamed\" }}\n",
                 topic,
-                plugin("rename")
+                example_plugin("rename")
             ));
         }
     }
@@ -241,12 +207,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
     // The edge group stops at arbitrary offsets (with the filter, inside dropped runs).
     let group = format!("{p}-app");
     let commits: BTreeMap<i32, i64> = BTreeMap::from([(0, 1237), (1, 611)]);
-    commit_group(
-        k.edge(),
-        &group,
-        &topic,
-        &commits.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>(),
-    );
+    client::commit_group(k.edge(), &group, &topic, &commits);
 
     // Wait for checkpoints naming exactly those upstream offsets.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -402,9 +363,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
 
     if shape == Shape::Filter {
         // Heartbeats keep arriving while one route drops 90% and another is stopped by a trap.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as i64;
+        let since = client::now_ms();
         assert!(
             agent
                 .log_text()

@@ -12,16 +12,8 @@ use er_hub::fleet_status::{HubStatus, LinkState};
 use er_tests::client::{self, NewRecord};
 use er_tests::kafka::shared;
 use er_tests::prom::{free_tcp_port, http_get, metrics_section};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, bin, logs};
 use er_tests::unique_name;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Runs a binary of the workspace: (success, stdout, stderr).
 fn run(binary: &str, args: &[&str]) -> (bool, String, String) {

@@ -3,7 +3,7 @@
 //! site; long outages. Every source record must arrive exactly once, in order per partition.
 //!
 //! The default is a shortened run that fits the test command. The full chaos run of the issue:
-//! `ER_CHAOS_FULL=1 cargo test --release -p er-tests --test chaos -- --nocapture chaos`.
+//! `ER_CHAOS_FULL=1 cargo test --release -p er-tests --test it -- --nocapture chaos::chaos`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,16 +13,8 @@ use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::proxied::ProxiedSite;
 use er_tests::proxy::{Direction, Flap, LinkProxy, Schedule};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, logs};
 use er_tests::unique_name;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 30)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// How hard the chaos run pushes.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord};
 use er_tests::kafka::shared;
 use er_tests::prom::{free_tcp_port, http_get, metrics_section};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, tail};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, logs};
 use er_tests::unique_name;
 
 /// Names the rules or the dashboard use that a short healthy run cannot show, each with why. A
@@ -71,14 +71,6 @@ const PENDING: &[(&str, &str)] = &[
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), tail(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A required tool, or a failure that says how to get it.

@@ -12,7 +12,7 @@ use er_tests::client;
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::proxied::produce;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, logs};
 use er_tests::unique_name;
 
 /// Small budgets, so that what an attack could pile up without them (tens of MiB) stands far
@@ -29,14 +29,6 @@ hello_timeout_ms = 8000
 /// Close codes of the hub (`er_hub::server::close_code`).
 const PROTOCOL: u64 = 1;
 const TOO_MANY_CONNECTIONS: u64 = 8;
-
-fn logs(procs: &[&Proc]) -> String {
-    procs
-        .iter()
-        .map(|p| format!("--- {:?}\n{}", p.log_path(), digest(&p.log_text(), 40)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Resident memory of a process, bytes.
 fn rss(pid: u32) -> anyhow::Result<u64> {
