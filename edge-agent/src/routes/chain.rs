@@ -62,6 +62,40 @@ impl Pending {
         });
     }
 
+    /// Every held header as (key, value) slices, in order: what [`Pending::in_records`] points
+    /// into.
+    fn header_views(&self) -> Vec<(&str, Option<&[u8]>)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    &self.keys[k.clone()],
+                    v.as_ref().map(|v| &self.data[v.clone()]),
+                )
+            })
+            .collect()
+    }
+
+    /// The held records as the plugin chain takes them.
+    fn in_records<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        header_views: &'a [(&'a str, Option<&'a [u8]>)],
+    ) -> Vec<InRecord<'a>> {
+        self.recs
+            .iter()
+            .map(|r| InRecord {
+                topic: &tp.topic,
+                partition: tp.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key.as_ref().map(|k| &self.data[k.clone()]),
+                value: r.value.as_ref().map(|v| &self.data[v.clone()]),
+                headers: &header_views[r.headers.clone()],
+            })
+            .collect()
+    }
+
     fn copy(&mut self, b: &[u8]) -> Range<usize> {
         let s = self.data.len();
         self.data.extend_from_slice(b);
@@ -216,29 +250,8 @@ pub fn run_chain(
         last,
         message,
     };
-    let header_views: Vec<(&str, Option<&[u8]>)> = pending
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                &pending.keys[k.clone()],
-                v.as_ref().map(|v| &pending.data[v.clone()]),
-            )
-        })
-        .collect();
-    let input: Vec<InRecord<'_>> = pending
-        .recs
-        .iter()
-        .map(|r| InRecord {
-            topic: &tp.topic,
-            partition: tp.partition,
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key.as_ref().map(|k| &pending.data[k.clone()]),
-            value: r.value.as_ref().map(|v| &pending.data[v.clone()]),
-            headers: &header_views[r.headers.clone()],
-        })
-        .collect();
+    let header_views = pending.header_views();
+    let input = pending.in_records(tp, &header_views);
     route
         .chain
         .process_into(&input, out)
@@ -250,36 +263,30 @@ pub fn run_chain(
         failed: out.failures().len() as u64,
         ..ChainRun::default()
     };
-    // Sequence numbers are taken only when every batch was built.
-    let mut seq = *next_seq;
-    let mut batches = Vec::new();
+    let encode_err = |e: er_protocol::EncodeError| stopped(format!("encoding a batch: {e}"));
+    let mut cut = Cutter {
+        builder,
+        shape,
+        seq: *next_seq,
+        batches: Vec::new(),
+    };
     let mut scratch: Vec<(&str, Option<&[u8]>)> = Vec::new();
     let mut produced = vec![false; input.len()];
     let mut last_source: Option<u32> = None;
-    let encode_err = |e: er_protocol::EncodeError| stopped(format!("encoding a batch: {e}"));
     let mut source_bytes = vec![0usize; input.len()];
     for r in out.iter(&input) {
         source_bytes[r.source_index as usize] += encoded_bound(&r);
     }
     for r in out.iter(&input) {
-        let src = &pending.recs[r.source_index as usize];
+        let i = r.source_index as usize;
+        let src = &pending.recs[i];
         let first_of_source = last_source != Some(r.source_index);
-        // Split only between source records.
-        if last_source != Some(r.source_index)
-            && !builder.is_empty()
-            && (builder.len() >= shape.max_records || builder.encoded_bytes() >= shape.max_bytes)
-        {
-            builder.set_next_offset(src.offset);
-            batches.push(
-                builder
-                    .finish_and_reset(seq, shape.codec, shape.zstd_level)
-                    .map_err(encode_err)?,
-            );
-            seq += 1;
-        }
         last_source = Some(r.source_index);
+        if first_of_source {
+            cut.split_if_full(src.offset).map_err(encode_err)?;
+        }
         let topic = r.topic.filter(|t| *t != tp.topic);
-        let too_big = source_bytes[r.source_index as usize] > shape.max_source_bytes;
+        let too_big = source_bytes[i] > shape.max_source_bytes;
         if too_big && !first_of_source {
             // The source record's policy was applied at its first output.
             continue;
@@ -287,84 +294,159 @@ pub fn run_chain(
         let problem = if too_big {
             Err(format!(
                 "the outputs of one source record take {} bytes, more than the {} bytes a batch has room for (hub limits.max_batch_bytes)",
-                source_bytes[r.source_index as usize], shape.max_source_bytes
+                source_bytes[i], shape.max_source_bytes
             ))
         } else {
             check_output(topic, r.partition, partition_count)
         };
-        if let Err(problem) = problem {
-            match &policy {
-                ErrorPolicy::Stop => {
-                    return Err(stopped(format!(
-                        "a plugin produced a bad record for source offset {}: {problem}",
-                        src.offset
-                    )));
-                }
-                ErrorPolicy::Skip => {
-                    tracing::warn!(route = %route.name, %tp, offset = src.offset, %problem, "plugin output refused; record skipped");
-                    run.failed += 1;
-                }
-                ErrorPolicy::DeadLetter { topic: dlq } => {
-                    let message = format!("plugin output refused: {problem}");
-                    let rec = RecordRef {
-                        offset: src.offset,
-                        timestamp: src.timestamp,
-                        timestamp_type: src.timestamp_type,
-                        key: input[r.source_index as usize].key,
-                        value: input[r.source_index as usize].value,
-                        headers: &[],
-                        topic: Some(dlq),
-                        partition: None,
-                    };
-                    let headers = input[r.source_index as usize]
-                        .headers
-                        .iter()
-                        .copied()
-                        .chain([
-                            (DEAD_LETTER_ERROR_HEADER, Some(message.as_bytes())),
-                            (DEAD_LETTER_PLUGIN_HEADER, Some(route.name.as_bytes())),
-                        ]);
-                    let headers: Vec<_> = headers.collect();
-                    builder.push(&RecordRef {
-                        headers: &headers,
-                        ..rec
-                    });
-                    run.failed += 1;
+        match problem {
+            Ok(()) => {
+                push_output(cut.builder, src, &r, topic, &mut scratch);
+                run.records_out += 1;
+                produced[i] = true;
+            }
+            Err(problem) => {
+                let refused = Refused {
+                    route: &route.name,
+                    tp,
+                    src,
+                    source: &input[i],
+                    problem,
+                };
+                run.failed += 1;
+                if refused.apply(&policy, cut.builder).map_err(&stopped)? {
                     run.records_out += 1;
-                    produced[r.source_index as usize] = true;
+                    produced[i] = true;
                 }
             }
-            continue;
         }
-        let timestamp_type = if r.kept || r.timestamp == src.timestamp {
-            src.timestamp_type
-        } else {
-            TimestampType::CreateTime
-        };
-        scratch.clear();
-        scratch.extend(r.headers.iter());
-        builder.push(&RecordRef {
-            offset: src.offset,
-            timestamp: r.timestamp,
-            timestamp_type,
-            key: r.key,
-            value: r.value,
-            headers: &scratch,
-            topic,
-            partition: r.partition,
-        });
-        run.records_out += 1;
-        produced[r.source_index as usize] = true;
     }
     run.dropped = produced.iter().filter(|p| !**p).count() as u64;
-    builder.set_next_offset(skipped_to.unwrap_or(0).max(last.saturating_add(1)));
-    batches.push(
-        builder
-            .finish_and_reset(seq, shape.codec, shape.zstd_level)
-            .map_err(encode_err)?,
-    );
-    *next_seq = seq + 1;
-    Ok((batches, run))
+    cut.seal(skipped_to.unwrap_or(0).max(last.saturating_add(1)))
+        .map_err(encode_err)?;
+    *next_seq = cut.seq;
+    Ok((cut.batches, run))
+}
+
+/// The batches one chain run cuts: numbered on from the partition's next sequence number, each
+/// sealed once it holds a batch's worth (checked only between source records).
+struct Cutter<'b> {
+    builder: &'b mut BatchBuilder,
+    shape: Shape,
+    /// Sequence number of the batch being built.
+    seq: u64,
+    batches: Vec<Batch>,
+}
+
+impl Cutter<'_> {
+    /// Seals the batch being built when it is full; the next source record starts at
+    /// `next_offset`.
+    fn split_if_full(&mut self, next_offset: i64) -> Result<(), er_protocol::EncodeError> {
+        let b = &self.builder;
+        if !b.is_empty()
+            && (b.len() >= self.shape.max_records || b.encoded_bytes() >= self.shape.max_bytes)
+        {
+            self.seal(next_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the batch being built, ending at `next_offset`.
+    fn seal(&mut self, next_offset: i64) -> Result<(), er_protocol::EncodeError> {
+        self.builder.set_next_offset(next_offset);
+        let batch =
+            self.builder
+                .finish_and_reset(self.seq, self.shape.codec, self.shape.zstd_level)?;
+        self.batches.push(batch);
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// Adds a plugin's output of source record `src` to the batch.
+fn push_output<'r>(
+    builder: &mut BatchBuilder,
+    src: &Held,
+    r: &OutRecordRef<'r>,
+    topic: Option<&'r str>,
+    headers: &mut Vec<(&'r str, Option<&'r [u8]>)>,
+) {
+    // A timestamp the plugin changed is its own: CreateTime.
+    let timestamp_type = if r.kept || r.timestamp == src.timestamp {
+        src.timestamp_type
+    } else {
+        TimestampType::CreateTime
+    };
+    headers.clear();
+    headers.extend(r.headers.iter());
+    builder.push(&RecordRef {
+        offset: src.offset,
+        timestamp: r.timestamp,
+        timestamp_type,
+        key: r.key,
+        value: r.value,
+        headers,
+        topic,
+        partition: r.partition,
+    });
+}
+
+/// A plugin output the agent refuses (bad destination, or too large), before the route's error
+/// policy decides what becomes of its source record.
+struct Refused<'a> {
+    route: &'a str,
+    tp: &'a TopicPartition,
+    src: &'a Held,
+    /// The source record as the chain saw it.
+    source: &'a InRecord<'a>,
+    problem: String,
+}
+
+impl Refused<'_> {
+    /// Applies `policy`: `Ok(true)` when a dead-letter copy of the source record went into the
+    /// batch, `Ok(false)` when the record is skipped, `Err` with the message the route stops with.
+    fn apply(self, policy: &ErrorPolicy, builder: &mut BatchBuilder) -> Result<bool, String> {
+        let Refused {
+            route,
+            tp,
+            src,
+            source,
+            problem,
+        } = self;
+        match policy {
+            ErrorPolicy::Stop => Err(format!(
+                "a plugin produced a bad record for source offset {}: {problem}",
+                src.offset
+            )),
+            ErrorPolicy::Skip => {
+                tracing::warn!(route, %tp, offset = src.offset, %problem, "plugin output refused; record skipped");
+                Ok(false)
+            }
+            ErrorPolicy::DeadLetter { topic: dlq } => {
+                let message = format!("plugin output refused: {problem}");
+                let headers: Vec<_> = source
+                    .headers
+                    .iter()
+                    .copied()
+                    .chain([
+                        (DEAD_LETTER_ERROR_HEADER, Some(message.as_bytes())),
+                        (DEAD_LETTER_PLUGIN_HEADER, Some(route.as_bytes())),
+                    ])
+                    .collect();
+                builder.push(&RecordRef {
+                    offset: src.offset,
+                    timestamp: src.timestamp,
+                    timestamp_type: src.timestamp_type,
+                    key: source.key,
+                    value: source.value,
+                    headers: &headers,
+                    topic: Some(dlq),
+                    partition: None,
+                });
+                Ok(true)
+            }
+        }
+    }
 }
 
 /// Checks a plugin's output destination.
