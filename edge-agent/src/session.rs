@@ -248,34 +248,19 @@ impl Session<'_> {
         let Some(mut early) = early else {
             return opened.map(|(control, _)| Hello::Sent(control));
         };
-        let accepted = match tokio::time::timeout(early.answer_wait, &mut early.accepted).await {
-            Ok(accepted) => accepted,
-            Err(_) if self.conn.handshake_data().is_none() => {
-                return Ok(Hello::NoAnswer(early.answer_wait));
-            }
-            // The hub answered; let the handshake finish within the connect timeout.
-            Err(_) => tokio::time::timeout(
-                early.connect_timeout.saturating_sub(early.answer_wait),
-                early.accepted,
-            )
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "handshake with the hub not done within {:?}",
-                    early.connect_timeout
-                )
-            })?,
+        let Some(accepted) = self.handshake_done(&mut early).await? else {
+            return Ok(Hello::NoAnswer(early.answer_wait));
         };
         if let Some(reason) = self.conn.close_reason() {
             bail!("connecting to the hub: {reason}");
         }
         answered(true);
-        let rejected = match opened {
+        match opened {
             Ok((control, _)) if accepted => {
                 debug!("the hub took the 0-RTT hello");
-                return Ok(Hello::Sent(control));
+                Ok(Hello::Sent(control))
             }
-            Ok(opened) => opened,
+            Ok((control, reader)) => self.hello_after_refusal(control, reader).await,
             // The handshake ended, refusing the early data, between opening the stream and
             // writing the hello: nothing went out, and the stream's handles are gone.
             Err(e) if !accepted => {
@@ -283,11 +268,43 @@ impl Session<'_> {
                     error = format!("{e:#}"),
                     "the 0-RTT control stream was refused before the hello went out"
                 );
-                return self.hello_again().await.map(Hello::Sent);
+                self.hello_again().await.map(Hello::Sent)
             }
-            Err(e) => return Err(e),
-        };
-        let (control, reader) = rejected;
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for the handshake: `Some(true)` if the hub took the early data, `None` if it did
+    /// not answer within `answer_wait`, an error if it answered but the handshake took longer
+    /// than the connect timeout.
+    async fn handshake_done(&self, early: &mut Early) -> anyhow::Result<Option<bool>> {
+        match tokio::time::timeout(early.answer_wait, &mut early.accepted).await {
+            Ok(accepted) => Ok(Some(accepted)),
+            Err(_) if self.conn.handshake_data().is_none() => Ok(None),
+            // The hub answered; let the handshake finish within the connect timeout.
+            Err(_) => tokio::time::timeout(
+                early.connect_timeout.saturating_sub(early.answer_wait),
+                &mut early.accepted,
+            )
+            .await
+            .map(Some)
+            .map_err(|_| {
+                anyhow!(
+                    "handshake with the hub not done within {:?}",
+                    early.connect_timeout
+                )
+            }),
+        }
+    }
+
+    /// The hub refused the early data after the control stream was opened and its hello
+    /// written: finds out whether that stream was one of the refused ones, and if so says hello
+    /// again on a new one.
+    async fn hello_after_refusal(
+        &mut self,
+        control: FrameWriter,
+        reader: tokio::task::JoinHandle<()>,
+    ) -> anyhow::Result<Hello> {
         // A control stream opened only after the handshake ended (this task ran late, the link
         // is fast) carried no early data: its hello went out as ordinary data and is answered on
         // it. Only a stream opened during the handshake was refused, and its reader says so as
