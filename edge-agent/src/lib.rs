@@ -249,25 +249,6 @@ pub async fn run(
         )?))),
         None => None,
     };
-    let (aliases_tx, aliases_rx) = watch::channel(None);
-    let heartbeats = cfg.heartbeats.map(|interval| {
-        tokio::spawn(heartbeat::run(
-            cfg.clone(),
-            interval,
-            aliases_rx,
-            stats.clone(),
-            shutdown.clone(),
-        ))
-    });
-    let plugin_metrics = (cfg.metrics_listen.is_some()
-        && !pipeline.lock().expect("pipeline lock").is_empty())
-    .then(|| {
-        tokio::spawn(publish_plugin_stats(
-            pipeline.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        ))
-    });
     let discovery =
         Arc::new(source::Discovery::new(&cfg).context("creating the edge metadata client")?);
     let lag = cfg
@@ -283,25 +264,21 @@ pub async fn run(
             lag.clone(),
         );
     }
-    let lag_task = lag.clone().map(|l| {
-        tokio::spawn(publish_replication_lag(
-            discovery.clone(),
-            l,
-            shutdown.clone(),
-        ))
-    });
+    let (aliases, aliases_rx) = watch::channel(None);
+    let shared = session::Shared {
+        discovery,
+        pipeline,
+        groups,
+        aliases,
+        lag,
+    };
+    let side_tasks = spawn_side_tasks(&cfg, &shared, aliases_rx, &stats, &shutdown);
     let mut link = Link {
         cfg: &cfg,
         endpoint: endpoint.clone(),
         client_cfg,
         ipv6,
-        shared: session::Shared {
-            discovery: discovery.clone(),
-            pipeline: pipeline.clone(),
-            groups: groups.clone(),
-            aliases: aliases_tx.clone(),
-            lag: lag.clone(),
-        },
+        shared,
         stats: stats.clone(),
         unreachable: Unreachable::new(tickets),
         last_rtt: None,
@@ -309,14 +286,48 @@ pub async fn run(
     link.dial_until_shutdown(&mut shutdown).await;
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
-    if let Some(h) = heartbeats {
-        let _ = h.await;
-    }
-    for h in [plugin_metrics, lag_task].into_iter().flatten() {
-        let _ = h.await;
+    for task in side_tasks {
+        let _ = task.await;
     }
     info!("agent stopped");
     Ok(())
+}
+
+/// Starts what runs beside the link until shutdown: heartbeats (once the hub told the aliases),
+/// and with a metrics listener the plugin statistics and the replication lag publishers.
+fn spawn_side_tasks(
+    cfg: &Settings,
+    shared: &session::Shared,
+    aliases: watch::Receiver<Option<heartbeat::Aliases>>,
+    stats: &Arc<Stats>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(interval) = cfg.heartbeats {
+        tasks.push(tokio::spawn(heartbeat::run(
+            cfg.clone(),
+            interval,
+            aliases,
+            stats.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let has_plugins = !shared.pipeline.lock().expect("pipeline lock").is_empty();
+    if cfg.metrics_listen.is_some() && has_plugins {
+        tasks.push(tokio::spawn(publish_plugin_stats(
+            shared.pipeline.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(lag) = &shared.lag {
+        tasks.push(tokio::spawn(publish_replication_lag(
+            shared.discovery.clone(),
+            lag.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tasks
 }
 
 /// The QUIC client endpoint, and whether it can dial IPv6 addresses. An agent whose hub

@@ -1,7 +1,8 @@
 //! Tidy tests (as rust-analyzer's `xtask/src/tidy.rs`): the docs say what the code does. README's
 //! config tables against the serde config structs, documented metric names against the ones the
-//! binaries register, a `//!` line on every module, and docs that need nothing outside the
-//! repository. Plain `#[test]`s over the source files: no Kafka, no build of the crates checked.
+//! binaries register, a `//!` line on every module, docs that need nothing outside the
+//! repository, and short functions in the agent's link, session, config and route code. Plain
+//! `#[test]`s over the source files: no Kafka, no build of the crates checked.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -886,4 +887,144 @@ fn docs_point_only_into_the_repository() {
         }
     }
     report("doc links", &problems);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Function length
+
+/// Longest function, in lines, in the agent's link, session, config and route code: loops there
+/// stay small dispatchers calling named handlers (issue 17). Tests are exempt.
+const MAX_FN_LINES: usize = 80;
+
+/// Files, and directories of files, held to [`MAX_FN_LINES`].
+const SHORT_FN_PATHS: &[&str] = &[
+    "edge-agent/src/lib.rs",
+    "edge-agent/src/session.rs",
+    "edge-agent/src/config",
+    "edge-agent/src/routes",
+];
+
+/// Name, first line (1-based) and length in lines of every function in rustfmt-formatted `src`
+/// before its `#[cfg(test)] mod tests`: from the `fn` line to the `}` at the same indentation
+/// (a nested function counts as part of the one around it).
+fn function_lengths(src: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = src.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line.trim() == "#[cfg(test)]"
+            && lines
+                .get(i + 1)
+                .is_some_and(|l| l.trim_start().starts_with("mod tests"))
+        {
+            break;
+        }
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let mut rest = body;
+        for prefix in [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "const ",
+            "async ",
+            "unsafe ",
+        ] {
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+        }
+        let Some(name) = rest.strip_prefix("fn ").map(|r| {
+            r.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        }) else {
+            i += 1;
+            continue;
+        };
+        let mut end = i;
+        if !(body.ends_with('}') || body.ends_with(';')) {
+            end += 1;
+            while end < lines.len() {
+                let l = lines[end];
+                let at_indent = l
+                    .strip_prefix(indent)
+                    .is_some_and(|r| !r.starts_with(char::is_whitespace));
+                if l == format!("{indent}}}") || (at_indent && l.ends_with(';')) {
+                    break;
+                }
+                end += 1;
+            }
+        }
+        out.push((name, i + 1, end - i + 1));
+        i = end + 1;
+    }
+    out
+}
+
+#[test]
+fn functions_in_the_agents_link_session_config_and_routes_stay_short() {
+    let mut files = Vec::new();
+    for rel in SHORT_FN_PATHS {
+        let path = root().join(rel);
+        if path.is_dir() {
+            files_with_ext(&path, ".rs", &mut files);
+        } else {
+            assert!(path.is_file(), "{rel} is gone: update SHORT_FN_PATHS");
+            files.push(path);
+        }
+    }
+    let mut problems = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("readable source file");
+        for (name, line, len) in function_lengths(&text) {
+            if len > MAX_FN_LINES {
+                problems.push(format!(
+                    "{}:{line}: fn {name} is {len} lines, more than {MAX_FN_LINES}: split it into named steps",
+                    relative(path)
+                ));
+            }
+        }
+    }
+    report("function length", &problems);
+}
+
+#[test]
+fn function_lengths_follow_rustfmt_layout() {
+    let src = "\
+fn one() -> u32 { 1 }
+
+pub(crate) async fn two(
+    a: u32,
+) -> u32 {
+    let f = |x| {
+        x
+    };
+    f(a)
+}
+
+trait T {
+    fn declared(
+        &self,
+    ) -> u32;
+    fn provided(&self) -> u32 {
+        fn nested() {}
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn long() {}
+}
+";
+    assert_eq!(
+        function_lengths(src),
+        [
+            ("one".to_owned(), 1, 1),
+            ("two".to_owned(), 3, 8),
+            ("declared".to_owned(), 13, 3),
+            ("provided".to_owned(), 16, 4),
+        ]
+    );
 }

@@ -256,76 +256,137 @@ pub fn run_chain(
         .chain
         .process_into(&input, out)
         .map_err(|e| stopped(e.to_string()))?;
-    let policy = route.chain.policy().clone();
 
-    let mut run = ChainRun {
-        records_in: input.len() as u64,
-        failed: out.failures().len() as u64,
-        ..ChainRun::default()
+    let mut outputs = Outputs {
+        route: &route.name,
+        tp,
+        partition_count,
+        policy: route.chain.policy().clone(),
+        pending,
+        input: &input,
+        source_bytes: source_bytes(out, &input),
+        cut: Cutter {
+            builder,
+            shape,
+            seq: *next_seq,
+            batches: Vec::new(),
+        },
+        run: ChainRun {
+            records_in: input.len() as u64,
+            failed: out.failures().len() as u64,
+            ..ChainRun::default()
+        },
+        produced: vec![false; input.len()],
     };
-    let encode_err = |e: er_protocol::EncodeError| stopped(format!("encoding a batch: {e}"));
-    let mut cut = Cutter {
-        builder,
-        shape,
-        seq: *next_seq,
-        batches: Vec::new(),
-    };
-    let mut scratch: Vec<(&str, Option<&[u8]>)> = Vec::new();
-    let mut produced = vec![false; input.len()];
+    let mut headers = Vec::new();
     let mut last_source: Option<u32> = None;
-    let mut source_bytes = vec![0usize; input.len()];
     for r in out.iter(&input) {
-        source_bytes[r.source_index as usize] += encoded_bound(&r);
-    }
-    for r in out.iter(&input) {
-        let i = r.source_index as usize;
-        let src = &pending.recs[i];
         let first_of_source = last_source != Some(r.source_index);
         last_source = Some(r.source_index);
-        if first_of_source {
-            cut.split_if_full(src.offset).map_err(encode_err)?;
-        }
-        let topic = r.topic.filter(|t| *t != tp.topic);
-        let too_big = source_bytes[i] > shape.max_source_bytes;
-        if too_big && !first_of_source {
-            // The source record's policy was applied at its first output.
-            continue;
-        }
-        let problem = if too_big {
-            Err(format!(
-                "the outputs of one source record take {} bytes, more than the {} bytes a batch has room for (hub limits.max_batch_bytes)",
-                source_bytes[i], shape.max_source_bytes
-            ))
-        } else {
-            check_output(topic, r.partition, partition_count)
-        };
-        match problem {
-            Ok(()) => {
-                push_output(cut.builder, src, &r, topic, &mut scratch);
-                run.records_out += 1;
-                produced[i] = true;
-            }
-            Err(problem) => {
-                let refused = Refused {
-                    route: &route.name,
-                    tp,
-                    src,
-                    source: &input[i],
-                    problem,
-                };
-                run.failed += 1;
-                if refused.apply(&policy, cut.builder).map_err(&stopped)? {
-                    run.records_out += 1;
-                    produced[i] = true;
-                }
-            }
-        }
+        outputs
+            .take(&r, first_of_source, &mut headers)
+            .map_err(&stopped)?;
     }
+    let Outputs {
+        mut cut,
+        mut run,
+        produced,
+        ..
+    } = outputs;
     run.dropped = produced.iter().filter(|p| !**p).count() as u64;
     cut.seal(skipped_to.unwrap_or(0).max(last.saturating_add(1)))
-        .map_err(encode_err)?;
+        .map_err(|e| stopped(encoding_failed(e)))?;
     *next_seq = cut.seq;
     Ok((cut.batches, run))
+}
+
+fn encoding_failed(e: er_protocol::EncodeError) -> String {
+    format!("encoding a batch: {e}")
+}
+
+/// One chain run's outputs on their way into batches.
+struct Outputs<'a, 'b> {
+    route: &'a str,
+    tp: &'a TopicPartition,
+    partition_count: i32,
+    policy: ErrorPolicy,
+    pending: &'a Pending,
+    /// The source records as the chain saw them.
+    input: &'a [InRecord<'a>],
+    /// Per source record: what its outputs take together (see [`source_bytes`]).
+    source_bytes: Vec<usize>,
+    cut: Cutter<'b>,
+    run: ChainRun,
+    /// Per source record: whether anything went into a batch for it.
+    produced: Vec<bool>,
+}
+
+impl Outputs<'_, '_> {
+    /// Takes output `r` (the first of its source record when `first_of_source`) into the batch,
+    /// or applies the route's error policy when it is refused. `Err` stops the route.
+    fn take<'r>(
+        &mut self,
+        r: &OutRecordRef<'r>,
+        first_of_source: bool,
+        headers: &mut Vec<(&'r str, Option<&'r [u8]>)>,
+    ) -> Result<(), String> {
+        let i = r.source_index as usize;
+        let src = &self.pending.recs[i];
+        if first_of_source {
+            self.cut
+                .split_if_full(src.offset)
+                .map_err(encoding_failed)?;
+        }
+        let topic = r.topic.filter(|t| *t != self.tp.topic);
+        let room = self.cut.shape.max_source_bytes;
+        let too_big = self.source_bytes[i] > room;
+        if too_big && !first_of_source {
+            // The source record's policy was applied at its first output.
+            return Ok(());
+        }
+        let problem = if too_big {
+            Err(too_big_problem(self.source_bytes[i], room))
+        } else {
+            check_output(topic, r.partition, self.partition_count)
+        };
+        let written = match problem {
+            Ok(()) => {
+                push_output(self.cut.builder, src, r, topic, headers);
+                true
+            }
+            Err(problem) => {
+                self.run.failed += 1;
+                let refused = Refused {
+                    route: self.route,
+                    tp: self.tp,
+                    src,
+                    source: &self.input[i],
+                    problem,
+                };
+                refused.apply(&self.policy, self.cut.builder)?
+            }
+        };
+        if written {
+            self.run.records_out += 1;
+            self.produced[i] = true;
+        }
+        Ok(())
+    }
+}
+
+/// Encoded bytes the outputs of each source record take together, at most.
+fn source_bytes(out: &OutBatch, input: &[InRecord<'_>]) -> Vec<usize> {
+    let mut bytes = vec![0usize; input.len()];
+    for r in out.iter(input) {
+        bytes[r.source_index as usize] += encoded_bound(&r);
+    }
+    bytes
+}
+
+fn too_big_problem(bytes: usize, room: usize) -> String {
+    format!(
+        "the outputs of one source record take {bytes} bytes, more than the {room} bytes a batch has room for (hub limits.max_batch_bytes)"
+    )
 }
 
 /// The batches one chain run cuts: numbered on from the partition's next sequence number, each
