@@ -153,7 +153,7 @@ enum Hello {
 /// The protocol state of a new session; its hello is the first frame it transmits.
 fn new_proto(cfg: &Settings) -> AgentConn {
     AgentConn::new(
-        er_protocol::AgentConfig {
+        er_protocol::AgentConnConfig {
             agent_version: format!("edge-agent/{}", env!("CARGO_PKG_VERSION")),
             site_claim: cfg.site.clone().unwrap_or_default(),
             ping_interval: Duration::from_secs(5),

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use edge_agent::Stats;
 use er_net::devcerts::{self, DevPki};
 use er_net::wire::{FrameReader, FrameWriter};
-use er_protocol::{Channel, Frame, HubConfig, HubConn, HubEvent};
+use er_protocol::{Channel, Frame, HubConn, HubConnConfig, HubEvent};
 use tokio::sync::{mpsc, watch};
 
 const SITE: &str = "plant-7";
@@ -73,7 +73,7 @@ async fn serve(
     let (send, recv) = conn.accept_bi().await?;
     let (mut writer, mut reader) = (FrameWriter::new(send), FrameReader::new(recv, 1 << 20));
     let mut hub = HubConn::new(
-        HubConfig {
+        HubConnConfig {
             hub_id: "fake".into(),
             max_batch_bytes: 1 << 20,
             max_uncompressed_bytes: 4 << 20,

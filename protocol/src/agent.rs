@@ -11,7 +11,7 @@ use crate::frame::{
 
 /// Settings of an agent connection.
 #[derive(Clone, Debug)]
-pub struct AgentConfig {
+pub struct AgentConnConfig {
     /// Agent software version sent in Hello.
     pub agent_version: String,
     /// Site alias the agent claims (the hub trusts the certificate, not this).
@@ -140,7 +140,7 @@ struct PartitionState {
 /// The agent's end of one connection to a hub.
 #[derive(Debug)]
 pub struct AgentConn {
-    config: AgentConfig,
+    config: AgentConnConfig,
     state: State,
     epoch: Instant,
     transmit: VecDeque<(Channel, Frame)>,
@@ -158,7 +158,7 @@ pub struct AgentConn {
 
 impl AgentConn {
     /// Starts a connection at `now`; Hello is queued on the control channel.
-    pub fn new(config: AgentConfig, now: Instant) -> Self {
+    pub fn new(config: AgentConnConfig, now: Instant) -> Self {
         let hello = Frame::Hello {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,

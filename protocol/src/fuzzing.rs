@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::{
     Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, FrameDecoder,
-    GroupOffsets, HubConfig, HubConn, HubEvent, PROTOCOL_VERSION, Position, SiteReport, TopicAcl,
-    TopicMetadata, TopicPartition, decode_frame, encode_frame,
+    GroupOffsets, HubConn, HubConnConfig, HubEvent, PROTOCOL_VERSION, Position, SiteReport,
+    TopicAcl, TopicMetadata, TopicPartition, decode_frame, encode_frame,
 };
 
 /// The frame decoder (pushed in chunks of the size the first byte picks) and record decoding
@@ -143,7 +143,7 @@ const MAX_BATCH: u32 = 4096;
 pub fn hub_session(data: &[u8]) {
     let start = Instant::now();
     let mut hub = HubConn::new(
-        HubConfig {
+        HubConnConfig {
             hub_id: "hub".into(),
             max_batch_bytes: MAX_BATCH,
             max_uncompressed_bytes: 4 * MAX_BATCH,

@@ -12,7 +12,7 @@ use crate::frame::{
 
 /// Settings of a hub connection.
 #[derive(Clone, Debug)]
-pub struct HubConfig {
+pub struct HubConnConfig {
     /// Identifier of this hub instance, sent in Welcome.
     pub hub_id: String,
     /// Largest batch payload accepted, sent in Welcome.
@@ -93,7 +93,7 @@ struct PartitionState {
 /// The hub's end of one agent connection.
 #[derive(Debug)]
 pub struct HubConn {
-    config: HubConfig,
+    config: HubConnConfig,
     site: String,
     state: State,
     transmit: VecDeque<(Channel, Frame)>,
@@ -104,7 +104,7 @@ pub struct HubConn {
 
 impl HubConn {
     /// A connection from `site`, the alias taken from the agent's certificate.
-    pub fn new(config: HubConfig, site: String, now: Instant) -> Self {
+    pub fn new(config: HubConnConfig, site: String, now: Instant) -> Self {
         Self {
             config,
             site,

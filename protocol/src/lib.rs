@@ -17,7 +17,7 @@ pub mod mm2;
 pub mod policy;
 pub mod records;
 
-pub use agent::{AgentConfig, AgentConn, AgentEvent};
+pub use agent::{AgentConn, AgentConnConfig, AgentEvent};
 pub use codec::{
     FrameDecoder, decode_frame, decode_frame_bytes, encode_batch_prefix, encode_frame,
     try_encode_frame,
@@ -31,7 +31,7 @@ pub use frame::{
     PROTOCOL_VERSION, Position, STOPPED_VERSION, SiteReport, TOPIC_ACLS_VERSION,
     TOPIC_METADATA_VERSION, TopicAcl, TopicMetadata, TopicPartition,
 };
-pub use hub::{HubConfig, HubConn, HubEvent};
+pub use hub::{HubConn, HubConnConfig, HubEvent};
 pub use mm2::{Checkpoint, Heartbeat, Mm2Error, OffsetSync};
 pub use policy::{
     HEARTBEATS_TOPIC, PolicyError, ReplicationPolicy, checkpoints_topic, is_internal_topic,

@@ -8,8 +8,8 @@ use er_protocol::*;
 
 const RECORDS_PER_BATCH: i64 = 3;
 
-fn agent_config() -> AgentConfig {
-    AgentConfig {
+fn agent_config() -> AgentConnConfig {
+    AgentConnConfig {
         agent_version: "test-agent".into(),
         site_claim: "edge1".into(),
         ping_interval: Duration::from_secs(5),
@@ -19,8 +19,8 @@ fn agent_config() -> AgentConfig {
     }
 }
 
-fn hub_config() -> HubConfig {
-    HubConfig {
+fn hub_config() -> HubConnConfig {
+    HubConnConfig {
         hub_id: "hub-1".into(),
         max_batch_bytes: 1 << 20,
         max_uncompressed_bytes: 4 << 20,
@@ -76,7 +76,7 @@ impl Pair {
         Self::with_config(now, latency, store, agent_config())
     }
 
-    fn with_config(now: Instant, latency: Duration, store: Store, config: AgentConfig) -> Self {
+    fn with_config(now: Instant, latency: Duration, store: Store, config: AgentConnConfig) -> Self {
         Self {
             now,
             latency,
@@ -389,7 +389,7 @@ fn thousand_batches_over_four_partitions_are_acked_in_order() {
 
 #[test]
 fn backpressure_blocks_sends_until_acks_free_the_budget() {
-    let config = AgentConfig {
+    let config = AgentConnConfig {
         max_inflight_bytes_per_partition: 1000,
         max_inflight_bytes_total: 1500,
         ..agent_config()

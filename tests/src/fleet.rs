@@ -42,9 +42,9 @@ use er_net::TransportTuning;
 use er_net::devcerts::DevPki;
 use er_net::wire::{FrameReader, FrameWriter, StreamError};
 use er_protocol::{
-    AgentConfig, AgentConn, AgentEvent, Batch, BatchBuilder, Channel, Codec, Frame, GroupOffsets,
-    HEARTBEATS_TOPIC, Heartbeat, Position, RecordRef, ReplicationPolicy, TimestampType,
-    TopicPartition,
+    AgentConn, AgentConnConfig, AgentEvent, Batch, BatchBuilder, Channel, Codec, Frame,
+    GroupOffsets, HEARTBEATS_TOPIC, Heartbeat, Position, RecordRef, ReplicationPolicy,
+    TimestampType, TopicPartition,
 };
 use futures::StreamExt as _;
 use futures::stream::{BoxStream, SelectAll};
@@ -816,7 +816,7 @@ impl SimSite {
     async fn session(&mut self, conn: &quinn::Connection) -> Result<End, Failure> {
         let cfg = self.shared.cfg.clone();
         let mut proto = AgentConn::new(
-            AgentConfig {
+            AgentConnConfig {
                 agent_version: "fleetsim".into(),
                 site_claim: self.alias.clone(),
                 ping_interval: Duration::from_secs(5),

@@ -403,7 +403,7 @@ impl Hub {
             partitions: HashMap::new(),
         };
         let mut proto = HubConn::new(
-            er_protocol::HubConfig {
+            er_protocol::HubConnConfig {
                 hub_id: cfg.raw.hub_id.clone(),
                 max_batch_bytes: cfg.raw.limits.max_batch_bytes,
                 max_uncompressed_bytes: cfg.raw.limits.max_uncompressed_bytes,
