@@ -366,7 +366,7 @@ impl Session<'_> {
         // Written before the reader starts: if this fails (a 0-RTT stream the hub refused
         // meanwhile), no handle of the stream outlives this call.
         self.flush(&mut control).await?;
-        let reader = spawn_reader(
+        let reader = spawn_stream_reader(
             FrameReader::new(recv, FRAME_OVERHEAD * 2),
             Channel::Control,
             self.inbound.0.clone(),
@@ -772,7 +772,7 @@ impl Session<'_> {
                     .context("creating the edge consumer")?;
                 let (batch_tx, batches) = mpsc::channel(queued_batches);
                 let (cmds, cmd_rx) = std::sync::mpsc::channel();
-                source::spawn_reader(
+                source::spawn_kafka_reader(
                     consumer,
                     limits.clone(),
                     source::Routing {
@@ -879,13 +879,13 @@ impl Session<'_> {
                         )
                         .with_context(|| format!("prioritising the stream of {tp}"))?;
                         let (tx, rx) = mpsc::unbounded_channel();
-                        spawn_writer(
+                        spawn_stream_writer(
                             FrameWriter::new(send),
                             rx,
                             Channel::Partition(tp.clone()),
                             self.inbound.0.clone(),
                         );
-                        spawn_reader(
+                        spawn_stream_reader(
                             FrameReader::new(recv, FRAME_OVERHEAD),
                             Channel::Partition(tp.clone()),
                             self.inbound.0.clone(),
@@ -1029,7 +1029,8 @@ fn spawn_discovery(
     })
 }
 
-fn spawn_reader(
+/// Forwards the frames of one QUIC stream to the session, then how the stream ended.
+fn spawn_stream_reader(
     mut reader: FrameReader,
     channel: Channel,
     tx: mpsc::Sender<Inbound>,
@@ -1055,7 +1056,9 @@ fn spawn_reader(
     })
 }
 
-fn spawn_writer(
+/// Writes the frames queued for one QUIC stream; a write error reaches the session as the
+/// stream's end.
+fn spawn_stream_writer(
     mut writer: FrameWriter,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     channel: Channel,

@@ -399,7 +399,7 @@ pub struct Routing {
 /// partitions through their plugin chain, and hands finished, compressed batches to the session.
 /// The batch channel is bounded: when the session stops taking batches the thread stops polling,
 /// so librdkafka's bounded prefetch is the only other buffer.
-pub fn spawn_reader(
+pub fn spawn_kafka_reader(
     consumer: BaseConsumer,
     limits: BatchLimits,
     routing: Routing,

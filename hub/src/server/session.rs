@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use super::accept::Greeted;
-use super::streams::{Inbound, StreamWriters, spawn_reader};
+use super::streams::{Inbound, StreamWriters, spawn_stream_reader};
 use super::{Hub, SessionEnd};
 use crate::sink::{Completion, WriteError, WriteJob, Written};
 use crate::sites::Site;
@@ -57,14 +57,14 @@ impl Hub {
             completions_tx,
         };
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
-        spawn_reader(ctl_reader, None, in_tx.clone());
+        spawn_stream_reader(ctl_reader, None, in_tx.clone());
         let max_frame = self.fleet.config.raw.limits.max_frame_bytes();
         loop {
             let step = tokio::select! {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
                         let reader = FrameReader::with_budget(recv, max_frame, budget.clone());
-                        spawn_reader(reader, Some(send), in_tx.clone());
+                        spawn_stream_reader(reader, Some(send), in_tx.clone());
                         Ok(false)
                     }
                     Err(e) => Err(SessionEnd::Link(e.to_string())),

@@ -27,7 +27,7 @@ pub(super) enum Inbound {
 
 /// Reads one stream's frames into the session. A partition stream is identified by its first
 /// frame, which must be a batch.
-pub(super) fn spawn_reader(
+pub(super) fn spawn_stream_reader(
     mut reader: FrameReader,
     mut send: Option<quinn::SendStream>,
     tx: mpsc::Sender<Inbound>,
