@@ -4,7 +4,6 @@
 //! consumers on the central cluster see the link is alive and how far behind it is.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use er_protocol::{HEARTBEATS_TOPIC, Heartbeat};
@@ -87,8 +86,7 @@ pub async fn run(
             .timestamp(hb.timestamp);
         match producer.send(record, Duration::from_secs(5)).await {
             Ok(_) => {
-                stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-                ::metrics::counter!(crate::metrics::HEARTBEATS_SENT).increment(1);
+                crate::events::HeartbeatSent.emit(&stats);
                 if failing {
                     tracing::info!("heartbeats are written again");
                     failing = false;

@@ -2,6 +2,7 @@
 //! of its own (the hub tells it where to resume on every connect).
 
 pub mod config;
+pub mod events;
 pub mod groups;
 pub mod health;
 pub mod heartbeat;
@@ -16,7 +17,7 @@ pub mod source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -122,7 +123,7 @@ impl Unreachable {
         self.tickets.set_open(false);
         let now = Instant::now();
         self.probes += 1;
-        ::metrics::counter!(crate::metrics::PROBES_UNANSWERED).increment(1);
+        events::ProbeUnanswered.emit();
         let since = *self.since.get_or_insert(now);
         if self.last_log.is_none_or(|t| now - t >= Self::SUMMARY_EVERY) {
             self.last_log = Some(now);
@@ -368,9 +369,13 @@ fn redirect_targets(
     addresses: &[String],
     reason: &str,
 ) -> Option<Vec<hubs::HubAddress>> {
-    link.stats.redirects.fetch_add(1, Ordering::Relaxed);
-    ::metrics::counter!(metrics::REDIRECTS).increment(1);
-    info!(hub = %from.entry, addr = %from.addr, to = ?addresses, reason, "the hub sent us to other hubs");
+    events::Redirected {
+        hub: &from.entry.to_string(),
+        addr: from.addr,
+        to: addresses,
+        reason,
+    }
+    .emit(&link.stats);
     let targets: Vec<hubs::HubAddress> = addresses
         .iter()
         .filter_map(|a| {
@@ -649,12 +654,12 @@ impl Link<'_> {
         let (unreachable, stats) = (&mut self.unreachable, &self.stats);
         let mut answered = |zero_rtt: bool| {
             unreachable.answered();
-            let before = stats.connects.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(crate::metrics::CONNECTS).increment(1);
-            if before > 0 {
-                ::metrics::counter!(crate::metrics::RECONNECTS).increment(1);
+            events::Connected {
+                hub: &c.entry.to_string(),
+                addr: conn.remote_address(),
+                zero_rtt,
             }
-            info!(hub = %c.entry, addr = %conn.remote_address(), zero_rtt, "connected to hub");
+            .emit(stats);
         };
         if early.is_none() {
             answered(false);
@@ -669,8 +674,7 @@ impl Link<'_> {
             shutdown,
         )
         .await;
-        ::metrics::gauge!(crate::metrics::LINK_UP).set(0.0);
-        ::metrics::gauge!(crate::metrics::INFLIGHT_BYTES).set(0.0);
+        events::SessionEnded.emit();
         conn.close(0u32.into(), b"session over");
         if let SessionOutcome::NoAnswer(waited) = r {
             self.unreachable.no_answer(waited);

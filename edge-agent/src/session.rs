@@ -12,9 +12,8 @@ use er_net::wire::{FrameReader, FrameWriter, StreamError};
 use er_protocol::{AgentConn, AgentEvent, Batch, Channel, Frame, GroupOffsets, TopicPartition};
 use rdkafka::Offset;
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::Stats;
 use crate::config::Settings;
 use crate::groups::GroupReader;
 use crate::heartbeat::Aliases;
@@ -23,6 +22,7 @@ use crate::pacing::{self, Next, Room, TokenBucket};
 use crate::pipeline::SharedPipeline;
 use crate::routes::Priority;
 use crate::source::{self, Discovery, TopicSet};
+use crate::{Stats, events};
 
 /// Room for a frame header around the largest batch.
 const FRAME_OVERHEAD: u32 = 64 * 1024;
@@ -469,8 +469,7 @@ impl Session<'_> {
             self.flush(control).await?;
             if let Some(w) = welcome {
                 self.welcomed = true;
-                ::metrics::gauge!(m::LINK_UP).set(1.0);
-                self.stats.link.up();
+                events::LinkUp.emit(&self.stats);
                 return Ok(ControlFlow::Continue(w));
             }
             let deadline = self.proto.poll_timeout();
@@ -646,10 +645,7 @@ impl Session<'_> {
                         .send_group_offsets(frame)
                         .context("reporting group offsets")?;
                 }
-                self.stats
-                    .group_reports_sent
-                    .fetch_add(1, Ordering::Relaxed);
-                ::metrics::counter!(m::GROUP_REPORTS_SENT).increment(1);
+                events::GroupReportSent.emit(&self.stats);
             }
             Err(e) => warn!(
                 error = format!("{e:#}"),
@@ -697,9 +693,12 @@ impl Session<'_> {
                 seq,
                 next_offset,
             } => {
-                debug!(%tp, seq, next_offset, "acked");
-                self.stats.batches_acked.fetch_add(1, Ordering::Relaxed);
-                ::metrics::counter!(m::BATCHES_ACKED).increment(1);
+                events::BatchAcked {
+                    tp: &tp,
+                    seq,
+                    next_offset,
+                }
+                .emit(&self.stats);
                 if let Some(lag) = &self.shared.lag {
                     lag.acked(&tp, next_offset);
                 }
@@ -711,9 +710,13 @@ impl Session<'_> {
                 offset,
                 reason,
             } => {
-                error!(%tp, seq, offset, %reason, "the hub stopped the partition at a record it cannot write; it is read again from there on the next connection");
-                ::metrics::counter!(m::PARTITIONS_STOPPED, "topic" => tp.topic.clone())
-                    .increment(1);
+                events::PartitionStopped {
+                    tp: &tp,
+                    seq,
+                    offset,
+                    reason: &reason,
+                }
+                .emit();
                 let priority = self.cfg.routes.priority_for(&tp.topic);
                 if let Some(lane) = self.lanes.iter_mut().find(|l| l.priority == priority) {
                     if lane.head.as_ref().is_some_and(|b| b.header.tp == tp) {
@@ -725,9 +728,7 @@ impl Session<'_> {
                 Ok(())
             }
             AgentEvent::RttSample(rtt) => {
-                debug!(rtt_ms = rtt.as_secs_f64() * 1e3, "rtt");
-                ::metrics::gauge!(m::RTT_SECONDS).set(rtt.as_secs_f64());
-                self.stats.link.rtt(rtt);
+                events::RttSampled(rtt).emit(&self.stats);
                 Ok(())
             }
             AgentEvent::GoAway { reason } => bail!("hub is going away: {reason}"),
@@ -833,8 +834,7 @@ impl Session<'_> {
                 Next::AwaitAcks | Next::Idle => None,
             };
             if let Some(since) = self.rate_wait_since.take() {
-                ::metrics::gauge!(m::RATE_LIMIT_WAIT_SECONDS)
-                    .increment((now - since).as_secs_f64());
+                events::RateLimitWaited(now - since).emit();
             }
             self.rate_wait_since = tokens_at.map(|_| now);
             self.tokens_at = tokens_at;
@@ -843,17 +843,13 @@ impl Session<'_> {
     }
 
     fn send(&mut self, batch: Batch) -> anyhow::Result<()> {
-        debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, bytes = batch.payload.len(), "sending batch");
-        self.stats
-            .records_sent
-            .fetch_add(batch.header.record_count as u64, Ordering::Relaxed);
-        self.stats
-            .bytes_sent
-            .fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
-        ::metrics::counter!(m::RECORDS_SENT, "topic" => batch.header.tp.topic.clone())
-            .increment(batch.header.record_count as u64);
-        ::metrics::counter!(m::BYTES_SENT).increment(batch.payload.len() as u64);
-        ::metrics::counter!(m::BATCHES_SENT).increment(1);
+        events::BatchSent {
+            tp: &batch.header.tp,
+            seq: batch.header.seq,
+            records: batch.header.record_count as u64,
+            bytes: batch.payload.len() as u64,
+        }
+        .emit(&self.stats);
         self.proto.send_batch(batch).context("sending a batch")
     }
 

@@ -245,13 +245,11 @@ impl Discovery {
     fn skipped(&self, topic: &str, reason: SkipReason) {
         let mut seen = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
         if seen.insert(topic.to_owned()) {
-            tracing::info!(
+            crate::events::TopicSkipped {
                 topic,
-                reason = reason.label(),
-                "topic not replicated: its name says it came from a destination cluster or from this site (replicating it would loop), or it is internal under the replication policy"
-            );
-            ::metrics::counter!(crate::metrics::TOPICS_SKIPPED, "reason" => reason.label())
-                .increment(1);
+                reason: reason.label(),
+            }
+            .emit();
         }
     }
 
@@ -777,12 +775,11 @@ impl Reader {
                 if let Some(last) = batches.last() {
                     part.sent = Some(last.header.next_offset);
                 }
-                stats
-                    .records_dropped_by_plugins
-                    .fetch_add(run.dropped, Ordering::Relaxed);
-                stats
-                    .plugin_record_failures
-                    .fetch_add(run.failed, Ordering::Relaxed);
+                crate::events::ChainRan {
+                    dropped: run.dropped,
+                    failed: run.failed,
+                }
+                .emit(stats);
                 for b in batches {
                     if self.out.blocking_send(Ok(b)).is_err() {
                         return Ok(Err(Closed));
@@ -791,18 +788,13 @@ impl Reader {
                 Ok(Ok(()))
             }
             Err(stopped) => {
-                stats.route_stops.fetch_add(1, Ordering::Relaxed);
-                ::metrics::counter!(
-                    crate::metrics::ROUTE_STOPS,
-                    "route" => self.routing.cfg.routes[route].name.clone()
-                )
-                .increment(1);
                 let retry = self.routing.cfg.plugins.stopped_route_retry;
-                tracing::error!(
-                    error = %stopped,
-                    retry_in_ms = retry.as_millis() as u64,
-                    "route stopped by a plugin failure; its partition waits (nothing is lost) and retries"
-                );
+                crate::events::RouteStopped {
+                    route: &self.routing.cfg.routes[route].name,
+                    error: &stopped,
+                    retry,
+                }
+                .emit(stats);
                 part.resume = Offset::Offset(stopped.first);
                 // Until a record of the new assignment arrives, the consumer's position may
                 // still be the one past the held records.
