@@ -18,7 +18,7 @@
 //! `ER_CENTRAL_BOOTSTRAP`; `cargo xtask kafka down` stops them.
 //!
 //! Environment: `ER_CACHE_DIR` (jars, run dirs; default `~/.cache/edge-replicator`),
-//! `ER_KAFKA_HEAP` (default `512m`), `ER_KAFKA_START_TIMEOUT_SECS` (default 60).
+//! `ER_KAFKA_HEAP` (default `1g`), `ER_KAFKA_START_TIMEOUT_SECS` (default 60).
 
 pub mod client;
 pub mod delivery;

@@ -18,7 +18,9 @@ use super::{dist, proc};
 /// How to start a [`KafkaNode`]. `Default` is what the tests use.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
-    /// JVM max heap, e.g. `"512m"` (env `ER_KAFKA_HEAP` overrides the default).
+    /// JVM max heap, e.g. `"512m"` (env `ER_KAFKA_HEAP` overrides the default, `1g`: every
+    /// hub a test starts creates its fleet topics, 64 partitions each, and a central broker kept
+    /// up across several suite runs ran out of 512 MiB at about 15,000 partitions).
     pub heap: String,
     /// Extra / overriding `server.properties` entries.
     pub extra_config: Vec<(String, String)>,
@@ -39,7 +41,7 @@ pub struct NodeOptions {
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
-            heap: std::env::var("ER_KAFKA_HEAP").unwrap_or_else(|_| "512m".into()),
+            heap: std::env::var("ER_KAFKA_HEAP").unwrap_or_else(|_| "1g".into()),
             extra_config: Vec::new(),
             start_timeout: Duration::from_secs(
                 std::env::var("ER_KAFKA_START_TIMEOUT_SECS")
