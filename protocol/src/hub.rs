@@ -475,7 +475,8 @@ impl HubConn {
         }
         let part = self.partitions.get_mut(tp);
         match part.as_ref().and_then(|p| p.pending.front()) {
-            Some(&(s, n)) if s == seq && offset <= n => {}
+            // An offset below 0 is no record's (and the agent's decoder refuses the frame).
+            Some(&(s, n)) if s == seq && (0..=n).contains(&offset) => {}
             other => {
                 return Err(ProtocolError::AckMismatch {
                     tp: tp.clone(),

@@ -1092,6 +1092,18 @@ fn a_stopped_partition_frees_the_agents_budget_and_its_later_batches_are_dropped
     // completes the first, stops the second at offset 3, and commits b's.
     hub.skip(&a, 2);
     hub.ack(&a, 0, 2).unwrap();
+    // An offset no record of the batch can have is refused and stops nothing (a negative one
+    // once went out in a Stopped frame the agent's decoder refuses: found by fuzzing).
+    for bad in [-1, i64::MIN, 5] {
+        assert!(
+            matches!(
+                hub.stop(&a, 1, bad, "x".into()),
+                Err(ProtocolError::AckMismatch { .. })
+            ),
+            "offset {bad}"
+        );
+    }
+    assert!(!hub.is_stopped(&a));
     hub.stop(
         &a,
         1,
