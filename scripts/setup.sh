@@ -4,6 +4,8 @@
 # Safe to run again: every step checks first and says what it did or skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Builds go where scripts/test.sh puts them, so the suite reuses what setup compiled.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${ER_CACHE_DIR:-$HOME/.cache/edge-replicator}/target}"
 
 say() { printf 'setup: %s\n' "$*"; }
 apt_updated=0
