@@ -238,9 +238,20 @@ impl Checkpointer {
                 wanted.push((er_protocol::offset_syncs_topic(site), 1));
             }
         }
-        self.topics
+        let created = self
+            .topics
             .ensure_many(rt, &wanted, &[("cleanup.policy", "compact")])?;
-        let mut last = read_checkpoints_of(&self.cluster, &new)?;
+        // A checkpoints topic created just now is empty: only the others are read.
+        let existing: Vec<&str> = new
+            .iter()
+            .copied()
+            .filter(|s| !created.contains(&er_protocol::checkpoints_topic(s)))
+            .collect();
+        let mut last = if existing.is_empty() {
+            HashMap::new()
+        } else {
+            read_checkpoints_of(&self.cluster, &existing)?
+        };
         for site in new {
             let m = self.sites.entry(site.to_owned()).or_default();
             m.last = last.remove(site).unwrap_or_default();
@@ -279,8 +290,8 @@ impl Checkpointer {
         }
         work.retain(|(s, _)| self.sites.get(&s.alias).is_some_and(|m| m.ready));
         // Destination partitions of every reported source partition; their end offsets are read
-        // (once each) before translating (see OffsetIndex::translate).
-        let mut ends: HashMap<TopicPartition, i64> = HashMap::new();
+        // (all in one request per leader) before translating (see OffsetIndex::translate).
+        let mut wanted: std::collections::HashSet<TopicPartition> = std::collections::HashSet::new();
         for (site, groups) in &work {
             let index = site.clusters[self.cluster_index]
                 .index
@@ -288,22 +299,24 @@ impl Checkpointer {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for offsets in groups.groups.values() {
                 for tp in offsets.keys() {
-                    for d in index.dest_partitions(tp) {
-                        if ends.contains_key(&d) {
-                            continue;
-                        }
-                        match self.ends.fetch_watermarks(&d.topic, d.partition, TIMEOUT) {
-                            Ok((_, high)) => {
-                                ends.insert(d, high);
-                            }
-                            Err(e) => {
-                                tracing::debug!(cluster = %self.cluster.alias, dest = %d, error = %e, "end offset unknown this round");
-                            }
-                        }
-                    }
+                    wanted.extend(index.dest_partitions(tp));
                 }
             }
         }
+        let ends: HashMap<TopicPartition, i64> = match crate::kafka::end_offsets(
+            &self.ends,
+            wanted.iter().map(|d| (d.topic.as_str(), d.partition)),
+            TIMEOUT,
+        ) {
+            Ok(ends) => ends
+                .into_iter()
+                .map(|((topic, partition), end)| (TopicPartition::new(topic, partition), end))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(cluster = %self.cluster.alias, partitions = wanted.len(), error = %e, "end offsets unknown this round");
+                HashMap::new()
+            }
+        };
         let mut pending = Vec::new();
         for (site, groups) in &work {
             pending.push(self.translate(site, groups, &ends));

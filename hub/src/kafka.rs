@@ -243,74 +243,76 @@ impl TopicManager {
     }
 
     /// Creates the missing topics of `wanted` in one request and waits until the metadata
-    /// shows them: a storm of new sites costs one CreateTopics and a few metadata rounds, not
-    /// one of each per site. Topics that exist with too few partitions are left to
-    /// [`TopicManager::ensure`]. Blocking.
+    /// shows them: a storm of new sites costs one CreateTopics and a few listings, not one of
+    /// each per site. Returns the topics this call created (empty, with the partitions asked
+    /// for). Topics that exist with too few partitions are left to [`TopicManager::ensure`].
+    /// Blocking.
+    ///
+    /// The wait matters: a transaction that writes to a topic the broker has not applied yet
+    /// fails (`UnknownTopicOrPartition`), and a broker creating thousands of topics at once
+    /// takes tens of seconds. Each listing holds every topic of the cluster, so the looks back
+    /// off from 100 ms to 2 s.
     pub fn ensure_many(
         &self,
         rt: &tokio::runtime::Handle,
         wanted: &[(String, i32)],
         configs: &[(&str, &str)],
-    ) -> Result<(), KafkaOpError> {
+    ) -> Result<std::collections::HashSet<String>, KafkaOpError> {
         let started = Instant::now();
+        let mut created = std::collections::HashSet::new();
         let mut missing: Vec<&(String, i32)> = wanted
             .iter()
             .filter(|(t, n)| !self.is_known(t, *n))
             .collect();
-        let mut created = false;
+        if missing.is_empty() {
+            return Ok(created);
+        }
+        self.learn(&self.all_partition_counts()?, &mut missing);
+        if missing.is_empty() {
+            return Ok(created);
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(t, n)| {
+                let mut nt = NewTopic::new(
+                    t,
+                    *n,
+                    TopicReplication::Fixed(self.cluster.replication_factor),
+                );
+                for (k, v) in configs {
+                    nt = nt.set(k, v);
+                }
+                nt
+            })
+            .collect();
+        tracing::info!(cluster = %self.cluster.alias, topics = new.len(), "creating topics");
+        {
+            let mut limits = self.max_bytes.lock().expect("limits cache poisoned");
+            for (t, _) in &missing {
+                limits.insert(
+                    t.clone(),
+                    (DEFAULT_MAX_MESSAGE_BYTES, std::time::Instant::now()),
+                );
+            }
+        }
+        let res = rt
+            .block_on(self.admin.create_topics(&new, &AdminOptions::new()))
+            .map_err(self.err(format!("creating {} topics", new.len())))?;
+        for r in res {
+            match r {
+                Ok(topic) => {
+                    created.insert(topic);
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    // This topic's batches meet the error again in their writer.
+                    tracing::warn!(cluster = %self.cluster.alias, topic, error = %code, "cannot create topic");
+                    missing.retain(|(t, _)| *t != topic);
+                }
+            }
+        }
+        let mut pause = Duration::from_millis(100);
         while !missing.is_empty() {
-            let existing = self.all_partition_counts()?;
-            {
-                let mut known = self.known.lock().expect("topic cache poisoned");
-                for (t, n) in &existing {
-                    known.insert(t.clone(), *n);
-                }
-            }
-            missing.retain(|(t, _)| !existing.contains_key(t));
-            if missing.is_empty() {
-                break;
-            }
-            if !created {
-                created = true;
-                let new: Vec<NewTopic<'_>> = missing
-                    .iter()
-                    .map(|(t, n)| {
-                        let mut nt = NewTopic::new(
-                            t,
-                            *n,
-                            TopicReplication::Fixed(self.cluster.replication_factor),
-                        );
-                        for (k, v) in configs {
-                            nt = nt.set(k, v);
-                        }
-                        nt
-                    })
-                    .collect();
-                tracing::info!(cluster = %self.cluster.alias, topics = new.len(), "creating topics");
-                {
-                    let mut limits = self.max_bytes.lock().expect("limits cache poisoned");
-                    for (t, _) in &missing {
-                        limits.insert(
-                            t.clone(),
-                            (DEFAULT_MAX_MESSAGE_BYTES, std::time::Instant::now()),
-                        );
-                    }
-                }
-                let res = rt
-                    .block_on(self.admin.create_topics(&new, &AdminOptions::new()))
-                    .map_err(self.err(format!("creating {} topics", new.len())))?;
-                for r in res {
-                    match r {
-                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((topic, code)) => {
-                            // This topic's batches meet the error again in their writer.
-                            tracing::warn!(cluster = %self.cluster.alias, topic, error = %code, "cannot create topic");
-                            missing.retain(|(t, _)| *t != topic);
-                        }
-                    }
-                }
-                continue;
-            }
             if started.elapsed() > ADMIN_TIMEOUT {
                 return Err(KafkaOpError::Timeout {
                     cluster: self.cluster.alias.clone(),
@@ -318,9 +320,20 @@ impl TopicManager {
                     waited: started.elapsed(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+            self.learn(&self.all_partition_counts()?, &mut missing);
         }
-        Ok(())
+        Ok(created)
+    }
+
+    /// Remembers the partition counts of `existing` and drops the topics it holds from `missing`.
+    fn learn(&self, existing: &HashMap<String, i32>, missing: &mut Vec<&(String, i32)>) {
+        let mut known = self.known.lock().expect("topic cache poisoned");
+        for (t, n) in existing {
+            known.insert(t.clone(), *n);
+        }
+        missing.retain(|(t, _)| !existing.contains_key(t));
     }
 
     /// Creates the missing topics of `specs` (name, partitions, configs) in one request, adds
@@ -779,6 +792,36 @@ fn read_partitions_to_end(
     Ok(true)
 }
 
+/// The end offset of each of `partitions`, asked in one ListOffsets request per partition
+/// leader (`fetch_watermarks` costs two round trips per partition): the high watermark for a
+/// read_uncommitted `client`, the last stable offset for a read_committed one (librdkafka asks
+/// with the client's `isolation.level`). A partition whose answer is an error (unknown, leader
+/// moving) is left out of the map; the caller decides what a missing end means.
+pub fn end_offsets<'a, C: rdkafka::consumer::ConsumerContext>(
+    client: &BaseConsumer<C>,
+    partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), i64>, KafkaError> {
+    let mut ask = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        // Timestamp -1 (`Offset::End`) asks for the latest offset.
+        ask.add_partition_offset(topic, partition, Offset::End)?;
+    }
+    if ask.count() == 0 {
+        return Ok(HashMap::new());
+    }
+    let answer = client.offsets_for_times(ask, timeout)?;
+    Ok(answer
+        .elements()
+        .iter()
+        .filter(|e| e.error().is_ok())
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(end) if end >= 0 => Some(((e.topic().to_owned(), e.partition()), end)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// How long a shard read waits for transactions open on its partitions to end: long enough
 /// for the markers of a transaction whose commit is under way to land, not for a dead owner's
 /// open transaction (only its producer's successor or `transaction.timeout.ms` ends that).
@@ -815,27 +858,31 @@ fn no_open_transactions(
     };
     // Transactions opened after this look (other sites of a shard keep writing to it while one
     // site's state is read again) begin past these marks and are not waited for.
-    let mut open: Vec<(i32, i64)> = Vec::with_capacity(partitions.len());
-    for p in partitions.iter().map(|p| *p as i32) {
-        let (_, high) = uncommitted
-            .fetch_watermarks(topic, p, wait())
-            .map_err(kafka_err(cluster, "reading the high watermark of", topic))?;
-        open.push((p, high));
+    let all: Vec<(&str, i32)> = partitions.iter().map(|p| (topic, *p as i32)).collect();
+    let high = end_offsets(&uncommitted, all.iter().copied(), wait())
+        .map_err(kafka_err(cluster, "reading the high watermarks of", topic))?;
+    let mut open: Vec<(i32, i64)> = Vec::with_capacity(all.len());
+    for &(t, p) in &all {
+        // An end the broker would not tell (leader moving) fails the read, which is tried again.
+        let end = high.get(&(t.to_owned(), p)).copied().ok_or_else(|| {
+            kafka_err(cluster, "reading the high watermark of", topic)(KafkaError::OffsetFetch(
+                RDKafkaErrorCode::UnknownPartition,
+            ))
+        })?;
+        open.push((p, end));
     }
     loop {
-        let mut still = Vec::new();
-        for &(p, high) in &open {
-            let (_, stable) = committed
-                .fetch_watermarks(topic, p, wait())
-                .map_err(kafka_err(
-                    cluster,
-                    "reading the last stable offset of",
-                    topic,
-                ))?;
-            if stable < high {
-                still.push((p, high));
-            }
-        }
+        let stable = end_offsets(committed, open.iter().map(|&(p, _)| (topic, p)), wait())
+            .map_err(kafka_err(
+                cluster,
+                "reading the last stable offsets of",
+                topic,
+            ))?;
+        let still: Vec<(i32, i64)> = open
+            .iter()
+            .copied()
+            .filter(|&(p, high)| stable.get(&(topic.to_owned(), p)).is_none_or(|&s| s < high))
+            .collect();
         if still.is_empty() {
             return Ok(true);
         }

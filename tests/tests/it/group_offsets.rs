@@ -12,6 +12,7 @@ use er_protocol::TopicPartition;
 use er_tests::kafka::shared;
 use er_tests::{client, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -190,5 +191,59 @@ async fn a_group_with_an_active_member_is_left_alone_and_reported() -> Result<()
     }
     let read = committed_by_consumer(k.central(), &group, &topic, 1)?;
     ensure!(read == BTreeMap::from([(0, Some(10))]), "{read:?}");
+    Ok(())
+}
+
+/// The checkpointer's and the shard reader's end offsets come from one ListOffsets request per
+/// leader for any number of partitions: the high watermark for a read_uncommitted client, the
+/// last stable offset (below a transaction still open) for a read_committed one; a partition
+/// the cluster does not have is left out instead of failing the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn end_offsets_of_many_partitions_in_one_ask_honour_the_isolation_level() -> Result<()> {
+    let k = shared();
+    let topic = unique_name("ends");
+    client::create_topic(k.central(), &topic, 3, &[]).await?;
+    let rec = |p: i32| client::NewRecord::new("k", "v").partition(p);
+    client::produce(k.central(), &topic, &[rec(0), rec(0), rec(1)]).await?;
+    // Two more records on partition 2 inside a transaction left open.
+    let open = client::transactional_producer(k.central(), &unique_name("ends-tx")).await?;
+    open.begin_transaction()?;
+    client::send_all(&open, &topic, &[rec(2), rec(2)]).await?;
+
+    let reader = |isolation: &str| -> Result<BaseConsumer> {
+        client::config(k.central())
+            .set("group.id", "er-hub-ends")
+            .set("isolation.level", isolation)
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating an end-offset client")
+    };
+    let ask = [
+        (topic.as_str(), 0),
+        (topic.as_str(), 1),
+        (topic.as_str(), 2),
+        (topic.as_str(), 7),
+    ];
+    let ends = |isolation: &str| -> Result<BTreeMap<(String, i32), i64>> {
+        let client = reader(isolation)?;
+        Ok(er_hub::kafka::end_offsets(&client, ask, TIMEOUT)?
+            .into_iter()
+            .collect())
+    };
+    let key = |p: i32| (topic.clone(), p);
+    let want_uncommitted = BTreeMap::from([(key(0), 2), (key(1), 1), (key(2), 2)]);
+    let want_committed = BTreeMap::from([(key(0), 2), (key(1), 1), (key(2), 0)]);
+    let uncommitted = ends("read_uncommitted")?;
+    let committed = ends("read_committed")?;
+    let open2 = open.clone();
+    tokio::task::spawn_blocking(move || open2.abort_transaction(TIMEOUT)).await??;
+    ensure!(
+        uncommitted == want_uncommitted,
+        "read_uncommitted ends: {uncommitted:?}, want {want_uncommitted:?}"
+    );
+    ensure!(
+        committed == want_committed,
+        "read_committed ends (last stable offsets): {committed:?}, want {want_committed:?}"
+    );
     Ok(())
 }
