@@ -618,7 +618,12 @@ impl Link<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> SessionOutcome {
         let cfg = self.cfg;
-        let wait = answer_wait(cfg, self.last_rtt);
+        let wait = answer_wait(
+            cfg.hub.probe_interval,
+            cfg.hub.connect_timeout,
+            self.last_rtt,
+            self.unreachable.probes,
+        );
         let server_name = cfg.hub.server_name_for(&c.entry);
         let attempt = match connect(
             &self.endpoint,
@@ -772,12 +777,26 @@ struct Unanswered(Duration);
 /// How long an attempt waits for the hub's first answer before a fresh attempt replaces it:
 /// the probe interval, but never less than three round trips of the last connection (a long
 /// link must be able to answer), and the full connect timeout before any connection worked.
-fn answer_wait(cfg: &Settings, last_rtt: Option<Duration>) -> Duration {
-    let full = cfg.hub.connect_timeout;
-    match last_rtt {
-        None => full,
-        Some(rtt) => cfg.hub.probe_interval.max(rtt.saturating_mul(3)).min(full),
-    }
+///
+/// After `silent` attempts in a row got no answer the wait grows, up to
+/// [`er_net::MAX_ANSWER_WAIT_FACTOR`] times: a hub that restarts under a whole fleet answers its
+/// handshakes late, and a wait that never grew had every site abandon its handshake and start
+/// another, so the hub spent its time on handshakes nobody waited for (1,000 simulated sites
+/// never all got back in). A returning link is still found within that longer wait.
+fn answer_wait(
+    probe_interval: Duration,
+    connect_timeout: Duration,
+    last_rtt: Option<Duration>,
+    silent: u64,
+) -> Duration {
+    let Some(rtt) = last_rtt else {
+        return connect_timeout;
+    };
+    let factor = (silent + 1).min(er_net::MAX_ANSWER_WAIT_FACTOR) as u32;
+    probe_interval
+        .max(rtt.saturating_mul(3))
+        .saturating_mul(factor)
+        .min(connect_timeout)
 }
 
 /// Dials `addr`: a resumed TLS session comes back at once as [`Attempt::Early`] (its
@@ -831,6 +850,26 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_answer_wait_grows_with_unanswered_attempts_up_to_three_probe_intervals() {
+        let (probe, full) = (Duration::from_millis(500), Duration::from_secs(10));
+        let rtt = Some(Duration::from_millis(1));
+        let waits: Vec<Duration> = (0..5).map(|k| answer_wait(probe, full, rtt, k)).collect();
+        assert_eq!(
+            waits,
+            vec![probe, probe * 2, probe * 3, probe * 3, probe * 3],
+            "a slow hub gets longer to answer, a silent one is still probed often"
+        );
+        // Three round trips of a long link, never beyond the connect timeout, and the full
+        // timeout before any connection worked.
+        assert_eq!(
+            answer_wait(probe, full, Some(Duration::from_secs(1)), 0),
+            Duration::from_secs(3)
+        );
+        assert_eq!(answer_wait(probe, full, Some(Duration::from_secs(1)), 4), full);
+        assert_eq!(answer_wait(probe, full, None, 0), full);
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_and_resets() {

@@ -43,6 +43,12 @@ use std::path::PathBuf;
 /// ALPN protocol id both sides require; a peer speaking anything else fails the handshake.
 pub const ALPN: &[u8] = b"edge-replicator/1";
 
+/// How many probe intervals a connection attempt waits at most for the hub's first answer
+/// after attempts in a row got none: one, two, then this many. A hub restarting under a whole
+/// fleet answers late, and sites that gave up after one interval flooded it with handshakes
+/// nobody waited for. Shared by the agent and the fleet simulator.
+pub const MAX_ANSWER_WAIT_FACTOR: u64 = 3;
+
 /// PEM files one side of the link needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {

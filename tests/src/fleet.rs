@@ -721,11 +721,18 @@ impl SimSite {
     async fn run(mut self, endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> SiteOutcome {
         let cfg = self.shared.cfg.clone();
         let mut attempt: u32 = 0;
+        // Attempts in a row the hub did not answer (the agent's answer wait grows with them).
+        let mut silent: u64 = 0;
         loop {
             if *self.phase.borrow() == Phase::Stop {
                 break;
             }
-            let delay = match self.connect(&endpoint, &config).await {
+            let connected = self.connect(&endpoint, &config, silent).await;
+            silent = match &connected {
+                Err(f) if f.kind == "no answer" => silent + 1,
+                _ => 0,
+            };
+            let delay = match connected {
                 Ok(conn) => {
                     self.stats().connected.store(true, Ordering::Relaxed);
                     let result = self.session(&conn).await;
@@ -779,17 +786,19 @@ impl SimSite {
         &self,
         endpoint: &quinn::Endpoint,
         config: &quinn::ClientConfig,
+        silent: u64,
     ) -> Result<quinn::Connection, Failure> {
         let cfg = &self.shared.cfg;
         let mut connecting = endpoint
             .connect_with(config.clone(), cfg.hub, &cfg.server_name)
             .map_err(|e| failure("connect refused locally", anyhow!(e)))?;
         // As the agent: the whole connect timeout until a connection ever worked (a busy hub
-        // may be slow to answer), then the probe interval.
+        // may be slow to answer), then the probe interval, longer after unanswered attempts.
         let answer_wait = if self.stats().welcomes.load(Ordering::Relaxed) == 0 {
             cfg.connect_timeout
         } else {
-            cfg.probe_interval
+            let factor = (silent + 1).min(er_net::MAX_ANSWER_WAIT_FACTOR) as u32;
+            (cfg.probe_interval * factor).min(cfg.connect_timeout)
         };
         match tokio::time::timeout(answer_wait, connecting.handshake_data()).await {
             Err(_) => {

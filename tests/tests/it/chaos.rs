@@ -356,16 +356,16 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
         "the hub kept the site's state in memory\n{}",
         logs(&[hub, agent])
     );
-    // README promises that the first record after a 30 s outage lands "within about half a
-    // second": while the hub is silent the agent probes every `hub.probe_interval_ms` (500 ms
-    // by default), resumes its TLS session with a 0-RTT hello, and the hub welcomes it in
-    // 0.5-RTT from memory. On top of that come the new session's edge consumers (assignment,
-    // first fetch), one hub transaction and this reader's 5 ms polls: about 1 s at worst in a
-    // release build. The bound allows three times that for the debug build of our crates on a
-    // shared 2-core machine; it still fails an agent that waits out QUIC's backed-off Initial
-    // retransmits (seconds) or its reconnect backoff instead of probing.
-    const PROMISED: Duration = Duration::from_millis(500);
-    const BOUND: Duration = Duration::from_secs(3);
+    // README promises that the first record after a 30 s outage lands "within about 1.5 s":
+    // while the hub is silent the agent probes, each attempt waiting one, two, then three
+    // `hub.probe_interval_ms` (500 ms by default) for an answer, resumes its TLS session with a
+    // 0-RTT hello, and the hub welcomes it in 0.5-RTT from memory. On top of that come the new
+    // session's edge consumers (assignment, first fetch), one hub transaction and this reader's
+    // 5 ms polls: about 1 s at worst in a release build. The bound allows for the debug build
+    // of our crates on a shared 2-core machine; it still fails an agent that waits out QUIC's
+    // backed-off Initial retransmits (seconds) or its reconnect backoff instead of probing.
+    const PROMISED: Duration = Duration::from_millis(1500);
+    const BOUND: Duration = Duration::from_secs(4);
     assert!(
         delays.iter().all(|d| *d < BOUND),
         "first record after a {outage} s blackhole: {delays:?}; README promises about \
