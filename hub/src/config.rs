@@ -70,6 +70,13 @@ pub struct FleetConfig {
     /// cores.
     #[serde(default)]
     pub writers_per_cluster: usize,
+    /// How long a writer that got a batch waits for more before it begins the transaction
+    /// (0: at once; a transaction already under way delays the next one anyway). A hub of many
+    /// quiet sites (heartbeats, trickles) commits that many fewer, larger transactions, and
+    /// each costs CPU per partition the writer's producer ever wrote to; every batch waits up
+    /// to this long longer for its ack.
+    #[serde(default)]
+    pub transaction_linger_ms: u64,
     /// `host:port` addresses agents are sent to when their site's shard belongs to this hub
     /// and they reached another hub of the group. Empty: `listen`, unless it is a wildcard
     /// address (then this hub cannot be redirected to, and says so at start).
@@ -90,6 +97,7 @@ impl Default for FleetConfig {
         Self {
             shards: default_shards(),
             writers_per_cluster: 0,
+            transaction_linger_ms: 0,
             advertised_addresses: Vec::new(),
             session_timeout_ms: default_fleet_session_timeout_ms(),
             shard_wait_ms: default_shard_wait_ms(),
@@ -576,6 +584,12 @@ pub struct LimitsConfig {
     /// 0 retries every new client.
     #[serde(default = "default_retry_above_handshakes")]
     pub retry_above_handshakes: usize,
+    /// TLS handshakes under way at most; a connection attempt beyond them is refused at once
+    /// (the agent backs off with jitter and comes back). A hub restarting under a whole fleet
+    /// otherwise started every handshake, answered each too late, and the sites gave up on
+    /// them and tried again: thousands of handshakes done for nobody.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -599,6 +613,7 @@ impl Default for LimitsConfig {
             max_connections_per_site: default_max_connections_per_site(),
             max_connections: default_max_connections(),
             retry_above_handshakes: default_retry_above_handshakes(),
+            max_handshakes: default_max_handshakes(),
         }
     }
 }
@@ -633,6 +648,9 @@ fn default_max_connections() -> usize {
 }
 fn default_retry_above_handshakes() -> usize {
     64
+}
+fn default_max_handshakes() -> usize {
+    128
 }
 
 fn default_max_batch_bytes() -> u32 {
@@ -965,6 +983,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             format!(
                 "{} must be at most 256 (0 = one per core)",
                 f.writers_per_cluster
+            ),
+        ));
+    }
+    if f.transaction_linger_ms > 5_000 {
+        return Err(invalid(
+            "fleet.transaction_linger_ms",
+            format!(
+                "{} must be at most 5000 (every batch waits that long longer for its ack)",
+                f.transaction_linger_ms
             ),
         ));
     }
@@ -1306,6 +1333,10 @@ mod tests {
             (
                 good.replace("writers_per_cluster = 0", "writers_per_cluster = 1000"),
                 "fleet.writers_per_cluster",
+            ),
+            (
+                good.replace("transaction_linger_ms = 0", "transaction_linger_ms = 60000"),
+                "fleet.transaction_linger_ms",
             ),
             (
                 good.replace("session_timeout_ms = 10000", "session_timeout_ms = 100"),

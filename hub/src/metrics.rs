@@ -78,6 +78,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "handshake",
     "too_many_connections",
     "hub_full",
+    "handshakes_busy",
     "no_hello",
 ];
 /// Bytes of frames read from sites and not yet handed to the writers, hub-wide (bounded by

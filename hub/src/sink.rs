@@ -239,6 +239,9 @@ pub struct WriterSettings {
     pub queue_bytes: u32,
     /// Writers in the pool.
     pub writers: usize,
+    /// How long a writer collects batches before it begins a transaction
+    /// (`fleet.transaction_linger_ms`).
+    pub linger: Duration,
 }
 
 impl WriterSettings {
@@ -256,6 +259,7 @@ impl WriterSettings {
             max_transaction_bytes: l.max_transaction_bytes,
             queue_bytes: l.writer_queue_bytes,
             writers: cfg.writers_per_cluster,
+            linger: Duration::from_millis(cfg.raw.fleet.transaction_linger_ms),
         }
     }
 }
@@ -717,6 +721,9 @@ struct Preparer {
     collided: HashMap<String, (String, Instant)>,
 }
 
+/// How often a lingering writer looks for more batches (`fleet.transaction_linger_ms`).
+const LINGER_STEP: Duration = Duration::from_millis(5);
+
 /// How long a '.'/'_' collision is taken as known before the topic list is read again.
 const COLLISION_RECHECK: Duration = Duration::from_secs(60);
 
@@ -727,6 +734,7 @@ impl Preparer {
         out: std::sync::mpsc::SyncSender<PreparedTxn>,
     ) {
         while let Some((first, permit)) = rx.blocking_recv() {
+            let linger_until = Instant::now() + self.settings.linger;
             let mut bytes = u64::from(first.batch.header.uncompressed_len);
             let mut jobs = vec![first];
             let mut permits = vec![permit];
@@ -737,7 +745,14 @@ impl Preparer {
                         jobs.push(j);
                         permits.push(p);
                     }
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let left = linger_until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::sleep(left.min(LINGER_STEP));
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             }
             let prepared = self.prepare(jobs);

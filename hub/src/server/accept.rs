@@ -104,6 +104,11 @@ impl Listener {
                     debug!(error = %e, "QUIC retry refused");
                 }
             }
+            Arrival::Busy => {
+                crate::metrics::connection_refused("handshakes_busy");
+                debug!(remote = %incoming.remote_address(), max = self.config.raw.limits.max_handshakes, "refused connection for now: limits.max_handshakes under way");
+                incoming.refuse();
+            }
             Arrival::Full => {
                 crate::metrics::connection_refused("hub_full");
                 debug!(remote = %incoming.remote_address(), max = self.config.raw.limits.max_connections, "refused connection: the hub holds limits.max_connections");

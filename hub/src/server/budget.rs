@@ -38,6 +38,8 @@ pub(super) enum Arrival {
     Retry,
     /// Refuse: the hub holds `limits.max_connections`.
     Full,
+    /// Refuse for now: `limits.max_handshakes` are under way.
+    Busy,
 }
 
 /// A connection counted against the hub's total; released on drop.
@@ -76,6 +78,8 @@ impl Budgets {
     pub(super) fn arrival(&self, address_validated: bool) -> Arrival {
         if self.connections.load(Ordering::Acquire) >= self.limits.max_connections {
             Arrival::Full
+        } else if self.handshakes.load(Ordering::Acquire) >= self.limits.max_handshakes {
+            Arrival::Busy
         } else if !address_validated
             && self.handshakes.load(Ordering::Acquire) >= self.limits.retry_above_handshakes
         {
@@ -174,6 +178,7 @@ mod tests {
             max_connections_per_site: 2,
             max_connections: 3,
             retry_above_handshakes: 1,
+            max_handshakes: 2,
             ..LimitsConfig::default()
         }
     }
@@ -223,9 +228,15 @@ mod tests {
         let mut c1 = b.connection();
         assert_eq!(b.arrival(false), Arrival::Retry, "one handshake under way");
         assert_eq!(b.arrival(true), Arrival::Accept, "a validated address");
+        let mut c2 = b.connection();
+        assert_eq!(
+            b.arrival(true),
+            Arrival::Busy,
+            "max_handshakes under way, even for a validated address"
+        );
         c1.handshake_done();
+        c2.handshake_done();
         assert_eq!(b.arrival(false), Arrival::Accept);
-        let _c2 = b.connection();
         let _c3 = b.connection();
         assert_eq!(b.arrival(true), Arrival::Full);
         drop(c1);
