@@ -175,7 +175,7 @@ pub const MEMORIES_PER_COMPONENT: u32 = 1;
 /// Tables one plugin component may have (a Rust guest: its function table and the shims').
 pub const TABLES_PER_COMPONENT: u32 = 4;
 /// Core module instances one plugin component may have (a Rust guest: the module plus shims).
-pub const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 
 /// Period of the epoch ticker for a deadline: fine enough to enforce it within about 10%,
 /// coarse enough to cost nothing on a small box.
