@@ -33,10 +33,14 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 const encoder = new TextEncoder();
 
 /** A setting is missing, unknown or malformed; thrown from a constructor it rejects the config. */
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  name = 'ConfigError';
+}
 
 /** The value is null (a tombstone) or not JSON; the message says which, like the Rust SDK. */
-export class JsonError extends Error {}
+export class JsonError extends Error {
+  name = 'JsonError';
+}
 
 /** The plugin's settings from the route config, in config order (a key may repeat). */
 export class Config {
@@ -339,7 +343,9 @@ export function fail(message) {
 /** `TypeError: msg (filter.js:12)`: an exception and, when the engine says, where. */
 function describe(e) {
   if (!(e instanceof Error)) return String(e);
-  const at = /([^/\s()]+\.js):(\d+)/.exec(e.stack ?? '');
+  // The innermost frame of the plugin's own code, not this module's.
+  const at = [...(e.stack ?? '').matchAll(/([^/\s()@]+\.js):(\d+)/g)]
+    .find((m) => m[1] !== 'er-plugin.js');
   return `${e.name}: ${e.message}${at ? ` (${at[1]}:${at[2]})` : ''}`;
 }
 

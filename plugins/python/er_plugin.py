@@ -396,10 +396,11 @@ class Plugin:
 def _describe(e):
     """`TypeError: msg (filter.py line 12)`: the exception and where the plugin raised it."""
     where = ""
-    tb = _traceback.extract_tb(e.__traceback__)
-    if tb:
-        last = tb[-1]
-        where = f" ({last.filename.rsplit('/', 1)[-1]} line {last.lineno})"
+    frames = _traceback.extract_tb(e.__traceback__)
+    # The plugin's own line, not this module's (json() raising JsonError, say).
+    own = [f for f in frames if not f.filename.endswith("er_plugin.py")] or frames
+    if own:
+        where = f" ({own[-1].filename.rsplit('/', 1)[-1]} line {own[-1].lineno})"
     return f"{type(e).__name__}: {e}{where}"
 
 
