@@ -64,7 +64,11 @@ fn plugin_test(plugin: &Path, settings: &[(&str, &str)], input: &Path) -> (Vec<V
     for (k, v) in settings {
         cmd.args(["--set", &format!("{k}={v}")]);
     }
-    let out = cmd.arg("--input").arg(input).output().expect("run edge-agent");
+    let out = cmd
+        .arg("--input")
+        .arg(input)
+        .output()
+        .expect("run edge-agent");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
@@ -294,7 +298,11 @@ fn python_and_js_plugins_run_in_plugin_test_and_reach_nothing_outside() {
             &[("condition", "temperature > 30")],
             &readings(),
         );
-        assert_eq!(offsets(&lines, "kept"), [0, 3, 4, 9], "{language}: {stderr}");
+        assert_eq!(
+            offsets(&lines, "kept"),
+            [0, 3, 4, 9],
+            "{language}: {stderr}"
+        );
         assert!(
             stderr.contains("12 records in, 4 out, 8 dropped, 0 failed")
                 && stderr.contains("MiB memory"),
@@ -398,7 +406,11 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
         })
         .collect();
     let filter = r#"condition = ["temperature > 30"]"#.to_owned();
-    let transform = r#"drop = "debug", redact = "user.email", "rename.temperature" = "temp_c", site = "edge-1""#.to_owned();
+    let transform = concat!(
+        r#"drop = "debug", redact = "user.email", "#,
+        r#""rename.temperature" = "temp_c", site = "edge-1""#
+    )
+    .to_owned();
 
     let hub_setup = HubSetup::new(k.central())?;
     let hub = hub_setup.start(&pki, work.path())?;
@@ -453,7 +465,12 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
     for (language, topic) in &topics {
         let remote = format!("{site}.{topic}");
         let got = read(k.central(), &remote, kept, &procs).await;
-        assert_eq!(got.len(), kept, "{language}: kept records\n{}", logs(&procs));
+        assert_eq!(
+            got.len(),
+            kept,
+            "{language}: kept records\n{}",
+            logs(&procs)
+        );
         for (p, want) in &want {
             let have: Vec<&Record> = got.iter().filter(|r| r.partition == *p).collect();
             assert_eq!(have.len(), want.len(), "{language}: partition {p}");
@@ -472,9 +489,12 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
     // Nothing else arrives later (the dropped tail moves the position without output).
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (language, topic) in &topics {
-        let again =
-            client::consume_to_end(k.central(), &format!("{site}.{topic}"), Duration::from_secs(30))
-                .await?;
+        let again = client::consume_to_end(
+            k.central(),
+            &format!("{site}.{topic}"),
+            Duration::from_secs(30),
+        )
+        .await?;
         assert_eq!(again.len(), kept, "{language}: no duplicates appear later");
     }
     assert!(agent.is_running(), "the agent still runs");
