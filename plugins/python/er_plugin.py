@@ -331,11 +331,6 @@ class NewRecord:
         self.timestamp = int(timestamp)
         return self
 
-    def headers(self):
-        """The headers in order as `(name, value)`; values that still point at the input are
-        shown as `None` only when null (read the input record for their bytes)."""
-        return [(h[0], h[2]) for h in self._headers]
-
 
 class _Outcome:
     __slots__ = ("wit", "records")

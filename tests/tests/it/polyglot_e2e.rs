@@ -218,7 +218,7 @@ fn python_and_js_examples_give_the_rust_examples_outcomes_on_sample_records() {
         ("site", "edge-1"),
     ];
     let transforms: &[(Settings, &str)] = &[
-        (edits, "fail"),
+        (&[], "fail"),
         (&[("on_invalid", "drop")], "drop"),
         (&[("on_invalid", "keep")], "keep"),
     ];
