@@ -21,6 +21,13 @@ tool="$tools/node_modules/.bin/componentize-js"
 
 say() { printf 'plugins/js: %s\n' "$*" >&2; }
 
+# One build at a time per machine (tests and the bench may start this concurrently).
+mkdir -p "$cache"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$cache/componentize-js.lock"
+  flock 9
+fi
+
 # The marker is written last, so an interrupted install is redone, not used.
 if [ ! -f "$tools/.installed" ]; then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 ||
@@ -46,8 +53,8 @@ build() {
   fi
   mkdir -p "$(dirname "$out")"
   say "componentize $app -> $out"
-  "$tool" "$app" --wit "$wit" --world-name plugin --disable http fetch-event -o "$out.tmp" >&2
-  mv "$out.tmp" "$out"
+  "$tool" "$app" --wit "$wit" --world-name plugin --disable http fetch-event -o "$out.tmp.$$" >&2
+  mv "$out.tmp.$$" "$out"
   echo "$stamp" > "$out.stamp"
 }
 

@@ -18,6 +18,13 @@ tool="$venv/bin/componentize-py"
 
 say() { printf 'plugins/python: %s\n' "$*" >&2; }
 
+# One build at a time per machine (tests and the bench may start this concurrently).
+mkdir -p "$cache"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$cache/componentize-py.lock"
+  flock 9
+fi
+
 # The marker is written last, so an interrupted install is redone, not used.
 if [ ! -f "$venv/.installed" ]; then
   if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
@@ -41,8 +48,8 @@ build() {
   fi
   mkdir -p "$(dirname "$out")"
   say "componentize $module -> $out"
-  "$tool" -d "$wit" -w plugin componentize -p "$here" -p "$app_dir" "$module" -o "$out.tmp" >/dev/null
-  mv "$out.tmp" "$out"
+  "$tool" -d "$wit" -w plugin componentize -p "$here" -p "$app_dir" "$module" -o "$out.tmp.$$" >/dev/null
+  mv "$out.tmp.$$" "$out"
   echo "$stamp" > "$out.stamp"
 }
 
