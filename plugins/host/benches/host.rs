@@ -1,14 +1,19 @@
-//! Host overhead per record: identity and filter plugins, 1 KiB records, batches of 1, 100, 1000.
+//! Host overhead per record: identity and filter plugins, 1 KiB records, batches of 1, 100, 1000;
+//! the Python and JavaScript filters (plugins/python, plugins/js) against the Rust one, batches of
+//! 100 and 1000. Before each plugin's batches: its component size and memory after `init`
+//! (printed), and the CPU time of a fresh instance with `init` (group `<name>_instantiate`).
 //!
 //! Measured in CPU time of the benchmarking thread (which also runs the plugin), not wall time:
 //! on a shared 2-core box, wall time mostly measures the other processes. Criterion's `time` is
 //! CPU ns per batch; its `thrpt` line is CPU ns per record.
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use er_plugin_host::build::{Language, build_language_examples};
 use er_plugin_host::{ErrorPolicy, HostConfig, InRecord, OutBatch, PluginHost, PluginSpec};
 use rustix::time::{ClockId, clock_gettime};
 
@@ -90,38 +95,74 @@ fn records(n: usize) -> Vec<Rec> {
         .collect()
 }
 
-fn bench(c: &mut Criterion<ThreadCpu>) {
+/// One plugin to measure: a group name, its file and settings, and the batch sizes to run.
+struct Case {
+    name: String,
+    path: PathBuf,
+    config: Vec<(String, String)>,
+    batches: &'static [usize],
+}
+
+fn filter_json() -> Vec<(String, String)> {
+    vec![("condition".to_owned(), "temperature > 30".to_owned())]
+}
+
+/// The Rust cases, then the Python and JavaScript filters where this machine can build them.
+fn cases() -> Vec<Case> {
     let dir = er_plugin_host::build::build_examples().expect("build example plugins");
-    let host = PluginHost::new(HostConfig {
-        batch_deadline: Duration::from_secs(1),
-        ..HostConfig::default()
-    })
-    .expect("host");
-    let cases = [
-        ("identity", "identity", vec![]),
-        (
+    let rust = |name: &str, file: &str, config: Vec<(String, String)>| Case {
+        name: name.to_owned(),
+        path: dir.join(format!("{file}.wasm")),
+        config,
+        batches: &[1, 100, 1000],
+    };
+    let mut cases = vec![
+        rust("identity", "identity", vec![]),
+        rust(
             "filter_header",
             "filter",
             vec![("condition".to_owned(), "header:temperature > 30".to_owned())],
         ),
-        (
-            "filter_json",
-            "filter",
-            vec![("condition".to_owned(), "temperature > 30".to_owned())],
-        ),
+        rust("filter_json", "filter", filter_json()),
     ];
-    for (name, file, config) in cases {
-        let mut group = c.benchmark_group(name);
+    for language in Language::ALL {
+        match build_language_examples(language) {
+            Ok(dir) => cases.push(Case {
+                name: format!("filter_json_{}", language.to_string().to_lowercase()),
+                path: dir.join("filter.wasm"),
+                config: filter_json(),
+                // A batch of one costs what the Rust filter's does plus one interpreted call;
+                // the interesting figure is the per-record cost inside a batch.
+                batches: &[100, 1000],
+            }),
+            Err(e) => eprintln!("skipping the {language} filter: {e}"),
+        }
+    }
+    cases
+}
+
+fn bench(c: &mut Criterion<ThreadCpu>) {
+    let host = PluginHost::new(HostConfig {
+        batch_deadline: Duration::from_secs(1),
+        // SpiderMonkey collects the batches' garbage late: a JavaScript instance settles at
+        // 70-130 MiB under sustained batches, above the default 64 MiB cap (see plugins/README.md).
+        memory_limit_bytes: 256 << 20,
+        ..HostConfig::default()
+    })
+    .expect("host");
+    for case in cases() {
+        let spec = PluginSpec {
+            path: case.path.clone(),
+            config: case.config.clone(),
+        };
+        footprint(c, &host, &case.name, &spec);
+        let mut group = c.benchmark_group(&case.name);
         group
             .sample_size(20)
             .measurement_time(Duration::from_secs(3))
             .warm_up_time(Duration::from_secs(1));
-        let spec = PluginSpec {
-            path: dir.join(format!("{file}.wasm")),
-            config,
-        };
         let mut chain = host.load_chain(&[spec], ErrorPolicy::Stop).expect("load");
-        for batch in [1usize, 100, 1000] {
+        for &batch in case.batches {
             let recs = records(batch);
             let headers: Vec<[Header<'_>; 1]> = recs
                 .iter()
@@ -152,8 +193,49 @@ fn bench(c: &mut Criterion<ThreadCpu>) {
                 })
             });
         }
+        // What a running instance holds after the batches above.
+        let stats = &chain.stats()[0];
+        eprintln!(
+            "{}: memory after {} records: {:.1} MiB",
+            case.name,
+            stats.records_in,
+            stats.memory_bytes as f64 / f64::from(1 << 20)
+        );
         group.finish();
     }
+}
+
+/// The plugin's size, its first load (compiling it: wall time, the compiler uses every core)
+/// and its memory right after `init`, printed; then the CPU time of a fresh instance
+/// (instantiate and `init` of the compiled component, as after a trap or for another route) as
+/// the group `<name>_instantiate`.
+fn footprint(c: &mut Criterion<ThreadCpu>, host: &PluginHost, name: &str, spec: &PluginSpec) {
+    let size = std::fs::metadata(&spec.path).map_or(0, |m| m.len());
+    // A host of its own, whose compiled-code memo is empty, so this load compiles.
+    let fresh = PluginHost::new(host.config().clone()).expect("host");
+    let started = std::time::Instant::now();
+    let chain = fresh
+        .load_chain(std::slice::from_ref(spec), ErrorPolicy::Stop)
+        .expect("load");
+    eprintln!(
+        "{name}: component {:.2} MiB, first load (compile) {:.2} s wall, memory after init {:.1} MiB",
+        size as f64 / f64::from(1 << 20),
+        started.elapsed().as_secs_f64(),
+        chain.stats()[0].memory_bytes as f64 / f64::from(1 << 20)
+    );
+    drop((chain, fresh));
+    let mut group = c.benchmark_group(format!("{name}_instantiate"));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    group.bench_function("instantiate_and_init", |b| {
+        b.iter(|| {
+            host.load_chain(std::slice::from_ref(spec), ErrorPolicy::Stop)
+                .expect("load")
+        })
+    });
+    group.finish();
 }
 
 criterion_group! {

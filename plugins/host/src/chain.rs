@@ -58,15 +58,18 @@ pub struct PluginStats {
     pub reloads: u64,
     /// Log events dropped by the per-call rate limit.
     pub logs_suppressed: u64,
+    /// Linear memory of the running instance, in bytes, after its last `init` or call (the
+    /// memory a plugin holds: at most `HostConfig::memory_limit_bytes`).
+    pub memory_bytes: u64,
     /// Counters the plugin reported through `counter-add`.
     pub counters: Vec<(String, u64)>,
     /// The last error, for display.
     pub last_error: Option<String>,
 }
 
-/// One line for people: `filter.wasm: 2 in, 1 out, 1 dropped, 0 errors; 1 call, 0.412 ms`,
-/// then restarts, reloads, suppressed logs and plugin counters when there are any, and the last
-/// error.
+/// One line for people: `filter.wasm: 2 in, 1 out, 1 dropped, 0 errors; 1 call, 0.412 ms,
+/// 1.1 MiB memory`, then restarts, reloads, suppressed logs and plugin counters when there are
+/// any, and the last error.
 impl std::fmt::Display for PluginStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = self.plugin.file_name().map_or_else(
@@ -86,6 +89,13 @@ impl std::fmt::Display for PluginStats {
             plural(self.calls),
             self.time_ns as f64 / 1e6,
         )?;
+        if self.memory_bytes > 0 {
+            write!(
+                f,
+                ", {:.1} MiB memory",
+                self.memory_bytes as f64 / f64::from(1 << 20)
+            )?;
+        }
         for (n, label) in [
             (self.restarts, "restart"),
             (self.reloads, "reload"),

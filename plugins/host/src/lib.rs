@@ -174,8 +174,11 @@ pub(crate) struct HostInner {
 pub const MEMORIES_PER_COMPONENT: u32 = 1;
 /// Tables one plugin component may have (a Rust guest: its function table and the shims').
 pub const TABLES_PER_COMPONENT: u32 = 4;
-/// Core module instances one plugin component may have (a Rust guest: the module plus shims).
-pub const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Core module instances one plugin component may have: a Rust guest has the module plus shims;
+/// componentize-py links 14 (libc, libpython, its runtime, the WASI adapter, shims). Each slot
+/// is address space for one instance's context (wasmtime's `max_core_instance_size`), committed
+/// only when used, so the bound costs reserved address space, not memory.
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 
 /// Period of the epoch ticker for a deadline: fine enough to enforce it within about 10%,
 /// coarse enough to cost nothing on a small box.

@@ -58,6 +58,8 @@ impl WasiView for StoreState {
 
 struct Limiter {
     memory_limit: usize,
+    /// Size of the instance's linear memory: what the last granted grow (or its creation) asked.
+    memory_bytes: usize,
     /// Set when the plugin asked for more than the cap: the size it wanted.
     exceeded: Option<usize>,
 }
@@ -75,6 +77,7 @@ impl ResourceLimiter for Limiter {
             // carries a clear reason.
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
         }
+        self.memory_bytes = desired;
         Ok(true)
     }
 
@@ -225,6 +228,12 @@ struct Live {
     process_batch: ProcessBatch,
 }
 
+impl Live {
+    fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.memory_bytes as u64
+    }
+}
+
 /// A plugin of a chain.
 pub(crate) struct LoadedPlugin {
     pub(crate) spec: PluginSpec,
@@ -244,6 +253,7 @@ impl LoadedPlugin {
         let (fp, hash, pre, live) = prepare(host, &spec)?;
         let stats = PluginStats {
             plugin: spec.path.clone(),
+            memory_bytes: live.memory_bytes(),
             ..PluginStats::default()
         };
         Ok(LoadedPlugin {
@@ -278,6 +288,7 @@ impl LoadedPlugin {
                 }
                 self.hash = hash;
                 self.pre = pre;
+                self.stats.memory_bytes = live.memory_bytes();
                 self.live = Some(live);
                 self.stats.reloads += 1;
                 tracing::info!(plugin = %path.display(), "plugin reloaded");
@@ -320,6 +331,7 @@ impl LoadedPlugin {
         self.stats.time_ns += started.elapsed().as_nanos() as u64;
         let state = live.store.data_mut();
         self.stats.logs_suppressed = state.logs_suppressed;
+        self.stats.memory_bytes = state.limiter.memory_bytes as u64;
         for (name, delta) in state.counters.drain(..) {
             add_counter(&mut self.stats.counters, name, delta);
         }
@@ -418,6 +430,7 @@ fn instantiate(
         table: ResourceTable::new(),
         limiter: Limiter {
             memory_limit: host.config.memory_limit_bytes,
+            memory_bytes: 0,
             exceeded: None,
         },
         plugin: Arc::from(path.display().to_string()),

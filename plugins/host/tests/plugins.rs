@@ -441,11 +441,17 @@ fn stats_count_records_and_plugin_counters() {
     assert!(s.time_ns > 0);
     assert_eq!(s.counters, vec![("invalid_json".to_owned(), 2)]);
     assert!(s.plugin.ends_with("transform.wasm"));
+    // The instance's linear memory: at least a page, within the cap.
+    assert!(
+        (1 << 16..=config().memory_limit_bytes as u64).contains(&s.memory_bytes),
+        "{}",
+        s.memory_bytes
+    );
     // What `edge-agent plugin test` prints: one readable line, no Debug dump.
     let line = s.to_string();
     assert!(
         line.starts_with("transform.wasm: 3 in, 1 out, 2 dropped, 0 errors; 1 call, ")
-            && line.ends_with(" ms; counters: invalid_json=2"),
+            && line.ends_with(" MiB memory; counters: invalid_json=2"),
         "{line}"
     );
 }
