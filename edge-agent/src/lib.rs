@@ -871,7 +871,10 @@ mod tests {
             answer_wait(probe, full, Some(Duration::from_secs(1)), 4),
             Duration::from_secs(9)
         );
-        assert_eq!(answer_wait(probe, full, Some(Duration::from_secs(2)), 4), full);
+        assert_eq!(
+            answer_wait(probe, full, Some(Duration::from_secs(2)), 4),
+            full
+        );
         assert_eq!(answer_wait(probe, full, None, 0), full);
     }
 

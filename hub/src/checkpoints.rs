@@ -291,7 +291,8 @@ impl Checkpointer {
         work.retain(|(s, _)| self.sites.get(&s.alias).is_some_and(|m| m.ready));
         // Destination partitions of every reported source partition; their end offsets are read
         // (all in one request per leader) before translating (see OffsetIndex::translate).
-        let mut wanted: std::collections::HashSet<TopicPartition> = std::collections::HashSet::new();
+        let mut wanted: std::collections::HashSet<TopicPartition> =
+            std::collections::HashSet::new();
         for (site, groups) in &work {
             let index = site.clusters[self.cluster_index]
                 .index

@@ -859,8 +859,11 @@ fn no_open_transactions(
     // Transactions opened after this look (other sites of a shard keep writing to it while one
     // site's state is read again) begin past these marks and are not waited for.
     let all: Vec<(&str, i32)> = partitions.iter().map(|p| (topic, *p as i32)).collect();
-    let high = end_offsets(&uncommitted, all.iter().copied(), wait())
-        .map_err(kafka_err(cluster, "reading the high watermarks of", topic))?;
+    let high = end_offsets(&uncommitted, all.iter().copied(), wait()).map_err(kafka_err(
+        cluster,
+        "reading the high watermarks of",
+        topic,
+    ))?;
     let mut open: Vec<(i32, i64)> = Vec::with_capacity(all.len());
     for &(t, p) in &all {
         // An end the broker would not tell (leader moving) fails the read, which is tried again.
@@ -872,12 +875,10 @@ fn no_open_transactions(
         open.push((p, end));
     }
     loop {
-        let stable = end_offsets(committed, open.iter().map(|&(p, _)| (topic, p)), wait())
-            .map_err(kafka_err(
-                cluster,
-                "reading the last stable offsets of",
-                topic,
-            ))?;
+        let stable =
+            end_offsets(committed, open.iter().map(|&(p, _)| (topic, p)), wait()).map_err(
+                kafka_err(cluster, "reading the last stable offsets of", topic),
+            )?;
         let still: Vec<(i32, i64)> = open
             .iter()
             .copied()
