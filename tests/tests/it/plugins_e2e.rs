@@ -39,7 +39,7 @@ async fn topics_with_prefix(bootstrap: &str, prefix: &str) -> anyhow::Result<BTr
 }
 
 /// Reads `topic` (once it exists) until `n` records or the timeout.
-async fn read(bootstrap: &str, topic: &str, n: usize, procs: &[&Proc]) -> Vec<Record> {
+pub(crate) async fn read(bootstrap: &str, topic: &str, n: usize, procs: &[&Proc]) -> Vec<Record> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if client::partition_ids(bootstrap, topic).await.is_ok() {

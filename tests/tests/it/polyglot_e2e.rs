@@ -9,14 +9,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use er_plugin_host::build::{BuildError, Language, build_language_examples};
 use er_plugin_host::{ErrorPolicy, HostConfig, PluginHost, PluginSpec};
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, example_plugin, logs};
+use er_tests::replicator::{AgentSetup, HubSetup, Pki, bin, example_plugin, logs};
 use er_tests::unique_name;
+
+use crate::plugins_e2e::read;
 use serde_json::Value;
 
 /// The directory of `language`'s built plugins, or `None` after printing why this machine
@@ -340,22 +342,6 @@ fn route(name: &str, topic: &str, plugins: &[(PathBuf, String)]) -> String {
         ));
     }
     s
-}
-
-/// Reads `topic` (once it exists) until `n` records or the timeout.
-async fn read(bootstrap: &str, topic: &str, n: usize, procs: &[&Proc]) -> Vec<Record> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client::partition_ids(bootstrap, topic).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "topic {topic} never appeared\n{}",
-            logs(procs)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    client::consume_all(bootstrap, topic, n, Duration::from_secs(120))
-        .await
-        .expect("consuming")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
