@@ -240,60 +240,9 @@ pub const LINK_ALARM_SECONDS: f64 = 60.0;
 
 /// The `/status` document: link, counters, lanes, plugins, alarms and per-partition lag.
 pub fn status(cfg: &Settings, stats: &Stats, lag: Option<&LagTracker>) -> AgentStatus {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut partitions: Vec<PartitionStatus> = lag
-        .map(|l| {
-            l.snapshot_with_lag()
-                .into_iter()
-                .map(|(tp, committed_offset, lag_records)| PartitionStatus {
-                    lane: cfg.routes.priority_for(&tp.topic).to_string(),
-                    topic: tp.topic,
-                    partition: tp.partition,
-                    committed_offset,
-                    lag_records,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    partitions.sort_by(|a, b| {
-        b.lag_records
-            .cmp(&a.lag_records)
-            .then_with(|| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)))
-    });
-    let plugins: Vec<PluginStatus> = stats
-        .plugins
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .flat_map(|(route, chain)| {
-            crate::metrics::plugin_labels(chain)
-                .into_iter()
-                .zip(chain)
-                .map(move |(name, p)| PluginStatus {
-                    route: route.clone(),
-                    plugin: name,
-                    records_in: p.records_in,
-                    records_out: p.records_out,
-                    records_dropped: p.records_dropped,
-                    errors: p.errors,
-                    calls: p.calls,
-                    time_ms: p.time_ns as f64 / 1e6,
-                    last_error: p.last_error.clone(),
-                })
-        })
-        .collect();
-    let counters = Counters {
-        records_read: stats.records_read.load(Relaxed),
-        records_sent: stats.records_sent.load(Relaxed),
-        bytes_sent: stats.bytes_sent.load(Relaxed),
-        batches_acked: stats.batches_acked.load(Relaxed),
-        connects: stats.connects.load(Relaxed),
-        records_dropped_by_plugins: stats.records_dropped_by_plugins.load(Relaxed),
-        plugin_record_failures: stats.plugin_record_failures.load(Relaxed),
-        route_stops: stats.route_stops.load(Relaxed),
-        heartbeats_sent: stats.heartbeats_sent.load(Relaxed),
-        group_reports_sent: stats.group_reports_sent.load(Relaxed),
-    };
+    let partitions = partition_statuses(cfg, lag);
+    let plugins = plugin_statuses(stats);
+    let counters = Counters::read(stats);
     let link = stats.link.snapshot();
     let retention_gap_records = crate::metrics::retention_gap_records();
     let certificate_not_after = crate::metrics::certificate_not_after();
@@ -318,6 +267,75 @@ pub fn status(cfg: &Settings, stats: &Stats, lag: Option<&LagTracker>) -> AgentS
         certificate_not_after,
         plugins,
         partitions,
+    }
+}
+
+/// Replicated partitions with their lane and lag, worst lag first.
+fn partition_statuses(cfg: &Settings, lag: Option<&LagTracker>) -> Vec<PartitionStatus> {
+    let mut partitions: Vec<PartitionStatus> = lag
+        .map(|l| {
+            l.snapshot_with_lag()
+                .into_iter()
+                .map(|(tp, committed_offset, lag_records)| PartitionStatus {
+                    lane: cfg.routes.priority_for(&tp.topic).to_string(),
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    committed_offset,
+                    lag_records,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    partitions.sort_by(|a, b| {
+        b.lag_records
+            .cmp(&a.lag_records)
+            .then_with(|| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)))
+    });
+    partitions
+}
+
+/// Every plugin of every route, in route and chain order.
+fn plugin_statuses(stats: &Stats) -> Vec<PluginStatus> {
+    stats
+        .plugins
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .flat_map(|(route, chain)| {
+            crate::metrics::plugin_labels(chain)
+                .into_iter()
+                .zip(chain)
+                .map(move |(name, p)| PluginStatus {
+                    route: route.clone(),
+                    plugin: name,
+                    records_in: p.records_in,
+                    records_out: p.records_out,
+                    records_dropped: p.records_dropped,
+                    errors: p.errors,
+                    calls: p.calls,
+                    time_ms: p.time_ns as f64 / 1e6,
+                    last_error: p.last_error.clone(),
+                })
+        })
+        .collect()
+}
+
+impl Counters {
+    /// The counters' values now.
+    fn read(stats: &Stats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        Self {
+            records_read: stats.records_read.load(Relaxed),
+            records_sent: stats.records_sent.load(Relaxed),
+            bytes_sent: stats.bytes_sent.load(Relaxed),
+            batches_acked: stats.batches_acked.load(Relaxed),
+            connects: stats.connects.load(Relaxed),
+            records_dropped_by_plugins: stats.records_dropped_by_plugins.load(Relaxed),
+            plugin_record_failures: stats.plugin_record_failures.load(Relaxed),
+            route_stops: stats.route_stops.load(Relaxed),
+            heartbeats_sent: stats.heartbeats_sent.load(Relaxed),
+            group_reports_sent: stats.group_reports_sent.load(Relaxed),
+        }
     }
 }
 
@@ -399,31 +417,23 @@ fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
 }
 
 fn table(header: &[&str], rows: &[Vec<String>], out: &mut String) {
-    use std::fmt::Write as _;
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "  {}", text.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
+    er_net::status_client::text_table(header, rows, "  ", out);
 }
 
 /// What `edge-agent status` prints: the link, alarms, lanes, plugins and partitions.
 pub fn render(s: &AgentStatus) -> String {
-    use std::fmt::Write as _;
     let mut out = String::new();
+    render_summary(s, &mut out);
+    render_alarms(&s.alarms, &mut out);
+    render_lanes(&s.lanes, &mut out);
+    render_plugins(&s.plugins, &mut out);
+    render_partitions(&s.partitions, &mut out);
+    out
+}
+
+/// The site, link and counters lines.
+fn render_summary(s: &AgentStatus, out: &mut String) {
+    use std::fmt::Write as _;
     let l = &s.link;
     let _ = writeln!(
         out,
@@ -460,17 +470,23 @@ pub fn render(s: &AgentStatus) -> String {
             format!("expires in {:.0} days", (t - now) as f64 / 86_400.0)
         })
     );
-    if s.alarms.is_empty() {
+}
+
+fn render_alarms(alarms: &[String], out: &mut String) {
+    use std::fmt::Write as _;
+    if alarms.is_empty() {
         out.push_str("alarms: none\n");
     } else {
         out.push_str("alarms:\n");
-        for a in &s.alarms {
+        for a in alarms {
             let _ = writeln!(out, "  ! {a}");
         }
     }
+}
+
+fn render_lanes(lanes: &[LaneStatus], out: &mut String) {
     out.push_str("lanes:\n");
-    let rows: Vec<Vec<String>> = s
-        .lanes
+    let rows: Vec<Vec<String>> = lanes
         .iter()
         .map(|l| {
             vec![
@@ -480,43 +496,45 @@ pub fn render(s: &AgentStatus) -> String {
             ]
         })
         .collect();
-    table(&["LANE", "PARTITIONS", "LAG"], &rows, &mut out);
-    if !s.plugins.is_empty() {
-        out.push_str("plugins:\n");
-        let rows: Vec<Vec<String>> = s
-            .plugins
-            .iter()
-            .map(|p| {
-                vec![
-                    p.route.clone(),
-                    p.plugin.clone(),
-                    p.records_in.to_string(),
-                    p.records_out.to_string(),
-                    p.records_dropped.to_string(),
-                    p.errors.to_string(),
-                    format!("{:.1}", p.time_ms),
-                    p.last_error.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "ROUTE",
-                "PLUGIN",
-                "IN",
-                "OUT",
-                "DROPPED",
-                "ERRORS",
-                "MS",
-                "LAST ERROR",
-            ],
-            &rows,
-            &mut out,
-        );
+    table(&["LANE", "PARTITIONS", "LAG"], &rows, out);
+}
+
+fn render_plugins(plugins: &[PluginStatus], out: &mut String) {
+    if plugins.is_empty() {
+        return;
     }
+    out.push_str("plugins:\n");
+    let rows: Vec<Vec<String>> = plugins
+        .iter()
+        .map(|p| {
+            vec![
+                p.route.clone(),
+                p.plugin.clone(),
+                p.records_in.to_string(),
+                p.records_out.to_string(),
+                p.records_dropped.to_string(),
+                p.errors.to_string(),
+                format!("{:.1}", p.time_ms),
+                p.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ROUTE",
+        "PLUGIN",
+        "IN",
+        "OUT",
+        "DROPPED",
+        "ERRORS",
+        "MS",
+        "LAST ERROR",
+    ];
+    table(&header, &rows, out);
+}
+
+fn render_partitions(partitions: &[PartitionStatus], out: &mut String) {
     out.push_str("partitions (worst lag first):\n");
-    let rows: Vec<Vec<String>> = s
-        .partitions
+    let rows: Vec<Vec<String>> = partitions
         .iter()
         .map(|p| {
             vec![
@@ -531,9 +549,8 @@ pub fn render(s: &AgentStatus) -> String {
     table(
         &["TOPIC", "PARTITION", "LANE", "COMMITTED", "LAG"],
         &rows,
-        &mut out,
+        out,
     );
-    out
 }
 
 /// Answers `/readyz` (`edge-kafka`, `hub-session`) and `/status` on `endpoints` from now on.

@@ -143,6 +143,12 @@ pub fn endpoints() -> Option<&'static er_net::status::Endpoints> {
 }
 
 fn describe() {
+    describe_link_and_records();
+    describe_plugins_and_health();
+}
+
+/// The certificate, the records and batches sent, and the link to the hub.
+fn describe_link_and_records() {
     describe_gauge!(
         CERTIFICATE_EXPIRY,
         Unit::Seconds,
@@ -178,6 +184,10 @@ fn describe() {
         Unit::Bytes,
         "Compressed bytes sent and not yet acknowledged."
     );
+}
+
+/// Plugins, routes, heartbeats and group reports, lag and losses, limits, build and reloads.
+fn describe_plugins_and_health() {
     describe_counter!(PLUGIN_RECORDS_IN, "Records given to a plugin.");
     describe_counter!(PLUGIN_RECORDS_OUT, "Records a plugin kept or produced.");
     describe_counter!(PLUGIN_RECORDS_DROPPED, "Records a plugin dropped.");

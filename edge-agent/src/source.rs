@@ -443,61 +443,24 @@ struct Closed;
 impl Reader {
     fn run(&mut self, cmds: &std::sync::mpsc::Receiver<ReaderCmd>) -> anyhow::Result<()> {
         loop {
-            loop {
-                match cmds.try_recv() {
-                    Ok(ReaderCmd::Add(list)) => self.add(list)?,
-                    Ok(ReaderCmd::Stop(tp)) => {
-                        if self.parts.remove(&tp).is_some() {
-                            self.assign()?;
-                        }
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(()),
-                }
+            if self.apply_commands(cmds)?.is_err() {
+                return Ok(());
             }
             self.retry_stopped_routes()?;
-            let now = Instant::now();
-            let wait = self
-                .parts
-                .values()
-                .filter_map(|p| p.opened)
-                .min()
-                .map_or(Duration::from_millis(100), |o| {
-                    (o + self.limits.linger).saturating_duration_since(now)
-                })
-                .min(Duration::from_millis(100));
-            // Whole milliseconds: rust-rdkafka passes a sub-millisecond remainder to librdkafka
-            // as a zero timeout and polls again until the time is over, a busy loop that cost
-            // the reader a tenth of the machine's CPU in `clock_gettime` (perf). A batch is
-            // sealed at most a millisecond past its linger.
-            let wait = Duration::from_millis(wait.as_micros().div_ceil(1000) as u64);
-            match self.consumer.poll(wait) {
+            match self.consumer.poll(self.poll_wait()) {
                 None => {}
                 Some(Ok(m)) => {
-                    let tp = TopicPartition::new(m.topic(), m.partition());
-                    let Some(part) = self.parts.get_mut(&tp) else {
-                        continue;
-                    };
-                    if part.stopped_until.is_some() {
-                        // Fetched before the route stopped; it is read again on retry.
-                        continue;
-                    }
-                    self.routing
-                        .stats
-                        .records_read
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.records_read.increment(1);
-                    match part.route {
-                        Some(_) => part.pending.push(&m),
-                        None => crate::kafka::push_message(&mut part.builder, &m),
-                    }
-                    part.resume = Offset::Offset(m.offset() + 1);
-                    part.trust_position = true;
-                    part.opened.get_or_insert_with(Instant::now);
-                    let (records, bytes) = part.held();
-                    let full = records >= self.limits.max_records || bytes >= self.limits.max_bytes;
+                    let full = hold(
+                        &mut self.parts,
+                        &self.limits,
+                        &self.routing.stats,
+                        &self.records_read,
+                        &m,
+                    );
                     // More records follow: the position does not matter yet.
-                    if full && self.seal(&tp, None)?.is_err() {
+                    if let Some(tp) = full
+                        && self.seal(&tp, None)?.is_err()
+                    {
                         return Ok(());
                     }
                 }
@@ -513,28 +476,77 @@ impl Reader {
                     tracing::warn!(error = %e, "edge consumer error");
                 }
             }
-            let now = Instant::now();
-            if now >= self.positions_checked + POSITION_CHECK_INTERVAL {
-                self.positions_checked = now;
-                self.open_skipped(now);
-            }
-            let due: Vec<TopicPartition> = self
-                .parts
-                .iter()
-                .filter(|(_, p)| p.opened.is_some_and(|o| now >= o + self.limits.linger))
-                .map(|(tp, _)| tp.clone())
-                .collect();
-            if due.is_empty() {
-                continue;
-            }
-            let positions = self.positions();
-            for tp in due {
-                let position = positions.get(&tp).copied();
-                if self.seal(&tp, position)?.is_err() {
-                    return Ok(());
-                }
+            if self.seal_lingered()?.is_err() {
+                return Ok(());
             }
         }
+    }
+
+    /// Applies the session's commands waiting for the reader; `Err(Closed)` once the session
+    /// dropped its end.
+    fn apply_commands(
+        &mut self,
+        cmds: &std::sync::mpsc::Receiver<ReaderCmd>,
+    ) -> anyhow::Result<Result<(), Closed>> {
+        loop {
+            match cmds.try_recv() {
+                Ok(ReaderCmd::Add(list)) => self.add(list)?,
+                Ok(ReaderCmd::Stop(tp)) => {
+                    if self.parts.remove(&tp).is_some() {
+                        self.assign()?;
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(Ok(())),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(Err(Closed)),
+            }
+        }
+    }
+
+    /// How long the next poll may wait: until the oldest open batch's linger ends, at most
+    /// 100 ms.
+    fn poll_wait(&self) -> Duration {
+        let now = Instant::now();
+        let wait = self
+            .parts
+            .values()
+            .filter_map(|p| p.opened)
+            .min()
+            .map_or(Duration::from_millis(100), |o| {
+                (o + self.limits.linger).saturating_duration_since(now)
+            })
+            .min(Duration::from_millis(100));
+        // Whole milliseconds: rust-rdkafka passes a sub-millisecond remainder to librdkafka
+        // as a zero timeout and polls again until the time is over, a busy loop that cost
+        // the reader a tenth of the machine's CPU in `clock_gettime` (perf). A batch is
+        // sealed at most a millisecond past its linger.
+        Duration::from_millis(wait.as_micros().div_ceil(1000) as u64)
+    }
+
+    /// Seals every batch whose linger is over, at the consumer's position; now and then
+    /// opens batches for idle partitions whose position moved past their records.
+    fn seal_lingered(&mut self) -> anyhow::Result<Result<(), Closed>> {
+        let now = Instant::now();
+        if now >= self.positions_checked + POSITION_CHECK_INTERVAL {
+            self.positions_checked = now;
+            self.open_skipped(now);
+        }
+        let due: Vec<TopicPartition> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.opened.is_some_and(|o| now >= o + self.limits.linger))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(Ok(()));
+        }
+        let positions = self.positions();
+        for tp in due {
+            let position = positions.get(&tp).copied();
+            if self.seal(&tp, position)?.is_err() {
+                return Ok(Err(Closed));
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// The consumer's positions of the assigned partitions that have one: the offset after
@@ -727,20 +739,39 @@ impl Reader {
         if !held && skipped_to.is_none() {
             return Ok(Ok(()));
         }
-        let Some(route) = part.route.filter(|_| held) else {
-            if let Some(next) = skipped_to {
-                part.builder.set_next_offset(next);
-            }
-            let batch = part
-                .builder
-                .finish_and_reset(part.next_seq, self.limits.codec, self.limits.zstd_level)
-                .with_context(|| format!("encoding a batch of {tp}"));
-            part.next_seq += 1;
-            if let Ok(b) = &batch {
-                part.sent = Some(b.header.next_offset);
-            }
-            return Ok(self.out.blocking_send(batch).map_err(|_| Closed));
-        };
+        match part.route.filter(|_| held) {
+            Some(route) => self.seal_through_chain(tp, route, skipped_to),
+            None => Ok(self.seal_as_read(tp, skipped_to)),
+        }
+    }
+
+    /// Sends the records of `tp` as read (no route, or none held: a batch that only moves the
+    /// position to `skipped_to`).
+    fn seal_as_read(&mut self, tp: &TopicPartition, skipped_to: Option<i64>) -> Result<(), Closed> {
+        let part = self.parts.get_mut(tp).expect("sealed partition exists");
+        if let Some(next) = skipped_to {
+            part.builder.set_next_offset(next);
+        }
+        let batch = part
+            .builder
+            .finish_and_reset(part.next_seq, self.limits.codec, self.limits.zstd_level)
+            .with_context(|| format!("encoding a batch of {tp}"));
+        part.next_seq += 1;
+        if let Ok(b) = &batch {
+            part.sent = Some(b.header.next_offset);
+        }
+        self.out.blocking_send(batch).map_err(|_| Closed)
+    }
+
+    /// Runs the held records of `tp` through its route's chain and sends what comes out; a
+    /// chain that stops (the route's error policy) leaves the records to be read again.
+    fn seal_through_chain(
+        &mut self,
+        tp: &TopicPartition,
+        route: usize,
+        skipped_to: Option<i64>,
+    ) -> anyhow::Result<Result<(), Closed>> {
+        let part = self.parts.get_mut(tp).expect("sealed partition exists");
         let shape = Shape {
             max_records: self.limits.max_records,
             max_bytes: self.limits.max_bytes,
@@ -768,45 +799,84 @@ impl Reader {
                 shape,
             )
         };
-        let stats = &self.routing.stats;
-        match result {
-            Ok((batches, run)) => {
-                part.pending.clear();
-                if let Some(last) = batches.last() {
-                    part.sent = Some(last.header.next_offset);
-                }
-                crate::events::ChainRan {
-                    dropped: run.dropped,
-                    failed: run.failed,
-                }
-                .emit(stats);
-                for b in batches {
-                    if self.out.blocking_send(Ok(b)).is_err() {
-                        return Ok(Err(Closed));
-                    }
-                }
-                Ok(Ok(()))
-            }
+        let (batches, run) = match result {
+            Ok(ran) => ran,
             Err(stopped) => {
-                let retry = self.routing.cfg.plugins.stopped_route_retry;
-                crate::events::RouteStopped {
-                    route: &self.routing.cfg.routes[route].name,
-                    error: &stopped,
-                    retry,
-                }
-                .emit(stats);
-                part.resume = Offset::Offset(stopped.first);
-                // Until a record of the new assignment arrives, the consumer's position may
-                // still be the one past the held records.
-                part.trust_position = false;
-                part.pending.clear();
-                part.builder.reset(tp.clone(), part.partition_count);
-                part.stopped_until = Some(Instant::now() + retry);
-                self.assign()?;
-                Ok(Ok(()))
+                self.stop_route(tp, route, &stopped)?;
+                return Ok(Ok(()));
+            }
+        };
+        part.pending.clear();
+        if let Some(last) = batches.last() {
+            part.sent = Some(last.header.next_offset);
+        }
+        crate::events::ChainRan {
+            dropped: run.dropped,
+            failed: run.failed,
+        }
+        .emit(&self.routing.stats);
+        for b in batches {
+            if self.out.blocking_send(Ok(b)).is_err() {
+                return Ok(Err(Closed));
             }
         }
+        Ok(Ok(()))
     }
+
+    /// The route of `tp` stopped at a record: forget what is held, read again from that
+    /// record after the retry interval.
+    fn stop_route(
+        &mut self,
+        tp: &TopicPartition,
+        route: usize,
+        stopped: &crate::routes::chain::RouteStopped,
+    ) -> anyhow::Result<()> {
+        let retry = self.routing.cfg.plugins.stopped_route_retry;
+        crate::events::RouteStopped {
+            route: &self.routing.cfg.routes[route].name,
+            error: stopped,
+            retry,
+        }
+        .emit(&self.routing.stats);
+        let part = self.parts.get_mut(tp).expect("sealed partition exists");
+        part.resume = Offset::Offset(stopped.first);
+        // Until a record of the new assignment arrives, the consumer's position may still be
+        // the one past the held records.
+        part.trust_position = false;
+        part.pending.clear();
+        part.builder.reset(tp.clone(), part.partition_count);
+        part.stopped_until = Some(Instant::now() + retry);
+        self.assign()
+    }
+}
+
+/// Takes one record into its partition's open batch (held for the route's chain, or encoded
+/// as read); the partition when that batch is full. Records of partitions no longer read, or
+/// waiting on a stopped route, are skipped: they are read again.
+fn hold(
+    parts: &mut HashMap<TopicPartition, ReadPart>,
+    limits: &BatchLimits,
+    stats: &Stats,
+    records_read: &::metrics::Counter,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Option<TopicPartition> {
+    let tp = TopicPartition::new(m.topic(), m.partition());
+    let part = parts.get_mut(&tp)?;
+    if part.stopped_until.is_some() {
+        // Fetched before the route stopped; it is read again on retry.
+        return None;
+    }
+    stats.records_read.fetch_add(1, Ordering::Relaxed);
+    records_read.increment(1);
+    match part.route {
+        Some(_) => part.pending.push(m),
+        None => crate::kafka::push_message(&mut part.builder, m),
+    }
+    part.resume = Offset::Offset(m.offset() + 1);
+    part.trust_position = true;
+    part.opened.get_or_insert_with(Instant::now);
+    let (records, bytes) = part.held();
+    (records >= limits.max_records || bytes >= limits.max_bytes).then_some(tp)
 }
 
 /// All partitions of a topic set.

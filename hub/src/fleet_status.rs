@@ -332,6 +332,30 @@ fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
     v.map_or_else(|| "-".to_owned(), f)
 }
 
+/// A site's cells in the `hub status` table.
+fn table_row(r: &SiteRow) -> [String; 12] {
+    [
+        r.site.clone(),
+        format!("{:?}", r.health).to_lowercase(),
+        match (r.link, r.link_for_seconds) {
+            (LinkState::Up, _) => "up".into(),
+            (LinkState::Down, Some(t)) => format!("down {}", human_seconds(t)),
+            (LinkState::Down, None) => "down".into(),
+        },
+        opt(r.rtt_ms, |v| format!("{v:.1}ms")),
+        opt(r.records_per_second, |v| format!("{v:.1}")),
+        opt(r.lag_records, |v| v.to_string()),
+        opt(r.lag_seconds, |v| format!("{v:.1}")),
+        opt(r.last_heartbeat_age_seconds, |v| {
+            format!("{} ago", human_seconds(v))
+        }),
+        opt(r.retention_gap_records, |v| v.to_string()),
+        r.poison_records.to_string(),
+        opt(r.certificate_expires_in_days, |d| format!("{d:.0}d")),
+        format!("{:?}", r.writer).to_lowercase(),
+    ]
+}
+
 /// The table `hub status` prints: a header line about the hub, then one row per site in the
 /// document's order (worst first), then the problems of the sites that have any.
 pub fn render_table(s: &HubStatus) -> String {
@@ -368,49 +392,8 @@ pub fn render_table(s: &HubStatus) -> String {
         "CERT",
         "WRITER",
     ];
-    let rows: Vec<[String; 12]> = s
-        .sites
-        .iter()
-        .map(|r| {
-            [
-                r.site.clone(),
-                format!("{:?}", r.health).to_lowercase(),
-                match (r.link, r.link_for_seconds) {
-                    (LinkState::Up, _) => "up".into(),
-                    (LinkState::Down, Some(t)) => format!("down {}", human_seconds(t)),
-                    (LinkState::Down, None) => "down".into(),
-                },
-                opt(r.rtt_ms, |v| format!("{v:.1}ms")),
-                opt(r.records_per_second, |v| format!("{v:.1}")),
-                opt(r.lag_records, |v| v.to_string()),
-                opt(r.lag_seconds, |v| format!("{v:.1}")),
-                opt(r.last_heartbeat_age_seconds, |v| {
-                    format!("{} ago", human_seconds(v))
-                }),
-                opt(r.retention_gap_records, |v| v.to_string()),
-                r.poison_records.to_string(),
-                opt(r.certificate_expires_in_days, |d| format!("{d:.0}d")),
-                format!("{:?}", r.writer).to_lowercase(),
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>, out: &mut String| {
-        let text: Vec<String> = cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&mut header.iter().copied(), &mut out);
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str), &mut out);
-    }
+    let rows: Vec<[String; 12]> = s.sites.iter().map(table_row).collect();
+    er_net::status_client::text_table(&header, &rows, "", &mut out);
     let troubled: Vec<&SiteRow> = s.sites.iter().filter(|r| !r.problems.is_empty()).collect();
     if !troubled.is_empty() {
         out.push('\n');

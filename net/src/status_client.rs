@@ -1,5 +1,6 @@
 //! Reading another process's status endpoint (`hub status`, `edge-agent status`): one plain
-//! HTTP/1.1 GET over loopback or a LAN with hyper's client, bounded in time and size.
+//! HTTP/1.1 GET over loopback or a LAN with hyper's client, bounded in time and size; and the
+//! text table both print.
 
 use std::time::Duration;
 
@@ -74,6 +75,29 @@ pub enum FetchError {
         /// The parser's message.
         message: String,
     },
+}
+
+/// Appends `header` and `rows` to `out` as a table: each line starts with `indent`, columns are
+/// left-aligned to their widest cell (in characters) and two spaces apart, trailing blanks cut.
+pub fn text_table<R: AsRef<[String]>>(header: &[&str], rows: &[R], indent: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let text: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{indent}{}", text.join("  ").trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.as_ref().iter().map(String::as_str));
+    }
 }
 
 /// Parses `url` (only `http://`, with a host; the path defaults to `default_path`).
