@@ -45,8 +45,11 @@ pub fn admit(
             Ok(identity)
         }
         Err(e) => {
-            warn!(%remote, reason = e.reason(), error = %e, "refused connection");
-            crate::metrics::connection_refused(e.reason());
+            crate::events::ConnectionRefused {
+                remote,
+                why: crate::events::Refused::Admission(&e),
+            }
+            .emit();
             Err(Refusal {
                 code: close_code_for(&e),
                 reason: e.to_string(),
@@ -55,12 +58,18 @@ pub fn admit(
     }
 }
 
-/// Counts a connection whose TLS handshake failed (the verifier refused its certificate, or
-/// it gave up) and returns the reason label for the log line.
-pub fn handshake_refused(conn: &quinn::Connection) -> &'static str {
-    let reason = er_net::handshake_refusal_reason(conn.close_reason().as_ref());
-    crate::metrics::connection_refused(reason);
-    reason
+/// Reports a connection whose TLS handshake failed (the verifier refused its certificate, or
+/// it gave up).
+pub fn handshake_refused(conn: &quinn::Connection, remote: SocketAddr) {
+    let error = conn.close_reason();
+    crate::events::ConnectionRefused {
+        remote,
+        why: crate::events::Refused::Handshake {
+            reason: er_net::handshake_refusal_reason(error.as_ref()),
+            error: error.as_ref(),
+        },
+    }
+    .emit();
 }
 
 /// Watches an admitted session for the life of its connection: closes it (close code

@@ -184,15 +184,7 @@ impl Checkpointer {
         topics: Arc<TopicManager>,
         settings: CheckpointSettings,
     ) -> Result<Self, KafkaOpError> {
-        let err = |what: &str| {
-            let cluster = cluster.alias.clone();
-            let what = what.to_owned();
-            move |source: KafkaError| KafkaOpError::Kafka {
-                cluster,
-                what,
-                source: Box::new(source),
-            }
-        };
+        let err = |what: &str| KafkaOpError::kafka(&cluster.alias, what);
         let producer = client_config(cluster)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
@@ -289,79 +281,20 @@ impl Checkpointer {
             tracing::warn!(cluster = %self.cluster.alias, error = %e, "checkpoints topics of new sites not ready; retrying next round");
         }
         work.retain(|(s, _)| self.sites.get(&s.alias).is_some_and(|m| m.ready));
-        // Destination partitions of every reported source partition; their end offsets are read
-        // (all in one request per leader) before translating (see OffsetIndex::translate).
-        let mut wanted: std::collections::HashSet<TopicPartition> =
-            std::collections::HashSet::new();
-        for (site, groups) in &work {
-            let index = site.clusters[self.cluster_index]
-                .index
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for offsets in groups.groups.values() {
-                for tp in offsets.keys() {
-                    wanted.extend(index.dest_partitions(tp));
-                }
-            }
-        }
-        let ends: HashMap<TopicPartition, i64> = match crate::kafka::end_offsets(
-            &self.ends,
-            wanted.iter().map(|d| (d.topic.as_str(), d.partition)),
-            TIMEOUT,
-        ) {
-            Ok(ends) => ends
-                .into_iter()
-                .map(|((topic, partition), end)| (TopicPartition::new(topic, partition), end))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(cluster = %self.cluster.alias, partitions = wanted.len(), error = %e, "end offsets unknown this round");
-                HashMap::new()
-            }
-        };
+        let ends = self.end_offsets(&work);
         let mut pending = Vec::new();
         for (site, groups) in &work {
             pending.push(self.translate(site, groups, &ends));
         }
         for p in &pending {
-            let checkpoints_topic = er_protocol::checkpoints_topic(&p.site);
-            let syncs_topic = er_protocol::offset_syncs_topic(&p.site);
-            // One site's unencodable checkpoint (a name too long for MM2's format) is skipped
-            // with a warning; it must never stop the round for the other sites.
-            for c in &p.checkpoints {
-                match (c.encode_key(), c.encode_value()) {
-                    (Ok(key), Ok(value)) => self.send(&checkpoints_topic, &key, &value)?,
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::warn!(site = %p.site, group = %c.consumer_group_id, error = %e, "skipping a checkpoint that MM2's format cannot hold");
-                    }
-                }
-            }
-            for s in &p.syncs {
-                match s.encode_key() {
-                    Ok(key) => self.send(&syncs_topic, &key, &s.encode_value())?,
-                    Err(e) => {
-                        tracing::warn!(site = %p.site, tp = %s.topic_partition, error = %e, "skipping an offset sync that MM2's format cannot hold");
-                    }
-                }
-            }
+            self.write(p)?;
         }
         self.producer
             .flush(TIMEOUT)
             .map_err(|e| self.kafka_err("flushing checkpoints", e))?;
         let mut out = Vec::new();
         for ((site, groups), p) in work.into_iter().zip(pending) {
-            let marks = self.sites.entry(p.site.clone()).or_default();
-            for c in &p.checkpoints {
-                marks.last.insert(
-                    (c.consumer_group_id.clone(), c.topic_partition.clone()),
-                    (c.upstream_offset, c.downstream_offset),
-                );
-            }
-            for s in &p.syncs {
-                marks.last_sync.insert(
-                    s.topic_partition.clone(),
-                    (s.upstream_offset, s.downstream_offset),
-                );
-            }
+            self.remember(&p);
             let mut round = Round {
                 checkpoints: p.checkpoints.len(),
                 offset_syncs: p.syncs.len(),
@@ -374,6 +307,81 @@ impl Checkpointer {
             out.push((site, round));
         }
         Ok(out)
+    }
+
+    /// End offsets of the destination partitions of every reported source partition (all in
+    /// one request per leader), read before translating (see `OffsetIndex::translate`); none
+    /// when they cannot be read this round.
+    fn end_offsets(&self, work: &[(Arc<Site>, GroupTable)]) -> HashMap<TopicPartition, i64> {
+        let mut wanted: std::collections::HashSet<TopicPartition> =
+            std::collections::HashSet::new();
+        for (site, groups) in work {
+            let index = site.clusters[self.cluster_index]
+                .index
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for offsets in groups.groups.values() {
+                for tp in offsets.keys() {
+                    wanted.extend(index.dest_partitions(tp));
+                }
+            }
+        }
+        match crate::kafka::end_offsets(
+            &self.ends,
+            wanted.iter().map(|d| (d.topic.as_str(), d.partition)),
+            TIMEOUT,
+        ) {
+            Ok(ends) => ends
+                .into_iter()
+                .map(|((topic, partition), end)| (TopicPartition::new(topic, partition), end))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(cluster = %self.cluster.alias, partitions = wanted.len(), error = %e, "end offsets unknown this round");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Sends one site's checkpoints and offset syncs (not flushed). One site's unencodable
+    /// checkpoint (a name too long for MM2's format) is skipped with a warning; it must never
+    /// stop the round for the other sites.
+    fn write(&self, p: &Pending) -> Result<(), KafkaOpError> {
+        let checkpoints_topic = er_protocol::checkpoints_topic(&p.site);
+        let syncs_topic = er_protocol::offset_syncs_topic(&p.site);
+        for c in &p.checkpoints {
+            match (c.encode_key(), c.encode_value()) {
+                (Ok(key), Ok(value)) => self.send(&checkpoints_topic, &key, &value)?,
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(site = %p.site, group = %c.consumer_group_id, error = %e, "skipping a checkpoint that MM2's format cannot hold");
+                }
+            }
+        }
+        for s in &p.syncs {
+            match s.encode_key() {
+                Ok(key) => self.send(&syncs_topic, &key, &s.encode_value())?,
+                Err(e) => {
+                    tracing::warn!(site = %p.site, tp = %s.topic_partition, error = %e, "skipping an offset sync that MM2's format cannot hold");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers what a flushed round wrote for a site, so the next writes only what moved.
+    fn remember(&mut self, p: &Pending) {
+        let marks = self.sites.entry(p.site.clone()).or_default();
+        for c in &p.checkpoints {
+            marks.last.insert(
+                (c.consumer_group_id.clone(), c.topic_partition.clone()),
+                (c.upstream_offset, c.downstream_offset),
+            );
+        }
+        for s in &p.syncs {
+            marks.last_sync.insert(
+                s.topic_partition.clone(),
+                (s.upstream_offset, s.downstream_offset),
+            );
+        }
     }
 
     /// Translates one site's reported group offsets into the checkpoints and offset syncs that

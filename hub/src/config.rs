@@ -333,7 +333,7 @@ const CRL_POLL_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 /// The identity policy `[tls]` describes (CRLs loaded), with errors naming the field.
 fn identity_policy(
     tls: &TlsConfig,
-    invalid: &dyn Fn(&str, String) -> ConfigError,
+    invalid: &Invalid<'_>,
 ) -> Result<er_net::IdentityPolicy, ConfigError> {
     let source = match (tls.identity.as_str(), &tls.spiffe_trust_domain) {
         ("cn", None) => er_net::IdentitySource::CommonName,
@@ -745,30 +745,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         field: field.to_owned(),
         message,
     };
-    let base = path.parent().unwrap_or(Path::new("."));
-    for (field, file) in [
-        ("tls.ca_cert", &mut raw.tls.ca_cert),
-        ("tls.cert", &mut raw.tls.cert),
-        ("tls.key", &mut raw.tls.key),
-    ] {
-        if file.is_relative() {
-            *file = base.join(&*file);
-        }
-        if !file.is_file() {
-            return Err(invalid(field, format!("no such file {file:?}")));
-        }
-    }
-    for (i, file) in raw.tls.crl_files.iter_mut().enumerate() {
-        if file.is_relative() {
-            *file = base.join(&*file);
-        }
-        if !file.is_file() {
-            return Err(invalid(
-                &format!("tls.crl_files[{i}]"),
-                format!("no such file {file:?}"),
-            ));
-        }
-    }
+    tls_files(
+        &mut raw.tls,
+        path.parent().unwrap_or(Path::new(".")),
+        &invalid,
+    )?;
     let identity = std::sync::Arc::new(identity_policy(&raw.tls, &invalid)?);
     let crl_poll_interval = std::time::Duration::from_millis(raw.tls.crl_poll_interval_ms);
     if raw.hub_id.trim().is_empty() {
@@ -782,9 +763,94 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             format!("{:?} is not an `ip:port` socket address: {e}", raw.listen),
         )
     })?;
-    let policy = match raw.replication.policy.as_str() {
+    let policy = replication_policy(&raw.replication, &invalid)?;
+    clusters(&raw.clusters, &invalid)?;
+    let identity_allow = identity_allow(&raw.replication, &invalid)?;
+    let routes = routes(&raw.routes, &raw.clusters, &invalid)?;
+    if raw.checkpoints.interval_ms == 0 {
+        return Err(invalid(
+            "checkpoints.interval_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    limits(&raw.limits, &invalid)?;
+    fleet(&raw.fleet, &invalid)?;
+    let writers_per_cluster = match raw.fleet.writers_per_cluster {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let advertised = if !raw.fleet.advertised_addresses.is_empty() {
+        raw.fleet.advertised_addresses.clone()
+    } else if listen.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![listen.to_string()]
+    };
+    let checks = er_service::config::Checks::new(path);
+    let metrics_listen = checks.metrics_listen("metrics.listen", raw.metrics.listen.as_deref())?;
+    let topic_config_filter = crate::topic_sync::ConfigFilter::new(
+        checks.whole_matches("topic_sync.include", &raw.topic_sync.include)?,
+        checks.whole_matches("topic_sync.exclude", &raw.topic_sync.exclude)?,
+    );
+    if raw.topic_sync.min_interval_ms == 0 {
+        return Err(invalid(
+            "topic_sync.min_interval_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    let acl_principals =
+        whole_match(&raw.acl_sync.principals).map_err(|m| invalid("acl_sync.principals", m))?;
+    Ok(Validated {
+        raw,
+        listen,
+        policy,
+        routes,
+        metrics_listen,
+        writers_per_cluster,
+        advertised,
+        identity,
+        crl_poll_interval,
+        identity_allow: std::sync::Arc::new(identity_allow),
+        topic_config_filter: std::sync::Arc::new(topic_config_filter),
+        acl_principals,
+    })
+}
+
+/// What a validator says about a field: the error naming the file and the field.
+type Invalid<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
+
+/// `[tls]`'s files resolved against the config's directory, each one present.
+fn tls_files(tls: &mut TlsConfig, base: &Path, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
+    let named = [
+        ("tls.ca_cert".to_owned(), &mut tls.ca_cert),
+        ("tls.cert".to_owned(), &mut tls.cert),
+        ("tls.key".to_owned(), &mut tls.key),
+    ];
+    let crls = tls
+        .crl_files
+        .iter_mut()
+        .enumerate()
+        .map(|(i, f)| (format!("tls.crl_files[{i}]"), f));
+    for (field, file) in named.into_iter().chain(crls) {
+        if file.is_relative() {
+            *file = base.join(&*file);
+        }
+        if !file.is_file() {
+            return Err(invalid(&field, format!("no such file {file:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// `[replication]`'s policy: the default one's separator must keep sites apart; the identity
+/// one needs its allowlist.
+fn replication_policy(
+    r: &ReplicationConfig,
+    invalid: &Invalid<'_>,
+) -> Result<ReplicationPolicy, ConfigError> {
+    match r.policy.as_str() {
         "default" => {
-            let sep = &raw.replication.separator;
+            let sep = &r.separator;
             if sep.is_empty() || !sep.chars().all(|c| matches!(c, '.' | '_' | '-')) {
                 return Err(invalid(
                     "replication.separator",
@@ -801,36 +867,52 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                     ),
                 ));
             }
-            ReplicationPolicy::Default {
+            Ok(ReplicationPolicy::Default {
                 separator: sep.clone(),
-            }
+            })
         }
-        "identity" => {
-            if raw.replication.identity_allow.is_empty() {
-                return Err(invalid(
-                    "replication.identity_allow",
-                    "the identity policy needs an explicit allowlist of the central topics each site may write ([[replication.identity_allow]] sites = \"...\", topics = \"...\"): without it any site could write into any topic".into(),
-                ));
-            }
-            ReplicationPolicy::Identity
-        }
-        other => {
-            return Err(invalid(
-                "replication.policy",
-                format!("{other:?} is not one of \"default\", \"identity\""),
-            ));
-        }
-    };
-    if raw.clusters.is_empty() {
+        "identity" if r.identity_allow.is_empty() => Err(invalid(
+            "replication.identity_allow",
+            "the identity policy needs an explicit allowlist of the central topics each site may write ([[replication.identity_allow]] sites = \"...\", topics = \"...\"): without it any site could write into any topic".into(),
+        )),
+        "identity" => Ok(ReplicationPolicy::Identity),
+        other => Err(invalid(
+            "replication.policy",
+            format!("{other:?} is not one of \"default\", \"identity\""),
+        )),
+    }
+}
+
+/// `[[replication.identity_allow]]`, compiled: (sites, topics).
+fn identity_allow(
+    r: &ReplicationConfig,
+    invalid: &Invalid<'_>,
+) -> Result<Vec<(Regex, Regex)>, ConfigError> {
+    r.identity_allow
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let field = |f: &str| format!("replication.identity_allow[{i}].{f}");
+            let sites = whole_match(&a.sites).map_err(|e| invalid(&field("sites"), e))?;
+            let topics = whole_match(&a.topics).map_err(|e| invalid(&field("topics"), e))?;
+            Ok((sites, topics))
+        })
+        .collect()
+}
+
+/// `[[clusters]]`: at least one, unique aliases, a bootstrap list, a replication factor, and
+/// topic configs with names and values.
+fn clusters(clusters: &[ClusterConfig], invalid: &Invalid<'_>) -> Result<(), ConfigError> {
+    if clusters.is_empty() {
         return Err(invalid(
             "clusters",
             "at least one cluster is required".into(),
         ));
     }
-    for (i, c) in raw.clusters.iter().enumerate() {
+    for (i, c) in clusters.iter().enumerate() {
         er_protocol::validate_site_alias(&c.alias)
             .map_err(|e| invalid(&format!("clusters[{i}].alias"), e.to_string()))?;
-        if raw.clusters[..i].iter().any(|o| o.alias == c.alias) {
+        if clusters[..i].iter().any(|o| o.alias == c.alias) {
             return Err(invalid(
                 &format!("clusters[{i}].alias"),
                 format!("duplicate alias {:?}", c.alias),
@@ -848,16 +930,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                 format!("{} must be at least 1", c.replication_factor),
             ));
         }
+        if let Some((k, v)) = c
+            .topic_configs
+            .iter()
+            .find(|(k, v)| k.is_empty() || v.is_empty())
+        {
+            return Err(invalid(
+                &format!("clusters.{}.topic_configs", c.alias),
+                format!("{k:?} = {v:?}: names and values must not be empty"),
+            ));
+        }
     }
-    let mut identity_allow = Vec::with_capacity(raw.replication.identity_allow.len());
-    for (i, a) in raw.replication.identity_allow.iter().enumerate() {
-        let field = |f: &str| format!("replication.identity_allow[{i}].{f}");
-        let sites = whole_match(&a.sites).map_err(|e| invalid(&field("sites"), e))?;
-        let topics = whole_match(&a.topics).map_err(|e| invalid(&field("topics"), e))?;
-        identity_allow.push((sites, topics));
-    }
-    let mut routes = Vec::with_capacity(raw.routes.len());
-    for (i, r) in raw.routes.iter().enumerate() {
+    Ok(())
+}
+
+/// `[[routes]]`, compiled, each naming a configured cluster.
+fn routes(
+    routes: &[RouteConfig],
+    clusters: &[ClusterConfig],
+    invalid: &Invalid<'_>,
+) -> Result<Vec<CompiledRoute>, ConfigError> {
+    let mut out = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
         let topics =
             whole_match(&r.topics).map_err(|e| invalid(&format!("routes[{i}].topics"), e))?;
         let sites = r
@@ -866,8 +960,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             .map(whole_match)
             .transpose()
             .map_err(|e| invalid(&format!("routes[{i}].sites"), e))?;
-        let cluster = raw
-            .clusters
+        let cluster = clusters
             .iter()
             .position(|c| c.alias == r.cluster)
             .ok_or_else(|| {
@@ -876,19 +969,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
                     format!("no cluster with alias {:?}", r.cluster),
                 )
             })?;
-        routes.push(CompiledRoute {
+        out.push(CompiledRoute {
             topics,
             sites,
             cluster,
         });
     }
-    if raw.checkpoints.interval_ms == 0 {
-        return Err(invalid(
-            "checkpoints.interval_ms",
-            "must be greater than 0".into(),
-        ));
-    }
-    let l = &raw.limits;
+    Ok(out)
+}
+
+/// `[limits]`: every size at least one, the inbound budgets nested (connection <= site <= hub,
+/// a connection's at least one frame).
+fn limits(l: &LimitsConfig, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
     if l.max_batch_bytes == 0
         || l.max_uncompressed_bytes == 0
         || l.writer_queue_bytes == 0
@@ -912,6 +1004,41 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
+    inbound_budgets(l, invalid)?;
+    if l.hello_timeout_ms == 0 {
+        return Err(invalid(
+            "limits.hello_timeout_ms",
+            "must be greater than 0".into(),
+        ));
+    }
+    if l.max_connections_per_site == 0 || l.max_connections == 0 {
+        return Err(invalid(
+            "limits.max_connections",
+            "limits.max_connections and limits.max_connections_per_site must be at least 1".into(),
+        ));
+    }
+    if l.offset_index_max_entries_per_partition == 0 {
+        return Err(invalid(
+            "limits.offset_index_max_entries_per_partition",
+            "must be at least 1".into(),
+        ));
+    }
+    if l.offset_index_retention_ms == 0 || l.offset_index_retention_ms > i64::MAX as u64 {
+        return Err(invalid(
+            "limits.offset_index_retention_ms",
+            format!(
+                "{} must be between 1 and {} (use a large value to keep it long)",
+                l.offset_index_retention_ms,
+                i64::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The inbound byte budgets: a connection's holds one frame, a site's one connection's, the
+/// hub's one site's.
+fn inbound_budgets(l: &LimitsConfig, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
     let frame = l
         .max_frame_bytes()
         .max(er_net::wire::CONTROL_FRAME_MAX_BYTES);
@@ -942,35 +1069,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ),
         ));
     }
-    if l.hello_timeout_ms == 0 {
-        return Err(invalid(
-            "limits.hello_timeout_ms",
-            "must be greater than 0".into(),
-        ));
-    }
-    if l.max_connections_per_site == 0 || l.max_connections == 0 {
-        return Err(invalid(
-            "limits.max_connections",
-            "limits.max_connections and limits.max_connections_per_site must be at least 1".into(),
-        ));
-    }
-    if l.offset_index_max_entries_per_partition == 0 {
-        return Err(invalid(
-            "limits.offset_index_max_entries_per_partition",
-            "must be at least 1".into(),
-        ));
-    }
-    if l.offset_index_retention_ms == 0 || l.offset_index_retention_ms > i64::MAX as u64 {
-        return Err(invalid(
-            "limits.offset_index_retention_ms",
-            format!(
-                "{} must be between 1 and {} (use a large value to keep it long)",
-                l.offset_index_retention_ms,
-                i64::MAX
-            ),
-        ));
-    }
-    let f = &raw.fleet;
+    Ok(())
+}
+
+/// `[fleet]`: shards, writers, linger and group timeouts within their bounds, advertised
+/// addresses `host:port`.
+fn fleet(f: &FleetConfig, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
     if f.shards == 0 || f.shards > 4096 {
         return Err(invalid(
             "fleet.shards",
@@ -1021,55 +1125,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
             ));
         }
     }
-    let writers_per_cluster = match f.writers_per_cluster {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
-    let advertised = if !f.advertised_addresses.is_empty() {
-        f.advertised_addresses.clone()
-    } else if listen.ip().is_unspecified() {
-        Vec::new()
-    } else {
-        vec![listen.to_string()]
-    };
-    let checks = er_service::config::Checks::new(path);
-    let metrics_listen = checks.metrics_listen("metrics.listen", raw.metrics.listen.as_deref())?;
-    let topic_config_filter = crate::topic_sync::ConfigFilter::new(
-        checks.whole_matches("topic_sync.include", &raw.topic_sync.include)?,
-        checks.whole_matches("topic_sync.exclude", &raw.topic_sync.exclude)?,
-    );
-    if raw.topic_sync.min_interval_ms == 0 {
-        return Err(invalid(
-            "topic_sync.min_interval_ms",
-            "must be greater than 0".into(),
-        ));
-    }
-    let acl_principals =
-        whole_match(&raw.acl_sync.principals).map_err(|m| invalid("acl_sync.principals", m))?;
-    for c in &raw.clusters {
-        for (k, v) in &c.topic_configs {
-            if k.is_empty() || v.is_empty() {
-                return Err(invalid(
-                    &format!("clusters.{}.topic_configs", c.alias),
-                    format!("{k:?} = {v:?}: names and values must not be empty"),
-                ));
-            }
-        }
-    }
-    Ok(Validated {
-        raw,
-        listen,
-        policy,
-        routes,
-        metrics_listen,
-        writers_per_cluster,
-        advertised,
-        identity,
-        crl_poll_interval,
-        identity_allow: std::sync::Arc::new(identity_allow),
-        topic_config_filter: std::sync::Arc::new(topic_config_filter),
-        acl_principals,
-    })
+    Ok(())
 }
 
 /// The shipped example next to dev certificates in a temp dir, for tests of any module.

@@ -39,6 +39,57 @@ impl std::fmt::Debug for Directory {
     }
 }
 
+/// Writes this hub's advert.
+struct Advertiser {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+    hub_id: String,
+    addresses: Vec<String>,
+}
+
+impl Advertiser {
+    /// Advertises the addresses and the shards of `own` (none while it rebalances).
+    fn send(&self, own: &Ownership) {
+        let advert = HubAdvert {
+            hub_id: self.hub_id.clone(),
+            addresses: self.addresses.clone(),
+            shards: if own.rebalancing {
+                Default::default()
+            } else {
+                own.shards.keys().copied().collect()
+            },
+            updated_ms: crate::metrics::now_ms(),
+        };
+        let value = serde_json::to_vec(&advert).expect("adverts serialize");
+        let r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
+            .partition(0)
+            .key(self.hub_id.as_bytes())
+            .payload(&value);
+        if let Err((e, _)) = self.producer.send(r) {
+            tracing::warn!(error = %e, "advertising this hub failed");
+        }
+    }
+}
+
+/// Reads the next advert (waiting up to 200 ms) into `adverts`; an unreadable one is skipped.
+fn read_advert(consumer: &BaseConsumer, adverts: &Mutex<HashMap<String, HubAdvert>>) {
+    match consumer.poll(Duration::from_millis(200)) {
+        Some(Ok(m)) => match serde_json::from_slice::<HubAdvert>(m.payload().unwrap_or(&[])) {
+            Ok(a) => {
+                adverts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(a.hub_id.clone(), a);
+            }
+            Err(e) => {
+                tracing::debug!(offset = m.offset(), error = %e, "ignoring an unreadable hub advert");
+            }
+        },
+        Some(Err(e)) => tracing::debug!(error = %e, "reading hub adverts"),
+        None => {}
+    }
+}
+
 impl Directory {
     /// Starts advertising `addresses` and the shards of `ownership`, every `every` and at each
     /// change, on the coordination cluster, and reading the other hubs' adverts.
@@ -51,15 +102,7 @@ impl Directory {
         every: Duration,
     ) -> Result<Self, KafkaOpError> {
         let topic = hubs_topic(group);
-        let err = |what: &str| {
-            let cluster = cluster.alias.clone();
-            let what = what.to_owned();
-            move |source| KafkaOpError::Kafka {
-                cluster,
-                what,
-                source: Box::new(source),
-            }
-        };
+        let err = |what: &str| KafkaOpError::kafka(&cluster.alias, what);
         let producer: ThreadedProducer<DefaultProducerContext> = client_config(cluster)
             .set("linger.ms", "0")
             .create()
@@ -77,9 +120,14 @@ impl Directory {
             .map_err(err("assigning the hubs topic"))?;
         let adverts: Arc<Mutex<HashMap<String, HubAdvert>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let advertiser = Advertiser {
+            producer,
+            topic,
+            hub_id: hub_id.to_owned(),
+            addresses,
+        };
         let thread = {
             let (adverts, stop) = (adverts.clone(), stop.clone());
-            let hub_id = hub_id.to_owned();
             std::thread::Builder::new()
                 .name("hub-directory".into())
                 .spawn(move || {
@@ -87,46 +135,12 @@ impl Directory {
                     while !stop.load(Ordering::Relaxed) {
                         let changed = ownership.has_changed().unwrap_or(false);
                         if changed || Instant::now() >= due {
-                            let own = ownership.borrow_and_update().clone();
-                            let advert = HubAdvert {
-                                hub_id: hub_id.clone(),
-                                addresses: addresses.clone(),
-                                shards: if own.rebalancing {
-                                    Default::default()
-                                } else {
-                                    own.shards.keys().copied().collect()
-                                },
-                                updated_ms: crate::metrics::now_ms(),
-                            };
-                            let value = serde_json::to_vec(&advert).expect("adverts serialize");
-                            let r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic)
-                                .partition(0)
-                                .key(hub_id.as_bytes())
-                                .payload(&value);
-                            if let Err((e, _)) = producer.send(r) {
-                                tracing::warn!(error = %e, "advertising this hub failed");
-                            }
+                            advertiser.send(&ownership.borrow_and_update());
                             due = Instant::now() + every;
                         }
-                        match consumer.poll(Duration::from_millis(200)) {
-                            Some(Ok(m)) => match serde_json::from_slice::<HubAdvert>(
-                                m.payload().unwrap_or(&[]),
-                            ) {
-                                Ok(a) => {
-                                    adverts
-                                        .lock()
-                                        .unwrap_or_else(PoisonError::into_inner)
-                                        .insert(a.hub_id.clone(), a);
-                                }
-                                Err(e) => {
-                                    tracing::debug!(offset = m.offset(), error = %e, "ignoring an unreadable hub advert");
-                                }
-                            },
-                            Some(Err(e)) => tracing::debug!(error = %e, "reading hub adverts"),
-                            None => {}
-                        }
+                        read_advert(&consumer, &adverts);
                     }
-                    let _ = producer.flush(Duration::from_secs(2));
+                    let _ = advertiser.producer.flush(Duration::from_secs(2));
                 })
                 .expect("spawning the directory thread")
         };

@@ -17,7 +17,7 @@ use crate::checkpoints::{CheckpointSettings, Checkpointer};
 use crate::config::Validated;
 use crate::directory::Directory;
 use crate::kafka::{KafkaOpError, TopicManager};
-use crate::membership::Membership;
+use crate::membership::{Membership, Ownership};
 use crate::shards::{Shard, shards_topic};
 use crate::sink::{WriterPool, WriterSettings};
 use crate::sites::{Registry, SiteCluster};
@@ -78,6 +78,84 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// Per cluster, in configuration order: its topic manager and this hub's group membership.
+type Joined = (Vec<Arc<TopicManager>>, Vec<Arc<Membership>>);
+
+/// On every cluster, the group's topics (created if missing) and this hub's group membership.
+fn join_clusters(rt: &tokio::runtime::Handle, config: &Validated) -> Result<Joined, KafkaOpError> {
+    let raw = &config.raw;
+    let session_timeout = Duration::from_millis(raw.fleet.session_timeout_ms);
+    let mut topics = Vec::new();
+    let mut memberships = Vec::new();
+    for (i, cluster) in raw.clusters.iter().enumerate() {
+        let t = TopicManager::new(cluster)?;
+        crate::kafka::setup_group_topics(
+            rt,
+            &t,
+            &raw.group_id,
+            raw.fleet.shards,
+            raw.limits.offset_index_retention_ms,
+            i == 0,
+        )?;
+        memberships.push(Arc::new(Membership::join(
+            cluster,
+            &raw.group_id,
+            &raw.hub_id,
+            &shards_topic(&raw.group_id),
+            session_timeout,
+        )?));
+        topics.push(t);
+    }
+    Ok((topics, memberships))
+}
+
+/// A checkpointer per cluster, and a heartbeat relay per cluster when there is more than one;
+/// each on its own thread until `stop`.
+fn start_side_threads(
+    rt: &tokio::runtime::Handle,
+    config: &Validated,
+    topics: &[Arc<TopicManager>],
+    registry: &Arc<Registry>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, KafkaOpError> {
+    let raw = &config.raw;
+    let mut threads = Vec::new();
+    for (i, cluster) in raw.clusters.iter().enumerate() {
+        let mut c = Checkpointer::start(
+            i,
+            cluster,
+            topics[i].clone(),
+            CheckpointSettings {
+                sync_group_offsets: raw.checkpoints.sync_group_offsets,
+                offset_syncs: raw.checkpoints.offset_syncs,
+            },
+        )?;
+        let (registry, stop, rt) = (registry.clone(), stop.clone(), rt.clone());
+        let interval = Duration::from_millis(raw.checkpoints.interval_ms);
+        let alias = cluster.alias.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("checkpoints-{alias}"))
+                .spawn(move || checkpoint_loop(&mut c, &registry, &rt, i, &alias, interval, &stop))
+                .expect("spawning a checkpointer thread"),
+        );
+    }
+    // Heartbeats on every other cluster a site writes to: only with more than one.
+    if raw.clusters.len() > 1 {
+        for (i, cluster) in raw.clusters.iter().enumerate() {
+            let relay = crate::heartbeats::Relay::start(i, config, topics[i].clone())?;
+            let (registry, stop, rt) = (registry.clone(), stop.clone(), rt.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("heartbeats-{}", cluster.alias))
+                    .spawn(move || crate::heartbeats::relay_loop(relay, &registry, &rt, &stop))
+                    .expect("spawning a heartbeat relay thread"),
+            );
+        }
+    }
+    Ok(threads)
+}
+
 impl Fleet {
     /// Creates the group's topics, joins the group on every cluster and starts writers,
     /// checkpointers and the directory. Blocking: call it off the executor.
@@ -85,27 +163,7 @@ impl Fleet {
         let raw = &config.raw;
         let group = raw.group_id.clone();
         let session_timeout = Duration::from_millis(raw.fleet.session_timeout_ms);
-        let mut topics = Vec::new();
-        let mut memberships = Vec::new();
-        for (i, cluster) in raw.clusters.iter().enumerate() {
-            let t = TopicManager::new(cluster)?;
-            crate::kafka::setup_group_topics(
-                &rt,
-                &t,
-                &group,
-                raw.fleet.shards,
-                raw.limits.offset_index_retention_ms,
-                i == 0,
-            )?;
-            memberships.push(Arc::new(Membership::join(
-                cluster,
-                &group,
-                &raw.hub_id,
-                &shards_topic(&group),
-                session_timeout,
-            )?));
-            topics.push(t);
-        }
+        let (topics, memberships) = join_clusters(&rt, &config)?;
         let pools = raw
             .clusters
             .iter()
@@ -142,42 +200,7 @@ impl Fleet {
             session_timeout / 2,
         )?;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for (i, cluster) in raw.clusters.iter().enumerate() {
-            let mut c = Checkpointer::start(
-                i,
-                cluster,
-                topics[i].clone(),
-                CheckpointSettings {
-                    sync_group_offsets: raw.checkpoints.sync_group_offsets,
-                    offset_syncs: raw.checkpoints.offset_syncs,
-                },
-            )?;
-            let (registry, stop, rt) = (registry.clone(), stop.clone(), rt.clone());
-            let interval = Duration::from_millis(raw.checkpoints.interval_ms);
-            let alias = cluster.alias.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("checkpoints-{alias}"))
-                    .spawn(move || {
-                        checkpoint_loop(&mut c, &registry, &rt, i, &alias, interval, &stop)
-                    })
-                    .expect("spawning a checkpointer thread"),
-            );
-        }
-        // Heartbeats on every other cluster a site writes to: only with more than one.
-        if raw.clusters.len() > 1 {
-            for (i, cluster) in raw.clusters.iter().enumerate() {
-                let relay = crate::heartbeats::Relay::start(i, &config, topics[i].clone())?;
-                let (registry, stop, rt) = (registry.clone(), stop.clone(), rt.clone());
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("heartbeats-{}", cluster.alias))
-                        .spawn(move || crate::heartbeats::relay_loop(relay, &registry, &rt, &stop))
-                        .expect("spawning a heartbeat relay thread"),
-                );
-            }
-        }
+        let threads = start_side_threads(&rt, &config, &topics, &registry, &stop)?;
         info!(hub_id = %raw.hub_id, group = %group, shards = raw.fleet.shards, clusters = raw.clusters.len(), writers_per_cluster = config.writers_per_cluster, "fleet started; waiting for the group to assign shards");
         let topic_sync = crate::topic_sync::TopicSync::start(
             &rt,
@@ -240,38 +263,12 @@ impl Fleet {
             crate::metrics::set_shards_owned(ownership.shards.len());
             if Instant::now() >= status_due {
                 status_due = Instant::now() + crate::metrics::STATUS_INTERVAL;
-                let sites = self.registry.sites();
-                let records: u64 = sites.iter().map(|s| s.metrics.records()).sum();
-                let worst = sites
-                    .iter()
-                    .filter_map(|s| s.metrics.lag_seconds().map(|l| (l, s.alias.as_str())))
-                    .max_by(|a, b| a.0.total_cmp(&b.0));
-                info!(
-                    shards_owned = ownership.shards.len(),
-                    sites = sites.len(),
-                    sites_connected = self.registry.connected(),
-                    records,
-                    lag_seconds = worst.map(|w| w.0),
-                    worst_site = worst.map(|w| w.1),
-                    "fleet status"
-                );
+                self.log_status(&ownership);
             }
             if ownership.rebalancing || ownership.epoch == 0 {
                 continue;
             }
-            for (shard, _) in self.registry.loaded() {
-                if !ownership.shards.contains_key(&shard) {
-                    let sites = self.registry.drop_shard(shard);
-                    info!(
-                        shard,
-                        sites = sites.len(),
-                        "shard moved to another hub; its sessions end"
-                    );
-                    for s in sites {
-                        s.supersede_session();
-                    }
-                }
-            }
+            self.drop_lost_shards(&ownership);
             let mut need = self.registry.to_load(&ownership.shards);
             // Shards held anew after a lost assignment that nobody wrote since this hub did
             // (their committed fence is this hub's last) are current in memory: kept as they are.
@@ -284,38 +281,78 @@ impl Fleet {
             // must not change under the read: its sessions end and its batches still with the
             // writers complete (commit or fail) first, so nothing commits after the positions
             // were read.
-            if !self.quiesce(&need).await {
-                continue;
+            if self.quiesce(&need).await {
+                self.clone().load(need, &ownership).await;
             }
-            let fleet = self.clone();
-            let started = Instant::now();
-            let loading = need.clone();
-            let read = tokio::task::spawn_blocking(move || fleet.read(&loading)).await;
-            match read {
-                Ok(Ok(mut contents)) => {
-                    // Ownership may have moved while reading: install only what is still ours
-                    // under the epoch the read began in.
-                    let now = self.memberships[0].ownership();
-                    for shard in need {
-                        let held = now.shards.get(&shard).copied();
-                        if now.rebalancing || held.is_none_or(|since| since > ownership.epoch) {
-                            continue;
-                        }
-                        let c = contents.remove(&shard).unwrap_or_default();
-                        for s in self.registry.install(shard, ownership.epoch, c) {
-                            s.supersede_session();
-                        }
-                    }
-                    crate::metrics::shards_loaded(started.elapsed());
-                    info!(
-                        shards = self.registry.loaded().len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "owned shards loaded"
-                    );
+        }
+    }
+
+    /// The `fleet status` line: shards, sites, records written and the worst lag.
+    fn log_status(&self, ownership: &Ownership) {
+        let sites = self.registry.sites();
+        let records: u64 = sites.iter().map(|s| s.metrics.records()).sum();
+        let worst = sites
+            .iter()
+            .filter_map(|s| s.metrics.lag_seconds().map(|l| (l, s.alias.as_str())))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        info!(
+            shards_owned = ownership.shards.len(),
+            sites = sites.len(),
+            sites_connected = self.registry.connected(),
+            records,
+            lag_seconds = worst.map(|w| w.0),
+            worst_site = worst.map(|w| w.1),
+            "fleet status"
+        );
+    }
+
+    /// Forgets the loaded shards `ownership` no longer holds, ending their sessions.
+    fn drop_lost_shards(&self, ownership: &Ownership) {
+        for (shard, _) in self.registry.loaded() {
+            if !ownership.shards.contains_key(&shard) {
+                let sites = self.registry.drop_shard(shard);
+                info!(
+                    shard,
+                    sites = sites.len(),
+                    "shard moved to another hub; its sessions end"
+                );
+                for s in sites {
+                    s.supersede_session();
                 }
-                Ok(Err(e)) => warn!(error = %e, "loading owned shards failed; retrying"),
-                Err(e) => warn!(error = %e, "loading owned shards panicked; retrying"),
             }
+        }
+    }
+
+    /// Reads `need` from Kafka and installs what this hub still owns under the epoch of
+    /// `ownership` once the read is over; a failed read is tried again on the next round.
+    async fn load(self: Arc<Self>, need: BTreeSet<Shard>, ownership: &Ownership) {
+        let fleet = self.clone();
+        let started = Instant::now();
+        let loading = need.clone();
+        let read = tokio::task::spawn_blocking(move || fleet.read(&loading)).await;
+        match read {
+            Ok(Ok(mut contents)) => {
+                // Ownership may have moved while reading: install only what is still ours
+                // under the epoch the read began in.
+                let now = self.memberships[0].ownership();
+                for shard in need {
+                    let held = now.shards.get(&shard).copied();
+                    if now.rebalancing || held.is_none_or(|since| since > ownership.epoch) {
+                        continue;
+                    }
+                    let c = contents.remove(&shard).unwrap_or_default();
+                    for s in self.registry.install(shard, ownership.epoch, c) {
+                        s.supersede_session();
+                    }
+                }
+                crate::events::ShardsLoaded {
+                    shards: self.registry.loaded().len(),
+                    elapsed: started.elapsed(),
+                }
+                .emit();
+            }
+            Ok(Err(e)) => warn!(error = %e, "loading owned shards failed; retrying"),
+            Err(e) => warn!(error = %e, "loading owned shards panicked; retrying"),
         }
     }
 
@@ -482,8 +519,12 @@ fn checkpoint_loop(
             Ok(rounds) => {
                 for (site, r) in rounds {
                     if r.checkpoints + r.offset_syncs + r.group_commits + r.groups_active > 0 {
-                        site.metrics.checkpoint_round(r.checkpoints, r.offset_syncs);
-                        tracing::debug!(site = %site.alias, cluster = alias, checkpoints = r.checkpoints, offset_syncs = r.offset_syncs, group_commits = r.group_commits, groups_active = r.groups_active, pending = r.pending, "checkpoint round");
+                        crate::events::CheckpointRound {
+                            site: &site.metrics,
+                            cluster: alias,
+                            round: &r,
+                        }
+                        .emit();
                     }
                 }
             }

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use er_protocol::{HEARTBEATS_TOPIC, Heartbeat};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 
 use crate::config::Validated;
@@ -94,11 +93,10 @@ impl Relay {
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()
-            .map_err(|source: KafkaError| KafkaOpError::Kafka {
-                cluster: cluster.alias.clone(),
-                what: "creating the heartbeat relay's producer".into(),
-                source: Box::new(source),
-            })?;
+            .map_err(KafkaOpError::kafka(
+                &cluster.alias,
+                "creating the heartbeat relay's producer",
+            ))?;
         Ok(Self {
             cluster_index,
             alias: cluster.alias.clone(),
@@ -130,7 +128,11 @@ impl Relay {
             match self.write(rt, &site.alias, ts) {
                 Ok(()) => {
                     self.relayed.insert(site.alias.clone(), ts);
-                    crate::metrics::heartbeat_relayed(&self.alias);
+                    crate::events::HeartbeatRelayed {
+                        site: &site.alias,
+                        cluster: &self.alias,
+                    }
+                    .emit();
                     written += 1;
                 }
                 Err(e) => {

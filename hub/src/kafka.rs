@@ -74,6 +74,18 @@ pub enum KafkaOpError {
     },
 }
 
+impl KafkaOpError {
+    /// Wraps a client error of `cluster` while doing `what`: for `map_err`.
+    pub fn kafka(cluster: &str, what: &str) -> impl FnOnce(KafkaError) -> Self + use<> {
+        let (cluster, what) = (cluster.to_owned(), what.to_owned());
+        move |source| KafkaOpError::Kafka {
+            cluster,
+            what,
+            source: Box::new(source),
+        }
+    }
+}
+
 /// Base librdkafka settings for one cluster: bootstrap servers plus the user's properties.
 pub fn client_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut cfg = ClientConfig::new();
@@ -111,15 +123,7 @@ impl std::fmt::Debug for TopicManager {
 impl TopicManager {
     /// Connects the admin and metadata clients (lazily; no broker round trip here).
     pub fn new(cluster: &ClusterConfig) -> Result<Arc<Self>, KafkaOpError> {
-        let err = |what: &str| {
-            let cluster = cluster.alias.clone();
-            let what = what.to_owned();
-            move |source| KafkaOpError::Kafka {
-                cluster,
-                what,
-                source: Box::new(source),
-            }
-        };
+        let err = |what: &str| KafkaOpError::kafka(&cluster.alias, what);
         let admin = client_config(cluster)
             .create()
             .map_err(err("creating admin client"))?;
@@ -149,13 +153,8 @@ impl TopicManager {
         &self.cluster.alias
     }
 
-    fn err(&self, what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaOpError + '_ {
-        let what = what.into();
-        move |source| KafkaOpError::Kafka {
-            cluster: self.cluster.alias.clone(),
-            what,
-            source: Box::new(source),
-        }
+    fn err(&self, what: impl Into<String>) -> impl FnOnce(KafkaError) -> KafkaOpError {
+        KafkaOpError::kafka(&self.cluster.alias, &what.into())
     }
 
     /// The partition count of `topic`, `None` when it does not exist.
@@ -621,13 +620,7 @@ fn kafka_err(
     what: &str,
     topic: &str,
 ) -> impl FnOnce(KafkaError) -> KafkaOpError + use<> {
-    let cluster = cluster.alias.clone();
-    let what = format!("{what} {topic:?}");
-    move |source| KafkaOpError::Kafka {
-        cluster,
-        what,
-        source: Box::new(source),
-    }
+    KafkaOpError::kafka(&cluster.alias, &format!("{what} {topic:?}"))
 }
 
 /// A read_committed reader of partition 0 of `topic` from its beginning, reporting EOF.
@@ -913,8 +906,6 @@ pub fn read_shards(
     max_index_entries: usize,
     timeout: Duration,
 ) -> Result<(HashMap<crate::shards::Shard, ShardRead>, RebuildStats), KafkaOpError> {
-    let ptopic = crate::shards::positions_topic(group);
-    let itopic = crate::shards::offset_index_topic(group);
     let mut out: HashMap<crate::shards::Shard, ShardRead> =
         shards.iter().map(|s| (*s, ShardRead::default())).collect();
     let mut stats = RebuildStats::default();
@@ -922,8 +913,47 @@ pub fn read_shards(
         return Ok((out, stats));
     }
     let started = Instant::now();
-    let mut positions: HashMap<(crate::shards::Shard, String), HashMap<TopicPartition, i64>> =
-        HashMap::new();
+    let positions = read_positions(cluster, group, shards, started, &mut stats)?;
+    let reader = IndexReader {
+        cluster,
+        group,
+        shards,
+        max_index_entries,
+        started,
+    };
+    if !reader.read(started + timeout, &mut out, &mut stats)? {
+        tracing::warn!(cluster = %cluster.alias, shards = shards.len(), records = stats.records, waited_ms = timeout.as_millis() as u64, "reading the offset index took too long: starting with empty indexes (older offsets translate as too old)");
+        for r in out.values_mut() {
+            r.indexes.clear();
+        }
+        stats.timed_out = true;
+    }
+    for ((shard, site), map) in positions {
+        let mut v: Vec<Position> = map
+            .into_iter()
+            .map(|(tp, next_offset)| Position { tp, next_offset })
+            .collect();
+        v.sort_by(|a, b| a.tp.cmp(&b.tp));
+        out.entry(shard).or_default().positions.insert(site, v);
+    }
+    tracing::info!(cluster = %cluster.alias, shards = shards.len(), positions = stats.positions, index_records = stats.records, index_bytes = stats.bytes, unreadable = stats.unreadable, elapsed_ms = started.elapsed().as_millis() as u64, "shards read");
+    Ok((out, stats))
+}
+
+/// Committed positions by (shard, site).
+type SitePositions = HashMap<(crate::shards::Shard, String), HashMap<TopicPartition, i64>>;
+
+/// The committed positions of every site of `shards`, by (shard, site); all of them within
+/// [`ADMIN_TIMEOUT`] of `started` or an error.
+fn read_positions(
+    cluster: &ClusterConfig,
+    group: &str,
+    shards: &std::collections::BTreeSet<crate::shards::Shard>,
+    started: Instant,
+    stats: &mut RebuildStats,
+) -> Result<SitePositions, KafkaOpError> {
+    let ptopic = crate::shards::positions_topic(group);
+    let mut positions = SitePositions::new();
     let complete = read_partitions_to_end(
         cluster,
         group,
@@ -954,14 +984,31 @@ pub fn read_shards(
             waited: started.elapsed(),
         });
     }
-    let mut next_log = Instant::now() + PROGRESS_EVERY;
-    let complete = read_partitions_to_end(
-        cluster,
-        group,
-        &itopic,
-        shards,
-        started + timeout,
-        |m| {
+    Ok(positions)
+}
+
+/// Rebuilds the offset indexes of the sites of `shards` from the offset index topic.
+struct IndexReader<'a> {
+    cluster: &'a ClusterConfig,
+    group: &'a str,
+    shards: &'a std::collections::BTreeSet<crate::shards::Shard>,
+    max_index_entries: usize,
+    started: Instant,
+}
+
+impl IndexReader<'_> {
+    /// Applies every index record to its site's index in `out`, logging progress; whether it
+    /// read to the end before `deadline`. An unreadable record clears the site's index so far.
+    fn read(
+        &self,
+        deadline: Instant,
+        out: &mut HashMap<crate::shards::Shard, ShardRead>,
+        stats: &mut RebuildStats,
+    ) -> Result<bool, KafkaOpError> {
+        let (cluster, shards) = (self.cluster, self.shards);
+        let itopic = crate::shards::offset_index_topic(self.group);
+        let mut next_log = Instant::now() + PROGRESS_EVERY;
+        read_partitions_to_end(cluster, self.group, &itopic, shards, deadline, |m| {
             let payload = m.payload().unwrap_or(&[]);
             stats.records += 1;
             stats.bytes += payload.len() as u64;
@@ -971,7 +1018,7 @@ pub fn read_shards(
                 .or_default()
                 .indexes
                 .entry(site.clone())
-                .or_insert_with(|| OffsetIndex::new(max_index_entries));
+                .or_insert_with(|| OffsetIndex::new(self.max_index_entries));
             match offsets::decode(payload) {
                 Ok(entries) => index.apply(&entries),
                 Err(e) => {
@@ -983,26 +1030,9 @@ pub fn read_shards(
             let now = Instant::now();
             if now >= next_log {
                 next_log = now + PROGRESS_EVERY;
-                tracing::info!(cluster = %cluster.alias, shards = shards.len(), index_records = stats.records, index_bytes = stats.bytes, elapsed_ms = now.duration_since(started).as_millis() as u64, "reading the offset index");
+                tracing::info!(cluster = %cluster.alias, shards = shards.len(), index_records = stats.records, index_bytes = stats.bytes, elapsed_ms = now.duration_since(self.started).as_millis() as u64, "reading the offset index");
             }
             Ok(())
-        },
-    )?;
-    if !complete {
-        tracing::warn!(cluster = %cluster.alias, shards = shards.len(), records = stats.records, waited_ms = timeout.as_millis() as u64, "reading the offset index took too long: starting with empty indexes (older offsets translate as too old)");
-        for r in out.values_mut() {
-            r.indexes.clear();
-        }
-        stats.timed_out = true;
+        })
     }
-    for ((shard, site), map) in positions {
-        let mut v: Vec<Position> = map
-            .into_iter()
-            .map(|(tp, next_offset)| Position { tp, next_offset })
-            .collect();
-        v.sort_by(|a, b| a.tp.cmp(&b.tp));
-        out.entry(shard).or_default().positions.insert(site, v);
-    }
-    tracing::info!(cluster = %cluster.alias, shards = shards.len(), positions = stats.positions, index_records = stats.records, index_bytes = stats.bytes, unreadable = stats.unreadable, elapsed_ms = started.elapsed().as_millis() as u64, "shards read");
-    Ok((out, stats))
 }

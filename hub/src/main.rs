@@ -108,32 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             site,
             group,
-        }) => {
-            let cfg = er_hub::config::load(&config)?;
-            let topic = er_protocol::checkpoints_topic(&site);
-            for cluster in &cfg.raw.clusters {
-                let found = er_hub::checkpoints::read_checkpoints(cluster, &topic, &site)?;
-                let mut rows: Vec<_> = found
-                    .into_iter()
-                    .filter(|((g, _), _)| group.as_ref().is_none_or(|want| want == g))
-                    .collect();
-                rows.sort();
-                for ((g, tp), (upstream, downstream)) in rows {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "cluster": cluster.alias,
-                            "group": g,
-                            "topic": tp.topic,
-                            "partition": tp.partition,
-                            "upstream_offset": upstream,
-                            "downstream_offset": downstream,
-                        })
-                    );
-                }
-            }
-            Ok(())
-        }
+        }) => print_checkpoints(&config, &site, group.as_deref()),
         Some(Command::Status {
             config,
             url,
@@ -187,35 +162,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(path) = cli.config else {
                 anyhow::bail!("--config <hub.toml> is required (see --help)");
             };
-            let config = er_hub::config::load(&path)?;
-            let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async move {
-                let health = match config.metrics_listen {
-                    Some(addr) => {
-                        let endpoints = er_hub::metrics::install(addr)?;
-                        let health = er_hub::health::HubHealth::new(&config)?;
-                        let console = config.raw.metrics.console;
-                        health.register(&endpoints, console);
-                        tracing::info!(%addr, console, "serving /metrics, /healthz, /readyz and /status");
-                        Some(health)
-                    }
-                    None => None,
-                };
-                let mut bound = er_hub::BoundHub::bind(config)?;
-                if let Some(h) = &health {
-                    h.listening(bound.local_addr()?);
-                    bound = bound.with_health(h.clone());
-                }
-                let (tx, rx) = watch::channel(false);
-                tokio::spawn(async move {
-                    er_service::shutdown::signal().await;
-                    if let Some(h) = &health {
-                        h.stopping();
-                    }
-                    let _ = tx.send(true);
-                });
-                bound.serve(rx).await
-            })
+            serve(er_hub::config::load(&path)?)
         }
     }
+}
+
+/// `hub checkpoints`: the site's checkpoints on every cluster, a JSON object per line.
+fn print_checkpoints(
+    config: &std::path::Path,
+    site: &str,
+    group: Option<&str>,
+) -> anyhow::Result<()> {
+    let cfg = er_hub::config::load(config)?;
+    let topic = er_protocol::checkpoints_topic(site);
+    for cluster in &cfg.raw.clusters {
+        let found = er_hub::checkpoints::read_checkpoints(cluster, &topic, site)?;
+        let mut rows: Vec<_> = found
+            .into_iter()
+            .filter(|((g, _), _)| group.is_none_or(|want| want == g))
+            .collect();
+        rows.sort();
+        for ((g, tp), (upstream, downstream)) in rows {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "cluster": cluster.alias,
+                    "group": g,
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "upstream_offset": upstream,
+                    "downstream_offset": downstream,
+                })
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The hub itself: metrics and status endpoints if configured, the listener, and a clean stop
+/// on SIGTERM or Ctrl-C.
+fn serve(config: er_hub::config::Validated) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let health = match config.metrics_listen {
+            Some(addr) => {
+                let endpoints = er_hub::metrics::install(addr)?;
+                let health = er_hub::health::HubHealth::new(&config)?;
+                let console = config.raw.metrics.console;
+                health.register(&endpoints, console);
+                tracing::info!(%addr, console, "serving /metrics, /healthz, /readyz and /status");
+                Some(health)
+            }
+            None => None,
+        };
+        let mut bound = er_hub::BoundHub::bind(config)?;
+        if let Some(h) = &health {
+            h.listening(bound.local_addr()?);
+            bound = bound.with_health(h.clone());
+        }
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            er_service::shutdown::signal().await;
+            if let Some(h) = &health {
+                h.stopping();
+            }
+            let _ = tx.send(true);
+        });
+        bound.serve(rx).await
+    })
 }

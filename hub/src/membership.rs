@@ -282,37 +282,87 @@ fn member_loop(
                 "a group rebalance did not end; replacing the group member"
             ),
         }
-        {
-            // Nothing held counts as continuous: another hub may own the shards meanwhile.
-            let mut st = shared.lock();
-            st.ownership.rebalancing = true;
-            st.lost = true;
-            shared.publish(&st);
-        }
         drop(member);
-        let wait_until = Instant::now() + backoff;
-        while Instant::now() < wait_until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(POLL);
+        if replace_member(shared, slot, stop, backoff, &make) {
+            rebalancing_since = None;
         }
         if fatal.is_some() {
             backoff = (backoff * 2).min(REJOIN_BACKOFF_MAX);
         }
-        match make() {
-            Ok(new) => {
-                tracing::info!(cluster = %shared.cluster, "a new group member joins");
-                let old = std::mem::replace(
-                    &mut *slot.lock().unwrap_or_else(PoisonError::into_inner),
-                    new,
-                );
-                // Closed outside the lock: closing may serve a last revocation.
-                drop(old);
-                rebalancing_since = None;
-            }
-            Err(e) => {
-                tracing::error!(cluster = %shared.cluster, error = %e, "cannot create a new group member; retrying");
-            }
+    }
+}
+
+/// Gives up the shards, waits `backoff` and puts a new member in `slot`; whether it could.
+fn replace_member(
+    shared: &Shared,
+    slot: &Mutex<Member>,
+    stop: &AtomicBool,
+    backoff: Duration,
+    make: impl Fn() -> Result<Member, KafkaOpError>,
+) -> bool {
+    {
+        // Nothing held counts as continuous: another hub may own the shards meanwhile.
+        let mut st = shared.lock();
+        st.ownership.rebalancing = true;
+        st.lost = true;
+        shared.publish(&st);
+    }
+    let wait_until = Instant::now() + backoff;
+    while Instant::now() < wait_until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(POLL);
+    }
+    match make() {
+        Ok(new) => {
+            tracing::info!(cluster = %shared.cluster, "a new group member joins");
+            let old = std::mem::replace(
+                &mut *slot.lock().unwrap_or_else(PoisonError::into_inner),
+                new,
+            );
+            // Closed outside the lock: closing may serve a last revocation.
+            drop(old);
+            true
+        }
+        Err(e) => {
+            tracing::error!(cluster = %shared.cluster, error = %e, "cannot create a new group member; retrying");
+            false
         }
     }
+}
+
+/// A group member of `group` on `cluster`, static member `hub_id`, subscribed to `topic`.
+fn new_member(
+    config: &ClusterConfig,
+    group: &str,
+    hub_id: &str,
+    topic: &str,
+    session_timeout: Duration,
+    shared: &Arc<Shared>,
+) -> Result<Member, KafkaOpError> {
+    let err = |what: &str| KafkaOpError::kafka(&config.alias, what);
+    let consumer: BaseConsumer<MemberContext> = client_config(config)
+        .set("group.id", group)
+        .set("group.instance.id", hub_id)
+        .set("partition.assignment.strategy", "range")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout.as_millis() / 5).max(500).to_string(),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // require_stable on offset fetches (see the module doc).
+        .set("isolation.level", "read_committed")
+        .create_with_context(MemberContext {
+            shared: shared.clone(),
+        })
+        .map_err(err("creating the group member"))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(err("subscribing to the shards topic"))?;
+    Ok(Arc::new(consumer))
 }
 
 impl Membership {
@@ -340,41 +390,7 @@ impl Membership {
                 shards_topic.to_owned(),
             );
             let shared = shared.clone();
-            move || -> Result<Member, KafkaOpError> {
-                let err = |what: &str| {
-                    let cluster = config.alias.clone();
-                    let what = what.to_owned();
-                    move |source| KafkaOpError::Kafka {
-                        cluster,
-                        what,
-                        source: Box::new(source),
-                    }
-                };
-                let consumer: BaseConsumer<MemberContext> = client_config(&config)
-                    .set("group.id", &group)
-                    .set("group.instance.id", &hub_id)
-                    .set("partition.assignment.strategy", "range")
-                    .set(
-                        "session.timeout.ms",
-                        session_timeout.as_millis().to_string(),
-                    )
-                    .set(
-                        "heartbeat.interval.ms",
-                        (session_timeout.as_millis() / 5).max(500).to_string(),
-                    )
-                    .set("enable.auto.commit", "false")
-                    .set("enable.auto.offset.store", "false")
-                    // require_stable on offset fetches (see the module doc).
-                    .set("isolation.level", "read_committed")
-                    .create_with_context(MemberContext {
-                        shared: shared.clone(),
-                    })
-                    .map_err(err("creating the group member"))?;
-                consumer
-                    .subscribe(&[&topic])
-                    .map_err(err("subscribing to the shards topic"))?;
-                Ok(Arc::new(consumer))
-            }
+            move || new_member(&config, &group, &hub_id, &topic, session_timeout, &shared)
         };
         let consumer = Arc::new(Mutex::new(make()?));
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,5 +1,7 @@
 //! The hub's Prometheus metrics: every name, unit and label is declared here, and served on
-//! `[metrics] listen` at `/metrics`. Also the per-site figures of the periodic `site status` log.
+//! `[metrics] listen` at `/metrics`. Also the per-site figures of the periodic `site status` log
+//! and of `/status`. What happens is counted by [`crate::events`]; the gauges of a state are set
+//! here.
 //!
 //! Without `[metrics] listen` no recorder is installed and every update is a no-op. Handles taken
 //! before [`install`] stay no-ops, so the binary installs first and starts the hub after.
@@ -144,6 +146,12 @@ pub fn install(addr: SocketAddr) -> Result<Arc<er_net::status::Endpoints>, Metri
 }
 
 fn describe() {
+    describe_sessions();
+    describe_writes_and_checkpoints();
+}
+
+/// Certificates, connections, sessions, shards and the inbound budget.
+fn describe_sessions() {
     describe_gauge!(
         CERTIFICATE_EXPIRY,
         Unit::Seconds,
@@ -182,6 +190,10 @@ fn describe() {
         EARLY_WELCOMES,
         "Welcomes sent in 0.5-RTT to a site resuming its TLS session."
     );
+}
+
+/// Records, batches, transactions, checkpoints, lag, topics and ACLs synced.
+fn describe_writes_and_checkpoints() {
     describe_counter!(RECORDS_WRITTEN, "Records committed to a central cluster.");
     describe_counter!(
         BYTES_RECEIVED,
@@ -361,29 +373,38 @@ pub fn site(site: &str) -> Arc<SiteMetrics> {
         .unwrap_or_else(PoisonError::into_inner);
     sites
         .entry(site.to_owned())
-        .or_insert_with(|| {
-            let l = [("site", site.to_owned())];
-            Arc::new(SiteMetrics {
-                site: site.to_owned(),
-                records_written: counter!(RECORDS_WRITTEN, &l),
-                bytes_received: counter!(BYTES_RECEIVED, &l),
-                batches_committed: counter!(BATCHES_COMMITTED, &l),
-                transactions_failed: counter!(TRANSACTIONS_FAILED, &l),
-                poison_records: counter!(POISON_RECORDS, &l),
-                stopped_partitions: gauge!(STOPPED_PARTITIONS, &l),
-                checkpoints_written: counter!(CHECKPOINTS_WRITTEN, &l),
-                offset_syncs_written: counter!(OFFSET_SYNCS_WRITTEN, &l),
-                replication_lag: gauge!(REPLICATION_LAG_SECONDS, &l),
-                records: AtomicU64::new(0),
-                checkpoints: AtomicU64::new(0),
-                lag_bits: AtomicU64::new(f64::NAN.to_bits()),
-                facts: Mutex::new(SiteFacts::default()),
-            })
-        })
+        .or_insert_with(|| SiteMetrics::new(site))
         .clone()
 }
 
 impl SiteMetrics {
+    /// Handles of `site` in the installed recorder; [`site`] keeps one per site for the life
+    /// of the process.
+    pub(crate) fn new(site: &str) -> Arc<Self> {
+        let l = [("site", site.to_owned())];
+        Arc::new(SiteMetrics {
+            site: site.to_owned(),
+            records_written: counter!(RECORDS_WRITTEN, &l),
+            bytes_received: counter!(BYTES_RECEIVED, &l),
+            batches_committed: counter!(BATCHES_COMMITTED, &l),
+            transactions_failed: counter!(TRANSACTIONS_FAILED, &l),
+            poison_records: counter!(POISON_RECORDS, &l),
+            stopped_partitions: gauge!(STOPPED_PARTITIONS, &l),
+            checkpoints_written: counter!(CHECKPOINTS_WRITTEN, &l),
+            offset_syncs_written: counter!(OFFSET_SYNCS_WRITTEN, &l),
+            replication_lag: gauge!(REPLICATION_LAG_SECONDS, &l),
+            records: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            lag_bits: AtomicU64::new(f64::NAN.to_bits()),
+            facts: Mutex::new(SiteFacts::default()),
+        })
+    }
+
+    /// The site's alias.
+    pub fn alias(&self) -> &str {
+        &self.site
+    }
+
     /// A batch arrived from the site.
     pub fn batch_received(&self, bytes: usize) {
         self.bytes_received.increment(bytes as u64);
@@ -409,10 +430,10 @@ impl SiteMetrics {
         f.last_failure_ms = Some(now_ms());
     }
 
-    /// A record went to the site's dead-letter topic.
-    pub fn poison_record(&self) {
-        self.poison_records.increment(1);
-        self.facts().poison_records += 1;
+    /// `n` records went to the site's dead-letter topic.
+    pub fn poison_records(&self, n: u64) {
+        self.poison_records.increment(n);
+        self.facts().poison_records += n;
     }
 
     /// `n` partitions of the site are stopped in its current session.
@@ -542,11 +563,6 @@ pub fn set_offset_index_entries(site: &str, cluster: &str, runs: usize) {
         .set(runs as f64);
 }
 
-/// A writer's transaction committed after `elapsed`.
-pub fn transaction_committed(elapsed: Duration) {
-    histogram!(TRANSACTION_SECONDS).record(elapsed.as_secs_f64());
-}
-
 /// Replication latencies of the batches one transaction committed to `cluster`, seconds.
 pub fn batches_committed_after(cluster: &str, latencies: impl IntoIterator<Item = f64>) {
     let h = histogram!(REPLICATION_LATENCY_SECONDS, "cluster" => cluster.to_owned());
@@ -569,30 +585,9 @@ pub fn sites_connected() -> u64 {
     SITES_CONNECTED_NOW.load(Ordering::Relaxed)
 }
 
-/// Counts an accepted session.
-pub fn session_started() {
-    counter!(SESSIONS).increment(1);
-}
-
 /// Sets the owned shards gauge.
 pub fn set_shards_owned(n: usize) {
     gauge!(SHARDS_OWNED).set(n as f64);
-}
-
-/// Counts a load of newly owned shards that took `elapsed`.
-pub fn shards_loaded(elapsed: Duration) {
-    counter!(SHARD_LOADS).increment(1);
-    gauge!(SHARD_LOAD_SECONDS).increment(elapsed.as_secs_f64());
-}
-
-/// Counts a site sent to another hub.
-pub fn redirected() {
-    counter!(REDIRECTS).increment(1);
-}
-
-/// Counts a welcome sent in 0.5-RTT.
-pub fn early_welcome() {
-    counter!(EARLY_WELCOMES).increment(1);
 }
 
 /// The newest timestamp (epoch ms) of the MM2 heartbeats from `site` among records of the
@@ -613,11 +608,6 @@ pub fn newest_heartbeat_ms<'a>(
         .filter(|h| h.source_cluster_alias == site)
         .map(|h| h.timestamp)
         .max()
-}
-
-/// Counts a heartbeat relayed to `cluster` ([`HEARTBEATS_RELAYED`]).
-pub fn heartbeat_relayed(cluster: &str) {
-    counter!(HEARTBEATS_RELAYED, "cluster" => cluster.to_owned()).increment(1);
 }
 
 /// Milliseconds since the epoch on the hub's clock.
@@ -644,46 +634,6 @@ pub fn set_site_certificate_expiry(site_alias: &str, not_after: std::time::Syste
 /// Sets the hub-wide bytes of frames read and not yet handed on.
 pub fn set_inbound_buffered_bytes(bytes: u64) {
     gauge!(INBOUND_BUFFERED_BYTES).set(bytes as f64);
-}
-
-/// Counts remote topics created at discovery for `site`.
-pub fn topics_synced(site: &str, created: usize) {
-    if created > 0 {
-        counter!(TOPICS_CREATED, "site" => site.to_owned()).increment(created as u64);
-    }
-}
-
-/// Counts remote topic configs changed for `site`.
-pub fn topic_configs_changed(site: &str, changes: usize) {
-    counter!(TOPIC_CONFIG_CHANGES, "site" => site.to_owned()).increment(changes as u64);
-}
-
-/// Counts ACL bindings created on `site`'s remote topics.
-pub fn topic_acls_created(site: &str, created: usize) {
-    counter!(TOPIC_ACLS_CREATED, "site" => site.to_owned()).increment(created as u64);
-}
-
-/// Counts edge ACL bindings of `site` the hub refused.
-pub fn topic_acls_refused(site: &str, refused: usize) {
-    if refused > 0 {
-        counter!(TOPIC_ACLS_REFUSED, "site" => site.to_owned()).increment(refused as u64);
-    }
-}
-
-/// Counts a site's topic report dropped at a full syncer queue.
-pub fn topic_report_dropped() {
-    counter!(TOPIC_REPORTS_DROPPED).increment(1);
-}
-
-/// Counts a connection attempt sent a QUIC Retry.
-pub fn quic_retry() {
-    counter!(QUIC_RETRIES).increment(1);
-}
-
-/// Counts a refused connection under `reason` (one of [`REFUSAL_REASONS`]).
-pub fn connection_refused(reason: &'static str) {
-    debug_assert!(REFUSAL_REASONS.contains(&reason), "{reason}");
-    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {
@@ -801,7 +751,7 @@ mod tests {
         let h = m.snapshot(0).history;
         assert_eq!(h.len(), HISTORY_SAMPLES, "bounded");
         assert_eq!(h.last().unwrap().records, 80);
-        m.poison_record();
+        m.poison_records(1);
         m.transaction_failed();
         let s = m.snapshot(0);
         assert_eq!((s.poison_records, s.transactions_failed), (1, 1));

@@ -24,8 +24,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::{ClusterConfig, Validated};
+use crate::events::TxnTiming;
 use crate::kafka::{KafkaOpError, TopicManager, client_config};
 use crate::membership::Membership;
+use crate::metrics::SiteMetrics;
 use crate::offsets::{self, EntriesBuilder};
 use crate::shards::{Shard, offset_index_topic, position_key, position_value, positions_topic};
 use crate::sites::Site;
@@ -616,19 +618,48 @@ impl DeadLetters {
         }
     }
 
-    fn log(self, site: &str, cluster: &str) {
+    fn emit(self, site: &SiteMetrics, cluster: &str) {
         if let Some((records, first_offset, destination, reason)) = self.seen {
-            tracing::warn!(
+            crate::events::PoisonRecords {
                 site,
                 cluster,
                 records,
                 first_offset,
-                destination,
-                reason,
-                "poison records: written to the site's dead-letter topic instead (er_hub_poison_records_total)"
-            );
+                destination: &destination,
+                reason: &reason,
+            }
+            .emit();
         }
     }
+}
+
+/// The offset index entries of each site in a transaction: every sent record's source offset
+/// and the destination offset its delivery report gave (`offsets`, in sending order).
+fn index_entries(
+    log: &TxnLog,
+    offsets: &[i64],
+) -> Result<Vec<Vec<offsets::SourceEntries>>, String> {
+    let mut builders: Vec<EntriesBuilder> = log
+        .sites
+        .iter()
+        .map(|_| EntriesBuilder::default())
+        .collect();
+    let ids: Vec<Vec<usize>> = log
+        .sites
+        .iter()
+        .zip(&mut builders)
+        .map(|(st, b)| {
+            st.sources
+                .iter()
+                .map(|(tp, prev, next)| b.source(tp, *prev, *next))
+                .collect()
+        })
+        .collect();
+    for (&(site, source, dest, src), &dst) in log.sent.iter().zip(offsets) {
+        let (s, d) = (site as usize, dest as usize);
+        builders[s].record(ids[s][source as usize], &log.sites[s].dests[d], src, dst)?;
+    }
+    Ok(builders.into_iter().map(EntriesBuilder::finish).collect())
 }
 
 /// Bytes a record's encoding may add to its key, value and headers inside a record batch
@@ -673,14 +704,6 @@ struct TxnLog {
     sites: Vec<SiteTxn>,
     /// Per record sent: (site id, source id, dest id, source offset).
     sent: Vec<(u32, u32, u32, i64)>,
-}
-
-/// Phases of one transaction: begin + produce, flush + delivery reports, index + commit.
-#[derive(Default)]
-struct TxnTiming {
-    produce: Duration,
-    flush: Duration,
-    commit: Duration,
 }
 
 struct Writer {
@@ -1128,6 +1151,33 @@ impl Writer {
 
     /// Writes what can be written of `prepared` in one transaction and completes every job.
     fn write(&mut self, prepared: Vec<Prepared>) {
+        let Some((prepared, permit)) = self.admit(prepared) else {
+            return;
+        };
+        let started = Instant::now();
+        let result = self.transaction(&prepared, permit.group.as_ref());
+        drop(permit);
+        if self.restart.take() {
+            self.producer = None;
+        }
+        self.report(&prepared, &result, started.elapsed());
+        let outcome = result.map(|_| ());
+        for p in prepared {
+            let written = match p.stopped {
+                Some((offset, reason)) => Written::Stopped { offset, reason },
+                None => Written::Committed,
+            };
+            p.job.complete(outcome.clone().map(|()| written));
+        }
+    }
+
+    /// The jobs that may go into a transaction now, with the permit to run it: jobs of a
+    /// session that failed meanwhile, or of a shard or site state this hub no longer holds,
+    /// are completed with their error here; without a producer or a permit, all are.
+    fn admit(
+        &mut self,
+        prepared: Vec<Prepared>,
+    ) -> Option<(Vec<Prepared>, crate::membership::TxnPermit)> {
         // A session may have failed while its batch was being prepared.
         let (prepared, refused): (Vec<_>, Vec<_>) = prepared
             .into_iter()
@@ -1136,7 +1186,7 @@ impl Writer {
             p.job.complete(Err(WriteError::SessionFailed));
         }
         if prepared.is_empty() {
-            return;
+            return None;
         }
         if let Err(e) = self.ensure_producer() {
             tracing::warn!(cluster = %self.alias(), writer = self.index, error = %e, "writer has no producer");
@@ -1147,14 +1197,14 @@ impl Writer {
                     message: e.to_string(),
                 }));
             }
-            return;
+            return None;
         }
         let Some(permit) = self.membership.begin(OWNERSHIP_WAIT) else {
             for p in prepared {
                 let shard = p.job.site.shard;
                 p.job.complete(Err(self.not_owner(shard)));
             }
-            return;
+            return None;
         };
         // Jobs whose shard the rebalance took away are refused before anything is produced,
         // and so are jobs of a site whose state is not current: read before the shard was
@@ -1168,56 +1218,54 @@ impl Writer {
             let shard = p.job.site.shard;
             p.job.complete(Err(self.not_owner(shard)));
         }
-        if prepared.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        let result = self.transaction(&prepared, permit.group.as_ref());
-        drop(permit);
-        if self.restart.take() {
-            self.producer = None;
-        }
-        let elapsed = started.elapsed();
-        match &result {
+        (!prepared.is_empty()).then_some((prepared, permit))
+    }
+
+    /// The transaction's events: committed (with each site's share) or failed.
+    fn report(&self, prepared: &[Prepared], result: &Result<u64, WriteError>, elapsed: Duration) {
+        match result {
             Ok(records) => {
-                crate::metrics::transaction_committed(elapsed);
-                let mut per_site: HashMap<&str, (u64, usize, &Arc<Site>)> = HashMap::new();
-                for p in &prepared {
-                    let e =
-                        per_site
-                            .entry(p.job.site.alias.as_str())
-                            .or_insert((0, 0, &p.job.site));
-                    e.0 += p
+                let mut per_site: HashMap<&str, (&SiteMetrics, u64, usize)> = HashMap::new();
+                for p in prepared {
+                    let e = per_site.entry(p.job.site.alias.as_str()).or_insert((
+                        &p.job.site.metrics,
+                        0,
+                        0,
+                    ));
+                    e.1 += p
                         .dests
                         .iter()
                         .filter(|d| matches!(d, Dest::Topic(..)))
                         .count() as u64;
-                    e.1 += 1;
+                    e.2 += 1;
                 }
-                for (records, batches, site) in per_site.into_values() {
-                    site.metrics.committed(records, batches);
+                let sites: Vec<_> = per_site.into_values().collect();
+                crate::events::TransactionCommitted {
+                    cluster: &self.cluster.alias,
+                    writer: self.index,
+                    batches: prepared.len(),
+                    records: *records,
+                    elapsed,
+                    timing: self.timing,
+                    sites: &sites,
                 }
-                let t = &self.timing;
-                tracing::debug!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), records, elapsed_ms = elapsed.as_millis() as u64, produce_ms = t.produce.as_millis() as u64, flush_ms = t.flush.as_millis() as u64, commit_ms = t.commit.as_millis() as u64, "transaction committed");
+                .emit();
             }
             Err(e) => {
-                let mut sites: HashMap<&str, &Arc<Site>> = HashMap::new();
-                for p in &prepared {
-                    sites.insert(p.job.site.alias.as_str(), &p.job.site);
+                let mut sites: HashMap<&str, &SiteMetrics> = HashMap::new();
+                for p in prepared {
+                    sites.insert(p.job.site.alias.as_str(), &p.job.site.metrics);
                 }
-                for site in sites.values() {
-                    site.metrics.transaction_failed();
+                let sites: Vec<&SiteMetrics> = sites.into_values().collect();
+                crate::events::TransactionFailed {
+                    cluster: &self.cluster.alias,
+                    writer: self.index,
+                    batches: prepared.len(),
+                    sites: &sites,
+                    error: e,
                 }
-                tracing::warn!(cluster = %self.cluster.alias, writer = self.index, batches = prepared.len(), sites = sites.len(), error = %e, "transaction failed; nothing of it is visible");
+                .emit();
             }
-        }
-        let outcome = result.map(|_| ());
-        for p in prepared {
-            let written = match p.stopped {
-                Some((offset, reason)) => Written::Stopped { offset, reason },
-                None => Written::Committed,
-            };
-            p.job.complete(outcome.clone().map(|()| written));
         }
     }
 
@@ -1234,14 +1282,7 @@ impl Writer {
         if self.producer.is_some() {
             return Ok(());
         }
-        let kerr = |what: &'static str| {
-            let cluster = self.cluster.alias.clone();
-            move |source| KafkaOpError::Kafka {
-                cluster,
-                what: what.to_owned(),
-                source: Box::new(source),
-            }
-        };
+        let kerr = |what: &'static str| KafkaOpError::kafka(&self.cluster.alias, what);
         let producer: TxProducer = client_config(&self.cluster)
             .set("transactional.id", &self.txn_id)
             .set("enable.idempotence", "true")
@@ -1432,29 +1473,47 @@ impl Writer {
                             .push(TopicPartition::new(topic.clone(), *partition));
                         (st.dests.len() - 1) as u32
                     });
-                let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-                for (k, v) in rec.headers.iter() {
-                    headers = headers.insert(Header { key: k, value: v });
-                }
                 let id = opaque(generation, log.sent.len());
-                let mut r: BaseRecord<'_, [u8], [u8], usize> =
-                    BaseRecord::with_opaque_to(topic, id)
-                        .partition(*partition)
-                        .headers(headers);
-                if let Some(k) = rec.key {
-                    r = r.key(k);
-                }
-                if let Some(v) = rec.value {
-                    r = r.payload(v);
-                }
-                if rec.timestamp_type != TimestampType::NotAvailable {
-                    r = r.timestamp(rec.timestamp);
-                }
-                self.send(r)?;
+                self.send_copy(&rec, topic, *partition, id)?;
                 log.sent.push((sid, src, did, rec.offset));
             }
-            dead.log(&site.alias, self.alias());
+            dead.emit(&site.metrics, self.alias());
         }
+        self.send_positions(&log, generation)?;
+        Ok(log)
+    }
+
+    /// Sends the copy of `rec` to its destination partition: key, value, headers and the
+    /// source's timestamp as they were; `id` tracks its delivery report.
+    fn send_copy(
+        &mut self,
+        rec: &er_protocol::RecordView<'_>,
+        topic: &str,
+        partition: i32,
+        id: usize,
+    ) -> Result<(), WriteError> {
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in rec.headers.iter() {
+            headers = headers.insert(Header { key: k, value: v });
+        }
+        let mut r: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, id)
+            .partition(partition)
+            .headers(headers);
+        if let Some(k) = rec.key {
+            r = r.key(k);
+        }
+        if let Some(v) = rec.value {
+            r = r.payload(v);
+        }
+        if rec.timestamp_type != TimestampType::NotAvailable {
+            r = r.timestamp(rec.timestamp);
+        }
+        self.send(r)
+    }
+
+    /// Sends the new position of every source partition in the transaction to its site's
+    /// shard of the positions topic.
+    fn send_positions(&mut self, log: &TxnLog, generation: u32) -> Result<(), WriteError> {
         for st in &log.sites {
             let shard = st.site.shard as i32;
             for (tp, _, next) in &st.sources {
@@ -1473,7 +1532,7 @@ impl Writer {
                 self.send(r)?;
             }
         }
-        Ok(log)
+        Ok(())
     }
 
     /// Writes a record that cannot go where it belongs into the site's dead-letter topic: its
@@ -1489,7 +1548,6 @@ impl Writer {
         use dead_letter_header as dl;
         let topic = dead_letter_topic(&site.alias);
         ensure_dead_letter_topic(&self.topics, &self.rt, &self.cluster.alias, &site.alias)?;
-        site.metrics.poison_record();
         let (partition, offset) = (letter.source.partition.to_string(), rec.offset.to_string());
         let value_bytes = rec.value.map_or(0, <[u8]>::len).to_string();
         let mut headers = OwnedHeaders::new_with_capacity(6 + rec.headers.len())
@@ -1551,59 +1609,13 @@ impl Writer {
                 ),
             ));
         }
-        let mut builders: Vec<EntriesBuilder> = log
-            .sites
-            .iter()
-            .map(|_| EntriesBuilder::default())
-            .collect();
-        let ids: Vec<Vec<usize>> = log
-            .sites
-            .iter()
-            .zip(&mut builders)
-            .map(|(st, b)| {
-                st.sources
-                    .iter()
-                    .map(|(tp, prev, next)| b.source(tp, *prev, *next))
-                    .collect()
-            })
-            .collect();
-        for (&(site, source, dest, src), &dst) in log.sent.iter().zip(&offsets) {
-            let (s, d) = (site as usize, dest as usize);
-            builders[s]
-                .record(ids[s][source as usize], &log.sites[s].dests[d], src, dst)
-                .map_err(|m| failed(self.alias(), format!("building the offset index: {m}")))?;
-        }
-        let entries: Vec<_> = builders.into_iter().map(EntriesBuilder::finish).collect();
-        for (st, e) in log.sites.iter().zip(&entries) {
-            for rec in offsets::encode(e, offsets::MAX_RECORD_BYTES) {
-                let r =
-                    BaseRecord::with_opaque_to(&self.index_topic, opaque(generation, UNTRACKED))
-                        .partition(st.site.shard as i32)
-                        .key(st.site.alias.as_bytes())
-                        .payload(&rec[..]);
-                self.send(r)?;
-            }
-        }
+        let entries = index_entries(&log, &offsets)
+            .map_err(|m| failed(self.alias(), format!("building the offset index: {m}")))?;
+        self.send_index(&log, &entries, generation)?;
         // Deliver the index records first: commit_transaction's own flush waits for delivery
         // reports that only our polling serves.
         self.drain(TXN_TIMEOUT)?;
-        let shards: BTreeSet<Shard> = log.sites.iter().map(|s| s.site.shard).collect();
-        let (fence, marks) = self.membership.fence_offsets(shards.iter().copied());
-        // The member's generation when the transaction began, not now: a transaction that
-        // began before a lost assignment must fail its fence even if this hub has joined
-        // again since and holds the shard anew (its data was built on the old state).
-        let Some(group) = group else {
-            return Err(WriteError::Fenced {
-                cluster: self.cluster.alias.clone(),
-                message: "not a member of the hubs' group".into(),
-            });
-        };
-        if let Err(e) = self
-            .producer()
-            .send_offsets_to_transaction(&fence, group, TXN_TIMEOUT)
-        {
-            return Err(self.txn_error("committing the shards' fencing offsets", e));
-        }
+        let marks = self.send_fence(&log, group)?;
         for st in &log.sites {
             st.site.clusters[self.cluster_index]
                 .index
@@ -1639,6 +1651,53 @@ impl Writer {
             c.committed(st.sources.into_iter().map(|(tp, _, next)| (tp, next)));
         }
         Ok(log.sent.len() as u64)
+    }
+
+    /// Sends each site's offset index entries to its shard of the offset index topic.
+    fn send_index(
+        &self,
+        log: &TxnLog,
+        entries: &[Vec<offsets::SourceEntries>],
+        generation: u32,
+    ) -> Result<(), WriteError> {
+        for (st, e) in log.sites.iter().zip(entries) {
+            for rec in offsets::encode(e, offsets::MAX_RECORD_BYTES) {
+                let r =
+                    BaseRecord::with_opaque_to(&self.index_topic, opaque(generation, UNTRACKED))
+                        .partition(st.site.shard as i32)
+                        .key(st.site.alias.as_bytes())
+                        .payload(&rec[..]);
+                self.send(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the fencing offsets of the transaction's shards to it, under the member's
+    /// generation `group` from when the transaction began, not now: a transaction that began
+    /// before a lost assignment must fail its fence even if this hub has joined again since and
+    /// holds the shard anew (its data was built on the old state). The marks to note once it
+    /// committed.
+    fn send_fence(
+        &self,
+        log: &TxnLog,
+        group: Option<&ConsumerGroupMetadata>,
+    ) -> Result<Vec<(Shard, String)>, WriteError> {
+        let shards: BTreeSet<Shard> = log.sites.iter().map(|s| s.site.shard).collect();
+        let (fence, marks) = self.membership.fence_offsets(shards.iter().copied());
+        let Some(group) = group else {
+            return Err(WriteError::Fenced {
+                cluster: self.cluster.alias.clone(),
+                message: "not a member of the hubs' group".into(),
+            });
+        };
+        if let Err(e) = self
+            .producer()
+            .send_offsets_to_transaction(&fence, group, TXN_TIMEOUT)
+        {
+            return Err(self.txn_error("committing the shards' fencing offsets", e));
+        }
+        Ok(marks)
     }
 
     fn abort(&self) {

@@ -189,83 +189,138 @@ async fn run(
     max_acls_per_site: usize,
     mut rx: mpsc::Receiver<Report>,
 ) {
-    let mut pending: HashMap<String, HashMap<(usize, String), Wanted>> = HashMap::new();
-    let mut acls: HashMap<String, SiteAclState> = HashMap::new();
-    // ACLs keep their own pace: a site reporting topics often must not starve its ACLs.
-    let mut last_acls: HashMap<String, Instant> = HashMap::new();
-    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut syncer = Syncer {
+        managers,
+        filter,
+        min_interval,
+        max_acls_per_site,
+        pending: HashMap::new(),
+        acls: HashMap::new(),
+        last: HashMap::new(),
+        last_acls: HashMap::new(),
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            r = rx.recv() => {
-                match r {
-                    None => return,
-                    Some(Report::Topics(report)) => {
-                        let site = pending.entry(report.site).or_default();
-                        for w in report.topics {
-                            site.insert((w.cluster, w.topic.clone()), w);
-                        }
-                    }
-                    Some(Report::Acls(report)) => {
-                        let site = acls.entry(report.site).or_default();
-                        for g in report.grants {
-                            if site.pending.len() + site.created.len() >= max_acls_per_site {
-                                break;
-                            }
-                            if !site.created.contains(&g) {
-                                site.pending.insert(g);
-                            }
-                        }
-                    }
-                }
-            }
+            r = rx.recv() => match r {
+                None => return,
+                Some(report) => syncer.take(report),
+            },
             _ = tick.tick() => {
-                let due: Vec<String> = pending
-                    .keys()
-                    .filter(|s| last.get(*s).is_none_or(|t| t.elapsed() >= min_interval))
-                    .cloned()
-                    .collect();
-                for site in due {
-                    let Some(topics) = pending.remove(&site) else { continue };
-                    last.insert(site.clone(), Instant::now());
-                    let managers = managers.clone();
-                    let filter = filter.clone();
-                    let rt = tokio::runtime::Handle::current();
-                    let s = site.clone();
-                    let res = tokio::task::spawn_blocking(move || {
-                        apply(&rt, &managers, &filter, &s, topics.into_values().collect())
-                    })
-                    .await;
-                    if let Err(e) = res {
-                        tracing::error!(site, error = %e, "topic sync panicked");
-                    }
-                }
-                let due: Vec<String> = acls
-                    .iter()
-                    .filter(|(s, a)| {
-                        !a.pending.is_empty()
-                            && last_acls.get(*s).is_none_or(|t| t.elapsed() >= min_interval)
-                    })
-                    .map(|(s, _)| s.clone())
-                    .collect();
-                for site in due {
-                    let Some(state) = acls.get_mut(&site) else { continue };
-                    let grants: Vec<_> = std::mem::take(&mut state.pending).into_iter().collect();
-                    last_acls.insert(site.clone(), Instant::now());
-                    let managers = managers.clone();
-                    let s = site.clone();
-                    let created = tokio::task::spawn_blocking(move || {
-                        create_acls(&managers, &s, grants)
-                    })
-                    .await
-                    .unwrap_or_default();
-                    state.created.extend(created);
-                }
-                last.retain(|_, t| t.elapsed() < min_interval);
-                last_acls.retain(|_, t| t.elapsed() < min_interval);
+                syncer.sync_topics().await;
+                syncer.sync_acls().await;
+                syncer.forget_old();
             }
         }
+    }
+}
+
+/// The syncer's state: the latest wanted topics and ACLs of each site, and when each site was
+/// last synced (a site is synced at most once per `min_interval`).
+struct Syncer {
+    managers: Vec<Arc<TopicManager>>,
+    filter: Arc<ConfigFilter>,
+    min_interval: Duration,
+    max_acls_per_site: usize,
+    pending: HashMap<String, HashMap<(usize, String), Wanted>>,
+    acls: HashMap<String, SiteAclState>,
+    last: HashMap<String, Instant>,
+    /// ACLs keep their own pace: a site reporting topics often must not starve its ACLs.
+    last_acls: HashMap<String, Instant>,
+}
+
+impl Syncer {
+    /// Keeps a report until its site is due (a newer report of a topic replaces the older).
+    fn take(&mut self, report: Report) {
+        match report {
+            Report::Topics(report) => {
+                let site = self.pending.entry(report.site).or_default();
+                for w in report.topics {
+                    site.insert((w.cluster, w.topic.clone()), w);
+                }
+            }
+            Report::Acls(report) => {
+                let site = self.acls.entry(report.site).or_default();
+                for g in report.grants {
+                    if site.pending.len() + site.created.len() >= self.max_acls_per_site {
+                        break;
+                    }
+                    if !site.created.contains(&g) {
+                        site.pending.insert(g);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates, grows and configures the topics of every site that is due.
+    async fn sync_topics(&mut self) {
+        let min_interval = self.min_interval;
+        let due: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|s| {
+                self.last
+                    .get(*s)
+                    .is_none_or(|t| t.elapsed() >= min_interval)
+            })
+            .cloned()
+            .collect();
+        for site in due {
+            let Some(topics) = self.pending.remove(&site) else {
+                continue;
+            };
+            self.last.insert(site.clone(), Instant::now());
+            let managers = self.managers.clone();
+            let filter = self.filter.clone();
+            let rt = tokio::runtime::Handle::current();
+            let s = site.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                apply(&rt, &managers, &filter, &s, topics.into_values().collect())
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(site, error = %e, "topic sync panicked");
+            }
+        }
+    }
+
+    /// Creates the pending ACL bindings of every site that is due.
+    async fn sync_acls(&mut self) {
+        let min_interval = self.min_interval;
+        let due: Vec<String> = self
+            .acls
+            .iter()
+            .filter(|(s, a)| {
+                !a.pending.is_empty()
+                    && self
+                        .last_acls
+                        .get(*s)
+                        .is_none_or(|t| t.elapsed() >= min_interval)
+            })
+            .map(|(s, _)| s.clone())
+            .collect();
+        for site in due {
+            let Some(state) = self.acls.get_mut(&site) else {
+                continue;
+            };
+            let grants: Vec<_> = std::mem::take(&mut state.pending).into_iter().collect();
+            self.last_acls.insert(site.clone(), Instant::now());
+            let managers = self.managers.clone();
+            let s = site.clone();
+            let created = tokio::task::spawn_blocking(move || create_acls(&managers, &s, grants))
+                .await
+                .unwrap_or_default();
+            state.created.extend(created);
+        }
+    }
+
+    /// Forgets when sites were synced once that no longer holds them back.
+    fn forget_old(&mut self) {
+        let min_interval = self.min_interval;
+        self.last.retain(|_, t| t.elapsed() < min_interval);
+        self.last_acls.retain(|_, t| t.elapsed() < min_interval);
     }
 }
 
@@ -299,15 +354,12 @@ fn create_acls(
                         }
                     }
                 }
-                if n > 0 {
-                    tracing::info!(
-                        site,
-                        cluster = tm.alias(),
-                        bindings = n,
-                        "remote topic ACLs synced from the edge"
-                    );
-                    crate::metrics::topic_acls_created(site, n);
+                crate::events::TopicAclsCreated {
+                    site,
+                    cluster: tm.alias(),
+                    bindings: n,
                 }
+                .emit();
             }
             Err(e) => {
                 tracing::warn!(site, cluster = tm.alias(), error = %e, "cannot create remote topic ACLs; the agent's next report tries again");
@@ -347,7 +399,12 @@ fn apply_on(
     wanted: &[Wanted],
 ) -> Result<(), KafkaOpError> {
     let existed = tm.create_or_grow(rt, wanted)?;
-    crate::metrics::topics_synced(site, wanted.len().saturating_sub(existed.len()));
+    crate::events::TopicsCreated {
+        site,
+        cluster: tm.alias(),
+        created: wanted.len().saturating_sub(existed.len()),
+    }
+    .emit();
     if existed.is_empty() {
         return Ok(());
     }
@@ -372,10 +429,13 @@ fn apply_on(
             .map(|(_, o)| o.as_slice())
             .unwrap_or_default();
         match res {
-            Ok(()) => {
-                tracing::info!(site, cluster = tm.alias(), topic, changes = ?ops, "remote topic configs synced from the edge");
-                crate::metrics::topic_configs_changed(site, ops.len());
+            Ok(()) => crate::events::TopicConfigsChanged {
+                site,
+                cluster: tm.alias(),
+                topic: &topic,
+                changes: ops,
             }
+            .emit(),
             Err(e) => {
                 tracing::warn!(site, cluster = tm.alias(), topic, changes = ?ops, error = %e, "the central cluster refused the remote topic's configs");
             }

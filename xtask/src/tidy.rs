@@ -1,7 +1,7 @@
 //! Tidy tests (as rust-analyzer's `xtask/src/tidy.rs`): the docs say what the code does. README's
 //! config tables against the serde config structs, documented metric names against the ones the
 //! binaries register, a `//!` line on every module, docs that need nothing outside the
-//! repository, and short functions in the agent's link, session, config and route code. Plain
+//! repository, and short functions in the agent and the hub. Plain
 //! `#[test]`s over the source files: no Kafka, no build of the crates checked.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -892,17 +892,13 @@ fn docs_point_only_into_the_repository() {
 // ---------------------------------------------------------------------------------------------
 // Function length
 
-/// Longest function, in lines, in the agent's link, session, config and route code: loops there
-/// stay small dispatchers calling named handlers (issue 17). Tests are exempt.
+/// Longest function, in lines, in the agent and the hub (the binaries' I/O edges): loops there
+/// stay small dispatchers calling named handlers (issue 17). Tests are exempt; the protocol
+/// crate's frame codec and state machines are one `match` per frame type and are not held to it.
 const MAX_FN_LINES: usize = 80;
 
 /// Files, and directories of files, held to [`MAX_FN_LINES`].
-const SHORT_FN_PATHS: &[&str] = &[
-    "edge-agent/src/lib.rs",
-    "edge-agent/src/session.rs",
-    "edge-agent/src/config",
-    "edge-agent/src/routes",
-];
+const SHORT_FN_PATHS: &[&str] = &["edge-agent/src", "hub/src"];
 
 /// Name, first line (1-based) and length in lines of every function in rustfmt-formatted `src`
 /// before its `#[cfg(test)] mod tests`: from the `fn` line to the `}` at the same indentation
@@ -963,7 +959,7 @@ fn function_lengths(src: &str) -> Vec<(String, usize, usize)> {
 }
 
 #[test]
-fn functions_in_the_agents_link_session_config_and_routes_stay_short() {
+fn functions_in_the_agent_and_the_hub_stay_short() {
     let mut files = Vec::new();
     for rel in SHORT_FN_PATHS {
         let path = root().join(rel);

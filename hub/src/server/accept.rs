@@ -17,6 +17,7 @@ use super::budget::{Arrival, Budgets, ConnectionSlot};
 use super::streams::StreamWriters;
 use super::{HANDOVER_WAIT, Hub, SessionEnd, close_code, same_positions};
 use crate::config::Validated;
+use crate::events::{ConnectionRefused, Refused};
 use crate::fleet::Owner;
 use crate::sites::{SessionSlot, Site};
 
@@ -98,20 +99,30 @@ impl Listener {
                 tokio::spawn(async move { this.handle_incoming(incoming, slot).await });
             }
             Arrival::Retry => {
-                crate::metrics::quic_retry();
+                crate::events::RetrySent.emit();
                 if let Err(e) = incoming.retry() {
                     // Only an already validated address cannot be retried; it was accepted.
                     debug!(error = %e, "QUIC retry refused");
                 }
             }
             Arrival::Busy => {
-                crate::metrics::connection_refused("handshakes_busy");
-                debug!(remote = %incoming.remote_address(), max = self.config.raw.limits.max_handshakes, "refused connection for now: limits.max_handshakes under way");
+                ConnectionRefused {
+                    remote: incoming.remote_address(),
+                    why: Refused::HandshakesBusy {
+                        max: self.config.raw.limits.max_handshakes,
+                    },
+                }
+                .emit();
                 incoming.refuse();
             }
             Arrival::Full => {
-                crate::metrics::connection_refused("hub_full");
-                debug!(remote = %incoming.remote_address(), max = self.config.raw.limits.max_connections, "refused connection: the hub holds limits.max_connections");
+                ConnectionRefused {
+                    remote: incoming.remote_address(),
+                    why: Refused::HubFull {
+                        max: self.config.raw.limits.max_connections,
+                    },
+                }
+                .emit();
                 incoming.refuse();
             }
         }
@@ -138,9 +149,7 @@ impl Listener {
         let resumed = conn.peer_identity().is_some();
         let mut handshake = Some(handshake);
         if !resumed && !finish_handshake(&conn, &mut handshake).await {
-            let reason = crate::admission::handshake_refused(&conn);
-            warn!(%remote, reason, error = ?conn.close_reason(), "refused connection: TLS handshake failed (client certificate missing, revoked, expired or not issued by the configured CA?)");
-            return;
+            return crate::admission::handshake_refused(&conn, remote);
         }
         slot.handshake_done();
         // Checked for every connection, a resumed TLS session included (resumption does not
@@ -156,8 +165,13 @@ impl Listener {
             Ok(s) => s,
             Err(held) => {
                 let max = self.config.raw.limits.max_connections_per_site;
-                crate::metrics::connection_refused("too_many_connections");
-                warn!(parent: &span, held, max, "refused connection: the site holds limits.max_connections_per_site connections already");
+                span.in_scope(|| {
+                    ConnectionRefused {
+                        remote,
+                        why: Refused::SiteFull { held, max },
+                    }
+                    .emit()
+                });
                 let refusal = crate::admission::Refusal {
                     code: super::close_code::TOO_MANY_CONNECTIONS,
                     reason: format!(
@@ -249,7 +263,7 @@ impl Hub {
             }
         };
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::session_started();
+        crate::events::SessionStarted.emit();
         let (supersede_tx, supersede_rx) = watch::channel(false);
         let (ended_tx, ended_rx) = watch::channel(false);
         let replaced = site.replace_session(SessionSlot {
@@ -306,8 +320,12 @@ impl Hub {
                     }
                 }
                 Owner::Elsewhere { hub_id, addresses } => {
-                    info!(shard, owner = %hub_id, ?addresses, "site belongs to another hub; redirecting");
-                    crate::metrics::redirected();
+                    crate::events::Redirected {
+                        shard,
+                        owner: &hub_id,
+                        addresses: &addresses,
+                    }
+                    .emit();
                     let reason =
                         format!("shard {shard} of site {alias:?} is served by hub {hub_id:?}");
                     greeted
@@ -375,10 +393,7 @@ impl Hub {
     }
 
     /// Reads the site's hello and, when it can be answered without changing anything, answers
-    /// it at once: a resumed session (0.5-RTT) of a site of an owned, loaded shard that has no
-    /// live session and no batch being written gets its welcome with the positions in memory,
-    /// one round trip earlier. Replacing a live session waits for the end of the handshake,
-    /// which a replayed hello never reaches.
+    /// it at once (see [`Self::welcome_early`]).
     async fn greet(
         &self,
         conn: &quinn::Connection,
@@ -386,10 +401,37 @@ impl Hub {
         resumed: bool,
         budget: InboundBudget,
     ) -> Result<Greeted, SessionEnd> {
+        let (ctl_reader, mut writers, mut proto) = self
+            .read_hello(conn, alias, resumed, budget.clone())
+            .await?;
+        let early = self
+            .welcome_early(alias, resumed, &mut proto, &mut writers)
+            .await?;
+        Ok(Greeted {
+            ctl_reader,
+            writers,
+            proto,
+            early,
+            budget,
+        })
+    }
+
+    /// Accepts the control stream and reads the hello on it, within `limits.hello_timeout_ms`.
+    async fn read_hello(
+        &self,
+        conn: &quinn::Connection,
+        alias: &str,
+        resumed: bool,
+        budget: InboundBudget,
+    ) -> Result<(FrameReader, StreamWriters, HubConn), SessionEnd> {
         let cfg = &self.fleet.config;
         let hello_timeout = Duration::from_millis(cfg.raw.limits.hello_timeout_ms);
         let no_hello = || {
-            crate::metrics::connection_refused("no_hello");
+            ConnectionRefused {
+                remote: conn.remote_address(),
+                why: Refused::NoHello,
+            }
+            .emit();
             SessionEnd::Protocol(format!(
                 "no hello within {hello_timeout:?} of the handshake (limits.hello_timeout_ms)"
             ))
@@ -398,11 +440,8 @@ impl Hub {
             .await
             .map_err(|_| no_hello())?
             .map_err(|e| SessionEnd::Link(e.to_string()))?;
-        let mut ctl_reader = FrameReader::with_budget(
-            ctl_recv,
-            er_net::wire::CONTROL_FRAME_MAX_BYTES,
-            budget.clone(),
-        );
+        let mut ctl_reader =
+            FrameReader::with_budget(ctl_recv, er_net::wire::CONTROL_FRAME_MAX_BYTES, budget);
         let mut writers = StreamWriters {
             control: FrameWriter::new(ctl_send),
             partitions: HashMap::new(),
@@ -444,35 +483,43 @@ impl Hub {
             writers.flush(&mut proto).await?;
             return Err(SessionEnd::Protocol("handshake refused".into()));
         }
-        let mut early = None;
+        Ok((ctl_reader, writers, proto))
+    }
+
+    /// Welcomes a resumed session (0.5-RTT) at once when nothing needs to change first: a site
+    /// of an owned, loaded shard that has no live session and no batch being written gets its
+    /// welcome with the positions in memory, one round trip earlier. Replacing a live session
+    /// waits for the end of the handshake, which a replayed hello never reaches. The positions
+    /// sent, if it did.
+    async fn welcome_early(
+        &self,
+        alias: &str,
+        resumed: bool,
+        proto: &mut HubConn,
+        writers: &mut StreamWriters,
+    ) -> Result<Option<Vec<Position>>, SessionEnd> {
         let registry = &self.fleet.registry;
         let quiet_site = resumed
             .then(|| registry.site(alias))
             .flatten()
             .filter(|s| !s.has_session() && s.inflight() == 0 && !s.is_stale())
             .filter(|s| s.is_current(&self.fleet.memberships[0].ownership()));
-        if let Some(site) = quiet_site
-            && self.fleet.owner_of(site.shard) == Owner::Here
-        {
-            let positions = self.welcome_positions(&site);
-            info!(
-                positions = positions.len(),
-                "welcoming site in 0.5-RTT (resumed TLS session, positions in memory)"
-            );
-            proto
-                .welcome(positions.clone(), self.heartbeat_target(alias))
-                .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
-            writers.flush(&mut proto).await?;
-            crate::metrics::early_welcome();
-            early = Some(positions);
+        let Some(site) = quiet_site else {
+            return Ok(None);
+        };
+        if self.fleet.owner_of(site.shard) != Owner::Here {
+            return Ok(None);
         }
-        Ok(Greeted {
-            ctl_reader,
-            writers,
-            proto,
-            early,
-            budget,
-        })
+        let positions = self.welcome_positions(&site);
+        crate::events::EarlyWelcome {
+            positions: positions.len(),
+        }
+        .emit();
+        proto
+            .welcome(positions.clone(), self.heartbeat_target(alias))
+            .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+        writers.flush(proto).await?;
+        Ok(Some(positions))
     }
 
     /// The committed positions the site resumes from: on each cluster, those of the partitions

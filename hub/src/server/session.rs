@@ -148,8 +148,14 @@ impl Session<'_> {
                 let cluster = fleet
                     .config
                     .cluster_for(&self.site.alias, &batch.header.tp.topic);
-                debug!(tp = %batch.header.tp, seq = batch.header.seq, records = batch.header.record_count, "batch");
-                self.site.metrics.batch_received(batch.payload.len());
+                crate::events::BatchReceived {
+                    site: &self.site.metrics,
+                    tp: &batch.header.tp,
+                    seq: batch.header.seq,
+                    records: batch.header.record_count,
+                    bytes: batch.payload.len(),
+                }
+                .emit();
                 let stop_on_unwritable = fleet.config.raw.replication.on_unwritable
                     == crate::config::OnUnwritable::Stop
                     && self
@@ -213,23 +219,15 @@ impl Session<'_> {
             return;
         }
         let admitted = crate::acl_sync::admit(config, &self.site.alias, acls);
-        crate::metrics::topic_acls_refused(
-            &self.site.alias,
-            admitted.refused + admitted.over_limit,
-        );
-        if admitted.over_limit > 0 {
-            tracing::warn!(
-                over = admitted.over_limit,
-                max = config.raw.acl_sync.max_per_site,
-                "the site reports more ACL bindings than acl_sync.max_per_site; the rest are not created"
-            );
+        crate::events::TopicAclsReported {
+            site: &self.site.alias,
+            reported: acls.len(),
+            admitted: admitted.grants.len(),
+            refused: admitted.refused,
+            over_limit: admitted.over_limit,
+            max: config.raw.acl_sync.max_per_site,
         }
-        debug!(
-            reported = acls.len(),
-            admitted = admitted.grants.len(),
-            refused = admitted.refused,
-            "topic ACLs reported"
-        );
+        .emit();
         if admitted.grants.is_empty() {
             return;
         }
@@ -238,10 +236,7 @@ impl Session<'_> {
             grants: admitted.grants,
         };
         if !self.hub.fleet.topic_sync.report_acls(report) {
-            crate::metrics::topic_report_dropped();
-            tracing::warn!(
-                "the topic syncer's queue is full; this report of the site's ACLs is dropped (the agent sends them again)"
-            );
+            crate::events::TopicReportDropped { of: "ACLs" }.emit();
         }
     }
 
@@ -308,10 +303,7 @@ impl Session<'_> {
             topics: wanted,
         };
         if !self.hub.fleet.topic_sync.report(report) {
-            crate::metrics::topic_report_dropped();
-            tracing::warn!(
-                "the topic syncer's queue is full; this report of the site's topics is dropped (the agent sends them again)"
-            );
+            crate::events::TopicReportDropped { of: "topics" }.emit();
         }
         Ok(())
     }
