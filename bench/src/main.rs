@@ -10,6 +10,7 @@
 mod brokers;
 mod chart;
 mod check;
+mod compare;
 mod data;
 mod fleet;
 mod lag;
@@ -137,6 +138,14 @@ struct BenchArgs {
     /// MirrorMaker 2's JVM heap.
     #[arg(long, default_value = "2G")]
     mm2_heap: String,
+    /// Runs the scenarios and systems of this earlier results file again (with its record
+    /// counts, latency phase and WAN setting) and prints what got worse; exits with status 3
+    /// when something did.
+    #[arg(long, value_name = "RESULTS.json")]
+    compare: Option<PathBuf>,
+    /// With --compare: how much worse (percent) a figure may get before it is a regression.
+    #[arg(long, default_value_t = 10.0)]
+    regression_pct: f64,
 }
 
 fn main() -> Result<()> {
@@ -198,7 +207,38 @@ fn machine() -> String {
     )
 }
 
-fn bench(a: BenchArgs) -> Result<()> {
+/// Takes the scenarios, systems and workload of a previous run for `--compare`.
+fn repeat(a: &mut BenchArgs, previous: &compare::Previous) -> Result<()> {
+    a.scenario = previous.scenarios.clone();
+    a.wan |= previous.scenarios.iter().any(|s| s == "wan");
+    a.systems = previous
+        .systems
+        .iter()
+        .map(|s| {
+            <System as clap::ValueEnum>::from_str(s, true)
+                .map_err(|e| anyhow::anyhow!("{}: system {s:?}: {e}", previous.path))
+        })
+        .collect::<Result<_>>()?;
+    let settings = &previous.settings;
+    a.records = settings["records"].as_u64();
+    a.quick = settings["quick"].as_bool().unwrap_or(false);
+    a.latency_rate = settings["latency"]["rate"].as_u64().map(|r| r as u32);
+    a.latency_secs = settings["latency"]["duration"].as_f64().map(|d| d as u64);
+    Ok(())
+}
+
+fn bench(mut a: BenchArgs) -> Result<()> {
+    let previous = a.compare.as_deref().map(compare::load).transpose()?;
+    if let Some(p) = &previous {
+        repeat(&mut a, p)?;
+        eprintln!(
+            "[er-bench] comparing with {} (commit {}): scenarios {}, systems {}",
+            p.path,
+            p.commit,
+            p.scenarios.join(","),
+            p.systems.join(",")
+        );
+    }
     let workspace = run::workspace_root();
     let scenarios = scenario::select(&a.scenario, a.wan)?;
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -343,9 +383,24 @@ fn bench(a: BenchArgs) -> Result<()> {
     ) {
         eprintln!("[er-bench] chart not drawn: {e:#}");
     }
-    std::fs::write(&md_path, report::markdown(&report))?;
+    let comparison = match &previous {
+        Some(p) => {
+            let rows = compare::compare(p, &serde_json::to_value(&report)?, a.regression_pct);
+            Some((compare::markdown(p, &rows, a.regression_pct), rows))
+        }
+        None => None,
+    };
+    let mut md = report::markdown(&report);
+    if let Some((section, _)) = &comparison {
+        md.push('\n');
+        md.push_str(section);
+    }
+    std::fs::write(&md_path, md)?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
     println!("{}", report::table(&report));
+    if let Some((section, _)) = &comparison {
+        println!("{section}");
+    }
     let any_failed = report.scenarios.iter().any(|s| {
         s.systems
             .iter()
@@ -367,5 +422,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     drop(b);
+    if let Some((_, rows)) = comparison
+        && rows.iter().any(|r| r.regression)
+    {
+        std::process::exit(3);
+    }
     Ok(())
 }
