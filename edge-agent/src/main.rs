@@ -79,6 +79,16 @@ enum PluginCommand {
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
     },
+    /// Compiles a plugin (.wasm) into native code for agents of this version on this target,
+    /// which load it without compiling; the only kind an agent built without the `compiler`
+    /// feature runs. Write it where only the agent's user can (it is native code).
+    Compile {
+        /// The plugin component (.wasm).
+        wasm: PathBuf,
+        /// Where the precompiled plugin goes (by convention `.cwasm`).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Writes a new plugin crate from the template: builds for wasm32-wasip2 against the SDK of
     /// this checkout, with unit tests and sample records for `plugin test`.
     New {
@@ -154,6 +164,7 @@ fn plugin_command(cmd: PluginCommand) -> anyhow::Result<()> {
             policy,
             deadline_ms,
         }),
+        PluginCommand::Compile { wasm, output } => compile_plugin(&wasm, &output),
         PluginCommand::New { name, dir, sdk } => {
             let sdk = match sdk {
                 Some(p) => p,
@@ -172,6 +183,32 @@ fn plugin_command(cmd: PluginCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `plugin compile`: the precompiled plugin, written with this user's umask.
+#[cfg(feature = "compiler")]
+fn compile_plugin(wasm: &std::path::Path, output: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let artifact = er_plugin_host::precompile(wasm)?;
+    std::fs::write(output, &artifact)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", output.display()))?;
+    println!(
+        "wrote {} ({} bytes, compiled in {} ms) for edge-agent {} on {}-{}",
+        output.display(),
+        artifact.len(),
+        started.elapsed().as_millis(),
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "compiler"))]
+fn compile_plugin(_: &std::path::Path, _: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this edge-agent was built without the `compiler` feature: compile plugins with an edge-agent of the same version built with it (the default), for the same target"
+    )
 }
 
 /// The arguments of `plugin test`.

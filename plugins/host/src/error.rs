@@ -47,6 +47,16 @@ pub enum PluginError {
         /// wasmtime's explanation.
         reason: String,
     },
+    /// The file is a precompiled plugin (native code) this host must not or cannot load: a file
+    /// other users could have written, one made by another wasmtime version or for other
+    /// limits, or a precompiled core module.
+    #[error("plugin {}: precompiled plugin refused: {reason}", Quoted(path))]
+    Precompiled {
+        /// Plugin file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The component is valid but does not implement the contract at this version: it imports
     /// something the host does not grant, or lacks the `guest` export with the right types.
     #[error(

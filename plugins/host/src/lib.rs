@@ -196,39 +196,7 @@ impl PluginHost {
                 "batch_deadline and memory_limit_bytes must be greater than zero".into(),
             ));
         }
-        let memory = (config.memory_limit_bytes as u64).div_ceil(1 << 16) << 16;
-        let mut pool = PoolingAllocationConfig::default();
-        let instances = config.max_instances.max(1);
-        // Every component instance gets its own bounded share of the pool: the totals are the
-        // per-component maxima times the instances, so no component can take the slots another
-        // one needs (without per-component maxima, one component with many memories could hold
-        // every memory slot). One memory each: the memory cap is then a cap per instance.
-        pool.total_component_instances(instances)
-            .max_memories_per_component(MEMORIES_PER_COMPONENT)
-            .total_memories(instances * MEMORIES_PER_COMPONENT)
-            .max_tables_per_component(TABLES_PER_COMPONENT)
-            .total_tables(instances * TABLES_PER_COMPONENT)
-            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-            .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
-            .total_stacks(instances)
-            .max_memory_size(memory as usize);
-        let mut wcfg = Config::new();
-        wcfg.epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            // A 4 GiB reservation plus a 2 GiB guard lets compiled code skip explicit bounds
-            // checks on 32-bit memories (about 25% less CPU per filtered record in the host
-            // bench). It is address space only (PROT_NONE); the cap above still limits what a
-            // plugin can touch, and nothing is committed until it grows.
-            .memory_reservation(4 << 30)
-            .memory_guard_size(2 << 30)
-            .memory_reservation_for_growth(0);
-        if let Some(dir) = &config.cache_dir {
-            check_cache_dir(dir)?;
-            let mut cc = wasmtime::CacheConfig::new();
-            cc.with_directory(dir);
-            let cache = wasmtime::Cache::new(cc).map_err(engine_err)?;
-            wcfg.cache(Some(cache));
-        }
+        let wcfg = wasmtime_config(&config)?;
         let engine = Engine::new(&wcfg).map_err(engine_err)?;
         let linker = plugin::linker(&engine).map_err(engine_err)?;
         let tick = tick_for(config.batch_deadline);
@@ -275,6 +243,87 @@ impl PluginHost {
     }
 }
 
+/// Whether this host compiles plugins from `.wasm` (the `compiler` feature); without it, only
+/// precompiled plugins load.
+pub const HAS_COMPILER: bool = cfg!(feature = "compiler");
+
+/// Compiles the plugin component in the file `wasm` for this machine's target: what
+/// [`PluginHost`] loads from a file without compiling it (a host built without the `compiler`
+/// feature loads only such files). The artifact is native code for this wasmtime version and
+/// the host's engine settings, which no [`HostConfig`] field changes today (its limits are
+/// enforced at run time): a host of another version or target refuses it, naming what differs.
+#[cfg(feature = "compiler")]
+pub fn precompile(wasm: &std::path::Path) -> Result<Vec<u8>, PluginError> {
+    let bytes = std::fs::read(wasm).map_err(|error| PluginError::Read {
+        path: wasm.to_owned(),
+        error,
+    })?;
+    let engine = Engine::new(&wasmtime_config(&HostConfig::default())?)
+        .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    engine
+        .precompile_component(&bytes)
+        .map_err(|e| PluginError::InvalidComponent {
+            path: wasm.to_owned(),
+            reason: format!("{e:#}"),
+        })
+}
+
+/// The engine settings of a host: the pooling allocator with a bounded share per component,
+/// epoch interruption, and the optional code cache. Precompiled plugins carry these settings
+/// and load only into an engine with the same ones.
+fn wasmtime_config(config: &HostConfig) -> Result<Config, PluginError> {
+    let memory = (config.memory_limit_bytes as u64).div_ceil(1 << 16) << 16;
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = config.max_instances.max(1);
+    // Every component instance gets its own bounded share of the pool: the totals are the
+    // per-component maxima times the instances, so no component can take the slots another
+    // one needs (without per-component maxima, one component with many memories could hold
+    // every memory slot). One memory each: the memory cap is then a cap per instance.
+    pool.total_component_instances(instances)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_memories(instances * MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_tables(instances * TABLES_PER_COMPONENT)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_core_instances(instances * CORE_INSTANCES_PER_COMPONENT)
+        .total_stacks(instances)
+        .max_memory_size(memory as usize);
+    let mut wcfg = Config::new();
+    wcfg.epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // A 4 GiB reservation plus a 2 GiB guard lets compiled code skip explicit bounds
+        // checks on 32-bit memories (about 25% less CPU per filtered record in the host
+        // bench). It is address space only (PROT_NONE); the cap above still limits what a
+        // plugin can touch, and nothing is committed until it grows.
+        .memory_reservation(4 << 30)
+        .memory_guard_size(2 << 30)
+        .memory_reservation_for_growth(0);
+    if let Some(dir) = &config.cache_dir {
+        cache(&mut wcfg, dir)?;
+    }
+    Ok(wcfg)
+}
+
+/// Keeps compiled code in `dir` (checked: see [`check_cache_dir`]).
+#[cfg(feature = "compiler")]
+fn cache(wcfg: &mut Config, dir: &std::path::Path) -> Result<(), PluginError> {
+    check_cache_dir(dir)?;
+    let mut cc = wasmtime::CacheConfig::new();
+    cc.with_directory(dir);
+    let cache = wasmtime::Cache::new(cc).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    wcfg.cache(Some(cache));
+    Ok(())
+}
+
+/// Without a compiler there is nothing to cache: a configured cache is a mistake to report.
+#[cfg(not(feature = "compiler"))]
+fn cache(_: &mut Config, dir: &std::path::Path) -> Result<(), PluginError> {
+    Err(PluginError::CacheDir {
+        path: dir.to_owned(),
+        problem: "this build has no plugin compiler (built without the `compiler` feature) and loads only precompiled plugins, which need no cache: remove plugins.cache_dir".into(),
+    })
+}
+
 /// One ticker thread per host: advances the engine's epoch so running plugins notice their
 /// deadline. It ends when the host (and every chain holding it) is dropped.
 fn spawn_ticker(host: Weak<HostInner>, tick: Duration) -> Result<(), PluginError> {
@@ -305,6 +354,7 @@ pub struct PluginSpec {
 /// Makes sure the compiled-code cache is a directory only this user (or root) owns and only
 /// its owner may write: wasmtime maps the native code it finds there, so anyone else who can
 /// write it could make the agent run their code. A missing directory is created, mode 0700.
+#[cfg(feature = "compiler")]
 fn check_cache_dir(dir: &std::path::Path) -> Result<(), PluginError> {
     let problem = |problem: String| PluginError::CacheDir {
         path: dir.to_owned(),
@@ -323,22 +373,44 @@ fn check_cache_dir(dir: &std::path::Path) -> Result<(), PluginError> {
     if !meta.is_dir() {
         return Err(problem("is not a directory".into()));
     }
+    only_ours(&meta, "a directory").map_err(problem)
+}
+
+/// Refuses a precompiled plugin file (native code) that another user could have written: the
+/// file and its directory must be owned by this user or root and writable by their owner only.
+fn check_native_code_file(path: &std::path::Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    only_ours(&meta, "a file")?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let dir_meta = std::fs::metadata(dir).map_err(|e| format!("cannot read its directory: {e}"))?;
+    only_ours(&dir_meta, "a directory").map_err(|e| format!("its directory {}", e))
+}
+
+/// Native code is loaded only from what this user (or root) owns and only its owner may write:
+/// anyone else who can write it could make the agent run their code. `what` names the thing in
+/// the advice.
+fn only_ours(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o022 != 0 {
-            return Err(problem(format!(
-                "permissions {mode:04o} let other users write it, and the agent loads native code from it; make it writable by the agent's user only (chmod 700)"
-            )));
+            return Err(format!(
+                "permissions {mode:04o} let other users write it, and the agent loads native code from it; make it writable by the agent's user only (chmod go-w)"
+            ));
         }
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me && meta.uid() != 0 {
-            return Err(problem(format!(
-                "is owned by user {} (the agent runs as {me}), and the agent loads native code from it; use a directory the agent's user owns",
+            return Err(format!(
+                "is owned by user {} (the agent runs as {me}), and the agent loads native code from it; use {what} the agent's user owns",
                 meta.uid()
-            )));
+            ));
         }
     }
+    #[cfg(not(unix))]
+    let _ = (meta, what);
     Ok(())
 }

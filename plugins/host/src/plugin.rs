@@ -381,10 +381,7 @@ fn prepare(host: &HostInner, spec: &PluginSpec) -> Result<Prepared, PluginError>
     let fp = fingerprint(path).map_err(read_err)?;
     let bytes = fs::read(path).map_err(read_err)?;
     let hash = content_hash(&bytes);
-    let component = compile(host, hash, &bytes).map_err(|e| PluginError::InvalidComponent {
-        path: path.clone(),
-        reason: format!("{e:#}"),
-    })?;
+    let component = compile(host, hash, &bytes, path)?;
     let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
         path: path.clone(),
         reason: format!("{e:#}"),
@@ -398,7 +395,14 @@ fn prepare(host: &HostInner, spec: &PluginSpec) -> Result<Prepared, PluginError>
     Ok((fp, hash, pre, live))
 }
 
-fn compile(host: &HostInner, hash: u64, bytes: &[u8]) -> wasmtime::Result<Component> {
+/// The component in `bytes` (read from `path`): compiled from WebAssembly, or loaded as the
+/// native code of a precompiled plugin; once per content.
+fn compile(
+    host: &HostInner,
+    hash: u64,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Component, PluginError> {
     let mut compiled = host
         .compiled
         .lock()
@@ -406,9 +410,59 @@ fn compile(host: &HostInner, hash: u64, bytes: &[u8]) -> wasmtime::Result<Compon
     if let Some((_, c)) = compiled.iter().find(|(h, _)| *h == hash) {
         return Ok(c.clone());
     }
-    let component = Component::new(&host.engine, bytes)?;
+    let component = match wasmtime::Engine::detect_precompiled(bytes) {
+        Some(wasmtime::Precompiled::Component) => load_precompiled(host, bytes, path)?,
+        Some(wasmtime::Precompiled::Module) => {
+            return Err(PluginError::Precompiled {
+                path: path.to_owned(),
+                reason: "a precompiled core module, not a component (make it with `edge-agent plugin compile` from the plugin's .wasm)".into(),
+            });
+        }
+        // Precompiled plugins are ELF files; wasmtime recognises only whole, readable ones.
+        None if bytes.starts_with(b"\x7fELF") => {
+            return Err(PluginError::Precompiled {
+                path: path.to_owned(),
+                reason: "an ELF file that is not a whole wasmtime artifact (truncated, damaged, or not made by `edge-agent plugin compile`)".into(),
+            });
+        }
+        None => from_wasm(host, bytes, path)?,
+    };
     compiled.push((hash, component.clone()));
     Ok(component)
+}
+
+#[cfg(feature = "compiler")]
+fn from_wasm(host: &HostInner, bytes: &[u8], path: &Path) -> Result<Component, PluginError> {
+    Component::new(&host.engine, bytes).map_err(|e| PluginError::InvalidComponent {
+        path: path.to_owned(),
+        reason: format!("{e:#}"),
+    })
+}
+
+#[cfg(not(feature = "compiler"))]
+fn from_wasm(_: &HostInner, _: &[u8], path: &Path) -> Result<Component, PluginError> {
+    Err(PluginError::InvalidComponent {
+        path: path.to_owned(),
+        reason: "this build has no plugin compiler (built without the `compiler` feature): give it the plugin precompiled for it (`edge-agent plugin compile`, by an agent of the same version with the same [plugins] limits)".into(),
+    })
+}
+
+/// Loads a precompiled plugin: native code, so only from a file no other user could have
+/// written (as the code cache). wasmtime checks that it was made by this version for this
+/// engine's settings and target, and says which one differs.
+fn load_precompiled(host: &HostInner, bytes: &[u8], path: &Path) -> Result<Component, PluginError> {
+    let refused = |reason: String| PluginError::Precompiled {
+        path: path.to_owned(),
+        reason,
+    };
+    crate::check_native_code_file(path).map_err(refused)?;
+    // SAFETY: wasmtime's deserialization trusts its input to be an artifact wasmtime wrote:
+    // a crafted file is native code. It is read from a file only this user or root can write
+    // (checked above), as trusted as the agent binary and its configuration; `deserialize`
+    // still checks its header, version, engine settings and target.
+    #[allow(unsafe_code)]
+    let component = unsafe { Component::deserialize(&host.engine, bytes) };
+    component.map_err(|e| refused(format!("{e:#}")))
 }
 
 /// A fresh sandboxed instance with `init` called.

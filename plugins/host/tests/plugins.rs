@@ -947,3 +947,80 @@ fn a_plugin_at_its_memory_cap_leaves_room_for_another() {
     );
     assert_eq!(sources(&process(&mut other, &three()).unwrap()), [0, 1, 2]);
 }
+
+/// The example `name` precompiled into a fresh directory only this user can write, mode 0644.
+fn precompiled(name: &str) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.cwasm"));
+    std::fs::write(&path, er_plugin_host::precompile(&wasm(name)).unwrap()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, path)
+}
+
+fn filter_at(path: &Path) -> PluginSpec {
+    PluginSpec {
+        path: path.to_owned(),
+        config: vec![("condition".into(), "temperature > 30".into())],
+    }
+}
+
+#[test]
+fn a_precompiled_plugin_runs_as_its_wasm_does_in_a_host_with_other_limits() {
+    let (_dir, path) = precompiled("filter");
+    let other = PluginHost::new(HostConfig {
+        memory_limit_bytes: 16 << 20,
+        max_instances: 4,
+        ..config()
+    })
+    .unwrap();
+    let recs = [
+        rec("s", r#"{"temperature":31}"#),
+        rec("s", r#"{"temperature":30}"#),
+        rec("s", r#"{"temperature":45.5}"#),
+    ];
+    let mut native = other
+        .load_chain(&[filter_at(&path)], ErrorPolicy::Stop)
+        .unwrap();
+    let mut compiled = chain(
+        &[spec("filter", &[("condition", "temperature > 30")])],
+        ErrorPolicy::Stop,
+    );
+    let (a, b) = (
+        process(&mut native, &recs).unwrap(),
+        process(&mut compiled, &recs).unwrap(),
+    );
+    assert_eq!(sources(&a), [0, 2]);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_precompiled_plugin_other_users_could_have_written_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, path) = precompiled("filter");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    match host().load_chain(&[filter_at(&path)], ErrorPolicy::Stop) {
+        Err(PluginError::Precompiled { path: p, reason }) => {
+            assert_eq!(p, path);
+            assert!(reason.contains("let other users write it"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_damaged_precompiled_plugin_is_refused_with_the_reason() {
+    let (_dir, path) = precompiled("filter");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    match host().load_chain(&[filter_at(&path)], ErrorPolicy::Stop) {
+        Err(e @ PluginError::Precompiled { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("filter.cwasm") && text.contains("precompiled plugin refused"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
