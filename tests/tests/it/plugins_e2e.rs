@@ -674,3 +674,62 @@ async fn a_record_expanded_beyond_the_batch_room_fails_under_its_route_policy() 
     );
     Ok(())
 }
+
+/// `plugin compile` writes the native code of a plugin; the agent runs that file as it runs the
+/// plugin itself, and refuses one another user could have replaced.
+#[test]
+fn a_plugin_compiled_by_the_agent_runs_as_the_wasm_does() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"topic":"sensors.a","offset":7,"value":{"json":{"temperature":31}}}"#,
+            "\n",
+            r#"{"topic":"sensors.a","offset":8,"value":{"json":{"temperature":12}}}"#,
+            "\n",
+        ),
+    )?;
+    let native = dir.path().join("filter.cwasm");
+    let out = std::process::Command::new(bin("edge-agent")?)
+        .args(["plugin", "compile"])
+        .arg(example_plugin("filter"))
+        .arg("-o")
+        .arg(&native)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("filter.cwasm"), "{stdout}");
+    std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o644))?;
+    let run = |plugin: &std::path::Path| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(bin("edge-agent")?)
+            .args(["plugin", "test", "--plugin"])
+            .arg(plugin)
+            .args(["--set", "condition=temperature > 30", "--input"])
+            .arg(&input)
+            .output()?)
+    };
+    let (from_wasm, from_native) = (run(&example_plugin("filter"))?, run(&native)?);
+    assert!(
+        from_native.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_native.stderr)
+    );
+    assert_eq!(from_native.stdout, from_wasm.stdout);
+    assert!(String::from_utf8_lossy(&from_native.stdout).contains(r#""outcome":"kept""#));
+
+    std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o666))?;
+    let refused = run(&native)?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("filter.cwasm") && stderr.contains("let other users write it"),
+        "{stderr}"
+    );
+    Ok(())
+}
