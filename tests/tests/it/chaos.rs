@@ -272,8 +272,8 @@ async fn two_hubs_of_one_group_serve_a_site_from_its_shard_owner_only_and_duplic
 async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow::Result<()> {
     let k = shared();
     let rig = ProxiedSite::start("resume", 1).await?;
-    let ctl = rig.proxy.control();
-    let (hub, agent, topic, remote) = (&rig.hub, &rig.agent, &rig.topic, &rig.remote);
+    let ctl = rig.proxy().control();
+    let (hub, agent, topic, remote) = (rig.hub(), rig.agent(), &rig.topic, &rig.remote);
     let producer = client::producer(k.edge(), &[("linger.ms", "0")])?;
     client::send_all(&producer, topic, &[NewRecord::new("k", "0")]).await?;
     assert_eq!(
