@@ -377,23 +377,23 @@ pub struct AgentSetup {
     pub site: String,
     /// Edge bootstrap servers.
     pub edge: String,
-    /// Extra TOML lines inside the [kafka] table (e.g. `isolation_level = "read_uncommitted"`).
+    /// Extra TOML lines inside the `[kafka]` table (e.g. `isolation_level = "read_uncommitted"`).
     pub kafka_extra: String,
     /// Hub UDP port on 127.0.0.1.
     pub hub_port: u16,
     /// More hubs (UDP ports on 127.0.0.1) the agent tries after `hub_port`, in order.
     pub more_hub_ports: Vec<u16>,
-    /// Extra TOML lines inside the [hub] table (e.g. `max_bytes_per_sec = 200000`).
+    /// Extra TOML lines inside the `[hub]` table (e.g. `max_bytes_per_sec = 200000`).
     pub hub_extra: String,
     /// Include regexes.
     pub include: Vec<String>,
     /// Discovery interval.
     pub refresh_interval_ms: u64,
-    /// Extra TOML lines inside the [topics] table (e.g. `metadata_interval_ms = 1000`).
+    /// Extra TOML lines inside the `[topics]` table (e.g. `metadata_interval_ms = 1000`).
     pub topics_extra: String,
     /// Records per batch.
     pub max_records: usize,
-    /// Extra TOML appended verbatim (after the [batching] table).
+    /// Extra TOML appended verbatim (after the `[batching]` table).
     pub extra: String,
     /// Certificate name in the PKI (defaults to the site).
     pub cert_name: Option<String>,

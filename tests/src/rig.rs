@@ -36,7 +36,7 @@ struct AgentPlan<'a> {
     tweak: Tweak<'a, AgentSetup>,
 }
 
-/// What [`Rig::start`] starts: sites, clusters, the hub's and the agents' setups. Made by
+/// What [`RigBuilder::start`] starts: sites, clusters, the hub's and the agents' setups. Made by
 /// [`Rig::builder`]; closures given to it may borrow the test's locals.
 #[must_use = "a rig starts nothing until `start`"]
 pub struct RigBuilder<'a> {
