@@ -8,6 +8,10 @@
 //! * [`fleet`]: many simulated sites in one process against a real hub, and the exactly-once
 //!   check of all they sent.
 //! * [`prom`]: scraping and reading the binaries' Prometheus endpoints.
+//! * [`replicator`]: the real `hub` and `edge-agent` binaries: configs ([`replicator::HubSetup`],
+//!   [`replicator::AgentSetup`]), a dev PKI, processes and their logs.
+//! * [`rig`]: what most end-to-end tests start: [`rig::Rig`], one hub and its agents with their
+//!   PKI and work dir, from one builder (`Rig::builder().agent(&site, "orders-.*").start()?`).
 //! * [`proxied`]: one site replicating through a link proxy, for tests that change the link.
 //! * [`unique_name`]: collision-free topic / group / transactional-id names.
 //!
@@ -29,6 +33,7 @@ pub mod prom;
 pub mod proxied;
 pub mod proxy;
 pub mod replicator;
+pub mod rig;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

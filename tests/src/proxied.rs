@@ -2,33 +2,29 @@
 //! off) reaching the hub through the proxy, and one source topic on the shared clusters. For
 //! tests that change the link under a running replicator.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::client::{self, NewRecord};
 use crate::delivery::{self, SeqIn};
 use crate::kafka::shared;
 use crate::proxy::LinkProxy;
-use crate::replicator::{AgentSetup, HubSetup, Pki, Proc, digest};
+use crate::replicator::Proc;
+use crate::rig::Rig;
 use crate::unique_name;
 
 /// A hub, an agent behind a link proxy, and the topic `{prefix}-…-events` they replicate.
 #[derive(Debug)]
 pub struct ProxiedSite {
-    /// The hub (its log: [`Proc::log_text`]).
-    pub hub: Proc,
-    /// The agent.
-    pub agent: Proc,
-    /// The link between them.
-    pub proxy: LinkProxy,
+    /// Hub, agent and proxy (the agent's and the proxy's: under [`ProxiedSite::site`]).
+    pub rig: Rig,
+    /// The site.
+    pub site: String,
     /// The source topic on the edge cluster.
     pub topic: String,
     /// Its replica on the central cluster.
     pub remote: String,
     /// Partitions of the source topic.
     pub partitions: i32,
-    _pki: Pki,
-    _work: tempfile::TempDir,
 }
 
 impl ProxiedSite {
@@ -37,42 +33,50 @@ impl ProxiedSite {
         let k = shared();
         let p = unique_name(prefix);
         let site = unique_name("site");
-        let pki = Pki::new(&[&site])?;
-        let work = tempfile::tempdir()?;
         let topic = format!("{p}-events");
         client::create_topic(k.edge(), &topic, partitions, &[]).await?;
-        let hub_setup = HubSetup::new(k.central())?;
-        let hub = hub_setup.start(&pki, work.path())?;
-        let proxy = LinkProxy::start(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)))?;
-        let mut agent_setup = AgentSetup::new(
-            &site,
-            k.edge(),
-            proxy.local_addr().port(),
-            &format!("{p}-.*"),
-        );
-        agent_setup
-            .extra
-            .push_str("\n[heartbeats]\nenabled = false\n");
-        let agent = agent_setup.start(&pki, work.path())?;
+        let rig = Rig::builder()
+            .agent_via_proxy(&site, &format!("{p}-.*"), |a| {
+                a.extra.push_str("\n[heartbeats]\nenabled = false\n");
+            })
+            .start()?;
         Ok(Self {
             remote: format!("{site}.{topic}"),
-            hub,
-            agent,
-            proxy,
+            rig,
+            site,
             topic,
             partitions,
-            _pki: pki,
-            _work: work,
         })
     }
 
-    /// Both processes' log tails, for failure messages.
+    /// The hub.
+    pub fn hub(&self) -> &Proc {
+        &self.rig.hub
+    }
+
+    /// The hub, to kill or restart it.
+    pub fn hub_mut(&mut self) -> &mut Proc {
+        &mut self.rig.hub
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Proc {
+        self.rig.agent(&self.site)
+    }
+
+    /// The agent, to kill or restart it.
+    pub fn agent_mut(&mut self) -> &mut Proc {
+        self.rig.agent_mut(&self.site)
+    }
+
+    /// The link between them.
+    pub fn proxy(&self) -> &LinkProxy {
+        self.rig.proxy(&self.site)
+    }
+
+    /// Both processes' log digests, for failure messages.
     pub fn logs(&self) -> String {
-        format!(
-            "--- hub log ---\n{}\n--- agent log ---\n{}",
-            digest(&self.hub.log_text(), 60),
-            digest(&self.agent.log_text(), 60)
-        )
+        self.rig.logs()
     }
 
     /// Produces records `from..to` at the edge, value = sequence number, sequence `i` on

@@ -350,9 +350,14 @@ impl HubSetup {
         s
     }
 
+    /// Where [`HubSetup::start`] writes the config in `dir`.
+    pub fn config_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.toml", self.hub_id))
+    }
+
     /// Writes the config into `dir` and starts the hub binary.
     pub fn start(&self, pki: &Pki, dir: &Path) -> anyhow::Result<Proc> {
-        let cfg = dir.join(format!("{}.toml", self.hub_id));
+        let cfg = self.config_path(dir);
         std::fs::write(&cfg, self.toml(pki))?;
         let p = Proc::start(
             &self.hub_id,
@@ -372,19 +377,23 @@ pub struct AgentSetup {
     pub site: String,
     /// Edge bootstrap servers.
     pub edge: String,
+    /// Extra TOML lines inside the `[kafka]` table (e.g. `isolation_level = "read_uncommitted"`).
+    pub kafka_extra: String,
     /// Hub UDP port on 127.0.0.1.
     pub hub_port: u16,
     /// More hubs (UDP ports on 127.0.0.1) the agent tries after `hub_port`, in order.
     pub more_hub_ports: Vec<u16>,
+    /// Extra TOML lines inside the `[hub]` table (e.g. `max_bytes_per_sec = 200000`).
+    pub hub_extra: String,
     /// Include regexes.
     pub include: Vec<String>,
     /// Discovery interval.
     pub refresh_interval_ms: u64,
-    /// Extra TOML lines inside the [topics] table (e.g. `metadata_interval_ms = 1000`).
+    /// Extra TOML lines inside the `[topics]` table (e.g. `metadata_interval_ms = 1000`).
     pub topics_extra: String,
     /// Records per batch.
     pub max_records: usize,
-    /// Extra TOML appended verbatim (after the [batching] table).
+    /// Extra TOML appended verbatim (after the `[batching]` table).
     pub extra: String,
     /// Certificate name in the PKI (defaults to the site).
     pub cert_name: Option<String>,
@@ -396,8 +405,10 @@ impl AgentSetup {
         Self {
             site: site.to_owned(),
             edge: edge.to_owned(),
+            kafka_extra: String::new(),
             hub_port,
             more_hub_ports: Vec::new(),
+            hub_extra: String::new(),
             include: vec![include.to_owned()],
             refresh_interval_ms: 2_000,
             topics_extra: String::new(),
@@ -420,9 +431,10 @@ impl AgentSetup {
             format!("{all:?}")
         };
         format!(
-            "site = {:?}\n\n[kafka]\nbootstrap_servers = {:?}\n\n[topics]\ninclude = {:?}\nrefresh_interval_ms = {}\n{}\n[hub]\naddress = {}\nserver_name = \"localhost\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nreconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 2000\n\n[batching]\nmax_records = {}\nlinger_ms = 10\n{}",
+            "site = {:?}\n\n[kafka]\nbootstrap_servers = {:?}\n{}\n[topics]\ninclude = {:?}\nrefresh_interval_ms = {}\n{}\n[hub]\naddress = {}\nserver_name = \"localhost\"\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\nreconnect_backoff_min_ms = 100\nreconnect_backoff_max_ms = 2000\n{}\n[batching]\nmax_records = {}\nlinger_ms = 10\n{}",
             self.site,
             self.edge,
+            self.kafka_extra,
             self.include,
             self.refresh_interval_ms,
             self.topics_extra,
@@ -430,14 +442,20 @@ impl AgentSetup {
             pki.file("ca.pem"),
             pki.file(&format!("{cert}.pem")),
             pki.file(&format!("{cert}.key")),
+            self.hub_extra,
             self.max_records,
             self.extra,
         )
     }
 
+    /// Where [`AgentSetup::start`] writes the config in `dir`.
+    pub fn config_path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("agent-{}.toml", self.site))
+    }
+
     /// Writes the config into `dir` and starts the agent binary.
     pub fn start(&self, pki: &Pki, dir: &Path) -> anyhow::Result<Proc> {
-        let cfg = dir.join(format!("agent-{}.toml", self.site));
+        let cfg = self.config_path(dir);
         std::fs::write(&cfg, self.toml(pki))?;
         Proc::start(
             &format!("agent-{}", self.site),

@@ -13,7 +13,8 @@ use er_kafka_admin::{
     AclOperation, AclPermission, PatternType, TopicAcl, create_topic_acls, describe_topic_acls,
 };
 use er_tests::kafka::{KafkaNode, NodeOptions};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs, toml_pairs};
+use er_tests::replicator::{Proc, logs, toml_pairs};
+use er_tests::rig::Rig;
 use er_tests::{client, unique_name};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -342,26 +343,25 @@ async fn edge_topic_read_acls_are_mirrored_onto_remote_topics() -> Result<()> {
         .filter_map(|(a, op, _)| Some(acl(&remote, Literal, &a.principal, (*op)?, Allow)))
         .collect();
 
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
-    let mut hub_setup = HubSetup::new(central.bootstrap())?;
-    hub_setup
-        .cluster_properties
-        .insert("central".into(), login(ADMIN));
-    hub_setup.extra.push_str("\n[acl_sync]\nenabled = true\n");
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent = AgentSetup::new(&site, edge.bootstrap(), hub_setup.port, &t);
-    agent.topics_extra = format!(
-        "metadata_interval_ms = {}\nsync_acls = true\n",
-        METADATA_INTERVAL.as_millis()
-    );
-    let properties = toml_pairs(&login(ADMIN), "\n");
-    agent
-        .extra
-        .push_str(&format!("\n[kafka.properties]\n{properties}\n"));
-    let agent = agent.start(&pki, work.path())?;
+    let rig = Rig::builder()
+        .edge(edge.bootstrap())
+        .central(central.bootstrap())
+        .hub(|h| {
+            h.cluster_properties.insert("central".into(), login(ADMIN));
+            h.extra.push_str("\n[acl_sync]\nenabled = true\n");
+        })
+        .agent_with(&site, &t, |a| {
+            a.topics_extra = format!(
+                "metadata_interval_ms = {}\nsync_acls = true\n",
+                METADATA_INTERVAL.as_millis()
+            );
+            let properties = toml_pairs(&login(ADMIN), "\n");
+            a.extra
+                .push_str(&format!("\n[kafka.properties]\n{properties}\n"));
+        })
+        .start()?;
 
-    wait_for_acls(&central_admin, &remote, &want, &[&hub, &agent]).await?;
+    wait_for_acls(&central_admin, &remote, &want, &rig.procs()).await?;
     // Later reports add nothing; nothing lands on U's, the prefix's or any other name either.
     sleep(METADATA_INTERVAL * 3 + Duration::from_millis(500)).await;
     let ours = acls_naming(&central_admin, &base).await?;

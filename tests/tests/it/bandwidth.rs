@@ -2,16 +2,13 @@
 //! (measured by the link-fault proxy, QUIC overhead included), and route priorities let alarms
 //! overtake a bulk backlog that saturates it. Every record still arrives exactly once, in order.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord};
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::prom;
-use er_tests::proxy::LinkProxy;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 /// The rate limit of both tests, bytes per second.
@@ -39,20 +36,9 @@ fn incompressible(count: usize, partitions: i32) -> Vec<NewRecord> {
         .collect()
 }
 
-/// Starts the agent of `setup` with `hub.max_bytes_per_sec = LIMIT`.
-fn start_limited_agent(setup: &AgentSetup, pki: &Pki, dir: &Path) -> anyhow::Result<Proc> {
-    let anchor = "reconnect_backoff_max_ms = 2000\n";
-    let text = setup.toml(pki);
-    anyhow::ensure!(text.contains(anchor), "the harness's [hub] table changed");
-    let text = text.replace(anchor, &format!("{anchor}max_bytes_per_sec = {LIMIT}\n"));
-    let cfg = dir.join(format!("agent-{}.toml", setup.site));
-    std::fs::write(&cfg, text)?;
-    Proc::start(
-        &format!("agent-{}", setup.site),
-        &bin("edge-agent")?,
-        &["--config", cfg.to_str().expect("utf-8 path")],
-        &dir.join(format!("agent-{}.log", setup.site)),
-    )
+/// `hub.max_bytes_per_sec = LIMIT`, for an agent setup's `hub_extra`.
+fn rate_limit() -> String {
+    format!("max_bytes_per_sec = {LIMIT}\n")
 }
 
 /// The high watermark of partition 0 of `topic` on the central cluster (0 until it exists). It
@@ -70,31 +56,23 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
     let k = shared();
     let prefix = unique_name("bw");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-bulk");
     const TOTAL: usize = 2_000;
     const PARTITIONS: i32 = 2;
     client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
     client::produce(k.edge(), &topic, &incompressible(TOTAL, PARTITIONS)).await?;
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let proxy = LinkProxy::start(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)))?;
-    let link = proxy.control();
-    let mut setup = AgentSetup::new(
-        &site,
-        k.edge(),
-        proxy.local_addr().port(),
-        &format!("{prefix}-.*"),
-    );
+    let mut rig = Rig::builder().site(&site).start()?;
+    let link = rig.start_proxy(&site)?.control();
+    let mut setup = rig.agent_setup(&site, &format!("{prefix}-.*"));
     let metrics_port = prom::free_tcp_port();
+    setup.hub_extra = rate_limit();
     setup.extra = format!(
         "max_bytes = {BATCH_BYTES}\n{}",
         prom::metrics_section(metrics_port)
     );
     let started = Instant::now();
-    let agent = start_limited_agent(&setup, &pki, work.path())?;
+    rig.start_agent_via_proxy(&setup)?;
 
     // Bytes the proxy forwarded toward the hub (QUIC packets: batches, frame and packet
     // headers, heartbeats, pings, acks), sampled until every record is committed centrally.
@@ -118,7 +96,7 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
         assert!(
             Instant::now() < deadline,
             "not replicated in time\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
     };
     // The agent's figures as of the last sample, before the settle period adds heartbeats.
@@ -136,7 +114,7 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
         &remote,
         &delivery::seqs_by_partition(&got, SeqIn::Key)?,
         &delivery::round_robin(TOTAL, PARTITIONS),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
 
     let payload = (TOTAL * VALUE_BYTES) as u64;
@@ -157,7 +135,7 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
             assert!(
                 carried <= bound,
                 "{carried} bytes in {span:.1} s at a limit of {LIMIT} B/s\n{}",
-                logs(&[&hub, &agent])
+                rig.logs()
             );
         }
     }
@@ -181,7 +159,7 @@ async fn the_link_carries_no_more_than_the_rate_limit() -> anyhow::Result<()> {
     assert!(
         rate >= LIMIT as f64 / 4.0,
         "{rate:.0} B/s on average at a limit of {LIMIT} B/s\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     println!(
         "rate limit {LIMIT} B/s: {wire} bytes on the wire ({batch_bytes} of batches) in {:.1} s \
@@ -198,8 +176,6 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
     let k = shared();
     let prefix = unique_name("prio");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let bulk = format!("{prefix}-bulk");
     let alarms = format!("{prefix}-alarms");
     // 4 MB at 200 kB/s: about 20 s of backlog.
@@ -209,14 +185,15 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
     client::create_topic(k.edge(), &alarms, 1, &[]).await?;
     client::produce(k.edge(), &bulk, &incompressible(BULK, 1)).await?;
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
-    setup.extra = format!(
-        "max_bytes = {BATCH_BYTES}\n\n[heartbeats]\ninterval_ms = 500\n\n\
-         [[routes]]\nname = \"alarms-first\"\ntopics = [{alarms:?}]\npriority = 10\n"
-    );
-    let agent = start_limited_agent(&setup, &pki, work.path())?;
+    let rig = Rig::builder()
+        .agent_with(&site, &format!("{prefix}-.*"), |a| {
+            a.hub_extra = rate_limit();
+            a.extra = format!(
+                "max_bytes = {BATCH_BYTES}\n\n[heartbeats]\ninterval_ms = 500\n\n\
+                 [[routes]]\nname = \"alarms-first\"\ntopics = [{alarms:?}]\npriority = 10\n"
+            );
+        })
+        .start()?;
 
     // The backlog is flowing and saturates the limit...
     let remote_bulk = format!("{site}.{bulk}");
@@ -226,7 +203,7 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
         assert!(
             Instant::now() < deadline,
             "the backlog never started\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -247,12 +224,7 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
     let got = client::consume_all(k.central(), &remote_alarms, ALARMS, Duration::from_secs(60))
         .await
         .unwrap_or_default();
-    assert_eq!(
-        got.len(),
-        ALARMS,
-        "alarms replicated\n{}",
-        logs(&[&hub, &agent])
-    );
+    assert_eq!(got.len(), ALARMS, "alarms replicated\n{}", rig.logs());
     // Heartbeats ride above every route, so they keep flowing through the saturated link too.
     let hb_topic = format!("{site}.heartbeats");
     let hb_deadline = Instant::now() + Duration::from_secs(10);
@@ -283,12 +255,12 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
         bulk_end < BULK as i64,
         "the alarms waited for the whole backlog (central high watermark {bulk_end}, for {BULK} \
          bulk records)\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     assert!(
         beats >= 3,
         "{beats} heartbeats crossed the saturated link\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     println!(
         "alarms and {beats} heartbeats replicated with at least {} of {BULK} bulk records still \
@@ -303,14 +275,14 @@ async fn alarms_overtake_a_bulk_backlog_on_a_narrow_link() -> anyhow::Result<()>
         &remote_bulk,
         &delivery::seqs_by_partition(&got, SeqIn::Key)?,
         &delivery::round_robin(BULK, 1),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
     let got = client::consume_to_end(k.central(), &remote_alarms, Duration::from_secs(30)).await?;
     delivery::assert_exactly_once_in_order(
         &remote_alarms,
         &delivery::seqs_by_partition(&got, SeqIn::Key)?,
         &delivery::round_robin(ALARMS, 1),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
     Ok(())
 }

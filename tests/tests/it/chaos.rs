@@ -5,15 +5,15 @@
 //! The default is a shortened run that fits the test command. The full chaos run of the issue:
 //! `ER_CHAOS_FULL=1 cargo test --release -p er-tests --test it -- --nocapture chaos::chaos`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord};
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::proxied::ProxiedSite;
-use er_tests::proxy::{Direction, Flap, LinkProxy, Schedule};
+use er_tests::proxy::{Direction, Flap, Schedule};
 use er_tests::replicator::{AgentSetup, HubSetup, Pki, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 /// How hard the chaos run pushes.
@@ -93,17 +93,16 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
     let mut central = tokio::task::spawn_blocking(|| KafkaNode::start("chaos-central")).await??;
     let p = unique_name("chaos");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{p}-events");
     let remote = format!("{site}.{topic}");
     client::create_topic(k.edge(), &topic, plan.partitions, &[]).await?;
 
-    let hub_setup = HubSetup::new(central.bootstrap())?;
-    let mut hub = hub_setup.start(&pki, work.path())?;
-    let proxy =
-        LinkProxy::start_with_seed(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)), 0x5eed)?;
-    let ctl = proxy.control();
+    let mut rig = Rig::builder()
+        .central(central.bootstrap())
+        .site(&site)
+        .proxy_seed(0x5eed)
+        .start()?;
+    let ctl = rig.start_proxy(&site)?.control();
     // 50 ms +/- 20 ms one way, 5% loss each way.
     ctl.delay(
         Direction::Both,
@@ -111,14 +110,9 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
         Duration::from_millis(40),
     );
     ctl.loss(Direction::Both, 0.05);
-    let mut agent_setup = AgentSetup::new(
-        &site,
-        k.edge(),
-        proxy.local_addr().port(),
-        &format!("{p}-.*"),
-    );
+    let mut agent_setup = rig.agent_setup(&site, &format!("{p}-.*"));
     agent_setup.max_records = 1_000;
-    let mut agent = agent_setup.start(&pki, work.path())?;
+    rig.start_agent_via_proxy(&agent_setup)?;
 
     let started = Instant::now();
     let produce_over = Duration::from_secs(if plan.records > 100_000 { 240 } else { 60 });
@@ -145,13 +139,13 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
         tokio::time::sleep(gap).await;
         if done.0 < plan.agent_kills && (i % 3 == 0 || done.1 >= plan.hub_kills) {
             eprintln!("[{:>5.1}s] SIGKILL agent", started.elapsed().as_secs_f64());
-            agent.kill();
-            agent.restart()?;
+            rig.agent_mut(&site).kill();
+            rig.agent_mut(&site).restart()?;
             done.0 += 1;
         } else if done.1 < plan.hub_kills && (i % 3 == 1 || done.2 >= plan.broker_restarts) {
             eprintln!("[{:>5.1}s] SIGKILL hub", started.elapsed().as_secs_f64());
-            hub.kill();
-            hub.restart()?;
+            rig.hub.kill();
+            rig.hub.restart()?;
             done.1 += 1;
         } else if done.2 < plan.broker_restarts {
             eprintln!(
@@ -191,7 +185,7 @@ async fn chaos_flapping_lossy_link_kills_and_broker_restart_lose_and_duplicate_n
         &remote,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
         &delivery::round_robin(plan.records, plan.partitions),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
     let stats = ctl.stats();
     eprintln!(
@@ -272,8 +266,8 @@ async fn two_hubs_of_one_group_serve_a_site_from_its_shard_owner_only_and_duplic
 async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow::Result<()> {
     let k = shared();
     let rig = ProxiedSite::start("resume", 1).await?;
-    let ctl = rig.proxy.control();
-    let (hub, agent, topic, remote) = (&rig.hub, &rig.agent, &rig.topic, &rig.remote);
+    let ctl = rig.proxy().control();
+    let (hub, agent, topic, remote) = (rig.hub(), rig.agent(), &rig.topic, &rig.remote);
     let producer = client::producer(k.edge(), &[("linger.ms", "0")])?;
     client::send_all(&producer, topic, &[NewRecord::new("k", "0")]).await?;
     assert_eq!(

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, bin, example_plugin, logs};
+use er_tests::replicator::{bin, example_plugin};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -108,8 +109,6 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
     let k = shared();
     let p = unique_name("ckp");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{p}-orders");
     client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
     let now = client::now_ms();
@@ -138,14 +137,17 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
         _ => format!("{site}.{topic}"),
     };
 
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = format!(
-        "[checkpoints]\ninterval_ms = 500\nsync_group_offsets = {}\n",
-        shape == Shape::Plain
-    );
-    let hub_config = work.path().join(format!("{}.toml", hub_setup.hub_id));
-    let mut hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{p}-.*"));
+    let mut rig = Rig::builder()
+        .site(&site)
+        .hub(|h| {
+            h.extra = format!(
+                "[checkpoints]\ninterval_ms = 500\nsync_group_offsets = {}\n",
+                shape == Shape::Plain
+            );
+        })
+        .start()?;
+    let hub_config = rig.hub_config();
+    let mut agent_setup = rig.agent_setup(&site, &format!("{p}-.*"));
     agent_setup.max_records = 300;
     agent_setup
         .extra
@@ -173,7 +175,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
             ));
         }
     }
-    let agent = agent_setup.start(&pki, work.path())?;
+    rig.start_agent(&agent_setup)?;
 
     let want_total = edge.iter().filter(|r| kept(r)).count();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -194,14 +196,14 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
         assert!(
             Instant::now() < deadline,
             "replicated {n} of {want_total}\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     if shape == Shape::RenameAcrossHubRestart {
-        hub.kill();
-        hub.restart()?;
-        hub.wait_for_log("hub ready", Duration::from_secs(30))?;
+        rig.hub.kill();
+        rig.hub.restart()?;
+        rig.hub.wait_for_log("hub ready", Duration::from_secs(30))?;
     }
 
     // The edge group stops at arbitrary offsets (with the filter, inside dropped runs).
@@ -223,7 +225,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
         assert!(
             Instant::now() < deadline,
             "no checkpoints for {group}: {c:?}\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -327,7 +329,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
             assert!(
                 Instant::now() < deadline,
                 "offset syncs missing: {syncs:?}\n{}",
-                logs(&[&hub, &agent])
+                rig.logs()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -365,11 +367,11 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
         // Heartbeats keep arriving while one route drops 90% and another is stopped by a trap.
         let since = client::now_ms();
         assert!(
-            agent
+            rig.agent(&site)
                 .log_text()
                 .contains("route stopped by a plugin failure"),
             "the trap route stopped\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         let hb_topic = format!("{site}.heartbeats");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -397,7 +399,7 @@ async fn failover(shape: Shape) -> anyhow::Result<()> {
             assert!(
                 Instant::now() < deadline,
                 "heartbeats stopped\n{}",
-                logs(&[&hub, &agent])
+                rig.logs()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         };

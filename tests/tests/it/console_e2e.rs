@@ -12,7 +12,8 @@ use er_hub::fleet_status::{HubStatus, LinkState};
 use er_tests::client::{self, NewRecord};
 use er_tests::kafka::shared;
 use er_tests::prom::{free_tcp_port, http_get, metrics_section};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, bin, logs};
+use er_tests::replicator::bin;
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 /// Runs a binary of the workspace: (success, stdout, stderr).
@@ -86,8 +87,6 @@ fn attr(dom: &str, marker: &str, attr: &str) -> Option<String> {
 async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Result<()> {
     let k = shared();
     let sites = [unique_name("plant-a"), unique_name("plant-b")];
-    let pki = Pki::new(&[&sites[0], &sites[1]])?;
-    let work = tempfile::tempdir()?;
     let topic = unique_name("console-orders");
     const TOTAL: usize = 300;
     client::create_topic(k.edge(), &topic, 2, &[]).await?;
@@ -97,20 +96,18 @@ async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Resul
     client::produce(k.edge(), &topic, &recs).await?;
 
     let hub_http = free_tcp_port();
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra.push_str(&metrics_section(hub_http));
-    let hub = hub_setup.start(&pki, work.path())?;
-    let hub_cfg = work.path().join(format!("{}.toml", hub_setup.hub_id));
-    let hub_url = format!("http://127.0.0.1:{hub_http}");
-
     // Both sites read the same edge topic (each is its own site to the hub); the first serves
     // its own status endpoint.
     let agent_http = free_tcp_port();
-    let mut setup_a = AgentSetup::new(&sites[0], k.edge(), hub_setup.port, &topic);
-    setup_a.extra.push_str(&metrics_section(agent_http));
-    let agent_a = setup_a.start(&pki, work.path())?;
-    let mut agent_b =
-        AgentSetup::new(&sites[1], k.edge(), hub_setup.port, &topic).start(&pki, work.path())?;
+    let mut rig = Rig::builder()
+        .hub(|h| h.extra.push_str(&metrics_section(hub_http)))
+        .agent_with(&sites[0], &topic, |a| {
+            a.extra.push_str(&metrics_section(agent_http));
+        })
+        .agent(&sites[1], &topic)
+        .start()?;
+    let hub_cfg = rig.hub_config();
+    let hub_url = format!("http://127.0.0.1:{hub_http}");
     for site in &sites {
         let got = client::wait_for_count(
             k.central(),
@@ -119,12 +116,7 @@ async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Resul
             Duration::from_secs(120),
         )
         .await;
-        assert_eq!(
-            got.len(),
-            TOTAL,
-            "{site} replicated\n{}",
-            logs(&[&hub, &agent_a, &agent_b])
-        );
+        assert_eq!(got.len(), TOTAL, "{site} replicated\n{}", rig.logs());
     }
 
     // `hub status --json`: both sites up, with RTT, records and heartbeat lag; history samples
@@ -215,7 +207,7 @@ async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Resul
     let (ok, table, err) = run("hub", &["status", "--config", hub_cfg.to_str().unwrap()]);
     assert!(ok, "hub status --config: {err}");
     assert!(
-        table.starts_with(&format!("hub {} ", hub_setup.hub_id)),
+        table.starts_with(&format!("hub {} ", rig.hub_setup().hub_id)),
         "{table}"
     );
     assert!(
@@ -352,7 +344,7 @@ async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Resul
     }
 
     // A site that stops sorts first, as down and critical.
-    agent_b.stop();
+    rig.agent_mut(&sites[1]).stop();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let s = hub_status(&hub_url);
@@ -380,8 +372,7 @@ async fn status_commands_and_the_console_show_a_running_fleet() -> anyhow::Resul
         table.contains(&format!("{}: link down", sites[1])),
         "{table}"
     );
-    drop(agent_a);
-    drop(hub);
+    drop(rig);
     Ok(())
 }
 

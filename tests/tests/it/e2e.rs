@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
 use er_tests::replicator::{AgentSetup, Cluster, HubSetup, Pki, Proc, logs, tail};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 type Rec = (
@@ -118,8 +119,6 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
     let k = shared();
     let prefix = unique_name("bulk");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     // Recent timestamps: older ones would fall to the broker's time-based retention.
     let base_ts = client::now_ms() - 3_600_000;
     let topics: Vec<String> = (0..3).map(|i| format!("{prefix}-t{i}")).collect();
@@ -133,23 +132,21 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
         expected.insert(t.clone(), expected_by_partition(&recs));
     }
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let mut hub = hub_setup.start(&pki, work.path())?;
-    let agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    let mut rig = Rig::builder().site(&site).start()?;
     let started = Instant::now();
-    let mut agent = agent_setup.start(&pki, work.path())?;
+    rig.start_agent(&rig.agent_setup(&site, &format!("{prefix}-.*")))?;
 
     for t in &topics {
         let want: usize = expected[t].values().map(Vec::len).sum();
         let remote = format!("{site}.{t}");
-        wait_for_topic(k.central(), &remote, &[&hub, &agent]).await?;
+        wait_for_topic(k.central(), &remote, &rig.procs()).await?;
         let got = client::consume_all(k.central(), &remote, want, Duration::from_secs(180)).await?;
         assert_eq!(
             got.len(),
             want,
             "{remote}: got {} of {want} records\n{}",
             got.len(),
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         let got = by_partition(&got);
         for (p, want) in &expected[t] {
@@ -170,12 +167,12 @@ async fn replicates_100k_records_byte_exact_and_in_order() -> anyhow::Result<()>
         100_000.0 / elapsed.as_secs_f64()
     );
     assert_eq!(
-        agent.stop().map(|s| s.success()),
+        rig.agent_mut(&site).stop().map(|s| s.success()),
         Some(true),
         "agent exits cleanly on SIGTERM"
     );
     assert_eq!(
-        hub.stop().map(|s| s.success()),
+        rig.hub.stop().map(|s| s.success()),
         Some(true),
         "hub exits cleanly on SIGTERM"
     );
@@ -187,8 +184,6 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
     let k = shared();
     let prefix = unique_name("kill");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-events");
     let remote = format!("{site}.{topic}");
     client::create_topic(k.edge(), &topic, 4, &[]).await?;
@@ -209,11 +204,9 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
         anyhow::Ok(())
     });
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let mut hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
-    agent_setup.max_records = 300;
-    let mut agent = agent_setup.start(&pki, work.path())?;
+    let mut rig = Rig::builder()
+        .agent_with(&site, &format!("{prefix}-.*"), |a| a.max_records = 300)
+        .start()?;
 
     let wait_for = |n: usize| {
         let central = k.central().to_owned();
@@ -242,14 +235,14 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
     assert!(
         seen >= 4_000,
         "no progress before the agent kill\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
-    agent.kill();
-    agent.restart()?;
+    rig.agent_mut(&site).kill();
+    rig.agent_mut(&site).restart()?;
     let seen = wait_for(seen + 4_000).await;
-    hub.kill();
-    hub.restart()?;
-    hub.wait_for_log("hub ready", Duration::from_secs(30))?;
+    rig.hub.kill();
+    rig.hub.restart()?;
+    rig.hub.wait_for_log("hub ready", Duration::from_secs(30))?;
     let _ = wait_for(seen + 4_000).await;
     producing.await??;
 
@@ -268,13 +261,13 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
         unique.len(),
         values.len(),
         "duplicates in the central cluster\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     assert_eq!(
         unique,
         (0..TOTAL).collect(),
         "missing records\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     for p in 0..4 {
         let seq: Vec<usize> = got
@@ -292,7 +285,7 @@ async fn sigkill_of_agent_and_hub_mid_stream_loses_and_duplicates_nothing() -> a
             "partition {p} out of order"
         );
     }
-    assert!(agent.log_text().contains("welcomed by hub"));
+    assert!(rig.agent(&site).log_text().contains("welcomed by hub"));
     Ok(())
 }
 
@@ -302,23 +295,16 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
     let k = shared();
     let prefix = unique_name("late");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let first = format!("{prefix}-first");
     client::create_topic(k.edge(), &first, 1, &[]).await?;
     client::produce(k.edge(), &first, &[NewRecord::new("a", "1")]).await?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
-    agent_setup.refresh_interval_ms = 1_000;
-    let agent = agent_setup.start(&pki, work.path())?;
-    let got = consume_remote(k.central(), &format!("{site}.{first}"), 1, &[&hub, &agent]).await?;
-    assert_eq!(
-        got.len(),
-        1,
-        "first topic not replicated\n{}",
-        logs(&[&hub, &agent])
-    );
+    let rig = Rig::builder()
+        .agent_with(&site, &format!("{prefix}-.*"), |a| {
+            a.refresh_interval_ms = 1_000
+        })
+        .start()?;
+    let got = consume_remote(k.central(), &format!("{site}.{first}"), 1, &rig.procs()).await?;
+    assert_eq!(got.len(), 1, "first topic not replicated\n{}", rig.logs());
 
     let late = format!("{prefix}-late");
     client::create_topic(k.edge(), &late, 2, &[]).await?;
@@ -327,19 +313,14 @@ async fn topic_created_after_start_is_replicated_within_the_refresh_interval() -
         .map(|i| NewRecord::new(format!("{i}"), "v").partition(i % 2))
         .collect();
     client::produce(k.edge(), &late, &recs).await?;
-    let got = consume_remote(k.central(), &format!("{site}.{late}"), 10, &[&hub, &agent]).await?;
+    let got = consume_remote(k.central(), &format!("{site}.{late}"), 10, &rig.procs()).await?;
     // The read went on for the settle period after the tenth record (duplicates would count).
     let took = created.elapsed().saturating_sub(client::SETTLE);
     eprintln!(
         "late topic replicated {:.2} s after creation (refresh interval 1 s)",
         took.as_secs_f64()
     );
-    assert_eq!(
-        got.len(),
-        10,
-        "late topic not replicated\n{}",
-        logs(&[&hub, &agent])
-    );
+    assert_eq!(got.len(), 10, "late topic not replicated\n{}", rig.logs());
     // One refresh interval plus the remote topic creation and a transaction on a busy machine.
     assert!(took < Duration::from_secs(15), "took {took:?}");
     Ok(())
@@ -350,8 +331,6 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
     let k = shared();
     let prefix = unique_name("route");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
     for t in [&a, &b] {
         client::create_topic(k.edge(), t, 2, &[]).await?;
@@ -360,27 +339,21 @@ async fn routes_land_in_the_cluster_they_name_and_nowhere_else() -> anyhow::Resu
             .collect();
         client::produce(k.edge(), t, &recs).await?;
     }
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.clusters.push(Cluster {
-        alias: "central2".into(),
-        bootstrap: k.central2().to_owned(),
-    });
-    hub_setup
-        .routes
-        .push((format!("{prefix}-b"), "central2".into()));
-    let hub = hub_setup.start(&pki, work.path())?;
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
-        .start(&pki, work.path())?;
+    let rig = Rig::builder()
+        .hub(|h| {
+            h.clusters.push(Cluster {
+                alias: "central2".into(),
+                bootstrap: k.central2().to_owned(),
+            });
+            h.routes.push((format!("{prefix}-b"), "central2".into()));
+        })
+        .agent(&site, &format!("{prefix}-.*"))
+        .start()?;
 
     let (ra, rb) = (format!("{site}.{a}"), format!("{site}.{b}"));
-    let got_a = consume_remote(k.central(), &ra, 100, &[&hub, &agent]).await?;
-    let got_b = consume_remote(k.central2(), &rb, 100, &[&hub, &agent]).await?;
-    assert_eq!(
-        (got_a.len(), got_b.len()),
-        (100, 100),
-        "{}",
-        logs(&[&hub, &agent])
-    );
+    let got_a = consume_remote(k.central(), &ra, 100, &rig.procs()).await?;
+    let got_b = consume_remote(k.central2(), &rb, 100, &rig.procs()).await?;
+    assert_eq!((got_a.len(), got_b.len()), (100, 100), "{}", rig.logs());
     let central = client::list_topics(k.central()).await?;
     let central2 = client::list_topics(k.central2()).await?;
     assert!(
@@ -404,8 +377,6 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
     let k = shared();
     let prefix = unique_name("loops");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let plain = format!("{prefix}-plain");
     let hop = format!("other.{prefix}-hop");
     let back = format!("central.{prefix}-back");
@@ -417,15 +388,15 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
             .collect();
         client::produce(k.edge(), t, &recs).await?;
     }
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!(".*{prefix}-.*"))
-        .start(&pki, work.path())?;
+    let rig = Rig::builder()
+        .agent(&site, &format!(".*{prefix}-.*"))
+        .start()?;
+    let agent = rig.agent(&site);
 
     for t in [&plain, &hop] {
         let remote = format!("{site}.{t}");
-        let got = consume_remote(k.central(), &remote, 10, &[&hub, &agent]).await?;
-        assert_eq!(got.len(), 10, "{remote}\n{}", logs(&[&hub, &agent]));
+        let got = consume_remote(k.central(), &remote, 10, &rig.procs()).await?;
+        assert_eq!(got.len(), 10, "{remote}\n{}", rig.logs());
     }
     // Discovery saw all four topics at once; the two that would loop were left out, each
     // logged with its reason.
@@ -434,7 +405,7 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
         assert!(
             Instant::now() < deadline,
             "no word of the skipped topics\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -445,7 +416,7 @@ async fn topics_that_came_from_the_destination_or_the_site_itself_are_never_repl
                 && l.contains(t.as_str())
                 && l.contains(reason)),
             "{t}: {reason}\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
     }
     // Two more discovery rounds, and still nothing of them centrally.
@@ -483,22 +454,23 @@ async fn heartbeats_reach_every_cluster_the_site_writes_to() -> anyhow::Result<(
     let k = shared();
     let prefix = unique_name("hbflows");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let b = format!("{prefix}-b");
     client::create_topic(k.edge(), &b, 1, &[]).await?;
     client::produce(k.edge(), &b, &[NewRecord::new("k", "v")]).await?;
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.clusters.push(Cluster {
-        alias: "central2".into(),
-        bootstrap: k.central2().to_owned(),
-    });
-    hub_setup.routes.push((b.clone(), "central2".into()));
-    let hub = hub_setup.start(&pki, work.path())?;
+    let mut rig = Rig::builder()
+        .site(&site)
+        .hub(|h| {
+            h.clusters.push(Cluster {
+                alias: "central2".into(),
+                bootstrap: k.central2().to_owned(),
+            });
+            h.routes.push((b.clone(), "central2".into()));
+        })
+        .start()?;
     let since = client::now_ms();
-    let mut agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
-    agent.extra.push_str("\n[heartbeats]\ninterval_ms = 300\n");
-    let agent = agent.start(&pki, work.path())?;
+    let mut setup = rig.agent_setup(&site, &format!("{prefix}-.*"));
+    setup.extra.push_str("\n[heartbeats]\ninterval_ms = 300\n");
+    rig.start_agent(&setup)?;
 
     // The heartbeats topic routes to `central` (the default): there it is replicated; on
     // `central2`, where the site's other topic goes, the hub writes heartbeats naming it.
@@ -516,7 +488,7 @@ async fn heartbeats_reach_every_cluster_the_site_writes_to() -> anyhow::Result<(
             "central has {} and central2 {} heartbeats of the site\n{}",
             primary.len(),
             relayed.len(),
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -558,36 +530,33 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
     let k = shared();
     let prefix = unique_name("authz");
     let site = site_name("site");
-    let pki = Pki::new(&[&site])?;
     let rogue = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-secret");
     client::create_topic(k.edge(), &topic, 1, &[]).await?;
     client::produce(k.edge(), &topic, &[NewRecord::new("k", "v")]).await?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
+    let mut rig = Rig::builder().site(&site).start()?;
 
     // Same site name, same hub CA to trust, but a client certificate from another CA.
     let rogue_dir = tempfile::tempdir()?;
     for f in [format!("{site}.pem"), format!("{site}.key")] {
         std::fs::copy(rogue.file(&f), rogue_dir.path().join(&f))?;
     }
-    std::fs::copy(pki.file("ca.pem"), rogue_dir.path().join("ca.pem"))?;
+    std::fs::copy(rig.pki().file("ca.pem"), rogue_dir.path().join("ca.pem"))?;
     let mixed = Pki::from_dir(rogue_dir);
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
-        .start(&mixed, work.path())?;
-    hub.wait_for_log("refused connection", Duration::from_secs(30))?;
+    rig.start_agent_with_pki(&rig.agent_setup(&site, &format!("{prefix}-.*")), &mixed)?;
+    rig.hub
+        .wait_for_log("refused connection", Duration::from_secs(30))?;
 
     // No client certificate at all.
     let (endpoint, client_cfg) = er_net::client_endpoint_without_cert(
         "127.0.0.1:0".parse()?,
-        &pki.file("ca.pem"),
+        &rig.pki().file("ca.pem"),
         &er_net::TransportTuning::default(),
     )?;
     let conn = endpoint
         .connect_with(
             client_cfg,
-            format!("127.0.0.1:{}", hub_setup.port).parse()?,
+            format!("127.0.0.1:{}", rig.hub_setup().port).parse()?,
             "localhost",
         )?
         .await;
@@ -603,7 +572,7 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
         "a client without certificate got a usable connection"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let log = hub.log_text();
+    let log = rig.hub.log_text();
     assert!(
         log.matches("refused connection").count() >= 2,
         "hub log:\n{}",
@@ -617,7 +586,7 @@ async fn clients_without_a_certificate_of_our_ca_are_refused_and_nothing_is_writ
     assert!(
         !topics.iter().any(|t| t.contains(&site)),
         "something was written for the refused site: {topics:?}\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     Ok(())
 }
@@ -722,8 +691,6 @@ async fn two_sites_on_one_hub_each_write_only_their_own_namespace() -> anyhow::R
     let k = shared();
     let prefix = unique_name("multi");
     let (s1, s2) = (site_name("north"), site_name("south"));
-    let pki = Pki::new(&[&s1, &s2])?;
-    let work = tempfile::tempdir()?;
     // Both sites have a topic of the same name; each has its own records.
     let topic = format!("{prefix}-orders");
     client::create_topic(k.edge(), &topic, 2, &[]).await?;
@@ -731,15 +698,14 @@ async fn two_sites_on_one_hub_each_write_only_their_own_namespace() -> anyhow::R
         .map(|i| NewRecord::new(format!("{i}"), format!("{i}")).partition(i % 2))
         .collect();
     client::produce(k.edge(), &topic, &recs).await?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
     let include = format!("{prefix}-.*");
-    let a1 = AgentSetup::new(&s1, k.edge(), hub_setup.port, &include).start(&pki, work.path())?;
-    let a2 = AgentSetup::new(&s2, k.edge(), hub_setup.port, &include).start(&pki, work.path())?;
-    let procs = [&hub, &a1, &a2];
+    let rig = Rig::builder()
+        .agent(&s1, &include)
+        .agent(&s2, &include)
+        .start()?;
     for s in [&s1, &s2] {
-        let got = consume_remote(k.central(), &format!("{s}.{topic}"), 200, &procs).await?;
-        assert_eq!(got.len(), 200, "{s}\n{}", logs(&procs));
+        let got = consume_remote(k.central(), &format!("{s}.{topic}"), 200, &rig.procs()).await?;
+        assert_eq!(got.len(), 200, "{s}\n{}", rig.logs());
     }
     let topics = client::list_topics(k.central()).await?;
     let ours: Vec<&String> = topics.iter().filter(|t| t.contains(&prefix)).collect();
@@ -753,8 +719,6 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     let k = shared();
     let prefix = unique_name("poison");
     let site = site_name("poison");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     // The edge topic takes 4 MiB records; the central default (1 MB) does not.
     let topic = format!("{prefix}-big");
     client::create_topic(k.edge(), &topic, 2, &[("max.message.bytes", "4194304")]).await?;
@@ -765,23 +729,21 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     recs.insert(20, NewRecord::new("big", vec![b'x'; 2 << 20]).partition(0));
     let producer = client::producer(k.edge(), &[("message.max.bytes", "5000000")])?;
     client::send_all(&producer, &topic, &recs).await?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
-        .start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    let rig = Rig::builder()
+        .agent(&site, &format!("{prefix}-.*"))
+        .start()?;
     let remote = format!("{site}.{topic}");
-    let got = consume_remote(k.central(), &remote, 40, &procs).await?;
+    let got = consume_remote(k.central(), &remote, 40, &rig.procs()).await?;
     let values: HashSet<Vec<u8>> = got.iter().filter_map(|r| r.value.clone()).collect();
-    assert_eq!(got.len(), 40, "every small record once\n{}", logs(&procs));
+    assert_eq!(got.len(), 40, "every small record once\n{}", rig.logs());
     assert!(
         (0..40).all(|i| values.contains(format!("small-{i}").as_bytes())),
         "{}",
-        logs(&procs)
+        rig.logs()
     );
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
-    assert_eq!(dead.len(), 1, "one dead letter\n{}", logs(&procs));
+    assert_eq!(dead.len(), 1, "one dead letter\n{}", rig.logs());
     let h = |name: &str| dead[0].header_text(name);
     assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
     assert_eq!(h("er.source.partition").as_deref(), Some("0"));
@@ -793,10 +755,10 @@ async fn a_record_too_large_for_central_goes_to_the_dead_letter_topic_and_the_re
     assert_eq!(dead[0].value, None, "the value itself is not kept");
     // The session never failed over it: one welcome, no failed transaction.
     assert_eq!(
-        hub.log_text().matches("welcoming site").count(),
+        rig.hub.log_text().matches("welcoming site").count(),
         1,
         "{}",
-        logs(&procs)
+        rig.logs()
     );
     Ok(())
 }
@@ -811,8 +773,6 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
     let k = shared();
     let prefix = unique_name("stub");
     let site = site_name("stub");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-big");
     client::create_topic(k.edge(), &topic, 2, &[("max.message.bytes", "4194304")]).await?;
     let mut recs: Vec<NewRecord> = (0..40)
@@ -830,18 +790,16 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
     recs.insert(20, NewRecord::new("big", noise).partition(0));
     let producer = client::producer(k.edge(), &[("message.max.bytes", "5000000")])?;
     client::send_all(&producer, &topic, &recs).await?;
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = "[limits]\nmax_batch_bytes = 1048576\n".into();
-    let hub = hub_setup.start(&pki, work.path())?;
-    let agent = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"))
-        .start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    let rig = Rig::builder()
+        .hub(|h| h.extra = "[limits]\nmax_batch_bytes = 1048576\n".into())
+        .agent(&site, &format!("{prefix}-.*"))
+        .start()?;
     let remote = format!("{site}.{topic}");
-    let got = consume_remote(k.central(), &remote, 40, &procs).await?;
-    assert_eq!(got.len(), 40, "every small record once\n{}", logs(&procs));
+    let got = consume_remote(k.central(), &remote, 40, &rig.procs()).await?;
+    assert_eq!(got.len(), 40, "every small record once\n{}", rig.logs());
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::consume_to_end(k.central(), &dead_topic, Duration::from_secs(30)).await?;
-    assert_eq!(dead.len(), 1, "one dead letter\n{}", logs(&procs));
+    assert_eq!(dead.len(), 1, "one dead letter\n{}", rig.logs());
     let h = |name: &str| dead[0].header_text(name);
     assert_eq!(h("er.source.topic").as_deref(), Some(topic.as_str()));
     assert_eq!(h("er.source.partition").as_deref(), Some("0"));
@@ -854,10 +812,10 @@ async fn a_record_larger_than_the_hub_takes_in_a_batch_goes_to_the_dead_letters_
     );
     assert_eq!(dead[0].key.as_deref(), Some(&b"big"[..]));
     assert_eq!(
-        hub.log_text().matches("welcoming site").count(),
+        rig.hub.log_text().matches("welcoming site").count(),
         1,
         "the session never failed over it\n{}",
-        logs(&procs)
+        rig.logs()
     );
     Ok(())
 }
@@ -874,8 +832,6 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
     let k = shared();
     let prefix = unique_name("halt");
     let site = site_name("halt");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-t");
     let remote = format!("{site}.{topic}");
     client::create_topic(k.edge(), &topic, 2, &[]).await?;
@@ -893,15 +849,17 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
     recs.extend((0..20).map(|i| NewRecord::new(format!("{i}"), format!("p1-{i}")).partition(1)));
     client::produce(k.edge(), &topic, &recs).await?;
     let metrics_port = prom::free_tcp_port();
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = format!(
-        "[replication]\non_unwritable = \"stop\"\n[topic_sync]\nenabled = false\n{}",
-        prom::metrics_section(metrics_port)
-    );
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent =
-        AgentSetup::new(&site, k.edge(), hub_setup.port, &topic).start(&pki, work.path())?;
-    agent.wait_for_log("the hub stopped the partition", Duration::from_secs(90))?;
+    let mut rig = Rig::builder()
+        .hub(|h| {
+            h.extra = format!(
+                "[replication]\non_unwritable = \"stop\"\n[topic_sync]\nenabled = false\n{}",
+                prom::metrics_section(metrics_port)
+            );
+        })
+        .agent(&site, &topic)
+        .start()?;
+    rig.agent(&site)
+        .wait_for_log("the hub stopped the partition", Duration::from_secs(90))?;
     let by_partition = |got: &[Record]| {
         let mut m: BTreeMap<i32, Vec<String>> = BTreeMap::new();
         for r in got {
@@ -919,7 +877,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         m.get(&0),
         Some(&p0_before),
         "partition 0 up to the record\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     assert_eq!(m.get(&1), Some(&p1), "partition 1 flows");
     let scraped = prom::parse(&prom::scrape(metrics_port)?);
@@ -932,12 +890,13 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         Some(1.0),
         "the alarm gauge"
     );
-    assert!(hub.log_text().contains("partition stopped"));
+    assert!(rig.hub.log_text().contains("partition stopped"));
 
     // A restart of the agent stops it at the same record: nothing is written twice or skipped.
-    agent.restart()?;
+    rig.agent_mut(&site).restart()?;
     let deadline = Instant::now() + Duration::from_secs(90);
-    while agent
+    while rig
+        .agent(&site)
         .log_text()
         .matches("the hub stopped the partition")
         .count()
@@ -946,7 +905,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         anyhow::ensure!(
             Instant::now() < deadline,
             "the restarted agent was not stopped again\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -955,7 +914,7 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
         got.len(),
         30,
         "still nothing past the record\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     let dead = client::list_topics(k.central()).await?;
     assert!(
@@ -966,14 +925,14 @@ async fn under_the_stop_setting_an_unwritable_record_halts_its_partition_until_f
     // The operator raises the destination's limit; the next session writes the rest.
     client::alter_topic_config(k.central(), &remote, &[("max.message.bytes", "1000000")]).await?;
     tokio::time::sleep(er_hub::kafka::LIMITS_TTL).await;
-    agent.restart()?;
+    rig.agent_mut(&site).restart()?;
     let got = client::consume_all(k.central(), &remote, 41, Duration::from_secs(90)).await?;
     let m = by_partition(&got);
     assert_eq!(
         m.get(&0),
         Some(&(0..21).map(value).collect::<Vec<_>>()),
         "partition 0 whole, each record once\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     assert_eq!(m.get(&1), Some(&p1));
     let scraped = prom::parse(&prom::scrape(metrics_port)?);
@@ -999,8 +958,6 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
     let k = shared();
     let prefix = unique_name("tsync");
     let site = site_name("tsync");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-t");
     let remote = format!("{site}.{topic}");
     client::create_topic(
@@ -1014,13 +971,10 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
         ],
     )
     .await?;
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = "[topic_sync]\nmin_interval_ms = 500\n".into();
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &topic);
-    agent_setup.refresh_interval_ms = 1_000;
-    let agent = agent_setup.start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    let rig = Rig::builder()
+        .hub(|h| h.extra = "[topic_sync]\nmin_interval_ms = 500\n".into())
+        .agent_with(&site, &topic, |a| a.refresh_interval_ms = 1_000)
+        .start()?;
 
     // Created at discovery, before any record, with the edge's shape.
     let wait_for = async |what: &str, ok: &dyn Fn(usize, &BTreeMap<String, String>) -> bool| {
@@ -1039,7 +993,7 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{what}: {parts} partitions, configs {configs:?}\n{}",
-                logs(&procs)
+                rig.logs()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -1077,7 +1031,7 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
         n == 5 && c.get("retention.ms").is_some_and(|v| v == "7654321")
     })
     .await?;
-    let got = consume_remote(k.central(), &remote, 60, &procs).await?;
+    let got = consume_remote(k.central(), &remote, 60, &rig.procs()).await?;
     let mut by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     for r in &got {
         by_partition
@@ -1093,7 +1047,7 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
         by_partition,
         want,
         "every record once, in order, in its partition\n{}",
-        logs(&procs)
+        rig.logs()
     );
 
     // A synced config no longer set at the edge is removed centrally.
@@ -1103,10 +1057,11 @@ async fn remote_topics_follow_the_edge_topics_partitions_and_configs() -> anyhow
     })
     .await?;
     assert!(
-        hub.log_text()
+        rig.hub
+            .log_text()
             .contains("remote topic configs synced from the edge"),
         "{}",
-        logs(&procs)
+        rig.logs()
     );
     Ok(())
 }

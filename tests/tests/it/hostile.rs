@@ -12,7 +12,8 @@ use er_tests::client;
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::proxied::produce;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, logs};
+use er_tests::replicator::Pki;
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 /// Small budgets, so that what an attack could pile up without them (tens of MiB) stands far
@@ -107,21 +108,23 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     let good = unique_name("good");
     let bad = unique_name("bad");
     let mute = unique_name("mute");
-    let pki = Pki::new(&[&good, &bad, &mute])?;
-    let work = tempfile::tempdir()?;
-    let mut setup = HubSetup::new(k.central())?;
-    setup.extra = LIMITS.into();
-    let hub = setup.start(&pki, work.path())?;
-    let hub_addr: SocketAddr = format!("127.0.0.1:{}", setup.port).parse()?;
+    let mut rig = Rig::builder()
+        .site(&good)
+        .site(&bad)
+        .site(&mute)
+        .hub(|h| h.extra = LIMITS.into())
+        .start()?;
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", rig.hub_setup().port).parse()?;
     let topic = format!("{good}-events");
     client::create_topic(k.edge(), &topic, 2, &[]).await?;
-    let mut a = AgentSetup::new(&good, k.edge(), setup.port, &topic);
+    let mut a = rig.agent_setup(&good, &topic);
     a.max_records = 200;
-    let agent = a.start(&pki, work.path())?;
+    rig.start_agent(&a)?;
     let remote = format!("{good}.{topic}");
     produce(k.edge(), &topic, 0, TOTAL / 2, 2).await?;
     client::wait_for_count(k.central(), &remote, TOTAL / 2, Duration::from_secs(60)).await;
-    let pid = hub
+    let pid = rig
+        .hub
         .pid()
         .ok_or_else(|| anyhow::anyhow!("hub not running"))?;
     let baseline = rss(pid)?;
@@ -129,7 +132,7 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     // 1. Connections that never say hello: a site holds at most
     //    limits.max_connections_per_site of them, and each is closed after
     //    limits.hello_timeout_ms.
-    let mute_ep = endpoint(&pki, &mute)?;
+    let mute_ep = endpoint(rig.pki(), &mute)?;
     let started = Instant::now();
     let mute1 = connect(&mute_ep, hub_addr).await?;
     let mute2 = connect(&mute_ep, hub_addr).await?;
@@ -158,7 +161,7 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
     //    full frame (1 MiB) and sending all of it but the last byte, then holds: 64 MiB
     //    offered, of which the hub may hold the connection's 2 MiB read plus its 2 MiB QUIC
     //    window.
-    let bad_ep = endpoint(&pki, &bad)?;
+    let bad_ep = endpoint(rig.pki(), &bad)?;
     let conn = connect(&bad_ep, hub_addr).await?;
     let _ctl = hello(&conn, &bad).await?;
     let mut writers = Vec::new();
@@ -189,7 +192,7 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
         &remote,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
         &delivery::round_robin(TOTAL, 2),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
     let growth = peak.saturating_sub(baseline);
     eprintln!(
@@ -202,7 +205,7 @@ async fn hostile_sites_are_held_to_their_budgets_and_a_good_site_keeps_flowing()
         growth < 24 << 20,
         "the hub's RSS grew by {} MiB under an attack its budgets cap at about 7 MiB\n{}",
         growth >> 20,
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     assert!(
         conn.close_reason().is_none(),
@@ -226,10 +229,7 @@ async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
 -> anyhow::Result<()> {
     let k = shared();
     let site = unique_name("coll");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
-    let setup = HubSetup::new(k.central())?;
-    let hub = setup.start(&pki, work.path())?;
+    let mut rig = Rig::builder().site(&site).start()?;
     let colliding = format!("{site}-in.x");
     // 249 bytes at the edge (Kafka's limit), so `<site>.<name>` is too long centrally.
     let long = format!("{site}-in-{}", "l".repeat(249 - site.len() - 4));
@@ -240,9 +240,7 @@ async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
     // Another tenant's topic, in the way of `<site>.<site>-in.x`.
     let existing = format!("{site}.{site}-in_x");
     client::create_topic(k.central(), &existing, 1, &[]).await?;
-    let agent = AgentSetup::new(&site, k.edge(), setup.port, &format!("{site}-in.*"))
-        .start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    rig.start_agent(&rig.agent_setup(&site, &format!("{site}-in.*")))?;
     for t in [&colliding, &long, &good] {
         produce(k.edge(), t, 0, 10, 1).await?;
     }
@@ -254,7 +252,7 @@ async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
         &remote_good,
         &seqs,
         &delivery::round_robin(10, 1),
-        &logs(&procs),
+        &rig.logs(),
     );
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::wait_for_count(k.central(), &dead_topic, 20, Duration::from_secs(60)).await;
@@ -262,7 +260,7 @@ async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
         dead.len(),
         20,
         "every record of both topics once\n{}",
-        logs(&procs)
+        rig.logs()
     );
     let header = |r: &client::Record, name: &str| r.header_text(name).unwrap_or_default();
     for (source, destination, reason) in [
@@ -309,10 +307,10 @@ async fn unwritable_central_names_go_to_the_dead_letters_and_the_site_flows_on()
         "nothing was written to the existing topic: {marks:?}"
     );
     assert_eq!(
-        hub.log_text().matches("welcoming site").count(),
+        rig.hub.log_text().matches("welcoming site").count(),
         1,
         "the session never ended over the unwritable topics\n{}",
-        logs(&procs)
+        rig.logs()
     );
     Ok(())
 }
@@ -383,25 +381,28 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
     const TOTAL: usize = 2_000;
     let good = unique_name("good");
     let bad = unique_name("craft");
-    let pki = Pki::new(&[&good, &bad])?;
-    let work = tempfile::tempdir()?;
-    let mut setup = HubSetup::new(k.central())?;
-    setup.extra = "[limits]\nmax_groups_per_site = 100\nmax_partitions_per_topic = 64\n".into();
-    let hub = setup.start(&pki, work.path())?;
-    let hub_addr: SocketAddr = format!("127.0.0.1:{}", setup.port).parse()?;
+    let mut rig = Rig::builder()
+        .site(&good)
+        .site(&bad)
+        .hub(|h| {
+            h.extra = "[limits]\nmax_groups_per_site = 100\nmax_partitions_per_topic = 64\n".into();
+        })
+        .start()?;
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", rig.hub_setup().port).parse()?;
     let topic = format!("{good}-events");
     client::create_topic(k.edge(), &topic, 2, &[]).await?;
-    let agent = AgentSetup::new(&good, k.edge(), setup.port, &topic).start(&pki, work.path())?;
+    rig.start_agent(&rig.agent_setup(&good, &topic))?;
     let remote = format!("{good}.{topic}");
     produce(k.edge(), &topic, 0, TOTAL / 2, 2).await?;
     client::wait_for_count(k.central(), &remote, TOTAL / 2, Duration::from_secs(60)).await;
-    let pid = hub
+    let pid = rig
+        .hub
         .pid()
         .ok_or_else(|| anyhow::anyhow!("hub not running"))?;
     let baseline = rss(pid)?;
     let mut peak = baseline;
 
-    let ep = endpoint(&pki, &bad)?;
+    let ep = endpoint(rig.pki(), &bad)?;
     let craft_topic = format!("{bad}-t");
     // 1 KiB of zstd that inflates to zeros: not the records it claims.
     let zeros = zstd::encode_all(&vec![0u8; 1 << 20][..], 19)?;
@@ -460,7 +461,7 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
         for _ in 0..4 {
             let reason = refused_reason(&ep, hub_addr, &bad, frame.clone(), on_control)
                 .await
-                .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", logs(&[&hub, &agent])))?;
+                .map_err(|e| anyhow::anyhow!("{what}: {e}\n{}", rig.logs()))?;
             assert!(
                 reason.contains(names),
                 "{what}: the refusal names {names:?}: {reason}"
@@ -480,7 +481,7 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
         growth < 24 << 20,
         "the hub's RSS grew by {} MiB under refused frames (each under 2 MiB)\n{}",
         growth >> 20,
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     let topics = client::list_topics(k.central()).await?;
     assert!(
@@ -498,7 +499,7 @@ async fn crafted_frames_are_refused_naming_the_limit_and_a_good_site_keeps_flowi
         &remote,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
         &delivery::round_robin(TOTAL, 2),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
     Ok(())
 }
@@ -514,31 +515,26 @@ async fn under_the_identity_policy_a_site_writes_only_its_allowlisted_topics() -
     let k = shared();
     let site = unique_name("idn");
     let other = unique_name("idn-other");
-    let pki = Pki::new(&[&site, &other])?;
-    let work = tempfile::tempdir()?;
     let mine = format!("{site}-mine");
     let theirs = format!("{other}-data");
-    let mut setup = HubSetup::new(k.central())?;
-    setup.extra = format!(
-        "[replication]\npolicy = \"identity\"\n\n[[replication.identity_allow]]\nsites = {site:?}\ntopics = {:?}\n\n[[replication.identity_allow]]\nsites = {other:?}\ntopics = {:?}\n",
-        format!("{site}-mine"),
-        format!("{other}-data"),
-    );
-    let hub = setup.start(&pki, work.path())?;
+    let mut rig = Rig::builder()
+        .site(&site)
+        .site(&other)
+        .hub(|h| {
+            h.extra = format!(
+                "[replication]\npolicy = \"identity\"\n\n[[replication.identity_allow]]\nsites = {site:?}\ntopics = {:?}\n\n[[replication.identity_allow]]\nsites = {other:?}\ntopics = {:?}\n",
+                format!("{site}-mine"),
+                format!("{other}-data"),
+            );
+        })
+        .start()?;
     // The site's edge has its own topic and one named like the other site's (protected names
     // such as `connect-offsets` take the same path; unit: `sink::tests`).
     for t in [&mine, &theirs] {
         client::create_topic(k.edge(), t, 1, &[]).await?;
     }
     client::create_topic(k.central(), &theirs, 1, &[]).await?;
-    let agent = AgentSetup::new(
-        &site,
-        k.edge(),
-        setup.port,
-        &format!("({site}-mine|{other}-data)"),
-    )
-    .start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    rig.start_agent(&rig.agent_setup(&site, &format!("({site}-mine|{other}-data)")))?;
     produce(k.edge(), &mine, 0, 10, 1).await?;
     produce(k.edge(), &theirs, 0, 10, 1).await?;
 
@@ -547,7 +543,7 @@ async fn under_the_identity_policy_a_site_writes_only_its_allowlisted_topics() -
         &mine,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
         &delivery::round_robin(10, 1),
-        &logs(&procs),
+        &rig.logs(),
     );
     // MM2 heartbeats stay prefixed with the site under the identity policy: they need no
     // listing (found by this test: they went to the dead letters).
@@ -558,18 +554,14 @@ async fn under_the_identity_policy_a_site_writes_only_its_allowlisted_topics() -
         Duration::from_secs(30),
     )
     .await;
-    assert!(
-        !beats.is_empty(),
-        "no heartbeats centrally\n{}",
-        logs(&procs)
-    );
+    assert!(!beats.is_empty(), "no heartbeats centrally\n{}", rig.logs());
     let dead_topic = format!("er-dead-letter.{site}.internal");
     let dead = client::wait_for_count(k.central(), &dead_topic, 10, Duration::from_secs(60)).await;
     assert_eq!(
         dead.len(),
         10,
         "the other site's topic, to the dead letters\n{}",
-        logs(&procs)
+        rig.logs()
     );
     for r in &dead {
         let h = |name: &str| r.header_text(name).unwrap_or_default();
@@ -598,13 +590,12 @@ async fn records_routed_to_more_topics_than_the_site_may_write_go_to_the_dead_le
 -> anyhow::Result<()> {
     let k = shared();
     let site = unique_name("spray");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
-    let mut setup = HubSetup::new(k.central())?;
-    setup.extra = "[limits]\nmax_topics_per_site = 3\n".into();
-    let hub = setup.start(&pki, work.path())?;
-    let hub_addr: SocketAddr = format!("127.0.0.1:{}", setup.port).parse()?;
-    let ep = endpoint(&pki, &site)?;
+    let rig = Rig::builder()
+        .site(&site)
+        .hub(|h| h.extra = "[limits]\nmax_topics_per_site = 3\n".into())
+        .start()?;
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", rig.hub_setup().port).parse()?;
+    let ep = endpoint(rig.pki(), &site)?;
     let conn = connect(&ep, hub_addr).await?;
     let (_ctl, _ctl_reader) = hello(&conn, &site).await?;
 
@@ -642,11 +633,11 @@ async fn records_routed_to_more_topics_than_the_site_may_write_go_to_the_dead_le
     let mut reader = FrameReader::new(recv, 1 << 20);
     let answer = tokio::time::timeout(Duration::from_secs(60), reader.next())
         .await
-        .map_err(|_| anyhow::anyhow!("no answer\n{}", logs(&[&hub])))??;
+        .map_err(|_| anyhow::anyhow!("no answer\n{}", rig.logs()))??;
     anyhow::ensure!(
         matches!(answer, Some(Frame::Ack { next_offset: 8, .. })),
         "the batch is acked whole: {answer:?}\n{}",
-        logs(&[&hub])
+        rig.logs()
     );
 
     let topics = client::list_topics(k.central()).await?;
@@ -673,7 +664,7 @@ async fn records_routed_to_more_topics_than_the_site_may_write_go_to_the_dead_le
             panic!(
                 "{t} got {} records, not its one; watermarks {marks:?}\n{}",
                 got.len(),
-                logs(&[&hub])
+                rig.logs()
             );
         }
     }

@@ -16,7 +16,7 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(90);
 async fn the_agents_address_changes_twice_mid_stream_and_the_session_carries_on()
 -> anyhow::Result<()> {
     let rig = ProxiedSite::start("addr", 4).await?;
-    let ctl = rig.proxy.control();
+    let ctl = rig.proxy().control();
     rig.produce(0, 2_000).await?;
     rig.assert_delivered(2_000, DELIVERY_WAIT).await;
     let first_path = ctl.clients();
@@ -46,7 +46,7 @@ async fn the_agents_address_changes_twice_mid_stream_and_the_session_carries_on(
         "the hub saw the agent from a new address"
     );
     // QUIC migrated the connection: no reconnect, no second hello.
-    let agent_log = rig.agent.log_text();
+    let agent_log = rig.agent().log_text();
     assert_eq!(
         agent_log.matches("connected to hub").count(),
         1,
@@ -54,7 +54,7 @@ async fn the_agents_address_changes_twice_mid_stream_and_the_session_carries_on(
         rig.logs()
     );
     assert_eq!(
-        rig.hub.log_text().matches("hello agent_version").count(),
+        rig.hub().log_text().matches("hello agent_version").count(),
         1,
         "the hub saw a second hello\n{}",
         rig.logs()
@@ -66,7 +66,7 @@ async fn the_agents_address_changes_twice_mid_stream_and_the_session_carries_on(
 async fn a_returning_agent_says_hello_in_0rtt_and_falls_back_when_the_hub_forgot_it()
 -> anyhow::Result<()> {
     let mut rig = ProxiedSite::start("zrtt", 2).await?;
-    let ctl = rig.proxy.control();
+    let ctl = rig.proxy().control();
     rig.produce(0, 1_000).await?;
     rig.assert_delivered(1_000, DELIVERY_WAIT).await;
 
@@ -76,26 +76,26 @@ async fn a_returning_agent_says_hello_in_0rtt_and_falls_back_when_the_hub_forgot
     // its first reconnect attempt reaches the hub: a resumed session with a 0-RTT hello, which
     // the hub answers in 0.5-RTT from the parked writers.
     ctl.blackhole(Direction::ToServer, true);
-    rig.hub
+    rig.hub()
         .wait_for_log("site link lost", Duration::from_secs(30))
         .map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
     ctl.blackhole(Direction::ToServer, false);
-    rig.hub
+    rig.hub()
         .wait_for_log("welcoming site in 0.5-RTT", Duration::from_secs(60))
         .map_err(|e| anyhow::anyhow!("{e}\n{}", rig.logs()))?;
     rig.produce(1_000, 2_000).await?;
     rig.assert_delivered(2_000, DELIVERY_WAIT).await;
     assert!(
-        rig.agent.log_text().contains("zero_rtt=true"),
+        rig.agent().log_text().contains("zero_rtt=true"),
         "the agent resumed with 0-RTT\n{}",
         rig.logs()
     );
 
     // A restarted hub has no memory of the TLS session: it refuses the early data, the agent
     // says hello again on the same connection, and nothing is lost or repeated.
-    rig.hub.kill();
-    rig.hub.restart()?;
-    rig.agent
+    rig.hub_mut().kill();
+    rig.hub_mut().restart()?;
+    rig.agent()
         .wait_for_log(
             "the hub refused the 0-RTT hello; saying hello again",
             Duration::from_secs(60),

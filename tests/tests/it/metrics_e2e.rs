@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord};
 use er_tests::kafka::shared;
 use er_tests::prom::{free_tcp_port, metrics_section, parse, scrape, value};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -17,8 +17,6 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
     let k = shared();
     let prefix = unique_name("met");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{prefix}-orders");
     const TOTAL: usize = 3_000;
     const PARTITIONS: i32 = 3;
@@ -43,10 +41,11 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
 
     let hub_metrics = free_tcp_port();
     let agent_metrics = free_tcp_port();
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra.push_str(&metrics_section(hub_metrics));
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    let mut rig = Rig::builder()
+        .site(&site)
+        .hub(|h| h.extra.push_str(&metrics_section(hub_metrics)))
+        .start()?;
+    let mut agent_setup = rig.agent_setup(&site, &format!("{prefix}-.*"));
     agent_setup.extra.push_str(&metrics_section(agent_metrics));
     // The in-flight gauge, sampled from before the agent starts until everything is checked: the
     // first batches wait for the hub to create their destination topic and every heartbeat batch
@@ -68,7 +67,7 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
             max
         }
     });
-    let agent = agent_setup.start(&pki, work.path())?;
+    rig.start_agent(&agent_setup)?;
 
     let remote = format!("{site}.{topic}");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -76,12 +75,12 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
         assert!(
             Instant::now() < deadline,
             "{remote} never appeared\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let got = client::consume_all(k.central(), &remote, TOTAL, Duration::from_secs(120)).await?;
-    assert_eq!(got.len(), TOTAL, "replicated\n{}", logs(&[&hub, &agent]));
+    assert_eq!(got.len(), TOTAL, "replicated\n{}", rig.logs());
 
     // Counters trail the data a little (acks, heartbeats, the 5 s lag and index refresh): poll
     // until every expectation holds, then report what is still off.
@@ -121,7 +120,7 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
             "agent:\n{}\nhub:\n{}\n{}",
             scrape(agent_metrics).unwrap_or_default(),
             scrape(hub_metrics).unwrap_or_default(),
-            logs(&[&hub, &agent])
+            rig.logs()
         )
     };
 
@@ -331,8 +330,10 @@ async fn both_endpoints_report_what_was_replicated() -> anyhow::Result<()> {
     );
 
     // The fleet status line carries the worst lag and the records written.
-    hub.wait_for_log("lag_seconds=", Duration::from_secs(60))?;
-    let status = hub
+    rig.hub
+        .wait_for_log("lag_seconds=", Duration::from_secs(60))?;
+    let status = rig
+        .hub
         .log_text()
         .lines()
         .find(|l| l.contains("fleet status") && l.contains("lag_seconds="))

@@ -12,7 +12,6 @@
 //! (tests of the binary's other modules may still run alongside).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,9 @@ use er_tests::client::{self, NewRecord};
 use er_tests::delivery;
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::prom::{free_tcp_port, metrics_section, parse, scrape, value};
-use er_tests::proxy::{Direction, LinkProxy};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs};
+use er_tests::proxy::Direction;
+use er_tests::replicator::{Proc, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -177,8 +177,6 @@ async fn retention_gap_after_a_link_outage_is_reported_with_its_offsets_and_noth
     let k = shared();
     let p = unique_name("gap");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{p}-events");
     let remote = format!("{site}.{topic}");
     // Per partition: offsets [0, BEFORE) are replicated before the outage, [BEFORE, END) are
@@ -194,19 +192,13 @@ async fn retention_gap_after_a_link_outage_is_reported_with_its_offsets_and_noth
         produce_seqs(&producer, &topic, part, 0..BEFORE, 100).await?;
     }
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let proxy = LinkProxy::start(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)))?;
-    let ctl = proxy.control();
     let metrics_port = free_tcp_port();
-    let mut agent_setup = AgentSetup::new(
-        &site,
-        k.edge(),
-        proxy.local_addr().port(),
-        &format!("{p}-.*"),
-    );
-    agent_setup.extra = agent_extra(metrics_port, "");
-    let agent = agent_setup.start(&pki, work.path())?;
+    let rig = Rig::builder()
+        .agent_via_proxy(&site, &format!("{p}-.*"), |a| {
+            a.extra = agent_extra(metrics_port, "");
+        })
+        .start()?;
+    let (agent, ctl) = (rig.agent(&site), rig.proxy(&site).control());
     let got = read_seqs(
         k.central(),
         &remote,
@@ -218,16 +210,16 @@ async fn retention_gap_after_a_link_outage_is_reported_with_its_offsets_and_noth
     assert!(
         got.values().all(|s| *s == before),
         "replicated before the outage\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
 
     // The outage: the session ends (QUIC idle timeout), then the edge moves on without it.
-    let downs = count(&agent, "link to hub down");
+    let downs = count(agent, "link to hub down");
     ctl.blackhole(Direction::Both, true);
     assert!(
-        wait_for_nth(&agent, "link to hub down", downs, Duration::from_secs(60)).await,
+        wait_for_nth(agent, "link to hub down", downs, Duration::from_secs(60)).await,
         "the agent noticed the outage\n{}",
-        logs(&[&agent])
+        logs(&[agent])
     );
     for part in 0..2 {
         produce_seqs(&producer, &topic, part, BEFORE..END, 100).await?;
@@ -244,10 +236,10 @@ async fn retention_gap_after_a_link_outage_is_reported_with_its_offsets_and_noth
     let total = expected.values().map(Vec::len).sum();
     let got = read_seqs(k.central(), &remote, total, Duration::from_secs(120)).await?;
     // Every record still at the edge: partition 0 without the gap retention deleted.
-    delivery::assert_exactly_once_in_order(&remote, &got, &expected, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(&remote, &got, &expected, &rig.logs());
 
     // The agent named the gap of partition 0, exactly, and nothing else.
-    let reports = gap_reports(&agent);
+    let reports = gap_reports(agent);
     eprintln!("retention gap reports: {reports:?}");
     for line in agent
         .log_text()
@@ -260,7 +252,7 @@ async fn retention_gap_after_a_link_outage_is_reported_with_its_offsets_and_noth
         reports,
         [(topic.clone(), 0, BEFORE, GAP_END, GAP_END - BEFORE)],
         "{}",
-        logs(&[&agent])
+        logs(&[agent])
     );
     let m = parse(&scrape(metrics_port)?);
     let gap_records = |part: &str| {
@@ -313,8 +305,6 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
     let mut central = tokio::task::spawn_blocking(|| KafkaNode::start("outage-central")).await??;
     let p = unique_name("down");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     // `steady` gets a trickle all along; `bulk` gets a burst during the outage that is larger
     // than the agent holds, and retention then deletes most of it while the reader is held.
     let steady = format!("{p}-steady");
@@ -334,18 +324,20 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
     produce_seqs(&producer, &bulk, 0, 0..BULK_BEFORE, BULK_PAD).await?;
 
     let hub_metrics = free_tcp_port();
-    let mut hub_setup = HubSetup::new(central.bootstrap())?;
-    hub_setup.extra.push_str(&metrics_section(hub_metrics));
-    let hub = hub_setup.start(&pki, work.path())?;
     let agent_metrics = free_tcp_port();
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{p}-.*"));
-    // Small batches and in-flight limits, so what the agent holds is mostly librdkafka's
-    // prefetch (16 MiB, about 4,000 bulk records) and the burst (64 MiB) overruns it.
-    agent_setup.extra = agent_extra(
-        agent_metrics,
-        "max_bytes = 262144\nmax_inflight_bytes_per_partition = 1048576\nmax_inflight_bytes_total = 4194304\n",
-    );
-    let agent = agent_setup.start(&pki, work.path())?;
+    let rig = Rig::builder()
+        .central(central.bootstrap())
+        .hub(|h| h.extra.push_str(&metrics_section(hub_metrics)))
+        .agent_with(&site, &format!("{p}-.*"), |a| {
+            // Small batches and in-flight limits, so what the agent holds is mostly librdkafka's
+            // prefetch (16 MiB, about 4,000 bulk records) and the burst (64 MiB) overruns it.
+            a.extra = agent_extra(
+                agent_metrics,
+                "max_bytes = 262144\nmax_inflight_bytes_per_partition = 1048576\nmax_inflight_bytes_total = 4194304\n",
+            );
+        })
+        .start()?;
+    let agent = rig.agent(&site);
     let steady_remote = format!("{site}.{steady}");
     let bulk_remote = format!("{site}.{bulk}");
     let got = read_seqs(
@@ -359,9 +351,9 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
         got.values().map(Vec::len).sum::<usize>(),
         2 * STEADY_BEFORE as usize,
         "replicated before the outage\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
-    let downs = count(&agent, "link to hub down");
+    let downs = count(agent, "link to hub down");
 
     // Central goes down hard; the edge keeps producing.
     let started = Instant::now();
@@ -418,7 +410,7 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
         last.agent_link_up,
         Some(1.0),
         "the session holds\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
     assert!(
         last.agent_inflight.is_some_and(|b| b > 0.0),
@@ -445,7 +437,7 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
     let want = (0..2)
         .map(|part| (part, (0..STEADY_END).collect()))
         .collect();
-    delivery::assert_exactly_once_in_order(&steady_remote, &got, &want, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(&steady_remote, &got, &want, &rig.logs());
     eprintln!(
         "[{:>5.1}s] {} records of {steady} exactly once, in order",
         started.elapsed().as_secs_f64(),
@@ -454,12 +446,12 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
 
     // Retention overtook the held reader of `bulk`: the gap is the records it had not read yet
     // up to the new log start; everything it had read arrives, and everything after the gap.
-    let reports = gap_reports(&agent);
+    let reports = gap_reports(agent);
     eprintln!("retention gap reports: {reports:?}");
     let [(topic, 0, from, until, n)] = reports.as_slice() else {
         panic!(
             "one gap report for {bulk}/0, got {reports:?}\n{}",
-            logs(&[&agent])
+            logs(&[agent])
         );
     };
     assert_eq!(topic, &bulk);
@@ -480,15 +472,15 @@ async fn central_cluster_down_the_hub_stops_acking_the_agent_holds_and_nothing_i
         &format!("{bulk_remote} (everything but the reported gap)"),
         &got,
         &[(0, want)].into(),
-        &logs(&[&hub, &agent]),
+        &rig.logs(),
     );
-    let sessions_ended = count(&agent, "link to hub down") - downs;
+    let sessions_ended = count(agent, "link to hub down") - downs;
     eprintln!(
         "[{:>5.1}s] {bulk}: [0, {from}) and [{BULK_GAP_END}, {BULK_END}) exactly once; gap of {n} reported; sessions ended meanwhile: {sessions_ended}",
         started.elapsed().as_secs_f64()
     );
     if std::env::var_os("ER_DUMP_LOGS").is_some() {
-        eprintln!("{}\n{}", hub.log_text(), agent.log_text());
+        eprintln!("{}\n{}", rig.hub.log_text(), agent.log_text());
     }
     let m = parse(&scrape(agent_metrics)?);
     assert_eq!(
@@ -560,8 +552,6 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
     let k = shared();
     let p = unique_name("mem");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{p}-events");
     let remote = format!("{site}.{topic}");
     client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
@@ -571,19 +561,12 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
         produce_seqs(&producer, &topic, part, 0..WARM, PAD).await?;
     }
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let proxy = LinkProxy::start(SocketAddr::from(([127, 0, 0, 1], hub_setup.port)))?;
-    let ctl = proxy.control();
     // The agent as shipped: default batching and in-flight limits.
-    let agent_setup = AgentSetup::new(
-        &site,
-        k.edge(),
-        proxy.local_addr().port(),
-        &format!("{p}-.*"),
-    );
-    let agent = agent_setup.start(&pki, work.path())?;
-    let pid = agent.pid().expect("agent running");
+    let rig = Rig::builder()
+        .agent_via_proxy(&site, &format!("{p}-.*"), |_| {})
+        .start()?;
+    let ctl = rig.proxy(&site).control();
+    let pid = rig.agent(&site).pid().expect("agent running");
     let got = read_seqs(
         k.central(),
         &remote,
@@ -595,7 +578,7 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
         got.values().map(Vec::len).sum::<usize>(),
         (PARTITIONS as i64 * WARM) as usize,
         "warm-up replicated\n{}",
-        logs(&[&hub, &agent])
+        rig.logs()
     );
 
     // RSS samples every 100 ms, tagged with the phase.
@@ -650,7 +633,7 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
     let want = (0..PARTITIONS)
         .map(|part| (part, (0..next).collect()))
         .collect();
-    delivery::assert_exactly_once_in_order(&remote, &got, &want, &logs(&[&hub, &agent]));
+    delivery::assert_exactly_once_in_order(&remote, &got, &want, &rig.logs());
 
     let samples = samples.lock().expect("samples lock").clone();
     let peak = |ph: Phase| {
@@ -704,6 +687,6 @@ async fn memory_stays_bounded_during_an_outage_with_producers_and_during_the_cat
         mib(late)
     );
     client::delete_topics(k.edge(), &[&topic]).await?;
-    drop((hub, agent, proxy));
+    drop(rig);
     Ok(())
 }

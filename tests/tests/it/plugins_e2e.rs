@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, example_plugin, logs};
+use er_tests::replicator::{AgentSetup, Pki, Proc, bin, example_plugin, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 /// One `[[routes]]` table.
@@ -77,8 +78,6 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
     let k = shared();
     let prefix = unique_name("flt");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let source = format!("{prefix}-sensors");
     let renamed = format!("{prefix}-hot");
     const TOTAL: usize = 100_000;
@@ -110,9 +109,8 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
     }
     let kept: usize = want.values().map(Vec::len).sum();
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    let mut rig = Rig::builder().site(&site).start()?;
+    let mut agent_setup = rig.agent_setup(&site, &format!("{prefix}-.*"));
     agent_setup.extra.push_str(&route(
         "hot",
         &source,
@@ -132,12 +130,12 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
         ],
     ));
     let started = Instant::now();
-    let agent = agent_setup.start(&pki, work.path())?;
+    rig.start_agent(&agent_setup)?;
     let remote = format!("{site}.{renamed}");
-    let got = read(k.central(), &remote, kept, &[&hub, &agent]).await;
+    let got = read(k.central(), &remote, kept, &rig.procs()).await;
     // Without the settle period the read went on for after the last record.
     let elapsed = started.elapsed().saturating_sub(client::SETTLE);
-    assert_eq!(got.len(), kept, "kept records\n{}", logs(&[&hub, &agent]));
+    assert_eq!(got.len(), kept, "kept records\n{}", rig.logs());
     for (p, want) in &want {
         let have: Vec<&Record> = got.iter().filter(|r| r.partition == *p).collect();
         assert_eq!(have.len(), want.len(), "partition {p}");
@@ -169,7 +167,11 @@ async fn filter_then_rename_delivers_exactly_the_kept_records_under_the_new_name
         BTreeSet::from([remote.clone()]),
         "only the renamed topic exists for the site (no empty `{site}.{source}`)"
     );
-    assert!(agent.log_text().contains("partition takes a plugin route"));
+    assert!(
+        rig.agent(&site)
+            .log_text()
+            .contains("partition takes a plugin route")
+    );
     Ok(())
 }
 
@@ -178,16 +180,13 @@ async fn hostile_plugins_are_contained_and_other_routes_keep_flowing() -> anyhow
     let k = shared();
     let p = unique_name("hos");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let hostile = example_plugin("fixture_hostile");
     let t = |s: &str| format!("{p}-{s}");
     for name in ["loop", "bomb", "panic", "flood", "escape", "good"] {
         client::create_topic(k.edge(), &t(name), 1, &[]).await?;
     }
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{p}-.*"));
+    let mut rig = Rig::builder().site(&site).start()?;
+    let mut agent_setup = rig.agent_setup(&site, &format!("{p}-.*"));
     agent_setup.extra.push_str(
         "\n[plugins]\nmemory_limit_mb = 32\nbatch_deadline_ms = 300\nmax_outputs_per_input = 100\nstopped_route_retry_ms = 600000\n",
     );
@@ -222,8 +221,8 @@ async fn hostile_plugins_are_contained_and_other_routes_keep_flowing() -> anyhow
         "on_error = \"skip\"",
         &[(&hostile, r#"mode = "escape""#)],
     ));
-    let mut agent = agent_setup.start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    rig.start_agent(&agent_setup)?;
+    let procs = rig.procs();
 
     // The panic route: a good record first, so we know the route was flowing before it stopped.
     client::produce(k.edge(), &t("panic"), &[NewRecord::new("k", "a")]).await?;
@@ -258,7 +257,7 @@ async fn hostile_plugins_are_contained_and_other_routes_keep_flowing() -> anyhow
             values(&read(k.central(), &remote(name), 2, &procs).await),
             ["a", "b"],
             "{name}: the bad record is skipped, the others pass\n{}",
-            logs(&procs)
+            rig.logs()
         );
     }
     assert_eq!(
@@ -306,19 +305,19 @@ async fn hostile_plugins_are_contained_and_other_routes_keep_flowing() -> anyhow
         !panic_values.contains(&"boom".to_owned()) && !panic_values.contains(&"b".to_owned()),
         "a stopped route moves no further: {panic_values:?}"
     );
-    let log = agent.log_text();
+    let log = rig.agent(&site).log_text();
     assert!(
         log.contains("route stopped by a plugin failure"),
         "{}",
-        logs(&procs)
+        rig.logs()
     );
     assert!(
         log.contains("fixture panics on record at offset"),
         "{}",
-        logs(&procs)
+        rig.logs()
     );
     assert!(
-        agent.is_running(),
+        rig.agent_mut(&site).is_running(),
         "the agent survives every hostile plugin"
     );
     Ok(())
@@ -329,8 +328,6 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
     let k = shared();
     let p = unique_name("rel");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic_in = format!("{p}-in");
     let topic_out = format!("{p}-out");
     const PARTITIONS: i32 = 2;
@@ -338,11 +335,10 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
     client::create_topic(k.edge(), &topic_in, PARTITIONS, &[]).await?;
     // The route's plugin file starts as identity (which ignores settings) and is replaced by
     // rename (which honours the same settings) while records flow.
-    let live = work.path().join("live.wasm");
+    let mut rig = Rig::builder().site(&site).start()?;
+    let live = rig.dir().join("live.wasm");
     std::fs::copy(example_plugin("identity"), &live)?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{p}-.*"));
+    let mut agent_setup = rig.agent_setup(&site, &format!("{p}-.*"));
     agent_setup.max_records = 200;
     agent_setup.extra.push_str(&route(
         "live",
@@ -356,7 +352,7 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
             ),
         )],
     ));
-    let agent = agent_setup.start(&pki, work.path())?;
+    rig.start_agent(&agent_setup)?;
 
     let edge = k.edge().to_owned();
     let t2 = topic_in.clone();
@@ -375,7 +371,7 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         anyhow::Ok(())
     });
     // Let some records through the first version, then swap the file atomically.
-    let procs = [&hub, &agent];
+    let procs = rig.procs();
     // Only until 1,000 are there (end offsets, not a full read: a read waits for the end of
     // the topic and a settle period, by when every record went through the first version).
     let remote_in = format!("{site}.{topic_in}");
@@ -391,17 +387,17 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         assert!(
             Instant::now() < deadline,
             "1,000 records never went through the first version ({through})\n{}",
-            logs(&procs)
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let staged = work.path().join("live.wasm.new");
+    let staged = rig.dir().join("live.wasm.new");
     std::fs::copy(example_plugin("rename"), &staged)?;
     std::fs::rename(&staged, &live)?;
     producing.await??;
 
     let out = read(k.central(), &format!("{site}.{topic_out}"), 1, &procs).await;
-    assert!(!out.is_empty(), "the new version renames\n{}", logs(&procs));
+    assert!(!out.is_empty(), "the new version renames\n{}", rig.logs());
     // Wait until every record is somewhere, then check the union is exact.
     let deadline = Instant::now() + Duration::from_secs(120);
     let (ins, outs) = loop {
@@ -450,7 +446,7 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         all,
         (0..TOTAL).collect::<Vec<_>>(),
         "every record exactly once\n{}",
-        logs(&procs)
+        rig.logs()
     );
     for part in 0..PARTITIONS {
         let last_in = ins.iter().filter(|r| r.partition == part).map(seq).max();
@@ -463,7 +459,7 @@ async fn hot_reload_while_records_flow_loses_and_duplicates_nothing() -> anyhow:
         }
     }
     assert!(
-        agent
+        rig.agent(&site)
             .log_text()
             .contains("plugin changed on disk; reloaded")
     );
@@ -618,27 +614,25 @@ async fn a_record_expanded_beyond_the_batch_room_fails_under_its_route_policy() 
     let k = shared();
     let p = unique_name("fan");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let hostile = example_plugin("fixture_hostile");
     let (topic, dlq) = (format!("{p}-in"), format!("{p}-dlq"));
     client::create_topic(k.edge(), &topic, 1, &[]).await?;
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = "[limits]\nmax_batch_bytes = 1048576\n".into();
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &topic);
-    // 12 outputs of 100 kB: 1.2 MB for one record, more than half the hub's 1 MiB batch.
-    agent_setup.extra.push_str(&route(
-        "fan",
-        &topic,
-        &format!("on_error = \"dead-letter\"\ndead_letter_topic = {dlq:?}"),
-        &[(
-            &hostile,
-            r#"mode = "fan", trigger = "boom", outputs = "12", bytes = "100000""#,
-        )],
-    ));
-    let agent = agent_setup.start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    let rig = Rig::builder()
+        .hub(|h| h.extra = "[limits]\nmax_batch_bytes = 1048576\n".into())
+        .agent_with(&site, &topic, |a| {
+            // 12 outputs of 100 kB: 1.2 MB for one record, more than half the hub's 1 MiB batch.
+            a.extra.push_str(&route(
+                "fan",
+                &topic,
+                &format!("on_error = \"dead-letter\"\ndead_letter_topic = {dlq:?}"),
+                &[(
+                    &hostile,
+                    r#"mode = "fan", trigger = "boom", outputs = "12", bytes = "100000""#,
+                )],
+            ));
+        })
+        .start()?;
+    let procs = rig.procs();
     client::produce(
         k.edge(),
         &topic,
@@ -653,7 +647,7 @@ async fn a_record_expanded_beyond_the_batch_room_fails_under_its_route_policy() 
         values(&read(k.central(), &format!("{site}.{topic}"), 2, &procs).await),
         ["a", "b"],
         "{}",
-        logs(&procs)
+        rig.logs()
     );
     let dead = read(k.central(), &format!("{site}.{dlq}"), 1, &procs).await;
     assert_eq!(
@@ -667,10 +661,10 @@ async fn a_record_expanded_beyond_the_batch_room_fails_under_its_route_policy() 
         "the error names the limit: {error}"
     );
     assert_eq!(
-        hub.log_text().matches("welcoming site").count(),
+        rig.hub.log_text().matches("welcoming site").count(),
         1,
         "one session throughout\n{}",
-        logs(&procs)
+        rig.logs()
     );
     Ok(())
 }

@@ -15,7 +15,8 @@ use er_plugin_host::build::{BuildError, Language, build_language_examples};
 use er_plugin_host::{ErrorPolicy, HostConfig, PluginHost, PluginSpec};
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, bin, example_plugin, logs};
+use er_tests::replicator::{bin, example_plugin};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 use crate::plugins_e2e::read;
@@ -356,8 +357,6 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
     let k = shared();
     let prefix = unique_name("poly");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     const TOTAL: usize = 3_000;
     const PARTITIONS: i32 = 2;
     let base_ts = client::now_ms() - 600_000;
@@ -398,9 +397,8 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
     )
     .to_owned();
 
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{prefix}-.*"));
+    let mut rig = Rig::builder().site(&site).start()?;
+    let mut agent_setup = rig.agent_setup(&site, &format!("{prefix}-.*"));
     // A deadline well above the interpreters' cost of a batch (a few ms, see BENCHMARKS.md),
     // so a loaded CI machine does not stop the route.
     agent_setup.extra.push_str(&format!(
@@ -425,8 +423,7 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
     for (_, topic) in &topics {
         client::send_all(&producer, topic, &recs).await?;
     }
-    let mut agent = agent_setup.start(&pki, work.path())?;
-    let procs = [&hub, &agent];
+    rig.start_agent(&agent_setup)?;
 
     // What the Rust examples write: the kept readings, edited, keys sorted, the site header
     // added after the input's headers; key, timestamp and partition unchanged.
@@ -450,13 +447,8 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
     ];
     for (language, topic) in &topics {
         let remote = format!("{site}.{topic}");
-        let got = read(k.central(), &remote, kept, &procs).await;
-        assert_eq!(
-            got.len(),
-            kept,
-            "{language}: kept records\n{}",
-            logs(&procs)
-        );
+        let got = read(k.central(), &remote, kept, &rig.procs()).await;
+        assert_eq!(got.len(), kept, "{language}: kept records\n{}", rig.logs());
         for (p, want) in &want {
             let have: Vec<&Record> = got.iter().filter(|r| r.partition == *p).collect();
             assert_eq!(have.len(), want.len(), "{language}: partition {p}");
@@ -483,6 +475,6 @@ async fn python_and_js_plugins_filter_and_transform_end_to_end() -> anyhow::Resu
         .await?;
         assert_eq!(again.len(), kept, "{language}: no duplicates appear later");
     }
-    assert!(agent.is_running(), "the agent still runs");
+    assert!(rig.agent_mut(&site).is_running(), "the agent still runs");
     Ok(())
 }

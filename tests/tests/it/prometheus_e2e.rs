@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord};
 use er_tests::kafka::shared;
 use er_tests::prom::{free_tcp_port, http_get, metrics_section};
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, logs};
+use er_tests::replicator::{Proc, bin, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 /// Names the rules or the dashboard use that a short healthy run cannot show, each with why. A
@@ -245,8 +246,6 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() -> anyhow
     let prometheus = tool("prometheus");
     let k = shared();
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = unique_name("prom-orders");
     const TOTAL: usize = 600;
     const PARTITIONS: i32 = 2;
@@ -261,33 +260,21 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() -> anyhow
 
     let hub_port = free_tcp_port();
     let agent_port = free_tcp_port();
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra.push_str(&metrics_section(hub_port));
-    let hub = hub_setup.start(&pki, work.path())?;
-
     // An agent with a plugin route (plugin series) and a rate limit (its gauge), both far from
     // limiting anything here.
     let plugins = er_plugin_host::build::build_examples()?;
-    let setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &topic);
-    let mut toml = setup.toml(&pki).replacen(
-        "\n[batching]\n",
-        "max_bytes_per_sec = 100000000\n\n[batching]\n",
-        1,
-    );
-    toml.push_str(&metrics_section(agent_port));
-    toml.push_str(&format!(
-        "\n[[routes]]\nname = \"orders\"\ntopics = [{:?}]\n[[routes.plugins]]\npath = {:?}\n",
-        topic,
-        plugins.join("identity.wasm").display().to_string()
-    ));
-    let agent_cfg = work.path().join("agent.toml");
-    std::fs::write(&agent_cfg, &toml)?;
-    let agent = Proc::start(
-        "agent",
-        &bin("edge-agent")?,
-        &["--config", agent_cfg.to_str().expect("utf-8 path")],
-        &work.path().join("agent.log"),
-    )?;
+    let rig = Rig::builder()
+        .hub(|h| h.extra.push_str(&metrics_section(hub_port)))
+        .agent_with(&site, &topic, |a| {
+            a.hub_extra = "max_bytes_per_sec = 100000000\n".into();
+            a.extra.push_str(&metrics_section(agent_port));
+            a.extra.push_str(&format!(
+                "\n[[routes]]\nname = \"orders\"\ntopics = [{:?}]\n[[routes.plugins]]\npath = {:?}\n",
+                topic,
+                plugins.join("identity.wasm").display().to_string()
+            ));
+        })
+        .start()?;
 
     let remote = format!("{site}.{topic}");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -295,12 +282,12 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() -> anyhow
         assert!(
             Instant::now() < deadline,
             "{remote} never appeared\n{}",
-            logs(&[&hub, &agent])
+            rig.logs()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let got = client::consume_all(k.central(), &remote, TOTAL, Duration::from_secs(120)).await?;
-    assert_eq!(got.len(), TOTAL, "replicated\n{}", logs(&[&hub, &agent]));
+    assert_eq!(got.len(), TOTAL, "replicated\n{}", rig.logs());
 
     // The health endpoints of both, next to /metrics.
     for port in [hub_port, agent_port] {
@@ -332,7 +319,7 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() -> anyhow
     let (code, body) = http_get(hub_port, "/status")?;
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body)?;
-    assert_eq!(v["hub_id"], hub_setup.hub_id.as_str(), "{v}");
+    assert_eq!(v["hub_id"], rig.hub_setup().hub_id.as_str(), "{v}");
     assert_eq!(v["sites_connected"], 1, "{v}");
 
     // The agent's lag per partition shows after its 5 s lag round.
@@ -378,7 +365,7 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() -> anyhow
 
     // A real Prometheus scraping both, with the alert rules loaded.
     let prom_port = free_tcp_port();
-    let prom_cfg = work.path().join("prometheus.yml");
+    let prom_cfg = rig.dir().join("prometheus.yml");
     std::fs::write(
         &prom_cfg,
         format!(
@@ -394,12 +381,13 @@ async fn prometheus_scrapes_every_metric_the_rules_and_dashboard_use() -> anyhow
         &prometheus,
         &[
             &format!("--config.file={}", prom_cfg.display()),
-            &format!("--storage.tsdb.path={}", work.path().join("tsdb").display()),
+            &format!("--storage.tsdb.path={}", rig.dir().join("tsdb").display()),
             &format!("--web.listen-address=127.0.0.1:{prom_port}"),
         ],
-        &work.path().join("prometheus.log"),
+        &rig.dir().join("prometheus.log"),
     )?;
-    let procs = [&hub, &agent, &prom];
+    let mut procs = rig.procs();
+    procs.push(&prom);
 
     // Both targets up, and what the rules query.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -8,7 +8,8 @@ use er_tests::client;
 use er_tests::delivery::{self, SeqIn};
 use er_tests::kafka::shared;
 use er_tests::proxied::produce;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, logs};
+use er_tests::replicator::{Proc, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 
 fn hangup(p: &Proc) -> anyhow::Result<()> {
@@ -42,22 +43,20 @@ async fn sighup_reloads_the_agents_topics_and_an_invalid_file_is_refused() -> an
     let k = shared();
     let p = unique_name("reload");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let (a, b) = (format!("{p}-a"), format!("{p}-b"));
     client::create_topic(k.edge(), &a, 1, &[]).await?;
     client::create_topic(k.edge(), &b, 1, &[]).await?;
-    let hub_setup = HubSetup::new(k.central())?;
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &a);
+    let mut rig = Rig::builder().site(&site).start()?;
+    let mut setup = rig.agent_setup(&site, &a);
     setup.extra.push_str("\n[heartbeats]\nenabled = false\n");
-    let agent = setup.start(&pki, work.path())?;
-    let config = work.path().join(format!("agent-{site}.toml"));
+    rig.start_agent(&setup)?;
+    let agent = rig.agent(&site);
+    let config = rig.agent_config(&site);
     let (remote_a, remote_b) = (format!("{site}.{a}"), format!("{site}.{b}"));
 
     produce(k.edge(), &a, 0, 100, 1).await?;
     produce(k.edge(), &b, 0, 100, 1).await?;
-    assert_exactly(k.central(), &remote_a, 100, &[&hub, &agent]).await?;
+    assert_exactly(k.central(), &remote_a, 100, &rig.procs()).await?;
     assert!(
         !client::list_topics(k.central()).await?.contains(&remote_b),
         "b is not selected yet"
@@ -65,20 +64,20 @@ async fn sighup_reloads_the_agents_topics_and_an_invalid_file_is_refused() -> an
 
     // Select b as well, and reload.
     setup.include = vec![format!("{p}-(a|b)")];
-    std::fs::write(&config, setup.toml(&pki))?;
-    hangup(&agent)?;
+    std::fs::write(config, setup.toml(rig.pki()))?;
+    hangup(agent)?;
     agent.wait_for_log("configuration reloaded", Duration::from_secs(30))?;
     produce(k.edge(), &a, 100, 200, 1).await?;
-    assert_exactly(k.central(), &remote_b, 100, &[&hub, &agent]).await?;
-    assert_exactly(k.central(), &remote_a, 200, &[&hub, &agent]).await?;
+    assert_exactly(k.central(), &remote_b, 100, &rig.procs()).await?;
+    assert_exactly(k.central(), &remote_a, 200, &rig.procs()).await?;
 
     // An invalid file is refused, naming the field; the agent goes on as it was.
-    let good = std::fs::read_to_string(&config)?;
+    let good = std::fs::read_to_string(config)?;
     std::fs::write(
-        &config,
+        config,
         good.replace("linger_ms = 10", "linger_ms = 10\ncompression = \"lz5\""),
     )?;
-    hangup(&agent)?;
+    hangup(agent)?;
     agent.wait_for_log("configuration reload refused", Duration::from_secs(30))?;
     let log = agent.log_text();
     let refusal = log
@@ -91,8 +90,8 @@ async fn sighup_reloads_the_agents_topics_and_an_invalid_file_is_refused() -> an
     );
     produce(k.edge(), &a, 200, 300, 1).await?;
     produce(k.edge(), &b, 100, 150, 1).await?;
-    assert_exactly(k.central(), &remote_a, 300, &[&hub, &agent]).await?;
-    assert_exactly(k.central(), &remote_b, 150, &[&hub, &agent]).await?;
+    assert_exactly(k.central(), &remote_a, 300, &rig.procs()).await?;
+    assert_exactly(k.central(), &remote_b, 150, &rig.procs()).await?;
     assert_eq!(
         log.matches("configuration reloaded").count(),
         1,

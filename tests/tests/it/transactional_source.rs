@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use er_tests::client::{self, NewRecord, Record};
 use er_tests::delivery::{self, SeqIn, Seqs};
 use er_tests::kafka::shared;
-use er_tests::replicator::{AgentSetup, HubSetup, Pki, Proc, bin, logs};
+use er_tests::replicator::{Proc, logs};
+use er_tests::rig::Rig;
 use er_tests::unique_name;
 use rdkafka::producer::Producer;
 
@@ -182,8 +183,6 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
     let k = shared();
     let p = unique_name("txs");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{p}-orders");
     let dest = format!("{site}.{topic}");
     client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
@@ -201,20 +200,19 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
         edge.round(k.edge(), &topic, round).await?;
     }
 
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = "[checkpoints]\ninterval_ms = 500\n".into();
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!(".*{p}-.*"));
-    agent_setup.max_records = 4;
-    agent_setup
-        .extra
-        .push_str("\n[groups]\ninterval_ms = 300\n\n[heartbeats]\nenabled = false\n");
-    let agent = agent_setup.start(&pki, work.path())?;
+    let rig = Rig::builder()
+        .hub(|h| h.extra = "[checkpoints]\ninterval_ms = 500\n".into())
+        .agent_with(&site, &format!(".*{p}-.*"), |a| {
+            a.max_records = 4;
+            a.extra
+                .push_str("\n[groups]\ninterval_ms = 300\n\n[heartbeats]\nenabled = false\n");
+        })
+        .start()?;
     for round in ROUNDS_BEFORE_START..ROUNDS {
         tokio::time::sleep(Duration::from_millis(300)).await;
         edge.round(k.edge(), &topic, round).await?;
     }
-    let procs = [&hub, &agent];
+    let procs = rig.procs();
 
     // Every committed record exactly once, in order; no aborted record.
     let (got, _) = wait_for_records(k.central(), &dest, edge.committed.len(), &procs).await?;
@@ -234,7 +232,7 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
         &dest,
         &delivery::seqs_by_partition(&got, SeqIn::Value)?,
         &edge.want(),
-        &logs(&procs),
+        &rig.logs(),
     );
     // Central offset of each sequence number.
     let central_at: BTreeMap<i64, i64> = got
@@ -328,7 +326,7 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
             ours[&(g.clone(), *part)].1,
             want_down,
             "group {g} at edge offset {u} of partition {part} resumes at its next record\n{}",
-            logs(&procs)
+            rig.logs()
         );
     }
     assert_eq!(
@@ -368,7 +366,7 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
             "{t} was replicated"
         );
     }
-    let log = agent.log_text();
+    let log = rig.agent(&site).log_text();
     for (t, reason) in [
         (&from_central, "from_destination"),
         (&from_site, "from_site"),
@@ -377,7 +375,7 @@ async fn transactional_source_replicates_committed_records_and_checkpoints_exact
             log.lines()
                 .any(|l| l.contains(t.as_str()) && l.contains(reason)),
             "the agent says why it skips {t}\n{}",
-            logs(&procs)
+            rig.logs()
         );
     }
     Ok(())
@@ -392,8 +390,6 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
     let k = shared();
     let p = unique_name("txu");
     let site = unique_name("site");
-    let pki = Pki::new(&[&site])?;
-    let work = tempfile::tempdir()?;
     let topic = format!("{p}-events");
     let dest = format!("{site}.{topic}");
     client::create_topic(k.edge(), &topic, 1, &[]).await?;
@@ -418,27 +414,16 @@ async fn read_uncommitted_replicates_aborted_and_open_transactions() -> anyhow::
     open.begin_transaction()?;
     client::send_all(&open, &topic, &recs("o", 4)).await?;
 
-    let mut hub_setup = HubSetup::new(k.central())?;
-    hub_setup.extra = "[checkpoints]\ninterval_ms = 500\n".into();
-    let hub = hub_setup.start(&pki, work.path())?;
-    let mut agent_setup = AgentSetup::new(&site, k.edge(), hub_setup.port, &format!("{p}-.*"));
-    agent_setup
-        .extra
-        .push_str("\n[groups]\ninterval_ms = 300\n\n[heartbeats]\nenabled = false\n");
-    let toml = agent_setup.toml(&pki).replace(
-        "[kafka]\n",
-        "[kafka]\nisolation_level = \"read_uncommitted\"\n",
-    );
-    let cfg = work.path().join("agent.toml");
-    std::fs::write(&cfg, toml)?;
-    let agent = Proc::start(
-        "agent",
-        &bin("edge-agent")?,
-        &["--config", cfg.to_str().unwrap()],
-        &work.path().join("agent.log"),
-    )?;
+    let rig = Rig::builder()
+        .hub(|h| h.extra = "[checkpoints]\ninterval_ms = 500\n".into())
+        .agent_with(&site, &format!("{p}-.*"), |a| {
+            a.kafka_extra = "isolation_level = \"read_uncommitted\"\n".into();
+            a.extra
+                .push_str("\n[groups]\ninterval_ms = 300\n\n[heartbeats]\nenabled = false\n");
+        })
+        .start()?;
     let started = Instant::now();
-    let procs = [&hub, &agent];
+    let procs = rig.procs();
     let values = |rs: &[Record]| -> Vec<String> {
         rs.iter()
             .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
