@@ -301,25 +301,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             watch,
             timeout_s,
-        }) => {
-            let listen = match &config {
-                Some(path) => Some(edge_agent::config::load(path)?.metrics_listen),
-                None => None,
-            };
-            let options = er_net::status_client::ShowOptions {
-                json,
-                watch: watch.map(std::time::Duration::from_secs),
-                timeout: std::time::Duration::from_secs(timeout_s),
-            };
-            er_net::status_client::run_status_command(
-                "agent status",
-                "agent.toml",
+        }) => er_net::status_client::run_status_command(
+            "agent status",
+            "agent.toml",
+            er_net::status_client::StatusRequest {
+                config,
                 url,
-                config.as_deref().zip(listen),
-                options,
-                edge_agent::health::render,
-            )
-        }
+                json,
+                watch,
+                timeout_s,
+            },
+            |path| Ok(edge_agent::config::load(path)?.metrics_listen),
+            edge_agent::health::render,
+        ),
         None => {
             let Some(path) = cli.config else {
                 anyhow::bail!("--config <agent.toml> is required (see --help)");

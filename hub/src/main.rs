@@ -115,25 +115,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             watch,
             timeout_s,
-        }) => {
-            let listen = match &config {
-                Some(path) => Some(er_hub::config::load(path)?.metrics_listen),
-                None => None,
-            };
-            let options = er_net::status_client::ShowOptions {
-                json,
-                watch: watch.map(std::time::Duration::from_secs),
-                timeout: std::time::Duration::from_secs(timeout_s),
-            };
-            er_net::status_client::run_status_command(
-                "hub status",
-                "hub.toml",
+        }) => er_net::status_client::run_status_command(
+            "hub status",
+            "hub.toml",
+            er_net::status_client::StatusRequest {
+                config,
                 url,
-                config.as_deref().zip(listen),
-                options,
-                er_hub::fleet_status::render_table,
-            )
-        }
+                json,
+                watch,
+                timeout_s,
+            },
+            |path| Ok(er_hub::config::load(path)?.metrics_listen),
+            er_hub::fleet_status::render_table,
+        ),
         Some(Command::Certs {
             out,
             sites,

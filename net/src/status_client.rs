@@ -150,14 +150,13 @@ pub fn url_for_listen(addr: std::net::SocketAddr) -> String {
 pub fn run_status_command<T: serde::de::DeserializeOwned>(
     what: &'static str,
     file: &str,
-    url: Option<String>,
-    config: Option<(&std::path::Path, Option<std::net::SocketAddr>)>,
-    options: ShowOptions,
+    request: StatusRequest,
+    metrics_listen: impl FnOnce(&std::path::Path) -> anyhow::Result<Option<std::net::SocketAddr>>,
     render: impl Fn(&T) -> String,
 ) -> anyhow::Result<()> {
-    let url = match (url, config) {
+    let url = match (request.url, &request.config) {
         (Some(u), _) => u,
-        (None, Some((path, listen))) => url_for_listen(listen.ok_or_else(|| {
+        (None, Some(path)) => url_for_listen(metrics_listen(path)?.ok_or_else(|| {
             anyhow::anyhow!(
                 "config {}: metrics.listen is not set, so nothing serves /status; set it or pass --url",
                 path.display()
@@ -166,11 +165,31 @@ pub fn run_status_command<T: serde::de::DeserializeOwned>(
         (None, None) => anyhow::bail!("--config <{file}> or --url is required"),
     };
     let uri = parse_url(&url, "/status")?;
+    let options = ShowOptions {
+        json: request.json,
+        watch: request.watch.map(Duration::from_secs),
+        timeout: Duration::from_secs(request.timeout_s),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(show(what, &uri, options, render))?;
     Ok(())
+}
+
+/// What `hub status` / `edge-agent status` were asked on their command lines.
+#[derive(Debug, Clone)]
+pub struct StatusRequest {
+    /// The binary's config file, whose `[metrics] listen` serves `/status`.
+    pub config: Option<std::path::PathBuf>,
+    /// The status endpoint, instead of a config.
+    pub url: Option<String>,
+    /// Print the JSON document instead of the table.
+    pub json: bool,
+    /// Refresh every this many seconds.
+    pub watch: Option<u64>,
+    /// Seconds to wait for the answer.
+    pub timeout_s: u64,
 }
 
 /// How `hub status` / `edge-agent status` show a status document.
