@@ -57,6 +57,16 @@ pub enum PluginError {
         /// Why.
         reason: String,
     },
+    /// A WebAssembly plugin given to a host built without the `compiler` feature, which runs only
+    /// precompiled plugins.
+    #[error(
+        "plugin {}: this edge-agent has no plugin compiler (built without the `compiler` feature) and runs only precompiled plugins: make one with `edge-agent plugin compile` on an edge-agent of the same version and target",
+        Quoted(path)
+    )]
+    NoCompiler {
+        /// Plugin file.
+        path: PathBuf,
+    },
     /// The component is valid but does not implement the contract at this version: it imports
     /// something the host does not grant, or lacks the `guest` export with the right types.
     #[error(

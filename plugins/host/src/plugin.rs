@@ -441,9 +441,8 @@ fn from_wasm(host: &HostInner, bytes: &[u8], path: &Path) -> Result<Component, P
 
 #[cfg(not(feature = "compiler"))]
 fn from_wasm(_: &HostInner, _: &[u8], path: &Path) -> Result<Component, PluginError> {
-    Err(PluginError::InvalidComponent {
+    Err(PluginError::NoCompiler {
         path: path.to_owned(),
-        reason: "this build has no plugin compiler (built without the `compiler` feature): give it the plugin precompiled for it (`edge-agent plugin compile`, by an agent of the same version with the same [plugins] limits)".into(),
     })
 }
 

@@ -1,5 +1,7 @@
 //! The host against real components: the example plugins and the hostile fixtures, built for
 //! wasm32-wasip2 by `er_plugin_host::build::build_examples` on first use.
+//! They compile plugins, so they need the `compiler` feature (the default).
+#![cfg(feature = "compiler")]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
