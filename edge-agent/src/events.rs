@@ -202,6 +202,24 @@ impl GroupReportSent {
     }
 }
 
+/// A downlink transaction committed central records (and their positions) at the edge.
+#[derive(Debug)]
+pub struct DownlinkCommitted {
+    /// Records written.
+    pub records: u64,
+    /// Payload bytes of the batches it held.
+    pub bytes: u64,
+}
+
+impl DownlinkCommitted {
+    /// Counts the transaction, its records and bytes.
+    pub fn emit(self) {
+        counter!(m::DOWNLINK_TRANSACTIONS).increment(1);
+        counter!(m::DOWNLINK_RECORDS).increment(self.records);
+        counter!(m::DOWNLINK_BYTES).increment(self.bytes);
+    }
+}
+
 /// A heartbeat record was written to the edge cluster.
 #[derive(Debug)]
 pub struct HeartbeatSent;

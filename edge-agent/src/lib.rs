@@ -2,6 +2,7 @@
 //! of its own (the hub tells it where to resume on every connect).
 
 pub mod config;
+pub mod downlink;
 pub mod events;
 pub mod groups;
 pub mod health;

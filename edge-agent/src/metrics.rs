@@ -76,6 +76,12 @@ pub const TOPICS_SKIPPED: &str = "er_agent_topics_skipped_total";
 /// Configuration reloads (SIGHUP) by `result`: `applied` or `refused` (invalid; the running
 /// configuration stayed).
 pub const CONFIG_RELOADS: &str = "er_agent_config_reloads_total";
+/// Central records written into the edge cluster by downlink transactions.
+pub const DOWNLINK_RECORDS: &str = "er_agent_downlink_records_total";
+/// Downlink batch payload bytes committed into the edge cluster.
+pub const DOWNLINK_BYTES: &str = "er_agent_downlink_bytes_total";
+/// Downlink transactions committed at the edge.
+pub const DOWNLINK_TRANSACTIONS: &str = "er_agent_downlink_transactions_total";
 /// Always 1; the `version` label carries the agent's version.
 pub const BUILD_INFO: &str = "er_build_info";
 
@@ -204,6 +210,18 @@ fn describe_plugins_and_health() {
     );
     describe_counter!(HEARTBEATS_SENT, "Heartbeats written to the edge cluster.");
     describe_counter!(GROUP_REPORTS_SENT, "Consumer-group offset reports sent.");
+    describe_counter!(
+        DOWNLINK_RECORDS,
+        "Central records written into the edge cluster by downlink transactions."
+    );
+    describe_counter!(
+        DOWNLINK_BYTES,
+        "Downlink batch payload bytes committed into the edge cluster."
+    );
+    describe_counter!(
+        DOWNLINK_TRANSACTIONS,
+        "Downlink transactions committed at the edge."
+    );
     describe_gauge!(
         REPLICATION_LAG_RECORDS,
         "Edge high watermark minus the last position the hub committed."

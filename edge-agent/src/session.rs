@@ -129,6 +129,10 @@ pub async fn run(
         tokens_at: None,
         rate_wait_since: None,
         inbound: mpsc::channel(1024),
+        guard: None,
+        site: String::new(),
+        downlink: None,
+        downlink_stream: false,
     };
     let control = match s.hello(early, answered).await {
         Ok(Hello::Sent(control)) => control,
@@ -185,6 +189,14 @@ struct Session<'a> {
     /// [`m::RATE_LIMIT_WAIT_SECONDS`]).
     rate_wait_since: Option<Instant>,
     inbound: (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>),
+    /// Loop prevention by topic name, from the welcome on.
+    guard: Option<source::LoopGuard>,
+    /// The site's alias, from the welcome on.
+    site: String,
+    /// The writer of what the hub sends down, once an offer was taken.
+    downlink: Option<crate::downlink::Downlink>,
+    /// Whether the hub opened the downlink stream.
+    downlink_stream: bool,
 }
 
 /// The partitions of one priority: their reader thread with its own consumer, so a backlog of
@@ -204,9 +216,6 @@ struct Welcome {
     site: String,
     positions: Vec<er_protocol::Position>,
     max_batch_bytes: u32,
-    /// The central cluster the site's heartbeats go to (whose topics are never replicated
-    /// back).
-    heartbeat_target: String,
 }
 
 /// The state of a welcomed session besides the protocol's: what discovery found, where each
@@ -394,6 +403,8 @@ impl Session<'_> {
                     return Ok(SessionOutcome::Shutdown);
                 }
                 m = self.inbound.1.recv() => self.handle_inbound(m)?,
+                reply = downlink_reply(&mut self.downlink) => self.on_downlink(reply)?,
+                stream = self.conn.accept_uni() => self.on_uni_stream(stream)?,
                 t = r.topics.recv() => {
                     self.on_topics(&mut r, t.ok_or_else(|| anyhow!("topic discovery stopped"))??)?;
                 }
@@ -446,15 +457,22 @@ impl Session<'_> {
                         heartbeat_target,
                     } => {
                         info!(%site, %hub_id, positions = positions.len(), %heartbeat_target, "welcomed by hub");
+                        // The hub names one destination cluster and not its replication
+                        // policy yet: the guard assumes MM2's default policy.
+                        self.guard = Some(source::LoopGuard::new(
+                            er_protocol::ReplicationPolicy::default(),
+                            site.clone(),
+                            vec![heartbeat_target.clone()],
+                        ));
+                        self.site = site.clone();
                         self.shared.aliases.send_replace(Some(Aliases {
                             site: site.clone(),
-                            target: heartbeat_target.clone(),
+                            target: heartbeat_target,
                         }));
                         welcome = Some(Welcome {
                             site,
                             positions,
                             max_batch_bytes,
-                            heartbeat_target,
                         });
                     }
                     AgentEvent::Redirected { addresses, reason } => {
@@ -488,7 +506,6 @@ impl Session<'_> {
             site,
             positions,
             max_batch_bytes,
-            heartbeat_target,
         } = welcome;
         // Batches are measured before compression; keep a margin for incompressible data.
         let hub_cap = (max_batch_bytes as usize)
@@ -520,13 +537,7 @@ impl Session<'_> {
             .hub
             .max_bytes_per_sec
             .map(|rate| TokenBucket::new(rate, max_batch as u64, Instant::now()));
-        // The hub names one destination cluster and not its replication policy yet: the guard
-        // assumes MM2's default policy.
-        let guard = source::LoopGuard::new(
-            er_protocol::ReplicationPolicy::default(),
-            site.clone(),
-            vec![heartbeat_target],
-        );
+        let guard = self.guard.clone().expect("set by the welcome");
         let (topics_tx, topics) = mpsc::channel(1);
         let discovery = spawn_discovery(self.cfg.clone(), self.discovery.clone(), guard, topics_tx);
         info!(%site, "replicating");
@@ -735,6 +746,12 @@ impl Session<'_> {
             AgentEvent::HubError { code, message } => bail!("hub refused: {code:?}: {message}"),
             AgentEvent::TimedOut { what } => bail!("timed out waiting for {what}"),
             AgentEvent::Welcomed { .. } => bail!("second welcome on one connection"),
+            AgentEvent::DownlinkOffer(topics) => self.on_downlink_offer(topics),
+            AgentEvent::DownlinkBatch(batch) => self
+                .downlink
+                .as_mut()
+                .ok_or_else(|| anyhow!("downlink batch of {} without a downlink", batch.header.tp))?
+                .write(batch),
             // The protocol refuses a redirect after the welcome; the handshake handles it.
             AgentEvent::Redirected { .. } => bail!("redirect after the welcome"),
         }
@@ -853,6 +870,60 @@ impl Session<'_> {
         self.proto.send_batch(batch).context("sending a batch")
     }
 
+    /// Takes what the hub offers to send down (what the loop guard allows), or nothing when
+    /// `[downlink]` is off: the writer thread prepares the topics and answers with the
+    /// positions to start from.
+    fn on_downlink_offer(&mut self, topics: Vec<er_protocol::TopicMetadata>) -> anyhow::Result<()> {
+        let (Some(settings), Some(guard)) = (&self.cfg.downlink, &self.guard) else {
+            info!(topics = topics.len(), "the hub offers downlink topics; [downlink] is off, taking none");
+            return Ok(self.proto.start_downlinks(Vec::new())?);
+        };
+        let topics = crate::downlink::accepted(topics, guard);
+        if topics.is_empty() {
+            return Ok(self.proto.start_downlinks(Vec::new())?);
+        }
+        info!(topics = topics.len(), "taking downlink topics");
+        let downlink =
+            crate::downlink::Downlink::start(&self.cfg.kafka, settings, &self.site, topics)?;
+        self.downlink = Some(downlink);
+        Ok(())
+    }
+
+    /// The downlink writer's answer: where to start, what committed, or its failure.
+    fn on_downlink(&mut self, reply: Option<crate::downlink::Reply>) -> anyhow::Result<()> {
+        use crate::downlink::Reply;
+        match reply.ok_or_else(|| anyhow!("the downlink writer stopped"))? {
+            Reply::Started(positions) => Ok(self.proto.start_downlinks(positions)?),
+            Reply::Committed { positions, bytes } => {
+                if let Some(d) = self.downlink.as_mut() {
+                    d.committed(bytes);
+                }
+                for (tp, next_offset) in positions {
+                    self.proto.ack_downlink(tp, next_offset)?;
+                }
+                Ok(())
+            }
+            Reply::Failed(e) => Err(e.context("the downlink writer failed")),
+        }
+    }
+
+    /// The hub opened its one downlink stream: its frames join the others.
+    fn on_uni_stream(
+        &mut self,
+        stream: Result<quinn::RecvStream, quinn::ConnectionError>,
+    ) -> anyhow::Result<()> {
+        let recv = stream.context("accepting the hub's downlink stream")?;
+        if std::mem::replace(&mut self.downlink_stream, true) {
+            bail!("the hub opened a second downlink stream");
+        }
+        spawn_stream_reader(
+            FrameReader::new(recv, er_protocol::DEFAULT_MAX_FRAME_BYTES),
+            Channel::Downlink,
+            self.inbound.0.clone(),
+        );
+        Ok(())
+    }
+
     /// Writes queued frames: control frames inline, batches to their partition's stream task.
     async fn flush(&mut self, control: &mut FrameWriter) -> anyhow::Result<()> {
         while let Some((ch, frame)) = self.proto.poll_transmit() {
@@ -892,6 +963,7 @@ impl Session<'_> {
                         .send(frame)
                         .map_err(|_| anyhow!("stream of {tp} is gone"))?;
                 }
+                Channel::Downlink => bail!("the agent sends nothing on the downlink stream"),
             }
         }
         Ok(())
@@ -913,6 +985,16 @@ fn next_batch(
         }
         Poll::Pending
     })
+}
+
+/// The next answer of the downlink writer, if there is one (never otherwise).
+async fn downlink_reply(
+    downlink: &mut Option<crate::downlink::Downlink>,
+) -> Option<crate::downlink::Reply> {
+    match downlink {
+        Some(d) => d.replies.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -88,6 +88,11 @@ pub enum AgentEvent {
         reason: String,
     },
     /// Something did not arrive in time; the driver should drop the connection.
+    /// The hub offers these central topics, by their edge names (protocol version 5); answer
+    /// with [`AgentConn::start_downlinks`].
+    DownlinkOffer(Vec<crate::frame::TopicMetadata>),
+    /// Central records of a started downlink partition, in offset order.
+    DownlinkBatch(Batch),
     TimedOut {
         /// What was awaited ("welcome").
         what: &'static str,
@@ -146,6 +151,7 @@ pub struct AgentConn {
     transmit: VecDeque<(Channel, Frame)>,
     events: VecDeque<AgentEvent>,
     partitions: HashMap<TopicPartition, PartitionState>,
+    downlinks: crate::downlink::Downlinks,
     inflight_total: u64,
     max_batch_bytes: u32,
     version: Option<u16>,
@@ -176,6 +182,7 @@ impl AgentConn {
             transmit: VecDeque::from([(Channel::Control, hello)]),
             events: VecDeque::new(),
             partitions: HashMap::new(),
+            downlinks: Default::default(),
             inflight_total: 0,
             max_batch_bytes: 0,
             version: None,
@@ -432,7 +439,34 @@ impl AgentConn {
                     .push_back(AgentEvent::Redirected { addresses, reason });
                 Ok(())
             }
+            Frame::DownlinkOffer { topics } => {
+                expect_control(channel)?;
+                match (self.state, self.version) {
+                    (State::Welcomed | State::Draining, Some(v)) if v >= crate::DOWNLINK_VERSION => {}
+                    _ => return Err(self.unexpected(kind)),
+                }
+                self.downlinks.offer(&topics)?;
+                self.events.push_back(AgentEvent::DownlinkOffer(topics));
+                Ok(())
+            }
+            Frame::DownlinkBatch(batch) => {
+                if *channel != Channel::Downlink {
+                    return Err(ProtocolError::WrongChannel {
+                        frame: kind,
+                        expected: Channel::Downlink.to_string(),
+                        got: channel.to_string(),
+                    });
+                }
+                if !matches!(self.state, State::Welcomed | State::Draining) {
+                    return Err(self.unexpected(kind));
+                }
+                self.downlinks.batch(&batch.header)?;
+                self.events.push_back(AgentEvent::DownlinkBatch(batch));
+                Ok(())
+            }
             Frame::Hello { .. }
+            | Frame::DownlinkStart { .. }
+            | Frame::DownlinkAck { .. }
             | Frame::Batch(_)
             | Frame::GroupOffsets { .. }
             | Frame::TopicMetadata { .. }
@@ -671,6 +705,40 @@ impl AgentConn {
                 state: self.state.name(),
             }),
         }
+    }
+
+    /// Answers the hub's downlink offer, once: where each offered partition resumes (the
+    /// partitions left out receive nothing on this connection).
+    pub fn start_downlinks(&mut self, positions: Vec<Position>) -> Result<(), ProtocolError> {
+        if !matches!(self.state, State::Welcomed | State::Draining) {
+            return Err(ProtocolError::InvalidCall {
+                call: "start_downlinks",
+                state: self.state.name(),
+            });
+        }
+        self.downlinks.start(&positions)?;
+        self.transmit
+            .push_back((Channel::Control, Frame::DownlinkStart { positions }));
+        Ok(())
+    }
+
+    /// Tells the hub the edge committed a downlink partition up to `next_offset`.
+    pub fn ack_downlink(&mut self, tp: TopicPartition, next_offset: i64) -> Result<(), ProtocolError> {
+        if !self.downlinks.started() {
+            return Err(ProtocolError::InvalidCall {
+                call: "ack_downlink",
+                state: "before the downlink start",
+            });
+        }
+        if matches!(self.state, State::Closed { .. }) {
+            return Err(ProtocolError::InvalidCall {
+                call: "ack_downlink",
+                state: self.state.name(),
+            });
+        }
+        self.transmit
+            .push_back((Channel::Control, Frame::DownlinkAck { tp, next_offset }));
+        Ok(())
     }
 
     /// Queues edge topics' partition counts and configs on the control channel, in frames of

@@ -59,19 +59,8 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
                 put_positions(out, &g.offsets);
             }
         }
-        Frame::TopicMetadata { topics } => {
-            out.put_u32(u32::try_from(topics.len()).unwrap_or(u32::MAX));
-            for t in topics.iter().take(u32::MAX as usize) {
-                put_str(out, &t.topic);
-                out.put_i32(t.partitions);
-                let configs = &t.configs[..t.configs.len().min(MAX_TOPIC_CONFIGS)];
-                out.put_u16(configs.len() as u16);
-                for (name, value) in configs {
-                    put_str_max(out, name, MAX_CONFIG_NAME_BYTES);
-                    put_str_max(out, value, MAX_CONFIG_VALUE_BYTES);
-                }
-            }
-        }
+        Frame::TopicMetadata { topics } | Frame::DownlinkOffer { topics } => put_topics(out, topics),
+        Frame::DownlinkStart { positions } => put_positions(out, positions),
         Frame::TopicAcls { acls } => {
             out.put_u32(u32::try_from(acls.len()).unwrap_or(u32::MAX));
             for a in acls.iter().take(u32::MAX as usize) {
@@ -82,9 +71,13 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
                 out.put_u8(a.permission);
             }
         }
-        Frame::Batch(batch) => {
+        Frame::Batch(batch) | Frame::DownlinkBatch(batch) => {
             put_batch_header(out, &batch.header);
             out.extend_from_slice(&batch.payload);
+        }
+        Frame::DownlinkAck { tp, next_offset } => {
+            put_tp(out, tp);
+            out.put_i64(*next_offset);
         }
         Frame::Ack {
             seq,
@@ -192,7 +185,7 @@ pub fn try_encode_frame(
                 }
             }
         }
-        Frame::TopicMetadata { topics } => {
+        Frame::TopicMetadata { topics } | Frame::DownlinkOffer { topics } => {
             for t in topics {
                 check("topics.topic", &t.topic)?;
                 check_topic_metadata(t).map_err(|(field, reason)| EncodeError::InvalidField {
@@ -212,8 +205,13 @@ pub fn try_encode_frame(
                 })?;
             }
         }
-        Frame::Batch(b) => check("topic", &b.header.tp.topic)?,
-        Frame::Ack { tp, .. } => check("topic", &tp.topic)?,
+        Frame::DownlinkStart { positions } => {
+            for p in positions {
+                check("positions.topic", &p.tp.topic)?;
+            }
+        }
+        Frame::Batch(b) | Frame::DownlinkBatch(b) => check("topic", &b.header.tp.topic)?,
+        Frame::Ack { tp, .. } | Frame::DownlinkAck { tp, .. } => check("topic", &tp.topic)?,
         Frame::Stopped { tp, reason, .. } => {
             check("topic", &tp.topic)?;
             if reason.len() > MAX_STOPPED_REASON_BYTES {
@@ -291,6 +289,20 @@ fn put_str_max(out: &mut BytesMut, s: &str, max: usize) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
+fn put_topics(out: &mut BytesMut, topics: &[TopicMetadata]) {
+    out.put_u32(u32::try_from(topics.len()).unwrap_or(u32::MAX));
+    for t in topics.iter().take(u32::MAX as usize) {
+        put_str(out, &t.topic);
+        out.put_i32(t.partitions);
+        let configs = &t.configs[..t.configs.len().min(MAX_TOPIC_CONFIGS)];
+        out.put_u16(configs.len() as u16);
+        for (name, value) in configs {
+            put_str_max(out, name, MAX_CONFIG_NAME_BYTES);
+            put_str_max(out, value, MAX_CONFIG_VALUE_BYTES);
+        }
+    }
+}
+
 fn put_positions(out: &mut BytesMut, positions: &[Position]) {
     out.put_u32(u32::try_from(positions.len()).unwrap_or(u32::MAX));
     for p in positions.iter().take(u32::MAX as usize) {
@@ -341,6 +353,10 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::STOPPED => "Stopped",
         frame_type::TOPIC_METADATA => "TopicMetadata",
         frame_type::TOPIC_ACLS => "TopicAcls",
+        frame_type::DOWNLINK_OFFER => "DownlinkOffer",
+        frame_type::DOWNLINK_START => "DownlinkStart",
+        frame_type::DOWNLINK_BATCH => "DownlinkBatch",
+        frame_type::DOWNLINK_ACK => "DownlinkAck",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -389,50 +405,24 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
             }
             Frame::GroupOffsets { groups }
         }
-        frame_type::TOPIC_METADATA => {
-            let count = r.u32("topics.count")? as usize;
-            // Smallest encoded topic: empty name (2) + partitions (4) + no configs (2).
-            let mut topics = Vec::with_capacity(count.min(r.buf.len() / 8));
-            for _ in 0..count {
-                let topic = r.string("topics.topic")?;
-                let partitions = r.i32("topics.partitions")?;
-                if partitions < 1 {
-                    return Err(DecodeError::InvalidField {
-                        frame,
-                        field: "topics.partitions",
-                        reason: format!("is {partitions}, less than 1"),
-                    });
-                }
-                let n = r.u16("topics.configs.count")? as usize;
-                if n > MAX_TOPIC_CONFIGS {
-                    return Err(DecodeError::OverLimit {
-                        frame,
-                        field: "topics.configs.count",
-                        len: n,
-                        max: MAX_TOPIC_CONFIGS,
-                    });
-                }
-                let mut configs = Vec::with_capacity(n.min(r.buf.len() / 4));
-                for _ in 0..n {
-                    let name = r.bounded_string("topics.configs.name", MAX_CONFIG_NAME_BYTES)?;
-                    if name.is_empty() {
-                        return Err(DecodeError::InvalidField {
-                            frame,
-                            field: "topics.configs.name",
-                            reason: "is empty".into(),
-                        });
-                    }
-                    let value = r.bounded_string("topics.configs.value", MAX_CONFIG_VALUE_BYTES)?;
-                    configs.push((name, value));
-                }
-                topics.push(TopicMetadata {
-                    topic,
-                    partitions,
-                    configs,
-                });
-            }
-            Frame::TopicMetadata { topics }
-        }
+        frame_type::TOPIC_METADATA => Frame::TopicMetadata {
+            topics: r.topics()?,
+        },
+        frame_type::DOWNLINK_OFFER => Frame::DownlinkOffer {
+            topics: r.topics()?,
+        },
+        frame_type::DOWNLINK_START => Frame::DownlinkStart {
+            positions: r.positions([
+                "positions.count",
+                "positions.topic",
+                "positions.partition",
+                "positions.next_offset",
+            ])?,
+        },
+        frame_type::DOWNLINK_ACK => Frame::DownlinkAck {
+            tp: r.tp("topic", "partition")?,
+            next_offset: r.non_negative_i64("next_offset")?,
+        },
         frame_type::TOPIC_ACLS => {
             let count = r.u32("acls.count")? as usize;
             // Smallest encoded binding: three empty strings (6) + two codes (2).
@@ -454,47 +444,8 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
             }
             Frame::TopicAcls { acls }
         }
-        frame_type::BATCH => {
-            let seq = r.u64("seq")?;
-            let tp = r.tp("topic", "partition")?;
-            let partition_count = r.i32("partition_count")?;
-            if partition_count <= tp.partition {
-                return Err(DecodeError::PartitionOutOfRange {
-                    partition: tp.partition,
-                    partition_count,
-                });
-            }
-            let first_offset = r.non_negative_i64("first_offset")?;
-            let next_offset = r.i64("next_offset")?;
-            if next_offset < first_offset {
-                return Err(DecodeError::OffsetsReversed {
-                    frame,
-                    first_offset,
-                    next_offset,
-                });
-            }
-            let record_count = r.u32("record_count")?;
-            let codec_byte = r.u8("codec")?;
-            let codec = Codec::from_u8(codec_byte)
-                .ok_or(DecodeError::UnknownCodec { codec: codec_byte })?;
-            let uncompressed_len = r.u32("uncompressed_len")?;
-            let consumed = body_with_type.len() - r.buf.len();
-            let payload = body_with_type.slice(consumed..);
-            r.buf = &[];
-            Frame::Batch(Batch {
-                header: BatchHeader {
-                    seq,
-                    tp,
-                    partition_count,
-                    first_offset,
-                    next_offset,
-                    record_count,
-                    codec,
-                    uncompressed_len,
-                },
-                payload,
-            })
-        }
+        frame_type::BATCH => Frame::Batch(r.batch(&body_with_type)?),
+        frame_type::DOWNLINK_BATCH => Frame::DownlinkBatch(r.batch(&body_with_type)?),
         frame_type::ACK => Frame::Ack {
             seq: r.u64("seq")?,
             tp: r.tp("topic", "partition")?,
@@ -662,6 +613,96 @@ impl<'a> Reader<'a> {
             });
         }
         Ok(TopicPartition { topic, partition })
+    }
+
+    /// A u32 count then topics (name, partition count of at least 1, configs within the caps).
+    fn topics(&mut self) -> Result<Vec<TopicMetadata>, DecodeError> {
+        let count = self.u32("topics.count")? as usize;
+        // Smallest encoded topic: empty name (2) + partitions (4) + no configs (2).
+        let mut topics = Vec::with_capacity(count.min(self.buf.len() / 8));
+        for _ in 0..count {
+            let topic = self.string("topics.topic")?;
+            let partitions = self.i32("topics.partitions")?;
+            if partitions < 1 {
+                return Err(DecodeError::InvalidField {
+                    frame: self.frame,
+                    field: "topics.partitions",
+                    reason: format!("is {partitions}, less than 1"),
+                });
+            }
+            let n = self.u16("topics.configs.count")? as usize;
+            if n > MAX_TOPIC_CONFIGS {
+                return Err(DecodeError::OverLimit {
+                    frame: self.frame,
+                    field: "topics.configs.count",
+                    len: n,
+                    max: MAX_TOPIC_CONFIGS,
+                });
+            }
+            let mut configs = Vec::with_capacity(n.min(self.buf.len() / 4));
+            for _ in 0..n {
+                let name = self.bounded_string("topics.configs.name", MAX_CONFIG_NAME_BYTES)?;
+                if name.is_empty() {
+                    return Err(DecodeError::InvalidField {
+                        frame: self.frame,
+                        field: "topics.configs.name",
+                        reason: "is empty".into(),
+                    });
+                }
+                let value = self.bounded_string("topics.configs.value", MAX_CONFIG_VALUE_BYTES)?;
+                configs.push((name, value));
+            }
+            topics.push(TopicMetadata {
+                topic,
+                partitions,
+                configs,
+            });
+        }
+        Ok(topics)
+    }
+
+    /// A batch header then its payload (the rest of the frame), sharing `body_with_type`'s
+    /// memory.
+    fn batch(&mut self, body_with_type: &Bytes) -> Result<Batch, DecodeError> {
+        let seq = self.u64("seq")?;
+        let tp = self.tp("topic", "partition")?;
+        let partition_count = self.i32("partition_count")?;
+        if partition_count <= tp.partition {
+            return Err(DecodeError::PartitionOutOfRange {
+                partition: tp.partition,
+                partition_count,
+            });
+        }
+        let first_offset = self.non_negative_i64("first_offset")?;
+        let next_offset = self.i64("next_offset")?;
+        if next_offset < first_offset {
+            return Err(DecodeError::OffsetsReversed {
+                frame: self.frame,
+                first_offset,
+                next_offset,
+            });
+        }
+        let record_count = self.u32("record_count")?;
+        let codec_byte = self.u8("codec")?;
+        let codec = Codec::from_u8(codec_byte)
+            .ok_or(DecodeError::UnknownCodec { codec: codec_byte })?;
+        let uncompressed_len = self.u32("uncompressed_len")?;
+        let consumed = body_with_type.len() - self.buf.len();
+        let payload = body_with_type.slice(consumed..);
+        self.buf = &[];
+        Ok(Batch {
+            header: BatchHeader {
+                seq,
+                tp,
+                partition_count,
+                first_offset,
+                next_offset,
+                record_count,
+                codec,
+                uncompressed_len,
+            },
+            payload,
+        })
     }
 
     /// A u32 count then (topic, partition, non-negative offset) entries; `fields` names the

@@ -496,6 +496,14 @@ pub enum ProtocolError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A downlink frame (or call) breaks the downlink rules (see [`crate::downlink`]).
+    #[error("downlink {what}: {reason}")]
+    Downlink {
+        /// What was at fault, e.g. `batch of central.cmd/0`.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A Pong answered a Ping that was never sent.
     #[error("pong with nonce {nonce} answers no ping sent (last nonce sent: {last_sent:?})")]
     UnexpectedPong {

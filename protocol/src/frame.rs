@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 
 /// Highest (and current) protocol version spoken by this crate.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Lowest protocol version this crate still accepts (version 2 added the heartbeat target to
 /// Welcome and the GroupOffsets frame; version 3 the Stopped frame, which a hub sends only to
 /// agents of version 3 or later).
@@ -425,6 +425,31 @@ pub enum Frame {
         /// Why, for logs (at most [`MAX_REDIRECT_REASON_BYTES`]).
         reason: String,
     },
+    /// Hub -> agent, control channel, once after Welcome (protocol version 5): the central
+    /// topics this site receives, named as the edge sees them, with their partition counts and
+    /// the configs the edge topic is created with (at most [`crate::MAX_DOWNLINK_TOPICS`]).
+    DownlinkOffer {
+        /// The topics (an empty list: nothing comes down on this connection).
+        topics: Vec<TopicMetadata>,
+    },
+    /// Agent -> hub, control channel, once after a DownlinkOffer: where each offered partition
+    /// resumes (the next central offset the edge has not committed). A partition it leaves out
+    /// receives nothing on this connection.
+    DownlinkStart {
+        /// Resume positions, keyed on the edge topic names of the offer.
+        positions: Vec<Position>,
+    },
+    /// Hub -> agent, on the downlink channel: central records of one offered partition, in
+    /// offset order (the header's `seq` counts the connection's downlink batches).
+    DownlinkBatch(Batch),
+    /// Agent -> hub, control channel: the edge committed this partition up to `next_offset`
+    /// (its records and its position, in one transaction).
+    DownlinkAck {
+        /// The partition, by its edge topic name.
+        tp: TopicPartition,
+        /// Next central offset the edge has not committed.
+        next_offset: i64,
+    },
 }
 
 /// Checks topic metadata against the protocol's caps (the decoder's, so a frame the agent
@@ -522,6 +547,10 @@ pub(crate) mod frame_type {
     pub const STOPPED: u8 = 12;
     pub const TOPIC_METADATA: u8 = 13;
     pub const TOPIC_ACLS: u8 = 14;
+    pub const DOWNLINK_OFFER: u8 = 15;
+    pub const DOWNLINK_START: u8 = 16;
+    pub const DOWNLINK_BATCH: u8 = 17;
+    pub const DOWNLINK_ACK: u8 = 18;
 }
 
 impl Frame {
@@ -542,6 +571,10 @@ impl Frame {
             Frame::Stopped { .. } => "Stopped",
             Frame::TopicMetadata { .. } => "TopicMetadata",
             Frame::TopicAcls { .. } => "TopicAcls",
+            Frame::DownlinkOffer { .. } => "DownlinkOffer",
+            Frame::DownlinkStart { .. } => "DownlinkStart",
+            Frame::DownlinkBatch(_) => "DownlinkBatch",
+            Frame::DownlinkAck { .. } => "DownlinkAck",
         }
     }
 
@@ -562,6 +595,10 @@ impl Frame {
             Frame::Stopped { .. } => STOPPED,
             Frame::TopicMetadata { .. } => TOPIC_METADATA,
             Frame::TopicAcls { .. } => TOPIC_ACLS,
+            Frame::DownlinkOffer { .. } => DOWNLINK_OFFER,
+            Frame::DownlinkStart { .. } => DOWNLINK_START,
+            Frame::DownlinkBatch(_) => DOWNLINK_BATCH,
+            Frame::DownlinkAck { .. } => DOWNLINK_ACK,
         }
     }
 }
@@ -573,6 +610,8 @@ pub enum Channel {
     Control,
     /// Batches and acks of one source partition (ordered).
     Partition(TopicPartition),
+    /// Central -> edge batches of every downlink partition (one stream the hub opens).
+    Downlink,
 }
 
 impl fmt::Display for Channel {
@@ -580,6 +619,7 @@ impl fmt::Display for Channel {
         match self {
             Channel::Control => f.write_str("control"),
             Channel::Partition(tp) => write!(f, "partition {tp}"),
+            Channel::Downlink => f.write_str("downlink"),
         }
     }
 }

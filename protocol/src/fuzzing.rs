@@ -290,10 +290,37 @@ pub fn hub_session(data: &[u8]) {
                 feed(&mut hub, now, &channel, frame);
             }
             // The driver: welcome, acks and stops of what it was handed (or made up), refusals.
-            9 => {
+            9 if src.u8() & 1 == 0 => {
                 let positions = src.positions();
                 let _ = hub.welcome(positions, src.string());
             }
+            // The downlink: the driver's offer, the agent's start and acks.
+            9 => match src.u8() % 3 {
+                0 => {
+                    let topics = (0..src.u8() % 3)
+                        .map(|_| TopicMetadata {
+                            topic: src.string(),
+                            partitions: i32::from(src.u8() % 4),
+                            configs: vec![],
+                        })
+                        .collect();
+                    let _ = hub.offer_downlinks(topics);
+                }
+                1 => {
+                    let frame = Frame::DownlinkStart {
+                        positions: src.positions(),
+                    };
+                    feed(&mut hub, now, &Channel::Control, frame);
+                }
+                _ => {
+                    let frame = Frame::DownlinkAck {
+                        tp: src.tp(),
+                        next_offset: src.i64(),
+                    };
+                    let channel = channel(&mut src);
+                    feed(&mut hub, now, &channel, frame);
+                }
+            },
             10 => {
                 let pick = usize::from(src.u8());
                 let (tp, seq, next) = match batches.get(pick) {

@@ -58,6 +58,15 @@ pub enum HubEvent {
     /// Literal ACL bindings of edge topics (protocol version 4), every binding of each topic
     /// named. Untrusted: a site may only ever ask for what the hub's ACL policy allows.
     TopicAcls(Vec<crate::frame::TopicAcl>),
+    /// The agent said where each offered downlink partition resumes (protocol version 5).
+    DownlinkStart(Vec<Position>),
+    /// The agent's edge committed a downlink partition up to `next_offset`.
+    DownlinkAck {
+        /// The partition, by its edge topic name.
+        tp: TopicPartition,
+        /// Next central offset the edge has not committed.
+        next_offset: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +108,7 @@ pub struct HubConn {
     transmit: VecDeque<(Channel, Frame)>,
     events: VecDeque<HubEvent>,
     partitions: HashMap<TopicPartition, PartitionState>,
+    downlinks: crate::downlink::Downlinks,
     last_activity: Instant,
 }
 
@@ -112,6 +122,7 @@ impl HubConn {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             partitions: HashMap::new(),
+            downlinks: Default::default(),
             last_activity: now,
         }
     }
@@ -286,7 +297,28 @@ impl HubConn {
                 self.events.push_back(HubEvent::TopicAcls(acls));
                 Ok(())
             }
+            Frame::DownlinkStart { positions } => {
+                expect_control(channel)?;
+                if !matches!(self.state, State::Welcomed { .. }) {
+                    return Err(self.unexpected(kind));
+                }
+                self.downlinks.start(&positions)?;
+                self.events.push_back(HubEvent::DownlinkStart(positions));
+                Ok(())
+            }
+            Frame::DownlinkAck { tp, next_offset } => {
+                expect_control(channel)?;
+                if !matches!(self.state, State::Welcomed { .. }) {
+                    return Err(self.unexpected(kind));
+                }
+                self.downlinks.ack(&tp, next_offset)?;
+                self.events
+                    .push_back(HubEvent::DownlinkAck { tp, next_offset });
+                Ok(())
+            }
             Frame::Welcome { .. }
+            | Frame::DownlinkOffer { .. }
+            | Frame::DownlinkBatch(_)
             | Frame::Ack { .. }
             | Frame::Stopped { .. }
             | Frame::Pong { .. }
@@ -412,6 +444,28 @@ impl HubConn {
         ));
         self.state = State::Welcomed { version };
         Ok(())
+    }
+
+    /// Queues the downlink offer on the control channel, once, after Welcome: the central
+    /// topics this site receives, by their edge names. Returns `false`, queuing nothing, when
+    /// the agent speaks a version older than [`crate::DOWNLINK_VERSION`].
+    pub fn offer_downlinks(
+        &mut self,
+        topics: Vec<crate::frame::TopicMetadata>,
+    ) -> Result<bool, ProtocolError> {
+        let State::Welcomed { version } = self.state else {
+            return Err(ProtocolError::InvalidCall {
+                call: "offer_downlinks",
+                state: self.state.name(),
+            });
+        };
+        if version < crate::DOWNLINK_VERSION {
+            return Ok(false);
+        }
+        self.downlinks.offer(&topics)?;
+        self.transmit
+            .push_back((Channel::Control, Frame::DownlinkOffer { topics }));
+        Ok(true)
     }
 
     /// Acknowledges the oldest unacked batch of `tp` once it is committed; queues an Ack on

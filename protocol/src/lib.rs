@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod codec;
+pub mod downlink;
 pub mod error;
 pub mod frame;
 #[doc(hidden)]
@@ -22,6 +23,7 @@ pub use codec::{
     FrameDecoder, decode_frame, decode_frame_bytes, encode_batch_prefix, encode_frame,
     try_encode_frame,
 };
+pub use downlink::{DOWNLINK_VERSION, MAX_DOWNLINK_TOPICS};
 pub use error::{DecodeError, EncodeError, ProtocolError};
 pub use frame::{
     Batch, BatchHeader, Channel, Codec, DEFAULT_MAX_FRAME_BYTES, ErrorCode, Frame, GroupOffsets,

@@ -57,6 +57,7 @@ fn all_frames() -> Vec<Frame> {
             heartbeat_target: String::new(),
         },
         Frame::Batch(sample_batch()),
+        Frame::DownlinkBatch(sample_batch()),
         Frame::Ack {
             seq: u64::MAX,
             tp: tp("orders", 2),
@@ -163,6 +164,25 @@ fn all_frames() -> Vec<Frame> {
             route_stops: 0,
         }),
         Frame::SiteReport(SiteReport::default()),
+        Frame::DownlinkOffer {
+            topics: vec![TopicMetadata {
+                topic: "central.commands".into(),
+                partitions: 3,
+                configs: vec![("cleanup.policy".into(), "compact".into())],
+            }],
+        },
+        Frame::DownlinkOffer { topics: vec![] },
+        Frame::DownlinkStart {
+            positions: vec![Position {
+                tp: tp("central.commands", 2),
+                next_offset: 17,
+            }],
+        },
+        Frame::DownlinkStart { positions: vec![] },
+        Frame::DownlinkAck {
+            tp: tp("central.commands", 0),
+            next_offset: i64::MAX,
+        },
         Frame::Redirect {
             addresses: vec!["hub-2.example.com:4433".into(), "[2001:db8::7]:4433".into()],
             reason: "site plant-7 belongs to shard 12, owned by hub-2".into(),
@@ -665,6 +685,15 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     payload: Bytes::from(payload),
                 })
             }),
+        (arb_tp(), 0..i64::MAX).prop_map(|(tp, next_offset)| Frame::DownlinkAck { tp, next_offset }),
+        proptest::collection::vec((arb_tp(), 0..i64::MAX), 0..5).prop_map(|ps| {
+            Frame::DownlinkStart {
+                positions: ps
+                    .into_iter()
+                    .map(|(tp, next_offset)| Position { tp, next_offset })
+                    .collect(),
+            }
+        }),
         (any::<u64>(), arb_tp(), 0..i64::MAX).prop_map(|(seq, tp, next_offset)| Frame::Ack {
             seq,
             tp,

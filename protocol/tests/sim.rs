@@ -496,10 +496,10 @@ fn version_mismatch_is_reported_to_the_agent() {
     assert!(matches!(
         err,
         ProtocolError::VersionMismatch {
-            peer_min: 5,
-            peer_max: 9,
+            peer_min,
+            peer_max,
             ..
-        }
+        } if peer_min == PROTOCOL_VERSION + 1 && peer_max == PROTOCOL_VERSION + 5
     ));
     let (ch, frame) = hub.poll_transmit().unwrap();
     assert_eq!(ch, Channel::Control);
@@ -507,7 +507,8 @@ fn version_mismatch_is_reported_to_the_agent() {
         panic!("expected Error, got {frame:?}")
     };
     assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(message.contains("5..=9"), "{message}");
+    let peer = format!("{}..={}", PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 5);
+    assert!(message.contains(&peer), "{message}");
     assert!(hub.is_closed());
     assert!(hub.poll_event().is_none());
 
@@ -1400,4 +1401,108 @@ fn topic_acls_reach_a_version_4_hub_whole_topics_per_frame_and_never_an_older_on
         ),
         "{e:?}"
     );
+}
+
+/// The central -> edge direction between a version 5 pair: the hub offers, the agent starts
+/// from its committed positions, batches arrive in order on the downlink channel, acks flow
+/// back; a version 4 agent is never offered anything, and a batch that skips back or names a
+/// partition not started ends the connection.
+#[test]
+fn downlinks_flow_from_offer_to_ack_and_only_to_a_version_5_agent() {
+    let now = Instant::now();
+    assert!(matches!(
+        hub_at_version(now, 4).offer_downlinks(vec![]),
+        Ok(false)
+    ));
+
+    let mut hub = hub_at_version(now, DOWNLINK_VERSION);
+    let mut agent = AgentConn::new(agent_config(), now);
+    while agent.poll_transmit().is_some() {}
+    for (ch, f) in shuttle(&mut || hub.poll_transmit()) {
+        agent.handle_frame(now, &ch, f).unwrap();
+    }
+    assert!(agent.is_welcomed());
+    let cmd = TopicMetadata {
+        topic: "central.cmd".into(),
+        partitions: 2,
+        configs: vec![],
+    };
+    assert!(hub.offer_downlinks(vec![cmd.clone()]).unwrap());
+    for (ch, f) in shuttle(&mut || hub.poll_transmit()) {
+        agent.handle_frame(now, &ch, f).unwrap();
+    }
+    let offered: Vec<_> = std::iter::from_fn(|| agent.poll_event())
+        .filter_map(|e| match e {
+            AgentEvent::DownlinkOffer(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offered, vec![vec![cmd]]);
+
+    let p1 = tp("central.cmd", 1);
+    agent
+        .start_downlinks(vec![Position {
+            tp: p1.clone(),
+            next_offset: 10,
+        }])
+        .unwrap();
+    agent.ack_downlink(p1.clone(), 10).unwrap();
+    for (ch, f) in shuttle(&mut || agent.poll_transmit()) {
+        hub.handle_frame(now, &ch, f).unwrap();
+    }
+    let events: Vec<_> = std::iter::from_fn(|| hub.poll_event())
+        .filter(|e| !matches!(e, HubEvent::Hello { .. }))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            HubEvent::DownlinkStart(vec![Position {
+                tp: p1.clone(),
+                next_offset: 10
+            }]),
+            HubEvent::DownlinkAck {
+                tp: p1.clone(),
+                next_offset: 10
+            },
+        ]
+    );
+
+    // Batches: on the downlink channel only, from the start on, never backwards.
+    let batch = |first, next| {
+        let mut b = small_batch(&p1, 0, first, next);
+        b.header.partition_count = 2;
+        Frame::DownlinkBatch(b)
+    };
+    let on_control = agent.handle_frame(now, &Channel::Control, batch(10, 12));
+    assert!(
+        matches!(on_control, Err(ProtocolError::WrongChannel { .. })),
+        "{on_control:?}"
+    );
+    let mut agent = AgentConn::new(agent_config(), now);
+    while agent.poll_transmit().is_some() {}
+    let mut hub = hub_at_version(now, DOWNLINK_VERSION);
+    hub.offer_downlinks(vec![TopicMetadata {
+        topic: "central.cmd".into(),
+        partitions: 2,
+        configs: vec![],
+    }])
+    .unwrap();
+    for (ch, f) in shuttle(&mut || hub.poll_transmit()) {
+        agent.handle_frame(now, &ch, f).unwrap();
+    }
+    agent
+        .start_downlinks(vec![Position {
+            tp: p1.clone(),
+            next_offset: 10,
+        }])
+        .unwrap();
+    agent
+        .handle_frame(now, &Channel::Downlink, batch(10, 12))
+        .unwrap();
+    agent
+        .handle_frame(now, &Channel::Downlink, batch(15, 16))
+        .unwrap();
+    let back = agent.handle_frame(now, &Channel::Downlink, batch(15, 17));
+    let e = back.unwrap_err().to_string();
+    assert!(e.contains("expected to start at or after 16"), "{e}");
 }

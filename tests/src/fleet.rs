@@ -957,7 +957,10 @@ impl SimSite {
                         let now = self.shared.millis(Instant::now());
                         self.stats().last_ack.store(now, Ordering::Relaxed);
                     }
-                    AgentEvent::RttSample(_) => {}
+                    // Simulated sites take nothing down: they never answer an offer.
+                    AgentEvent::RttSample(_)
+                    | AgentEvent::DownlinkOffer(_)
+                    | AgentEvent::DownlinkBatch(_) => {}
                     // Simulated records are small and hubs dead-letter by default: a stop is
                     // a failure of the run.
                     AgentEvent::Stopped {
@@ -1242,6 +1245,7 @@ impl SessionIo<'_> {
                     let writer = self.streams.get_mut(&tp).expect("opened above");
                     writer.write(&frame).await.map_err(lost)?;
                 }
+                Channel::Downlink => unreachable!("an agent sends nothing on the downlink"),
             }
         }
         Ok(())

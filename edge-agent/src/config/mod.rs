@@ -37,12 +37,23 @@ pub struct Settings {
     pub heartbeats: Option<Duration>,
     /// Which edge consumer groups are reported, and how often.
     pub groups: GroupSettings,
+    /// Central topics taken down from the hub, unless `[downlink] enabled = false`.
+    pub downlink: Option<DownlinkSettings>,
     /// The plugin sandbox.
     pub plugins: PluginSettings,
     /// Plugin chains and priorities by topic.
     pub routes: Routes,
     /// Address of the Prometheus endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[downlink]`: how the agent takes central topics down into the edge cluster.
+#[derive(Debug, Clone)]
+pub struct DownlinkSettings {
+    /// Edge consumer group holding the committed downlink positions.
+    pub group: String,
+    /// Bytes received and not yet committed before the agent ends the session.
+    pub max_pending_bytes: u64,
 }
 
 /// `[kafka]`: the edge cluster.

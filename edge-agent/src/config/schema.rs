@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// Edge consumer groups whose committed offsets are reported for checkpoints.
     #[serde(default)]
     pub groups: GroupsConfig,
+    /// Central topics the hub sends down to this site.
+    #[serde(default)]
+    pub downlink: DownlinkConfig,
     /// Limits of the plugin sandbox, shared by every route.
     #[serde(default)]
     pub plugins: PluginLimitsConfig,
@@ -79,6 +82,41 @@ fn default_true() -> bool {
 }
 fn default_heartbeat_interval_ms() -> u64 {
     1_000
+}
+
+/// `[downlink]`: central topics the hub mirrors down into the edge cluster (`[[downlinks]]` in
+/// the hub's config chooses which).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkConfig {
+    /// Take what the hub offers; `false` answers every offer with nothing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Edge consumer group whose committed offsets are the downlink positions (written in the
+    /// same transaction as the records).
+    #[serde(default = "default_downlink_group")]
+    pub group: String,
+    /// Downlink bytes received and not yet committed at the edge before the agent ends the
+    /// session (the hub keeps far fewer in flight: its `downlink.window_bytes`).
+    #[serde(default = "default_downlink_pending_bytes")]
+    pub max_pending_bytes: u64,
+}
+
+impl Default for DownlinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            group: default_downlink_group(),
+            max_pending_bytes: default_downlink_pending_bytes(),
+        }
+    }
+}
+
+fn default_downlink_group() -> String {
+    "edge-replicator-downlink".into()
+}
+fn default_downlink_pending_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Consumer groups reported to the hub (defaults as MirrorMaker 2's `groups` and

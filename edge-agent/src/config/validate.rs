@@ -6,11 +6,11 @@ use std::time::Duration;
 use er_service::config::{Checks, ConfigError, End::Field, End::Fixed};
 
 use super::schema::{
-    AgentConfig, BatchingConfig, Compression, GroupsConfig, HeartbeatsConfig, HubLinkConfig,
+    AgentConfig, BatchingConfig, Compression, DownlinkConfig, GroupsConfig, HeartbeatsConfig, HubLinkConfig,
     KafkaConfig, OnError, PluginLimitsConfig, RouteConfig, TopicsConfig,
 };
 use super::{
-    BatchSettings, GroupSettings, HubSettings, KafkaSettings, PluginSettings, Settings,
+    BatchSettings, DownlinkSettings, GroupSettings, HubSettings, KafkaSettings, PluginSettings, Settings,
     TopicSettings,
 };
 use crate::hubs::HubAddress;
@@ -28,6 +28,7 @@ pub(super) fn settings(c: Checks<'_>, raw: AgentConfig) -> Result<Settings, Conf
     let batching = batching(c, raw.batching)?;
     let heartbeats = heartbeats(c, raw.heartbeats)?;
     let groups = groups(c, raw.groups)?;
+    let downlink = downlink(c, raw.downlink)?;
     let limits = plugin_limits(c, &raw.plugins)?;
     let routes = routes(c, raw.routes, limits)?;
     let plugins = plugins(c, raw.plugins, &routes);
@@ -40,6 +41,7 @@ pub(super) fn settings(c: Checks<'_>, raw: AgentConfig) -> Result<Settings, Conf
         batching,
         heartbeats,
         groups,
+        downlink,
         plugins,
         routes,
         metrics_listen,
@@ -168,6 +170,15 @@ fn batching(c: Checks<'_>, b: BatchingConfig) -> Result<BatchSettings, ConfigErr
 fn heartbeats(c: Checks<'_>, h: HeartbeatsConfig) -> Result<Option<Duration>, ConfigError> {
     c.at_least("heartbeats.interval_ms", h.interval_ms, Fixed(1))?;
     Ok(h.enabled.then(|| ms(h.interval_ms)))
+}
+
+fn downlink(c: Checks<'_>, d: DownlinkConfig) -> Result<Option<DownlinkSettings>, ConfigError> {
+    c.not_blank("downlink.group", &d.group)?;
+    c.at_least("downlink.max_pending_bytes", d.max_pending_bytes, Fixed(1024 * 1024))?;
+    Ok(d.enabled.then_some(DownlinkSettings {
+        group: d.group,
+        max_pending_bytes: d.max_pending_bytes,
+    }))
 }
 
 fn groups(c: Checks<'_>, g: GroupsConfig) -> Result<GroupSettings, ConfigError> {
