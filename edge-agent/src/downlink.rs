@@ -45,7 +45,7 @@ const MAX_UNCOMPRESSED: u32 = 64 * 1024 * 1024;
 
 /// What the session hands the writer thread.
 enum Cmd {
-    /// Create (or grow) the offered topics and read where each partition resumes.
+    /// Create (or grow) the offered topics and read where each new partition resumes.
     Prepare(Vec<TopicMetadata>),
     /// Write these records and their position.
     Write(Batch),
@@ -102,13 +102,11 @@ pub fn accepted(offer: Vec<TopicMetadata>, guard: &LoopGuard) -> Vec<TopicMetada
 }
 
 impl Downlink {
-    /// Starts the writer thread of `site` and asks it to prepare `topics`; its
-    /// [`Reply::Started`] comes on `replies`.
+    /// Starts the writer thread of `site`; [`Downlink::prepare`] hands it the topics.
     pub fn start(
         kafka: &KafkaSettings,
         settings: &DownlinkSettings,
         site: &str,
-        topics: Vec<TopicMetadata>,
     ) -> anyhow::Result<Self> {
         let writer = Writer::new(kafka, settings, site)?;
         let (cmds, cmd_rx) = std_mpsc::channel();
@@ -118,14 +116,20 @@ impl Downlink {
             .name("downlink-writer".into())
             .spawn(move || writer.run(&handle, &cmd_rx, &reply_tx))
             .context("starting the downlink writer thread")?;
-        cmds.send(Cmd::Prepare(topics))
-            .map_err(|_| anyhow!("the downlink writer stopped"))?;
         Ok(Self {
             cmds,
             replies,
             pending_bytes: 0,
             max_pending_bytes: settings.max_pending_bytes,
         })
+    }
+
+    /// Asks the writer to create (or grow) offered topics and read where their new partitions
+    /// resume; its [`Reply::Started`] comes on `replies`.
+    pub fn prepare(&mut self, topics: Vec<TopicMetadata>) -> anyhow::Result<()> {
+        self.cmds
+            .send(Cmd::Prepare(topics))
+            .map_err(|_| anyhow!("the downlink writer stopped"))
     }
 
     /// Hands a batch to the writer; an error when the hub sent more than
@@ -226,18 +230,25 @@ impl Writer {
     }
 
     /// Creates the offered topics that are missing, adds partitions to those with fewer, and
-    /// reads the committed position of every partition (0, the start, where none is).
+    /// reads the committed position of every partition not started yet (0, the start, where
+    /// none is).
     fn prepare(
         &mut self,
         rt: &tokio::runtime::Handle,
         topics: &[TopicMetadata],
     ) -> anyhow::Result<Vec<Position>> {
         rt.block_on(self.ensure_topics(topics))?;
+        // Partitions started before on this connection keep going: only new ones start.
         let mut ask = TopicPartitionList::new();
         for t in topics {
             for p in 0..t.partitions {
-                ask.add_partition(&t.topic, p);
+                if !self.committed.contains_key(&TopicPartition::new(&t.topic, p)) {
+                    ask.add_partition(&t.topic, p);
+                }
             }
+        }
+        if ask.count() == 0 {
+            return Ok(Vec::new());
         }
         let committed = self
             .positions

@@ -871,9 +871,12 @@ impl Session<'_> {
     }
 
     /// Takes what the hub offers to send down (what the loop guard allows), or nothing when
-    /// `[downlink]` is off: the writer thread prepares the topics and answers with the
-    /// positions to start from.
+    /// `[downlink]` is off: the writer thread (started by the first offer) prepares the topics
+    /// and answers with the positions to start from.
     fn on_downlink_offer(&mut self, topics: Vec<er_protocol::TopicMetadata>) -> anyhow::Result<()> {
+        if topics.is_empty() {
+            return Ok(());
+        }
         let (Some(settings), Some(guard)) = (&self.cfg.downlink, &self.guard) else {
             info!(topics = topics.len(), "the hub offers downlink topics; [downlink] is off, taking none");
             return Ok(self.proto.start_downlinks(Vec::new())?);
@@ -883,10 +886,14 @@ impl Session<'_> {
             return Ok(self.proto.start_downlinks(Vec::new())?);
         }
         info!(topics = topics.len(), "taking downlink topics");
-        let downlink =
-            crate::downlink::Downlink::start(&self.cfg.kafka, settings, &self.site, topics)?;
-        self.downlink = Some(downlink);
-        Ok(())
+        match &mut self.downlink {
+            Some(downlink) => downlink.prepare(topics),
+            None => {
+                let downlink =
+                    crate::downlink::Downlink::start(&self.cfg.kafka, settings, &self.site)?;
+                self.downlink.insert(downlink).prepare(topics)
+            }
+        }
     }
 
     /// The downlink writer's answer: where to start, what committed, or its failure.

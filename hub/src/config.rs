@@ -53,6 +53,80 @@ pub struct HubConfig {
     /// Shards, shared writers and how the hubs of `group_id` divide the sites.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Central topics mirrored down into sites' edge clusters; first match per topic wins.
+    #[serde(default)]
+    pub downlinks: Vec<DownlinkRouteConfig>,
+    /// How the hub reads and sends what `[[downlinks]]` selects.
+    #[serde(default)]
+    pub downlink: DownlinkConfig,
+}
+
+/// `[[downlinks]]`: central topics a set of sites receives (central -> edge).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkRouteConfig {
+    /// Regex over central topic names (whole-name match).
+    pub topics: String,
+    /// Regex over site aliases (whole-name match); all sites when absent.
+    #[serde(default)]
+    pub sites: Option<String>,
+    /// Alias of the central cluster the topics are read from; the first cluster when absent.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Most payload bytes per second this downlink sends one site (unlimited when absent).
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// `[downlink]`: the hub's side of central -> edge flows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkConfig {
+    /// Kafka consumers per central cluster that read downlink topics, shared by all sites
+    /// in turns (threads and broker connections do not grow with the sites).
+    #[serde(default = "default_downlink_readers")]
+    pub readers: usize,
+    /// Bytes one site may have sent and not yet acked (committed at the edge).
+    #[serde(default = "default_downlink_window_bytes")]
+    pub window_bytes: u64,
+    /// Largest downlink batch payload before compression, in bytes.
+    #[serde(default = "default_downlink_batch_bytes")]
+    pub max_batch_bytes: u32,
+    /// How often the hub looks at the downlink topics' end offsets (what is new to send).
+    #[serde(default = "default_downlink_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// How often the hub lists the central topics (new or grown downlink topics are offered
+    /// to connected sites).
+    #[serde(default = "default_downlink_refresh_interval_ms")]
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for DownlinkConfig {
+    fn default() -> Self {
+        Self {
+            readers: default_downlink_readers(),
+            window_bytes: default_downlink_window_bytes(),
+            max_batch_bytes: default_downlink_batch_bytes(),
+            poll_interval_ms: default_downlink_poll_interval_ms(),
+            refresh_interval_ms: default_downlink_refresh_interval_ms(),
+        }
+    }
+}
+
+fn default_downlink_readers() -> usize {
+    2
+}
+fn default_downlink_window_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_downlink_batch_bytes() -> u32 {
+    512 * 1024
+}
+fn default_downlink_poll_interval_ms() -> u64 {
+    200
+}
+fn default_downlink_refresh_interval_ms() -> u64 {
+    10_000
 }
 
 /// How one hub serves many sites and how hubs share a fleet.
@@ -692,6 +766,8 @@ pub struct Validated {
     pub policy: ReplicationPolicy,
     /// Routes with compiled regexes and resolved cluster indexes.
     pub routes: Vec<CompiledRoute>,
+    /// `[[downlinks]]`, compiled, in file order.
+    pub downlinks: Vec<CompiledDownlink>,
     /// Address of the Prometheus endpoint, if any.
     pub metrics_listen: Option<SocketAddr>,
     /// Writers per cluster (`fleet.writers_per_cluster`, 0 resolved to the number of cores).
@@ -720,6 +796,19 @@ pub struct CompiledRoute {
     pub sites: Option<Regex>,
     /// Index into `clusters`.
     pub cluster: usize,
+}
+
+/// A `[[downlinks]]` entry, compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledDownlink {
+    /// Whole-name central topic matcher.
+    pub topics: Regex,
+    /// Whole-name site matcher.
+    pub sites: Option<Regex>,
+    /// Index into `clusters`.
+    pub cluster: usize,
+    /// Payload bytes per second to one site, if limited.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Validated {
@@ -767,6 +856,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     clusters(&raw.clusters, &invalid)?;
     let identity_allow = identity_allow(&raw.replication, &invalid)?;
     let routes = routes(&raw.routes, &raw.clusters, &invalid)?;
+    let downlinks = downlinks(&raw, &invalid)?;
     if raw.checkpoints.interval_ms == 0 {
         return Err(invalid(
             "checkpoints.interval_ms",
@@ -805,6 +895,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
         listen,
         policy,
         routes,
+        downlinks,
         metrics_listen,
         writers_per_cluster,
         advertised,
@@ -973,6 +1064,73 @@ fn routes(
             topics,
             sites,
             cluster,
+        });
+    }
+    Ok(out)
+}
+
+/// `[[downlinks]]`, compiled, each naming a configured cluster, and `[downlink]`'s bounds.
+fn downlinks(raw: &HubConfig, invalid: &Invalid<'_>) -> Result<Vec<CompiledDownlink>, ConfigError> {
+    let d = &raw.downlink;
+    if !(1..=64).contains(&d.readers) {
+        return Err(invalid("downlink.readers", format!("{} must be between 1 and 64", d.readers)));
+    }
+    if d.max_batch_bytes < 1024 || d.max_batch_bytes > raw.limits.max_batch_bytes {
+        return Err(invalid(
+            "downlink.max_batch_bytes",
+            format!(
+                "{} must be between 1024 and limits.max_batch_bytes ({})",
+                d.max_batch_bytes, raw.limits.max_batch_bytes
+            ),
+        ));
+    }
+    if d.window_bytes < u64::from(d.max_batch_bytes) {
+        return Err(invalid(
+            "downlink.window_bytes",
+            format!(
+                "{} must hold at least one batch (downlink.max_batch_bytes = {})",
+                d.window_bytes, d.max_batch_bytes
+            ),
+        ));
+    }
+    if d.poll_interval_ms < 10 || d.refresh_interval_ms < d.poll_interval_ms {
+        return Err(invalid(
+            "downlink.poll_interval_ms",
+            format!(
+                "poll_interval_ms ({}) must be at least 10 and at most refresh_interval_ms ({})",
+                d.poll_interval_ms, d.refresh_interval_ms
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.downlinks.len());
+    for (i, r) in raw.downlinks.iter().enumerate() {
+        let field = |f: &str| format!("downlinks[{i}].{f}");
+        let topics = whole_match(&r.topics).map_err(|e| invalid(&field("topics"), e))?;
+        let sites = r
+            .sites
+            .as_deref()
+            .map(whole_match)
+            .transpose()
+            .map_err(|e| invalid(&field("sites"), e))?;
+        let cluster = match &r.cluster {
+            None => 0,
+            Some(alias) => raw
+                .clusters
+                .iter()
+                .position(|c| &c.alias == alias)
+                .ok_or_else(|| invalid(&field("cluster"), format!("no cluster with alias {alias:?}")))?,
+        };
+        if r.max_bytes_per_sec.is_some_and(|b| b < 1024) {
+            return Err(invalid(
+                &field("max_bytes_per_sec"),
+                "must be at least 1024 (bytes per second)".into(),
+            ));
+        }
+        out.push(CompiledDownlink {
+            topics,
+            sites,
+            cluster,
+            max_bytes_per_sec: r.max_bytes_per_sec,
         });
     }
     Ok(out)

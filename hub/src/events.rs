@@ -371,6 +371,31 @@ impl HeartbeatRelayed<'_> {
     }
 }
 
+/// A downlink batch went down to a site.
+#[derive(Debug)]
+pub struct DownlinkSent<'a> {
+    /// The site.
+    pub site: &'a str,
+    /// Records in the batch.
+    pub records: u32,
+    /// Its payload bytes.
+    pub bytes: u64,
+}
+
+impl DownlinkSent<'_> {
+    /// Counts the batch's records and bytes.
+    pub fn emit(self) {
+        counter!(m::DOWNLINK_RECORDS_SENT).increment(self.records.into());
+        counter!(m::DOWNLINK_BYTES_SENT).increment(self.bytes);
+        debug!(
+            site = self.site,
+            records = self.records,
+            bytes = self.bytes,
+            "downlink batch sent"
+        );
+    }
+}
+
 /// Remote topics were created (at discovery, from a site's topic report).
 #[derive(Debug)]
 pub struct TopicsCreated<'a> {

@@ -65,6 +65,8 @@ pub struct Fleet {
     pub pools: Vec<WriterPool>,
     /// The sites of the owned shards.
     pub registry: Arc<Registry>,
+    /// Central -> edge flows, when `[[downlinks]]` names any.
+    pub downlinks: Option<Arc<crate::downlink::Downlinks>>,
     directory: Directory,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -201,6 +203,7 @@ impl Fleet {
         )?;
         let stop = Arc::new(AtomicBool::new(false));
         let threads = start_side_threads(&rt, &config, &topics, &registry, &stop)?;
+        let downlinks = crate::downlink::Downlinks::start(&rt, &config)?;
         info!(hub_id = %raw.hub_id, group = %group, shards = raw.fleet.shards, clusters = raw.clusters.len(), writers_per_cluster = config.writers_per_cluster, "fleet started; waiting for the group to assign shards");
         let topic_sync = crate::topic_sync::TopicSync::start(
             &rt,
@@ -216,6 +219,7 @@ impl Fleet {
             memberships,
             pools,
             registry,
+            downlinks,
             directory,
             stop,
             threads,

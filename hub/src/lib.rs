@@ -10,6 +10,7 @@ pub mod admission;
 pub mod checkpoints;
 pub mod config;
 pub mod directory;
+pub mod downlink;
 pub mod events;
 pub mod fleet;
 pub mod fleet_status;

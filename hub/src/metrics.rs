@@ -98,6 +98,10 @@ pub const TOPIC_REPORTS_DROPPED: &str = "er_hub_topic_reports_dropped_total";
 /// Heartbeats the hub wrote on a destination cluster other than the one the site's
 /// `heartbeats` topic is replicated to ([`crate::heartbeats`]).
 pub const HEARTBEATS_RELAYED: &str = "er_hub_heartbeats_relayed_total";
+/// Central records sent down to sites (`[[downlinks]]`), before the edge committed them.
+pub const DOWNLINK_RECORDS_SENT: &str = "er_hub_downlink_records_sent_total";
+/// Downlink batch payload bytes sent to sites (compressed, as on the link).
+pub const DOWNLINK_BYTES_SENT: &str = "er_hub_downlink_bytes_sent_total";
 /// ACL bindings created on remote topics to follow the edge's (`acl_sync`).
 pub const TOPIC_ACLS_CREATED: &str = "er_hub_topic_acls_created_total";
 /// Edge ACL bindings a site reported that the hub does not create (`acl_sync` rules).
@@ -226,6 +230,14 @@ fn describe_writes_and_checkpoints() {
         "MM2 heartbeats written on a destination cluster other than the one a site's heartbeats topic replicates to."
     );
     describe_counter!(OFFSET_SYNCS_WRITTEN, "MM2 offset syncs written.");
+    describe_counter!(
+        DOWNLINK_RECORDS_SENT,
+        "Central records sent down to sites by [[downlinks]] (the edge commits them in its own transactions)."
+    );
+    describe_counter!(
+        DOWNLINK_BYTES_SENT,
+        "Downlink batch payload bytes sent to sites, compressed as on the link."
+    );
     describe_gauge!(
         REPLICATION_LAG_SECONDS,
         Unit::Seconds,

@@ -707,7 +707,7 @@ impl AgentConn {
         }
     }
 
-    /// Answers the hub's downlink offer, once: where each offered partition resumes (the
+    /// Answers a downlink offer: where each newly offered partition taken resumes (the
     /// partitions left out receive nothing on this connection).
     pub fn start_downlinks(&mut self, positions: Vec<Position>) -> Result<(), ProtocolError> {
         if !matches!(self.state, State::Welcomed | State::Draining) {

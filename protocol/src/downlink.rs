@@ -1,8 +1,9 @@
 //! The central -> edge direction (protocol version 5), the rules both ends keep (sans-IO).
 //!
 //! After Welcome the hub offers the central topics the site receives ([`Frame::DownlinkOffer`],
-//! named as the edge will see them); the agent answers once with where each offered partition
-//! resumes ([`Frame::DownlinkStart`], the positions its last edge transaction committed); the
+//! named as the edge will see them, again whenever topics appear or grow); the agent answers
+//! each offer with where the partitions it takes resume ([`Frame::DownlinkStart`], the
+//! positions its last edge transaction committed); the
 //! hub then sends [`Frame::DownlinkBatch`]es on the [`Channel::Downlink`] stream, in offset
 //! order per partition, and the agent answers each committed edge transaction with
 //! [`Frame::DownlinkAck`]s on the control channel.
@@ -27,11 +28,10 @@ pub const MAX_DOWNLINK_TOPICS: usize = 1024;
 /// What one connection's downlinks have agreed so far.
 #[derive(Debug, Default)]
 pub(crate) struct Downlinks {
-    /// Offered topic -> partition count, once offered.
-    offered: Option<HashMap<String, i32>>,
+    /// Offered topic -> partition count (the largest offered).
+    offered: HashMap<String, i32>,
     /// Per started partition: where the next batch must begin (agent) or the last ack (hub).
     next: HashMap<TopicPartition, i64>,
-    started: bool,
 }
 
 fn refuse(what: impl Into<String>, reason: impl Into<String>) -> ProtocolError {
@@ -42,27 +42,17 @@ fn refuse(what: impl Into<String>, reason: impl Into<String>) -> ProtocolError {
 }
 
 impl Downlinks {
-    /// Whether the agent said where to start.
+    /// Whether any partition was started.
     pub(crate) fn started(&self) -> bool {
-        self.started
+        !self.next.is_empty()
     }
 
-    /// Records the offer: once per connection, at most [`MAX_DOWNLINK_TOPICS`] topics, each
-    /// named once with at least one partition.
+    /// Records an offer. A connection may have several (the hub offers topics created, or
+    /// grown, after the first); each names topics not offered before, or offered with fewer
+    /// partitions, each once and with at least one partition, and all offers together name at
+    /// most [`MAX_DOWNLINK_TOPICS`] topics.
     pub(crate) fn offer(&mut self, topics: &[TopicMetadata]) -> Result<(), ProtocolError> {
-        if self.offered.is_some() {
-            return Err(refuse("offer", "made twice on one connection"));
-        }
-        if topics.len() > MAX_DOWNLINK_TOPICS {
-            return Err(refuse(
-                "offer",
-                format!(
-                    "names {} topics, more than the limit of {MAX_DOWNLINK_TOPICS}",
-                    topics.len()
-                ),
-            ));
-        }
-        let mut offered = HashMap::with_capacity(topics.len());
+        let mut named = HashSet::with_capacity(topics.len());
         for t in topics {
             if t.partitions < 1 {
                 return Err(refuse(
@@ -70,47 +60,60 @@ impl Downlinks {
                     format!("{} partitions, less than 1", t.partitions),
                 ));
             }
-            if offered.insert(t.topic.clone(), t.partitions).is_some() {
+            if !named.insert(&t.topic) {
                 return Err(refuse(format!("offer of {:?}", t.topic), "named twice"));
             }
+            if let Some(&before) = self.offered.get(&t.topic)
+                && before >= t.partitions
+            {
+                return Err(refuse(
+                    format!("offer of {:?}", t.topic),
+                    format!("offered before with {before} partitions, now {}", t.partitions),
+                ));
+            }
         }
-        self.offered = Some(offered);
+        let total = self.offered.len()
+            + topics
+                .iter()
+                .filter(|t| !self.offered.contains_key(&t.topic))
+                .count();
+        if total > MAX_DOWNLINK_TOPICS {
+            return Err(refuse(
+                "offer",
+                format!(
+                    "brings the connection to {total} topics, more than the limit of {MAX_DOWNLINK_TOPICS}"
+                ),
+            ));
+        }
+        for t in topics {
+            self.offered.insert(t.topic.clone(), t.partitions);
+        }
         Ok(())
     }
 
-    /// Records where each partition starts: once, after the offer, only offered partitions,
-    /// each once.
+    /// Records where partitions start: each offered, not started before, named once. An
+    /// answer to an offer may be empty (nothing taken).
     pub(crate) fn start(&mut self, positions: &[Position]) -> Result<(), ProtocolError> {
-        let Some(offered) = &self.offered else {
+        if self.offered.is_empty() {
             return Err(refuse("start", "before any offer"));
-        };
-        if self.started {
-            return Err(refuse("start", "sent twice on one connection"));
         }
         let mut seen = HashSet::with_capacity(positions.len());
         for p in positions {
-            self.check_offered(offered, &p.tp)?;
+            self.check_offered(&p.tp)?;
             if p.next_offset < 0 {
                 return Err(refuse(format!("start of {}", p.tp), "negative offset"));
             }
-            if !seen.insert(&p.tp) {
-                return Err(refuse(format!("start of {}", p.tp), "listed twice"));
+            if !seen.insert(&p.tp) || self.next.contains_key(&p.tp) {
+                return Err(refuse(format!("start of {}", p.tp), "started twice"));
             }
         }
-        self.next = positions
-            .iter()
-            .map(|p| (p.tp.clone(), p.next_offset))
-            .collect();
-        self.started = true;
+        self.next
+            .extend(positions.iter().map(|p| (p.tp.clone(), p.next_offset)));
         Ok(())
     }
 
-    fn check_offered(
-        &self,
-        offered: &HashMap<String, i32>,
-        tp: &TopicPartition,
-    ) -> Result<(), ProtocolError> {
-        match offered.get(&tp.topic) {
+    fn check_offered(&self, tp: &TopicPartition) -> Result<(), ProtocolError> {
+        match self.offered.get(&tp.topic) {
             Some(&n) if (0..n).contains(&tp.partition) => Ok(()),
             Some(&n) => Err(refuse(
                 format!("partition {tp}"),
@@ -123,9 +126,6 @@ impl Downlinks {
     /// A batch (agent side): of a started partition, starting at or after where the last one
     /// ended.
     pub(crate) fn batch(&mut self, h: &BatchHeader) -> Result<(), ProtocolError> {
-        if !self.started {
-            return Err(refuse(format!("batch of {}", h.tp), "before the start"));
-        }
         let Some(next) = self.next.get_mut(&h.tp) else {
             return Err(refuse(format!("batch of {}", h.tp), "of a partition not started"));
         };
@@ -144,9 +144,6 @@ impl Downlinks {
 
     /// An ack (hub side): of a started partition, never behind the previous one.
     pub(crate) fn ack(&mut self, tp: &TopicPartition, next_offset: i64) -> Result<(), ProtocolError> {
-        if !self.started {
-            return Err(refuse(format!("ack of {tp}"), "before the start"));
-        }
         let Some(last) = self.next.get_mut(tp) else {
             return Err(refuse(format!("ack of {tp}"), "of a partition not started"));
         };
@@ -191,7 +188,7 @@ mod tests {
     fn batches_must_follow_the_start_in_offset_order() {
         let mut d = Downlinks::default();
         let tp = TopicPartition::new("central.cmd", 1);
-        assert!(d.batch(&header(tp.clone(), 0, 1)).is_err());
+        assert!(d.batch(&header(tp.clone(), 0, 1)).is_err(), "before any start");
         d.offer(&[topic("central.cmd", 2)]).unwrap();
         d.start(&[Position {
             tp: tp.clone(),
@@ -213,7 +210,7 @@ mod tests {
         let mut d = Downlinks::default();
         assert!(d.start(&[]).is_err(), "start before offer");
         d.offer(&[topic("a", 1)]).unwrap();
-        assert!(d.offer(&[]).is_err(), "second offer");
+        assert!(d.offer(&[topic("a", 1)]).is_err(), "offered again, not grown");
         let p = |t: &str, part, off| Position {
             tp: TopicPartition::new(t, part),
             next_offset: off,
@@ -224,7 +221,10 @@ mod tests {
         assert!(e.contains("not offered"), "{e}");
         assert!(d.start(&[p("a", 0, 0), p("a", 0, 1)]).is_err());
         d.start(&[p("a", 0, 3)]).unwrap();
-        assert!(d.start(&[p("a", 0, 3)]).is_err(), "second start");
+        assert!(d.start(&[p("a", 0, 3)]).is_err(), "started twice");
+        // A later offer grows the topic; its new partition starts on its own.
+        d.offer(&[topic("a", 2), topic("b", 1)]).unwrap();
+        d.start(&[p("a", 1, 0), p("b", 0, 9)]).unwrap();
         let tp = TopicPartition::new("a", 0);
         assert!(d.ack(&tp, 2).is_err(), "ack behind the start");
         d.ack(&tp, 3).unwrap();
@@ -238,10 +238,12 @@ mod tests {
         assert!(d.offer(&[topic("a", 1), topic("a", 2)]).is_err());
         let mut d = Downlinks::default();
         assert!(d.offer(&[topic("a", 0)]).is_err());
-        let many: Vec<_> = (0..=MAX_DOWNLINK_TOPICS)
+        let many: Vec<_> = (0..MAX_DOWNLINK_TOPICS)
             .map(|i| topic(&format!("t{i}"), 1))
             .collect();
         let mut d = Downlinks::default();
-        assert!(d.offer(&many).is_err());
+        d.offer(&many).unwrap();
+        let e = d.offer(&[topic("one-more", 1)]).unwrap_err().to_string();
+        assert!(e.contains("more than the limit"), "{e}");
     }
 }

@@ -425,16 +425,17 @@ pub enum Frame {
         /// Why, for logs (at most [`MAX_REDIRECT_REASON_BYTES`]).
         reason: String,
     },
-    /// Hub -> agent, control channel, once after Welcome (protocol version 5): the central
-    /// topics this site receives, named as the edge sees them, with their partition counts and
-    /// the configs the edge topic is created with (at most [`crate::MAX_DOWNLINK_TOPICS`]).
+    /// Hub -> agent, control channel, after Welcome (protocol version 5): central topics this
+    /// site receives, named as the edge sees them, with their partition counts and the configs
+    /// the edge topic is created with. Later offers name topics created or grown since (at
+    /// most [`crate::MAX_DOWNLINK_TOPICS`] per connection).
     DownlinkOffer {
         /// The topics (an empty list: nothing comes down on this connection).
         topics: Vec<TopicMetadata>,
     },
-    /// Agent -> hub, control channel, once after a DownlinkOffer: where each offered partition
-    /// resumes (the next central offset the edge has not committed). A partition it leaves out
-    /// receives nothing on this connection.
+    /// Agent -> hub, control channel, answering each DownlinkOffer: where each newly offered
+    /// partition it takes resumes (the next central offset the edge has not committed). A
+    /// partition it leaves out receives nothing on this connection.
     DownlinkStart {
         /// Resume positions, keyed on the edge topic names of the offer.
         positions: Vec<Position>,

@@ -446,8 +446,8 @@ impl HubConn {
         Ok(())
     }
 
-    /// Queues the downlink offer on the control channel, once, after Welcome: the central
-    /// topics this site receives, by their edge names. Returns `false`, queuing nothing, when
+    /// Queues a downlink offer on the control channel, after Welcome: central topics this site
+    /// receives, by their edge names (later offers: topics created or grown since). Returns `false`, queuing nothing, when
     /// the agent speaks a version older than [`crate::DOWNLINK_VERSION`].
     pub fn offer_downlinks(
         &mut self,

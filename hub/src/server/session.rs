@@ -2,7 +2,7 @@
 //! machine and the writers. Each `select!` arm calls one handler.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use er_net::wire::{FrameReader, StreamError};
 use er_protocol::{Channel, ErrorCode, HubConn, HubEvent};
@@ -12,6 +12,7 @@ use tracing::debug;
 use super::accept::Greeted;
 use super::streams::{Inbound, StreamWriters, spawn_stream_reader};
 use super::{Hub, SessionEnd};
+use crate::downlink::SiteDownlink;
 use crate::sink::{Completion, WriteError, WriteJob, Written};
 use crate::sites::Site;
 
@@ -21,11 +22,16 @@ const INBOUND_QUEUE: usize = 256;
 /// The state a session's handlers change.
 struct Session<'a> {
     hub: &'a Hub,
+    conn: &'a quinn::Connection,
     site: &'a Arc<Site>,
     id: u64,
     proto: HubConn,
     writers: StreamWriters,
     completions_tx: mpsc::UnboundedSender<Completion>,
+    /// What goes down to the site, when `[[downlinks]]` has something for it.
+    downlink: Option<SiteDownlink>,
+    /// Why the downlink sender stopped, if it did.
+    downlink_failed: mpsc::UnboundedSender<String>,
 }
 
 impl Hub {
@@ -48,13 +54,23 @@ impl Hub {
         } = greeted;
         self.welcome(site, &mut writers, &mut proto, early).await?;
         let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
+        let (downlink_failed, mut downlink_stopped) = mpsc::unbounded_channel();
+        let downlink = self.fleet.downlinks.clone().map(|d| {
+            SiteDownlink::new(d, &site.alias, &self.heartbeat_target(&site.alias))
+        });
+        let mut offer_tick = tokio::time::interval(
+            downlink.as_ref().map_or(Duration::from_secs(3600), |d| d.refresh_interval()),
+        );
         let mut s = Session {
             hub: &self,
+            conn,
             site,
             id,
             proto,
             writers,
             completions_tx,
+            downlink,
+            downlink_failed,
         };
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
         spawn_stream_reader(ctl_reader, None, in_tx.clone());
@@ -77,6 +93,8 @@ impl Hub {
                     Some(done) => s.on_completion(done).map(|()| false),
                     None => Ok(true),
                 },
+                _ = offer_tick.tick(), if s.downlink.is_some() => s.offer_downlinks().map(|()| false),
+                Some(why) = downlink_stopped.recv() => Err(SessionEnd::Internal(why)),
                 _ = superseded(&mut supersede) => Err(SessionEnd::Superseded),
                 closed = conn.closed() => Err(SessionEnd::Link(closed.to_string())),
             };
@@ -205,8 +223,42 @@ impl Session<'_> {
                 self.on_topic_acls(&acls);
                 Ok(())
             }
+            HubEvent::DownlinkStart(positions) => {
+                let Some(d) = self.downlink.as_mut() else {
+                    return Err(SessionEnd::Protocol("downlink start with nothing offered".into()));
+                };
+                d.start(self.conn, positions, self.downlink_failed.clone())
+                    .await
+                    .map_err(SessionEnd::Internal)
+            }
+            HubEvent::DownlinkAck { tp, next_offset } => match &self.downlink {
+                Some(d) => d.ack(tp, next_offset).map_err(SessionEnd::Protocol),
+                None => Err(SessionEnd::Protocol("downlink ack with nothing offered".into())),
+            },
             _ => Ok(()),
         }
+    }
+
+    /// Offers the site the downlink topics that appeared (or grew) since the last offer; stops
+    /// offering to an agent too old for downlinks.
+    fn offer_downlinks(&mut self) -> Result<(), SessionEnd> {
+        let Some(d) = self.downlink.as_mut() else {
+            return Ok(());
+        };
+        let topics = d.next_offer();
+        if topics.is_empty() {
+            return Ok(());
+        }
+        debug!(site = %self.site.alias, topics = topics.len(), "offering downlink topics");
+        let offered = self
+            .proto
+            .offer_downlinks(topics)
+            .map_err(|e| SessionEnd::Internal(e.to_string()))?;
+        if !offered {
+            debug!(site = %self.site.alias, "the agent is too old for downlinks");
+            self.downlink = None;
+        }
+        Ok(())
     }
 
     /// The agent's edge topics (untrusted): each is counted against the site's topic limit

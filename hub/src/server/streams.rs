@@ -114,6 +114,13 @@ impl StreamWriters {
                         )));
                     }
                 },
+                // The downlink task writes its own stream; the protocol queues nothing there.
+                Channel::Downlink => {
+                    return Err(SessionEnd::Internal(format!(
+                        "{} queued on the downlink channel",
+                        frame.kind()
+                    )));
+                }
             };
             w.write(&frame).await.map_err(SessionEnd::from_stream)?;
         }
