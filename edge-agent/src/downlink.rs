@@ -307,6 +307,9 @@ impl Writer {
                     .then(|| NewPartitions::new(&t.topic, t.partitions as usize))
             })
             .collect();
+        if grow.is_empty() {
+            return Ok(());
+        }
         for r in self.admin.create_partitions(&grow, &opts).await? {
             match r {
                 Ok(t) => info!(topic = %t, "added partitions to a downlink topic"),

@@ -13,6 +13,7 @@ mod chaos;
 mod checkpoints_e2e;
 mod common;
 mod console_e2e;
+mod downlink_e2e;
 mod e2e;
 mod fleet_e2e;
 mod fleet_hubs;

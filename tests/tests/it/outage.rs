@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use er_tests::client::{self, NewRecord};
+use er_tests::client;
 use er_tests::delivery;
 use er_tests::kafka::{KafkaNode, shared};
 use er_tests::prom::{free_tcp_port, metrics_section, parse, scrape, value};
@@ -23,109 +23,10 @@ use er_tests::proxy::Direction;
 use er_tests::replicator::{Proc, logs};
 use er_tests::rig::Rig;
 use er_tests::unique_name;
-use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+
+use crate::common::{produce_seqs, read_seqs};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Record `seq` of partition `partition`: key = the sequence number, value = the sequence
-/// number followed by `pad` random (incompressible) bytes.
-fn record(partition: i32, seq: i64, pad: usize) -> NewRecord {
-    let mut value = format!("{seq:012}").into_bytes();
-    let start = value.len();
-    value.resize(start + pad, 0);
-    rand::rng().fill(&mut value[start..]);
-    NewRecord::new(seq.to_string(), value).partition(partition)
-}
-
-/// Produces sequence numbers `seqs` to `partition` and checks they landed at offsets equal to
-/// their sequence numbers (fresh topic, no transactions), so expectations can name offsets.
-async fn produce_seqs(
-    producer: &rdkafka::producer::FutureProducer,
-    topic: &str,
-    partition: i32,
-    seqs: std::ops::Range<i64>,
-    pad: usize,
-) -> anyhow::Result<()> {
-    let recs: Vec<NewRecord> = seqs.clone().map(|s| record(partition, s, pad)).collect();
-    let at = client::send_all(producer, topic, &recs).await?;
-    let want: Vec<(i32, i64)> = seqs.map(|s| (partition, s)).collect();
-    anyhow::ensure!(
-        at == want,
-        "records of {topic}/{partition} not at their offsets"
-    );
-    Ok(())
-}
-
-/// Sequence numbers (record keys) per partition of `topic`, read_committed from the beginning,
-/// once at least `expected` records are there, every partition was read to its end and nothing
-/// more arrived for [`client::SETTLE`] (so a duplicate committed just after the last expected
-/// record shows too), or at the timeout. Keeps only the keys: the values may be large.
-async fn read_seqs(
-    bootstrap: &str,
-    topic: &str,
-    expected: usize,
-    timeout: Duration,
-) -> anyhow::Result<delivery::Seqs> {
-    let deadline = Instant::now() + timeout;
-    while client::partition_ids(bootstrap, topic).await.is_err() {
-        if Instant::now() > deadline {
-            return Ok(BTreeMap::new());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let ids = client::partition_ids(bootstrap, topic).await?;
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = client::config(&bootstrap)
-            .set("group.id", unique_name("outage-reader"))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for &p in &ids {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-        }
-        c.assign(&tpl)?;
-        let mut at_end: BTreeMap<i32, bool> = ids.iter().map(|&p| (p, false)).collect();
-        let mut out: BTreeMap<i32, Vec<i64>> = ids.iter().map(|&p| (p, Vec::new())).collect();
-        let mut total = 0;
-        // Once the count is reached at the end of every partition: the end of the settle
-        // period, restarted by any record that still arrives.
-        let mut settle_until: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            if total >= expected && at_end.values().all(|&e| e) {
-                let until = *settle_until.get_or_insert(now + client::SETTLE);
-                if now >= until.min(deadline + client::SETTLE) {
-                    break;
-                }
-            } else if now >= deadline {
-                break;
-            }
-            match c.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Ok(m)) => {
-                    let key = std::str::from_utf8(m.key().unwrap_or_default())?;
-                    out.entry(m.partition()).or_default().push(key.parse()?);
-                    at_end.insert(m.partition(), false);
-                    settle_until = None;
-                    total += 1;
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    at_end.insert(p, true);
-                }
-                Some(Err(e)) => return Err(e.into()),
-            }
-        }
-        Ok(out)
-    })
-    .await?
-}
 
 fn count(procs: &Proc, needle: &str) -> usize {
     procs.log_text().matches(needle).count()
