@@ -183,7 +183,9 @@ impl Writer {
             .set("isolation.level", "read_committed")
             .create()
             .context("creating the downlink position reader")?;
-        let admin = base.create().context("creating the downlink admin client")?;
+        let admin = base
+            .create()
+            .context("creating the downlink admin client")?;
         Ok(Self {
             producer,
             positions,
@@ -242,7 +244,10 @@ impl Writer {
         let mut ask = TopicPartitionList::new();
         for t in topics {
             for p in 0..t.partitions {
-                if !self.committed.contains_key(&TopicPartition::new(&t.topic, p)) {
+                if !self
+                    .committed
+                    .contains_key(&TopicPartition::new(&t.topic, p))
+                {
                     ask.add_partition(&t.topic, p);
                 }
             }
@@ -411,5 +416,45 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str) -> TopicMetadata {
+        TopicMetadata {
+            topic: name.into(),
+            partitions: 1,
+            configs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_topics_named_after_a_central_cluster_are_taken() {
+        let guard = LoopGuard::new(
+            er_protocol::ReplicationPolicy::default(),
+            "plant-7",
+            vec!["central".into()],
+        );
+        let offer = [
+            "central.commands",
+            "commands",
+            "plant-7.alarms",
+            "central.bad name",
+            "other.x",
+        ]
+        .map(topic)
+        .to_vec();
+        let taken: Vec<String> = accepted(offer, &guard)
+            .into_iter()
+            .map(|t| t.topic)
+            .collect();
+        assert_eq!(
+            taken,
+            ["central.commands"],
+            "a name the agent would replicate back up (or not a topic name) is refused"
+        );
     }
 }

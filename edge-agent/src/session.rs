@@ -878,7 +878,10 @@ impl Session<'_> {
             return Ok(());
         }
         let (Some(settings), Some(guard)) = (&self.cfg.downlink, &self.guard) else {
-            info!(topics = topics.len(), "the hub offers downlink topics; [downlink] is off, taking none");
+            info!(
+                topics = topics.len(),
+                "the hub offers downlink topics; [downlink] is off, taking none"
+            );
             return Ok(self.proto.start_downlinks(Vec::new())?);
         };
         let topics = crate::downlink::accepted(topics, guard);

@@ -1073,7 +1073,10 @@ fn routes(
 fn downlinks(raw: &HubConfig, invalid: &Invalid<'_>) -> Result<Vec<CompiledDownlink>, ConfigError> {
     let d = &raw.downlink;
     if !(1..=64).contains(&d.readers) {
-        return Err(invalid("downlink.readers", format!("{} must be between 1 and 64", d.readers)));
+        return Err(invalid(
+            "downlink.readers",
+            format!("{} must be between 1 and 64", d.readers),
+        ));
     }
     if d.max_batch_bytes < 1024 || d.max_batch_bytes > raw.limits.max_batch_bytes {
         return Err(invalid(
@@ -1118,7 +1121,12 @@ fn downlinks(raw: &HubConfig, invalid: &Invalid<'_>) -> Result<Vec<CompiledDownl
                 .clusters
                 .iter()
                 .position(|c| &c.alias == alias)
-                .ok_or_else(|| invalid(&field("cluster"), format!("no cluster with alias {alias:?}")))?,
+                .ok_or_else(|| {
+                    invalid(
+                        &field("cluster"),
+                        format!("no cluster with alias {alias:?}"),
+                    )
+                })?,
         };
         if r.max_bytes_per_sec.is_some_and(|b| b < 1024) {
             return Err(invalid(
@@ -1323,6 +1331,50 @@ mod tests {
         assert_eq!(v.raw.limits.offset_index_retention_ms, 604_800_000);
         assert_eq!(v.advertised, ["hub-1.example.net:4433"]);
         assert!(v.writers_per_cluster >= 1, "0 means one writer per core");
+        let d = &v.downlinks[0];
+        assert!(d.topics.is_match("reference-prices") && !d.topics.is_match("commands-old"));
+        assert!(d.sites.as_ref().is_some_and(|s| s.is_match("plant-7")));
+        assert_eq!((d.cluster, d.max_bytes_per_sec), (0, Some(262_144)));
+    }
+
+    #[test]
+    fn downlinks_are_checked_field_by_field() {
+        let dir = example_dir();
+        let path = dir.path().join("hub.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        for (from, to, field) in [
+            (
+                "# cluster = \"analytics\"",
+                "cluster = \"nowhere\"",
+                "downlinks[0].cluster",
+            ),
+            (
+                "topics = \"commands|reference-.*\"",
+                "topics = \"(\"",
+                "downlinks[0].topics",
+            ),
+            (
+                "max_bytes_per_sec = 262144",
+                "max_bytes_per_sec = 10",
+                "downlinks[0].max_bytes_per_sec",
+            ),
+            ("readers = 2", "readers = 0", "downlink.readers"),
+            (
+                "window_bytes = 4194304",
+                "window_bytes = 1024",
+                "downlink.window_bytes",
+            ),
+            (
+                "poll_interval_ms = 200",
+                "poll_interval_ms = 1",
+                "downlink.poll_interval_ms",
+            ),
+        ] {
+            assert!(good.contains(from), "{from}");
+            let bad = good.replacen(from, to, 1);
+            let e = parse(&path, &bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -128,9 +128,14 @@ impl Downlinks {
                     // A turn ends as soon as every partition it reads reached its end.
                     .set("enable.partition.eof", "true")
                     .create()
-                    .map_err(KafkaOpError::kafka(&cluster.alias, "creating a downlink reader"))
+                    .map_err(KafkaOpError::kafka(
+                        &cluster.alias,
+                        "creating a downlink reader",
+                    ))
             };
-            let readers = (0..settings.readers).map(|_| reader()).collect::<Result<_, _>>()?;
+            let readers = (0..settings.readers)
+                .map(|_| reader())
+                .collect::<Result<_, _>>()?;
             let source = Arc::new(Source {
                 alias: cluster.alias.clone(),
                 readers: Mutex::new(readers),
@@ -154,7 +159,11 @@ impl Downlinks {
             tasks.push(rt.spawn(refresher.run()));
             sources[i] = Some(source);
         }
-        info!(downlinks = config.downlinks.len(), readers = settings.readers, "downlinks configured");
+        info!(
+            downlinks = config.downlinks.len(),
+            readers = settings.readers,
+            "downlinks configured"
+        );
         Ok(Some(Arc::new(Self {
             routes: config.downlinks.clone(),
             settings,
@@ -523,7 +532,11 @@ impl Sender {
         let Some(source) = self.downlinks.sources[cluster].clone() else {
             return Ok(());
         };
-        let room = self.downlinks.settings.window_bytes.saturating_sub(self.inflight);
+        let room = self
+            .downlinks
+            .settings
+            .window_bytes
+            .saturating_sub(self.inflight);
         if room < u64::from(self.downlinks.settings.max_batch_bytes) {
             return Ok(());
         }
@@ -558,20 +571,20 @@ impl Sender {
             .pop()
             .ok_or("no free downlink reader under a permit")?;
         let max_batch = self.downlinks.settings.max_batch_bytes as usize;
-        let (reader, read) =
-            tokio::task::spawn_blocking(move || {
-                let read = read_turn(&reader, &want, room, max_batch);
-                (reader, read)
-            })
-            .await
-            .map_err(|e| format!("a downlink read panicked: {e}"))?;
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let read = read_turn(&reader, &want, room, max_batch);
+            (reader, read)
+        })
+        .await
+        .map_err(|e| format!("a downlink read panicked: {e}"))?;
         source
             .readers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(reader);
         drop(_permit);
-        let batches = read.map_err(|e| format!("reading downlink topics on {}: {e}", source.alias))?;
+        let batches =
+            read.map_err(|e| format!("reading downlink topics on {}: {e}", source.alias))?;
         self.send(batches).await
     }
 
@@ -580,7 +593,10 @@ impl Sender {
         for mut batch in batches {
             let tp = batch.header.tp.clone();
             let bytes = batch.payload.len() as u64;
-            let part = self.parts.get_mut(&tp).expect("read for a started partition");
+            let part = self
+                .parts
+                .get_mut(&tp)
+                .expect("read for a started partition");
             if let (Some(rate), Some((tokens, _))) = (part.plan.max_bytes_per_sec, part.tokens) {
                 if tokens < 0.0 {
                     tokio::time::sleep(Duration::from_secs_f64(-tokens / rate as f64)).await;
@@ -764,5 +780,123 @@ fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessag
                 (h.key, h.value)
             }),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex::Regex;
+
+    /// Downlinks of `commands` and `plant-*` topics to the plant sites, over a view of the
+    /// central cluster that `topics` describe (no Kafka).
+    fn downlinks(topics: &[(&str, i32)]) -> Arc<Downlinks> {
+        let view = View {
+            topics: topics.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect(),
+            ends: HashMap::new(),
+        };
+        let source = Arc::new(Source {
+            alias: "central".into(),
+            readers: Mutex::new(Vec::new()),
+            permits: Semaphore::new(1),
+            view: watch::Sender::new(Arc::new(view)),
+        });
+        Arc::new(Downlinks {
+            routes: vec![CompiledDownlink {
+                topics: Regex::new("^(?:commands|plant-.*)$").unwrap(),
+                sites: Some(Regex::new("^(?:plant-.*)$").unwrap()),
+                cluster: 0,
+                max_bytes_per_sec: Some(4096),
+            }],
+            settings: DownlinkConfig::default(),
+            policy: ReplicationPolicy::default(),
+            sources: vec![Some(source)],
+            tasks: Vec::new(),
+        })
+    }
+
+    fn edges(plan: &[Planned]) -> Vec<&str> {
+        plan.iter().map(|p| p.edge.as_str()).collect()
+    }
+
+    #[test]
+    fn a_site_gets_the_selected_topics_but_never_its_own_back() {
+        let d = downlinks(&[
+            ("commands", 2),
+            ("plant-7.alarms", 1),
+            ("plant-8.alarms", 1),
+            ("other", 4),
+        ]);
+        let plan = d.plan("plant-7", "central");
+        assert_eq!(
+            edges(&plan),
+            ["central.commands", "central.plant-8.alarms"],
+            "its own alarms came from it: sending them back would loop"
+        );
+        assert_eq!(plan[0].central, "commands");
+        assert_eq!(
+            (plan[0].partitions, plan[0].max_bytes_per_sec),
+            (2, Some(4096))
+        );
+        assert_eq!(
+            edges(&d.plan("plant-8", "hq")),
+            ["hq.commands", "hq.plant-7.alarms"]
+        );
+        assert!(d.plan("depot-1", "central").is_empty(), "not a plant");
+    }
+
+    #[test]
+    fn a_connection_is_offered_only_new_or_grown_topics() {
+        let d = downlinks(&[("commands", 2)]);
+        let mut site = SiteDownlink::new(d.clone(), "plant-7", "central");
+        let names = |o: Vec<TopicMetadata>| -> Vec<(String, i32)> {
+            o.into_iter().map(|t| (t.topic, t.partitions)).collect()
+        };
+        assert_eq!(names(site.next_offer()), [("central.commands".into(), 2)]);
+        assert!(site.next_offer().is_empty(), "nothing new");
+        let grown = View {
+            topics: [("commands".to_owned(), 3), ("plant-9.x".to_owned(), 1)].into(),
+            ends: HashMap::new(),
+        };
+        d.sources[0]
+            .as_ref()
+            .unwrap()
+            .view
+            .send_replace(Arc::new(grown));
+        assert_eq!(
+            names(site.next_offer()),
+            [
+                ("central.commands".into(), 3),
+                ("central.plant-9.x".into(), 1)
+            ]
+        );
+        assert!(site.next_offer().is_empty());
+    }
+
+    #[test]
+    fn the_rate_limit_refills_at_its_rate_and_holds_at_most_one_second() {
+        let plan = Planned {
+            edge: "central.c".into(),
+            central: "c".into(),
+            cluster: 0,
+            partitions: 1,
+            max_bytes_per_sec: Some(1000),
+        };
+        let t0 = Instant::now();
+        let mut part = Part {
+            plan,
+            partition: 0,
+            sent: 0,
+            unacked: VecDeque::new(),
+            tokens: Some((-500.0, t0)),
+        };
+        assert!(refill(&mut part, t0) < 0.0, "in debt: wait");
+        let after = refill(&mut part, t0 + Duration::from_millis(1500));
+        assert!(
+            (after - 1000.0).abs() < 1e-6,
+            "{after}: capped at one second"
+        );
+        part.plan.max_bytes_per_sec = None;
+        assert!(refill(&mut part, t0).is_infinite(), "unlimited");
     }
 }

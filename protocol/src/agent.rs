@@ -442,7 +442,8 @@ impl AgentConn {
             Frame::DownlinkOffer { topics } => {
                 expect_control(channel)?;
                 match (self.state, self.version) {
-                    (State::Welcomed | State::Draining, Some(v)) if v >= crate::DOWNLINK_VERSION => {}
+                    (State::Welcomed | State::Draining, Some(v))
+                        if v >= crate::DOWNLINK_VERSION => {}
                     _ => return Err(self.unexpected(kind)),
                 }
                 self.downlinks.offer(&topics)?;
@@ -723,7 +724,11 @@ impl AgentConn {
     }
 
     /// Tells the hub the edge committed a downlink partition up to `next_offset`.
-    pub fn ack_downlink(&mut self, tp: TopicPartition, next_offset: i64) -> Result<(), ProtocolError> {
+    pub fn ack_downlink(
+        &mut self,
+        tp: TopicPartition,
+        next_offset: i64,
+    ) -> Result<(), ProtocolError> {
         if !self.downlinks.started() {
             return Err(ProtocolError::InvalidCall {
                 call: "ack_downlink",

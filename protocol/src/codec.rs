@@ -59,7 +59,9 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
                 put_positions(out, &g.offsets);
             }
         }
-        Frame::TopicMetadata { topics } | Frame::DownlinkOffer { topics } => put_topics(out, topics),
+        Frame::TopicMetadata { topics } | Frame::DownlinkOffer { topics } => {
+            put_topics(out, topics)
+        }
         Frame::DownlinkStart { positions } => put_positions(out, positions),
         Frame::TopicAcls { acls } => {
             out.put_u32(u32::try_from(acls.len()).unwrap_or(u32::MAX));
@@ -684,8 +686,8 @@ impl<'a> Reader<'a> {
         }
         let record_count = self.u32("record_count")?;
         let codec_byte = self.u8("codec")?;
-        let codec = Codec::from_u8(codec_byte)
-            .ok_or(DecodeError::UnknownCodec { codec: codec_byte })?;
+        let codec =
+            Codec::from_u8(codec_byte).ok_or(DecodeError::UnknownCodec { codec: codec_byte })?;
         let uncompressed_len = self.u32("uncompressed_len")?;
         let consumed = body_with_type.len() - self.buf.len();
         let payload = body_with_type.slice(consumed..);

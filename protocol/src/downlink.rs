@@ -68,7 +68,10 @@ impl Downlinks {
             {
                 return Err(refuse(
                     format!("offer of {:?}", t.topic),
-                    format!("offered before with {before} partitions, now {}", t.partitions),
+                    format!(
+                        "offered before with {before} partitions, now {}",
+                        t.partitions
+                    ),
                 ));
             }
         }
@@ -127,7 +130,10 @@ impl Downlinks {
     /// ended.
     pub(crate) fn batch(&mut self, h: &BatchHeader) -> Result<(), ProtocolError> {
         let Some(next) = self.next.get_mut(&h.tp) else {
-            return Err(refuse(format!("batch of {}", h.tp), "of a partition not started"));
+            return Err(refuse(
+                format!("batch of {}", h.tp),
+                "of a partition not started",
+            ));
         };
         if h.first_offset < *next || h.next_offset < h.first_offset {
             return Err(refuse(
@@ -143,7 +149,11 @@ impl Downlinks {
     }
 
     /// An ack (hub side): of a started partition, never behind the previous one.
-    pub(crate) fn ack(&mut self, tp: &TopicPartition, next_offset: i64) -> Result<(), ProtocolError> {
+    pub(crate) fn ack(
+        &mut self,
+        tp: &TopicPartition,
+        next_offset: i64,
+    ) -> Result<(), ProtocolError> {
         let Some(last) = self.next.get_mut(tp) else {
             return Err(refuse(format!("ack of {tp}"), "of a partition not started"));
         };
@@ -188,7 +198,10 @@ mod tests {
     fn batches_must_follow_the_start_in_offset_order() {
         let mut d = Downlinks::default();
         let tp = TopicPartition::new("central.cmd", 1);
-        assert!(d.batch(&header(tp.clone(), 0, 1)).is_err(), "before any start");
+        assert!(
+            d.batch(&header(tp.clone(), 0, 1)).is_err(),
+            "before any start"
+        );
         d.offer(&[topic("central.cmd", 2)]).unwrap();
         d.start(&[Position {
             tp: tp.clone(),
@@ -210,7 +223,10 @@ mod tests {
         let mut d = Downlinks::default();
         assert!(d.start(&[]).is_err(), "start before offer");
         d.offer(&[topic("a", 1)]).unwrap();
-        assert!(d.offer(&[topic("a", 1)]).is_err(), "offered again, not grown");
+        assert!(
+            d.offer(&[topic("a", 1)]).is_err(),
+            "offered again, not grown"
+        );
         let p = |t: &str, part, off| Position {
             tp: TopicPartition::new(t, part),
             next_offset: off,

@@ -685,7 +685,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     payload: Bytes::from(payload),
                 })
             }),
-        (arb_tp(), 0..i64::MAX).prop_map(|(tp, next_offset)| Frame::DownlinkAck { tp, next_offset }),
+        (arb_tp(), 0..i64::MAX)
+            .prop_map(|(tp, next_offset)| Frame::DownlinkAck { tp, next_offset }),
         proptest::collection::vec((arb_tp(), 0..i64::MAX), 0..5).prop_map(|ps| {
             Frame::DownlinkStart {
                 positions: ps

@@ -219,6 +219,35 @@ mod tests {
     }
 
     #[test]
+    fn downlinks_can_be_refused_and_their_settings_are_checked() {
+        let (_dir, path, text) = example();
+        let off = text.replacen(
+            "enabled = true                        # false",
+            "enabled = false # false",
+            1,
+        );
+        assert!(parse(&path, &off).unwrap().downlink.is_none());
+        for (from, to, field) in [
+            (
+                "group = \"edge-replicator-downlink\"",
+                "group = \" \"",
+                "downlink.group",
+            ),
+            (
+                "max_pending_bytes = 67108864",
+                "max_pending_bytes = 10",
+                "downlink.max_pending_bytes",
+            ),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let e = parse(&path, &text.replacen(from, to, 1))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
     fn the_example_config_is_valid_and_selects_as_documented() {
         let dir = example_dir();
         let v = load(&dir.path().join("agent.toml")).unwrap();
@@ -245,6 +274,8 @@ mod tests {
             "its route has no plugins"
         );
         assert_eq!(v.hub.max_bytes_per_sec, None, "unlimited unless set");
+        let d = v.downlink.as_ref().expect("downlinks taken");
+        assert_eq!(d.group, "edge-replicator-downlink");
         let r = &v.routes[0];
         assert_eq!(r.name, "hot-sensors");
         assert_eq!(

@@ -6,12 +6,12 @@ use std::time::Duration;
 use er_service::config::{Checks, ConfigError, End::Field, End::Fixed};
 
 use super::schema::{
-    AgentConfig, BatchingConfig, Compression, DownlinkConfig, GroupsConfig, HeartbeatsConfig, HubLinkConfig,
-    KafkaConfig, OnError, PluginLimitsConfig, RouteConfig, TopicsConfig,
+    AgentConfig, BatchingConfig, Compression, DownlinkConfig, GroupsConfig, HeartbeatsConfig,
+    HubLinkConfig, KafkaConfig, OnError, PluginLimitsConfig, RouteConfig, TopicsConfig,
 };
 use super::{
-    BatchSettings, DownlinkSettings, GroupSettings, HubSettings, KafkaSettings, PluginSettings, Settings,
-    TopicSettings,
+    BatchSettings, DownlinkSettings, GroupSettings, HubSettings, KafkaSettings, PluginSettings,
+    Settings, TopicSettings,
 };
 use crate::hubs::HubAddress;
 use crate::routes::{Route, Routes};
@@ -174,7 +174,11 @@ fn heartbeats(c: Checks<'_>, h: HeartbeatsConfig) -> Result<Option<Duration>, Co
 
 fn downlink(c: Checks<'_>, d: DownlinkConfig) -> Result<Option<DownlinkSettings>, ConfigError> {
     c.not_blank("downlink.group", &d.group)?;
-    c.at_least("downlink.max_pending_bytes", d.max_pending_bytes, Fixed(1024 * 1024))?;
+    c.at_least(
+        "downlink.max_pending_bytes",
+        d.max_pending_bytes,
+        Fixed(1024 * 1024),
+    )?;
     Ok(d.enabled.then_some(DownlinkSettings {
         group: d.group,
         max_pending_bytes: d.max_pending_bytes,

@@ -55,11 +55,15 @@ impl Hub {
         self.welcome(site, &mut writers, &mut proto, early).await?;
         let (completions_tx, mut completions) = mpsc::unbounded_channel::<Completion>();
         let (downlink_failed, mut downlink_stopped) = mpsc::unbounded_channel();
-        let downlink = self.fleet.downlinks.clone().map(|d| {
-            SiteDownlink::new(d, &site.alias, &self.heartbeat_target(&site.alias))
-        });
+        let downlink = self
+            .fleet
+            .downlinks
+            .clone()
+            .map(|d| SiteDownlink::new(d, &site.alias, &self.heartbeat_target(&site.alias)));
         let mut offer_tick = tokio::time::interval(
-            downlink.as_ref().map_or(Duration::from_secs(3600), |d| d.refresh_interval()),
+            downlink
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |d| d.refresh_interval()),
         );
         let mut s = Session {
             hub: &self,
@@ -148,50 +152,11 @@ impl Session<'_> {
         }
     }
 
-    /// What the protocol made of a frame: batches go to their cluster's writers (waiting while
-    /// the writer's queue is full: backpressure to the link), group offsets to the site.
+    /// What the protocol made of a frame: batches to their writers, reports to the site, the
+    /// downlink's start and acks to its sender.
     async fn on_event(&mut self, ev: HubEvent) -> Result<(), SessionEnd> {
         match ev {
-            HubEvent::Batch(batch) => {
-                let fleet = &self.hub.fleet;
-                let max_topics = fleet.config.raw.limits.max_topics_per_site;
-                if !self.site.admit_topic(&batch.header.tp.topic, max_topics) {
-                    let m = format!(
-                        "batch of {}: the site already sends {max_topics} topics (limits.max_topics_per_site)",
-                        batch.header.tp
-                    );
-                    self.proto.reject(ErrorCode::BadBatch, m.clone());
-                    return Err(SessionEnd::Protocol(m));
-                }
-                let cluster = fleet
-                    .config
-                    .cluster_for(&self.site.alias, &batch.header.tp.topic);
-                crate::events::BatchReceived {
-                    site: &self.site.metrics,
-                    tp: &batch.header.tp,
-                    seq: batch.header.seq,
-                    records: batch.header.record_count,
-                    bytes: batch.payload.len(),
-                }
-                .emit();
-                let stop_on_unwritable = fleet.config.raw.replication.on_unwritable
-                    == crate::config::OnUnwritable::Stop
-                    && self
-                        .proto
-                        .version()
-                        .is_some_and(|v| v >= er_protocol::STOPPED_VERSION);
-                let job = WriteJob {
-                    site: self.site.clone(),
-                    session: self.id,
-                    batch,
-                    stop_on_unwritable,
-                    reply: self.completions_tx.clone(),
-                };
-                fleet.pools[cluster]
-                    .submit(job)
-                    .await
-                    .map_err(|e| SessionEnd::Internal(e.to_string()))
-            }
+            HubEvent::Batch(batch) => self.on_batch(batch).await,
             HubEvent::GroupOffsets(groups) => {
                 debug!(groups = groups.len(), "group offsets reported");
                 let max = self.hub.fleet.config.raw.limits.max_groups_per_site;
@@ -225,7 +190,9 @@ impl Session<'_> {
             }
             HubEvent::DownlinkStart(positions) => {
                 let Some(d) = self.downlink.as_mut() else {
-                    return Err(SessionEnd::Protocol("downlink start with nothing offered".into()));
+                    return Err(SessionEnd::Protocol(
+                        "downlink start with nothing offered".into(),
+                    ));
                 };
                 d.start(self.conn, positions, self.downlink_failed.clone())
                     .await
@@ -233,10 +200,56 @@ impl Session<'_> {
             }
             HubEvent::DownlinkAck { tp, next_offset } => match &self.downlink {
                 Some(d) => d.ack(tp, next_offset).map_err(SessionEnd::Protocol),
-                None => Err(SessionEnd::Protocol("downlink ack with nothing offered".into())),
+                None => Err(SessionEnd::Protocol(
+                    "downlink ack with nothing offered".into(),
+                )),
             },
             _ => Ok(()),
         }
+    }
+
+    /// A batch goes to its cluster's writers, waiting while the writer's queue is full
+    /// (backpressure to the link); a batch of one topic more than the site may send ends the
+    /// session.
+    async fn on_batch(&mut self, batch: er_protocol::Batch) -> Result<(), SessionEnd> {
+        let fleet = &self.hub.fleet;
+        let max_topics = fleet.config.raw.limits.max_topics_per_site;
+        if !self.site.admit_topic(&batch.header.tp.topic, max_topics) {
+            let m = format!(
+                "batch of {}: the site already sends {max_topics} topics (limits.max_topics_per_site)",
+                batch.header.tp
+            );
+            self.proto.reject(ErrorCode::BadBatch, m.clone());
+            return Err(SessionEnd::Protocol(m));
+        }
+        let cluster = fleet
+            .config
+            .cluster_for(&self.site.alias, &batch.header.tp.topic);
+        crate::events::BatchReceived {
+            site: &self.site.metrics,
+            tp: &batch.header.tp,
+            seq: batch.header.seq,
+            records: batch.header.record_count,
+            bytes: batch.payload.len(),
+        }
+        .emit();
+        let stop_on_unwritable = fleet.config.raw.replication.on_unwritable
+            == crate::config::OnUnwritable::Stop
+            && self
+                .proto
+                .version()
+                .is_some_and(|v| v >= er_protocol::STOPPED_VERSION);
+        let job = WriteJob {
+            site: self.site.clone(),
+            session: self.id,
+            batch,
+            stop_on_unwritable,
+            reply: self.completions_tx.clone(),
+        };
+        fleet.pools[cluster]
+            .submit(job)
+            .await
+            .map_err(|e| SessionEnd::Internal(e.to_string()))
     }
 
     /// Offers the site the downlink topics that appeared (or grew) since the last offer; stops

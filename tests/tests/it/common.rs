@@ -120,4 +120,3 @@ pub async fn read_seqs(
     })
     .await?
 }
-

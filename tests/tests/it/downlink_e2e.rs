@@ -68,7 +68,14 @@ async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage() -> a
         .wait_for_log("link to hub down", Duration::from_secs(60))
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", rig.logs()))?;
     for part in 0..PARTITIONS {
-        produce_seqs(&producer, &central_topic, part, PER_PHASE..2 * PER_PHASE, 50).await?;
+        produce_seqs(
+            &producer,
+            &central_topic,
+            part,
+            PER_PHASE..2 * PER_PHASE,
+            50,
+        )
+        .await?;
     }
     let got = read_seqs(edge_b.bootstrap(), &edge_topic, 2 * total, timeout).await?;
     let what = format!("{edge_topic} at {site_b}'s edge during site A's outage");
@@ -88,13 +95,7 @@ async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage() -> a
     delivery::assert_exactly_once_in_order(&later, &got, &want, &rig.logs());
 
     // Site A's own topic went up; the downlinked one never did.
-    let up = read_seqs(
-        k.central(),
-        &format!("{site_a}.{up_topic}"),
-        100,
-        timeout,
-    )
-    .await?;
+    let up = read_seqs(k.central(), &format!("{site_a}.{up_topic}"), 100, timeout).await?;
     let want: delivery::Seqs = BTreeMap::from([(0, (0..100).collect())]);
     delivery::assert_exactly_once_in_order(&up_topic, &up, &want, &rig.logs());
     let looped = format!("{site_a}.{edge_topic}");
@@ -103,11 +104,11 @@ async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage() -> a
         "{looped} exists centrally: the downlinked topic went back up\n{}",
         rig.logs()
     );
-    let said = rig
-        .agent(&site_a)
-        .log_text()
-        .lines()
-        .any(|l| l.contains("topic not replicated") && l.contains(&edge_topic) && l.contains("from_destination"));
+    let said = rig.agent(&site_a).log_text().lines().any(|l| {
+        l.contains("topic not replicated")
+            && l.contains(&edge_topic)
+            && l.contains("from_destination")
+    });
     assert!(
         said,
         "site A's agent says why it does not replicate {edge_topic}\n{}",
