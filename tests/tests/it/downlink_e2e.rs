@@ -1,6 +1,7 @@
 //! Central -> edge flows on real brokers: a `[[downlinks]]` topic reaches two sites' edge
-//! clusters exactly once, one of them across a link outage; the downlinked topic never comes
-//! back up; a topic created while the sites are connected is offered and arrives too.
+//! clusters exactly once, one of them across a link outage, the other across its agent killed
+//! mid-flow; the downlinked topic never comes back up; a topic created while the sites are
+//! connected is offered and arrives too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,13 +18,15 @@ use crate::common::{produce_seqs, read_seqs};
 const PARTITIONS: i32 = 2;
 /// Records per partition before the outage, and again during it.
 const PER_PHASE: i64 = 300;
+/// Records per partition coming down while site B's agent is killed.
+const BURST: i64 = 3_000;
 
 fn expected(until: i64) -> delivery::Seqs {
     (0..PARTITIONS).map(|p| (p, (0..until).collect())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage() -> anyhow::Result<()> {
+async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage_and_a_kill() -> anyhow::Result<()> {
     let k = shared();
     let edge_b = KafkaNode::start("downlink-edge-b")?;
     let p = unique_name("dl");
@@ -45,7 +48,7 @@ async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage() -> a
     let downlinks = format!(
         "[[downlinks]]\ntopics = \"{p}-.*\"\n\n[downlink]\npoll_interval_ms = 100\nrefresh_interval_ms = 500\n"
     );
-    let rig = Rig::builder()
+    let mut rig = Rig::builder()
         .hub(|h| h.extra.push_str(&downlinks))
         .agent_via_proxy(&site_a, &format!("{p}-.*|central\\..*"), |_| {})
         .agent_with(&site_b, &format!("{p}-nothing"), |a| {
@@ -85,6 +88,33 @@ async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage() -> a
     let got = read_seqs(k.edge(), &edge_topic, 2 * total, timeout).await?;
     let what = format!("{edge_topic} at {site_a}'s edge after the outage");
     delivery::assert_exactly_once_in_order(&what, &got, &expected(2 * PER_PHASE), &rig.logs());
+
+    // Site B's agent is killed while a third phase comes down, and started again.
+    let produce = {
+        let producer = producer.clone();
+        let topic = central_topic.clone();
+        tokio::spawn(async move {
+            for part in 0..PARTITIONS {
+                produce_seqs(
+                    &producer,
+                    &topic,
+                    part,
+                    2 * PER_PHASE..2 * PER_PHASE + BURST,
+                    50,
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.agent_mut(&site_b).restart()?;
+    produce.await??;
+    let until = 2 * PER_PHASE + BURST;
+    let all = (PARTITIONS as i64 * until) as usize;
+    let got = read_seqs(edge_b.bootstrap(), &edge_topic, all, timeout).await?;
+    let what = format!("{edge_topic} at {site_b}'s edge after its agent was killed");
+    delivery::assert_exactly_once_in_order(&what, &got, &expected(until), &rig.logs());
 
     // A topic created now is offered to the connected sites and arrives as well.
     let later = format!("{p}-later");
