@@ -26,7 +26,8 @@ fn expected(until: i64) -> delivery::Seqs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage_and_a_kill() -> anyhow::Result<()> {
+async fn a_downlink_topic_reaches_two_sites_exactly_once_across_an_outage_and_a_kill()
+-> anyhow::Result<()> {
     let k = shared();
     let edge_b = KafkaNode::start("downlink-edge-b")?;
     let p = unique_name("dl");
