@@ -16,6 +16,7 @@ pub mod devcerts;
 mod error;
 mod identity;
 pub mod metrics;
+pub mod signing;
 mod pem;
 pub mod status;
 pub mod status_client;

@@ -93,6 +93,19 @@ pub enum AgentEvent {
     DownlinkOffer(Vec<crate::frame::TopicMetadata>),
     /// Central records of a started downlink partition, in offset order.
     DownlinkBatch(Batch),
+    /// A plugin version the hub wants the site to run (check its hash and signature).
+    PluginOffer {
+        /// Plugin name.
+        name: String,
+        /// Its version.
+        version: u64,
+        /// SHA-256 of `wasm`, as the hub says.
+        sha256: [u8; 32],
+        /// The operator's signature.
+        signature: bytes::Bytes,
+        /// The component.
+        wasm: bytes::Bytes,
+    },
     TimedOut {
         /// What was awaited ("welcome").
         what: &'static str,
@@ -465,7 +478,35 @@ impl AgentConn {
                 self.events.push_back(AgentEvent::DownlinkBatch(batch));
                 Ok(())
             }
+            Frame::PluginOffer {
+                name,
+                version,
+                sha256,
+                signature,
+                wasm,
+            } => {
+                if *channel != Channel::Downlink {
+                    return Err(ProtocolError::WrongChannel {
+                        frame: kind,
+                        expected: Channel::Downlink.to_string(),
+                        got: channel.to_string(),
+                    });
+                }
+                match (self.state, self.version) {
+                    (State::Welcomed | State::Draining, Some(v)) if v >= crate::DOWNLINK_VERSION => {}
+                    _ => return Err(self.unexpected(kind)),
+                }
+                self.events.push_back(AgentEvent::PluginOffer {
+                    name,
+                    version,
+                    sha256,
+                    signature,
+                    wasm,
+                });
+                Ok(())
+            }
             Frame::Hello { .. }
+            | Frame::PluginReport { .. }
             | Frame::DownlinkStart { .. }
             | Frame::DownlinkAck { .. }
             | Frame::Batch(_)
@@ -721,6 +762,22 @@ impl AgentConn {
         self.transmit
             .push_back((Channel::Control, Frame::DownlinkStart { positions }));
         Ok(())
+    }
+
+    /// Queues the counters of the hub-distributed plugin versions the site runs (after Welcome;
+    /// `false`, queuing nothing, to a hub older than [`crate::DOWNLINK_VERSION`] or while
+    /// draining). At most [`crate::MAX_PLUGIN_RUNS`] go; the rest wait for the next report.
+    pub fn report_plugins(
+        &mut self,
+        mut runs: Vec<crate::frame::PluginRun>,
+    ) -> Result<bool, ProtocolError> {
+        if !self.may_report("report_plugins", crate::DOWNLINK_VERSION)? {
+            return Ok(false);
+        }
+        runs.truncate(crate::MAX_PLUGIN_RUNS);
+        self.transmit
+            .push_back((Channel::Control, Frame::PluginReport { runs }));
+        Ok(true)
     }
 
     /// Tells the hub the edge committed a downlink partition up to `next_offset`.

@@ -8,6 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_ACL_HOST_BYTES,
+    MAX_PLUGIN_NAME_BYTES, MAX_PLUGIN_RUNS, MAX_PLUGIN_SIGNATURE_BYTES, PluginRun,
+    check_plugin_name,
     MAX_ACL_PRINCIPAL_BYTES, MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES,
     MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
     MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS, Position, SiteReport, TopicAcl, TopicMetadata,
@@ -80,6 +82,32 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
         Frame::DownlinkAck { tp, next_offset } => {
             put_tp(out, tp);
             out.put_i64(*next_offset);
+        }
+        Frame::PluginOffer {
+            name,
+            version,
+            sha256,
+            signature,
+            wasm,
+        } => {
+            put_str_max(out, name, MAX_PLUGIN_NAME_BYTES);
+            out.put_u64(*version);
+            out.extend_from_slice(sha256);
+            let signature = &signature[..signature.len().min(MAX_PLUGIN_SIGNATURE_BYTES)];
+            out.put_u16(signature.len() as u16);
+            out.extend_from_slice(signature);
+            out.extend_from_slice(wasm);
+        }
+        Frame::PluginReport { runs } => {
+            let runs = &runs[..runs.len().min(MAX_PLUGIN_RUNS)];
+            out.put_u16(runs.len() as u16);
+            for r in runs {
+                put_str_max(out, &r.name, MAX_PLUGIN_NAME_BYTES);
+                out.put_u64(r.version);
+                out.put_u64(r.records_in);
+                out.put_u64(r.errors);
+                out.put_u64(r.dropped);
+            }
         }
         Frame::Ack {
             seq,
@@ -226,6 +254,40 @@ pub fn try_encode_frame(
             }
         }
         Frame::Ping { .. } | Frame::Pong { .. } => {}
+        Frame::PluginOffer {
+            name, signature, ..
+        } => {
+            check_plugin_name(name).map_err(|reason| EncodeError::InvalidField {
+                frame: kind,
+                field: "name",
+                reason,
+            })?;
+            if signature.len() > MAX_PLUGIN_SIGNATURE_BYTES {
+                return Err(EncodeError::OverLimit {
+                    frame: kind,
+                    field: "signature",
+                    len: signature.len(),
+                    max: MAX_PLUGIN_SIGNATURE_BYTES,
+                });
+            }
+        }
+        Frame::PluginReport { runs } => {
+            if runs.len() > MAX_PLUGIN_RUNS {
+                return Err(EncodeError::OverLimit {
+                    frame: kind,
+                    field: "runs",
+                    len: runs.len(),
+                    max: MAX_PLUGIN_RUNS,
+                });
+            }
+            for r in runs {
+                check_plugin_name(&r.name).map_err(|reason| EncodeError::InvalidField {
+                    frame: kind,
+                    field: "runs.name",
+                    reason,
+                })?;
+            }
+        }
         Frame::Error { message, .. } => check("message", message)?,
         Frame::GoAway { reason } => check("reason", reason)?,
         Frame::SiteReport(_) => {}
@@ -359,6 +421,8 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::DOWNLINK_START => "DownlinkStart",
         frame_type::DOWNLINK_BATCH => "DownlinkBatch",
         frame_type::DOWNLINK_ACK => "DownlinkAck",
+        frame_type::PLUGIN_OFFER => "PluginOffer",
+        frame_type::PLUGIN_REPORT => "PluginReport",
         other => return Err(DecodeError::UnknownFrameType { frame_type: other }),
     };
     let mut r = Reader {
@@ -447,6 +511,29 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
             Frame::TopicAcls { acls }
         }
         frame_type::BATCH => Frame::Batch(r.batch(&body_with_type)?),
+        frame_type::PLUGIN_OFFER => r.plugin_offer(&body_with_type)?,
+        frame_type::PLUGIN_REPORT => {
+            let count = r.u16("runs.count")? as usize;
+            if count > MAX_PLUGIN_RUNS {
+                return Err(DecodeError::OverLimit {
+                    frame,
+                    field: "runs.count",
+                    len: count,
+                    max: MAX_PLUGIN_RUNS,
+                });
+            }
+            let mut runs = Vec::with_capacity(count);
+            for _ in 0..count {
+                runs.push(PluginRun {
+                    name: r.plugin_name("runs.name")?,
+                    version: r.u64("runs.version")?,
+                    records_in: r.u64("runs.records_in")?,
+                    errors: r.u64("runs.errors")?,
+                    dropped: r.u64("runs.dropped")?,
+                });
+            }
+            Frame::PluginReport { runs }
+        }
         frame_type::DOWNLINK_BATCH => Frame::DownlinkBatch(r.batch(&body_with_type)?),
         frame_type::ACK => Frame::Ack {
             seq: r.u64("seq")?,
@@ -704,6 +791,46 @@ impl<'a> Reader<'a> {
                 uncompressed_len,
             },
             payload,
+        })
+    }
+
+    /// A plugin name: 1 to [`MAX_PLUGIN_NAME_BYTES`] of `[A-Za-z0-9._-]`.
+    fn plugin_name(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let name = self.bounded_string(field, MAX_PLUGIN_NAME_BYTES)?;
+        check_plugin_name(&name).map_err(|reason| DecodeError::InvalidField {
+            frame: self.frame,
+            field,
+            reason,
+        })?;
+        Ok(name)
+    }
+
+    /// A PluginOffer's body; the component shares `body_with_type`'s memory.
+    fn plugin_offer(&mut self, body_with_type: &Bytes) -> Result<Frame, DecodeError> {
+        let name = self.plugin_name("name")?;
+        let version = self.u64("version")?;
+        let sha256 = self.array::<32>("sha256")?;
+        let len = self.u16("signature.len")? as usize;
+        if len > MAX_PLUGIN_SIGNATURE_BYTES {
+            return Err(DecodeError::OverLimit {
+                frame: self.frame,
+                field: "signature",
+                len,
+                max: MAX_PLUGIN_SIGNATURE_BYTES,
+            });
+        }
+        let at = body_with_type.len() - self.buf.len();
+        self.take(len, "signature")?;
+        let signature = body_with_type.slice(at..at + len);
+        let consumed = body_with_type.len() - self.buf.len();
+        let wasm = body_with_type.slice(consumed..);
+        self.buf = &[];
+        Ok(Frame::PluginOffer {
+            name,
+            version,
+            sha256,
+            signature,
+            wasm,
         })
     }
 

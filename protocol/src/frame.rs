@@ -451,6 +451,70 @@ pub enum Frame {
         /// Next central offset the edge has not committed.
         next_offset: i64,
     },
+    /// Hub -> agent, on the downlink channel (protocol version 5): a plugin version the site
+    /// is to run, signed by the operator; the agent checks hash and signature before using it.
+    PluginOffer {
+        /// Plugin name (1 to [`MAX_PLUGIN_NAME_BYTES`], the routes' `hub = "<name>"`).
+        name: String,
+        /// Version (increases with each push of the name).
+        version: u64,
+        /// SHA-256 of `wasm`.
+        sha256: [u8; 32],
+        /// Signature over name, version and hash (at most [`MAX_PLUGIN_SIGNATURE_BYTES`]).
+        signature: Bytes,
+        /// The WebAssembly component.
+        wasm: Bytes,
+    },
+    /// Agent -> hub, control channel (protocol version 5): counters of the hub-distributed
+    /// plugin versions the site runs (at most [`MAX_PLUGIN_RUNS`]).
+    PluginReport {
+        /// One entry per plugin name.
+        runs: Vec<PluginRun>,
+    },
+}
+
+/// One plugin version's counters at a site, since it started running that version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PluginRun {
+    /// Plugin name (as the hub distributes it).
+    pub name: String,
+    /// Version the site runs.
+    pub version: u64,
+    /// Records given to it.
+    pub records_in: u64,
+    /// Records it failed.
+    pub errors: u64,
+    /// Records it dropped.
+    pub dropped: u64,
+}
+
+/// Longest plugin name (in bytes) a [`Frame::PluginOffer`] or [`Frame::PluginReport`] may carry.
+pub const MAX_PLUGIN_NAME_BYTES: usize = 128;
+/// Longest signature (in bytes) a [`Frame::PluginOffer`] may carry.
+pub const MAX_PLUGIN_SIGNATURE_BYTES: usize = 512;
+/// Most plugins one [`Frame::PluginReport`] may carry.
+pub const MAX_PLUGIN_RUNS: usize = 256;
+
+/// Checks a plugin name: 1 to [`MAX_PLUGIN_NAME_BYTES`] bytes of ASCII letters, digits, `.`,
+/// `_` and `-` (it names a file at the edge), not starting with `.`.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_PLUGIN_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes, not 1..={MAX_PLUGIN_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.starts_with('.')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "{:?} holds characters other than letters, digits, '.', '_' and '-', or starts with '.'",
+            crate::frame::cap_text(name.to_owned(), 64)
+        ));
+    }
+    Ok(())
 }
 
 /// Checks topic metadata against the protocol's caps (the decoder's, so a frame the agent
@@ -552,6 +616,8 @@ pub(crate) mod frame_type {
     pub const DOWNLINK_START: u8 = 16;
     pub const DOWNLINK_BATCH: u8 = 17;
     pub const DOWNLINK_ACK: u8 = 18;
+    pub const PLUGIN_OFFER: u8 = 19;
+    pub const PLUGIN_REPORT: u8 = 20;
 }
 
 impl Frame {
@@ -576,6 +642,8 @@ impl Frame {
             Frame::DownlinkStart { .. } => "DownlinkStart",
             Frame::DownlinkBatch(_) => "DownlinkBatch",
             Frame::DownlinkAck { .. } => "DownlinkAck",
+            Frame::PluginOffer { .. } => "PluginOffer",
+            Frame::PluginReport { .. } => "PluginReport",
         }
     }
 
@@ -600,6 +668,8 @@ impl Frame {
             Frame::DownlinkStart { .. } => DOWNLINK_START,
             Frame::DownlinkBatch(_) => DOWNLINK_BATCH,
             Frame::DownlinkAck { .. } => DOWNLINK_ACK,
+            Frame::PluginOffer { .. } => PLUGIN_OFFER,
+            Frame::PluginReport { .. } => PLUGIN_REPORT,
         }
     }
 }
@@ -611,7 +681,8 @@ pub enum Channel {
     Control,
     /// Batches and acks of one source partition (ordered).
     Partition(TopicPartition),
-    /// Central -> edge batches of every downlink partition (one stream the hub opens).
+    /// What the hub pushes down: downlink batches (one stream the hub opens) and plugin
+    /// offers (a stream each).
     Downlink,
 }
 

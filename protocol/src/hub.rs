@@ -60,6 +60,8 @@ pub enum HubEvent {
     TopicAcls(Vec<crate::frame::TopicAcl>),
     /// The agent said where each offered downlink partition resumes (protocol version 5).
     DownlinkStart(Vec<Position>),
+    /// Counters of the hub-distributed plugin versions the site runs.
+    PluginReport(Vec<crate::frame::PluginRun>),
     /// The agent's edge committed a downlink partition up to `next_offset`.
     DownlinkAck {
         /// The partition, by its edge topic name.
@@ -316,7 +318,17 @@ impl HubConn {
                     .push_back(HubEvent::DownlinkAck { tp, next_offset });
                 Ok(())
             }
+            Frame::PluginReport { runs } => {
+                expect_control(channel)?;
+                match self.state {
+                    State::Welcomed { version } if version >= crate::DOWNLINK_VERSION => {}
+                    _ => return Err(self.unexpected(kind)),
+                }
+                self.events.push_back(HubEvent::PluginReport(runs));
+                Ok(())
+            }
             Frame::Welcome { .. }
+            | Frame::PluginOffer { .. }
             | Frame::DownlinkOffer { .. }
             | Frame::DownlinkBatch(_)
             | Frame::Ack { .. }

@@ -179,6 +179,23 @@ fn all_frames() -> Vec<Frame> {
             }],
         },
         Frame::DownlinkStart { positions: vec![] },
+        Frame::PluginOffer {
+            name: "filter-v2_x.y".into(),
+            version: 7,
+            sha256: [9; 32],
+            signature: Bytes::from_static(&[1; 64]),
+            wasm: Bytes::from_static(b"\0asm\x0d\0\x01\0"),
+        },
+        Frame::PluginReport {
+            runs: vec![PluginRun {
+                name: "filter".into(),
+                version: 3,
+                records_in: 1_000,
+                errors: 2,
+                dropped: u64::MAX,
+            }],
+        },
+        Frame::PluginReport { runs: vec![] },
         Frame::DownlinkAck {
             tp: tp("central.commands", 0),
             next_offset: i64::MAX,
@@ -1009,4 +1026,30 @@ fn topic_acls_with_unknown_codes_or_empty_names_are_refused_naming_the_field() {
             ..
         })
     ));
+}
+
+#[test]
+fn plugin_names_name_files_safely() {
+    for bad in ["", "../x", ".hidden", "a/b", "a b", "é"] {
+        let frame = Frame::PluginReport {
+            runs: vec![PluginRun {
+                name: bad.into(),
+                version: 1,
+                records_in: 0,
+                errors: 0,
+                dropped: 0,
+            }],
+        };
+        let mut out = BytesMut::new();
+        assert!(
+            try_encode_frame(&frame, &mut out, DEFAULT_MAX_FRAME_BYTES).is_err(),
+            "{bad:?} encoded"
+        );
+        encode_frame(&frame, &mut out);
+        let got = decode_frame(&out[4..]);
+        assert!(
+            matches!(got, Err(DecodeError::InvalidField { field: "runs.name", .. })),
+            "{bad:?}: {got:?}"
+        );
+    }
 }
