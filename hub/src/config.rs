@@ -59,6 +59,9 @@ pub struct HubConfig {
     /// How the hub reads and sends what `[[downlinks]]` selects.
     #[serde(default)]
     pub downlink: DownlinkConfig,
+    /// How canaries of hub-distributed plugins are judged (`hub plugins push --canary`).
+    #[serde(default)]
+    pub plugins: crate::plugins::CanaryRules,
 }
 
 /// `[[downlinks]]`: central topics a set of sites receives (central -> edge).
@@ -857,6 +860,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Validated, ConfigError> {
     let identity_allow = identity_allow(&raw.replication, &invalid)?;
     let routes = routes(&raw.routes, &raw.clusters, &invalid)?;
     let downlinks = downlinks(&raw, &invalid)?;
+    canary_rules(&raw.plugins, &invalid)?;
     if raw.checkpoints.interval_ms == 0 {
         return Err(invalid(
             "checkpoints.interval_ms",
@@ -1067,6 +1071,28 @@ fn routes(
         });
     }
     Ok(out)
+}
+
+/// `[plugins]`: rates between 0 and 1, a canary that runs at least a second.
+fn canary_rules(r: &crate::plugins::CanaryRules, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
+    for (field, v) in [
+        ("plugins.max_error_rate_increase", r.max_error_rate_increase),
+        ("plugins.max_drop_rate_increase", r.max_drop_rate_increase),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(invalid(
+                field,
+                format!("{v} must be between 0 and 1 (a share of records)"),
+            ));
+        }
+    }
+    if r.canary_seconds == 0 {
+        return Err(invalid(
+            "plugins.canary_seconds",
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `[[downlinks]]`, compiled, each naming a configured cluster, and `[downlink]`'s bounds.

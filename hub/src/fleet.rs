@@ -67,6 +67,8 @@ pub struct Fleet {
     pub registry: Arc<Registry>,
     /// Central -> edge flows, when `[[downlinks]]` names any.
     pub downlinks: Option<Arc<crate::downlink::Downlinks>>,
+    /// Hub-distributed plugins: the store, rollouts and canaries.
+    pub plugins: Arc<crate::plugins::PluginHub>,
     directory: Directory,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -202,8 +204,11 @@ impl Fleet {
             session_timeout / 2,
         )?;
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = start_side_threads(&rt, &config, &topics, &registry, &stop)?;
+        let mut threads = start_side_threads(&rt, &config, &topics, &registry, &stop)?;
         let downlinks = crate::downlink::Downlinks::start(&rt, &config)?;
+        let (plugins, store_reader) =
+            crate::plugins::PluginHub::start(&rt, &config, &topics[0], &stop)?;
+        threads.push(store_reader);
         info!(hub_id = %raw.hub_id, group = %group, shards = raw.fleet.shards, clusters = raw.clusters.len(), writers_per_cluster = config.writers_per_cluster, "fleet started; waiting for the group to assign shards");
         let topic_sync = crate::topic_sync::TopicSync::start(
             &rt,
@@ -220,6 +225,7 @@ impl Fleet {
             pools,
             registry,
             downlinks,
+            plugins,
             directory,
             stop,
             threads,

@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod membership;
 pub mod metrics;
 pub mod offsets;
+pub mod plugins;
 pub mod server;
 pub mod shards;
 pub mod sink;

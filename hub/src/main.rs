@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_s: u64,
     },
+    /// Hub-distributed plugins: signing keys, pushes (with canaries), what sites run.
+    Plugins {
+        #[command(subcommand)]
+        action: PluginsCommand,
+    },
     /// Creates a development PKI: a CA, a hub certificate and one certificate per site.
     Certs {
         /// Directory to write PEM files into.
@@ -82,6 +87,47 @@ enum Command {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Writes a new Ed25519 signing key (mode 0600) and prints its public key, for the agents'
+    /// `plugins.trusted_keys`.
+    Keygen {
+        /// The private key file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Signs a component and stores it as the next version of NAME; without --canary every
+    /// site of --sites runs it, with --canary that share of them first, and the hubs promote or
+    /// roll it back by its error and drop rates against the stable version (`[plugins]`).
+    Push {
+        /// Path of hub.toml (its first cluster holds the store).
+        #[arg(long)]
+        config: PathBuf,
+        /// The signing key (`hub plugins keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Whole-name regex of the sites that run it.
+        #[arg(long, default_value = ".*")]
+        sites: String,
+        /// Percent of those sites that run it first.
+        #[arg(long)]
+        canary: Option<u8>,
+        /// Plugin name: what routes name with `hub = "<name>"`.
+        name: String,
+        /// The component (.wasm).
+        wasm: PathBuf,
+    },
+    /// Prints each plugin's rollout and the versions sites run.
+    Status {
+        /// Path of hub.toml.
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -128,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             |path| Ok(er_hub::config::load(path)?.metrics_listen),
             er_hub::fleet_status::render_table,
         ),
+        Some(Command::Plugins { action }) => plugins(action),
         Some(Command::Certs {
             out,
             sites,
@@ -159,6 +206,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve(er_hub::config::load(&path)?)
         }
     }
+}
+
+/// `hub plugins ...`.
+fn plugins(action: PluginsCommand) -> anyhow::Result<()> {
+    use er_hub::plugins::cli;
+    match action {
+        PluginsCommand::Keygen { out, force } => {
+            let public = cli::keygen(&out, force)?;
+            println!(
+                "wrote {}\npublic key (for the agents' plugins.trusted_keys): {public}",
+                out.display()
+            );
+        }
+        PluginsCommand::Push {
+            config,
+            key,
+            sites,
+            canary,
+            name,
+            wasm,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let version = rt.block_on(cli::push(cli::PushArgs {
+                config: &config,
+                key: &key,
+                name: &name,
+                wasm: &wasm,
+                sites: &sites,
+                canary,
+            }))?;
+            match canary {
+                Some(c) => println!(
+                    "pushed {name} v{version}: canary on {c}% of the sites matching {sites:?}"
+                ),
+                None => println!("pushed {name} v{version} to the sites matching {sites:?}"),
+            }
+        }
+        PluginsCommand::Status { config } => print!("{}", cli::status(&config)?),
+    }
+    Ok(())
 }
 
 /// `hub checkpoints`: the site's checkpoints on every cluster, a JSON object per line.

@@ -90,10 +90,7 @@ pub fn sign(
 ) -> Result<Vec<u8>, SigningError> {
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
         .map_err(|e| SigningError::BadPrivateKey(format!("not an Ed25519 PKCS#8 key: {e}")))?;
-    Ok(pair
-        .sign(&message(name, version, sha256))
-        .as_ref()
-        .to_vec())
+    Ok(pair.sign(&message(name, version, sha256)).as_ref().to_vec())
 }
 
 /// Parses a public key given as 64 hex digits.
@@ -130,10 +127,11 @@ pub fn verify(
         });
     }
     let m = message(name, version, sha256);
-    if trusted
-        .iter()
-        .any(|k| UnparsedPublicKey::new(&ED25519, k).verify(&m, signature).is_ok())
-    {
+    if trusted.iter().any(|k| {
+        UnparsedPublicKey::new(&ED25519, k)
+            .verify(&m, signature)
+            .is_ok()
+    }) {
         Ok(())
     } else {
         Err(SigningError::Untrusted {

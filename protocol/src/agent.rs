@@ -493,7 +493,8 @@ impl AgentConn {
                     });
                 }
                 match (self.state, self.version) {
-                    (State::Welcomed | State::Draining, Some(v)) if v >= crate::DOWNLINK_VERSION => {}
+                    (State::Welcomed | State::Draining, Some(v))
+                        if v >= crate::DOWNLINK_VERSION => {}
                     _ => return Err(self.unexpected(kind)),
                 }
                 self.events.push_back(AgentEvent::PluginOffer {

@@ -8,12 +8,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{
     Batch, BatchHeader, Codec, ErrorCode, Frame, GroupOffsets, MAX_ACL_HOST_BYTES,
-    MAX_PLUGIN_NAME_BYTES, MAX_PLUGIN_RUNS, MAX_PLUGIN_SIGNATURE_BYTES, PluginRun,
-    check_plugin_name,
     MAX_ACL_PRINCIPAL_BYTES, MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES,
-    MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
-    MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS, Position, SiteReport, TopicAcl, TopicMetadata,
-    TopicPartition, check_topic_acl, check_topic_metadata, frame_type,
+    MAX_PLUGIN_NAME_BYTES, MAX_PLUGIN_RUNS, MAX_PLUGIN_SIGNATURE_BYTES, MAX_REDIRECT_ADDRESS_BYTES,
+    MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
+    PluginRun, Position, SiteReport, TopicAcl, TopicMetadata, TopicPartition, check_plugin_name,
+    check_topic_acl, check_topic_metadata, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.

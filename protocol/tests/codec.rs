@@ -1048,7 +1048,13 @@ fn plugin_names_name_files_safely() {
         encode_frame(&frame, &mut out);
         let got = decode_frame(&out[4..]);
         assert!(
-            matches!(got, Err(DecodeError::InvalidField { field: "runs.name", .. })),
+            matches!(
+                got,
+                Err(DecodeError::InvalidField {
+                    field: "runs.name",
+                    ..
+                })
+            ),
             "{bad:?}: {got:?}"
         );
     }

@@ -32,6 +32,8 @@ struct Session<'a> {
     downlink: Option<SiteDownlink>,
     /// Why the downlink sender stopped, if it did.
     downlink_failed: mpsc::UnboundedSender<String>,
+    /// The plugin version offered on this connection, by name.
+    plugins_offered: std::collections::HashMap<String, u64>,
 }
 
 impl Hub {
@@ -75,7 +77,10 @@ impl Hub {
             completions_tx,
             downlink,
             downlink_failed,
+            plugins_offered: std::collections::HashMap::new(),
         };
+        let mut plugin_changes = self.fleet.plugins.store.subscribe();
+        s.offer_plugins().await?;
         let (in_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
         spawn_stream_reader(ctl_reader, None, in_tx.clone());
         let max_frame = self.fleet.config.raw.limits.max_frame_bytes();
@@ -99,6 +104,7 @@ impl Hub {
                 },
                 _ = offer_tick.tick(), if s.downlink.is_some() => s.offer_downlinks().map(|()| false),
                 Some(why) = downlink_stopped.recv() => Err(SessionEnd::Internal(why)),
+                Ok(()) = plugin_changes.changed() => s.offer_plugins().await.map(|()| false),
                 _ = superseded(&mut supersede) => Err(SessionEnd::Superseded),
                 closed = conn.closed() => Err(SessionEnd::Link(closed.to_string())),
             };
@@ -198,6 +204,15 @@ impl Session<'_> {
                     .await
                     .map_err(SessionEnd::Internal)
             }
+            HubEvent::PluginReport(runs) => {
+                let store = &self.hub.fleet.plugins.store;
+                store.report(&self.site.alias, runs);
+                // Which sites run a canary follows the reports.
+                if store.read(|s| s.rollouts.values().any(|r| r.canary.is_some())) {
+                    self.offer_plugins().await?;
+                }
+                Ok(())
+            }
             HubEvent::DownlinkAck { tp, next_offset } => match &self.downlink {
                 Some(d) => d.ack(tp, next_offset).map_err(SessionEnd::Protocol),
                 None => Err(SessionEnd::Protocol(
@@ -250,6 +265,48 @@ impl Session<'_> {
             .submit(job)
             .await
             .map_err(|e| SessionEnd::Internal(e.to_string()))
+    }
+
+    /// Offers the site each plugin version it is to run and was not offered on this connection,
+    /// on a stream of its own (below the up direction), to agents that take offers.
+    async fn offer_plugins(&mut self) -> Result<(), SessionEnd> {
+        if self
+            .proto
+            .version()
+            .is_none_or(|v| v < er_protocol::DOWNLINK_VERSION)
+        {
+            return Ok(());
+        }
+        for (name, version, signed) in self.hub.fleet.plugins.store.wanted(&self.site.alias) {
+            if self.plugins_offered.get(&name) == Some(&version) {
+                continue;
+            }
+            let link = |e: &dyn std::fmt::Display| {
+                SessionEnd::Link(format!("offering plugin {name}: {e}"))
+            };
+            let send = self.conn.open_uni().await.map_err(|e| link(&e))?;
+            send.set_priority(-1).map_err(|e| link(&e))?;
+            let mut w = er_net::wire::FrameWriter::new(send);
+            let frame = er_protocol::Frame::PluginOffer {
+                name: name.clone(),
+                version,
+                sha256: signed.sha256,
+                signature: signed.signature.clone(),
+                wasm: signed.wasm.clone(),
+            };
+            // Written on its own task: a large component on a slow link must not hold up the
+            // session (acks, reports).
+            let (site, plugin) = (self.site.alias.clone(), name.clone());
+            tokio::spawn(async move {
+                match w.write(&frame).await {
+                    Ok(()) => w.finish(),
+                    Err(e) => debug!(%site, %plugin, error = %e, "a plugin offer was cut off"),
+                }
+            });
+            tracing::info!(site = %self.site.alias, plugin = %name, version, bytes = signed.wasm.len(), "plugin offered");
+            self.plugins_offered.insert(name, version);
+        }
+        Ok(())
     }
 
     /// Offers the site the downlink topics that appeared (or grew) since the last offer; stops
