@@ -7,6 +7,7 @@ pub mod events;
 pub mod groups;
 pub mod health;
 pub mod heartbeat;
+pub mod hub_plugins;
 pub mod hubs;
 pub mod kafka;
 pub mod metrics;
@@ -273,6 +274,11 @@ pub async fn run(
         groups,
         aliases,
         lag,
+        hub_plugins: cfg
+            .plugins
+            .hub
+            .clone()
+            .map(|h| Arc::new(hub_plugins::HubPlugins::new(h))),
     };
     let side_tasks = spawn_side_tasks(&cfg, &shared, aliases_rx, &stats, &shutdown);
     let mut link = Link {
@@ -344,7 +350,12 @@ fn client_endpoint(
     er_net::TicketGate,
     bool,
 )> {
-    let tuning = er_net::TransportTuning::default();
+    // The hub opens one stream down for downlink data and one per plugin offer: a few at once
+    // bound what it can make the agent buffer (each stream at most one frame of 16 MiB ahead).
+    let tuning = er_net::TransportTuning {
+        max_concurrent_uni_streams: 4,
+        ..er_net::TransportTuning::default()
+    };
     let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
     let v6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
     if !cfg

@@ -39,9 +39,31 @@ impl std::fmt::Debug for Pipeline {
 pub struct RouteRuntime {
     /// The route's name (logs).
     pub name: String,
-    /// Its plugin chain.
-    pub chain: Chain,
+    /// Its plugin chain; `None` while a plugin the hub distributes has not arrived yet.
+    pub chain: Option<Chain>,
+    /// What builds the chain once every plugin file is there.
+    waiting: Option<Waiting>,
     last_reload_check: Instant,
+}
+
+/// A route whose hub plugins have not arrived: what loads it when they do.
+#[derive(Debug)]
+struct Waiting {
+    host: PluginHost,
+    specs: Vec<er_plugin_host::PluginSpec>,
+    policy: ErrorPolicy,
+    limits: er_plugin_host::OutputLimits,
+}
+
+impl Waiting {
+    /// The plugin files not there yet.
+    fn missing(&self) -> Vec<String> {
+        self.specs
+            .iter()
+            .filter(|s| !s.path.exists())
+            .map(|s| s.path.display().to_string())
+            .collect()
+    }
 }
 
 /// How often plugin files are checked for changes.
@@ -64,6 +86,23 @@ impl Pipeline {
         let host = PluginHost::new(cfg.plugins.host.clone()).context("starting the plugin host")?;
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for r in cfg.routes.iter() {
+            let waiting = Waiting {
+                host: host.clone(),
+                specs: r.plugins.clone(),
+                policy: r.policy.clone(),
+                limits: r.output_limits,
+            };
+            let missing = waiting.missing();
+            if !r.hub_plugins.is_empty() && !missing.is_empty() {
+                tracing::info!(route = %r.name, ?missing, "route waits for its plugins from the hub");
+                routes.push(RouteRuntime {
+                    name: r.name.clone(),
+                    chain: None,
+                    waiting: Some(waiting),
+                    last_reload_check: Instant::now(),
+                });
+                continue;
+            }
             let chain = host
                 .load_chain_with(&r.plugins, r.policy.clone(), r.output_limits)
                 .with_context(|| format!("route {:?}", r.name))?;
@@ -75,7 +114,8 @@ impl Pipeline {
             );
             routes.push(RouteRuntime {
                 name: r.name.clone(),
-                chain,
+                chain: Some(chain),
+                waiting: None,
                 last_reload_check: Instant::now(),
             });
         }
@@ -117,7 +157,12 @@ impl Pipeline {
     pub fn stats(&self) -> Vec<(String, Vec<PluginStats>)> {
         self.routes
             .iter()
-            .map(|r| (r.name.clone(), r.chain.stats()))
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.chain.as_ref().map(Chain::stats).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 }
@@ -132,10 +177,14 @@ impl RouteRuntime {
         self.force_reload_check();
     }
 
-    /// Checks the plugin files now.
+    /// Checks the plugin files now (loads a waiting route whose files all arrived).
     pub fn force_reload_check(&mut self) {
         self.last_reload_check = Instant::now();
-        match self.chain.reload_if_changed() {
+        let Some(chain) = self.chain.as_mut() else {
+            self.load_waiting();
+            return;
+        };
+        match chain.reload_if_changed() {
             Ok(true) => tracing::info!(route = %self.name, "plugin changed on disk; reloaded"),
             Ok(false) => {}
             Err(e) => tracing::error!(
@@ -144,6 +193,36 @@ impl RouteRuntime {
                 "changed plugin failed to load; the previous version keeps running"
             ),
         }
+    }
+}
+
+impl RouteRuntime {
+    fn load_waiting(&mut self) {
+        let Some(w) = &self.waiting else { return };
+        if !w.missing().is_empty() {
+            return;
+        }
+        match w.host.load_chain_with(&w.specs, w.policy.clone(), w.limits) {
+            Ok(chain) => {
+                tracing::info!(route = %self.name, "the route's plugins arrived; route loaded");
+                self.chain = Some(chain);
+                self.waiting = None;
+            }
+            Err(e) => tracing::error!(
+                route = %self.name,
+                error = %e,
+                "the route's plugins arrived but failed to load; it keeps waiting"
+            ),
+        }
+    }
+
+    /// Why the route cannot run now, if it cannot.
+    pub fn waiting_for(&self) -> Option<String> {
+        let w = self.waiting.as_ref()?;
+        Some(format!(
+            "waits for plugins from the hub: {}",
+            w.missing().join(", ")
+        ))
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Shared {
     pub aliases: watch::Sender<Option<Aliases>>,
     /// Committed positions for the replication lag metric, when metrics are served.
     pub lag: Option<Arc<crate::metrics::LagTracker>>,
+    /// Plugins the hub distributes, when routes name any.
+    pub hub_plugins: Option<Arc<crate::hub_plugins::HubPlugins>>,
 }
 
 /// How often the agent sends its own figures (edge lag, retention gaps, plugin failures) to
@@ -132,7 +134,6 @@ pub async fn run(
         guard: None,
         site: String::new(),
         downlink: None,
-        downlink_stream: false,
     };
     let control = match s.hello(early, answered).await {
         Ok(Hello::Sent(control)) => control,
@@ -195,8 +196,6 @@ struct Session<'a> {
     site: String,
     /// The writer of what the hub sends down, once an offer was taken.
     downlink: Option<crate::downlink::Downlink>,
-    /// Whether the hub opened the downlink stream.
-    downlink_stream: bool,
 }
 
 /// The partitions of one priority: their reader thread with its own consumer, so a backlog of
@@ -421,10 +420,7 @@ impl Session<'_> {
                     r.groups_busy = false;
                     self.on_groups(g.ok_or_else(|| anyhow!("group reader stopped"))?)?;
                 }
-                _ = r.report_tick.tick() => {
-                    let report = self.site_report();
-                    self.proto.send_site_report(report).context("reporting to the hub")?;
-                }
+                _ = r.report_tick.tick() => self.report()?,
                 _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
                 closed = self.conn.closed() => bail!("connection lost: {closed}"),
             }
@@ -678,6 +674,21 @@ impl Session<'_> {
         }
     }
 
+    /// The agent's own figures and, with hub plugins, what each version ran.
+    fn report(&mut self) -> anyhow::Result<()> {
+        let report = self.site_report();
+        self.proto
+            .send_site_report(report)
+            .context("reporting to the hub")?;
+        if let Some(p) = &self.shared.hub_plugins {
+            let runs = p.report(&self.pipeline);
+            self.proto
+                .report_plugins(runs)
+                .context("reporting plugins to the hub")?;
+        }
+        Ok(())
+    }
+
     /// What only the agent knows, for the hub's status. The lag is known when the agent
     /// measures it (with `[metrics] listen`) and at least one partition's lag was measured.
     fn site_report(&self) -> er_protocol::SiteReport {
@@ -747,6 +758,32 @@ impl Session<'_> {
             AgentEvent::TimedOut { what } => bail!("timed out waiting for {what}"),
             AgentEvent::Welcomed { .. } => bail!("second welcome on one connection"),
             AgentEvent::DownlinkOffer(topics) => self.on_downlink_offer(topics),
+            AgentEvent::PluginOffer {
+                name,
+                version,
+                sha256,
+                signature,
+                wasm,
+            } => {
+                let offer = crate::hub_plugins::Offer {
+                    name,
+                    version,
+                    sha256,
+                    signature,
+                    wasm,
+                };
+                match &self.shared.hub_plugins {
+                    Some(p) => crate::hub_plugins::install_in_background(
+                        p.clone(),
+                        self.pipeline.clone(),
+                        offer,
+                    ),
+                    None => {
+                        info!(plugin = %offer.name, version = offer.version, "the hub offered a plugin; no route uses hub plugins")
+                    }
+                }
+                Ok(())
+            }
             AgentEvent::DownlinkBatch(batch) => self
                 .downlink
                 .as_mut()
@@ -917,15 +954,13 @@ impl Session<'_> {
         }
     }
 
-    /// The hub opened its one downlink stream: its frames join the others.
+    /// The hub opened a stream down (its downlink data, or a plugin offer): its frames join the
+    /// others. The transport lets the hub have a few open at once.
     fn on_uni_stream(
         &mut self,
         stream: Result<quinn::RecvStream, quinn::ConnectionError>,
     ) -> anyhow::Result<()> {
-        let recv = stream.context("accepting the hub's downlink stream")?;
-        if std::mem::replace(&mut self.downlink_stream, true) {
-            bail!("the hub opened a second downlink stream");
-        }
+        let recv = stream.context("accepting a stream from the hub")?;
         spawn_stream_reader(
             FrameReader::new(recv, er_protocol::DEFAULT_MAX_FRAME_BYTES),
             Channel::Downlink,

@@ -436,10 +436,9 @@ impl Store {
         let Some(c) = &rollout.canary else {
             return false;
         };
-        let mut sites = self.sites_running(&rollout.name);
-        if !sites.iter().any(|s| s == site) {
-            sites.push(site.to_owned());
-        }
+        // A site is placed once it reported the plugins it uses (version 0: none yet); before
+        // that it runs the stable version.
+        let sites = self.sites_running(&rollout.name);
         canary_sites(&sites, &rollout.name, c.version, c.percent)
             .iter()
             .any(|s| s == site)
@@ -644,7 +643,11 @@ pub mod kafka {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.message.max.bytes", MESSAGE_BYTES.to_string())
-            .set("receive.message.max.bytes", (2 * MESSAGE_BYTES).to_string())
+            .set("fetch.max.bytes", (2 * MESSAGE_BYTES).to_string())
+            .set(
+                "receive.message.max.bytes",
+                (2 * MESSAGE_BYTES + 1024 * 1024).to_string(),
+            )
             .create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&super::store_topic(group), 0, Offset::Beginning)?;

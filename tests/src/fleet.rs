@@ -195,6 +195,26 @@ pub struct FleetConfig {
     pub welcome_timeout: Duration,
     /// QUIC transport settings (as the agent's).
     pub tuning: TransportTuning,
+    /// Hub-distributed plugins the sites run, simulated; `None`: none.
+    pub plugins: Option<SimPlugins>,
+}
+
+/// One hub-distributed plugin every simulated site uses: offers are checked against `trusted`
+/// as the agent checks them, and each site reports, every `interval` after its welcome,
+/// `records_per_interval` more records through the version it runs, all of them failed for a
+/// version in `failing`.
+#[derive(Debug, Clone)]
+pub struct SimPlugins {
+    /// The plugin's name.
+    pub name: String,
+    /// Keys a signature must verify with.
+    pub trusted: Vec<[u8; 32]>,
+    /// Versions whose records fail.
+    pub failing: std::collections::BTreeSet<u64>,
+    /// Records run per interval.
+    pub records_per_interval: u64,
+    /// Between two reports.
+    pub interval: Duration,
 }
 
 impl FleetConfig {
@@ -222,6 +242,7 @@ impl FleetConfig {
             backoff_max: Duration::from_secs(5),
             welcome_timeout: Duration::from_secs(90),
             tuning: TransportTuning::default(),
+            plugins: None,
         }
     }
 }
@@ -254,6 +275,12 @@ struct SiteStats {
     group_reports: AtomicU64,
     /// Welcomes whose position was ahead of the simulated edge log (a hub bug).
     positions_ahead: AtomicU64,
+    /// The simulated plugin's version the site runs (0: none).
+    plugin_version: AtomicU64,
+    /// Plugin offers refused (hash or signature).
+    plugin_refusals: AtomicU64,
+    /// Every version of the simulated plugin the site ran.
+    plugin_history: Mutex<std::collections::BTreeSet<u64>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -314,6 +341,12 @@ pub struct FleetStatus {
     pub group_reports: u64,
     /// Welcomes with a position ahead of what the site ever produced (should be 0).
     pub positions_ahead: u64,
+    /// Per site (in configuration order), the simulated plugin's version it runs (0: none).
+    pub plugin_versions: Vec<u64>,
+    /// Plugin offers the sites refused (hash or signature).
+    pub plugin_refusals: u64,
+    /// Per site, every version of the simulated plugin it ran.
+    pub plugin_history: Vec<std::collections::BTreeSet<u64>>,
 }
 
 /// What one site produced, for [`check_exactly_once`].
@@ -425,6 +458,11 @@ impl Fleet {
             s.heartbeats += st.heartbeats.load(Ordering::Relaxed);
             s.group_reports += st.group_reports.load(Ordering::Relaxed);
             s.positions_ahead += st.positions_ahead.load(Ordering::Relaxed);
+            s.plugin_versions
+                .push(st.plugin_version.load(Ordering::Relaxed));
+            s.plugin_refusals += st.plugin_refusals.load(Ordering::Relaxed);
+            s.plugin_history
+                .push(st.plugin_history.lock().expect("history lock").clone());
         }
         s
     }
@@ -662,6 +700,9 @@ struct SimSite {
     /// Target cluster alias of heartbeats, from the first Welcome.
     heartbeat_target: Option<String>,
     next_heartbeat: Option<Instant>,
+    /// The simulated plugin: version run and its (records, failures) since it started.
+    plugin: (u64, u64, u64),
+    next_plugin_report: Option<Instant>,
     next_record: Instant,
     value: Vec<u8>,
 }
@@ -709,6 +750,8 @@ impl SimSite {
             quiet: false,
             heartbeat_target: None,
             next_heartbeat: None,
+            plugin: (0, 0, 0),
+            next_plugin_report: None,
             next_record,
             value: Vec::new(),
         }
@@ -879,6 +922,7 @@ impl SimSite {
                 (*welcomed && !self.quiet).then_some(self.next_record),
                 self.next_heartbeat.filter(|_| *welcomed && !self.quiet),
                 next_group.filter(|_| *welcomed),
+                self.next_plugin_report.filter(|_| *welcomed),
             ]
             .into_iter()
             .flatten()
@@ -906,6 +950,9 @@ impl SimSite {
                         }
                         self.heartbeats_due(now);
                     }
+                    if *welcomed && self.next_plugin_report.is_some_and(|t| now >= t) {
+                        self.report_plugin(proto, now)?;
+                    }
                     if *welcomed && next_group.is_some_and(|t| now >= t) {
                         let interval = cfg.group_interval.expect("set only when reports are on");
                         next_group = Some(now + interval);
@@ -931,6 +978,13 @@ impl SimSite {
                         Phase::Run => {}
                     }
                 }
+                stream = io.conn.accept_uni() => {
+                    let recv = stream.map_err(|e| failure("link lost", anyhow!(e)))?;
+                    io.inbound.push(frames(
+                        FrameReader::new(recv, er_protocol::DEFAULT_MAX_FRAME_BYTES),
+                        Channel::Downlink,
+                    ));
+                }
                 closed = io.conn.closed() => {
                     return Err(failure("link lost", anyhow!("connection lost: {closed}")));
                 }
@@ -947,7 +1001,15 @@ impl SimSite {
                         next_group = cfg.group_interval.map(|i| {
                             Instant::now() + i.mul_f64(rand::rng().random_range(0.1..1.0))
                         });
+                        self.next_plugin_report = cfg.plugins.as_ref().map(|_| Instant::now());
                     }
+                    AgentEvent::PluginOffer {
+                        name,
+                        version,
+                        sha256,
+                        signature,
+                        wasm,
+                    } => self.take_plugin(&name, version, &sha256, &signature, &wasm),
                     AgentEvent::Acked {
                         tp, next_offset, ..
                     } => {
@@ -1093,6 +1155,65 @@ impl SimSite {
             }])
             .map_err(|e| failure("protocol", anyhow!(e).context("reporting group offsets")))?;
         self.stats().group_reports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes a plugin offer the way the agent does: only for the simulated plugin's name, only
+    /// when a trusted key signed it.
+    fn take_plugin(
+        &mut self,
+        name: &str,
+        version: u64,
+        sha256: &[u8; 32],
+        sig: &[u8],
+        wasm: &[u8],
+    ) {
+        let Some(p) = &self.shared.cfg.plugins else {
+            return;
+        };
+        if name != p.name {
+            return;
+        }
+        if er_net::signing::verify(&p.trusted, name, version, sha256, sig, wasm).is_err() {
+            self.stats().plugin_refusals.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.plugin.0 != version {
+            self.plugin = (version, 0, 0);
+            self.stats()
+                .plugin_version
+                .store(version, Ordering::Relaxed);
+            self.stats()
+                .plugin_history
+                .lock()
+                .expect("history lock")
+                .insert(version);
+        }
+    }
+
+    /// Runs the simulated plugin's records of one interval and reports its counters.
+    fn report_plugin(&mut self, proto: &mut AgentConn, now: Instant) -> Result<(), Failure> {
+        let Some(p) = self.shared.cfg.plugins.clone() else {
+            return Ok(());
+        };
+        self.next_plugin_report = Some(now + p.interval);
+        let (version, records, errors) = &mut self.plugin;
+        if *version > 0 {
+            *records += p.records_per_interval;
+            if p.failing.contains(version) {
+                *errors += p.records_per_interval;
+            }
+        }
+        let run = er_protocol::PluginRun {
+            name: p.name.clone(),
+            version: *version,
+            records_in: *records,
+            errors: *errors,
+            dropped: 0,
+        };
+        proto
+            .report_plugins(vec![run])
+            .map_err(|e| failure("protocol", anyhow!(e).context("reporting plugins")))?;
         Ok(())
     }
 

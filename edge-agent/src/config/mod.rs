@@ -9,6 +9,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
@@ -155,6 +156,31 @@ pub struct PluginSettings {
     pub host: er_plugin_host::HostConfig,
     /// How long a route stopped by a plugin failure waits before it tries again.
     pub stopped_route_retry: Duration,
+    /// Hub-distributed plugins, when a route names one.
+    pub hub: Option<HubPluginSettings>,
+}
+
+/// Where hub-distributed plugins live and whose signatures they need.
+#[derive(Debug, Clone)]
+pub struct HubPluginSettings {
+    /// Their directory (`<name>.wasm` and `<name>.version` each).
+    pub dir: PathBuf,
+    /// Keys a plugin's signature must verify with (one is enough).
+    pub trusted: Vec<[u8; er_net::signing::PUBLIC_KEY_BYTES]>,
+    /// The names routes use.
+    pub names: std::collections::BTreeSet<String>,
+}
+
+impl HubPluginSettings {
+    /// The component file of plugin `name`.
+    pub fn wasm(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.wasm"))
+    }
+
+    /// The file holding the version of plugin `name` installed.
+    pub fn version_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.version"))
+    }
 }
 
 impl Settings {

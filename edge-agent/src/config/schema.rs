@@ -184,6 +184,16 @@ pub struct PluginLimitsConfig {
     /// milliseconds (a changed plugin file is reloaded first).
     #[serde(default = "default_route_retry_ms")]
     pub stopped_route_retry_ms: u64,
+    /// Ed25519 public keys (64 hex digits) whose signature a hub-distributed plugin must carry.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Where hub-distributed plugins are kept (relative to the config file).
+    #[serde(default = "default_hub_plugin_dir")]
+    pub hub_dir: PathBuf,
+}
+
+fn default_hub_plugin_dir() -> PathBuf {
+    PathBuf::from("hub-plugins")
 }
 
 impl Default for PluginLimitsConfig {
@@ -196,6 +206,8 @@ impl Default for PluginLimitsConfig {
             max_output_bytes_per_batch: default_plugin_max_output_bytes_per_batch(),
             cache_dir: None,
             stopped_route_retry_ms: default_route_retry_ms(),
+            trusted_keys: Vec::new(),
+            hub_dir: default_hub_plugin_dir(),
         }
     }
 }
@@ -270,8 +282,12 @@ pub enum OnError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// The `.wasm` component, relative to the config file.
-    pub path: PathBuf,
+    /// The `.wasm` component, relative to the config file (or `hub`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// A plugin the hub distributes under this name (`hub plugins push`), instead of `path`.
+    #[serde(default)]
+    pub hub: Option<String>,
     /// Settings passed to the plugin's `init`, in file order. A list value passes the key once
     /// per element (for repeatable settings such as the filter's `condition`).
     #[serde(default)]

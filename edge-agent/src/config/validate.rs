@@ -10,8 +10,8 @@ use super::schema::{
     HubLinkConfig, KafkaConfig, OnError, PluginLimitsConfig, RouteConfig, TopicsConfig,
 };
 use super::{
-    BatchSettings, DownlinkSettings, GroupSettings, HubSettings, KafkaSettings, PluginSettings,
-    Settings, TopicSettings,
+    BatchSettings, DownlinkSettings, GroupSettings, HubPluginSettings, HubSettings, KafkaSettings,
+    PluginSettings, Settings, TopicSettings,
 };
 use crate::hubs::HubAddress;
 use crate::routes::{Route, Routes};
@@ -30,8 +30,9 @@ pub(super) fn settings(c: Checks<'_>, raw: AgentConfig) -> Result<Settings, Conf
     let groups = groups(c, raw.groups)?;
     let downlink = downlink(c, raw.downlink)?;
     let limits = plugin_limits(c, &raw.plugins)?;
-    let routes = routes(c, raw.routes, limits)?;
-    let plugins = plugins(c, raw.plugins, &routes);
+    let hub_dir = c.absolute(&raw.plugins.hub_dir);
+    let routes = routes(c, raw.routes, limits, &hub_dir)?;
+    let plugins = plugins(c, raw.plugins, &routes, hub_dir)?;
     let metrics_listen = c.metrics_listen("metrics.listen", raw.metrics.listen.as_deref())?;
     Ok(Settings {
         site: raw.site,
@@ -233,9 +234,32 @@ fn plugin_limits(
 }
 
 /// The plugin host's settings; sized by the plugins of every route.
-fn plugins(c: Checks<'_>, p: PluginLimitsConfig, routes: &Routes) -> PluginSettings {
+fn plugins(
+    c: Checks<'_>,
+    p: PluginLimitsConfig,
+    routes: &Routes,
+    hub_dir: std::path::PathBuf,
+) -> Result<PluginSettings, ConfigError> {
     let plugins = routes.plugin_count();
-    PluginSettings {
+    let names = routes.hub_plugins();
+    let mut trusted = Vec::with_capacity(p.trusted_keys.len());
+    for (i, k) in p.trusted_keys.iter().enumerate() {
+        let key = er_net::signing::parse_public_key(k)
+            .map_err(|e| c.invalid(&format!("plugins.trusted_keys[{i}]"), &e.to_string()))?;
+        trusted.push(key);
+    }
+    if !names.is_empty() && trusted.is_empty() {
+        return Err(c.invalid(
+            "plugins.trusted_keys",
+            "must list at least one key: routes name plugins from the hub (`hub = ...`), which run only when signed by a trusted key",
+        ));
+    }
+    let hub = (!names.is_empty()).then(|| HubPluginSettings {
+        dir: hub_dir,
+        trusted,
+        names,
+    });
+    Ok(PluginSettings {
         host: er_plugin_host::HostConfig {
             memory_limit_bytes: (p.memory_limit_mb as usize) << 20,
             batch_deadline: ms(p.batch_deadline_ms),
@@ -247,17 +271,19 @@ fn plugins(c: Checks<'_>, p: PluginLimitsConfig, routes: &Routes) -> PluginSetti
             max_instances: (plugins as u32 * 2 + 2).max(4),
         },
         stopped_route_retry: ms(p.stopped_route_retry_ms),
-    }
+        hub,
+    })
 }
 
 fn routes(
     c: Checks<'_>,
     raw: Vec<RouteConfig>,
     limits: er_plugin_host::OutputLimits,
+    hub_dir: &std::path::Path,
 ) -> Result<Routes, ConfigError> {
     let mut routes = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
-        routes.push(route(c, i, r, limits)?);
+        routes.push(route(c, i, r, limits, hub_dir)?);
     }
     Ok(routes.into())
 }
@@ -267,6 +293,7 @@ fn route(
     i: usize,
     r: RouteConfig,
     limits: er_plugin_host::OutputLimits,
+    hub_dir: &std::path::Path,
 ) -> Result<Route, ConfigError> {
     let field = |f: &str| format!("routes[{i}].{f}");
     if r.topics.is_empty() {
@@ -275,13 +302,32 @@ fn route(
     let topics = c.whole_matches(&field("topics"), &r.topics)?;
     let policy = error_policy(c, &field, r.on_error, r.dead_letter_topic)?;
     let mut plugins = Vec::with_capacity(r.plugins.len());
+    let mut hub_names = Vec::new();
     for (j, pc) in r.plugins.into_iter().enumerate() {
         let config = plugin_settings(&pc.config)
             .map_err(|(key, m)| c.invalid(&field(&format!("plugins[{j}].config.{key}")), m))?;
-        plugins.push(er_plugin_host::PluginSpec {
-            path: c.absolute(&pc.path),
-            config,
-        });
+        let path = match (&pc.path, &pc.hub) {
+            (Some(path), None) => c.absolute(path),
+            (None, Some(name)) => {
+                er_protocol::check_plugin_name(name).map_err(|m| {
+                    c.invalid(
+                        &field(&format!("plugins[{j}].hub")),
+                        &format!("{name:?} {m}"),
+                    )
+                })?;
+                hub_dir.join(format!("{name}.wasm"))
+            }
+            _ => {
+                return Err(c.invalid(
+                    &field(&format!("plugins[{j}]")),
+                    "needs exactly one of `path` (a local file) and `hub` (a plugin the hub distributes)",
+                ));
+            }
+        };
+        plugins.push(er_plugin_host::PluginSpec { path, config });
+        if let Some(name) = pc.hub {
+            hub_names.push(name);
+        }
     }
     let mut output_limits = limits;
     if let Some(n) = r.max_output_bytes_per_input {
@@ -299,6 +345,7 @@ fn route(
         plugins,
         policy,
         output_limits,
+        hub_plugins: hub_names,
     })
 }
 

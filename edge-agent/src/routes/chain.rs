@@ -252,8 +252,13 @@ pub fn run_chain(
     };
     let header_views = pending.header_views();
     let input = pending.in_records(tp, &header_views);
-    route
-        .chain
+    let Some(chain) = route.chain.as_mut() else {
+        let why = route
+            .waiting_for()
+            .unwrap_or_else(|| "has no chain".to_owned());
+        return Err(stopped(why));
+    };
+    chain
         .process_into(&input, out)
         .map_err(|e| stopped(e.to_string()))?;
 
@@ -261,7 +266,7 @@ pub fn run_chain(
         route: &route.name,
         tp,
         partition_count,
-        policy: route.chain.policy().clone(),
+        policy: chain.policy().clone(),
         pending,
         input: &input,
         source_bytes: source_bytes(out, &input),

@@ -53,6 +53,8 @@ pub struct Route {
     pub policy: er_plugin_host::ErrorPolicy,
     /// What one plugin of the chain may produce.
     pub output_limits: er_plugin_host::OutputLimits,
+    /// Names of the chain's plugins that the hub distributes (`hub = "<name>"`).
+    pub hub_plugins: Vec<String>,
 }
 
 /// The routes in configuration order; a topic takes the first one whose pattern matches it.
@@ -117,5 +119,13 @@ impl Routes {
     /// Plugins over all routes (each holds an instance slot of the plugin host).
     pub fn plugin_count(&self) -> usize {
         self.0.iter().map(|r| r.plugins.len()).sum()
+    }
+
+    /// Names of the hub-distributed plugins the routes use.
+    pub fn hub_plugins(&self) -> std::collections::BTreeSet<String> {
+        self.0
+            .iter()
+            .flat_map(|r| r.hub_plugins.iter().cloned())
+            .collect()
     }
 }

@@ -25,6 +25,7 @@ mod metrics_e2e;
 mod mm2_compat;
 mod offset_index;
 mod outage;
+mod plugin_rollout;
 mod plugins_e2e;
 mod polyglot_e2e;
 mod prometheus_e2e;

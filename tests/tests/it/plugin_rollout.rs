@@ -1,0 +1,194 @@
+//! Hub-distributed plugins rolled out across a fleet: the real hub binary and `hub plugins`
+//! commands on real Kafka, ten simulated sites (er_tests::fleet) that check signatures as the
+//! agent does and report what each version ran. A canary whose version fails its records is
+//! rolled back automatically, a good one is promoted to every site, and a push signed with a
+//! key the sites do not trust runs nowhere.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use er_tests::fleet::{self, Fleet, FleetConfig, SimPlugins};
+use er_tests::replicator::{self, HubSetup, Pki, tail};
+
+const SITES: usize = 10;
+
+/// Runs `hub <args>` to completion; its stdout.
+fn hub_cli(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(replicator::bin("hub")?)
+        .args(args)
+        .output()
+        .context("running the hub binary")?;
+    if !out.status.success() {
+        bail!(
+            "hub {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A new signing key in `dir`: its path and public key.
+fn keygen(dir: &Path, name: &str) -> anyhow::Result<(String, [u8; 32])> {
+    let path = dir.join(name);
+    let out = hub_cli(&["plugins", "keygen", "--out", path.to_str().unwrap()])?;
+    let public = out
+        .lines()
+        .find_map(|l| l.rsplit_once(": ").map(|(_, k)| k.trim().to_owned()))
+        .context("keygen printed no public key")?;
+    Ok((
+        path.to_str().unwrap().to_owned(),
+        er_net::signing::parse_public_key(&public)?,
+    ))
+}
+
+fn push(config: &str, key: &str, wasm: &Path, canary: Option<u8>) -> anyhow::Result<String> {
+    let wasm = wasm.to_str().unwrap();
+    let mut args = vec!["plugins", "push", "--config", config, "--key", key];
+    let pct = canary.map(|c| c.to_string());
+    if let Some(p) = &pct {
+        args.extend(["--canary", p]);
+    }
+    args.extend(["filter", wasm]);
+    hub_cli(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_a_good_one_promoted_and_an_unsigned_push_runs_nowhere()
+-> anyhow::Result<()> {
+    let k = er_tests::kafka::shared();
+    let work = tempfile::tempdir()?;
+    let pki_dir = tempfile::tempdir()?;
+    let prefix = format!("pr{:04x}", rand::random::<u16>());
+    let sites = fleet::site_names(&prefix, SITES);
+    fleet::issue_certs(pki_dir.path(), &sites)?;
+    let pki = Pki::from_dir(pki_dir);
+    let mut setup = HubSetup::new(k.central())?;
+    setup
+        .extra
+        .push_str("[plugins]\nmin_records = 200\ncanary_seconds = 6\n");
+    let hub = setup.start(&pki, work.path())?;
+    let config = setup.config_path(work.path());
+    let config = config.to_str().unwrap();
+    let logs = || format!("hub log:\n{}", tail(&hub.log_text(), 80));
+
+    let (key, public) = keygen(work.path(), "signing.key")?;
+    // Simulated sites run nothing: any component bytes will do, each version its own.
+    let wasm = |v: u8| -> anyhow::Result<std::path::PathBuf> {
+        let p = work.path().join(format!("filter-{v}.wasm"));
+        std::fs::write(&p, [b"\0asm".as_slice(), &[1, 0, 0, 0, v]].concat())?;
+        Ok(p)
+    };
+    let out = push(config, &key, &wasm(1)?, None)?;
+    assert!(out.contains("pushed filter v1"), "{out}");
+
+    let hub_addr: SocketAddr = ([127, 0, 0, 1], setup.port).into();
+    let mut cfg = FleetConfig::new(hub_addr, pki.dir(), sites);
+    cfg.rate_per_site = 0.0;
+    cfg.plugins = Some(SimPlugins {
+        name: "filter".into(),
+        trusted: vec![public],
+        failing: BTreeSet::from([2]),
+        records_per_interval: 100,
+        interval: Duration::from_millis(500),
+    });
+    let fleet = Fleet::start(cfg).await?;
+    let all_on = |v: u64| move |s: &fleet::FleetStatus| s.plugin_versions.iter().all(|&x| x == v);
+    fleet
+        .wait_until("every site runs v1", Duration::from_secs(60), all_on(1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs()))?;
+
+    // v2 fails every record: its canary (20%: two sites) is rolled back, all sites on v1.
+    push(config, &key, &wasm(2)?, Some(20))?;
+    fleet
+        .wait_until(
+            "v2 rolled back",
+            Duration::from_secs(60),
+            |s: &fleet::FleetStatus| {
+                s.plugin_history.iter().any(|h| h.contains(&2))
+                    && s.plugin_versions.iter().all(|&x| x == 1)
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs()))?;
+    let ran_v2 = fleet
+        .status()
+        .plugin_history
+        .iter()
+        .filter(|h| h.contains(&2))
+        .count();
+    assert_eq!(ran_v2, 2, "the canary is 20% of 10 sites\n{}", logs());
+    let status = hub_cli(&["plugins", "status", "--config", config])?;
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("filter"))
+        .unwrap_or("");
+    assert!(
+        row.contains("v1") && row.ends_with("v2"),
+        "stable v1, v2 rolled back:\n{status}"
+    );
+    assert!(
+        hub.log_text().contains("canary rolled back"),
+        "the hub says why\n{}",
+        logs()
+    );
+
+    // v3 is as good as v1: two sites run it first, then every site.
+    push(config, &key, &wasm(3)?, Some(20))?;
+    fleet
+        .wait_until(
+            "the v3 canary runs",
+            Duration::from_secs(30),
+            |s: &fleet::FleetStatus| s.plugin_versions.contains(&3),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs()))?;
+    let on_v3 = fleet
+        .status()
+        .plugin_versions
+        .iter()
+        .filter(|&&v| v == 3)
+        .count();
+    assert_eq!(on_v3, 2, "only the canary sites run v3 first\n{}", logs());
+    fleet
+        .wait_until("v3 promoted", Duration::from_secs(60), all_on(3))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs()))?;
+    let status = hub_cli(&["plugins", "status", "--config", config])?;
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("filter") && l.contains(" v3 ")),
+        "v3 is stable:\n{status}"
+    );
+    for site in &fleet::site_names(&prefix, SITES) {
+        let line = status.lines().find(|l| l.starts_with(site.as_str()));
+        assert!(
+            line.is_some_and(|l| l.contains("filter v3")),
+            "{site} runs v3 in the status:\n{status}"
+        );
+    }
+
+    // A push signed with another key: offered everywhere, run nowhere.
+    let (other_key, _) = keygen(work.path(), "other.key")?;
+    push(config, &other_key, &wasm(4)?, None)?;
+    fleet
+        .wait_until(
+            "every site refused v4",
+            Duration::from_secs(30),
+            |s: &fleet::FleetStatus| s.plugin_refusals >= SITES as u64,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs()))?;
+    assert!(
+        fleet.status().plugin_versions.iter().all(|&v| v == 3),
+        "the sites keep running v3"
+    );
+    fleet.stop().await;
+    Ok(())
+}
