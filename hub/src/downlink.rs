@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{CompiledDownlink, DownlinkConfig, Validated};
-use crate::kafka::{KafkaOpError, client_config};
+use crate::kafka::{KafkaOpError, QuietEof, client_config};
 
 /// Longest a Kafka call of the downlink may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,7 +57,7 @@ struct View {
 /// One central cluster downlinks read from.
 struct Source {
     alias: String,
-    readers: Mutex<Vec<BaseConsumer>>,
+    readers: Mutex<Vec<BaseConsumer<QuietEof>>>,
     permits: Semaphore,
     view: watch::Sender<Arc<View>>,
 }
@@ -118,7 +118,7 @@ impl Downlinks {
             if !config.downlinks.iter().any(|d| d.cluster == i) {
                 continue;
             }
-            let reader = || -> Result<BaseConsumer, KafkaOpError> {
+            let reader = || -> Result<BaseConsumer<QuietEof>, KafkaOpError> {
                 client_config(cluster)
                     .set("group.id", format!("{}-downlink", config.raw.group_id))
                     .set("enable.auto.commit", "false")
@@ -127,7 +127,7 @@ impl Downlinks {
                     .set("fetch.wait.max.ms", "50")
                     // A turn ends as soon as every partition it reads reached its end.
                     .set("enable.partition.eof", "true")
-                    .create()
+                    .create_with_context(QuietEof)
                     .map_err(KafkaOpError::kafka(
                         &cluster.alias,
                         "creating a downlink reader",
@@ -233,7 +233,7 @@ impl Downlinks {
 /// Lists one cluster's selected topics and asks their end offsets, for every site.
 struct Refresher {
     source: Arc<Source>,
-    meta: BaseConsumer,
+    meta: BaseConsumer<QuietEof>,
     selects: Vec<regex::Regex>,
     policy: ReplicationPolicy,
     poll: Duration,
@@ -656,7 +656,7 @@ struct Want {
 /// compression), the last one carrying the partition's new position; a partition whose records
 /// all lie past transaction markers or were aborted moves on with an empty batch.
 fn read_turn(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<QuietEof>,
     want: &[Want],
     budget: u64,
     max_batch: usize,
@@ -690,7 +690,7 @@ fn read_turn(
 
 /// Reads the assigned partitions of one topic (see [`read_turn`]).
 fn read_topic(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<QuietEof>,
     group: &[&Want],
     left: &mut u64,
     max_batch: usize,

@@ -617,7 +617,7 @@ pub mod kafka {
 
     use super::{MAX_PLUGIN_BYTES, Store};
     use crate::config::ClusterConfig;
-    use crate::kafka::{KafkaOpError, TopicManager, client_config};
+    use crate::kafka::{KafkaOpError, QuietEof, TopicManager, client_config};
 
     /// `max.message.bytes` of the store topic and the store clients: a component and its header.
     const MESSAGE_BYTES: usize = MAX_PLUGIN_BYTES + 64 * 1024;
@@ -637,8 +637,8 @@ pub mod kafka {
         )
     }
 
-    fn reader(cluster: &ClusterConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
-        let c: BaseConsumer = client_config(cluster)
+    fn reader(cluster: &ClusterConfig, group: &str) -> Result<BaseConsumer<QuietEof>, KafkaError> {
+        let c: BaseConsumer<QuietEof> = client_config(cluster)
             .set("group.id", format!("{group}-plugins"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
@@ -648,7 +648,7 @@ pub mod kafka {
                 "receive.message.max.bytes",
                 (2 * MESSAGE_BYTES + 1024 * 1024).to_string(),
             )
-            .create()?;
+            .create_with_context(QuietEof)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&super::store_topic(group), 0, Offset::Beginning)?;
         c.assign(&tpl)?;
@@ -657,7 +657,7 @@ pub mod kafka {
 
     /// One poll's worth of records: until the end or 100 records; `true` at the end.
     fn poll_records(
-        c: &BaseConsumer,
+        c: &BaseConsumer<QuietEof>,
         wait: Duration,
     ) -> Result<(Vec<(String, Option<Vec<u8>>)>, bool), KafkaError> {
         let mut out = Vec::new();

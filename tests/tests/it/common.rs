@@ -120,3 +120,29 @@ pub async fn read_seqs(
     })
     .await?
 }
+
+/// The keys (`k<n>`: n) of `topic`'s records in partition order, read_committed, once
+/// `expected` are there (or at the timeout: what was there).
+pub async fn read_seqs_by_key(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i64>> {
+    let deadline = Instant::now() + timeout;
+    while client::partition_ids(bootstrap, topic).await.is_err() {
+        if Instant::now() > deadline {
+            return Ok(Vec::new());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let records = client::consume_all(bootstrap, topic, expected, left).await?;
+    Ok(records
+        .iter()
+        .filter_map(|r| {
+            let key = std::str::from_utf8(r.key.as_deref()?).ok()?;
+            key.strip_prefix('k')?.parse().ok()
+        })
+        .collect())
+}
