@@ -216,13 +216,16 @@ impl RouteRuntime {
         }
     }
 
-    /// Why the route cannot run now, if it cannot.
-    pub fn waiting_for(&self) -> Option<String> {
-        let w = self.waiting.as_ref()?;
-        Some(format!(
-            "waits for plugins from the hub: {}",
-            w.missing().join(", ")
-        ))
+    /// The chain to run, or why the route cannot run now (its hub plugins have not arrived).
+    pub fn runnable(&mut self) -> Result<&mut Chain, String> {
+        match (&mut self.chain, &self.waiting) {
+            (Some(chain), _) => Ok(chain),
+            (None, Some(w)) => Err(format!(
+                "waits for plugins from the hub: {}",
+                w.missing().join(", ")
+            )),
+            (None, None) => Err("has no chain".into()),
+        }
     }
 }
 

@@ -765,23 +765,13 @@ impl Session<'_> {
                 signature,
                 wasm,
             } => {
-                let offer = crate::hub_plugins::Offer {
+                self.on_plugin_offer(crate::hub_plugins::Offer {
                     name,
                     version,
                     sha256,
                     signature,
                     wasm,
-                };
-                match &self.shared.hub_plugins {
-                    Some(p) => crate::hub_plugins::install_in_background(
-                        p.clone(),
-                        self.pipeline.clone(),
-                        offer,
-                    ),
-                    None => {
-                        info!(plugin = %offer.name, version = offer.version, "the hub offered a plugin; no route uses hub plugins")
-                    }
-                }
+                });
                 Ok(())
             }
             AgentEvent::DownlinkBatch(batch) => self
@@ -932,6 +922,18 @@ impl Session<'_> {
                 let downlink =
                     crate::downlink::Downlink::start(&self.cfg.kafka, settings, &self.site)?;
                 self.downlink.insert(downlink).prepare(topics)
+            }
+        }
+    }
+
+    /// A plugin the hub wants the site to run: checked and installed off the executor.
+    fn on_plugin_offer(&self, offer: crate::hub_plugins::Offer) {
+        match &self.shared.hub_plugins {
+            Some(p) => {
+                crate::hub_plugins::install_in_background(p.clone(), self.pipeline.clone(), offer);
+            }
+            None => {
+                info!(plugin = %offer.name, version = offer.version, "the hub offered a plugin; no route uses hub plugins");
             }
         }
     }

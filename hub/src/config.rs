@@ -61,7 +61,50 @@ pub struct HubConfig {
     pub downlink: DownlinkConfig,
     /// How canaries of hub-distributed plugins are judged (`hub plugins push --canary`).
     #[serde(default)]
-    pub plugins: crate::plugins::CanaryRules,
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]`: when a canary of a hub-distributed plugin is judged, and how far it may be
+/// worse than the stable version before it is rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Records the canary sites must have run through the new version before it is judged.
+    #[serde(default = "default_min_records")]
+    pub min_records: u64,
+    /// How long a canary runs before it is promoted (when it was never worse).
+    #[serde(default = "default_canary_seconds")]
+    pub canary_seconds: u64,
+    /// Rolled back when its share of failed records exceeds the stable version's by more.
+    #[serde(default = "default_error_increase")]
+    pub max_error_rate_increase: f64,
+    /// Rolled back when its share of dropped records exceeds the stable version's by more.
+    #[serde(default = "default_drop_increase")]
+    pub max_drop_rate_increase: f64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            min_records: default_min_records(),
+            canary_seconds: default_canary_seconds(),
+            max_error_rate_increase: default_error_increase(),
+            max_drop_rate_increase: default_drop_increase(),
+        }
+    }
+}
+
+fn default_min_records() -> u64 {
+    1_000
+}
+fn default_canary_seconds() -> u64 {
+    300
+}
+fn default_error_increase() -> f64 {
+    0.01
+}
+fn default_drop_increase() -> f64 {
+    0.05
 }
 
 /// `[[downlinks]]`: central topics a set of sites receives (central -> edge).
@@ -1074,7 +1117,7 @@ fn routes(
 }
 
 /// `[plugins]`: rates between 0 and 1, a canary that runs at least a second.
-fn canary_rules(r: &crate::plugins::CanaryRules, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
+fn canary_rules(r: &PluginsConfig, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
     for (field, v) in [
         ("plugins.max_error_rate_increase", r.max_error_rate_increase),
         ("plugins.max_drop_rate_increase", r.max_drop_rate_increase),

@@ -153,47 +153,8 @@ fn fnv64(s: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// When a canary is judged, and how far it may be worse than the stable version.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryRules {
-    /// Records the canary sites must have run through the new version before it is judged.
-    #[serde(default = "default_min_records")]
-    pub min_records: u64,
-    /// How long a canary runs before it is promoted (when it was never worse).
-    #[serde(default = "default_canary_seconds")]
-    pub canary_seconds: u64,
-    /// Rolled back when its share of failed records exceeds the stable version's by more.
-    #[serde(default = "default_error_increase")]
-    pub max_error_rate_increase: f64,
-    /// Rolled back when its share of dropped records exceeds the stable version's by more.
-    #[serde(default = "default_drop_increase")]
-    pub max_drop_rate_increase: f64,
-}
-
-impl Default for CanaryRules {
-    fn default() -> Self {
-        Self {
-            min_records: default_min_records(),
-            canary_seconds: default_canary_seconds(),
-            max_error_rate_increase: default_error_increase(),
-            max_drop_rate_increase: default_drop_increase(),
-        }
-    }
-}
-
-fn default_min_records() -> u64 {
-    1_000
-}
-fn default_canary_seconds() -> u64 {
-    300
-}
-fn default_error_increase() -> f64 {
-    0.01
-}
-fn default_drop_increase() -> f64 {
-    0.05
-}
+/// When a canary is judged (hub.toml's `[plugins]`).
+pub use crate::config::PluginsConfig as CanaryRules;
 
 /// Counters of one version summed over sites.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -619,6 +580,9 @@ pub mod kafka {
     use crate::config::ClusterConfig;
     use crate::kafka::{KafkaOpError, QuietEof, TopicManager, client_config};
 
+    /// A store record's key and value (`None`: a tombstone).
+    type StoreRecord = (String, Option<Vec<u8>>);
+
     /// `max.message.bytes` of the store topic and the store clients: a component and its header.
     const MESSAGE_BYTES: usize = MAX_PLUGIN_BYTES + 64 * 1024;
 
@@ -659,7 +623,7 @@ pub mod kafka {
     fn poll_records(
         c: &BaseConsumer<QuietEof>,
         wait: Duration,
-    ) -> Result<(Vec<(String, Option<Vec<u8>>)>, bool), KafkaError> {
+    ) -> Result<(Vec<StoreRecord>, bool), KafkaError> {
         let mut out = Vec::new();
         loop {
             match c.poll(if out.is_empty() { wait } else { Duration::ZERO }) {

@@ -245,7 +245,7 @@ fn plugins(
     let mut trusted = Vec::with_capacity(p.trusted_keys.len());
     for (i, k) in p.trusted_keys.iter().enumerate() {
         let key = er_net::signing::parse_public_key(k)
-            .map_err(|e| c.invalid(&format!("plugins.trusted_keys[{i}]"), &e.to_string()))?;
+            .map_err(|e| c.invalid(&format!("plugins.trusted_keys[{i}]"), e.to_string()))?;
         trusted.push(key);
     }
     if !names.is_empty() && trusted.is_empty() {
@@ -254,7 +254,7 @@ fn plugins(
             "must list at least one key: routes name plugins from the hub (`hub = ...`), which run only when signed by a trusted key",
         ));
     }
-    let hub = (!names.is_empty()).then(|| HubPluginSettings {
+    let hub = (!names.is_empty()).then_some(HubPluginSettings {
         dir: hub_dir,
         trusted,
         names,
@@ -312,7 +312,7 @@ fn route(
                 er_protocol::check_plugin_name(name).map_err(|m| {
                     c.invalid(
                         &field(&format!("plugins[{j}].hub")),
-                        &format!("{name:?} {m}"),
+                        format!("{name:?} {m}"),
                     )
                 })?;
                 hub_dir.join(format!("{name}.wasm"))

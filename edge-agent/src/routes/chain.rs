@@ -243,8 +243,9 @@ pub fn run_chain(
         (Some(f), Some(l)) => (f.offset, l.offset),
         _ => return Ok((Vec::new(), ChainRun::default())),
     };
+    let name = route.name.clone();
     let stopped = |message: String| RouteStopped {
-        route: route.name.clone(),
+        route: name.clone(),
         tp: tp.clone(),
         first,
         last,
@@ -252,18 +253,12 @@ pub fn run_chain(
     };
     let header_views = pending.header_views();
     let input = pending.in_records(tp, &header_views);
-    let Some(chain) = route.chain.as_mut() else {
-        let why = route
-            .waiting_for()
-            .unwrap_or_else(|| "has no chain".to_owned());
-        return Err(stopped(why));
-    };
+    let chain = route.runnable().map_err(stopped)?;
     chain
         .process_into(&input, out)
         .map_err(|e| stopped(e.to_string()))?;
-
     let mut outputs = Outputs {
-        route: &route.name,
+        route: &name,
         tp,
         partition_count,
         policy: chain.policy().clone(),
