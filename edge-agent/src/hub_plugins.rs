@@ -169,6 +169,15 @@ impl HubPlugins {
     }
 }
 
+/// What plugins this agent runs: its `<arch>-<os>` and whether it compiles `.wasm` itself (the
+/// `compiler` feature); without a compiler it takes only builds precompiled for its target.
+pub fn platform() -> er_protocol::PluginPlatform {
+    er_protocol::PluginPlatform {
+        target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        compiler: er_plugin_host::HAS_COMPILER,
+    }
+}
+
 /// The counters of the plugin at `path`, summed over the routes that run it.
 fn counts(pipeline: &SharedPipeline, path: &Path) -> Counts {
     let stats = pipeline

@@ -683,7 +683,7 @@ impl Session<'_> {
         if let Some(p) = &self.shared.hub_plugins {
             let runs = p.report(&self.pipeline);
             self.proto
-                .report_plugins(runs)
+                .report_plugins(crate::hub_plugins::platform(), runs)
                 .context("reporting plugins to the hub")?;
         }
         Ok(())

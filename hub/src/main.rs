@@ -118,6 +118,12 @@ enum PluginsCommand {
         /// Percent of those sites that run it first.
         #[arg(long)]
         canary: Option<u8>,
+        /// A build of the same component precompiled for agents of a target
+        /// (`edge-agent plugin compile` on such a box), as `<arch>-<os>=<file>`, e.g.
+        /// `aarch64-linux=filter.cwasm`; repeatable. Agents of that target get it instead of
+        /// compiling; agents built without a compiler run only these.
+        #[arg(long)]
+        native: Vec<String>,
         /// Plugin name: what routes name with `hub = "<name>"`.
         name: String,
         /// The component (.wasm).
@@ -224,6 +230,7 @@ fn plugins(action: PluginsCommand) -> anyhow::Result<()> {
             key,
             sites,
             canary,
+            native,
             name,
             wasm,
         } => {
@@ -235,6 +242,7 @@ fn plugins(action: PluginsCommand) -> anyhow::Result<()> {
                 wasm: &wasm,
                 sites: &sites,
                 canary,
+                native: &native,
             }))?;
             match canary {
                 Some(c) => println!(

@@ -5,6 +5,9 @@
 //! Records of `er-plugins.<group>.internal` (one partition, compacted):
 //! - `wasm/<name>/<version>`: a signed component ([`Signed::encode`]), written once by
 //!   `hub plugins push`;
+//! - `native/<name>/<version>/<target>`: the same version precompiled for agents of `target`
+//!   (`<arch>-<os>`, `edge-agent plugin compile` on such a box), signed the same way: what an
+//!   agent without a compiler runs, and what any agent of that target is offered first;
 //! - `rollout/<name>`: the [`Rollout`] (JSON): which sites, the stable version, a canary under
 //!   way, the versions rolled back. `push` writes it; hubs rewrite it to promote or roll back;
 //! - `site/<alias>`: the versions a site last reported running (JSON), for `hub plugins status`.
@@ -18,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use er_protocol::PluginRun;
+use er_protocol::{PluginPlatform, PluginRun};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -239,6 +242,8 @@ pub struct StoreState {
     pub rollouts: BTreeMap<String, Rollout>,
     /// Components by (name, version).
     pub wasm: HashMap<(String, u64), Arc<Signed>>,
+    /// Precompiled components by (name, version, target).
+    pub native: HashMap<(String, u64, String), Arc<Signed>>,
     /// Versions each site last reported (from the store: every hub's sites).
     pub sites: BTreeMap<String, BTreeMap<String, u64>>,
 }
@@ -260,6 +265,25 @@ impl StoreState {
                 }
                 None => {
                     self.wasm.remove(&k);
+                }
+            }
+        } else if let Some(rest) = key.strip_prefix("native/") {
+            let mut parts = rest.splitn(3, '/');
+            let (Some(name), Some(version), Some(target)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!("key {key:?}: not native/<name>/<version>/<target>"));
+            };
+            let version: u64 = version
+                .parse()
+                .map_err(|_| format!("key {key:?}: version is not a number"))?;
+            let k = (name.to_owned(), version, target.to_owned());
+            match value {
+                Some(v) => {
+                    self.native.insert(k, Arc::new(Signed::decode(v)?));
+                }
+                None => {
+                    self.native.remove(&k);
                 }
             }
         } else if let Some(name) = key.strip_prefix("rollout/") {
@@ -307,6 +331,8 @@ pub struct Store {
     changed: watch::Sender<u64>,
     /// Latest report of each of this hub's sites.
     reports: Mutex<HashMap<String, Vec<PluginRun>>>,
+    /// What plugins each of this hub's sites can run, from its reports.
+    platforms: Mutex<HashMap<String, PluginPlatform>>,
 }
 
 impl Store {
@@ -342,7 +368,11 @@ impl Store {
     }
 
     /// Keeps a site's latest report; true when the versions it runs changed.
-    pub fn report(&self, site: &str, runs: Vec<PluginRun>) -> bool {
+    pub fn report(&self, site: &str, platform: PluginPlatform, runs: Vec<PluginRun>) -> bool {
+        self.platforms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(site.to_owned(), platform);
         let mut reports = self
             .reports
             .lock()
@@ -405,23 +435,53 @@ impl Store {
             .any(|s| s == site)
     }
 
-    /// The versions `site` is to run: (name, version, component).
+    /// The versions `site` is to run: (name, version, what to send). Nothing before the site
+    /// said what it can run; then a build precompiled for its target when the store has one,
+    /// else the component for an agent that compiles.
     pub fn wanted(&self, site: &str) -> Vec<(String, u64, Arc<Signed>)> {
+        let Some(platform) = self
+            .platforms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(site)
+            .cloned()
+        else {
+            return Vec::new();
+        };
         let rollouts: Vec<Rollout> = self.read(|s| s.rollouts.values().cloned().collect());
         let mut out = Vec::new();
         for r in rollouts {
             let Some(v) = r.version_for(site, |s| self.is_canary(&r, s)) else {
                 continue;
             };
-            match self.read(|s| s.wasm.get(&(r.name.clone(), v)).cloned()) {
+            match self.read(|s| artifact(s, &r.name, v, &platform)) {
                 Some(w) => out.push((r.name.clone(), v, w)),
                 None => {
-                    warn!(plugin = %r.name, version = v, "a rollout names a version the store does not hold")
+                    tracing::debug!(%site, plugin = %r.name, version = v, target = %platform.target, compiler = platform.compiler, "nothing the site can run for this version: no build for its target and it does not compile")
                 }
             }
         }
         out
     }
+}
+
+/// What a site of `platform` gets for `name` at `version`.
+fn artifact(
+    s: &StoreState,
+    name: &str,
+    version: u64,
+    platform: &PluginPlatform,
+) -> Option<Arc<Signed>> {
+    let native = s
+        .native
+        .get(&(name.to_owned(), version, platform.target.clone()))
+        .cloned();
+    native.or_else(|| {
+        platform
+            .compiler
+            .then(|| s.wasm.get(&(name.to_owned(), version)).cloned())
+            .flatten()
+    })
 }
 
 /// Now, in Unix milliseconds.
@@ -533,6 +593,48 @@ mod tests {
     }
 
     #[test]
+    fn a_site_gets_the_build_for_its_target_or_the_component_if_it_compiles() {
+        let signed = |b: &'static [u8]| Signed {
+            sha256: [0; 32],
+            signature: Bytes::new(),
+            wasm: Bytes::from_static(b),
+        };
+        let mut s = StoreState::default();
+        s.apply("wasm/f/2", Some(&signed(b"\0asm").encode()))
+            .unwrap();
+        s.apply(
+            "native/f/2/aarch64-linux",
+            Some(&signed(b"\x7fELF arm").encode()),
+        )
+        .unwrap();
+        let platform = |target: &str, compiler| PluginPlatform {
+            target: target.into(),
+            compiler,
+        };
+        let got = |p: &PluginPlatform| artifact(&s, "f", 2, p).map(|a| a.wasm.clone());
+        assert_eq!(
+            got(&platform("aarch64-linux", false)).as_deref(),
+            Some(&b"\x7fELF arm"[..])
+        );
+        assert_eq!(
+            got(&platform("aarch64-linux", true)).as_deref(),
+            Some(&b"\x7fELF arm"[..]),
+            "precompiled first: no compile on the box"
+        );
+        assert_eq!(
+            got(&platform("x86_64-linux", true)).as_deref(),
+            Some(&b"\0asm"[..])
+        );
+        assert_eq!(
+            got(&platform("x86_64-linux", false)),
+            None,
+            "nothing it can run"
+        );
+        let e = s.apply("native/f/2", Some(b"")).unwrap_err();
+        assert!(e.contains("native/<name>/<version>/<target>"), "{e}");
+    }
+
+    #[test]
     fn store_records_build_the_state_and_bad_ones_are_named() {
         let mut s = StoreState::default();
         let signed = Signed {
@@ -599,6 +701,39 @@ pub mod kafka {
             1,
             &[("cleanup.policy", "compact"), ("max.message.bytes", &bytes)],
         )
+    }
+
+    /// [`ensure_topic`], tried again every 30 s until it works (true) or `stop` (false).
+    pub fn ensure_topic_until(
+        rt: &tokio::runtime::Handle,
+        topics: &TopicManager,
+        group: &str,
+        stop: &AtomicBool,
+    ) -> bool {
+        let mut said = false;
+        while !stop.load(Ordering::Relaxed) {
+            match ensure_topic(rt, topics, group) {
+                Ok(()) => {
+                    if said {
+                        tracing::info!("plugin store ready; hub-distributed plugins are on");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if !said {
+                        tracing::error!(error = %e, "cannot set up the plugin store; hub-distributed plugins are off until it works (tried again every 30 s)");
+                        said = true;
+                    }
+                    for _ in 0..300 {
+                        if stop.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        }
+        false
     }
 
     fn reader(cluster: &ClusterConfig, group: &str) -> Result<BaseConsumer<QuietEof>, KafkaError> {
@@ -749,12 +884,11 @@ impl PluginHub {
     pub fn start(
         rt: &tokio::runtime::Handle,
         config: &crate::config::Validated,
-        topics: &crate::kafka::TopicManager,
+        topics: &Arc<crate::kafka::TopicManager>,
         stop: &Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(Arc<Self>, std::thread::JoinHandle<()>), crate::kafka::KafkaOpError> {
         let cluster = &config.raw.clusters[0];
         let group = &config.raw.group_id;
-        kafka::ensure_topic(rt, topics, group)?;
         let writer = kafka::Writer::new(cluster, group).map_err(
             crate::kafka::KafkaOpError::kafka(&cluster.alias, "creating the plugin store writer"),
         )?;
@@ -770,9 +904,16 @@ impl PluginHub {
             group.clone(),
             stop.clone(),
         );
+        let (rt2, topics) = (rt.clone(), topics.clone());
+        // The store is set up and followed on its own thread: a cluster that will not create
+        // it leaves hub-distributed plugins off (said, and tried again), never replication.
         let follower = std::thread::Builder::new()
             .name("plugin-store".into())
-            .spawn(move || kafka::follow(&cluster, &group, &store, &flag))
+            .spawn(move || {
+                if kafka::ensure_topic_until(&rt2, &topics, &group, &flag) {
+                    kafka::follow(&cluster, &group, &store, &flag);
+                }
+            })
             .expect("spawning the plugin store reader");
         let (me, flag) = (hub.clone(), stop.clone());
         rt.spawn(async move {
@@ -857,6 +998,23 @@ impl PluginHub {
             .put(&format!("wasm/{}/{version}", push.name), &signed.encode())
             .await
             .map_err(|e| format!("storing the component: {e}"))?;
+        for (target, bytes) in push.native {
+            let sha256 = er_net::signing::sha256(&bytes);
+            let signature = er_net::signing::sign(&push.key, &push.name, version, &sha256)
+                .map_err(|e| e.to_string())?;
+            let signed = Signed {
+                sha256,
+                signature: Bytes::from(signature),
+                wasm: Bytes::from(bytes),
+            };
+            writer
+                .put(
+                    &format!("native/{}/{version}/{target}", push.name),
+                    &signed.encode(),
+                )
+                .await
+                .map_err(|e| format!("storing the build for {target}: {e}"))?;
+        }
         let previous = state.rollouts.get(&push.name);
         let rollout = Rollout {
             name: push.name.clone(),
@@ -894,6 +1052,8 @@ pub struct Push {
     pub canary: Option<u8>,
     /// The component.
     pub wasm: Vec<u8>,
+    /// The same version precompiled, by agent target (`<arch>-<os>`).
+    pub native: Vec<(String, Vec<u8>)>,
     /// The operator's PKCS#8 Ed25519 key.
     pub key: Vec<u8>,
 }
@@ -953,6 +1113,8 @@ pub mod cli {
         pub sites: &'a str,
         /// Canary share.
         pub canary: Option<u8>,
+        /// Precompiled builds: `<target>=<file>` each.
+        pub native: &'a [String],
     }
 
     /// Checks, signs and stores a new version; returns it.
@@ -976,6 +1138,7 @@ pub mod cli {
                 wasm.len()
             );
         }
+        let native = native_builds(a.native)?;
         let key = std::fs::read(a.key).with_context(|| format!("reading {}", a.key.display()))?;
         er_net::signing::public_key_of(&key).with_context(|| a.key.display().to_string())?;
         let cfg = crate::config::load(a.config)?;
@@ -992,11 +1155,40 @@ pub mod cli {
             sites: a.sites.to_owned(),
             canary: a.canary,
             wasm,
+            native,
             key,
         };
         PluginHub::push(&writer, &state, push)
             .await
             .map_err(anyhow::Error::msg)
+    }
+
+    /// `--native <target>=<file>` arguments, read and checked to be precompiled builds.
+    fn native_builds(args: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            let Some((target, file)) = arg.split_once('=') else {
+                bail!(
+                    "--native {arg:?}: expected <target>=<file>, e.g. aarch64-linux=filter.cwasm"
+                );
+            };
+            er_protocol::check_plugin_name(target)
+                .map_err(|e| anyhow::anyhow!("--native target {target:?}: {e}"))?;
+            let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+            if bytes.starts_with(b"\0asm") {
+                bail!(
+                    "--native {arg:?}: {file} is a WebAssembly file; give what `edge-agent plugin compile` made of it on a {target} box"
+                );
+            }
+            if bytes.len() > MAX_PLUGIN_BYTES {
+                bail!(
+                    "{file} is {} bytes, more than the store takes ({MAX_PLUGIN_BYTES})",
+                    bytes.len()
+                );
+            }
+            out.push((target.to_owned(), bytes));
+        }
+        Ok(out)
     }
 
     /// The store's rollouts and the versions sites run, as text.

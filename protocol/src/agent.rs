@@ -770,6 +770,7 @@ impl AgentConn {
     /// draining). At most [`crate::MAX_PLUGIN_RUNS`] go; the rest wait for the next report.
     pub fn report_plugins(
         &mut self,
+        platform: crate::frame::PluginPlatform,
         mut runs: Vec<crate::frame::PluginRun>,
     ) -> Result<bool, ProtocolError> {
         if !self.may_report("report_plugins", crate::DOWNLINK_VERSION)? {
@@ -777,7 +778,7 @@ impl AgentConn {
         }
         runs.truncate(crate::MAX_PLUGIN_RUNS);
         self.transmit
-            .push_back((Channel::Control, Frame::PluginReport { runs }));
+            .push_back((Channel::Control, Frame::PluginReport { platform, runs }));
         Ok(true)
     }
 

@@ -11,8 +11,8 @@ use crate::frame::{
     MAX_ACL_PRINCIPAL_BYTES, MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES,
     MAX_PLUGIN_NAME_BYTES, MAX_PLUGIN_RUNS, MAX_PLUGIN_SIGNATURE_BYTES, MAX_REDIRECT_ADDRESS_BYTES,
     MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
-    PluginRun, Position, SiteReport, TopicAcl, TopicMetadata, TopicPartition, check_plugin_name,
-    check_topic_acl, check_topic_metadata, frame_type,
+    PluginPlatform, PluginRun, Position, SiteReport, TopicAcl, TopicMetadata, TopicPartition,
+    check_plugin_name, check_topic_acl, check_topic_metadata, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -97,7 +97,9 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             out.extend_from_slice(signature);
             out.extend_from_slice(wasm);
         }
-        Frame::PluginReport { runs } => {
+        Frame::PluginReport { platform, runs } => {
+            put_str_max(out, &platform.target, MAX_PLUGIN_NAME_BYTES);
+            out.put_u8(u8::from(platform.compiler));
             let runs = &runs[..runs.len().min(MAX_PLUGIN_RUNS)];
             out.put_u16(runs.len() as u16);
             for r in runs {
@@ -270,7 +272,15 @@ pub fn try_encode_frame(
                 });
             }
         }
-        Frame::PluginReport { runs } => {
+        Frame::PluginReport { platform, runs } => {
+            if platform.target.len() > MAX_PLUGIN_NAME_BYTES {
+                return Err(EncodeError::OverLimit {
+                    frame: kind,
+                    field: "platform.target",
+                    len: platform.target.len(),
+                    max: MAX_PLUGIN_NAME_BYTES,
+                });
+            }
             if runs.len() > MAX_PLUGIN_RUNS {
                 return Err(EncodeError::OverLimit {
                     frame: kind,
@@ -512,6 +522,20 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
         frame_type::BATCH => Frame::Batch(r.batch(&body_with_type)?),
         frame_type::PLUGIN_OFFER => r.plugin_offer(&body_with_type)?,
         frame_type::PLUGIN_REPORT => {
+            let platform = PluginPlatform {
+                target: r.bounded_string("platform.target", MAX_PLUGIN_NAME_BYTES)?,
+                compiler: match r.u8("platform.compiler")? {
+                    0 => false,
+                    1 => true,
+                    other => {
+                        return Err(DecodeError::InvalidField {
+                            frame,
+                            field: "platform.compiler",
+                            reason: format!("is {other}, not 0 or 1"),
+                        });
+                    }
+                },
+            };
             let count = r.u16("runs.count")? as usize;
             if count > MAX_PLUGIN_RUNS {
                 return Err(DecodeError::OverLimit {
@@ -531,7 +555,7 @@ pub fn decode_frame_bytes(body_with_type: Bytes) -> Result<Frame, DecodeError> {
                     dropped: r.u64("runs.dropped")?,
                 });
             }
-            Frame::PluginReport { runs }
+            Frame::PluginReport { platform, runs }
         }
         frame_type::DOWNLINK_BATCH => Frame::DownlinkBatch(r.batch(&body_with_type)?),
         frame_type::ACK => Frame::Ack {

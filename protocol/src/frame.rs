@@ -468,6 +468,8 @@ pub enum Frame {
     /// Agent -> hub, control channel (protocol version 5): counters of the hub-distributed
     /// plugin versions the site runs (at most [`MAX_PLUGIN_RUNS`]).
     PluginReport {
+        /// What plugins the agent can run.
+        platform: PluginPlatform,
         /// One entry per plugin name.
         runs: Vec<PluginRun>,
     },
@@ -486,6 +488,16 @@ pub struct PluginRun {
     pub errors: u64,
     /// Records it dropped.
     pub dropped: u64,
+}
+
+/// What plugins an agent can run: its target and whether it compiles `.wasm` itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PluginPlatform {
+    /// `<arch>-<os>` of the agent build, e.g. `aarch64-linux` (at most [`MAX_PLUGIN_NAME_BYTES`]).
+    pub target: String,
+    /// Whether the agent has a plugin compiler; without one it runs only precompiled plugins
+    /// for its target.
+    pub compiler: bool,
 }
 
 /// Longest plugin name (in bytes) a [`Frame::PluginOffer`] or [`Frame::PluginReport`] may carry.

@@ -61,7 +61,12 @@ pub enum HubEvent {
     /// The agent said where each offered downlink partition resumes (protocol version 5).
     DownlinkStart(Vec<Position>),
     /// Counters of the hub-distributed plugin versions the site runs.
-    PluginReport(Vec<crate::frame::PluginRun>),
+    PluginReport {
+        /// What plugins the agent can run.
+        platform: crate::frame::PluginPlatform,
+        /// Per plugin name.
+        runs: Vec<crate::frame::PluginRun>,
+    },
     /// The agent's edge committed a downlink partition up to `next_offset`.
     DownlinkAck {
         /// The partition, by its edge topic name.
@@ -318,13 +323,14 @@ impl HubConn {
                     .push_back(HubEvent::DownlinkAck { tp, next_offset });
                 Ok(())
             }
-            Frame::PluginReport { runs } => {
+            Frame::PluginReport { platform, runs } => {
                 expect_control(channel)?;
                 match self.state {
                     State::Welcomed { version } if version >= crate::DOWNLINK_VERSION => {}
                     _ => return Err(self.unexpected(kind)),
                 }
-                self.events.push_back(HubEvent::PluginReport(runs));
+                self.events
+                    .push_back(HubEvent::PluginReport { platform, runs });
                 Ok(())
             }
             Frame::Welcome { .. }

@@ -187,6 +187,10 @@ fn all_frames() -> Vec<Frame> {
             wasm: Bytes::from_static(b"\0asm\x0d\0\x01\0"),
         },
         Frame::PluginReport {
+            platform: PluginPlatform {
+                target: "aarch64-linux".into(),
+                compiler: false,
+            },
             runs: vec![PluginRun {
                 name: "filter".into(),
                 version: 3,
@@ -195,7 +199,10 @@ fn all_frames() -> Vec<Frame> {
                 dropped: u64::MAX,
             }],
         },
-        Frame::PluginReport { runs: vec![] },
+        Frame::PluginReport {
+            platform: PluginPlatform::default(),
+            runs: vec![],
+        },
         Frame::DownlinkAck {
             tp: tp("central.commands", 0),
             next_offset: i64::MAX,
@@ -1032,6 +1039,7 @@ fn topic_acls_with_unknown_codes_or_empty_names_are_refused_naming_the_field() {
 fn plugin_names_name_files_safely() {
     for bad in ["", "../x", ".hidden", "a/b", "a b", "é"] {
         let frame = Frame::PluginReport {
+            platform: PluginPlatform::default(),
             runs: vec![PluginRun {
                 name: bad.into(),
                 version: 1,

@@ -1212,7 +1212,13 @@ impl SimSite {
             dropped: 0,
         };
         proto
-            .report_plugins(vec![run])
+            .report_plugins(
+                er_protocol::PluginPlatform {
+                    target: "sim-linux".into(),
+                    compiler: true,
+                },
+                vec![run],
+            )
             .map_err(|e| failure("protocol", anyhow!(e).context("reporting plugins")))?;
         Ok(())
     }

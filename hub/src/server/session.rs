@@ -204,14 +204,11 @@ impl Session<'_> {
                     .await
                     .map_err(SessionEnd::Internal)
             }
-            HubEvent::PluginReport(runs) => {
+            HubEvent::PluginReport { platform, runs } => {
                 let store = &self.hub.fleet.plugins.store;
-                store.report(&self.site.alias, runs);
-                // Which sites run a canary follows the reports.
-                if store.read(|s| s.rollouts.values().any(|r| r.canary.is_some())) {
-                    self.offer_plugins().await?;
-                }
-                Ok(())
+                store.report(&self.site.alias, platform, runs);
+                // What the site can run, and which sites run a canary, follow the reports.
+                self.offer_plugins().await
             }
             HubEvent::DownlinkAck { tp, next_offset } => match &self.downlink {
                 Some(d) => d.ack(tp, next_offset).map_err(SessionEnd::Protocol),

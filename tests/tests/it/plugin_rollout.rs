@@ -195,7 +195,8 @@ async fn a_failing_canary_is_rolled_back_a_good_one_promoted_and_an_unsigned_pus
 
 /// A real agent whose route names a hub plugin: its records wait at the edge until the first
 /// version arrives, then flow through it; a second version (another component) takes over
-/// between batches, and nothing is lost or doubled across the switch.
+/// between batches, and nothing is lost or doubled across the switch; a third, pushed with a
+/// build precompiled for the agent's target, arrives as that build and runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_runs_the_plugin_the_hub_pushes_and_switches_without_loss() -> anyhow::Result<()> {
     use er_tests::client::{self, NewRecord};
@@ -269,16 +270,57 @@ async fn an_agent_runs_the_plugin_the_hub_pushes_and_switches_without_loss() -> 
         "nothing more under the old name"
     );
 
-    let status = hub_cli(&["plugins", "status", "--config", config])?;
+    // v3 keeps records again, pushed with a build precompiled for this agent's target: the
+    // agent gets that build (native code, no compile on the box) and runs it.
+    let native = rig.dir().join("identity.cwasm");
+    let out = Command::new(replicator::bin("edge-agent")?)
+        .args(["plugin", "compile"])
+        .arg(example_plugin("identity"))
+        .arg("-o")
+        .arg(&native)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
+    hub_cli(&[
+        "plugins",
+        "push",
+        "--config",
+        config,
+        "--key",
+        &key,
+        "--native",
+        &format!("{target}={}", native.display()),
+        "shape",
+        example_plugin("identity").to_str().unwrap(),
+    ])?;
+    rig.agent(&site)
+        .wait_for_log("version=3", Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", rig.logs()))?;
+    let installed = std::fs::read(rig.dir().join("hub-plugins").join("shape.wasm"))?;
+    assert!(
+        installed.starts_with(b"\x7fELF"),
+        "the precompiled build was installed"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client::send_all(&producer, &source, &batch(200)).await?;
+    let got =
+        crate::common::read_seqs_by_key(k.central(), &up, 200, Duration::from_secs(120)).await?;
+    let want: Vec<i64> = (0..100).chain(200..300).collect();
+    assert_eq!(got, want, "{}", rig.logs());
+
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut status = status;
+    let mut status = hub_cli(&["plugins", "status", "--config", config])?;
     while !status
         .lines()
-        .any(|l| l.starts_with(&site) && l.contains("shape v2"))
+        .any(|l| l.starts_with(&site) && l.contains("shape v3"))
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "{site} runs shape v2:\n{status}"
+            "{site} runs shape v3:\n{status}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         status = hub_cli(&["plugins", "status", "--config", config])?;
