@@ -1,11 +1,9 @@
 //! The edge Kafka client: client settings, the session consumers (which never commit: the hub
 //! keeps the positions) and the conversion of Kafka messages into batch records.
 
-use er_protocol::{BatchBuilder, RecordRef, TimestampType};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
 
 use crate::config::KafkaSettings;
 
@@ -47,58 +45,4 @@ pub fn consumer(cfg: &KafkaSettings, prefetch_kbytes: usize) -> Result<BaseConsu
         .create()
 }
 
-/// Kafka's timestamp of a message, as the batch encoding spells it.
-pub fn timestamp_of(m: &rdkafka::message::BorrowedMessage<'_>) -> (TimestampType, i64) {
-    match m.timestamp() {
-        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
-        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
-        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
-    }
-}
-
-/// Appends one Kafka message to a batch, borrowing its bytes.
-pub fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
-    let (timestamp_type, timestamp) = timestamp_of(m);
-    let rec = RecordRef {
-        offset: m.offset(),
-        timestamp,
-        timestamp_type,
-        key: m.key(),
-        value: m.payload(),
-        headers: &[],
-        topic: None,
-        partition: None,
-    };
-    match m.headers() {
-        None => builder.push(&rec),
-        Some(h) => builder.push_with_headers(
-            &rec,
-            (0..h.count()).map(|i| {
-                let h = h.get(i);
-                (h.key, h.value)
-            }),
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// librdkafka checks its settings when a client is created (no broker needed): every
-    /// prefetch a priority lane can get must pass, the smallest included.
-    #[test]
-    fn consumers_accept_every_prefetch_a_lane_gets() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("x.pem"), "").unwrap();
-        let cfg = crate::config::parse(
-            &dir.path().join("agent.toml"),
-            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[hub]\naddress = \"h:1\"\n\
-             ca_cert = \"x.pem\"\ncert = \"x.pem\"\nkey = \"x.pem\"\n",
-        )
-        .unwrap();
-        for kbytes in [0, 1024, PREFETCH_KBYTES / 3, PREFETCH_KBYTES] {
-            consumer(&cfg.kafka, kbytes).unwrap_or_else(|e| panic!("{kbytes} KiB: {e}"));
-        }
-    }
-}
+pub use er_kafka_admin::message::{push_message, timestamp_of};

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use er_net::wire::FrameWriter;
 use er_protocol::{
-    Batch, BatchBuilder, Codec, Frame, MAX_DOWNLINK_TOPICS, Position, RecordRef, ReplicationPolicy,
-    TimestampType, TopicMetadata, TopicPartition,
+    Batch, BatchBuilder, Codec, Frame, MAX_DOWNLINK_TOPICS, Position, ReplicationPolicy,
+    TopicMetadata, TopicPartition,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
@@ -722,7 +722,7 @@ fn read_topic(
         if m.offset() < next[i] {
             continue;
         }
-        push_message(&mut builders[i], &m);
+        er_kafka_admin::message::push_message(&mut builders[i], &m);
         next[i] = m.offset() + 1;
         let size = (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
         *left = left.saturating_sub(size.max(1));
@@ -752,35 +752,6 @@ fn finish(mut builder: BatchBuilder, next: i64) -> Result<Batch, String> {
     builder
         .finish(0, Codec::Zstd, ZSTD_LEVEL)
         .map_err(|e| format!("encoding a downlink batch of {tp}: {e}"))
-}
-
-/// Appends one central message to a downlink batch.
-fn push_message(builder: &mut BatchBuilder, m: &rdkafka::message::BorrowedMessage<'_>) {
-    let (timestamp_type, timestamp) = match m.timestamp() {
-        rdkafka::Timestamp::NotAvailable => (TimestampType::NotAvailable, -1),
-        rdkafka::Timestamp::CreateTime(t) => (TimestampType::CreateTime, t),
-        rdkafka::Timestamp::LogAppendTime(t) => (TimestampType::LogAppendTime, t),
-    };
-    let rec = RecordRef {
-        offset: m.offset(),
-        timestamp,
-        timestamp_type,
-        key: m.key(),
-        value: m.payload(),
-        headers: &[],
-        topic: None,
-        partition: None,
-    };
-    match m.headers() {
-        None => builder.push(&rec),
-        Some(h) => builder.push_with_headers(
-            &rec,
-            (0..h.count()).map(|i| {
-                let h = h.get(i);
-                (h.key, h.value)
-            }),
-        ),
-    }
 }
 
 #[cfg(test)]

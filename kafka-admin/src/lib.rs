@@ -1,6 +1,7 @@
 //! Kafka admin calls the `rdkafka` crate does not wrap, made through librdkafka's C API: topic
 //! ACLs (DescribeAcls, CreateAcls) for MirrorMaker-2-style ACL sync, and IncrementalAlterConfigs
-//! (KIP-339) for topic config sync.
+//! (KIP-339) for topic config sync. Also [`message`]: Kafka messages as `er_protocol` batch
+//! records, for the agent's reader and the hub's downlink reader alike.
 //!
 //! Plain data in and out: no C type crosses this crate's boundary. Every call blocks its thread
 //! until the cluster answers or `timeout` (plus a few seconds of grace) passes, so call it from a
@@ -36,6 +37,7 @@ mod acl;
 mod config;
 #[allow(unsafe_code)]
 mod ffi;
+pub mod message;
 
 pub use acl::{AclOperation, AclPermission, PatternType, TopicAcl, UnknownName};
 pub use config::ConfigOp;
