@@ -367,8 +367,11 @@ impl Store {
         self.changed.subscribe()
     }
 
-    /// Keeps a site's latest report; true when the versions it runs changed.
-    pub fn report(&self, site: &str, platform: PluginPlatform, runs: Vec<PluginRun>) -> bool {
+    /// Keeps a site's latest report (untrusted: only the runs of plugins the store rolls out
+    /// are kept, so what a site can make the hub hold is bounded by the rollouts, not by what
+    /// it sends); true when the versions it runs changed.
+    pub fn report(&self, site: &str, platform: PluginPlatform, mut runs: Vec<PluginRun>) -> bool {
+        self.read(|s| runs.retain(|r| s.rollouts.contains_key(&r.name)));
         self.platforms
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
