@@ -22,9 +22,6 @@ pub fn base_config(cfg: &KafkaSettings) -> ClientConfig {
 /// assignments; it is never used for commits or rebalancing, and never reported to the hub.
 pub const AGENT_GROUP_ID: &str = "edge-replicator-agent";
 
-/// Records prefetched by the consumers of one session, in KiB, shared by its priority lanes.
-pub const PREFETCH_KBYTES: usize = 16 * 1024;
-
 /// Creates a consumer of one session that prefetches at most `prefetch_kbytes` KiB (at least
 /// 1024). It never commits: the hub keeps the positions.
 pub fn consumer(cfg: &KafkaSettings, prefetch_kbytes: usize) -> Result<BaseConsumer, KafkaError> {

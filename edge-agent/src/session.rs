@@ -32,7 +32,7 @@ const FRAME_OVERHEAD: u32 = 64 * 1024;
 const LANE_BATCHES: usize = 8;
 
 /// Prefetch of the heartbeats lane's consumer, in KiB: heartbeats are a few hundred bytes a
-/// second, the rest of [`crate::kafka::PREFETCH_KBYTES`] goes to the route lanes.
+/// second; `batching.prefetch_bytes` goes to the route lanes.
 const HEARTBEATS_PREFETCH_KBYTES: usize = 1024;
 
 /// How one attempt at a hub ended: its connection, and the session over it if one began.
@@ -808,7 +808,7 @@ impl Session<'_> {
                             .count()
                             .max(1);
                         (
-                            crate::kafka::PREFETCH_KBYTES / route_lanes,
+                            self.cfg.batching.prefetch_kbytes / route_lanes,
                             (LANE_BATCHES / route_lanes).max(2),
                         )
                     }

@@ -130,6 +130,8 @@ pub struct BatchSettings {
     pub max_inflight_bytes_per_partition: u64,
     /// Compressed bytes over the whole link sent but not yet acknowledged.
     pub max_inflight_bytes_total: u64,
+    /// KiB of edge records the session's consumers read ahead, all lanes together.
+    pub prefetch_kbytes: usize,
 }
 
 /// `[groups]`: edge consumer groups whose committed offsets are reported.
@@ -300,6 +302,10 @@ mod tests {
             "its route has no plugins"
         );
         assert_eq!(v.hub.max_bytes_per_sec, None, "unlimited unless set");
+        assert_eq!(
+            v.batching.prefetch_kbytes, 4096,
+            "an eighth of the in-flight budget by default"
+        );
         let d = v.downlink.as_ref().expect("downlinks taken");
         assert_eq!(d.group, "edge-replicator-downlink");
         let r = &v.routes[0];

@@ -486,6 +486,12 @@ pub struct BatchingConfig {
     /// Compressed bytes over the whole link sent but not yet acknowledged.
     #[serde(default = "default_inflight_total")]
     pub max_inflight_bytes_total: u64,
+    /// Bytes of edge records read ahead of the batches, all lanes together (librdkafka's
+    /// `queued.max.messages.kbytes` and `fetch.max.bytes`); absent: an eighth of
+    /// `max_inflight_bytes_total`, between 1 and 16 MiB. More reads faster on a busy edge, less
+    /// keeps the agent small.
+    #[serde(default)]
+    pub prefetch_bytes: Option<u64>,
 }
 
 impl Default for BatchingConfig {
@@ -498,6 +504,7 @@ impl Default for BatchingConfig {
             zstd_level: default_zstd_level(),
             max_inflight_bytes_per_partition: default_inflight_partition(),
             max_inflight_bytes_total: default_inflight_total(),
+            prefetch_bytes: None,
         }
     }
 }

@@ -154,7 +154,16 @@ fn batching(c: Checks<'_>, b: BatchingConfig) -> Result<BatchSettings, ConfigErr
             b.max_inflight_bytes_per_partition,
         ),
     )?;
+    const MIB: u64 = 1024 * 1024;
+    let prefetch = match b.prefetch_bytes {
+        Some(p) => {
+            c.within("batching.prefetch_bytes", p, Fixed(MIB), Fixed(1024 * MIB))?;
+            p
+        }
+        None => (b.max_inflight_bytes_total / 8).clamp(MIB, 16 * MIB),
+    };
     Ok(BatchSettings {
+        prefetch_kbytes: (prefetch / 1024) as usize,
         max_records: b.max_records,
         max_bytes: b.max_bytes,
         linger: ms(b.linger_ms),
