@@ -303,8 +303,8 @@ mod tests {
         );
         assert_eq!(v.hub.max_bytes_per_sec, None, "unlimited unless set");
         assert_eq!(
-            v.batching.prefetch_kbytes, 4096,
-            "an eighth of the in-flight budget by default"
+            v.batching.prefetch_kbytes, 16384,
+            "half the in-flight budget, at most 16 MiB, by default"
         );
         let d = v.downlink.as_ref().expect("downlinks taken");
         assert_eq!(d.group, "edge-replicator-downlink");

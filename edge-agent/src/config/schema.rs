@@ -487,7 +487,7 @@ pub struct BatchingConfig {
     #[serde(default = "default_inflight_total")]
     pub max_inflight_bytes_total: u64,
     /// Bytes of edge records read ahead of the batches, all lanes together (librdkafka's
-    /// `queued.max.messages.kbytes` and `fetch.max.bytes`); absent: an eighth of
+    /// `queued.max.messages.kbytes` and `fetch.max.bytes`); absent: half of
     /// `max_inflight_bytes_total`, between 1 and 16 MiB. More reads faster on a busy edge, less
     /// keeps the agent small.
     #[serde(default)]

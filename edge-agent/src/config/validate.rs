@@ -160,7 +160,9 @@ fn batching(c: Checks<'_>, b: BatchingConfig) -> Result<BatchSettings, ConfigErr
             c.within("batching.prefetch_bytes", p, Fixed(MIB), Fixed(1024 * MIB))?;
             p
         }
-        None => (b.max_inflight_bytes_total / 8).clamp(MIB, 16 * MIB),
+        // Half the in-flight budget, at most librdkafka's 16 MiB: in the 1k bench a smaller
+        // read-ahead cost throughput far more than it saved memory (BENCHMARKS.md).
+        None => (b.max_inflight_bytes_total / 2).clamp(MIB, 16 * MIB),
     };
     Ok(BatchSettings {
         prefetch_kbytes: (prefetch / 1024) as usize,
