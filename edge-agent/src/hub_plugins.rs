@@ -37,19 +37,7 @@ struct Installed {
 }
 
 /// A plugin offer as the hub sent it.
-#[derive(Debug)]
-pub struct Offer {
-    /// Plugin name.
-    pub name: String,
-    /// Version.
-    pub version: u64,
-    /// SHA-256 the hub names.
-    pub sha256: [u8; 32],
-    /// The operator's signature.
-    pub signature: bytes::Bytes,
-    /// The component.
-    pub wasm: bytes::Bytes,
-}
+pub use er_protocol::PluginOffer as Offer;
 
 /// What became of an offer.
 #[derive(Debug, PartialEq, Eq)]

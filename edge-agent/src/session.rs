@@ -758,20 +758,8 @@ impl Session<'_> {
             AgentEvent::TimedOut { what } => bail!("timed out waiting for {what}"),
             AgentEvent::Welcomed { .. } => bail!("second welcome on one connection"),
             AgentEvent::DownlinkOffer(topics) => self.on_downlink_offer(topics),
-            AgentEvent::PluginOffer {
-                name,
-                version,
-                sha256,
-                signature,
-                wasm,
-            } => {
-                self.on_plugin_offer(crate::hub_plugins::Offer {
-                    name,
-                    version,
-                    sha256,
-                    signature,
-                    wasm,
-                });
+            AgentEvent::PluginOffer(offer) => {
+                self.on_plugin_offer(offer);
                 Ok(())
             }
             AgentEvent::DownlinkBatch(batch) => self
@@ -927,7 +915,7 @@ impl Session<'_> {
     }
 
     /// A plugin the hub wants the site to run: checked and installed off the executor.
-    fn on_plugin_offer(&self, offer: crate::hub_plugins::Offer) {
+    fn on_plugin_offer(&self, offer: er_protocol::PluginOffer) {
         match &self.shared.hub_plugins {
             Some(p) => {
                 crate::hub_plugins::install_in_background(p.clone(), self.pipeline.clone(), offer);

@@ -94,18 +94,7 @@ pub enum AgentEvent {
     /// Central records of a started downlink partition, in offset order.
     DownlinkBatch(Batch),
     /// A plugin version the hub wants the site to run (check its hash and signature).
-    PluginOffer {
-        /// Plugin name.
-        name: String,
-        /// Its version.
-        version: u64,
-        /// SHA-256 of `wasm`, as the hub says.
-        sha256: [u8; 32],
-        /// The operator's signature.
-        signature: bytes::Bytes,
-        /// The component.
-        wasm: bytes::Bytes,
-    },
+    PluginOffer(crate::frame::PluginOffer),
     TimedOut {
         /// What was awaited ("welcome").
         what: &'static str,
@@ -478,13 +467,7 @@ impl AgentConn {
                 self.events.push_back(AgentEvent::DownlinkBatch(batch));
                 Ok(())
             }
-            Frame::PluginOffer {
-                name,
-                version,
-                sha256,
-                signature,
-                wasm,
-            } => {
+            Frame::PluginOffer(offer) => {
                 if *channel != Channel::Downlink {
                     return Err(ProtocolError::WrongChannel {
                         frame: kind,
@@ -497,13 +480,7 @@ impl AgentConn {
                         if v >= crate::DOWNLINK_VERSION => {}
                     _ => return Err(self.unexpected(kind)),
                 }
-                self.events.push_back(AgentEvent::PluginOffer {
-                    name,
-                    version,
-                    sha256,
-                    signature,
-                    wasm,
-                });
+                self.events.push_back(AgentEvent::PluginOffer(offer));
                 Ok(())
             }
             Frame::Hello { .. }

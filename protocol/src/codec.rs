@@ -11,8 +11,8 @@ use crate::frame::{
     MAX_ACL_PRINCIPAL_BYTES, MAX_CONFIG_NAME_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_HELLO_FIELD_BYTES,
     MAX_PLUGIN_NAME_BYTES, MAX_PLUGIN_RUNS, MAX_PLUGIN_SIGNATURE_BYTES, MAX_REDIRECT_ADDRESS_BYTES,
     MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES, MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS,
-    PluginPlatform, PluginRun, Position, SiteReport, TopicAcl, TopicMetadata, TopicPartition,
-    check_plugin_name, check_topic_acl, check_topic_metadata, frame_type,
+    PluginOffer, PluginPlatform, PluginRun, Position, SiteReport, TopicAcl, TopicMetadata,
+    TopicPartition, check_plugin_name, check_topic_acl, check_topic_metadata, frame_type,
 };
 
 /// Encodes one frame (length prefix included) at the end of `out`.
@@ -82,20 +82,14 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) {
             put_tp(out, tp);
             out.put_i64(*next_offset);
         }
-        Frame::PluginOffer {
-            name,
-            version,
-            sha256,
-            signature,
-            wasm,
-        } => {
-            put_str_max(out, name, MAX_PLUGIN_NAME_BYTES);
-            out.put_u64(*version);
-            out.extend_from_slice(sha256);
-            let signature = &signature[..signature.len().min(MAX_PLUGIN_SIGNATURE_BYTES)];
+        Frame::PluginOffer(p) => {
+            put_str_max(out, &p.name, MAX_PLUGIN_NAME_BYTES);
+            out.put_u64(p.version);
+            out.extend_from_slice(&p.sha256);
+            let signature = &p.signature[..p.signature.len().min(MAX_PLUGIN_SIGNATURE_BYTES)];
             out.put_u16(signature.len() as u16);
             out.extend_from_slice(signature);
-            out.extend_from_slice(wasm);
+            out.extend_from_slice(&p.wasm);
         }
         Frame::PluginReport { platform, runs } => {
             put_str_max(out, &platform.target, MAX_PLUGIN_NAME_BYTES);
@@ -255,9 +249,9 @@ pub fn try_encode_frame(
             }
         }
         Frame::Ping { .. } | Frame::Pong { .. } => {}
-        Frame::PluginOffer {
+        Frame::PluginOffer(PluginOffer {
             name, signature, ..
-        } => {
+        }) => {
             check_plugin_name(name).map_err(|reason| EncodeError::InvalidField {
                 frame: kind,
                 field: "name",
@@ -848,13 +842,13 @@ impl<'a> Reader<'a> {
         let consumed = body_with_type.len() - self.buf.len();
         let wasm = body_with_type.slice(consumed..);
         self.buf = &[];
-        Ok(Frame::PluginOffer {
+        Ok(Frame::PluginOffer(PluginOffer {
             name,
             version,
             sha256,
             signature,
             wasm,
-        })
+        }))
     }
 
     /// A u32 count then (topic, partition, non-negative offset) entries; `fields` names the

@@ -453,18 +453,7 @@ pub enum Frame {
     },
     /// Hub -> agent, on the downlink channel (protocol version 5): a plugin version the site
     /// is to run, signed by the operator; the agent checks hash and signature before using it.
-    PluginOffer {
-        /// Plugin name (1 to [`MAX_PLUGIN_NAME_BYTES`], the routes' `hub = "<name>"`).
-        name: String,
-        /// Version (increases with each push of the name).
-        version: u64,
-        /// SHA-256 of `wasm`.
-        sha256: [u8; 32],
-        /// Signature over name, version and hash (at most [`MAX_PLUGIN_SIGNATURE_BYTES`]).
-        signature: Bytes,
-        /// The WebAssembly component.
-        wasm: Bytes,
-    },
+    PluginOffer(PluginOffer),
     /// Agent -> hub, control channel (protocol version 5): counters of the hub-distributed
     /// plugin versions the site runs (at most [`MAX_PLUGIN_RUNS`]).
     PluginReport {
@@ -488,6 +477,21 @@ pub struct PluginRun {
     pub errors: u64,
     /// Records it dropped.
     pub dropped: u64,
+}
+
+/// A plugin version offered to a site ([`Frame::PluginOffer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginOffer {
+    /// Plugin name (1 to [`MAX_PLUGIN_NAME_BYTES`], the routes' `hub = "<name>"`).
+    pub name: String,
+    /// Version (increases with each push of the name).
+    pub version: u64,
+    /// SHA-256 of `wasm`.
+    pub sha256: [u8; 32],
+    /// Signature over name, version and hash (at most [`MAX_PLUGIN_SIGNATURE_BYTES`]).
+    pub signature: Bytes,
+    /// The WebAssembly component, or a build of it precompiled for the agent's target.
+    pub wasm: Bytes,
 }
 
 /// What plugins an agent can run: its target and whether it compiles `.wasm` itself.
@@ -654,7 +658,7 @@ impl Frame {
             Frame::DownlinkStart { .. } => "DownlinkStart",
             Frame::DownlinkBatch(_) => "DownlinkBatch",
             Frame::DownlinkAck { .. } => "DownlinkAck",
-            Frame::PluginOffer { .. } => "PluginOffer",
+            Frame::PluginOffer(_) => "PluginOffer",
             Frame::PluginReport { .. } => "PluginReport",
         }
     }
@@ -680,7 +684,7 @@ impl Frame {
             Frame::DownlinkStart { .. } => DOWNLINK_START,
             Frame::DownlinkBatch(_) => DOWNLINK_BATCH,
             Frame::DownlinkAck { .. } => DOWNLINK_ACK,
-            Frame::PluginOffer { .. } => PLUGIN_OFFER,
+            Frame::PluginOffer(_) => PLUGIN_OFFER,
             Frame::PluginReport { .. } => PLUGIN_REPORT,
         }
     }

@@ -334,7 +334,7 @@ impl HubConn {
                 Ok(())
             }
             Frame::Welcome { .. }
-            | Frame::PluginOffer { .. }
+            | Frame::PluginOffer(_)
             | Frame::DownlinkOffer { .. }
             | Frame::DownlinkBatch(_)
             | Frame::Ack { .. }

@@ -31,8 +31,9 @@ pub use frame::{
     MAX_HELLO_FIELD_BYTES, MAX_PLUGIN_NAME_BYTES, MAX_PLUGIN_RUNS, MAX_PLUGIN_SIGNATURE_BYTES,
     MAX_REDIRECT_ADDRESS_BYTES, MAX_REDIRECT_ADDRESSES, MAX_REDIRECT_REASON_BYTES,
     MAX_STOPPED_REASON_BYTES, MAX_TOPIC_CONFIGS, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    PluginPlatform, PluginRun, Position, STOPPED_VERSION, SiteReport, TOPIC_ACLS_VERSION,
-    TOPIC_METADATA_VERSION, TopicAcl, TopicMetadata, TopicPartition, check_plugin_name,
+    PluginOffer, PluginPlatform, PluginRun, Position, STOPPED_VERSION, SiteReport,
+    TOPIC_ACLS_VERSION, TOPIC_METADATA_VERSION, TopicAcl, TopicMetadata, TopicPartition,
+    check_plugin_name,
 };
 pub use hub::{HubConn, HubConnConfig, HubEvent};
 pub use mm2::{Checkpoint, Heartbeat, Mm2Error, OffsetSync};

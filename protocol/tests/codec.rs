@@ -179,13 +179,13 @@ fn all_frames() -> Vec<Frame> {
             }],
         },
         Frame::DownlinkStart { positions: vec![] },
-        Frame::PluginOffer {
+        Frame::PluginOffer(PluginOffer {
             name: "filter-v2_x.y".into(),
             version: 7,
             sha256: [9; 32],
             signature: Bytes::from_static(&[1; 64]),
             wasm: Bytes::from_static(b"\0asm\x0d\0\x01\0"),
-        },
+        }),
         Frame::PluginReport {
             platform: PluginPlatform {
                 target: "aarch64-linux".into(),

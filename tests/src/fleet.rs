@@ -1003,13 +1003,7 @@ impl SimSite {
                         });
                         self.next_plugin_report = cfg.plugins.as_ref().map(|_| Instant::now());
                     }
-                    AgentEvent::PluginOffer {
-                        name,
-                        version,
-                        sha256,
-                        signature,
-                        wasm,
-                    } => self.take_plugin(&name, version, &sha256, &signature, &wasm),
+                    AgentEvent::PluginOffer(offer) => self.take_plugin(&offer),
                     AgentEvent::Acked {
                         tp, next_offset, ..
                     } => {
@@ -1160,21 +1154,23 @@ impl SimSite {
 
     /// Takes a plugin offer the way the agent does: only for the simulated plugin's name, only
     /// when a trusted key signed it.
-    fn take_plugin(
-        &mut self,
-        name: &str,
-        version: u64,
-        sha256: &[u8; 32],
-        sig: &[u8],
-        wasm: &[u8],
-    ) {
+    fn take_plugin(&mut self, o: &er_protocol::PluginOffer) {
         let Some(p) = &self.shared.cfg.plugins else {
             return;
         };
-        if name != p.name {
+        if o.name != p.name {
             return;
         }
-        if er_net::signing::verify(&p.trusted, name, version, sha256, sig, wasm).is_err() {
+        let version = o.version;
+        let signed = er_net::signing::verify(
+            &p.trusted,
+            &o.name,
+            version,
+            &o.sha256,
+            &o.signature,
+            &o.wasm,
+        );
+        if signed.is_err() {
             self.stats().plugin_refusals.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -284,13 +284,13 @@ impl Session<'_> {
             let send = self.conn.open_uni().await.map_err(|e| link(&e))?;
             send.set_priority(-1).map_err(|e| link(&e))?;
             let mut w = er_net::wire::FrameWriter::new(send);
-            let frame = er_protocol::Frame::PluginOffer {
+            let frame = er_protocol::Frame::PluginOffer(er_protocol::PluginOffer {
                 name: name.clone(),
                 version,
                 sha256: signed.sha256,
                 signature: signed.signature.clone(),
                 wasm: signed.wasm.clone(),
-            };
+            });
             // Written on its own task: a large component on a slow link must not hold up the
             // session (acks, reports).
             let (site, plugin) = (self.site.alias.clone(), name.clone());
