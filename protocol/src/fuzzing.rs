@@ -294,8 +294,8 @@ pub fn hub_session(data: &[u8]) {
                 let positions = src.positions();
                 let _ = hub.welcome(positions, src.string());
             }
-            // The downlink: the driver's offer, the agent's start and acks.
-            9 => match src.u8() % 3 {
+            // The downlink: the driver's offer, the agent's start and acks; plugin reports.
+            9 => match src.u8() % 4 {
                 0 => {
                     let topics = (0..src.u8() % 3)
                         .map(|_| TopicMetadata {
@@ -312,13 +312,35 @@ pub fn hub_session(data: &[u8]) {
                     };
                     feed(&mut hub, now, &Channel::Control, frame);
                 }
-                _ => {
+                2 => {
                     let frame = Frame::DownlinkAck {
                         tp: src.tp(),
                         next_offset: src.i64(),
                     };
                     let channel = channel(&mut src);
                     feed(&mut hub, now, &channel, frame);
+                }
+                _ => {
+                    let runs = (0..src.u8() % 3)
+                        .map(|_| crate::PluginRun {
+                            name: src.string(),
+                            version: src.u64(),
+                            records_in: src.u64(),
+                            errors: src.u64(),
+                            dropped: src.u64(),
+                        })
+                        .collect();
+                    let platform = crate::PluginPlatform {
+                        target: src.string(),
+                        compiler: src.u8() & 1 == 0,
+                    };
+                    let channel = channel(&mut src);
+                    feed(
+                        &mut hub,
+                        now,
+                        &channel,
+                        Frame::PluginReport { platform, runs },
+                    );
                 }
             },
             10 => {
