@@ -216,16 +216,18 @@ impl RouteRuntime {
         }
     }
 
-    /// The chain to run, or why the route cannot run now (its hub plugins have not arrived).
-    pub fn runnable(&mut self) -> Result<&mut Chain, String> {
-        match (&mut self.chain, &self.waiting) {
+    /// The route's name, and its chain to run or why it cannot run now (its hub plugins have
+    /// not arrived). Borrowed apart, so a batch's run needs no copy of the name.
+    pub fn runnable(&mut self) -> (&str, Result<&mut Chain, String>) {
+        let chain = match (&mut self.chain, &self.waiting) {
             (Some(chain), _) => Ok(chain),
             (None, Some(w)) => Err(format!(
                 "waits for plugins from the hub: {}",
                 w.missing().join(", ")
             )),
             (None, None) => Err("has no chain".into()),
-        }
+        };
+        (&self.name, chain)
     }
 }
 

@@ -638,6 +638,42 @@ mod tests {
     }
 
     #[test]
+    fn a_site_report_keeps_only_plugins_the_store_rolls_out() {
+        let store = Store::default();
+        let rollout = Rollout {
+            name: "filter".into(),
+            sites: ".*".into(),
+            stable: Some(1),
+            canary: None,
+            rolled_back: vec![],
+        };
+        store.apply(&[(
+            "rollout/filter".into(),
+            Some(serde_json::to_vec(&rollout).unwrap()),
+        )]);
+        let run = |name: &str| PluginRun {
+            name: name.into(),
+            version: 1,
+            records_in: 10,
+            errors: 0,
+            dropped: 0,
+        };
+        // A hostile site names 256 made-up plugins beside the real one.
+        let mut runs: Vec<PluginRun> = (0..255).map(|i| run(&format!("junk-{i}"))).collect();
+        runs.push(run("filter"));
+        store.report("plant-1", PluginPlatform::default(), runs);
+        store.report("plant-2", PluginPlatform::default(), vec![run("filter")]);
+        let kept = store.reports.lock().unwrap()["plant-1"].len();
+        assert_eq!(kept, 1, "only the rolled-out plugin is held");
+        assert_eq!(
+            store.tally("filter", 1).records_in,
+            20,
+            "the good site counts too"
+        );
+        assert_eq!(store.sites_running("junk-1"), Vec::<String>::new());
+    }
+
+    #[test]
     fn store_records_build_the_state_and_bad_ones_are_named() {
         let mut s = StoreState::default();
         let signed = Signed {

@@ -243,9 +243,9 @@ pub fn run_chain(
         (Some(f), Some(l)) => (f.offset, l.offset),
         _ => return Ok((Vec::new(), ChainRun::default())),
     };
-    let name = route.name.clone();
+    let (name, chain) = route.runnable();
     let stopped = |message: String| RouteStopped {
-        route: name.clone(),
+        route: name.to_owned(),
         tp: tp.clone(),
         first,
         last,
@@ -253,12 +253,12 @@ pub fn run_chain(
     };
     let header_views = pending.header_views();
     let input = pending.in_records(tp, &header_views);
-    let chain = route.runnable().map_err(stopped)?;
+    let chain = chain.map_err(stopped)?;
     chain
         .process_into(&input, out)
         .map_err(|e| stopped(e.to_string()))?;
     let mut outputs = Outputs {
-        route: &name,
+        route: name,
         tp,
         partition_count,
         policy: chain.policy().clone(),
