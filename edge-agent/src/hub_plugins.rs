@@ -161,7 +161,7 @@ impl HubPlugins {
 /// `compiler` feature); without a compiler it takes only builds precompiled for its target.
 pub fn platform() -> er_protocol::PluginPlatform {
     er_protocol::PluginPlatform {
-        target: format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        target: er_plugin_host::this_target(),
         compiler: er_plugin_host::HAS_COMPILER,
     }
 }

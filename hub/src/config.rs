@@ -59,14 +59,15 @@ pub struct HubConfig {
     /// How the hub reads and sends what `[[downlinks]]` selects.
     #[serde(default)]
     pub downlink: DownlinkConfig,
-    /// How canaries of hub-distributed plugins are judged (`hub plugins push --canary`).
+    /// How canaries of hub-distributed plugins are judged (`hub plugins push --canary`), and
+    /// the targets pushes precompile for.
     #[serde(default)]
     pub plugins: PluginsConfig,
 }
 
 /// `[plugins]`: when a canary of a hub-distributed plugin is judged, and how far it may be
 /// worse than the stable version before it is rolled back.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Records the canary sites must have run through the new version before it is judged.
@@ -81,6 +82,10 @@ pub struct PluginsConfig {
     /// Rolled back when its share of dropped records exceeds the stable version's by more.
     #[serde(default = "default_drop_increase")]
     pub max_drop_rate_increase: f64,
+    /// Agent targets (`<arch>-<os>`, e.g. `aarch64-linux`) every `hub plugins push`
+    /// precompiles for, besides those of the compiler-less agents the store has seen.
+    #[serde(default)]
+    pub targets: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -90,6 +95,7 @@ impl Default for PluginsConfig {
             canary_seconds: default_canary_seconds(),
             max_error_rate_increase: default_error_increase(),
             max_drop_rate_increase: default_drop_increase(),
+            targets: Vec::new(),
         }
     }
 }
@@ -1135,7 +1141,26 @@ fn canary_rules(r: &PluginsConfig, invalid: &Invalid<'_>) -> Result<(), ConfigEr
             "must be at least 1".into(),
         ));
     }
+    for target in &r.targets {
+        check_plugin_target(target).map_err(|why| invalid("plugins.targets", why))?;
+    }
     Ok(())
+}
+
+/// A target this hub can precompile plugins for.
+#[cfg(feature = "plugin-compiler")]
+pub fn check_plugin_target(target: &str) -> Result<(), String> {
+    er_plugin_host::target_triple(target)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A target this hub can precompile plugins for: none, built without the compiler.
+#[cfg(not(feature = "plugin-compiler"))]
+pub fn check_plugin_target(target: &str) -> Result<(), String> {
+    Err(format!(
+        "{target:?}: this hub was built without the plugin compiler (feature plugin-compiler); give precompiled builds with `hub plugins push --native`"
+    ))
 }
 
 /// `[[downlinks]]`, compiled, each naming a configured cluster, and `[downlink]`'s bounds.

@@ -124,6 +124,11 @@ enum PluginsCommand {
         /// compiling; agents built without a compiler run only these.
         #[arg(long)]
         native: Vec<String>,
+        /// An agent target (`<arch>-<os>`, e.g. `aarch64-linux`) the hub precompiles the
+        /// component for; repeatable. Besides these, pushes precompile for `[plugins] targets`
+        /// and for the targets of the compiler-less agents the store has seen among --sites.
+        #[arg(long = "target")]
+        targets: Vec<String>,
         /// Plugin name: what routes name with `hub = "<name>"`.
         name: String,
         /// The component (.wasm).
@@ -231,11 +236,12 @@ fn plugins(action: PluginsCommand) -> anyhow::Result<()> {
             sites,
             canary,
             native,
+            targets,
             name,
             wasm,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
-            let version = rt.block_on(cli::push(cli::PushArgs {
+            let pushed = rt.block_on(cli::push(cli::PushArgs {
                 config: &config,
                 key: &key,
                 name: &name,
@@ -243,12 +249,19 @@ fn plugins(action: PluginsCommand) -> anyhow::Result<()> {
                 sites: &sites,
                 canary,
                 native: &native,
+                targets: &targets,
             }))?;
+            let version = pushed.version;
             match canary {
                 Some(c) => println!(
                     "pushed {name} v{version}: canary on {c}% of the sites matching {sites:?}"
                 ),
                 None => println!("pushed {name} v{version} to the sites matching {sites:?}"),
+            }
+            for (how, targets) in [("precompiled", &pushed.compiled), ("given", &pushed.given)] {
+                if !targets.is_empty() {
+                    println!("native builds {how}: {}", targets.join(", "));
+                }
             }
         }
         PluginsCommand::Status { config } => print!("{}", cli::status(&config)?),

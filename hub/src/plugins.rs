@@ -10,7 +10,8 @@
 //!   agent without a compiler runs, and what any agent of that target is offered first;
 //! - `rollout/<name>`: the [`Rollout`] (JSON): which sites, the stable version, a canary under
 //!   way, the versions rolled back. `push` writes it; hubs rewrite it to promote or roll back;
-//! - `site/<alias>`: the versions a site last reported running (JSON), for `hub plugins status`.
+//! - `site/<alias>`: the versions a site last reported running and what it can run (a
+//!   [`SiteRecord`], JSON): for `hub plugins status`, and the targets `push` precompiles for.
 //!
 //! The hub never signs: the operator's key does, at push, and agents verify before running, so
 //! a hub (or anyone who can write the topic) cannot make a site run a component the operator did
@@ -244,8 +245,35 @@ pub struct StoreState {
     pub wasm: HashMap<(String, u64), Arc<Signed>>,
     /// Precompiled components by (name, version, target).
     pub native: HashMap<(String, u64, String), Arc<Signed>>,
-    /// Versions each site last reported (from the store: every hub's sites).
-    pub sites: BTreeMap<String, BTreeMap<String, u64>>,
+    /// What each site last reported (from the store: every hub's sites).
+    pub sites: BTreeMap<String, SiteRecord>,
+}
+
+/// A `site/<alias>` record: the versions a site runs and its platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    /// Version run, by plugin name.
+    pub versions: BTreeMap<String, u64>,
+    /// The agent's target (`<arch>-<os>`).
+    pub target: String,
+    /// Whether the agent compiles `.wasm` itself.
+    pub compiler: bool,
+}
+
+impl StoreState {
+    /// The targets of the compiler-less agents among the sites `sites` (a compiled whole-name
+    /// regex) matches: what a push must precompile for so that they can run it.
+    pub fn compilerless_targets(&self, sites: &regex::Regex) -> Vec<String> {
+        let mut targets: Vec<String> = self
+            .sites
+            .iter()
+            .filter(|(site, r)| !r.compiler && !r.target.is_empty() && sites.is_match(site))
+            .map(|(_, r)| r.target.clone())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        targets
+    }
 }
 
 impl StoreState {
@@ -300,9 +328,9 @@ impl StoreState {
         } else if let Some(site) = key.strip_prefix("site/") {
             match value {
                 Some(v) => {
-                    let versions = serde_json::from_slice(v)
-                        .map_err(|e| format!("versions of site {site:?}: {e}"))?;
-                    self.sites.insert(site.to_owned(), versions);
+                    let record = serde_json::from_slice(v)
+                        .map_err(|e| format!("record of site {site:?}: {e}"))?;
+                    self.sites.insert(site.to_owned(), record);
                 }
                 None => {
                     self.sites.remove(site);
@@ -390,6 +418,31 @@ impl Store {
             .is_none_or(|old| versions(old) != versions(&runs));
         reports.insert(site.to_owned(), runs);
         changed
+    }
+
+    /// What this hub's sites reported, as the store keeps it.
+    pub fn site_records(&self) -> Vec<(String, SiteRecord)> {
+        let platforms = self
+            .platforms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let reports = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reports
+            .iter()
+            .map(|(site, runs)| {
+                let platform = platforms.get(site);
+                let record = SiteRecord {
+                    versions: runs.iter().map(|r| (r.name.clone(), r.version)).collect(),
+                    target: platform.map(|p| p.target.clone()).unwrap_or_default(),
+                    compiler: platform.is_some_and(|p| p.compiler),
+                };
+                (site.clone(), record)
+            })
+            .collect()
     }
 
     /// Counters of `name` at `version` summed over this hub's sites.
@@ -703,6 +756,49 @@ mod tests {
         let e = s.apply("wasm/filter/4", Some(b"junk")).unwrap_err();
         assert!(e.contains("magic"), "{e}");
     }
+
+    #[test]
+    fn pushes_precompile_for_the_compiler_less_sites_the_store_has_seen() {
+        let store = Store::default();
+        let platform = |target: &str, compiler| PluginPlatform {
+            target: target.into(),
+            compiler,
+        };
+        store.report("plant-1", platform("aarch64-linux", false), vec![]);
+        store.report("plant-2", platform("aarch64-linux", false), vec![]);
+        store.report("plant-3", platform("x86_64-linux", true), vec![]);
+        store.report("depot-1", platform("riscv64-linux", false), vec![]);
+        // What this hub writes to the store is what every hub (and `push`) reads back.
+        let mut s = StoreState::default();
+        for (site, record) in store.site_records() {
+            s.apply(
+                &format!("site/{site}"),
+                Some(&serde_json::to_vec(&record).unwrap()),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            s.sites["plant-3"],
+            SiteRecord {
+                versions: BTreeMap::new(),
+                target: "x86_64-linux".into(),
+                compiler: true
+            }
+        );
+        let re = |r: &str| regex::Regex::new(&format!("^(?:{r})$")).unwrap();
+        assert_eq!(s.compilerless_targets(&re("plant-.*")), ["aarch64-linux"]);
+        assert_eq!(
+            s.compilerless_targets(&re(".*")),
+            ["aarch64-linux", "riscv64-linux"]
+        );
+        assert!(s.compilerless_targets(&re("plant-3")).is_empty());
+        let text = cli::render(&s);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("plant-1") && l.contains("aarch64-linux (no compiler)")),
+            "{text}"
+        );
+    }
 }
 
 /// The store on Kafka: the topic, its reader and writer.
@@ -907,8 +1003,8 @@ pub struct PluginHub {
     pub store: Arc<Store>,
     writer: kafka::Writer,
     rules: CanaryRules,
-    /// The versions of each site last written to the store.
-    written: Mutex<HashMap<String, BTreeMap<String, u64>>>,
+    /// What was last written to the store of each site.
+    written: Mutex<HashMap<String, SiteRecord>>,
 }
 
 impl std::fmt::Debug for PluginHub {
@@ -934,7 +1030,7 @@ impl PluginHub {
         let hub = Arc::new(Self {
             store: Arc::new(Store::default()),
             writer,
-            rules: config.raw.plugins,
+            rules: config.raw.plugins.clone(),
             written: Mutex::new(HashMap::new()),
         });
         let (store, cluster, group, flag) = (
@@ -976,33 +1072,18 @@ impl PluginHub {
                 warn!(plugin = %r.name, error = %e, "writing a rollout decision failed; it is made again");
             }
         }
-        let reports: Vec<(String, BTreeMap<String, u64>)> = {
-            let reports = self
-                .store
-                .reports
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            reports
-                .iter()
-                .map(|(site, runs)| {
-                    (
-                        site.clone(),
-                        runs.iter().map(|r| (r.name.clone(), r.version)).collect(),
-                    )
-                })
-                .collect()
-        };
-        for (site, versions) in reports {
+        let reports = self.store.site_records();
+        for (site, record) in reports {
             let same = self
                 .written
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&site)
-                == Some(&versions);
+                == Some(&record);
             if same {
                 continue;
             }
-            let value = serde_json::to_vec(&versions).expect("versions serialize");
+            let value = serde_json::to_vec(&record).expect("a site record serializes");
             if self
                 .writer
                 .put(&format!("site/{site}"), &value)
@@ -1012,7 +1093,7 @@ impl PluginHub {
                 self.written
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(site, versions);
+                    .insert(site, record);
             }
         }
     }
@@ -1154,16 +1235,34 @@ pub mod cli {
         pub canary: Option<u8>,
         /// Precompiled builds: `<target>=<file>` each.
         pub native: &'a [String],
+        /// Targets to precompile for (besides `[plugins] targets` and those of the
+        /// compiler-less sites the store has seen).
+        pub targets: &'a [String],
     }
 
-    /// Checks, signs and stores a new version; returns it.
-    pub async fn push(a: PushArgs<'_>) -> anyhow::Result<u64> {
+    /// What a push stored.
+    #[derive(Debug)]
+    pub struct Pushed {
+        /// The new version.
+        pub version: u64,
+        /// Targets this push precompiled for.
+        pub compiled: Vec<String>,
+        /// Targets with a build given by `--native`.
+        pub given: Vec<String>,
+    }
+
+    /// Checks, precompiles, signs and stores a new version.
+    pub async fn push(a: PushArgs<'_>) -> anyhow::Result<Pushed> {
         er_protocol::check_plugin_name(a.name)
             .map_err(|e| anyhow::anyhow!("plugin name {:?}: {e}", a.name))?;
-        regex::Regex::new(&format!("^(?:{})$", a.sites))
+        let sites = regex::Regex::new(&format!("^(?:{})$", a.sites))
             .with_context(|| format!("--sites {:?} is not a regex", a.sites))?;
         if a.canary.is_some_and(|c| !(1..=100).contains(&c)) {
             bail!("--canary must be a share between 1 and 100 percent");
+        }
+        for t in a.targets {
+            crate::config::check_plugin_target(t)
+                .map_err(|e| anyhow::anyhow!("--target {t:?}: {e}"))?;
         }
         let wasm =
             std::fs::read(a.wasm).with_context(|| format!("reading {}", a.wasm.display()))?;
@@ -1177,7 +1276,7 @@ pub mod cli {
                 wasm.len()
             );
         }
-        let native = native_builds(a.native)?;
+        let mut native = native_builds(a.native)?;
         let key = std::fs::read(a.key).with_context(|| format!("reading {}", a.key.display()))?;
         er_net::signing::public_key_of(&key).with_context(|| a.key.display().to_string())?;
         let cfg = crate::config::load(a.config)?;
@@ -1188,6 +1287,15 @@ pub mod cli {
         })
         .await?
         .map_err(anyhow::Error::msg)?;
+        let given: Vec<String> = native.iter().map(|(t, _)| t.clone()).collect();
+        let mut wanted: Vec<String> = a.targets.to_vec();
+        wanted.extend(cfg.raw.plugins.targets.iter().cloned());
+        wanted.extend(state.compilerless_targets(&sites));
+        wanted.sort();
+        wanted.dedup();
+        wanted.retain(|t| !given.contains(t));
+        let compiled = precompile_all(&wasm, a.wasm, &wanted)?;
+        native.extend(compiled);
         let writer = kafka::Writer::new(&cluster, &group)?;
         let push = Push {
             name: a.name.to_owned(),
@@ -1197,9 +1305,55 @@ pub mod cli {
             native,
             key,
         };
-        PluginHub::push(&writer, &state, push)
+        let version = PluginHub::push(&writer, &state, push)
             .await
-            .map_err(anyhow::Error::msg)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Pushed {
+            version,
+            compiled: wanted,
+            given,
+        })
+    }
+
+    /// The component precompiled for each of `targets` (one at a time: a build takes a
+    /// second or so per target and megabytes of memory).
+    #[cfg(feature = "plugin-compiler")]
+    fn precompile_all(
+        wasm: &[u8],
+        path: &Path,
+        targets: &[String],
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(targets.len());
+        for target in targets {
+            let started = std::time::Instant::now();
+            let bytes = er_plugin_host::precompile_for(wasm, path, target)
+                .with_context(|| format!("precompiling for {target}"))?;
+            if bytes.len() > MAX_PLUGIN_BYTES {
+                bail!(
+                    "the build for {target} is {} bytes, more than the store takes ({MAX_PLUGIN_BYTES})",
+                    bytes.len()
+                );
+            }
+            tracing::info!(%target, bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, "precompiled");
+            out.push((target.clone(), bytes));
+        }
+        Ok(out)
+    }
+
+    /// Without the compiler, a push needs every build given (`--native`).
+    #[cfg(not(feature = "plugin-compiler"))]
+    fn precompile_all(
+        _wasm: &[u8],
+        _path: &Path,
+        targets: &[String],
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        bail!(
+            "this hub was built without the plugin compiler: give builds for {} with --native (`edge-agent plugin compile` on such a box)",
+            targets.join(", ")
+        )
     }
 
     /// `--native <target>=<file>` arguments, read and checked to be precompiled builds.
@@ -1266,10 +1420,19 @@ pub mod cli {
                 }
             );
         }
-        let _ = writeln!(out, "\n{:<32} running", "site");
-        for (site, versions) in &state.sites {
-            let v: Vec<String> = versions.iter().map(|(n, v)| format!("{n} v{v}")).collect();
-            let _ = writeln!(out, "{site:<32} {}", v.join(", "));
+        let _ = writeln!(out, "\n{:<32} {:<24} running", "site", "target");
+        for (site, r) in &state.sites {
+            let v: Vec<String> = r
+                .versions
+                .iter()
+                .map(|(n, v)| format!("{n} v{v}"))
+                .collect();
+            let target = match (r.target.as_str(), r.compiler) {
+                ("", _) => "-".to_owned(),
+                (t, true) => t.to_owned(),
+                (t, false) => format!("{t} (no compiler)"),
+            };
+            let _ = writeln!(out, "{site:<32} {target:<24} {}", v.join(", "));
         }
         out
     }

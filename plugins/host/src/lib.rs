@@ -268,6 +268,66 @@ pub fn precompile(wasm: &std::path::Path) -> Result<Vec<u8>, PluginError> {
         })
 }
 
+/// Compiles the plugin component `bytes` (read from `path`, named in errors) for agents of
+/// `target` (`<arch>-<os>` as agents report it, e.g. `aarch64-linux`), which need not be this
+/// machine's: what a hub precompiles for agents built without a compiler. The code uses only
+/// the target's baseline instructions (no features of the compiling machine's CPU), with the
+/// engine settings every host uses, so any agent of that target and wasmtime version loads it;
+/// wasmtime checks both at load and names what differs. Cross targets need the compiler's
+/// backend for them (the `cross` feature builds all of wasmtime's).
+#[cfg(feature = "compiler")]
+pub fn precompile_for(
+    bytes: &[u8],
+    path: &std::path::Path,
+    target: &str,
+) -> Result<Vec<u8>, PluginError> {
+    let triple = target_triple(target)?;
+    let mut config = wasmtime_config(&HostConfig::default())?;
+    config
+        .target(&triple)
+        .map_err(|e| PluginError::Engine(format!("target {target:?} ({triple}): {e:#}")))?;
+    let engine = Engine::new(&config)
+        .map_err(|e| PluginError::Engine(format!("target {target:?} ({triple}): {e:#}")))?;
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| PluginError::InvalidComponent {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })
+}
+
+/// The platform name agents report (`<arch>-<os>`, Rust's `std::env::consts`), e.g.
+/// `x86_64-linux`.
+pub fn this_target() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+/// The compiler's target triple for an agent platform name (`<arch>-<os>`). wasmtime checks a
+/// precompiled plugin's architecture and operating system only, so the vendor and environment
+/// here are the usual ones.
+pub fn target_triple(target: &str) -> Result<String, PluginError> {
+    let unknown = |why: &str| PluginError::Engine(format!("target {target:?}: {why}"));
+    let (arch, os) = target
+        .split_once('-')
+        .ok_or_else(|| unknown("expected <arch>-<os>, e.g. aarch64-linux"))?;
+    let arch = match arch {
+        "x86_64" | "aarch64" | "s390x" => arch,
+        "riscv64" => "riscv64gc",
+        _ => {
+            return Err(unknown(
+                "architecture not one of x86_64, aarch64, riscv64, s390x",
+            ));
+        }
+    };
+    let rest = match os {
+        "linux" => "unknown-linux-gnu",
+        "macos" => "apple-darwin",
+        "windows" => "pc-windows-msvc",
+        _ => return Err(unknown("operating system not one of linux, macos, windows")),
+    };
+    Ok(format!("{arch}-{rest}"))
+}
+
 /// The engine settings of a host: the pooling allocator with a bounded share per component,
 /// epoch interruption, and the optional code cache. Precompiled plugins carry these settings
 /// and load only into an engine with the same ones.

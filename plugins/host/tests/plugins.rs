@@ -1026,3 +1026,68 @@ fn a_damaged_precompiled_plugin_is_refused_with_the_reason() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// `precompile_for` the example `name` and `target`, into a fresh directory as [`precompiled`].
+fn precompiled_for(name: &str, target: &str) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.{target}.cwasm"));
+    let bytes = std::fs::read(wasm(name)).unwrap();
+    let artifact = er_plugin_host::precompile_for(&bytes, &wasm(name), target).unwrap();
+    std::fs::write(&path, artifact).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_plugin_precompiled_for_this_target_by_name_runs_as_its_wasm_does() {
+    // Named targets get the architecture's baseline code, not the compiling CPU's features:
+    // what a hub makes for a fleet. It still loads and gives the same records here.
+    let (_dir, path) = precompiled_for("filter", &er_plugin_host::this_target());
+    let recs = [
+        rec("s", r#"{"temperature":31}"#),
+        rec("s", r#"{"temperature":29}"#),
+    ];
+    let mut native = host()
+        .load_chain(&[filter_at(&path)], ErrorPolicy::Stop)
+        .unwrap();
+    assert_eq!(sources(&process(&mut native, &recs).unwrap()), [0]);
+}
+
+#[cfg(feature = "cross")]
+#[test]
+fn a_plugin_precompiled_for_another_architecture_is_refused_naming_it() {
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "x86_64-linux"
+    } else {
+        "aarch64-linux"
+    };
+    let (_dir, path) = precompiled_for("filter", other);
+    match host().load_chain(&[filter_at(&path)], ErrorPolicy::Stop) {
+        Err(e @ PluginError::Precompiled { .. }) => {
+            let text = e.to_string();
+            let arch = other.split_once('-').unwrap().0;
+            assert!(
+                text.contains("compiled for architecture") && text.contains(arch),
+                "{text}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_targets_are_refused_before_compiling() {
+    for (target, says) in [
+        ("sparc-linux", "architecture not one of"),
+        ("x86_64-plan9", "operating system not one of"),
+        ("linux", "expected <arch>-<os>"),
+    ] {
+        let e = er_plugin_host::precompile_for(b"\0asm", Path::new("f.wasm"), target).unwrap_err();
+        assert!(e.to_string().contains(says), "{target}: {e}");
+    }
+    assert_eq!(
+        er_plugin_host::target_triple("riscv64-linux").unwrap(),
+        "riscv64gc-unknown-linux-gnu"
+    );
+}

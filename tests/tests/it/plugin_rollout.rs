@@ -312,15 +312,48 @@ async fn an_agent_runs_the_plugin_the_hub_pushes_and_switches_without_loss() -> 
     let want: Vec<i64> = (0..100).chain(200..300).collect();
     assert_eq!(got, want, "{}", rig.logs());
 
+    // v4 renames again, and the hub itself precompiles it for this target (`--target`, the
+    // way it builds for agents without a compiler): the agent installs that build and runs it.
+    let out = hub_cli(&[
+        "plugins",
+        "push",
+        "--config",
+        config,
+        "--key",
+        &key,
+        "--target",
+        &target,
+        "shape",
+        example_plugin("rename").to_str().unwrap(),
+    ])?;
+    assert!(
+        out.contains(&format!("native builds precompiled: {target}")),
+        "{out}"
+    );
+    rig.agent(&site)
+        .wait_for_log("version=4", Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", rig.logs()))?;
+    let installed = std::fs::read(rig.dir().join("hub-plugins").join("shape.wasm"))?;
+    assert!(
+        installed.starts_with(b"\x7fELF"),
+        "the hub's build was installed"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client::send_all(&producer, &source, &batch(300)).await?;
+    let got =
+        crate::common::read_seqs_by_key(k.central(), &moved, 200, Duration::from_secs(120)).await?;
+    let want: Vec<i64> = (100..200).chain(300..400).collect();
+    assert_eq!(got, want, "{}", rig.logs());
+
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut status = hub_cli(&["plugins", "status", "--config", config])?;
     while !status
         .lines()
-        .any(|l| l.starts_with(&site) && l.contains("shape v3"))
+        .any(|l| l.starts_with(&site) && l.contains(&target) && l.contains("shape v4"))
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "{site} runs shape v3:\n{status}"
+            "{site} runs shape v4:\n{status}"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         status = hub_cli(&["plugins", "status", "--config", config])?;
