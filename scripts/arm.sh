@@ -10,6 +10,8 @@
 # Slow (a fat-LTO build per target; the replication runs emulated), so separate from
 # scripts/test.sh:   scripts/arm.sh            everything
 #                    ER_ARM_SKIP_E2E=1 scripts/arm.sh   build, --version and check-config only
+# It also builds the agent without a plugin compiler for both targets, runs a plugin the x86_64
+# hub precompiled for aarch64 on the aarch64 one, and prints the sizes of all the builds.
 # Idempotent: installs only what is missing (apt-get, rustup), cargo rebuilds only what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,28 +60,39 @@ cross_env=(
   CXX=aarch64-linux-gnu-g++
   AR=aarch64-linux-gnu-ar
 )
+# The agent and the hub build separately: together, cargo would give the agent the hub's
+# every-architecture plugin compiler. The agent without a compiler (runs only precompiled
+# plugins) builds in a target directory of its own, so the two agents do not rebuild each other.
+nocomp_dir="$CARGO_TARGET_DIR-nocompiler"
+builds() { # $1: extra cargo arguments (a --target, or none for x86_64)
+  "${nice[@]}" cargo build --locked --profile "$profile" $1 -p edge-agent
+  "${nice[@]}" cargo build --locked --profile "$profile" $1 -p er-hub
+  CARGO_TARGET_DIR="$nocomp_dir" "${nice[@]}" cargo build --locked --profile "$profile" $1 \
+    -p edge-agent --no-default-features
+}
 start=$(date +%s)
 say "building aarch64 $profile binaries (slow)"
-env "${cross_env[@]}" "${nice[@]}" cargo build --locked --profile "$profile" --target "$target" -p edge-agent -p er-hub
+( export "${cross_env[@]}"; builds "--target $target" )
 say "aarch64 build: $(( $(date +%s) - start ))s"
 start=$(date +%s)
 say "building x86_64 $profile binaries"
-"${nice[@]}" cargo build --locked --profile "$profile" -p edge-agent -p er-hub
+builds ""
 say "x86_64 build: $(( $(date +%s) - start ))s"
 
 arm_dir="$CARGO_TARGET_DIR/$target/$profile"
 x86_dir="$CARGO_TARGET_DIR/$profile"
-for b in edge-agent hub; do
-  file "$arm_dir/$b" | grep -q 'ARM aarch64' || { say "$arm_dir/$b is not an aarch64 binary"; exit 1; }
+arm_nocomp="$nocomp_dir/$target/$profile"
+x86_nocomp="$nocomp_dir/$profile"
+for b in "$arm_dir/edge-agent" "$arm_dir/hub" "$arm_nocomp/edge-agent"; do
+  file "$b" | grep -q 'ARM aarch64' || { say "$b is not an aarch64 binary"; exit 1; }
 done
 
+size() { numfmt --to=iec-i --suffix=B --format=%.1f "$(stat -c %s "$1")"; }
 sizes() {
   printf '| binary | x86_64 (%s) | aarch64 (%s) |\n|---|---|---|\n' "$profile" "$profile"
-  for b in edge-agent hub; do
-    printf '| `%s` | %s | %s |\n' "$b" \
-      "$(numfmt --to=iec-i --suffix=B --format=%.1f "$(stat -c %s "$x86_dir/$b")")" \
-      "$(numfmt --to=iec-i --suffix=B --format=%.1f "$(stat -c %s "$arm_dir/$b")")"
-  done
+  printf '| `edge-agent` | %s | %s |\n' "$(size "$x86_dir/edge-agent")" "$(size "$arm_dir/edge-agent")"
+  printf '| `edge-agent` without a compiler | %s | %s |\n' "$(size "$x86_nocomp/edge-agent")" "$(size "$arm_nocomp/edge-agent")"
+  printf '| `hub` | %s | %s |\n' "$(size "$x86_dir/hub")" "$(size "$arm_dir/hub")"
 }
 say "stripped sizes:"
 sizes
@@ -106,6 +119,20 @@ sed -i "s#\.\./\.\./plugins/#$root/plugins/#" "$conf/agent.toml"
 run "$arm_dir/hub" certs --out "$conf/certs" --site plant-7 --hub-name hub.example.com >/dev/null
 run "$arm_dir/hub" check-config "$conf/hub.toml"
 run "$arm_dir/edge-agent" check-config "$conf/agent.toml"
+
+# A plugin the x86_64 hub precompiles for aarch64 (as `hub plugins push` does for agents
+# without a compiler) runs on the aarch64 agent built without one, and that agent refuses a
+# .wasm it would have to compile, saying so.
+filter="$root/plugins/examples/target/wasm32-wasip2/release/filter.wasm"
+"$x86_dir/hub" plugins compile --target aarch64-linux -o "$wrap/filter.cwasm" "$filter"
+printf '%s\n' '{"value":{"json":{"temperature":31}}}' '{"value":{"json":{"temperature":29}}}' > "$wrap/in.jsonl"
+kept=$(run "$arm_nocomp/edge-agent" plugin test --plugin "$wrap/filter.cwasm" \
+  --set 'condition=temperature > 30' --input "$wrap/in.jsonl" | grep -c '"outcome":"unchanged"' || true)
+[ "$kept" = 1 ] || { say "the hub's aarch64 build of filter kept $kept of 2 records, not 1"; exit 1; }
+if run "$arm_nocomp/edge-agent" plugin test --plugin "$filter" --input "$wrap/in.jsonl" 2>"$wrap/err"; then
+  say "the aarch64 agent without a compiler ran a .wasm"; exit 1
+fi
+say "hub-precompiled plugin on the compiler-less aarch64 agent: ok ($(head -c 160 "$wrap/err"))"
 
 if [ "${ER_ARM_SKIP_E2E:-0}" = 1 ]; then
   say "ER_ARM_SKIP_E2E=1: replication through the aarch64 binaries skipped"

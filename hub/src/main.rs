@@ -140,6 +140,18 @@ enum PluginsCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Precompiles a component for agents of a target, as `push` does, into a file: to look at
+    /// or to try on such a box (`edge-agent plugin test --plugin FILE`).
+    Compile {
+        /// The agent target (`<arch>-<os>`, e.g. `aarch64-linux`).
+        #[arg(long)]
+        target: String,
+        /// Output file.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// The component (.wasm).
+        wasm: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -265,6 +277,16 @@ fn plugins(action: PluginsCommand) -> anyhow::Result<()> {
             }
         }
         PluginsCommand::Status { config } => print!("{}", cli::status(&config)?),
+        PluginsCommand::Compile { target, out, wasm } => {
+            let bytes = cli::compile(&wasm, &target)?;
+            std::fs::write(&out, &bytes)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+            println!(
+                "wrote {} ({} bytes, for {target})",
+                out.display(),
+                bytes.len()
+            );
+        }
     }
     Ok(())
 }

@@ -1315,6 +1315,15 @@ pub mod cli {
         })
     }
 
+    /// `hub plugins compile`: the component in `wasm` precompiled for `target`.
+    pub fn compile(wasm: &Path, target: &str) -> anyhow::Result<Vec<u8>> {
+        crate::config::check_plugin_target(target)
+            .map_err(|e| anyhow::anyhow!("--target {target:?}: {e}"))?;
+        let bytes = std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+        let mut built = precompile_all(&bytes, wasm, &[target.to_owned()])?;
+        Ok(built.pop().map(|(_, b)| b).unwrap_or_default())
+    }
+
     /// The component precompiled for each of `targets` (one at a time: a build takes a
     /// second or so per target and megabytes of memory).
     #[cfg(feature = "plugin-compiler")]
