@@ -168,7 +168,7 @@ pub struct TxnPermit {
     pub ownership: Ownership,
     /// The member's group metadata (member id, generation) under that ownership: the
     /// transaction's fence. `None` if the consumer has none (not a member).
-    pub group: Option<ConsumerGroupMetadata>,
+    pub group: Option<Arc<ConsumerGroupMetadata>>,
 }
 
 impl std::fmt::Debug for TxnPermit {
@@ -447,7 +447,7 @@ impl Membership {
             // Asked without holding the gate's lock (a rebalance callback may hold
             // librdkafka's while it waits for the gate), then kept only if no assignment came
             // in between: the metadata then belongs to the ownership the permit carries.
-            let group = self.member().group_metadata();
+            let group = self.member().group_metadata().map(Arc::new);
             let mut st = self.shared.lock();
             if st.ownership.rebalancing || st.ownership.epoch != epoch {
                 continue;

@@ -50,6 +50,9 @@ pub const TRANSACTION_SECONDS: &str = "er_hub_transaction_seconds";
 pub const REPLICATION_LATENCY_SECONDS: &str = "er_hub_replication_latency_seconds";
 /// Transactions that failed or were aborted (`site`).
 pub const TRANSACTIONS_FAILED: &str = "er_hub_transactions_failed_total";
+/// Transactional producers a writer gave up because a call did not return within its timeout
+/// (`cluster`); each one may leave a thread and its connections behind.
+pub const PRODUCERS_ABANDONED: &str = "er_hub_producers_abandoned_total";
 /// MM2 checkpoints written (`site`).
 pub const CHECKPOINTS_WRITTEN: &str = "er_hub_checkpoints_written_total";
 /// MM2 offset syncs written (`site`).
@@ -211,6 +214,10 @@ fn describe_writes_and_checkpoints() {
         "Duration of a site writer's transaction, begin to commit."
     );
     describe_counter!(TRANSACTIONS_FAILED, "Transactions that failed or aborted.");
+    describe_counter!(
+        PRODUCERS_ABANDONED,
+        "Transactional producers given up because a call overran its timeout."
+    );
     describe_histogram!(
         REPLICATION_LATENCY_SECONDS,
         Unit::Seconds,
@@ -581,6 +588,11 @@ pub fn batches_committed_after(cluster: &str, latencies: impl IntoIterator<Item 
     for l in latencies {
         h.record(l);
     }
+}
+
+/// A writer of `cluster` gave its producer up (a call that did not return in time).
+pub fn producer_abandoned(cluster: &str) {
+    counter!(PRODUCERS_ABANDONED, "cluster" => cluster.to_owned()).increment(1);
 }
 
 /// The connected sites count as last set, for `/status` (a gauge cannot be read back).

@@ -43,6 +43,10 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const REPORT_PAUSE: Duration = Duration::from_micros(200);
 /// How long a flush, a commit or waiting for delivery reports may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of `send_offsets_to_transaction` (the shards' fence), and how much longer the writer
+/// waits for it before it gives the producer up: librdkafka can overrun it (see `send_fence`).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
+const FENCE_GRACE: Duration = Duration::from_secs(5);
 /// How long a writer waits for a rebalance to end before refusing what it holds.
 const OWNERSHIP_WAIT: Duration = Duration::from_secs(30);
 /// Pause before a writer whose producer failed creates a new one.
@@ -717,7 +721,8 @@ struct Writer {
     positions_topic: String,
     index_topic: String,
     txn_id: String,
-    producer: Option<TxProducer>,
+    /// Shared only with a watched call that may outlive its timeout ([`Writer::send_fence`]).
+    producer: Option<Arc<TxProducer>>,
     /// The producer hit a fatal error: the next transaction starts a new one.
     restart: std::cell::Cell<bool>,
     timing: TxnTiming,
@@ -1304,13 +1309,13 @@ impl Writer {
             .init_transactions(TXN_TIMEOUT)
             .map_err(kerr("initialising transactions"))?;
         tracing::info!(cluster = %self.cluster.alias, writer = self.index, transactional_id = %self.txn_id, "writer ready");
-        self.producer = Some(producer);
+        self.producer = Some(Arc::new(producer));
         Ok(())
     }
 
     fn producer(&self) -> &TxProducer {
         self.producer
-            .as_ref()
+            .as_deref()
             .expect("a transaction runs only with a producer")
     }
 
@@ -1359,7 +1364,7 @@ impl Writer {
     fn transaction(
         &mut self,
         prepared: &[Prepared],
-        group: Option<&ConsumerGroupMetadata>,
+        group: Option<&Arc<ConsumerGroupMetadata>>,
     ) -> Result<u64, WriteError> {
         // Tracked records: those going to their destination (dead letters are not indexed).
         let records: usize = prepared
@@ -1585,7 +1590,7 @@ impl Writer {
         prepared: &[Prepared],
         log: TxnLog,
         generation: u32,
-        group: Option<&ConsumerGroupMetadata>,
+        group: Option<&Arc<ConsumerGroupMetadata>>,
     ) -> Result<u64, WriteError> {
         let started = Instant::now();
         self.drain(TXN_TIMEOUT)?;
@@ -1681,7 +1686,7 @@ impl Writer {
     fn send_fence(
         &self,
         log: &TxnLog,
-        group: Option<&ConsumerGroupMetadata>,
+        group: Option<&Arc<ConsumerGroupMetadata>>,
     ) -> Result<Vec<(Shard, String)>, WriteError> {
         let shards: BTreeSet<Shard> = log.sites.iter().map(|s| s.site.shard).collect();
         let (fence, marks) = self.membership.fence_offsets(shards.iter().copied());
@@ -1691,13 +1696,42 @@ impl Writer {
                 message: "not a member of the hubs' group".into(),
             });
         };
-        if let Err(e) = self
-            .producer()
-            .send_offsets_to_transaction(&fence, group, TXN_TIMEOUT)
-        {
-            return Err(self.txn_error("committing the shards' fencing offsets", e));
+        let producer = self
+            .producer
+            .clone()
+            .expect("a transaction runs only with a producer");
+        let (group, (tx, rx)) = (Arc::clone(group), std::sync::mpsc::sync_channel(1));
+        // librdkafka can wait for the group coordinator past the call's timeout, forever when
+        // it cached a coordinator whose broker it dropped (a broker fenced for a while by its
+        // controller does this; librdkafka issues 5456 and 5511). The call runs on a thread of
+        // its own, so a hang costs this producer, not the writer: past the timeout the writer
+        // gives the producer up, and its next one fences whatever the stuck call holds.
+        let call = std::thread::Builder::new()
+            .name(format!("txn-fence-{}", self.index))
+            .spawn(move || {
+                let _ =
+                    tx.send(producer.send_offsets_to_transaction(&fence, &group, FENCE_TIMEOUT));
+            });
+        let outcome = match call {
+            Ok(_) => rx.recv_timeout(FENCE_TIMEOUT + FENCE_GRACE),
+            Err(_) => Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        match outcome {
+            Ok(Ok(())) => Ok(marks),
+            Ok(Err(e)) => Err(self.txn_error("committing the shards' fencing offsets", e)),
+            Err(_) => {
+                crate::metrics::producer_abandoned(&self.cluster.alias);
+                tracing::warn!(cluster = %self.cluster.alias, writer = self.index, waited_s = (FENCE_TIMEOUT + FENCE_GRACE).as_secs(), "the producer did not return from committing the shards' fencing offsets; it is given up and a new one started");
+                self.restart.set(true);
+                Err(WriteError::Kafka {
+                    cluster: self.cluster.alias.clone(),
+                    message: format!(
+                        "committing the shards' fencing offsets did not end within {:?}",
+                        FENCE_TIMEOUT + FENCE_GRACE
+                    ),
+                })
+            }
         }
-        Ok(marks)
     }
 
     fn abort(&self) {

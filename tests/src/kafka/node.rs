@@ -444,6 +444,8 @@ impl KafkaNode {
         let pid = child.id();
         if matches!(child.try_wait(), Ok(None)) {
             proc::signal(pid, libc::SIGTERM);
+            // A paused broker (`pause`) handles the SIGTERM only once it runs again.
+            proc::signal(pid, libc::SIGCONT);
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
@@ -454,6 +456,22 @@ impl KafkaNode {
         }
         let _ = child.wait();
         proc::unregister_pid(pid);
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing answers, as a broker in
+    /// a long pause (GC, an overloaded or swapping box) that its controller fences. Undo with
+    /// [`KafkaNode::resume`].
+    pub fn pause(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| proc::signal(c.id(), libc::SIGSTOP))
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| proc::signal(c.id(), libc::SIGCONT))
     }
 
     /// Hard kill (SIGKILL), as in a crash. Keeps the data dir.

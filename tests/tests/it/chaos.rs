@@ -1,5 +1,5 @@
 //! Faults on real Apache Kafka with the link-fault proxy between agent and hub: flapping, lossy,
-//! slow links; SIGKILLs of agent and hub; a central broker restart; two hubs fighting over one
+//! slow links; SIGKILLs of agent and hub; a central broker restart or freeze; two hubs fighting over one
 //! site; long outages. Every source record must arrive exactly once, in order per partition.
 //!
 //! The default is a shortened run that fits the test command. The full chaos run of the issue:
@@ -366,5 +366,66 @@ async fn after_a_long_blackhole_the_first_new_record_arrives_quickly() -> anyhow
          {PROMISED:?}, this test allows {BOUND:?}\n{}",
         logs(&[hub, agent])
     );
+    Ok(())
+}
+
+/// The central broker freezes (SIGSTOP) for longer than the hubs' group session and the
+/// transactions' delivery timeout while records flow from two sites through two writers: its
+/// controller fences it, the hub's membership times out and rejoins, transactions in flight
+/// fail. Once it runs again every record must arrive exactly once, and soon: a writer that
+/// stays stuck (the sites then wait forever on "batches of the previous session are still being
+/// written") fails this test by its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_central_broker_stalls_nothing_for_good_and_loses_nothing() -> anyhow::Result<()> {
+    const RECORDS: usize = 6_000;
+    const PARTITIONS: i32 = 4;
+    let k = shared();
+    let central = tokio::task::spawn_blocking(|| KafkaNode::start("stall-central")).await??;
+    let p = unique_name("stall");
+    let sites = [unique_name("site"), unique_name("site")];
+    let topic = format!("{p}-events");
+    client::create_topic(k.edge(), &topic, PARTITIONS, &[]).await?;
+    let mut builder = Rig::builder().central(central.bootstrap()).hub(|h| {
+        h.extra =
+            "[fleet]\nshards = 8\nwriters_per_cluster = 2\nsession_timeout_ms = 6000\n".into();
+    });
+    for s in &sites {
+        builder = builder.agent(s, &format!("{p}-.*"));
+    }
+    let rig = builder.start()?;
+
+    let producing = spawn_producer(
+        k.edge().to_owned(),
+        topic.clone(),
+        RECORDS,
+        PARTITIONS,
+        Duration::from_secs(40),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!("freezing the central broker for 25 s");
+    assert!(central.pause(), "SIGSTOP the central broker");
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(central.resume(), "SIGCONT the central broker");
+    producing.await??;
+    let mut got = Vec::new();
+    for s in &sites {
+        let remote = format!("{s}.{topic}");
+        let records = client::wait_for_count(
+            central.bootstrap(),
+            &remote,
+            RECORDS,
+            Duration::from_secs(180),
+        )
+        .await;
+        got.push((remote, records));
+    }
+    for (remote, records) in got {
+        delivery::assert_exactly_once_in_order(
+            &remote,
+            &delivery::seqs_by_partition(&records, SeqIn::Value)?,
+            &delivery::round_robin(RECORDS, PARTITIONS),
+            &rig.logs(),
+        );
+    }
     Ok(())
 }
