@@ -90,6 +90,9 @@ pub struct BatchBuilder {
     next_offset: Option<i64>,
     error: Option<EncodeError>,
     compressor: Option<(i32, zstd::bulk::Compressor<'static>)>,
+    /// Batches still to be sent uncompressed without trying, after one that compression did
+    /// not make smaller (see [`BatchBuilder::finish_and_reset`]).
+    skip_compression: u32,
     /// Largest encoded record pushed as is; a larger one becomes a [`POISON_REASON_HEADER`] stub.
     max_record_bytes: usize,
 }
@@ -103,6 +106,19 @@ pub const POISON_REASON_HEADER: &str = "er.poison.reason";
 
 /// Largest key a poison stub keeps.
 pub const POISON_KEY_MAX_BYTES: usize = 64 * 1024;
+
+/// Batches of a partition sent uncompressed without trying after one that compression did not
+/// make smaller; then compression is tried again, in case the data changed.
+pub const SKIP_AFTER_NO_GAIN: u32 = 15;
+
+/// Smallest batch (encoded bytes) whose failure to compress makes the next ones skip trying.
+pub const JUDGE_COMPRESSION_BYTES: usize = 4096;
+
+/// Whether `compressed` bytes are worth sending instead of `raw` ones: at least 1/32 fewer (a
+/// smaller gain costs the hub a decompression for next to nothing).
+fn gains(compressed: usize, raw: usize) -> bool {
+    compressed < raw - raw / 32
+}
 
 impl fmt::Debug for BatchBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,6 +149,7 @@ impl BatchBuilder {
             next_offset: None,
             error: None,
             compressor: None,
+            skip_compression: 0,
             max_record_bytes: usize::MAX,
         };
         b.check_partition();
@@ -319,7 +336,10 @@ impl BatchBuilder {
         self.next_offset = Some(next);
     }
 
-    /// Builds the batch, compressing with `codec` (zstd at `zstd_level`).
+    /// Builds the batch, compressing with `codec` (zstd at `zstd_level`) where that makes it
+    /// at least 1/32 smaller; the header names the codec the payload has. After a batch of at
+    /// least [`JUDGE_COMPRESSION_BYTES`] that zstd did not shrink, the next
+    /// [`SKIP_AFTER_NO_GAIN`] batches of the builder go uncompressed without trying.
     pub fn finish(mut self, seq: u64, codec: Codec, zstd_level: i32) -> Result<Batch, EncodeError> {
         self.finish_and_reset(seq, codec, zstd_level)
     }
@@ -366,8 +386,13 @@ impl BatchBuilder {
             u32::try_from(self.buf.len()).map_err(|_| EncodeError::BatchTooLarge {
                 what: "encoded records",
             })?;
-        let payload = match codec {
-            Codec::None => self.buf.split().freeze(),
+        let (codec, payload) = match codec {
+            Codec::None => (Codec::None, self.buf.split().freeze()),
+            Codec::Zstd if self.buf.is_empty() => (Codec::None, self.buf.split().freeze()),
+            Codec::Zstd if self.skip_compression > 0 => {
+                self.skip_compression -= 1;
+                (Codec::None, self.buf.split().freeze())
+            }
             Codec::Zstd => {
                 let compress_err = |e: std::io::Error| EncodeError::Compress {
                     level: zstd_level,
@@ -386,7 +411,19 @@ impl BatchBuilder {
                         &mut slot.insert((zstd_level, c)).1
                     }
                 };
-                Bytes::from(compressor.compress(&self.buf).map_err(compress_err)?)
+                let compressed = compressor.compress(&self.buf).map_err(compress_err)?;
+                if gains(compressed.len(), self.buf.len()) {
+                    (Codec::Zstd, Bytes::from(compressed))
+                } else {
+                    // Already compressed or encrypted data: the raw bytes are as small, and
+                    // the next batches of this partition likely alike, so they skip the work.
+                    // A small batch says little about the data (zstd's frame costs more than
+                    // it saves on a few bytes): it goes raw and leaves the next ones to try.
+                    if self.buf.len() >= JUDGE_COMPRESSION_BYTES {
+                        self.skip_compression = SKIP_AFTER_NO_GAIN;
+                    }
+                    (Codec::None, self.buf.split().freeze())
+                }
             }
         };
         Ok(Batch {

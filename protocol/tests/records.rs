@@ -568,3 +568,49 @@ fn a_record_over_the_limit_becomes_a_poison_stub_in_its_place() {
     assert_eq!((only.offset, only.key), (5, None));
     assert!(only.poison_reason().is_some());
 }
+
+#[test]
+fn a_batch_compression_does_not_shrink_goes_raw_and_the_next_ones_skip_trying() {
+    use er_protocol::records::{JUDGE_COMPRESSION_BYTES, SKIP_AFTER_NO_GAIN};
+    // Incompressible values (a xorshift stream), then compressible ones.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = || {
+        (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let zeros = vec![0u8; 8192];
+    assert!(zeros.len() >= JUDGE_COMPRESSION_BYTES);
+    let mut b = BatchBuilder::new(tp(), 2);
+    let mut offset = 0;
+    let mut batch = |b: &mut BatchBuilder, value: &[u8]| {
+        b.push(&RecordRef {
+            value: Some(value),
+            ..rec(offset, &[])
+        });
+        offset += 1;
+        let batch = b.finish_and_reset(offset as u64, Codec::Zstd, 3).unwrap();
+        let got = batch.decode_records(1 << 20).unwrap();
+        let first = got.iter().next().unwrap().unwrap();
+        assert_eq!(first.value, Some(value), "round trip");
+        batch.header.codec
+    };
+    assert_eq!(batch(&mut b, &zeros), Codec::Zstd, "compressible: zstd");
+    assert_eq!(batch(&mut b, &noise()), Codec::None, "no gain: raw");
+    for i in 0..SKIP_AFTER_NO_GAIN {
+        assert_eq!(
+            batch(&mut b, &zeros),
+            Codec::None,
+            "batch {i} after it skips trying"
+        );
+    }
+    assert_eq!(batch(&mut b, &zeros), Codec::Zstd, "then tries again");
+    // A small batch that does not shrink goes raw without making the next ones skip.
+    assert_eq!(batch(&mut b, b"tiny"), Codec::None);
+    assert_eq!(batch(&mut b, &zeros), Codec::Zstd);
+}
