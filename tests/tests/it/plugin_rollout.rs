@@ -285,27 +285,15 @@ async fn an_agent_runs_the_plugin_the_hub_pushes_and_switches_without_loss() -> 
         String::from_utf8_lossy(&out.stderr)
     );
     let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
-    hub_cli(&[
-        "plugins",
-        "push",
-        "--config",
+    let build = format!("{target}={}", native.display());
+    push_with(
         config,
-        "--key",
         &key,
-        "--native",
-        &format!("{target}={}", native.display()),
+        &["--native", &build],
         "shape",
-        example_plugin("identity").to_str().unwrap(),
-    ])?;
-    rig.agent(&site)
-        .wait_for_log("version=3", Duration::from_secs(60))
-        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", rig.logs()))?;
-    let installed = std::fs::read(rig.dir().join("hub-plugins").join("shape.wasm"))?;
-    assert!(
-        installed.starts_with(b"\x7fELF"),
-        "the precompiled build was installed"
-    );
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+        &example_plugin("identity"),
+    )?;
+    runs_native(&rig, &site, 3).await?;
     client::send_all(&producer, &source, &batch(200)).await?;
     let got =
         crate::common::read_seqs_by_key(k.central(), &up, 200, Duration::from_secs(120)).await?;
@@ -314,31 +302,18 @@ async fn an_agent_runs_the_plugin_the_hub_pushes_and_switches_without_loss() -> 
 
     // v4 renames again, and the hub itself precompiles it for this target (`--target`, the
     // way it builds for agents without a compiler): the agent installs that build and runs it.
-    let out = hub_cli(&[
-        "plugins",
-        "push",
-        "--config",
+    let out = push_with(
         config,
-        "--key",
         &key,
-        "--target",
-        &target,
+        &["--target", &target],
         "shape",
-        example_plugin("rename").to_str().unwrap(),
-    ])?;
+        &example_plugin("rename"),
+    )?;
     assert!(
         out.contains(&format!("native builds precompiled: {target}")),
         "{out}"
     );
-    rig.agent(&site)
-        .wait_for_log("version=4", Duration::from_secs(60))
-        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", rig.logs()))?;
-    let installed = std::fs::read(rig.dir().join("hub-plugins").join("shape.wasm"))?;
-    assert!(
-        installed.starts_with(b"\x7fELF"),
-        "the hub's build was installed"
-    );
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    runs_native(&rig, &site, 4).await?;
     client::send_all(&producer, &source, &batch(300)).await?;
     let got =
         crate::common::read_seqs_by_key(k.central(), &moved, 200, Duration::from_secs(120)).await?;
@@ -363,15 +338,35 @@ async fn an_agent_runs_the_plugin_the_hub_pushes_and_switches_without_loss() -> 
     Ok(())
 }
 
+/// Waits until the agent of `site` installed `version` of the plugin `shape`, checks that it
+/// installed a native build (ELF), and waits past the route's next reload check.
+async fn runs_native(rig: &er_tests::rig::Rig, site: &str, version: u64) -> anyhow::Result<()> {
+    rig.agent(site)
+        .wait_for_log(&format!("version={version}"), Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", rig.logs()))?;
+    let installed = std::fs::read(rig.dir().join("hub-plugins").join("shape.wasm"))?;
+    assert!(
+        installed.starts_with(b"\x7fELF"),
+        "v{version}: a precompiled build was installed"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    Ok(())
+}
+
 fn push_named(config: &str, key: &str, name: &str, wasm: &Path) -> anyhow::Result<String> {
-    hub_cli(&[
-        "plugins",
-        "push",
-        "--config",
-        config,
-        "--key",
-        key,
-        name,
-        wasm.to_str().unwrap(),
-    ])
+    push_with(config, key, &[], name, wasm)
+}
+
+/// `hub plugins push` with options (`--native`, `--target`) before the name.
+fn push_with(
+    config: &str,
+    key: &str,
+    options: &[&str],
+    name: &str,
+    wasm: &Path,
+) -> anyhow::Result<String> {
+    let mut args = vec!["plugins", "push", "--config", config, "--key", key];
+    args.extend_from_slice(options);
+    args.extend([name, wasm.to_str().unwrap()]);
+    hub_cli(&args)
 }
