@@ -75,8 +75,11 @@ pub enum WriteError {
         /// The site's shard.
         shard: Shard,
     },
-    /// The group coordinator fenced this hub's transaction: another hub owns the shard now.
-    #[error("cluster {cluster:?}: transaction fenced (another hub owns a shard in it): {message}")]
+    /// The group coordinator fenced this hub's transaction: the group's generation moved on,
+    /// because the shards moved to another hub or this hub rejoined the group.
+    #[error(
+        "cluster {cluster:?}: transaction fenced by the group coordinator (the shards moved, or this hub rejoined the group): {message}"
+    )]
     Fenced {
         /// The cluster alias.
         cluster: String,

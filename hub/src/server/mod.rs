@@ -63,6 +63,10 @@ pub(crate) enum SessionEnd {
     /// The site belongs to another hub (or nobody owns its shard right now).
     #[error("{0}")]
     NotOwner(String),
+    /// The group coordinator fenced a transaction of the site's: whoever owns the shard now,
+    /// the site reconnects and resumes from committed positions.
+    #[error("{0}")]
+    Fenced(String),
     /// The site was sent to the hub that owns its shard.
     #[error("redirected to hub {0:?}")]
     Redirected(String),
@@ -97,6 +101,10 @@ impl SessionEnd {
             }
             SessionEnd::NotOwner(m) => {
                 info!(reason = %m, "closing connection: the site is served elsewhere");
+                close_code::NOT_OWNER
+            }
+            SessionEnd::Fenced(m) => {
+                info!(reason = %m, "closing connection: the shard's ownership changed; the site resumes from committed positions");
                 close_code::NOT_OWNER
             }
             SessionEnd::Redirected(hub) => {

@@ -456,9 +456,10 @@ impl Session<'_> {
             WriteError::BadBatch { .. } => {
                 (ErrorCode::BadBatch, SessionEnd::Protocol(e.to_string()))
             }
-            WriteError::NotOwner { .. } | WriteError::Fenced { .. } => {
+            WriteError::NotOwner { .. } => {
                 (ErrorCode::Internal, SessionEnd::NotOwner(e.to_string()))
             }
+            WriteError::Fenced { .. } => (ErrorCode::Internal, SessionEnd::Fenced(e.to_string())),
             _ => (ErrorCode::Internal, SessionEnd::Internal(e.to_string())),
         };
         self.proto.reject(code, e.to_string());
