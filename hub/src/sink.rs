@@ -755,6 +755,60 @@ struct Preparer {
 /// How often a lingering writer looks for more batches (`fleet.transaction_linger_ms`).
 const LINGER_STEP: Duration = Duration::from_millis(5);
 
+/// How often a preparer waiting for its busy writer looks for more batches (the writer also
+/// wakes it when its transaction ends).
+const BUSY_STEP: Duration = Duration::from_millis(5);
+
+/// What a preparer does when no batch is queued.
+#[derive(Debug, PartialEq, Eq)]
+enum Collect {
+    /// Wait this long for more: the transaction linger is not over.
+    Linger(Duration),
+    /// Wait at most this long (or until woken) for more: the writer could not take a
+    /// transaction now anyway.
+    AwaitWriter(Duration),
+    /// Prepare what was collected and hand it over.
+    Prepare,
+}
+
+/// The rule of a preparer whose queue is empty, with `linger_left` of its linger and its
+/// writer busy or not: a transaction is handed over only when its writer can start it, so
+/// that what arrives in the meantime joins it.
+fn when_empty(linger_left: Duration, writer_busy: bool) -> Collect {
+    if !linger_left.is_zero() {
+        Collect::Linger(linger_left.min(LINGER_STEP))
+    } else if writer_busy {
+        Collect::AwaitWriter(BUSY_STEP)
+    } else {
+        Collect::Prepare
+    }
+}
+
+/// Transactions handed from a preparer to its writer and not yet ended. While there is one,
+/// the writer could not take another, so the preparer keeps collecting: a batch that arrives
+/// during a transaction goes into the next one, not into the one after it (which a
+/// transaction prepared early would be).
+#[derive(Default)]
+struct Handoff {
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl Handoff {
+    fn writer_busy(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    fn handed(&self) {
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn ended(&self) {
+        self.pending
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// How long a '.'/'_' collision is taken as known before the topic list is read again.
 const COLLISION_RECHECK: Duration = Duration::from_secs(60);
 
@@ -763,6 +817,7 @@ impl Preparer {
         mut self,
         mut rx: mpsc::UnboundedReceiver<Queued>,
         out: std::sync::mpsc::SyncSender<PreparedTxn>,
+        handoff: &Handoff,
     ) {
         while let Some((first, permit)) = rx.blocking_recv() {
             let linger_until = Instant::now() + self.settings.linger;
@@ -778,10 +833,12 @@ impl Preparer {
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {
                         let left = linger_until.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
+                        match when_empty(left, handoff.writer_busy()) {
+                            Collect::Linger(d) => std::thread::sleep(d),
+                            // Woken early by the writer when its transaction ends.
+                            Collect::AwaitWriter(d) => std::thread::park_timeout(d),
+                            Collect::Prepare => break,
                         }
-                        std::thread::sleep(left.min(LINGER_STEP));
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
@@ -790,9 +847,11 @@ impl Preparer {
             if prepared.is_empty() {
                 continue;
             }
+            handoff.handed();
             if let Err(std::sync::mpsc::SendError(txn)) =
                 out.send(PreparedTxn { prepared, permits })
             {
+                handoff.ended();
                 for p in txn.prepared {
                     p.job.complete(Err(WriteError::Stopped));
                 }
@@ -1134,16 +1193,22 @@ impl Writer {
         ready.one_more();
         let (tx, prepared) = std::sync::mpsc::sync_channel::<PreparedTxn>(1);
         let name = format!("prepare-{}-{}", self.cluster.alias, self.index);
-        let stage = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || preparer.run(rx, tx))
-            .expect("spawning a preparer thread");
+        let handoff = Arc::new(Handoff::default());
+        let stage = {
+            let handoff = handoff.clone();
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || preparer.run(rx, tx, &handoff))
+                .expect("spawning a preparer thread")
+        };
         loop {
             match prepared.recv_timeout(IDLE_POLL) {
                 Ok(txn) => {
                     self.write(txn.prepared);
                     // The queue's budget covers the batches' bytes until their transaction ended.
                     drop(txn.permits);
+                    handoff.ended();
+                    stage.thread().unpark();
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(p) = &self.producer {
@@ -1961,6 +2026,40 @@ impl Deliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preparer_hands_a_transaction_over_only_when_its_writer_can_start_it() {
+        // The linger comes first, whatever the writer does.
+        let left = Duration::from_millis(3);
+        assert_eq!(when_empty(left, false), Collect::Linger(left));
+        assert_eq!(
+            when_empty(Duration::from_secs(1), true),
+            Collect::Linger(LINGER_STEP)
+        );
+        // Then, while the writer is inside a transaction, what arrives joins the next one ...
+        assert_eq!(
+            when_empty(Duration::ZERO, true),
+            Collect::AwaitWriter(BUSY_STEP)
+        );
+        // ... which is handed over once the writer can start it.
+        assert_eq!(when_empty(Duration::ZERO, false), Collect::Prepare);
+    }
+
+    #[test]
+    fn the_writer_is_busy_from_the_handover_until_the_transaction_ended() {
+        let h = Handoff::default();
+        assert!(!h.writer_busy());
+        h.handed();
+        assert!(
+            h.writer_busy(),
+            "a handed transaction keeps the writer busy"
+        );
+        h.handed();
+        h.ended();
+        assert!(h.writer_busy(), "one of two transactions still runs");
+        h.ended();
+        assert!(!h.writer_busy());
+    }
 
     #[tokio::test]
     async fn a_writer_queue_holds_at_most_its_byte_budget() {
