@@ -37,7 +37,15 @@ pub fn consumer(cfg: &KafkaSettings, prefetch_kbytes: usize) -> Result<BaseConsu
         .set("isolation.level", cfg.isolation_level.as_librdkafka())
         // Bounds the records prefetched in memory (with the in-flight limits, the agent's memory).
         .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
-        .set("fetch.max.bytes", (prefetch_kbytes * 1024).to_string())
+        // One fetch answer is decompressed whole before the queue limit above is looked at, so
+        // an answer as large as the read-ahead overshoots it by the edge's compression ratio
+        // (a 55 MiB allocator arena in the 1k bench, zstd JSON). A quarter of it (at least
+        // librdkafka's 1 MiB floor, `message.max.bytes`) kept the copy rate and took ~8 MiB off
+        // the agent's peak; an eighth took 24 MiB off but a fifth of the rate (BENCHMARKS.md).
+        .set(
+            "fetch.max.bytes",
+            (prefetch_kbytes * 1024 / 4).max(1 << 20).to_string(),
+        )
         .set("enable.partition.eof", "false")
         .create()
 }
