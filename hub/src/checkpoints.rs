@@ -19,11 +19,11 @@ use rdkafka::client::{Client, ClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 
 use crate::config::ClusterConfig;
 use crate::group_offsets::{self, ErrorCode, GroupOffsetsError, PartitionResult};
-use crate::kafka::{KafkaOpError, TopicManager, client_config};
+use crate::kafka::{KafkaOpError, PolledProducer, TopicManager, client_config};
 use crate::offsets::Translation;
 use crate::sites::Site;
 
@@ -152,7 +152,7 @@ pub struct Checkpointer {
     cluster_index: usize,
     cluster: ClusterConfig,
     topics: Arc<TopicManager>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: PolledProducer,
     ends: BaseConsumer,
     sites: HashMap<String, SiteMarks>,
 }
@@ -185,11 +185,13 @@ impl Checkpointer {
         settings: CheckpointSettings,
     ) -> Result<Self, KafkaOpError> {
         let err = |what: &str| KafkaOpError::kafka(&cluster.alias, what);
-        let producer = client_config(cluster)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .map_err(err("creating the checkpoint producer"))?;
+        let producer = PolledProducer::new(
+            client_config(cluster)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5"),
+            "ckpt-reports",
+        )
+        .map_err(err("creating the checkpoint producer"))?;
         let ends = client_config(cluster)
             .set("group.id", "er-hub-ends")
             .set("isolation.level", "read_committed")

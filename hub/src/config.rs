@@ -203,6 +203,19 @@ pub struct FleetConfig {
     /// to this long longer for its ack.
     #[serde(default)]
     pub transaction_linger_ms: u64,
+    /// Per writer, how many partitions a transaction of heartbeats alone writes per second,
+    /// on average. Every partition a transaction writes costs the writer's producer a produce
+    /// request whose answer walks every partition it knows, so 1,000 sites' heartbeats
+    /// committed as they come cost a core's half. Past this rate, a writer holds a transaction
+    /// of nothing but heartbeats until the last one's partitions are paid for, and the sites'
+    /// heartbeats that came meanwhile share their partitions' requests. A few sites never
+    /// wait; a batch of records takes held heartbeats along at once. 0: never hold.
+    #[serde(default = "default_heartbeat_partitions_per_second")]
+    pub heartbeat_partitions_per_second: u32,
+    /// The longest a writer holds heartbeats for `heartbeat_partitions_per_second`: how far a
+    /// heartbeat's commit may trail it (the replication lag an idle site shows).
+    #[serde(default = "default_heartbeat_max_delay_ms")]
+    pub heartbeat_max_delay_ms: u64,
     /// `host:port` addresses agents are sent to when their site's shard belongs to this hub
     /// and they reached another hub of the group. Empty: `listen`, unless it is a wildcard
     /// address (then this hub cannot be redirected to, and says so at start).
@@ -224,6 +237,8 @@ impl Default for FleetConfig {
             shards: default_shards(),
             writers_per_cluster: 0,
             transaction_linger_ms: 0,
+            heartbeat_partitions_per_second: default_heartbeat_partitions_per_second(),
+            heartbeat_max_delay_ms: default_heartbeat_max_delay_ms(),
             advertised_addresses: Vec::new(),
             session_timeout_ms: default_fleet_session_timeout_ms(),
             shard_wait_ms: default_shard_wait_ms(),
@@ -233,6 +248,12 @@ impl Default for FleetConfig {
 
 fn default_shards() -> u32 {
     64
+}
+fn default_heartbeat_partitions_per_second() -> u32 {
+    100
+}
+fn default_heartbeat_max_delay_ms() -> u64 {
+    5_000
 }
 fn default_fleet_session_timeout_ms() -> u64 {
     10_000
@@ -1359,6 +1380,15 @@ fn fleet(f: &FleetConfig, invalid: &Invalid<'_>) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if f.heartbeat_max_delay_ms > 60_000 {
+        return Err(invalid(
+            "fleet.heartbeat_max_delay_ms",
+            format!(
+                "{} must be at most 60000 (a heartbeat shows its site alive; held longer it shows lag)",
+                f.heartbeat_max_delay_ms
+            ),
+        ));
+    }
     if !(6_000..=300_000).contains(&f.session_timeout_ms) {
         return Err(invalid(
             "fleet.session_timeout_ms",
@@ -1697,6 +1727,10 @@ mod tests {
             (
                 good.replace("transaction_linger_ms = 0", "transaction_linger_ms = 60000"),
                 "fleet.transaction_linger_ms",
+            ),
+            (
+                good.replace("heartbeat_max_delay_ms = 5000", "heartbeat_max_delay_ms = 600000"),
+                "fleet.heartbeat_max_delay_ms",
             ),
             (
                 good.replace("session_timeout_ms = 10000", "session_timeout_ms = 100"),

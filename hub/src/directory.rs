@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::config::ClusterConfig;
-use crate::kafka::{KafkaOpError, client_config};
+use crate::kafka::{KafkaOpError, PolledProducer, client_config};
 use crate::membership::Ownership;
 use crate::shards::{HubAdvert, Shard, hubs_topic};
 
@@ -41,7 +41,7 @@ impl std::fmt::Debug for Directory {
 
 /// Writes this hub's advert.
 struct Advertiser {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: PolledProducer,
     topic: String,
     hub_id: String,
     addresses: Vec<String>,
@@ -103,10 +103,11 @@ impl Directory {
     ) -> Result<Self, KafkaOpError> {
         let topic = hubs_topic(group);
         let err = |what: &str| KafkaOpError::kafka(&cluster.alias, what);
-        let producer: ThreadedProducer<DefaultProducerContext> = client_config(cluster)
-            .set("linger.ms", "0")
-            .create()
-            .map_err(err("creating the directory producer"))?;
+        let producer = PolledProducer::new(
+            client_config(cluster).set("linger.ms", "0"),
+            "dir-reports",
+        )
+        .map_err(err("creating the directory producer"))?;
         let consumer: BaseConsumer = client_config(cluster)
             .set("group.id", format!("{group}-directory"))
             .set("enable.auto.commit", "false")

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use er_protocol::{HEARTBEATS_TOPIC, Heartbeat};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 
 use crate::config::Validated;
-use crate::kafka::{KafkaOpError, TopicManager, client_config};
+use crate::kafka::{KafkaOpError, PolledProducer, TopicManager, client_config};
 use crate::sites::{Registry, Site};
 
 /// How often the relay looks for newly committed heartbeats: MM2's default heartbeat interval.
@@ -32,7 +32,7 @@ pub struct Relay {
     alias: String,
     config: Validated,
     topics: Arc<TopicManager>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: PolledProducer,
     /// Newest heartbeat relayed per site (the site's clock, epoch ms).
     relayed: HashMap<String, i64>,
     /// Remote heartbeats topics known to exist.
@@ -89,11 +89,13 @@ impl Relay {
         topics: Arc<TopicManager>,
     ) -> Result<Self, KafkaOpError> {
         let cluster = &config.raw.clusters[cluster_index];
-        let producer = client_config(cluster)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .map_err(KafkaOpError::kafka(
+        let producer = PolledProducer::new(
+            client_config(cluster)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5"),
+            "hb-reports",
+        )
+        .map_err(KafkaOpError::kafka(
                 &cluster.alias,
                 "creating the heartbeat relay's producer",
             ))?;

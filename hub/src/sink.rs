@@ -10,7 +10,7 @@
 //! the shard fails that commit and the transaction aborts (KIP-447 fencing). Each batch is
 //! acked only after the commit that holds it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -251,6 +251,8 @@ pub struct WriterSettings {
     /// How long a writer collects batches before it begins a transaction
     /// (`fleet.transaction_linger_ms`).
     pub linger: Duration,
+    /// How transactions of heartbeats alone are paced (`fleet.heartbeat_*`).
+    pub heartbeat_pacing: HeartbeatPacing,
 }
 
 impl WriterSettings {
@@ -269,6 +271,10 @@ impl WriterSettings {
             queue_bytes: l.writer_queue_bytes,
             writers: cfg.writers_per_cluster,
             linger: Duration::from_millis(cfg.raw.fleet.transaction_linger_ms),
+            heartbeat_pacing: HeartbeatPacing {
+                partitions_per_second: cfg.raw.fleet.heartbeat_partitions_per_second,
+                max_delay: Duration::from_millis(cfg.raw.fleet.heartbeat_max_delay_ms),
+            },
         }
     }
 }
@@ -784,6 +790,50 @@ fn when_empty(linger_left: Duration, writer_busy: bool) -> Collect {
     }
 }
 
+/// How a writer paces transactions that carry heartbeats and nothing else.
+///
+/// Each partition a transaction writes costs a produce request, and librdkafka answers each
+/// one by walking every partition the producer knows: with 1,000 sites, heartbeats committed
+/// as they come (1,000 partitions a second) cost the hub half a core of walks. Held for a
+/// while, the heartbeats of many rounds share one request per partition. The hold after a
+/// heartbeat-only transaction is what its partitions cost at `partitions_per_second`, so a few
+/// sites never wait, and a fleet settles at that many partitions a second per writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatPacing {
+    /// The partitions per second heartbeat-only transactions may write, per writer; 0: no hold.
+    pub partitions_per_second: u32,
+    /// The longest hold.
+    pub max_delay: Duration,
+}
+
+impl HeartbeatPacing {
+    /// How long after a heartbeat-only transaction that wrote `partitions` partitions the next
+    /// one waits.
+    fn hold_after(&self, partitions: usize) -> Duration {
+        if self.partitions_per_second == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(partitions as f64 / f64::from(self.partitions_per_second))
+            .min(self.max_delay)
+    }
+}
+
+/// Whether a batch holds nothing but the site's heartbeats (the edge `heartbeats` topic).
+fn heartbeats_only(job: &WriteJob) -> bool {
+    job.batch.header.tp.topic == er_protocol::HEARTBEATS_TOPIC
+}
+
+/// The partitions a transaction of `jobs` writes: each source partition's destination (one
+/// for a heartbeats batch) and each shard's position and offset index partitions.
+fn partitions_written(jobs: &[WriteJob]) -> usize {
+    let sources: HashSet<(&str, &TopicPartition)> = jobs
+        .iter()
+        .map(|j| (j.site.alias.as_str(), &j.batch.header.tp))
+        .collect();
+    let shards: HashSet<Shard> = jobs.iter().map(|j| j.site.shard).collect();
+    sources.len() + 2 * shards.len()
+}
+
 /// Transactions handed from a preparer to its writer and not yet ended. While there is one,
 /// the writer could not take another, so the preparer keeps collecting: a batch that arrives
 /// during a transaction goes into the next one, not into the one after it (which a
@@ -819,20 +869,29 @@ impl Preparer {
         out: std::sync::mpsc::SyncSender<PreparedTxn>,
         handoff: &Handoff,
     ) {
+        // When the next transaction of heartbeats alone may begin.
+        let mut heartbeats_until = Instant::now();
         while let Some((first, permit)) = rx.blocking_recv() {
             let linger_until = Instant::now() + self.settings.linger;
             let mut bytes = u64::from(first.batch.header.uncompressed_len);
+            let mut only_heartbeats = heartbeats_only(&first);
             let mut jobs = vec![first];
             let mut permits = vec![permit];
             while bytes < self.settings.max_transaction_bytes {
                 match rx.try_recv() {
                     Ok((j, p)) => {
                         bytes += u64::from(j.batch.header.uncompressed_len);
+                        only_heartbeats &= heartbeats_only(&j);
                         jobs.push(j);
                         permits.push(p);
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        let left = linger_until.saturating_duration_since(Instant::now());
+                        let until = if only_heartbeats {
+                            linger_until.max(heartbeats_until)
+                        } else {
+                            linger_until
+                        };
+                        let left = until.saturating_duration_since(Instant::now());
                         match when_empty(left, handoff.writer_busy()) {
                             Collect::Linger(d) => std::thread::sleep(d),
                             // Woken early by the writer when its transaction ends.
@@ -842,6 +901,13 @@ impl Preparer {
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
+            }
+            if only_heartbeats {
+                let hold = self
+                    .settings
+                    .heartbeat_pacing
+                    .hold_after(partitions_written(&jobs));
+                heartbeats_until = Instant::now() + hold;
             }
             let prepared = self.prepare(jobs);
             if prepared.is_empty() {
@@ -1835,15 +1901,8 @@ impl Writer {
     }
 
     /// Serves a ready delivery report, or sleeps [`REPORT_PAUSE`] when there is none.
-    /// rust-rdkafka's `poll(t)` serves events until `t` is over and passes the last
-    /// sub-millisecond remainder to librdkafka as a zero timeout, so a short `poll` is a busy
-    /// loop: `poll(1 ms)` here cost the writer most of a core in `clock_gettime` (perf).
     fn serve_reports(&self) {
-        let before = self.producer().in_flight_count();
-        self.producer().poll(Duration::ZERO);
-        if self.producer().in_flight_count() == before {
-            std::thread::sleep(REPORT_PAUSE);
-        }
+        crate::kafka::serve_reports(self.producer(), REPORT_PAUSE);
     }
 
     fn send(&self, mut r: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), WriteError> {
@@ -2043,6 +2102,62 @@ mod tests {
         );
         // ... which is handed over once the writer can start it.
         assert_eq!(when_empty(Duration::ZERO, false), Collect::Prepare);
+    }
+
+    /// Heartbeats of `sites` sites (one shard), one a second each, spread over the second,
+    /// through a preparer paced by `pacing` for `seconds`: (partitions written per second,
+    /// the longest a heartbeat waited).
+    fn paced(sites: u64, pacing: HeartbeatPacing, seconds: u64) -> (f64, Duration) {
+        let step = Duration::from_millis(1);
+        let (mut until, mut pending, mut oldest) = (Duration::ZERO, HashSet::new(), None);
+        let (mut written, mut longest) = (0usize, Duration::ZERO);
+        for ms in 0..seconds * 1000 {
+            let now = step * ms as u32;
+            for site in 0..sites {
+                // Site `site` beats at `site / sites` of each second.
+                if (ms % 1000) == site * 1000 / sites {
+                    pending.insert(site);
+                    oldest.get_or_insert(now);
+                }
+            }
+            if let Some(first) = oldest.filter(|_| now >= until) {
+                let partitions = pending.len() + 2;
+                written += partitions;
+                longest = longest.max(now - first);
+                until = now + pacing.hold_after(partitions);
+                pending.clear();
+                oldest = None;
+            }
+        }
+        (written as f64 / seconds as f64, longest)
+    }
+
+    #[test]
+    fn heartbeats_alone_are_held_to_the_partition_budget_and_never_past_the_longest_hold() {
+        let pacing = HeartbeatPacing {
+            partitions_per_second: 100,
+            max_delay: Duration::from_secs(5),
+        };
+        // A few sites: each heartbeat goes at once.
+        let (_, longest) = paced(3, pacing, 30);
+        assert_eq!(longest, Duration::ZERO);
+        // Hundreds: the writer settles at its budget, heartbeats wait.
+        let (rate, longest) = paced(300, pacing, 60);
+        assert!((90.0..=110.0).contains(&rate), "{rate} partitions/s");
+        assert!(longest > Duration::from_secs(1), "{longest:?}");
+        assert!(longest <= pacing.max_delay, "{longest:?}");
+        // Unpaced, the same fleet writes three times as many.
+        let off = HeartbeatPacing {
+            partitions_per_second: 0,
+            ..pacing
+        };
+        let (rate, longest) = paced(300, off, 60);
+        assert!(rate > 290.0, "{rate} partitions/s");
+        assert!(longest <= Duration::from_millis(1), "{longest:?}");
+        // More than the budget holds in the longest hold: that bounds the wait, not the rate.
+        let (rate, longest) = paced(1000, pacing, 60);
+        assert!(longest <= pacing.max_delay, "{longest:?}");
+        assert!((190.0..=215.0).contains(&rate), "{rate} partitions/s");
     }
 
     #[test]
