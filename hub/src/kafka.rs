@@ -1047,13 +1047,13 @@ const REPORT_POLL_PAUSE: Duration = Duration::from_millis(20);
 /// librdkafka as a zero timeout, so it spins up to a millisecond in `clock_gettime` every
 /// 100 ms: a point of a core per producer, at idle (perf, 1,000 sites). This one polls
 /// without waiting and sleeps [`REPORT_POLL_PAUSE`] when nothing was ready.
-pub struct PolledProducer {
-    producer: Arc<BaseProducer<DefaultProducerContext>>,
+pub struct PolledProducer<C: ProducerContext + 'static = DefaultProducerContext> {
+    producer: Arc<BaseProducer<C>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for PolledProducer {
+impl<C: ProducerContext> std::fmt::Debug for PolledProducer<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolledProducer").finish_non_exhaustive()
     }
@@ -1062,7 +1062,15 @@ impl std::fmt::Debug for PolledProducer {
 impl PolledProducer {
     /// Creates the producer of `config` and its report thread, named `name`.
     pub fn new(config: &ClientConfig, name: &str) -> KafkaResult<Self> {
-        let producer: Arc<BaseProducer<DefaultProducerContext>> = Arc::new(config.create()?);
+        Self::with_context(config, DefaultProducerContext, name)
+    }
+}
+
+impl<C: ProducerContext + 'static> PolledProducer<C> {
+    /// Creates the producer of `config` with `context` (which gets the delivery reports) and
+    /// its report thread, named `name`.
+    pub fn with_context(config: &ClientConfig, context: C, name: &str) -> KafkaResult<Self> {
+        let producer: Arc<BaseProducer<C>> = Arc::new(config.create_with_context(context)?);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
             let (producer, stop) = (producer.clone(), stop.clone());
@@ -1083,15 +1091,15 @@ impl PolledProducer {
     }
 }
 
-impl std::ops::Deref for PolledProducer {
-    type Target = BaseProducer<DefaultProducerContext>;
+impl<C: ProducerContext> std::ops::Deref for PolledProducer<C> {
+    type Target = BaseProducer<C>;
 
     fn deref(&self) -> &Self::Target {
         &self.producer
     }
 }
 
-impl Drop for PolledProducer {
+impl<C: ProducerContext> Drop for PolledProducer<C> {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Release);
         if let Some(t) = self.thread.take() {

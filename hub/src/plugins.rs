@@ -810,7 +810,7 @@ pub mod kafka {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext};
     use rdkafka::{Offset, TopicPartitionList};
 
     use super::{MAX_PLUGIN_BYTES, Store};
@@ -958,8 +958,25 @@ pub mod kafka {
 
     /// Writes store records.
     pub struct Writer {
-        producer: FutureProducer,
+        producer: crate::kafka::PolledProducer<Acks>,
         topic: String,
+    }
+
+    /// How long a store record may take to be acknowledged.
+    const PUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Hands each store record's delivery report to the `put` waiting for it.
+    #[derive(Debug)]
+    pub struct Acks;
+
+    impl rdkafka::ClientContext for Acks {}
+
+    impl ProducerContext for Acks {
+        type DeliveryOpaque = Box<tokio::sync::oneshot::Sender<Result<(), KafkaError>>>;
+
+        fn delivery(&self, report: &DeliveryResult<'_>, put: Self::DeliveryOpaque) {
+            let _ = put.send(report.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+        }
     }
 
     impl std::fmt::Debug for Writer {
@@ -973,26 +990,35 @@ pub mod kafka {
     impl Writer {
         /// A writer of `group`'s store on `cluster`.
         pub fn new(cluster: &ClusterConfig, group: &str) -> Result<Self, KafkaError> {
+            let config = client_config(cluster)
+                .set("enable.idempotence", "true")
+                .set("message.max.bytes", MESSAGE_BYTES.to_string())
+                .set("message.timeout.ms", PUT_TIMEOUT.as_millis().to_string())
+                .clone();
             Ok(Self {
-                producer: client_config(cluster)
-                    .set("enable.idempotence", "true")
-                    .set("message.max.bytes", MESSAGE_BYTES.to_string())
-                    .create()?,
+                producer: crate::kafka::PolledProducer::with_context(
+                    &config,
+                    Acks,
+                    "store-reports",
+                )?,
                 topic: super::store_topic(group),
             })
         }
 
-        /// Writes `key` = `value` and waits until the cluster acknowledged it.
+        /// Writes `key` = `value` and waits until the cluster acknowledged it (at most
+        /// [`PUT_TIMEOUT`], librdkafka's delivery timeout).
         pub async fn put(&self, key: &str, value: &[u8]) -> Result<(), KafkaError> {
-            let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic)
+            let (acked, ack) = tokio::sync::oneshot::channel();
+            let record = BaseRecord::with_opaque_to(&self.topic, Box::new(acked))
                 .key(key)
                 .payload(value)
                 .partition(0);
-            self.producer
-                .send(record, Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
+            self.producer.send(record).map_err(|(e, _)| e)?;
+            match ack.await {
+                Ok(result) => result,
+                // The producer went away with the record.
+                Err(_) => Err(KafkaError::Canceled),
+            }
         }
     }
 }

@@ -106,6 +106,9 @@ pub enum WriteError {
 #[derive(Debug)]
 struct Queue {
     tx: mpsc::UnboundedSender<Queued>,
+    /// The preparer taking from this queue, once it runs: woken by each batch, so that a
+    /// lingering or holding preparer sleeps its whole wait and still sees a batch at once.
+    preparer: Arc<std::sync::OnceLock<std::thread::Thread>>,
     budget: Arc<Semaphore>,
     /// The budget's size, in bytes.
     size: u32,
@@ -116,6 +119,7 @@ impl Queue {
         let size = bytes.max(1);
         Self {
             tx,
+            preparer: Arc::default(),
             budget: Arc::new(Semaphore::new(size as usize)),
             size,
         }
@@ -360,6 +364,7 @@ impl WriterPool {
                 settings: settings.clone(),
                 dest_cache: HashMap::new(),
                 collided: HashMap::new(),
+                woken_by: queue.preparer.clone(),
             };
             let w = Writer {
                 rt: rt.clone(),
@@ -420,7 +425,12 @@ impl WriterPool {
             }
         };
         match q.tx.send((job, permit)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(t) = q.preparer.get() {
+                    t.unpark();
+                }
+                Ok(())
+            }
             Err(mpsc::error::SendError((job, _))) => {
                 job.complete(Err(WriteError::Stopped));
                 Err(WriteError::Stopped)
@@ -756,19 +766,19 @@ struct Preparer {
     /// found: their batches skip creating and looking again (a metadata request each) until
     /// [`COLLISION_RECHECK`] passed, in case the other topic was deleted.
     collided: HashMap<String, (String, Instant)>,
+    /// Where the queue finds this preparer's thread to wake it.
+    woken_by: Arc<std::sync::OnceLock<std::thread::Thread>>,
 }
 
-/// How often a lingering writer looks for more batches (`fleet.transaction_linger_ms`).
-const LINGER_STEP: Duration = Duration::from_millis(5);
-
-/// How often a preparer waiting for its busy writer looks for more batches (the writer also
-/// wakes it when its transaction ends).
-const BUSY_STEP: Duration = Duration::from_millis(5);
+/// The longest a preparer waiting for its busy writer sleeps: a safety net, since the writer
+/// wakes it when its transaction ends and the queue when a batch comes.
+const BUSY_STEP: Duration = Duration::from_millis(50);
 
 /// What a preparer does when no batch is queued.
 #[derive(Debug, PartialEq, Eq)]
 enum Collect {
-    /// Wait this long for more: the transaction linger is not over.
+    /// Wait this long for more (woken by each batch): the transaction linger, or a hold of
+    /// heartbeats, is not over.
     Linger(Duration),
     /// Wait at most this long (or until woken) for more: the writer could not take a
     /// transaction now anyway.
@@ -782,7 +792,7 @@ enum Collect {
 /// that what arrives in the meantime joins it.
 fn when_empty(linger_left: Duration, writer_busy: bool) -> Collect {
     if !linger_left.is_zero() {
-        Collect::Linger(linger_left.min(LINGER_STEP))
+        Collect::Linger(linger_left)
     } else if writer_busy {
         Collect::AwaitWriter(BUSY_STEP)
     } else {
@@ -869,6 +879,7 @@ impl Preparer {
         out: std::sync::mpsc::SyncSender<PreparedTxn>,
         handoff: &Handoff,
     ) {
+        let _ = self.woken_by.set(std::thread::current());
         // When the next transaction of heartbeats alone may begin.
         let mut heartbeats_until = Instant::now();
         while let Some((first, permit)) = rx.blocking_recv() {
@@ -893,7 +904,8 @@ impl Preparer {
                         };
                         let left = until.saturating_duration_since(Instant::now());
                         match when_empty(left, handoff.writer_busy()) {
-                            Collect::Linger(d) => std::thread::sleep(d),
+                            // Woken early by the next batch.
+                            Collect::Linger(d) => std::thread::park_timeout(d),
                             // Woken early by the writer when its transaction ends.
                             Collect::AwaitWriter(d) => std::thread::park_timeout(d),
                             Collect::Prepare => break,
@@ -2093,7 +2105,7 @@ mod tests {
         assert_eq!(when_empty(left, false), Collect::Linger(left));
         assert_eq!(
             when_empty(Duration::from_secs(1), true),
-            Collect::Linger(LINGER_STEP)
+            Collect::Linger(Duration::from_secs(1))
         );
         // Then, while the writer is inside a transaction, what arrives joins the next one ...
         assert_eq!(
