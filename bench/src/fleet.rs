@@ -148,6 +148,9 @@ pub struct FleetRun {
     pub trickle: Snapshot,
     /// Hub CPU during the trickle window, % of one core.
     pub trickle_cpu_pct: Option<f64>,
+    /// Records of all sites the hub acked per second during the trickle window (the
+    /// fleet's aggregate copy rate when `--rate` asks for more than the hub keeps up with).
+    pub trickle_acked_per_s: Option<f64>,
     /// At the end of the idle window (heartbeats and group reports only).
     pub idle: Snapshot,
     /// Hub CPU during the idle window, % of one core.
@@ -495,8 +498,11 @@ impl Rig<'_> {
 
         let sampler = Sampler::start(&[("hub", hub.pid())]);
         let t1 = Instant::now();
+        let acked = fleet.status().records_acked;
         tokio::time::sleep(window).await;
         let t2 = Instant::now();
+        let acked = fleet.status().records_acked.saturating_sub(acked);
+        run.trickle_acked_per_s = Some(acked as f64 / (t2 - t1).as_secs_f64());
         run.trickle = self.snapshot(hub);
         fleet.set_rate(0.0);
         // What was in flight settles before the idle window starts.
@@ -661,8 +667,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The results as a markdown table, one row per fleet size.
 pub fn table(runs: &[FleetRun]) -> String {
     let mut out = String::from(
-        "| sites | hub threads | central TCP | hub RSS MiB | threads/site | RSS KiB/site | CPU idle % | CPU trickle % | all welcomed s | storm: welcomed / flowing s | records | exactly once |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| sites | hub threads | central TCP | hub RSS MiB | threads/site | RSS KiB/site | CPU idle % | CPU trickle % | acked rec/s trickle | all welcomed s | storm: welcomed / flowing s | records | exactly once |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in runs {
         let storm = r.storm.as_ref().map_or_else(
@@ -680,7 +686,7 @@ pub fn table(runs: &[FleetRun]) -> String {
             (None, None) => "not run".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.1} | {} | {} | {storm} | {} | {check} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.1} | {} | {} | {} | {storm} | {} | {check} |\n",
             r.sites,
             r.idle.threads,
             r.idle.tcp_central,
@@ -689,6 +695,7 @@ pub fn table(runs: &[FleetRun]) -> String {
             opt(r.rss_kib_per_site(), 0),
             r.idle_cpu_pct,
             opt(r.trickle_cpu_pct, 1),
+            opt(r.trickle_acked_per_s, 0),
             opt(r.all_welcomed_s, 1),
             r.records,
         ));

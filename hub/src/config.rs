@@ -1729,7 +1729,10 @@ mod tests {
                 "fleet.transaction_linger_ms",
             ),
             (
-                good.replace("heartbeat_max_delay_ms = 5000", "heartbeat_max_delay_ms = 600000"),
+                good.replace(
+                    "heartbeat_max_delay_ms = 5000",
+                    "heartbeat_max_delay_ms = 600000",
+                ),
                 "fleet.heartbeat_max_delay_ms",
             ),
             (

@@ -103,11 +103,9 @@ impl Directory {
     ) -> Result<Self, KafkaOpError> {
         let topic = hubs_topic(group);
         let err = |what: &str| KafkaOpError::kafka(&cluster.alias, what);
-        let producer = PolledProducer::new(
-            client_config(cluster).set("linger.ms", "0"),
-            "dir-reports",
-        )
-        .map_err(err("creating the directory producer"))?;
+        let producer =
+            PolledProducer::new(client_config(cluster).set("linger.ms", "0"), "dir-reports")
+                .map_err(err("creating the directory producer"))?;
         let consumer: BaseConsumer = client_config(cluster)
             .set("group.id", format!("{group}-directory"))
             .set("enable.auto.commit", "false")

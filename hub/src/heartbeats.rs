@@ -96,9 +96,9 @@ impl Relay {
             "hb-reports",
         )
         .map_err(KafkaOpError::kafka(
-                &cluster.alias,
-                "creating the heartbeat relay's producer",
-            ))?;
+            &cluster.alias,
+            "creating the heartbeat relay's producer",
+        ))?;
         Ok(Self {
             cluster_index,
             alias: cluster.alias.clone(),

@@ -1,7 +1,7 @@
 //! A fleet on one hub: hundreds of simulated sites (er_tests::fleet), each with its own
 //! certificate and QUIC connection, against the real hub binary and real Kafka; the hub is
 //! killed and started again on the same port in the middle, and every record of every site
-//! must still arrive exactly once, in order per partition.
+//! must still arrive exactly once, in order per partition; idle, their heartbeats are paced.
 //!
 //! `ER_FLEET_SITES` changes the number of sites (default 200, as issue 11 asks of the suite).
 
@@ -33,7 +33,9 @@ async fn hundreds_of_sites_on_one_hub_exactly_once_across_a_hub_kill() -> anyhow
     let sites = fleet::site_names(&prefix, n);
     fleet::issue_certs(pki_dir.path(), &sites)?;
     let pki = Pki::from_dir(pki_dir);
-    let setup = HubSetup::new(k.central())?;
+    let mut setup = HubSetup::new(k.central())?;
+    let metrics_port = er_tests::prom::free_tcp_port();
+    setup.extra = er_tests::prom::metrics_section(metrics_port);
     let mut hub = setup.start(&pki, work.path())?;
     let logs =
         |hub: &er_tests::replicator::Proc| format!("hub log:\n{}", tail(&hub.log_text(), 60));
@@ -92,6 +94,22 @@ async fn hundreds_of_sites_on_one_hub_exactly_once_across_a_hub_kill() -> anyhow
     if let Err(e) = produced {
         panic!("{e:#}\n{}", logs(&hub));
     }
+    // Every site idles now but for its heartbeat every second: hundreds of heartbeats a second
+    // are dozens of transactions if each writer commits them as they come (74 in 8 s with
+    // `fleet.heartbeat_partitions_per_second = 0`). Paced, each writer holds them a couple of
+    // seconds (13).
+    let committed = || -> anyhow::Result<f64> {
+        let m = er_tests::prom::parse(&er_tests::prom::scrape(metrics_port)?);
+        Ok(er_tests::prom::value(&m, "er_hub_transaction_seconds_count", &[]).unwrap_or(0.0))
+    };
+    let (before, idle) = (committed()?, Duration::from_secs(8));
+    tokio::time::sleep(idle).await;
+    let transactions = committed()? - before;
+    eprintln!("{transactions} transactions in {idle:?} of heartbeats alone");
+    assert!(
+        transactions <= 40.0,
+        "{transactions} transactions in {idle:?} of {n} sites' heartbeats alone: not paced"
+    );
     if let Err(e) = fleet.drain(Duration::from_secs(30)).await {
         panic!("{e:#}\n{}", logs(&hub));
     }
