@@ -388,6 +388,39 @@ fn thousand_batches_over_four_partitions_are_acked_in_order() {
 }
 
 #[test]
+fn heartbeat_batches_go_one_at_a_time_per_partition() {
+    let mut pair = Pair::with_config(Instant::now(), ms(20), Store::default(), agent_config());
+    pair.run_until(Pair::welcomed, 100);
+    let (hb, data) = (tp("heartbeats", 0), tp("t", 0));
+    let batch = |pair: &Pair, tp: &TopicPartition, offset: i64| {
+        let mut bb = BatchBuilder::new(tp.clone(), 1);
+        bb.push(&RecordRef {
+            offset,
+            timestamp: 0,
+            timestamp_type: TimestampType::CreateTime,
+            key: None,
+            value: Some(b"beat"),
+            headers: &[],
+            topic: None,
+            partition: None,
+        });
+        bb.finish(pair.agent.next_seq(tp), Codec::None, 0).unwrap()
+    };
+    pair.agent.send_batch(batch(&pair, &hb, 0)).unwrap();
+    pair.agent.send_batch(batch(&pair, &data, 0)).unwrap();
+    // A tiny heartbeat batch waits for the one in flight; a data partition takes several.
+    assert!(!pair.agent.can_send(&hb, 50));
+    assert!(pair.agent.link_has_room(50), "only the heartbeats wait");
+    assert!(pair.agent.can_send(&data, 50));
+    pair.agent.send_batch(batch(&pair, &data, 1)).unwrap();
+    pair.run_until(|p| p.agent.inflight_bytes() == 0, 1000);
+    assert!(pair.agent.can_send(&hb, 50));
+    pair.agent.send_batch(batch(&pair, &hb, 1)).unwrap();
+    pair.run_until(|p| p.agent.inflight_bytes() == 0, 1000);
+    assert_eq!(pair.store.committed.len(), 4);
+}
+
+#[test]
 fn backpressure_blocks_sends_until_acks_free_the_budget() {
     let config = AgentConnConfig {
         max_inflight_bytes_per_partition: 1000,
