@@ -27,6 +27,11 @@ const FIGURES: &[(&str, &[&str], Better)] = &[
     ("CPU s per M records", &["cpu_s_per_m"], Better::Lower),
     ("latency p50 ms", &["latency", "p50_ms"], Better::Lower),
     ("latency p99 ms", &["latency", "p99_ms"], Better::Lower),
+    (
+        "heartbeat latency p50 ms",
+        &["latency", "heartbeat_p50_ms"],
+        Better::Lower,
+    ),
 ];
 
 /// What the previous run did: its scenarios and systems, in order.

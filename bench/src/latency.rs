@@ -25,6 +25,11 @@ pub struct Latency {
     pub p99_ms: f64,
     /// Maximum, ms.
     pub max_ms: f64,
+    /// MM2 heartbeats that arrived in the replicated heartbeats topic meanwhile (ours only).
+    pub heartbeats: u64,
+    /// Their median end-to-end latency, ms: arrival minus the heartbeat's own timestamp
+    /// (when the agent emitted it; millisecond resolution).
+    pub heartbeat_p50_ms: Option<f64>,
 }
 
 /// The `q` quantile (0..=1) of sorted values, nearest rank.
@@ -38,12 +43,15 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Sends `plan.rate` records/s for `plan.duration` to `src` on the edge and measures their
 /// arrival in `dest` on the central cluster. Records carry header `hot` = `1` so that a
-/// filtering replicator keeps them.
+/// filtering replicator keeps them. With `heartbeats` (the replicated MM2 heartbeats topic on
+/// the central cluster), also measures the heartbeats that arrive there meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub fn measure(
     edge: &str,
     central: &str,
     src: &str,
     dest: &str,
+    heartbeats: Option<&str>,
     partitions: i32,
     w: &Workload,
     plan: LatencyPlan,
@@ -59,6 +67,9 @@ pub fn measure(
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(dest, p, Offset::End)?;
+    }
+    if let Some(t) = heartbeats {
+        tpl.add_partition_offset(t, 0, Offset::End)?;
     }
     c.assign(&tpl)?;
     // Let the consumer settle on its end offsets before anything is sent.
@@ -108,6 +119,7 @@ pub fn measure(
     };
 
     let mut lat: Vec<f64> = Vec::with_capacity(total as usize);
+    let mut beats: Vec<f64> = Vec::new();
     let mut deadline = None;
     while (lat.len() as u64) < total {
         if deadline.is_none() && sender.is_finished() {
@@ -121,6 +133,16 @@ pub fn measure(
         };
         let m = m?;
         let now = now_us();
+        if Some(m.topic()) == heartbeats {
+            let beat = m
+                .key()
+                .zip(m.payload())
+                .and_then(|(k, v)| er_protocol::Heartbeat::decode(k, v).ok());
+            if let Some(b) = beat {
+                beats.push((now / 1000 - b.timestamp) as f64);
+            }
+            continue;
+        }
         let sent = m.headers().and_then(|h| {
             h.iter()
                 .find(|h| h.key == SENT_HEADER)
@@ -140,12 +162,15 @@ pub fn measure(
     }
     let received = lat.len() as u64;
     lat.sort_by(f64::total_cmp);
+    beats.sort_by(f64::total_cmp);
     Ok(Latency {
         sent: total,
         received,
         p50_ms: quantile(&lat, 0.5),
         p99_ms: quantile(&lat, 0.99),
         max_ms: *lat.last().expect("not empty"),
+        heartbeats: beats.len() as u64,
+        heartbeat_p50_ms: (!beats.is_empty()).then(|| quantile(&beats, 0.5)),
     })
 }
 

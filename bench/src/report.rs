@@ -155,6 +155,12 @@ fn rows(s: &ScenarioResult, settings: &Settings) -> Vec<Row> {
             text: None,
         },
         Row {
+            name: "heartbeat latency p50, ms (ours: replicated MM2 heartbeats)".into(),
+            kind: Kind::Lower,
+            value: Box::new(|m| m.latency.and_then(|l| l.heartbeat_p50_ms)),
+            text: None,
+        },
+        Row {
             name: "measured window, s".into(),
             kind: Kind::Lower,
             value: Box::new(|m| Some(m.window_s)),

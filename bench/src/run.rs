@@ -569,7 +569,21 @@ impl Bench {
             }
         };
         let started = Instant::now();
-        let result = self.measure(scen, w, exp, &sources, &lat_src, marker, &running, started);
+        // Our agent's heartbeats are replicated like its topics; MM2's are written on the target
+        // by its heartbeat connector, not replicated (no `<source>.heartbeats` in one flow).
+        let heartbeats =
+            (sys == System::Ours).then(|| format!("{marker}.{}", er_protocol::HEARTBEATS_TOPIC));
+        let result = self.measure(
+            scen,
+            w,
+            exp,
+            &sources,
+            &lat_src,
+            marker,
+            heartbeats.as_deref(),
+            &running,
+            started,
+        );
         running.stop();
         match result {
             Ok(m) => Ok(Outcome::Measured(Box::new(m))),
@@ -611,6 +625,7 @@ impl Bench {
         sources: &[String],
         lat_src: &str,
         marker: &str,
+        heartbeats: Option<&str>,
         running: &Running,
         started: Instant,
     ) -> Result<Metrics> {
@@ -705,6 +720,7 @@ impl Bench {
                     &self.brokers.central,
                     lat_src,
                     &lat_dest,
+                    heartbeats,
                     w.partitions,
                     w,
                     self.settings.latency,
