@@ -113,6 +113,33 @@ fn reported(groups: &crate::config::GroupSettings, group: &str) -> bool {
     group != crate::kafka::AGENT_GROUP_ID && groups.wants(group)
 }
 
+/// What one connection reported of each group, so that a report carries only the groups
+/// whose offsets moved. The hub replaces a group's offsets with each report of it and keeps
+/// them otherwise, so an unchanged group need not go again: 1,000 idle sites reporting every
+/// 5 s were 200 frames a second for the hub to read and change nothing with. A new connection
+/// starts empty and reports every group.
+#[derive(Debug, Default)]
+pub struct Reported {
+    groups: HashMap<String, Vec<Position>>,
+}
+
+impl Reported {
+    /// The groups of `read` whose offsets differ from what this connection last reported of
+    /// them (offsets in partition order), taken as reported.
+    pub fn changed(&mut self, read: Vec<GroupOffsets>) -> Vec<GroupOffsets> {
+        read.into_iter()
+            .filter_map(|mut g| {
+                g.offsets.sort_by(|a, b| a.tp.cmp(&b.tp));
+                if self.groups.get(&g.group) == Some(&g.offsets) {
+                    return None;
+                }
+                self.groups.insert(g.group.clone(), g.offsets.clone());
+                Some(g)
+            })
+            .collect()
+    }
+}
+
 /// Splits a report into frames of at most `max_positions` offsets, keeping each group whole
 /// (a group larger than that gets a frame of its own).
 pub fn chunk(groups: Vec<GroupOffsets>, max_positions: usize) -> Vec<Vec<GroupOffsets>> {
@@ -161,6 +188,40 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_report_carries_only_the_groups_that_moved_since_this_connection_reported_them() {
+        let pos = |t: &str, p: i32, o: i64| Position {
+            tp: TopicPartition::new(t, p),
+            next_offset: o,
+        };
+        let group = |name: &str, offsets: Vec<Position>| GroupOffsets {
+            group: name.into(),
+            offsets,
+        };
+        let mut r = Reported::default();
+        let first = vec![
+            group("a", vec![pos("t", 1, 5), pos("t", 0, 7)]),
+            group("b", vec![pos("t", 0, 1)]),
+        ];
+        assert_eq!(r.changed(first.clone()).len(), 2, "a connection reports all first");
+        // The same offsets, read in another order: nothing to send.
+        let same = vec![
+            group("b", vec![pos("t", 0, 1)]),
+            group("a", vec![pos("t", 0, 7), pos("t", 1, 5)]),
+        ];
+        assert!(r.changed(same).is_empty());
+        // One group moved: only it goes.
+        let moved = r.changed(vec![
+            group("a", vec![pos("t", 0, 8), pos("t", 1, 5)]),
+            group("b", vec![pos("t", 0, 1)]),
+        ]);
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].group, "a");
+        assert_eq!(moved[0].offsets[0], pos("t", 0, 8));
+        // A new connection starts over.
+        assert_eq!(Reported::default().changed(first).len(), 2);
     }
 
     #[test]

@@ -232,6 +232,8 @@ struct Replicating {
     groups_tick: tokio::time::Interval,
     /// A group read is running (one at a time).
     groups_busy: bool,
+    /// What this connection reported of each group.
+    groups_reported: crate::groups::Reported,
     report_tick: tokio::time::Interval,
 }
 
@@ -418,7 +420,8 @@ impl Session<'_> {
                 }
                 g = r.groups.recv() => {
                     r.groups_busy = false;
-                    self.on_groups(g.ok_or_else(|| anyhow!("group reader stopped"))?)?;
+                    let read = g.ok_or_else(|| anyhow!("group reader stopped"))?;
+                    self.on_groups(&mut r.groups_reported, read)?;
                 }
                 _ = r.report_tick.tick() => self.report()?,
                 _ = sleep_until(self.proto.poll_timeout()) => self.proto.handle_timeout(Instant::now()),
@@ -561,6 +564,7 @@ impl Session<'_> {
                     .unwrap_or(Duration::from_secs(3600)),
             ),
             groups_busy: false,
+            groups_reported: crate::groups::Reported::default(),
             report_tick: every(SITE_REPORT_INTERVAL),
         }
     }
@@ -643,8 +647,14 @@ impl Session<'_> {
         });
     }
 
-    fn on_groups(&mut self, read: anyhow::Result<Vec<GroupOffsets>>) -> anyhow::Result<()> {
-        match read {
+    /// Sends the groups whose offsets moved since this connection reported them.
+    fn on_groups(
+        &mut self,
+        reported: &mut crate::groups::Reported,
+        read: anyhow::Result<Vec<GroupOffsets>>,
+    ) -> anyhow::Result<()> {
+        match read.map(|groups| reported.changed(groups)) {
+            Ok(groups) if groups.is_empty() => {}
             Ok(groups) => {
                 debug!(groups = groups.len(), "reporting consumer-group offsets");
                 for frame in crate::groups::chunk(groups, GROUP_FRAME_POSITIONS) {

@@ -699,6 +699,9 @@ struct SimSite {
     quiet: bool,
     /// Target cluster alias of heartbeats, from the first Welcome.
     heartbeat_target: Option<String>,
+    /// The group offsets this connection last reported: as the agent does, a report goes
+    /// only when they moved.
+    group_reported: Option<Vec<Position>>,
     next_heartbeat: Option<Instant>,
     /// The simulated plugin: version run and its (records, failures) since it started.
     plugin: (u64, u64, u64),
@@ -749,6 +752,7 @@ impl SimSite {
             trickle,
             quiet: false,
             heartbeat_target: None,
+            group_reported: None,
             next_heartbeat: None,
             plugin: (0, 0, 0),
             next_plugin_report: None,
@@ -1085,6 +1089,7 @@ impl SimSite {
             self.next_heartbeat = self.shared.cfg.heartbeat_interval.map(|i| now + i);
         }
         self.heartbeat_target = Some(heartbeat_target);
+        self.group_reported = None;
         let st = self.stats();
         st.welcomed.store(true, Ordering::Relaxed);
         st.welcomes.fetch_add(1, Ordering::Relaxed);
@@ -1135,13 +1140,17 @@ impl SimSite {
 
     fn report_groups(&mut self, proto: &mut AgentConn) -> Result<(), Failure> {
         let data = self.shared.cfg.partitions as usize;
-        let offsets = self.logs[..data]
+        let offsets: Vec<Position> = self.logs[..data]
             .iter()
             .map(|l| Position {
                 tp: l.tp.clone(),
                 next_offset: l.acked,
             })
             .collect();
+        if self.group_reported.as_ref() == Some(&offsets) {
+            return Ok(());
+        }
+        self.group_reported = Some(offsets.clone());
         proto
             .send_group_offsets(vec![GroupOffsets {
                 group: GROUP.into(),
