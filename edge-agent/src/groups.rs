@@ -205,7 +205,11 @@ mod tests {
             group("a", vec![pos("t", 1, 5), pos("t", 0, 7)]),
             group("b", vec![pos("t", 0, 1)]),
         ];
-        assert_eq!(r.changed(first.clone()).len(), 2, "a connection reports all first");
+        assert_eq!(
+            r.changed(first.clone()).len(),
+            2,
+            "a connection reports all first"
+        );
         // The same offsets, read in another order: nothing to send.
         let same = vec![
             group("b", vec![pos("t", 0, 1)]),
