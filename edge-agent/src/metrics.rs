@@ -105,6 +105,9 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     gauge!(LINK_UP).set(0.0);
+    // Served from the start: a report goes only when a group's offsets moved, so an agent
+    // whose groups never move would otherwise never show the counter its alerts watch.
+    counter!(GROUP_REPORTS_SENT).increment(0);
     Ok(())
 }
 

@@ -159,19 +159,29 @@ async fn a_failing_canary_is_rolled_back_a_good_one_promoted_and_an_unsigned_pus
         .wait_until("v3 promoted", Duration::from_secs(60), all_on(3))
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", logs()))?;
-    let status = hub_cli(&["plugins", "status", "--config", config])?;
-    assert!(
+    // The status is what the sites last reported (each every few seconds) as the hub stored
+    // it: it follows the sites, eventually.
+    let sites = fleet::site_names(&prefix, SITES);
+    let all_on_v3 = |status: &str| {
         status
             .lines()
-            .any(|l| l.starts_with("filter") && l.contains(" v3 ")),
-        "v3 is stable:\n{status}"
-    );
-    for site in &fleet::site_names(&prefix, SITES) {
-        let line = status.lines().find(|l| l.starts_with(site.as_str()));
+            .any(|l| l.starts_with("filter") && l.contains(" v3 "))
+            && sites.iter().all(|site| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(site.as_str()))
+                    .is_some_and(|l| l.contains("filter v3"))
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut status = hub_cli(&["plugins", "status", "--config", config])?;
+    while !all_on_v3(&status) {
         assert!(
-            line.is_some_and(|l| l.contains("filter v3")),
-            "{site} runs v3 in the status:\n{status}"
+            std::time::Instant::now() < deadline,
+            "v3 stable and every site on it in the status:\n{status}"
         );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        status = hub_cli(&["plugins", "status", "--config", config])?;
     }
 
     // A push signed with another key: offered everywhere, run nowhere.
